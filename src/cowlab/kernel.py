@@ -1,0 +1,493 @@
+"""The machine: one modelled kernel (a policy + config) with its frames, processes and pins.
+
+``Kernel`` holds the global state and the sysfs knobs; ``Process`` is the system-call API a
+program uses (mmap, fork, write, ...); ``Pin`` is what a device holds after get_user_pages().
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+from cowlab import checker
+from cowlab.errors import InvariantViolation, KernelBug, Segfault, SyscallError
+from cowlab.mm import huge_memory, madvise, mmap, mprotect, mremap, task_mmu
+from cowlab.mm.constants import (
+    FOLL_FORCE,
+    FOLL_WRITE,
+    HPAGE_PMD_NR,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    VM_EXEC,
+    VM_FAULT_SIGSEGV,
+    VM_READ,
+    VM_WRITE,
+)
+from cowlab.mm.fork import dup_mmap
+from cowlab.mm.gup import get_user_pages
+from cowlab.mm.memory import handle_mm_fault
+from cowlab.mm.migrate import change_prot_numa
+from cowlab.mm.mm import is_zero_pfn, put_page
+from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
+from cowlab.mm.page_alloc import PageFrames
+from cowlab.mm.pgtable import PTE_DIRTY, PTE_MIGRATION, PTE_PROTNONE, PTE_WRITE, PTE_YOUNG, HugePmd
+from cowlab.policy import get_policy
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+THP_MODES = ("always", "madvise", "never")
+MAX_FAULT_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    """The kernel build: CONFIG_SWAP, CONFIG_TRANSPARENT_HUGEPAGE, CONFIG_DEBUG_VM."""
+
+    swap: bool = True
+    thp: bool = True
+    debug_vm: bool = False
+
+
+@dataclass(frozen=True)
+class CowEvent:
+    """A write fault that copied instead of reusing: which function, which page, and why."""
+
+    seq: int
+    operation: str
+    function: str
+    pid: int
+    addr: int
+    old: int | None
+    new: int
+    nr: int
+    why: str
+
+    def describe(self) -> str:
+        what = "the zero page" if self.old is None else f"pfn {self.old:#x}"
+        size = f"{self.nr * 4} KiB" if self.nr > 1 else "4 KiB"
+        return (
+            f"op {self.seq} ({self.operation}): {self.function} in pid {self.pid} at "
+            f"{self.addr:#x} copied {what} ({size}) to pfn {self.new:#x} because {self.why}"
+        )
+
+
+def parse_prot(prot: str | int) -> int:
+    """'rw', 'r', 'rwx', 'none' or a PROT_* integer."""
+    if isinstance(prot, int):
+        if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+            raise SyscallError("EINVAL", f"bad protection {prot:#x}")
+        return prot
+    if prot == "none":
+        return 0
+    bits = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
+    if not prot or any(c not in bits for c in prot):
+        raise SyscallError(
+            "EINVAL", f"bad protection {prot!r} (expected letters of 'rwx' or 'none')"
+        )
+    value = 0
+    for c in prot:
+        value |= bits[c]
+    return value
+
+
+class Kernel:
+    """A modelled Linux kernel: pick a generation by id, drive it through processes."""
+
+    def __init__(
+        self,
+        kernel_id: str = "v4.5+6d0a07e",
+        config: Config | None = None,
+        selfcheck: bool = False,
+        tracing: bool = False,
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.policy = get_policy(kernel_id)
+        self.config = config or Config()
+        self.selfcheck = selfcheck
+        self.tracing = tracing
+        self.frames = PageFrames()
+        self.anon_vmas: dict[int, AnonVma] = {}
+        self.deferred_split: set[int] = set()
+        self.processes: dict[int, Process] = {}
+        self.pins: dict[int, Pin] = {}
+        self.vmstat: Counter[str] = Counter()
+        self.cow_log: list[CowEvent] = []
+        self.log: list[tuple[int, str, str]] = []
+        self.history: list[str] = []
+        self._thp_enabled = "always"
+        self.thp_use_zero_page = True
+        self.thp_alloc_fail = False
+        self.numa_misplaced = True
+        self._ids = itertools.count(1)
+        self._pids = itertools.count(1)
+        self._pin_ids = itertools.count(1)
+
+    # --- sysfs knobs ---------------------------------------------------------------------
+
+    @property
+    def thp_enabled(self) -> str:
+        """/sys/kernel/mm/transparent_hugepage/enabled."""
+        return self._thp_enabled
+
+    @thp_enabled.setter
+    def thp_enabled(self, mode: str) -> None:
+        if mode not in THP_MODES:
+            raise SyscallError("EINVAL", f"THP mode {mode!r} (expected always, madvise or never)")
+        self._thp_enabled = mode
+
+    # --- bookkeeping used by the kernel paths -------------------------------------------
+
+    def next_anon_vma_id(self) -> int:
+        return next(self._ids)
+
+    def trace(self, function: str, message: str) -> None:
+        if self.tracing:
+            self.log.append((len(self.history), function, message))
+
+    def record_cow(
+        self,
+        function: str,
+        vma: VmArea,
+        addr: int,
+        old: int | None,
+        new: int,
+        why: str,
+        nr: int = 1,
+    ) -> None:
+        op = self.history[-1] if self.history else "(setup)"
+        event = CowEvent(len(self.history), op, function, vma.mm.pid, addr, old, new, nr, why)
+        self.cow_log.append(event)
+        self.trace(function, event.describe())
+
+    @contextmanager
+    def operation(self, description: str) -> Iterator[None]:
+        """One program-visible operation; self-checking runs after it."""
+        self.history.append(description)
+        yield
+        if self.selfcheck:
+            problems = checker.check_invariants(self)
+            if problems:
+                raise InvariantViolation(f"op {len(self.history)}: {description}", problems)
+
+    def mms(self) -> list[MmStruct]:
+        return [p.mm for p in self.processes.values()]
+
+    # --- the machine's own operations ---------------------------------------------------
+
+    def spawn(self) -> Process:
+        """A new process with an empty address space (what execve leaves)."""
+        proc = Process(self, next(self._pids))
+        with self.operation(f"spawn -> pid {proc.pid}"):
+            self.processes[proc.pid] = proc
+        return proc
+
+    def unpin(self, pin: Pin) -> None:
+        """put_page() on every page of a pin (ib_umem_release, vfio unpin)."""
+        if pin.id not in self.pins:
+            raise SyscallError("EINVAL", f"pin {pin.id} is not held")
+        with self.operation(f"unpin {pin.id}"):
+            del self.pins[pin.id]
+            for pfn in pin.pages:
+                if not is_zero_pfn(self.frames, pfn):
+                    put_page(self, pfn)
+
+    def split_huge_pages(self) -> int:
+        """echo 1 > /sys/kernel/debug/split_huge_pages: try to split every THP."""
+        with self.operation("split_huge_pages"):
+            return huge_memory.split_huge_pages_all(self)
+
+    def shrink_deferred_split(self) -> int:
+        """Memory pressure runs the deferred-split shrinker over partly unmapped THPs."""
+        with self.operation("shrink_deferred_split"):
+            return huge_memory.deferred_split_scan(self)
+
+    def check(self) -> list[str]:
+        """Every broken counter or rmap invariant, now."""
+        return checker.check_invariants(self)
+
+
+def _op(fmt: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run a Process method as one kernel operation described by fmt (formatted with its args)."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            self = args[0]
+            assert isinstance(self, Process)
+            self._require_alive()
+            shown = ", ".join(
+                [_fmt_arg(a) for a in args[1:]] + [f"{k}={_fmt_arg(v)}" for k, v in kwargs.items()]
+            )
+            with self.kernel.operation(f"pid {self.pid}: {fmt}({shown})"):
+                return fn(*args, **kwargs)
+
+        inner.__doc__ = fn.__doc__
+        inner.__name__ = fn.__name__
+        return inner
+
+    return wrap
+
+
+def _fmt_arg(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
+        return hex(value)
+    if isinstance(value, bytes | bytearray) and len(value) > 8:
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+@dataclass(eq=False)
+class Pin:
+    """The pages get_user_pages() returned, as the device (RDMA NIC, VFIO) holds them."""
+
+    kernel: Kernel
+    id: int
+    pid: int
+    addr: int
+    length: int
+    pages: list[int]
+    write: bool
+    offset: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offset = self.addr % PAGE_SIZE
+
+    def _chunks(self, offset: int, n: int) -> Iterator[tuple[int, int, int, int]]:
+        if offset < 0 or n < 0 or offset + n > self.length:
+            raise SyscallError("EINVAL", f"DMA [{offset}, {offset + n}) outside pin {self.id}")
+        pos = self.offset + offset
+        done = 0
+        while done < n:
+            page, in_page = divmod(pos + done, PAGE_SIZE)
+            chunk = min(n - done, PAGE_SIZE - in_page)
+            yield self.pages[page], in_page, done, chunk
+            done += chunk
+
+    def dma_write(self, offset: int, data: bytes) -> None:
+        """The device writes into the pinned physical pages (an RDMA READ response lands)."""
+        if not self.write:
+            raise SyscallError("EFAULT", f"pin {self.id} is read-only: the device cannot write")
+        if self.id not in self.kernel.pins:
+            raise SyscallError("EINVAL", f"pin {self.id} was released")
+        with self.kernel.operation(f"dma_write pin {self.id} +{offset} <{len(data)} bytes>"):
+            for pfn, in_page, done, chunk in self._chunks(offset, len(data)):
+                self.kernel.frames.write(pfn, in_page, data[done : done + chunk])
+
+    def dma_read(self, offset: int, n: int) -> bytes:
+        """The device reads the pinned physical pages (an RDMA WRITE sends them)."""
+        if self.id not in self.kernel.pins:
+            raise SyscallError("EINVAL", f"pin {self.id} was released")
+        out = bytearray()
+        with self.kernel.operation(f"dma_read pin {self.id} +{offset} {n}"):
+            for pfn, in_page, _done, chunk in self._chunks(offset, n):
+                out += self.kernel.frames.read(pfn, in_page, chunk)
+        return bytes(out)
+
+
+class Process:
+    """A process: its mm and the system calls it makes. Addresses are plain ints."""
+
+    def __init__(self, kernel: Kernel, pid: int, mm: MmStruct | None = None) -> None:
+        self.kernel = kernel
+        self.pid = pid
+        self.mm = mm or MmStruct(pid)
+        self.alive = True
+
+    def __repr__(self) -> str:
+        return f"Process(pid={self.pid})"
+
+    def _require_alive(self) -> None:
+        if not self.alive:
+            raise SyscallError("ESRCH", f"pid {self.pid} has exited")
+
+    # --- address space -------------------------------------------------------------------
+
+    @_op("mmap")
+    def mmap(
+        self, length: int, prot: str | int = "rw", *, align: int = 0, addr: int | None = None
+    ) -> int:
+        """mmap(MAP_PRIVATE|MAP_ANONYMOUS); align gives an aligned start, addr means MAP_FIXED."""
+        return mmap.do_mmap(self.kernel, self.mm, length, parse_prot(prot), align, addr)
+
+    @_op("munmap")
+    def munmap(self, addr: int, length: int) -> None:
+        mmap.do_munmap(self.kernel, self.mm, addr, length)
+
+    @_op("mprotect")
+    def mprotect(self, addr: int, length: int, prot: str | int) -> None:
+        mprotect.do_mprotect(self.kernel, self.mm, addr, length, parse_prot(prot))
+
+    @_op("mremap")
+    def mremap(
+        self,
+        addr: int,
+        old_length: int,
+        new_length: int,
+        *,
+        may_move: bool = False,
+        fixed_addr: int | None = None,
+    ) -> int:
+        """mremap(); fixed_addr means MREMAP_MAYMOVE|MREMAP_FIXED to that address."""
+        flags = MREMAP_MAYMOVE if may_move or fixed_addr is not None else 0
+        if fixed_addr is not None:
+            flags |= MREMAP_FIXED
+        return mremap.do_mremap(
+            self.kernel, self.mm, addr, old_length, new_length, flags, fixed_addr
+        )
+
+    @_op("madvise")
+    def madvise(self, addr: int, length: int, advice: str | int) -> None:
+        """madvise(): 'dontneed', 'dontfork', 'dofork', 'hugepage', 'nohugepage' or MADV_*."""
+        if isinstance(advice, str):
+            if advice not in madvise.ADVICE:
+                known = ", ".join(madvise.ADVICE)
+                raise SyscallError("EINVAL", f"madvise: unknown advice {advice!r} ({known})")
+            advice = madvise.ADVICE[advice]
+        madvise.do_madvise(self.kernel, self.mm, addr, length, advice)
+
+    @_op("clear_refs")
+    def clear_refs(self, value: int = 4) -> None:
+        """echo VALUE > /proc/PID/clear_refs (4 = soft-dirty: write-protect everything)."""
+        task_mmu.clear_refs_write(self.mm, value)
+
+    @_op("numa_balance")
+    def numa_balance(self, addr: int, length: int) -> None:
+        """task_numa_work's change_prot_numa over the range: the next touch takes a hint fault."""
+        end = mmap.check_range(addr, length, "numa_balance")
+        for vma in self.mm.vmas_in(addr, end):
+            change_prot_numa(self.kernel, vma, max(addr, vma.vm_start), min(end, vma.vm_end))
+
+    # --- processes -----------------------------------------------------------------------
+
+    def fork(self) -> Process:
+        """fork(): a child with a copy of the address space (dup_mmap)."""
+        self._require_alive()
+        k = self.kernel
+        child = Process(k, next(k._pids))
+        with k.operation(f"pid {self.pid}: fork() -> pid {child.pid}"):
+            dup_mmap(k, child.mm, self.mm)
+            k.processes[child.pid] = child
+        return child
+
+    @_op("exit")
+    def exit(self) -> None:
+        """exit(): exit_mmap() tears the address space down. Pins belong to the device."""
+        mmap.exit_mmap(self.kernel, self.mm)
+        self.alive = False
+        del self.kernel.processes[self.pid]
+
+    # --- memory access -------------------------------------------------------------------
+
+    @_op("write")
+    def write(self, addr: int, data: bytes) -> None:
+        """Store bytes, faulting page by page as the CPU does."""
+        self._copy(addr, len(data), data)
+
+    @_op("read")
+    def read(self, addr: int, n: int) -> bytes:
+        """Load n bytes, faulting page by page (a read of untouched memory maps the zero page)."""
+        return self._copy(addr, n, None)
+
+    def _copy(self, addr: int, n: int, data: bytes | None) -> bytes:
+        f = self.kernel.frames
+        out = bytearray()
+        done = 0
+        while done < n:
+            va = addr + done
+            in_page = va % PAGE_SIZE
+            chunk = min(n - done, PAGE_SIZE - in_page)
+            pfn = self._access(va, write=data is not None)
+            if data is None:
+                out += f.read(pfn, in_page, chunk)
+            else:
+                f.write(pfn, in_page, data[done : done + chunk])
+            done += chunk
+        return bytes(out)
+
+    def _access(self, addr: int, write: bool) -> int:
+        """The MMU walk, with handle_mm_fault() until the entry allows the access."""
+        vma = self.mm.find_vma(addr)
+        if vma is None or not access_permitted(vma, write):
+            raise Segfault(addr, "write" if write else "read")
+        for _ in range(MAX_FAULT_RETRIES):
+            pfn = mmu_walk(self.mm, addr, write)
+            if pfn is not None:
+                return pfn
+            if handle_mm_fault(self.kernel, vma, addr, write) & VM_FAULT_SIGSEGV:
+                raise Segfault(addr, "write" if write else "read")
+        raise KernelBug(f"fault at {addr:#x} does not settle after {MAX_FAULT_RETRIES} tries")
+
+    def translate(self, addr: int) -> int | None:
+        """The pfn addr maps now, without faulting (what /proc/PID/pagemap shows)."""
+        entry = self.mm.pmds.get(pmd_index(addr))
+        if isinstance(entry, HugePmd):
+            return entry.pfn + pte_index(addr)
+        if entry is None:
+            return None
+        i = pte_index(addr)
+        pfn = int(entry.pfn[i])
+        return None if pfn < 0 or entry.bits[i] & PTE_MIGRATION else pfn
+
+    # --- the device side -----------------------------------------------------------------
+
+    def get_user_pages(
+        self, addr: int, length: int, *, write: bool = True, force: bool = False
+    ) -> Pin:
+        """get_user_pages(FOLL_WRITE?, FOLL_FORCE?): what ib_umem_get/vfio do to register memory."""
+        self._require_alive()
+        k = self.kernel
+        first = addr & ~(PAGE_SIZE - 1)
+        nr = (addr + length - first + PAGE_SIZE - 1) // PAGE_SIZE
+        if length <= 0:
+            raise SyscallError("EINVAL", "get_user_pages: length must be positive")
+        flags = (FOLL_WRITE if write else 0) | (FOLL_FORCE if force else 0)
+        pin_id = next(k._pin_ids)
+        desc = (
+            f"pid {self.pid}: get_user_pages({addr:#x}, {length:#x}, write={write}, force={force})"
+        )
+        with k.operation(f"{desc} -> pin {pin_id}"):
+            pages = get_user_pages(k, self.mm, first, nr, flags)
+            pin = Pin(k, pin_id, self.pid, addr, length, pages, write)
+            k.pins[pin.id] = pin
+        return pin
+
+
+def access_permitted(vma: VmArea, write: bool) -> bool:
+    """access_error() of the x86 fault handler: writes need VM_WRITE, reads any permission."""
+    if write:
+        return bool(vma.vm_flags & VM_WRITE)
+    return bool(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))
+
+
+def mmu_walk(mm: MmStruct, addr: int, write: bool) -> int | None:
+    """The hardware page walk: the pfn if the entry permits the access (sets A/D bits)."""
+    entry = mm.pmds.get(pmd_index(addr))
+    if isinstance(entry, HugePmd):
+        if entry.protnone or (write and not entry.write):
+            return None
+        entry.young = True
+        entry.dirty |= write
+        return entry.pfn + pte_index(addr)
+    if entry is None:
+        return None
+    i = pte_index(addr)
+    bits = int(entry.bits[i])
+    if (
+        entry.pfn[i] < 0
+        or bits & (PTE_PROTNONE | PTE_MIGRATION)
+        or (write and not bits & PTE_WRITE)
+    ):
+        return None
+    entry.bits[i] = bits | PTE_YOUNG | (PTE_DIRTY if write else 0)
+    return int(entry.pfn[i])
+
+
+__all__ = ["HPAGE_PMD_NR", "Config", "CowEvent", "Kernel", "Pin", "Process"]

@@ -1,0 +1,425 @@
+"""mm/huge_memory.c: THP faults, fork, zap, PMD split, page split and the THP mapcounts (4.5)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cowlab.errors import KernelBug
+from cowlab.mm.constants import (
+    HPAGE_PMD_MASK,
+    HPAGE_PMD_NR,
+    HPAGE_PMD_SIZE,
+    PMD_SHIFT,
+    VM_FAULT_FALLBACK,
+    VM_FAULT_WRITE,
+    VM_HUGEPAGE,
+    VM_NOHUGEPAGE,
+    VM_WRITE,
+    PG_dirty,
+    PG_double_map,
+    PG_head,
+    PG_tail,
+)
+from cowlab.mm.mm import (
+    PageDoubleMap,
+    PageTransCompound,
+    compound_head,
+    compound_mapcount,
+    get_page,
+    page_count,
+    put_page,
+)
+from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index
+from cowlab.mm.page_alloc import HUGE_ZERO_PFN, ZERO_PFN, PageFrames, flags_without
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_SOFT_DIRTY,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    PTE_YOUNG,
+    HugePmd,
+    PteTable,
+    pte_without,
+)
+from cowlab.mm.rmap import (
+    Mapping,
+    anon_vma_prepare,
+    page_add_new_anon_rmap,
+    page_anon_vma,
+    page_remove_rmap,
+    rmap_walk_anon,
+)
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+EBUSY = -16
+SUBPAGES = np.arange(HPAGE_PMD_NR, dtype=np.int64)
+
+
+# --- mapcounts ----------------------------------------------------------------------------
+
+
+def total_mapcount(f: PageFrames, head: int) -> int:
+    """total_mapcount(): every PMD and PTE mapping of the THP, DoubleMap offsets removed."""
+    if not PageTransCompound(f, head):
+        return int(f._mapcount[head]) + 1
+    own = int(f._mapcount[head : head + HPAGE_PMD_NR].sum()) + HPAGE_PMD_NR
+    if PageDoubleMap(f, head):
+        own -= HPAGE_PMD_NR
+    return own + compound_mapcount(f, head)
+
+
+def page_trans_huge_mapcount(f: PageFrames, pfn: int) -> tuple[int, int, int | None]:
+    """page_trans_huge_mapcount() of 6d0a07edd17c: the largest mapcount of any one subpage.
+
+    Returns (mapcount, total_mapcount, the subpage with that mapcount or None for small pages).
+    """
+    if not PageTransCompound(f, pfn):
+        mapcount = int(f._mapcount[pfn]) + 1
+        return mapcount, mapcount, None
+    head = compound_head(f, pfn)
+    own = f._mapcount[head : head + HPAGE_PMD_NR].astype(np.int64) + 1
+    worst = int(own.argmax())
+    ret, total = int(own[worst]), int(own.sum())
+    if PageDoubleMap(f, head):
+        ret -= 1
+        total -= HPAGE_PMD_NR
+    mapcount = compound_mapcount(f, head)
+    return ret + mapcount, total + mapcount, worst
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+def transparent_hugepage_enabled(k: Kernel, vma: VmArea) -> bool:
+    """transparent_hugepage_enabled(): sysfs enabled mode, MADV_HUGEPAGE, MADV_NOHUGEPAGE."""
+    if not k.config.thp or vma.vm_flags & VM_NOHUGEPAGE:
+        return False
+    if k.thp_enabled == "always":
+        return True
+    return k.thp_enabled == "madvise" and bool(vma.vm_flags & VM_HUGEPAGE)
+
+
+def alloc_hugepage(k: Kernel) -> int | None:
+    """alloc_hugepage_vma(): a THP, or None when the switch says allocation fails."""
+    if k.thp_alloc_fail:
+        return None
+    return k.frames.alloc_hugepage()
+
+
+def do_huge_pmd_anonymous_page(k: Kernel, vma: VmArea, addr: int, write: bool) -> int:
+    """do_huge_pmd_anonymous_page(): huge zero PMD on a read, a new THP on a write, or fallback."""
+    haddr = addr & HPAGE_PMD_MASK
+    if haddr < vma.vm_start or haddr + HPAGE_PMD_SIZE > vma.vm_end:
+        return VM_FAULT_FALLBACK
+    anon_vma_prepare(k, vma)
+    mm = vma.mm
+    if not write and k.thp_use_zero_page:
+        mm.pmds[pmd_index(addr)] = HugePmd(HUGE_ZERO_PFN, False, False, huge_zero=True)
+        k.frames.huge_zero_refcount += 1
+        k.trace("do_huge_pmd_anonymous_page", f"read fault at {addr:#x}: huge zero page")
+        return 0
+    head = alloc_hugepage(k)
+    if head is None:
+        k.vmstat["thp_fault_fallback"] += 1
+        k.trace("do_huge_pmd_anonymous_page", "THP allocation failed -> VM_FAULT_FALLBACK")
+        return VM_FAULT_FALLBACK
+    k.vmstat["thp_fault_alloc"] += 1
+    mm.pmds[pmd_index(addr)] = HugePmd(head, bool(vma.vm_flags & VM_WRITE), True)
+    page_add_new_anon_rmap(k, head, vma, haddr, compound=True)
+    mm.anon_rss += HPAGE_PMD_NR
+    k.trace("do_huge_pmd_anonymous_page", f"new THP head pfn {head:#x} PMD-mapped at {haddr:#x}")
+    return 0
+
+
+def huge_pmd_set_accessed(entry: HugePmd, write: bool) -> None:
+    """huge_pmd_set_accessed(): young, and dirty on a write to a writable PMD."""
+    entry.young = True
+    if write:
+        entry.dirty = entry.soft_dirty = True
+
+
+def do_huge_pmd_wp_page(k: Kernel, vma: VmArea, addr: int, entry: HugePmd) -> int:
+    """do_huge_pmd_wp_page(): reuse the THP, copy 2 MiB, copy 512 small pages, or split."""
+    haddr = addr & HPAGE_PMD_MASK
+    page: int | None = None if entry.huge_zero else entry.pfn
+    if page is not None:
+        reuse, why = k.policy.huge_pmd_wp_reuse(k.frames, page)
+        k.trace(
+            "do_huge_pmd_wp_page", f"head pfn {page:#x}: {why} -> {'reuse' if reuse else 'copy'}"
+        )
+        if reuse:
+            entry.young = entry.dirty = entry.soft_dirty = True
+            entry.write = bool(vma.vm_flags & VM_WRITE)
+            k.vmstat["pgreuse"] += 1
+            return VM_FAULT_WRITE
+    else:
+        why = "the huge zero page is never reused"
+    new = alloc_hugepage(k) if transparent_hugepage_enabled(k, vma) else None
+    if new is None:
+        k.vmstat["thp_fault_fallback"] += 1
+        if page is None:
+            split_huge_pmd(k, vma, haddr)
+            k.trace("do_huge_pmd_wp_page", "no THP for the huge zero page: split, fall back")
+            return VM_FAULT_FALLBACK
+        return do_huge_pmd_wp_page_fallback(k, vma, haddr, entry, why)
+    k.vmstat["thp_fault_alloc"] += 1
+    f = k.frames
+    if page is not None:
+        for i in range(HPAGE_PMD_NR):
+            f.copy_page(new + i, page + i)
+    vma.mm.pmds[pmd_index(haddr)] = HugePmd(new, bool(vma.vm_flags & VM_WRITE), True)
+    page_add_new_anon_rmap(k, new, vma, haddr, compound=True)
+    if page is None:
+        vma.mm.anon_rss += HPAGE_PMD_NR
+        f.huge_zero_refcount -= 1
+    else:
+        page_remove_rmap(k, page, compound=True)
+        put_page(k, page)
+    k.record_cow("do_huge_pmd_wp_page", vma, haddr, page, new, why, nr=HPAGE_PMD_NR)
+    return VM_FAULT_WRITE
+
+
+def do_huge_pmd_wp_page_fallback(
+    k: Kernel, vma: VmArea, haddr: int, entry: HugePmd, why: str
+) -> int:
+    """do_huge_pmd_wp_page_fallback(): no THP for the copy, so copy into 512 small pages."""
+    f = k.frames
+    page = entry.pfn
+    table = PteTable()
+    for i in range(HPAGE_PMD_NR):
+        new = f.alloc_page()
+        f.copy_page(new, page + i)
+        table.pfn[i] = new
+        page_add_new_anon_rmap(k, new, vma, haddr + (i << 12), compound=False)
+    bits = PTE_DIRTY | PTE_SOFT_DIRTY | PTE_YOUNG
+    table.bits[:] = bits | PTE_WRITE if vma.vm_flags & VM_WRITE else bits
+    vma.mm.pmds[pmd_index(haddr)] = table
+    page_remove_rmap(k, page, compound=True)
+    put_page(k, page)
+    k.record_cow(
+        "do_huge_pmd_wp_page_fallback", vma, haddr, page, int(table.pfn[0]), why, nr=HPAGE_PMD_NR
+    )
+    return VM_FAULT_WRITE
+
+
+# --- fork, zap, mprotect, mremap ----------------------------------------------------------
+
+
+def copy_huge_pmd(k: Kernel, dst: MmStruct, src: MmStruct, idx: int, entry: HugePmd) -> None:
+    """copy_huge_pmd(): share the THP with the child; both PMDs become read-only (no pin check)."""
+    if entry.huge_zero:
+        dst.pmds[idx] = replace(entry)
+        k.frames.huge_zero_refcount += 1
+        return
+    get_page(k.frames, entry.pfn)
+    k.frames.compound_mapcount[entry.pfn + 1] += 1  # page_dup_rmap(page, true)
+    entry.write = False
+    dst.pmds[idx] = replace(entry, write=False, young=False)
+    dst.anon_rss += HPAGE_PMD_NR
+
+
+def zap_huge_pmd(k: Kernel, mm: MmStruct, idx: int, entry: HugePmd) -> None:
+    """zap_huge_pmd(): remove a whole PMD mapping."""
+    del mm.pmds[idx]
+    if entry.huge_zero:
+        k.frames.huge_zero_refcount -= 1
+        return
+    page_remove_rmap(k, entry.pfn, compound=True)
+    mm.anon_rss -= HPAGE_PMD_NR
+    put_page(k, entry.pfn)
+
+
+def change_huge_pmd(entry: HugePmd, write: bool, prot_numa: bool) -> None:
+    """change_huge_pmd(): pmd_modify to the VMA's (never writable, private) protection.
+
+    With prot_numa the entry becomes a NUMA hinting entry and keeps its write bit.
+    """
+    if prot_numa:
+        if not entry.huge_zero:
+            entry.protnone = True
+        return
+    entry.protnone = False
+    entry.write = write
+
+
+# --- split_huge_pmd -----------------------------------------------------------------------
+
+
+def split_huge_pmd(k: Kernel, vma: VmArea, addr: int) -> None:
+    """split_huge_pmd(): turn the huge PMD covering addr into a table of 512 PTEs."""
+    idx = pmd_index(addr)
+    entry = vma.mm.pmds.get(idx)
+    if isinstance(entry, HugePmd):
+        __split_huge_pmd_locked(k, vma.mm, idx, entry, freeze=False)
+
+
+def __split_huge_pmd_locked(
+    k: Kernel, mm: MmStruct, idx: int, entry: HugePmd, freeze: bool
+) -> PteTable:
+    """__split_huge_pmd_locked(): 512 PTEs inherit write and young; DoubleMap bookkeeping.
+
+    4.5 drops soft-dirty and turns the PMD's dirty bit into PG_dirty, not PTE dirty bits
+    (docs/verification-4.5.md §6).
+
+    The compound page stays compound: each subpage gets its own _mapcount, the head gets +511
+    references; when other PMD maps remain every _mapcount is offset by one (PG_double_map).
+    """
+    f = k.frames
+    table = PteTable()
+    mm.pmds[idx] = table
+    if entry.huge_zero:
+        table.pfn[:] = ZERO_PFN
+        table.bits[:] = PTE_SPECIAL | PTE_YOUNG
+        f.huge_zero_refcount -= 1
+        k.trace("__split_huge_pmd_locked", f"huge zero PMD at {idx << PMD_SHIFT:#x} -> zero PTEs")
+        return table
+    head = entry.pfn
+    sl = slice(head, head + HPAGE_PMD_NR)
+    f._count[head] += HPAGE_PMD_NR - 1
+    bits = (
+        (PTE_WRITE if entry.write else 0)
+        | (PTE_YOUNG if entry.young else 0)
+        | (PTE_MIGRATION if freeze else 0)
+    )
+    if entry.dirty:
+        f.flags[sl] |= PG_dirty
+    table.pfn[:] = head + SUBPAGES
+    table.bits[:] = bits
+    f._mapcount[sl] += 1
+    if compound_mapcount(f, head) > 1 and not PageDoubleMap(f, head):
+        f.flags[head + 1] |= PG_double_map
+        f._mapcount[sl] += 1
+    f.compound_mapcount[head + 1] -= 1
+    if f.compound_mapcount[head + 1] < 0 and PageDoubleMap(f, head):
+        f.flags[head + 1] &= flags_without(PG_double_map)
+        f._mapcount[sl] -= 1
+    if freeze:
+        f._mapcount[sl] -= 1
+        put_page(k, head, HPAGE_PMD_NR)
+    k.trace(
+        "__split_huge_pmd_locked",
+        f"PMD of head pfn {head:#x} at {idx << PMD_SHIFT:#x} -> 512 PTEs "
+        f"(compound_mapcount {compound_mapcount(f, head)}, DoubleMap {int(PageDoubleMap(f, head))})",
+    )
+    return table
+
+
+def vma_adjust_trans_huge(k: Kernel, vma: VmArea, addr: int) -> None:
+    """vma_adjust_trans_huge(): a VMA boundary at an unaligned addr splits the PMD across it."""
+    if addr & ~HPAGE_PMD_MASK:
+        split_huge_pmd(k, vma, addr)
+
+
+# --- split_huge_page ----------------------------------------------------------------------
+
+
+def split_huge_page(k: Kernel, head: int) -> int:
+    """split_huge_page(): make 512 small pages of a THP; -EBUSY while anything else holds it.
+
+    The caller's reference is taken and dropped here. Mappings are found by the rmap walk from
+    the page's anon_vma: one it misses stays frozen, which 4.5 turns into BUG() (DEBUG_VM).
+    """
+    f = k.frames
+    if page_anon_vma(k, head) is None:
+        return EBUSY
+    get_page(f, head)
+    try:
+        extra = page_count(f, head) - 1 - total_mapcount(f, head)
+        if extra:
+            k.trace("split_huge_page", f"head pfn {head:#x}: {extra} extra references -> -EBUSY")
+            return EBUSY
+        frozen = freeze_page(k, head)
+        left = total_mapcount(f, head)
+        if left == 0 and page_count(f, head) == 1:
+            __split_huge_page(k, head, frozen)
+            k.trace("split_huge_page", f"head pfn {head:#x} split into 512 small pages")
+            return 0
+        if k.config.debug_vm and left:
+            raise KernelBug(
+                f"split_huge_page: head pfn {head:#x} still has {left} mappings after "
+                "freeze_page(): the rmap walk from its anon_vma missed them"
+            )
+        unfreeze_page(k, frozen)
+        k.trace("split_huge_page", f"head pfn {head:#x}: {left} mappings not frozen -> -EBUSY")
+        return EBUSY
+    finally:
+        put_page(k, head)
+
+
+def freeze_page(k: Kernel, head: int) -> list[tuple[PteTable, int]]:
+    """freeze_page(): every mapping the rmap walk finds becomes a migration entry."""
+    frozen: list[tuple[PteTable, int]] = []
+    for m in rmap_walk_anon(k, head):
+        frozen.extend(_freeze_mapping(k, m))
+    return frozen
+
+
+def _freeze_mapping(k: Kernel, m: Mapping) -> list[tuple[PteTable, int]]:
+    idx = pmd_index(m.addr)
+    if m.pmd:
+        entry = m.mm.pmds[idx]
+        assert isinstance(entry, HugePmd)
+        table = __split_huge_pmd_locked(k, m.mm, idx, entry, freeze=True)
+        return [(table, i) for i in range(HPAGE_PMD_NR)]
+    table = m.mm.pmds[idx]
+    assert isinstance(table, PteTable)
+    i = (m.addr >> 12) & 511
+    table.bits[i] |= PTE_MIGRATION
+    page_remove_rmap(k, m.pfn, compound=False)
+    put_page(k, m.pfn)
+    return [(table, i)]
+
+
+def unfreeze_page(k: Kernel, frozen: list[tuple[PteTable, int]]) -> None:
+    """unfreeze_page()/remove_migration_ptes(): migration entries become PTEs again."""
+    f = k.frames
+    for table, i in frozen:
+        table.bits[i] &= pte_without(PTE_MIGRATION)
+        pfn = int(table.pfn[i])
+        f._mapcount[pfn] += 1
+        get_page(f, pfn)
+
+
+def __split_huge_page(k: Kernel, head: int, frozen: list[tuple[PteTable, int]]) -> None:
+    """__split_huge_page(): tails become small pages with the head's mapping and index + i."""
+    f = k.frames
+    sl = slice(head, head + HPAGE_PMD_NR)
+    k.deferred_split.discard(head)
+    f.flags[head + 1] &= flags_without(PG_double_map)
+    f.flags[sl] = (f.flags[sl] & flags_without(PG_head | PG_tail)) | (f.flags[head] & PG_dirty)
+    f.compound_mapcount[head + 1] = -1
+    f.mapping[sl] = f.mapping[head]
+    f.index[sl] = f.index[head] + SUBPAGES
+    unfreeze_page(k, frozen)
+    for pfn in range(head + 1, head + HPAGE_PMD_NR):
+        if f._count[pfn] == 0:
+            f.free_page(pfn)
+
+
+def deferred_split_scan(k: Kernel) -> int:
+    """deferred_split_scan(): the shrinker tries to split every queued THP; failures stay queued."""
+    split = 0
+    for head in sorted(k.deferred_split):
+        k.deferred_split.discard(head)
+        if split_huge_page(k, head) == 0:
+            split += 1
+        elif k.frames.flags[head] & PG_head:
+            k.deferred_split.add(head)
+    return split
+
+
+def split_huge_pages_all(k: Kernel) -> int:
+    """The debugfs split_huge_pages file: try to split every anonymous THP in the machine."""
+    f = k.frames
+    heads = np.flatnonzero(f.flags[: f.nr] & PG_head)
+    split = 0
+    for head in heads.tolist():
+        if head != HUGE_ZERO_PFN and f.mapping[head] and split_huge_page(k, head) == 0:
+            split += 1
+    return split

@@ -1,0 +1,55 @@
+"""mm/madvise.c: MADV_DONTNEED, MADV_DONTFORK/DOFORK and MADV_HUGEPAGE/NOHUGEPAGE (4.5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowlab.errors import SyscallError
+from cowlab.mm.constants import (
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_HUGEPAGE,
+    MADV_NOHUGEPAGE,
+    VM_DONTCOPY,
+    VM_HUGEPAGE,
+    VM_NOHUGEPAGE,
+)
+from cowlab.mm.memory import zap_page_range
+from cowlab.mm.mm_types import MmStruct
+from cowlab.mm.mmap import check_range, vma_modify_flags
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+ADVICE = {
+    "dontneed": MADV_DONTNEED,
+    "dontfork": MADV_DONTFORK,
+    "dofork": MADV_DOFORK,
+    "hugepage": MADV_HUGEPAGE,
+    "nohugepage": MADV_NOHUGEPAGE,
+}
+
+FLAG_CHANGES = {
+    MADV_DONTFORK: (VM_DONTCOPY, 0),
+    MADV_DOFORK: (0, VM_DONTCOPY),
+    MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
+}
+
+
+def do_madvise(k: Kernel, mm: MmStruct, start: int, length: int, advice: int) -> None:
+    """sys_madvise(): flag advice splits and merges VMAs; DONTNEED zaps; holes give ENOMEM."""
+    end = check_range(start, length, "madvise")
+    if advice != MADV_DONTNEED and advice not in FLAG_CHANGES:
+        raise SyscallError("EINVAL", f"madvise: unsupported advice {advice}")
+    vmas = mm.vmas_in(start, end)
+    if advice == MADV_DONTNEED:
+        for vma in vmas:
+            zap_page_range(k, vma, start, end)
+    else:
+        add, clear = FLAG_CHANGES[advice]
+        vma_modify_flags(k, mm, start, end, lambda flags: (flags & ~clear) | add)
+    covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)
+    if covered != end - start:
+        raise SyscallError("ENOMEM", f"madvise: [{start:#x}, {end:#x}) has unmapped pages")

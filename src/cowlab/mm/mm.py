@@ -1,0 +1,108 @@
+"""Per-page helpers of include/linux/mm.h, mm/util.c and mm/swap.c (4.5 semantics).
+
+Every function takes the frames (or the kernel, when it may free memory) and a pfn.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowlab.errors import KernelBug
+from cowlab.mm.constants import (
+    HPAGE_PMD_NR,
+    PG_double_map,
+    PG_head,
+    PG_ksm,
+    PG_reserved,
+    PG_swapcache,
+    PG_tail,
+)
+from cowlab.mm.page_alloc import PageFrames
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+
+def compound_head(f: PageFrames, pfn: int) -> int:
+    """compound_head(): the head for a tail page, the page itself otherwise."""
+    return pfn & ~(HPAGE_PMD_NR - 1) if f.flags[pfn] & PG_tail else pfn
+
+
+def PageTransCompound(f: PageFrames, pfn: int) -> bool:
+    """PageTransCompound(): true for the head and every tail of a THP."""
+    return bool(f.flags[pfn] & (PG_head | PG_tail))
+
+
+def PageTransHuge(f: PageFrames, pfn: int) -> bool:
+    """PageTransHuge(): the head of a THP (callers never pass a tail)."""
+    return bool(f.flags[pfn] & PG_head)
+
+
+def PageDoubleMap(f: PageFrames, head: int) -> bool:
+    """PageDoubleMap(): PG_double_map lives in page[1].flags."""
+    return bool(f.flags[head + 1] & PG_double_map)
+
+
+def PageAnon(f: PageFrames, pfn: int) -> bool:
+    return bool(f.mapping[compound_head(f, pfn)] != 0)
+
+
+def PageKsm(f: PageFrames, pfn: int) -> bool:
+    return bool(f.flags[compound_head(f, pfn)] & PG_ksm)
+
+
+def PageSwapCache(f: PageFrames, pfn: int) -> bool:
+    return bool(f.flags[pfn] & PG_swapcache)
+
+
+def is_zero_pfn(f: PageFrames, pfn: int) -> bool:
+    return bool(f.flags[pfn] & PG_reserved)
+
+
+def compound_mapcount(f: PageFrames, pfn: int) -> int:
+    """compound_mapcount(): PMD mappings of the THP (the counter lives in page[1])."""
+    return int(f.compound_mapcount[compound_head(f, pfn) + 1]) + 1
+
+
+def page_mapcount(f: PageFrames, pfn: int) -> int:
+    """page_mapcount() / __page_mapcount(): PTE maps of this subpage plus PMD maps, minus DoubleMap.
+
+    Not exact for a THP: it cannot tell two PMD maps from one PMD map plus this subpage's own PTE.
+    """
+    own = int(f._mapcount[pfn]) + 1
+    if not PageTransCompound(f, pfn):
+        return own
+    head = compound_head(f, pfn)
+    return own + compound_mapcount(f, head) - int(PageDoubleMap(f, head))
+
+
+def page_count(f: PageFrames, pfn: int) -> int:
+    """page_count(): the head's _count (tails carry no references since 4.5's ddc58f27f9ee)."""
+    return int(f._count[compound_head(f, pfn)])
+
+
+def get_page(f: PageFrames, pfn: int, nr: int = 1) -> None:
+    """get_page(): a reference on the compound head."""
+    f._count[compound_head(f, pfn)] += nr
+
+
+def put_page(k: Kernel, pfn: int, nr: int = 1) -> None:
+    """put_page(): drop a reference on the head; the last one frees the (compound) page."""
+    f = k.frames
+    head = compound_head(f, pfn)
+    count = int(f._count[head]) - nr
+    if count < 0:
+        raise KernelBug(f"put_page: _count of pfn {head:#x} went negative")
+    f._count[head] = count
+    if count == 0:
+        __put_page(k, head)
+
+
+def __put_page(k: Kernel, head: int) -> None:
+    """__put_page(): free_transhuge_page for THPs (also leaves the split queue), else free."""
+    f = k.frames
+    if f.flags[head] & PG_head:
+        k.deferred_split.discard(head)
+        f.free_hugepage(head)
+    else:
+        f.free_page(head)

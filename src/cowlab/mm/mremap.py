@@ -1,0 +1,114 @@
+"""mm/mremap.c: mremap() — shrink, grow in place, or move (4.5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowlab.errors import SyscallError
+from cowlab.mm.constants import (
+    HPAGE_PMD_MASK,
+    HPAGE_PMD_SIZE,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+)
+from cowlab.mm.huge_memory import split_huge_pmd
+from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
+from cowlab.mm.mmap import check_range, do_munmap, get_unmapped_area, vma_merge_around
+from cowlab.mm.pgtable import HugePmd, PteTable
+from cowlab.mm.rmap import anon_vma_clone
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+
+def do_mremap(
+    k: Kernel,
+    mm: MmStruct,
+    old_addr: int,
+    old_len: int,
+    new_len: int,
+    flags: int,
+    new_addr: int | None,
+) -> int:
+    """sys_mremap(): the old range must lie in one VMA (EFAULT otherwise)."""
+    old_end = check_range(old_addr, old_len, "mremap")
+    old_len = old_end - old_addr
+    new_len = check_range(new_addr or 0, new_len, "mremap") - (new_addr or 0)
+    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
+        raise SyscallError("EINVAL", "mremap: MREMAP_FIXED needs MREMAP_MAYMOVE")
+    vma = mm.find_vma(old_addr)
+    if vma is None or old_end > vma.vm_end:
+        raise SyscallError("EFAULT", f"mremap: [{old_addr:#x}, {old_end:#x}) is not one VMA")
+    if flags & MREMAP_FIXED:
+        if new_addr is None:
+            raise SyscallError("EINVAL", "mremap: MREMAP_FIXED needs a new address")
+        if new_addr < old_end and old_addr < new_addr + new_len:
+            raise SyscallError("EINVAL", "mremap: the new range overlaps the old one")
+        do_munmap(k, mm, new_addr, new_len)
+        if old_len > new_len:
+            do_munmap(k, mm, old_addr + new_len, old_len - new_len)
+            old_len = new_len
+        vma = mm.find_vma(old_addr)
+        assert vma is not None
+        return move_vma(k, vma, old_addr, old_len, new_len, new_addr)
+    if new_len <= old_len:
+        if new_len < old_len:
+            do_munmap(k, mm, old_addr + new_len, old_len - new_len)
+        return old_addr
+    if old_end == vma.vm_end and not mm.vmas_in(old_end, old_addr + new_len):
+        vma.vm_end = old_addr + new_len
+        return old_addr
+    if not flags & MREMAP_MAYMOVE:
+        raise SyscallError("ENOMEM", "mremap: cannot grow in place and MREMAP_MAYMOVE is not set")
+    return move_vma(k, vma, old_addr, old_len, new_len, get_unmapped_area(mm, new_len, PAGE_SIZE))
+
+
+def move_vma(
+    k: Kernel, vma: VmArea, old_addr: int, old_len: int, new_len: int, new_addr: int
+) -> int:
+    """move_vma(): copy_vma at the new place, move_page_tables, then unmap the old range."""
+    pgoff = vma.vm_pgoff + ((old_addr - vma.vm_start) >> PAGE_SHIFT)
+    new_vma = VmArea(vma.mm, new_addr, new_addr + new_len, vma.vm_flags, pgoff, vma.anon_vma)
+    anon_vma_clone(new_vma, vma)
+    vma.mm.insert_vma(new_vma)
+    move_page_tables(k, vma, old_addr, new_addr, old_len)
+    do_munmap(k, vma.mm, old_addr, old_len)
+    vma_merge_around(k, new_vma)
+    return new_addr
+
+
+def move_page_tables(k: Kernel, vma: VmArea, old_addr: int, new_addr: int, length: int) -> None:
+    """move_page_tables(): whole aligned huge PMDs move intact, anything else as PTEs."""
+    mm = vma.mm
+    old, new, old_end = old_addr, new_addr, old_addr + length
+    while old < old_end:
+        extent = min(((old + HPAGE_PMD_SIZE) & HPAGE_PMD_MASK) - old, old_end - old)
+        extent = min(extent, ((new + HPAGE_PMD_SIZE) & HPAGE_PMD_MASK) - new)
+        entry = mm.pmds.get(pmd_index(old))
+        if isinstance(entry, HugePmd):
+            if extent == HPAGE_PMD_SIZE and not mm.pmds.get(pmd_index(new)):
+                del mm.pmds[pmd_index(old)]
+                mm.pmds[pmd_index(new)] = entry
+                old, new = old + extent, new + extent
+                continue
+            split_huge_pmd(k, vma, old)
+            entry = mm.pmds[pmd_index(old)]
+        if isinstance(entry, PteTable):
+            move_ptes(mm, entry, old, new, extent >> PAGE_SHIFT)
+        old, new = old + extent, new + extent
+
+
+def move_ptes(mm: MmStruct, src: PteTable, old: int, new: int, nr: int) -> None:
+    """move_ptes(): the entries change address; no mapcount or refcount changes."""
+    dst = mm.pmds.get(pmd_index(new))
+    if not isinstance(dst, PteTable):
+        dst = mm.pmds[pmd_index(new)] = PteTable()
+    a, b = pte_index(old), pte_index(new)
+    dst.pfn[b : b + nr] = src.pfn[a : a + nr]
+    dst.bits[b : b + nr] = src.bits[a : a + nr]
+    src.pfn[a : a + nr] = -1
+    src.bits[a : a + nr] = 0
+    if src.empty():
+        del mm.pmds[pmd_index(old)]

@@ -1,0 +1,176 @@
+"""Physical frames: the mem_map of struct page fields as NumPy arrays, and the page allocator.
+
+4.5's fields for anonymous memory, one array element per 4 KiB frame (pfn):
+``flags``, ``_mapcount`` (every page, starts at -1), ``_count`` (meaningful on heads and small
+pages; tails stay 0), ``compound_mapcount`` (read at head+1, starts at -1), ``mapping`` (the
+anon_vma id, 0 for none), ``index`` (page->index) and ``private`` (swap entry). Page contents are
+stored sparsely: a frame holds a bytearray trimmed after its last written byte, or nothing (zeros).
+
+pfn 0 is the shared zero page and pfns 512..1023 the huge zero page, as reserved frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from cowlab.mm.constants import (
+    HPAGE_PMD_NR,
+    PAGE_SIZE,
+    PG_allocated,
+    PG_head,
+    PG_reserved,
+    PG_swapbacked,
+    PG_tail,
+    PG_uptodate,
+)
+
+ZERO_PFN = 0
+HUGE_ZERO_PFN = HPAGE_PMD_NR
+FIRST_FREE_PFN = 2 * HPAGE_PMD_NR
+
+IntArray = npt.NDArray[np.int64]
+
+
+def flags_without(mask: int) -> np.uint32:
+    """The complement of page flags as a uint32 (NumPy refuses negative Python ints)."""
+    return np.uint32(~mask & 0xFFFFFFFF)
+
+
+class PageFrames:
+    """struct page for every frame, plus the allocator's free lists (order 0 and order 9)."""
+
+    def __init__(self, capacity: int = 4 * HPAGE_PMD_NR) -> None:
+        self.nr = 0
+        self.flags = np.zeros(0, dtype=np.uint32)
+        self._mapcount = np.zeros(0, dtype=np.int32)
+        self._count = np.zeros(0, dtype=np.int32)
+        self.compound_mapcount = np.zeros(0, dtype=np.int32)
+        self.mapping = np.zeros(0, dtype=np.int32)
+        self.index = np.zeros(0, dtype=np.int64)
+        self.private = np.zeros(0, dtype=np.int64)
+        self._grow(max(capacity, FIRST_FREE_PFN))
+        self.nr = FIRST_FREE_PFN
+        self.free0: list[int] = []
+        self.free9: list[int] = []
+        self.contents: dict[int, bytearray] = {}
+        self.nr_allocated = 0
+        self.flags[ZERO_PFN] = PG_reserved
+        self.flags[HUGE_ZERO_PFN] = PG_reserved | PG_head
+        self.flags[HUGE_ZERO_PFN + 1 : HUGE_ZERO_PFN + HPAGE_PMD_NR] = PG_reserved | PG_tail
+        self.huge_zero_refcount = 0
+
+    def _grow(self, need: int) -> None:
+        old = len(self.flags)
+        if need <= old:
+            return
+        size = max(need, 2 * old)
+        fills = {
+            "flags": 0,
+            "_mapcount": -1,
+            "_count": 0,
+            "compound_mapcount": -1,
+            "mapping": 0,
+            "index": 0,
+            "private": 0,
+        }
+        for name, fill in fills.items():
+            arr = getattr(self, name)
+            new = np.full(size, fill, dtype=arr.dtype)
+            new[:old] = arr
+            setattr(self, name, new)
+
+    # --- allocation (mm/page_alloc.c) ------------------------------------------------------
+
+    def _reset(self, first: int, nr: int) -> None:
+        sl = slice(first, first + nr)
+        self.flags[sl] = 0
+        self._mapcount[sl] = -1
+        self._count[sl] = 0
+        self.compound_mapcount[sl] = -1
+        self.mapping[sl] = 0
+        self.index[sl] = 0
+        self.private[sl] = 0
+
+    def alloc_page(self) -> int:
+        """alloc_page(GFP_HIGHUSER_MOVABLE|__GFP_ZERO): a zeroed small page with _count 1."""
+        if self.free0:
+            pfn = self.free0.pop()
+        elif self.free9:
+            block = self.free9.pop()
+            self.free0.extend(range(block + HPAGE_PMD_NR - 1, block, -1))
+            pfn = block
+        else:
+            pfn = self.nr
+            self._grow(pfn + 1)
+            self.nr += 1
+        self._reset(pfn, 1)
+        self.flags[pfn] = PG_allocated | PG_uptodate | PG_swapbacked
+        self._count[pfn] = 1
+        self.nr_allocated += 1
+        return pfn
+
+    def alloc_hugepage(self) -> int:
+        """alloc_hugepage_vma + prep_transhuge_page: an order-9 compound page, head _count 1."""
+        if self.free9:
+            head = self.free9.pop()
+        else:
+            head = -(-self.nr // HPAGE_PMD_NR) * HPAGE_PMD_NR
+            self._grow(head + HPAGE_PMD_NR)
+            self.free0.extend(range(head - 1, self.nr - 1, -1))
+            self.nr = head + HPAGE_PMD_NR
+        self._reset(head, HPAGE_PMD_NR)
+        base = PG_allocated | PG_uptodate | PG_swapbacked
+        self.flags[head] = base | PG_head
+        self.flags[head + 1 : head + HPAGE_PMD_NR] = base | PG_tail
+        self._count[head] = 1
+        self.nr_allocated += HPAGE_PMD_NR
+        return head
+
+    def free_page(self, pfn: int) -> None:
+        """__free_pages of an order-0 page whose _count reached zero."""
+        self.contents.pop(pfn, None)
+        self._reset(pfn, 1)
+        self.free0.append(pfn)
+        self.nr_allocated -= 1
+
+    def free_hugepage(self, head: int) -> None:
+        """free_transhuge_page: the caller has already taken it off the deferred split queue."""
+        for pfn in range(head, head + HPAGE_PMD_NR):
+            self.contents.pop(pfn, None)
+        self._reset(head, HPAGE_PMD_NR)
+        self.free9.append(head)
+        self.nr_allocated -= HPAGE_PMD_NR
+
+    # --- contents ------------------------------------------------------------------------
+
+    def read(self, pfn: int, offset: int, n: int) -> bytes:
+        data = self.contents.get(pfn)
+        if data is None:
+            return bytes(n)
+        chunk = bytes(data[offset : offset + n])
+        return chunk + bytes(n - len(chunk))
+
+    def write(self, pfn: int, offset: int, payload: bytes) -> None:
+        data = self.contents.get(pfn)
+        if data is None:
+            data = self.contents[pfn] = bytearray()
+        end = offset + len(payload)
+        if len(data) < end:
+            data.extend(bytes(end - len(data)))
+        data[offset:end] = payload
+
+    def copy_page(self, dst: int, src: int) -> None:
+        """copy_user_highpage: dst gets src's bytes."""
+        data = self.contents.get(src)
+        if data is None:
+            self.contents.pop(dst, None)
+        else:
+            self.contents[dst] = bytearray(data)
+
+    def page_bytes(self, pfn: int) -> bytes:
+        return self.read(pfn, 0, PAGE_SIZE)
+
+    def allocated(self) -> IntArray:
+        """Every frame handed out by the allocator and not freed since."""
+        return np.flatnonzero(self.flags[: self.nr] & PG_allocated).astype(np.int64)

@@ -1,0 +1,73 @@
+"""Page tables: a PMD slot is empty, a huge PMD, or a table of 512 PTEs held in NumPy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cowlab.mm.constants import HPAGE_PMD_NR
+
+# PTE bits (the model's, named after arch/x86 _PAGE_*); pfn -1 is pte_none.
+PTE_WRITE = 1 << 0
+PTE_DIRTY = 1 << 1
+PTE_YOUNG = 1 << 2
+PTE_SOFT_DIRTY = 1 << 3
+PTE_SPECIAL = 1 << 4  # zero page: vm_normal_page() returns NULL
+PTE_PROTNONE = 1 << 5  # NUMA hinting entry (present but inaccessible)
+PTE_MIGRATION = 1 << 6  # a migration entry: not present, pfn kept (split_huge_page freeze)
+
+PTE_BIT_NAMES = {
+    PTE_WRITE: "W",
+    PTE_DIRTY: "D",
+    PTE_YOUNG: "A",
+    PTE_SOFT_DIRTY: "SD",
+    PTE_SPECIAL: "special",
+    PTE_PROTNONE: "protnone",
+    PTE_MIGRATION: "migration",
+}
+
+
+def pte_without(mask: int) -> np.uint8:
+    """The complement of PTE bits as a uint8 (NumPy refuses negative Python ints)."""
+    return np.uint8(~mask & 0xFF)
+
+
+class PteTable:
+    """One page-table page: 512 PTEs as a pfn array (-1 = none) and a bits array."""
+
+    __slots__ = ("bits", "pfn")
+
+    def __init__(self) -> None:
+        self.pfn: npt.NDArray[np.int64] = np.full(HPAGE_PMD_NR, -1, dtype=np.int64)
+        self.bits: npt.NDArray[np.uint8] = np.zeros(HPAGE_PMD_NR, dtype=np.uint8)
+
+    def copy(self) -> PteTable:
+        t = PteTable()
+        t.pfn[:] = self.pfn
+        t.bits[:] = self.bits
+        return t
+
+    def empty(self) -> bool:
+        return bool((self.pfn < 0).all())
+
+
+@dataclass
+class HugePmd:
+    """A huge PMD mapping the whole compound page whose head is ``pfn``."""
+
+    pfn: int
+    write: bool
+    dirty: bool
+    young: bool = True
+    soft_dirty: bool = True
+    protnone: bool = False
+    huge_zero: bool = False
+
+
+PmdEntry = HugePmd | PteTable
+
+
+def pte_flags_str(bits: int) -> str:
+    return "".join(name if bits & bit else "" for bit, name in PTE_BIT_NAMES.items()) or "-"

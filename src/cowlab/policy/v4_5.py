@@ -1,0 +1,38 @@
+"""Linux 4.5.0-4.5.4: the rules of 1f25fe20a76a ("mm, thp: adjust conditions when we can reuse
+the page on WP fault"), before 6d0a07edd17c. A PTE-mapped THP subpage is never reused; a PMD is
+reused only when nothing but its own mapping holds a reference."""
+
+from __future__ import annotations
+
+from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
+from cowlab.mm.page_alloc import PageFrames
+from cowlab.policy.base import Policy, ReuseCount
+
+
+class V4_5(Policy):
+    id = "v4.5"
+    release = "4.5 (2016-03-13)"
+    commits = ("1f25fe20a76a", "53f9263baba6", "ddc58f27f9ee", "61f5d698cc97")
+    summary = (
+        "PTE: reuse iff page_mapcount == 1, never for a THP subpage; "
+        "PMD: reuse iff page_mapcount(head) == 1 and page_count(head) == 1"
+    )
+
+    def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
+        """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""
+        if PageTransCompound(f, pfn):
+            return ReuseCount(None, 0, "PageTransCompound: 4.5.0 never reuses a THP subpage")
+        count = page_mapcount(f, pfn)
+        return ReuseCount(count, count, f"page_mapcount = {count}")
+
+    def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
+        """Always: a reused page is a small page mapped once."""
+        return True
+
+    def huge_pmd_wp_reuse(self, f: PageFrames, head: int) -> tuple[bool, str]:
+        """do_huge_pmd_wp_page of 4.5.0: any extra reference (a GUP pin) forces a 2 MiB copy."""
+        mapcount, count = page_mapcount(f, head), page_count(f, head)
+        return (
+            mapcount == 1 and count == 1,
+            f"page_mapcount(head) = {mapcount}, page_count(head) = {count}",
+        )

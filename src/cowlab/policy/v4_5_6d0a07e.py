@@ -1,0 +1,32 @@
+"""Linux 4.5.5 (stable 9d3320adf7ca) / 4.6: 6d0a07edd17c "mm: thp: calculate the mapcount correctly
+for THP pages during WP faults". Reuse when no subpage is mapped twice (pins are ignored); move the
+page to the faulting VMA's anon_vma only when the faulting mapping is the THP's only mapping."""
+
+from __future__ import annotations
+
+from cowlab.mm.huge_memory import page_trans_huge_mapcount
+from cowlab.mm.page_alloc import PageFrames
+from cowlab.policy.base import ReuseCount
+from cowlab.policy.v4_5 import V4_5
+
+
+class V4_5_6d0a07e(V4_5):
+    id = "v4.5+6d0a07e"
+    release = "4.5.5 (2016-05-18), 4.6"
+    commits = ("6d0a07edd17c", "9d3320adf7ca")
+    summary = (
+        "PTE and PMD: reuse iff page_trans_huge_mapcount == 1 (pins ignored); "
+        "page_move_anon_rmap only when total_mapcount == 1"
+    )
+
+    def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
+        ptm, total, worst = page_trans_huge_mapcount(f, pfn)
+        where = f" (subpage {worst})" if worst is not None else ""
+        return ReuseCount(ptm, total, f"page_trans_huge_mapcount = {ptm}{where}, total {total}")
+
+    def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
+        return total_mapcount == 1
+
+    def huge_pmd_wp_reuse(self, f: PageFrames, head: int) -> tuple[bool, str]:
+        ptm, total, _ = page_trans_huge_mapcount(f, head)
+        return ptm == 1, f"page_trans_huge_mapcount = {ptm}, total {total}"
