@@ -1,0 +1,1 @@
+"""Programs that drive the model the way real applications drive the kernel."""
