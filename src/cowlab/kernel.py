@@ -32,10 +32,9 @@ from cowlab.mm.constants import (
     VM_WRITE,
 )
 from cowlab.mm.fork import dup_mmap
-from cowlab.mm.gup import get_user_pages
+from cowlab.mm.gup import get_user_pages, release_pages
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.migrate import change_prot_numa
-from cowlab.mm.mm import is_zero_pfn, put_page
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.pgtable import PTE_DIRTY, PTE_MIGRATION, PTE_PROTNONE, PTE_WRITE, PTE_YOUNG, HugePmd
@@ -170,9 +169,16 @@ class Kernel:
 
     @contextmanager
     def operation(self, description: str) -> Iterator[None]:
-        """One program-visible operation; self-checking runs after it."""
+        """One program-visible operation; self-checking runs after it, failed or not."""
         self.history.append(description)
-        yield
+        try:
+            yield
+        except (SyscallError, Segfault):
+            self._selfcheck(description)
+            raise
+        self._selfcheck(description)
+
+    def _selfcheck(self, description: str) -> None:
         if self.selfcheck:
             problems = checker.check_invariants(self)
             if problems:
@@ -196,9 +202,7 @@ class Kernel:
             raise SyscallError("EINVAL", f"pin {pin.id} is not held")
         with self.operation(f"unpin {pin.id}"):
             del self.pins[pin.id]
-            for pfn in pin.pages:
-                if not is_zero_pfn(self.frames, pfn):
-                    put_page(self, pfn)
+            release_pages(self, pin.pages)
 
     def split_huge_pages(self) -> int:
         """echo 1 > /sys/kernel/debug/split_huge_pages: try to split every THP."""

@@ -19,7 +19,7 @@ from cowlab.mm.constants import (
     VM_WRITE,
 )
 from cowlab.mm.memory import handle_mm_fault
-from cowlab.mm.mm import get_page, is_zero_pfn
+from cowlab.mm.mm import get_page, is_zero_pfn, put_page
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_DIRTY, PTE_MIGRATION, PTE_PROTNONE, PTE_WRITE, PTE_YOUNG, HugePmd
 
@@ -74,16 +74,27 @@ def get_user_pages(k: Kernel, mm: MmStruct, start: int, nr_pages: int, flags: in
     if not gup_flags & FOLL_FORCE:
         gup_flags |= FOLL_NUMA
     pages: list[int] = []
-    for n in range(nr_pages):
-        addr = start + n * PAGE_SIZE
-        vma = mm.find_vma(addr)
-        if vma is None or not check_vma_flags(vma, gup_flags):
-            raise SyscallError("EFAULT", f"get_user_pages: {addr:#x} cannot be accessed that way")
-        pfn = _faultin_and_follow(k, vma, addr, gup_flags)
-        if not is_zero_pfn(k.frames, pfn):
-            get_page(k.frames, pfn)
-        pages.append(pfn)
+    try:
+        for n in range(nr_pages):
+            addr = start + n * PAGE_SIZE
+            vma = mm.find_vma(addr)
+            if vma is None or not check_vma_flags(vma, gup_flags):
+                raise SyscallError("EFAULT", f"get_user_pages: {addr:#x} cannot be accessed so")
+            pfn = _faultin_and_follow(k, vma, addr, gup_flags)
+            if not is_zero_pfn(k.frames, pfn):
+                get_page(k.frames, pfn)
+            pages.append(pfn)
+    except SyscallError:
+        release_pages(k, pages)  # the caller (ib_umem_get) drops a partial result
+        raise
     return pages
+
+
+def release_pages(k: Kernel, pages: list[int]) -> None:
+    """put_page() on every page GUP returned (the zero pages are not counted)."""
+    for pfn in pages:
+        if not is_zero_pfn(k.frames, pfn):
+            put_page(k, pfn)
 
 
 def _faultin_and_follow(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int:

@@ -193,7 +193,9 @@ def parse_size(text: str) -> int:
             return int(text[:-1]) * units[text[-1].upper()]
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {text!r} (expected e.g. 512M, 2M, 4096)") from None
+        raise argparse.ArgumentTypeError(
+            f"bad size {text!r} (expected e.g. 512M, 2M, 4096)"
+        ) from None
 
 
 def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
@@ -216,7 +218,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "rdma_mr") -> int:
         print(f"{prog}: --size must be a positive multiple of 2M", file=sys.stderr)
         return 2
     result = run(
-        args.kernel, args.size, args.iterations, args.trigger, args.mapping, args.seed, args.selfcheck
+        args.kernel,
+        args.size,
+        args.iterations,
+        args.trigger,
+        args.mapping,
+        args.seed,
+        args.selfcheck,
     )
     print(report(result))
     return 1 if result.error else 0
