@@ -79,6 +79,19 @@ class CowEvent:
         )
 
 
+class OpRecord:
+    """One entry of the operation history, formatted only when someone reads it."""
+
+    __slots__ = ("args", "fmt")
+
+    def __init__(self, fmt: str, *args: object) -> None:
+        self.fmt = fmt
+        self.args = args
+
+    def __str__(self) -> str:
+        return self.fmt.format(*(_fmt_arg(a) for a in self.args))
+
+
 def parse_prot(prot: str | int) -> int:
     """'rw', 'r', 'rwx', 'none' or a PROT_* integer."""
     if isinstance(prot, int):
@@ -121,7 +134,7 @@ class Kernel:
         self.vmstat: Counter[str] = Counter()
         self.cow_log: list[CowEvent] = []
         self.log: list[tuple[int, str, str]] = []
-        self.history: list[str] = []
+        self.history: list[OpRecord] = []
         self._thp_enabled = "always"
         self.thp_use_zero_page = True
         self.thp_alloc_fail = False
@@ -162,27 +175,28 @@ class Kernel:
         why: str,
         nr: int = 1,
     ) -> None:
-        op = self.history[-1] if self.history else "(setup)"
+        op = str(self.history[-1]) if self.history else "(setup)"
         event = CowEvent(len(self.history), op, function, vma.mm.pid, addr, old, new, nr, why)
         self.cow_log.append(event)
         self.trace(function, event.describe())
 
     @contextmanager
-    def operation(self, description: str) -> Iterator[None]:
-        """One program-visible operation; self-checking runs after it, failed or not."""
-        self.history.append(description)
+    def operation(self, fmt: str, *args: object) -> Iterator[None]:
+        """One program-visible operation (str.format of fmt and args); self-checking follows it."""
+        record = OpRecord(fmt, *args)
+        self.history.append(record)
         try:
             yield
         except (SyscallError, Segfault):
-            self._selfcheck(description)
+            self._selfcheck(record)
             raise
-        self._selfcheck(description)
+        self._selfcheck(record)
 
-    def _selfcheck(self, description: str) -> None:
+    def _selfcheck(self, record: OpRecord) -> None:
         if self.selfcheck:
             problems = checker.check_invariants(self)
             if problems:
-                raise InvariantViolation(f"op {len(self.history)}: {description}", problems)
+                raise InvariantViolation(f"op {len(self.history)}: {record}", problems)
 
     def mms(self) -> list[MmStruct]:
         return [p.mm for p in self.processes.values()]
@@ -192,7 +206,7 @@ class Kernel:
     def spawn(self) -> Process:
         """A new process with an empty address space (what execve leaves)."""
         proc = Process(self, next(self._pids))
-        with self.operation(f"spawn -> pid {proc.pid}"):
+        with self.operation("spawn -> pid {}", proc.pid):
             self.processes[proc.pid] = proc
         return proc
 
@@ -200,7 +214,7 @@ class Kernel:
         """put_page() on every page of a pin (ib_umem_release, vfio unpin)."""
         if pin.id not in self.pins:
             raise SyscallError("EINVAL", f"pin {pin.id} is not held")
-        with self.operation(f"unpin {pin.id}"):
+        with self.operation("unpin {}", pin.id):
             del self.pins[pin.id]
             release_pages(self, pin.pages)
 
@@ -227,10 +241,8 @@ def _op(fmt: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             self = args[0]
             assert isinstance(self, Process)
             self._require_alive()
-            shown = ", ".join(
-                [_fmt_arg(a) for a in args[1:]] + [f"{k}={_fmt_arg(v)}" for k, v in kwargs.items()]
-            )
-            with self.kernel.operation(f"pid {self.pid}: {fmt}({shown})"):
+            call = CallArgs(args[1:], kwargs)
+            with self.kernel.operation("pid {}: " + fmt + "({})", self.pid, call):
                 return fn(*args, **kwargs)
 
         inner.__doc__ = fn.__doc__
@@ -240,11 +252,28 @@ def _op(fmt: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
+class CallArgs:
+    """A method call's arguments, shown as the call would be written."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __str__(self) -> str:
+        shown = [_fmt_arg(a) for a in self.args]
+        shown += [f"{k}={_fmt_arg(v)}" for k, v in self.kwargs.items()]
+        return ", ".join(shown)
+
+
 def _fmt_arg(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
         return hex(value)
     if isinstance(value, bytes | bytearray) and len(value) > 8:
         return f"<{len(value)} bytes>"
+    if isinstance(value, CallArgs):
+        return str(value)
     return repr(value)
 
 
@@ -281,7 +310,7 @@ class Pin:
             raise SyscallError("EFAULT", f"pin {self.id} is read-only: the device cannot write")
         if self.id not in self.kernel.pins:
             raise SyscallError("EINVAL", f"pin {self.id} was released")
-        with self.kernel.operation(f"dma_write pin {self.id} +{offset} <{len(data)} bytes>"):
+        with self.kernel.operation("dma_write pin {} +{} {}", self.id, offset, data):
             for pfn, in_page, done, chunk in self._chunks(offset, len(data)):
                 self.kernel.frames.write(pfn, in_page, data[done : done + chunk])
 
@@ -290,7 +319,7 @@ class Pin:
         if self.id not in self.kernel.pins:
             raise SyscallError("EINVAL", f"pin {self.id} was released")
         out = bytearray()
-        with self.kernel.operation(f"dma_read pin {self.id} +{offset} {n}"):
+        with self.kernel.operation("dma_read pin {} +{} {}", self.id, offset, n):
             for pfn, in_page, _done, chunk in self._chunks(offset, n):
                 out += self.kernel.frames.read(pfn, in_page, chunk)
         return bytes(out)
@@ -376,7 +405,7 @@ class Process:
         self._require_alive()
         k = self.kernel
         child = Process(k, next(k._pids))
-        with k.operation(f"pid {self.pid}: fork() -> pid {child.pid}"):
+        with k.operation("pid {}: fork() -> pid {}", self.pid, child.pid):
             dup_mmap(k, child.mm, self.mm)
             k.processes[child.pid] = child
         return child
@@ -454,10 +483,8 @@ class Process:
             raise SyscallError("EINVAL", "get_user_pages: length must be positive")
         flags = (FOLL_WRITE if write else 0) | (FOLL_FORCE if force else 0)
         pin_id = next(k._pin_ids)
-        desc = (
-            f"pid {self.pid}: get_user_pages({addr:#x}, {length:#x}, write={write}, force={force})"
-        )
-        with k.operation(f"{desc} -> pin {pin_id}"):
+        fmt = "pid {}: get_user_pages({}, {}, write={}, force={}) -> pin {}"
+        with k.operation(fmt, self.pid, addr, length, write, force, pin_id):
             pages = get_user_pages(k, self.mm, first, nr, flags)
             pin = Pin(k, pin_id, self.pid, addr, length, pages, write)
             k.pins[pin.id] = pin

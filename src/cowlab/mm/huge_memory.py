@@ -32,7 +32,7 @@ from cowlab.mm.mm import (
     page_count,
     put_page,
 )
-from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index
+from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import HUGE_ZERO_PFN, ZERO_PFN, PageFrames, flags_without
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
@@ -305,7 +305,8 @@ def __split_huge_pmd_locked(
     k.trace(
         "__split_huge_pmd_locked",
         f"PMD of head pfn {head:#x} at {idx << PMD_SHIFT:#x} -> 512 PTEs "
-        f"(compound_mapcount {compound_mapcount(f, head)}, DoubleMap {int(PageDoubleMap(f, head))})",
+        f"(compound_mapcount {compound_mapcount(f, head)}, "
+        f"DoubleMap {int(PageDoubleMap(f, head))})",
     )
     return table
 
@@ -365,11 +366,11 @@ def _freeze_mapping(k: Kernel, m: Mapping) -> list[tuple[PteTable, int]]:
     if m.pmd:
         entry = m.mm.pmds[idx]
         assert isinstance(entry, HugePmd)
-        table = __split_huge_pmd_locked(k, m.mm, idx, entry, freeze=True)
-        return [(table, i) for i in range(HPAGE_PMD_NR)]
+        split = __split_huge_pmd_locked(k, m.mm, idx, entry, freeze=True)
+        return [(split, i) for i in range(HPAGE_PMD_NR)]
     table = m.mm.pmds[idx]
     assert isinstance(table, PteTable)
-    i = (m.addr >> 12) & 511
+    i = pte_index(m.addr)
     table.bits[i] |= PTE_MIGRATION
     page_remove_rmap(k, m.pfn, compound=False)
     put_page(k, m.pfn)

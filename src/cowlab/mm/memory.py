@@ -56,6 +56,7 @@ def new_pte_bits(vma: VmArea) -> int:
 
 def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool) -> int:
     """__handle_mm_fault(): a huge PMD when THP allows it, else the PTE level."""
+    k.vmstat["pgfault"] += 1
     mm = vma.mm
     idx = pmd_index(addr)
     entry = mm.pmds.get(idx)

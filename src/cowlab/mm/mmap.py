@@ -115,7 +115,7 @@ def split_vma(k: Kernel, vma: VmArea, addr: int) -> VmArea:
 
 
 def is_mergeable(a: VmArea, b: VmArea) -> bool:
-    """can_vma_merge_after(): adjacent, same flags (soft-dirty aside), contiguous pgoff, anon_vma ok."""
+    """can_vma_merge_after(): adjacent, same flags but soft-dirty, contiguous pgoff, anon_vma ok."""
     if a.vm_end != b.vm_start or (a.vm_flags ^ b.vm_flags) & ~VM_SOFTDIRTY:
         return False
     if a.vm_pgoff + a.pages != b.vm_pgoff:

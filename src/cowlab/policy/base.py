@@ -29,7 +29,7 @@ class Policy(ABC):
 
     id: ClassVar[str]
     release: ClassVar[str]
-    commits: ClassVar[tuple[str, ...]]
+    commits: ClassVar[tuple[str, ...]]  # the commits whose rules this kernel follows
     summary: ClassVar[str]
 
     @abstractmethod

@@ -4,6 +4,8 @@ reused only when nothing but its own mapping holds a reference."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.policy.base import Policy, ReuseCount
@@ -12,7 +14,12 @@ from cowlab.policy.base import Policy, ReuseCount
 class V4_5(Policy):
     id = "v4.5"
     release = "4.5 (2016-03-13)"
-    commits = ("1f25fe20a76a", "53f9263baba6", "ddc58f27f9ee", "61f5d698cc97")
+    commits: ClassVar[tuple[str, ...]] = (
+        "1f25fe20a76a",
+        "53f9263baba6",
+        "ddc58f27f9ee",
+        "61f5d698cc97",
+    )
     summary = (
         "PTE: reuse iff page_mapcount == 1, never for a THP subpage; "
         "PMD: reuse iff page_mapcount(head) == 1 and page_count(head) == 1"

@@ -4,6 +4,8 @@ page to the faulting VMA's anon_vma only when the faulting mapping is the THP's 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from cowlab.mm.huge_memory import page_trans_huge_mapcount
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.policy.base import ReuseCount
@@ -13,7 +15,7 @@ from cowlab.policy.v4_5 import V4_5
 class V4_5_6d0a07e(V4_5):
     id = "v4.5+6d0a07e"
     release = "4.5.5 (2016-05-18), 4.6"
-    commits = ("6d0a07edd17c", "9d3320adf7ca")
+    commits: ClassVar[tuple[str, ...]] = ("6d0a07edd17c", "9d3320adf7ca")
     summary = (
         "PTE and PMD: reuse iff page_trans_huge_mapcount == 1 (pins ignored); "
         "page_move_anon_rmap only when total_mapcount == 1"

@@ -43,6 +43,7 @@ class RdmaResult:
     iterations: int
     error: CompareError | None
     cow_copies: int
+    faults: int
     seconds: float
 
 
@@ -140,6 +141,7 @@ def run(
         i + 1 if iterations else 0,
         error,
         len(k.cow_log),
+        k.vmstat["pgfault"],
         time.perf_counter() - start,
     )
 
@@ -167,8 +169,8 @@ def _compare_error(
 
 def report(result: RdmaResult) -> str:
     head = (
-        f"kernel {result.kernel}: 2 x {result.size // MIB} MiB MRs, {result.mapping.upper()}-mapped "
-        f"THP, write-protected by {result.trigger}"
+        f"kernel {result.kernel}: 2 x {result.size // MIB} MiB MRs, "
+        f"{result.mapping.upper()}-mapped THP, write-protected by {result.trigger}"
     )
     if result.error is None:
         return (
@@ -202,7 +204,12 @@ def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="The RDMA memory-region test of 6d0a07edd17c on a modelled kernel."
     )
-    parser.add_argument("--kernel", default="v4.5", choices=sorted(POLICIES))
+    parser.add_argument(
+        "--kernel",
+        action="append",
+        choices=sorted(POLICIES),
+        help="kernel id; repeat to run several (default: v4.5)",
+    )
     parser.add_argument("--size", type=parse_size, default=512 * MIB, help="bytes per MR (512M)")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--trigger", choices=TRIGGERS, default="fork")
@@ -217,14 +224,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "rdma_mr") -> int:
     if args.size <= 0 or args.size % HPAGE_PMD_SIZE:
         print(f"{prog}: --size must be a positive multiple of 2M", file=sys.stderr)
         return 2
-    result = run(
-        args.kernel,
-        args.size,
-        args.iterations,
-        args.trigger,
-        args.mapping,
-        args.seed,
-        args.selfcheck,
-    )
-    print(report(result))
-    return 1 if result.error else 0
+    status = 0
+    for i, kernel_id in enumerate(args.kernel or ["v4.5"]):
+        result = run(
+            kernel_id,
+            args.size,
+            args.iterations,
+            args.trigger,
+            args.mapping,
+            args.seed,
+            args.selfcheck,
+        )
+        print(("\n" if i else "") + report(result))
+        status |= 1 if result.error else 0
+    return status

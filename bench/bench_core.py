@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Benchmarks of the core model (not a test): wall time, peak RSS and simulated faults per second.
+
+    python bench/bench_core.py [--quick] [--out docs/benchmarks.md]
+
+Each workload runs in a fresh child process so its peak RSS is its own. Figures are also given
+as ratios against baselines measured in the same run:
+  - time: a plain Python loop that does one dict update and one NumPy store per 4 KiB page of
+    the workload (the least any per-page Python model must spend);
+  - memory: the peak RSS of a child that only imports cowlab (interpreter + NumPy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+WORKLOADS = {
+    "rdma-pmd": "RDMA program, 2 x 512 MiB, PMD-mapped THP, fork trigger, 1,000 iterations",
+    "rdma-pte": "RDMA program, 2 x 512 MiB, PTE-mapped THP, fork trigger, 1,000 iterations",
+    "fork-write-thp": "1 GiB of THP: populate, fork, parent writes every 4 KiB page",
+    "fork-write-4k": "1 GiB of 4 KiB pages: populate, fork, parent writes every page",
+    "baseline-import": "import cowlab only (memory baseline)",
+    "baseline-loop": "a dict update and a NumPy store per 4 KiB page of 1 GiB (time baseline)",
+}
+KERNELS = ["v4.5", "v4.5+6d0a07e", "v4.5+6d0a07e-early"]
+GIB = 1 << 30
+
+
+def fork_write(kernel_id: str, size: int, thp: bool) -> dict[str, float]:
+    from cowlab import Kernel
+
+    k = Kernel(kernel_id)
+    k.thp_enabled = "always" if thp else "never"
+    p = k.spawn()
+    addr = p.mmap(size, align=2 << 20)
+    for va in range(addr, addr + size, 4096):  # populate
+        p.write(va, b"a")
+    child = p.fork()
+    for va in range(addr, addr + size, 4096):  # the COW faults under test
+        p.write(va, b"b")
+    assert child.read(addr, 1) == b"a"
+    return {"faults": k.vmstat["pgfault"], "cow_copies": len(k.cow_log)}
+
+
+def baseline_loop(size: int) -> dict[str, float]:
+    import numpy as np
+
+    pages = size // 4096
+    arr = np.zeros(pages, dtype=np.int32)
+    table: dict[int, int] = {}
+    for i in range(pages):
+        table[i] = i
+        arr[i] = i
+    return {"faults": 0, "cow_copies": 0}
+
+
+def child(name: str, kernel_id: str, quick: bool) -> None:
+    size = (64 << 20) if quick else GIB
+    start = time.perf_counter()
+    if name.startswith("rdma"):
+        from cowlab.workloads import rdma
+
+        mr = (16 << 20) if quick else 512 << 20
+        r = rdma.run(kernel_id, size=mr, mapping=name.split("-")[1])
+        out = {"faults": r.faults, "cow_copies": r.cow_copies, "compare_error": r.error is not None}
+    elif name.startswith("fork-write"):
+        out = fork_write(kernel_id, size, thp=name.endswith("thp"))
+    elif name == "baseline-loop":
+        out = baseline_loop(size)
+    else:
+        import cowlab  # noqa: F401
+
+        out = {}
+    out["seconds"] = time.perf_counter() - start
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def run_child(name: str, kernel_id: str, quick: bool) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", name, "--kernel", kernel_id]
+    cmd += ["--quick"] if quick else []
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--child")
+    parser.add_argument("--kernel", default="v4.5")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.kernel, args.quick)
+        return
+    base_mem = run_child("baseline-import", "v4.5", args.quick)["peak_rss_mib"]
+    base_loop = run_child("baseline-loop", "v4.5", args.quick)["seconds"]
+    lines = [
+        f"Machine: {platform.machine()}, Python {platform.python_version()}; "
+        f"baselines: import-only peak RSS {base_mem:.0f} MiB, per-page loop {base_loop:.3f} s",
+        "",
+        "| workload | kernel | wall s | x loop baseline | peak RSS MiB | x import RSS "
+        "| faults | faults/s | COW copies |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("rdma-pmd", "rdma-pte", "fork-write-thp", "fork-write-4k"):
+        for kernel_id in KERNELS:
+            r = run_child(name, kernel_id, args.quick)
+            faults = int(r["faults"])
+            rate = f"{faults / r['seconds']:,.0f}" if faults > 0 else "-"
+            lines.append(
+                f"| {name} | {kernel_id} | {r['seconds']:.2f} | {r['seconds'] / base_loop:.1f} "
+                f"| {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / base_mem:.1f} "
+                f"| {faults if faults > 0 else '-'} | {rate} | {int(r['cow_copies'])} |"
+            )
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
