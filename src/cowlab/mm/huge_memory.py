@@ -50,6 +50,7 @@ from cowlab.mm.rmap import (
     anon_vma_prepare,
     page_add_new_anon_rmap,
     page_anon_vma,
+    page_dup_rmap,
     page_remove_rmap,
     rmap_walk_anon,
 )
@@ -218,7 +219,7 @@ def copy_huge_pmd(k: Kernel, dst: MmStruct, src: MmStruct, idx: int, entry: Huge
         k.frames.huge_zero_refcount += 1
         return
     get_page(k.frames, entry.pfn)
-    k.frames.compound_mapcount[entry.pfn + 1] += 1  # page_dup_rmap(page, true)
+    page_dup_rmap(k, entry.pfn, compound=True)
     entry.write = False
     dst.pmds[idx] = replace(entry, write=False, young=False)
     dst.anon_rss += HPAGE_PMD_NR

@@ -188,7 +188,8 @@ def copy_page_range(k: Kernel, dst: VmArea, src: VmArea) -> None:
 def copy_pte_range(
     k: Kernel, dst: VmArea, src: VmArea, idx: int, table: PteTable, sl: slice
 ) -> None:
-    """copy_pte_range()/copy_one_pte(): wrprotect both sides, child PTE old, +1 map and ref."""
+    """copy_pte_range(), copy_one_pte() for every PTE at once: wrprotect both sides (COW
+    mappings), child PTEs old, page_dup_rmap (+1 _mapcount) and get_page (+1 _count on the head)."""
     pfns = table.pfn[sl]
     present = pfns >= 0
     if not present.any():

@@ -12,6 +12,7 @@ from cowlab.mm.constants import (
     MREMAP_MAYMOVE,
     PAGE_SHIFT,
     PAGE_SIZE,
+    VM_NOHUGEPAGE,
 )
 from cowlab.mm.huge_memory import split_huge_pmd
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
@@ -73,14 +74,20 @@ def move_vma(
     new_vma = VmArea(vma.mm, new_addr, new_addr + new_len, vma.vm_flags, pgoff, vma.anon_vma)
     anon_vma_clone(new_vma, vma)
     vma.mm.insert_vma(new_vma)
-    move_page_tables(k, vma, old_addr, new_addr, old_len)
+    move_page_tables(k, vma, new_vma, old_addr, new_addr, old_len)
     do_munmap(k, vma.mm, old_addr, old_len)
     vma_merge_around(k, new_vma)
     return new_addr
 
 
-def move_page_tables(k: Kernel, vma: VmArea, old_addr: int, new_addr: int, length: int) -> None:
-    """move_page_tables(): whole aligned huge PMDs move intact, anything else as PTEs."""
+def move_page_tables(
+    k: Kernel, vma: VmArea, new_vma: VmArea, old_addr: int, new_addr: int, length: int
+) -> None:
+    """move_page_tables(): whole aligned huge PMDs move intact, anything else as PTEs.
+
+    move_huge_pmd() also needs an empty destination and a new VMA without VM_NOHUGEPAGE; the
+    moved PMD is marked soft-dirty (docs/verification-4.5.md §14).
+    """
     mm = vma.mm
     old, new, old_end = old_addr, new_addr, old_addr + length
     while old < old_end:
@@ -88,8 +95,10 @@ def move_page_tables(k: Kernel, vma: VmArea, old_addr: int, new_addr: int, lengt
         extent = min(extent, ((new + HPAGE_PMD_SIZE) & HPAGE_PMD_MASK) - new)
         entry = mm.pmds.get(pmd_index(old))
         if isinstance(entry, HugePmd):
-            if extent == HPAGE_PMD_SIZE and not mm.pmds.get(pmd_index(new)):
+            movable = extent == HPAGE_PMD_SIZE and not new_vma.vm_flags & VM_NOHUGEPAGE
+            if movable and not mm.pmds.get(pmd_index(new)):
                 del mm.pmds[pmd_index(old)]
+                entry.soft_dirty = True
                 mm.pmds[pmd_index(new)] = entry
                 old, new = old + extent, new + extent
                 continue
