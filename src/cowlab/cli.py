@@ -1,4 +1,4 @@
-"""The `cowlab` command line."""
+"""The `cowlab` command line. Bad input is one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -6,9 +6,32 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from rich.console import Console
 
 from cowlab.policy import POLICIES
+from cowlab.scenario import ScenarioError, load_scenario
+from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
+from cowlab.scenario.runner import run_scenario
 from cowlab.workloads import rdma
+
+
+class UsageError(Exception):
+    """A bad command line: one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def kernel_ids(requested: list[str] | None) -> list[str] | None:
+    for kernel_id in requested or []:
+        if kernel_id not in POLICIES:
+            known = ", ".join(POLICIES)
+            raise UsageError(f"cowlab: unknown kernel id {kernel_id!r} (known: {known})")
+    return requested
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
@@ -26,15 +49,40 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def cmd_run(args: argparse.Namespace) -> int:
+    requested = kernel_ids(args.kernel)
+    scenarios = [load_scenario(path) for path in args.files]
+    console = Console(width=args.width, force_terminal=False) if not args.json else None
+    runs = []
+    for scenario in scenarios:
+        kernels = [k for k in scenario.kernels if requested is None or k in requested]
+        for kernel_id in kernels:
+            result = run_scenario(scenario, kernel_id)
+            runs.append(result)
+            if console is not None:
+                render_run(result, console)
+    passed = all(r.passed for r in runs)
+    if args.json:
+        doc = {"version": JSON_VERSION, "passed": passed, "runs": [run_to_json(r) for r in runs]}
+        print(json.dumps(doc, indent=2))
+    return 0 if passed else 1
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="cowlab",
         description="A page-accurate model of Linux anonymous memory: COW, THP and page pinning.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     kernels = sub.add_parser("kernels", help="list the modelled kernels and their reuse rules")
     kernels.add_argument("--json", action="store_true")
     kernels.set_defaults(func=cmd_kernels)
+    run = sub.add_parser("run", help="run scenario files on the kernels they name")
+    run.add_argument("files", nargs="+", metavar="FILE")
+    run.add_argument("--kernel", action="append", help="only this kernel id (repeatable)")
+    run.add_argument("--json", action="store_true", help="a JSON document instead of tables")
+    run.add_argument("--width", type=int, default=160, help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
     sub.add_parser(
         "rdma",
         help="the RDMA memory-region test of 6d0a07edd17c (see `cowlab rdma --help`)",
@@ -47,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["rdma"]:
         return rdma.main(argv[1:], prog="cowlab rdma")
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        result: int = args.func(args)
+    except (UsageError, ScenarioError) as e:
+        print(str(e).splitlines()[0], file=sys.stderr)
+        return 2
     return result
 
 

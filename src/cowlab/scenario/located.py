@@ -1,0 +1,86 @@
+"""YAML loaded safely, with the line and column of every value kept for error messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Loc:
+    """1-based line and column, as editors and compilers print them."""
+
+    line: int
+    col: int
+
+
+class LMap(dict[str, Any]):
+    """A YAML mapping; ``loc`` is its own position, ``key_locs``/``val_locs`` its entries'."""
+
+    def __init__(self, loc: Loc) -> None:
+        super().__init__()
+        self.loc = loc
+        self.key_locs: dict[str, Loc] = {}
+        self.val_locs: dict[str, Loc] = {}
+
+
+class LList(list[Any]):
+    """A YAML sequence; ``item_locs[i]`` is the position of item i."""
+
+    def __init__(self, loc: Loc) -> None:
+        super().__init__()
+        self.loc = loc
+        self.item_locs: list[Loc] = []
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _loc(node: yaml.Node) -> Loc:
+    return Loc(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def load_located(text: str) -> Any:
+    """Parse one YAML document into LMap/LList/scalars; YamlSyntaxError on anything else."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        loc = Loc(mark.line + 1, mark.column + 1) if mark else Loc(1, 1)
+        raise YamlSyntaxError(loc, f"invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise YamlSyntaxError(Loc(1, 1), f"invalid YAML: {e}") from None
+    if node is None:
+        return None
+    return _build(node, yaml.SafeLoader(""))
+
+
+def _build(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = LMap(_loc(node))
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlSyntaxError(_loc(key_node), "a mapping key must be a plain word")
+            key = str(loader.construct_object(key_node, deep=True))
+            if key in out:
+                raise YamlSyntaxError(_loc(key_node), f"key {key!r} appears twice")
+            out[key] = _build(value_node, loader)
+            out.key_locs[key] = _loc(key_node)
+            out.val_locs[key] = _loc(value_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        seq = LList(_loc(node))
+        for item in node.value:
+            seq.append(_build(item, loader))
+            seq.item_locs.append(_loc(item))
+        return seq
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as e:
+        raise YamlSyntaxError(_loc(node), f"invalid value: {e}") from None

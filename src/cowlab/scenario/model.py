@@ -1,0 +1,88 @@
+"""The parsed form of a scenario file (see docs/scenarios.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cowlab.scenario.located import Loc
+
+PROPERTIES = ("pin_coherence", "no_leak", "counters", "rmap")
+FAULT_KINDS = ("copy", "reuse", "none")
+MAPPED_KINDS = ("pmd", "pte", "none", "zero", "huge_zero")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A region name plus a byte offset (``buf+4K``), or an absolute address (region None)."""
+
+    region: str | None
+    offset: int
+
+    def __str__(self) -> str:
+        if self.region is None:
+            return hex(self.offset)
+        sign = "+" if self.offset >= 0 else "-"
+        return self.region if not self.offset else f"{self.region}{sign}{abs(self.offset):#x}"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One expected observation; ``per_kernel`` overrides ``value`` for the kernels it names."""
+
+    what: str
+    value: Any
+    per_kernel: dict[str, Any]
+    loc: Loc
+
+    def expected_for(self, kernel_id: str) -> Any:
+        return self.per_kernel.get(kernel_id, self.value)
+
+    def applies_to(self, kernel_id: str) -> bool:
+        return kernel_id in self.per_kernel or self.value is not None
+
+
+@dataclass
+class Step:
+    """One operation of the program, with its arguments already checked and converted."""
+
+    index: int
+    op: str
+    args: dict[str, Any]
+    expect: list[Expectation]
+    label: str | None
+    loc: Loc
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items())
+        return f"{self.op}({shown})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return repr(value) if len(value) <= 16 else f"<{len(value)} bytes>"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
+        return hex(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """The machine a scenario needs: THP sysfs mode and kernel build options."""
+
+    thp: str = "madvise"
+    use_zero_page: bool = True
+    config_swap: bool = True
+    config_thp: bool = True
+    debug_vm: bool = False
+
+
+@dataclass
+class Scenario:
+    path: str
+    name: str
+    description: str
+    kernels: tuple[str, ...]
+    config: ScenarioConfig
+    processes: list[str]
+    steps: list[Step] = field(default_factory=list)

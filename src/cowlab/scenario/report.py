@@ -1,0 +1,111 @@
+"""Scenario runs as rich tables for people and as JSON for programs (docs/scenarios.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cowlab.scenario.runner import ExpectResult, RunResult
+
+JSON_VERSION = 1
+
+
+def show_value(value: Any) -> str:
+    if isinstance(value, bytes):
+        return repr(value[:24]) + ("..." if len(value) > 24 else "")
+    if isinstance(value, tuple) and len(value) == 2:
+        here, ref = value
+        return f"pfn {_pfn(here)} vs {_pfn(ref)}"
+    if isinstance(value, dict):
+        parts = [f"{k}: {'broken' if v else 'holds'}" for k, v in value.items()]
+        return ", ".join(parts)
+    return str(value)
+
+
+def _pfn(pfn: int | None) -> str:
+    return "none" if pfn is None else hex(pfn)
+
+
+def show_expect(r: ExpectResult) -> str:
+    mark = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
+    want = show_value(r.expected) if r.what not in ("holds", "breaks") else ", ".join(r.expected)
+    text = f"{mark} {r.what}: {want}"
+    if not r.passed or r.what in ("fault", "mapcount", "total_mapcount", "refcount", "mapped"):
+        text += f" (got {show_value(r.actual)})"
+    return text
+
+
+def render_run(result: RunResult, console: Console) -> None:
+    s = result.scenario
+    table = Table(title=f"{s.path}: {s.name} — kernel {result.kernel_id}", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("line", justify="right")
+    table.add_column("step")
+    table.add_column("what happened")
+    table.add_column("expectations")
+    for sr in result.steps:
+        shown = [show_expect(r) for r in sr.results if not (r.implicit and r.passed)]
+        table.add_row(
+            str(sr.step.index),
+            str(sr.step.loc.line),
+            sr.step.describe(),
+            "\n".join(sr.happened) or "-",
+            "\n".join(shown) or "-",
+        )
+    console.print(table)
+    explicit = [r for sr in result.steps for r in sr.results if not r.implicit]
+    surprises = [r for sr in result.steps for r in sr.results if r.implicit and not r.passed]
+    verdict = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+    held = sum(r.passed for r in explicit)
+    tail = f", {len(surprises)} unexpected outcomes" if surprises else ""
+    console.print(
+        f"{verdict} {s.path} on {result.kernel_id}: {held}/{len(explicit)} expectations hold{tail}"
+    )
+
+
+def expect_to_json(r: ExpectResult) -> dict[str, Any]:
+    return {
+        "what": r.what,
+        "expected": _jsonable(r.expected),
+        "actual": _jsonable(r.actual),
+        "passed": r.passed,
+        "line": r.loc.line,
+        "column": r.loc.col,
+        "implicit": r.implicit,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def run_to_json(result: RunResult) -> dict[str, Any]:
+    s = result.scenario
+    return {
+        "file": s.path,
+        "name": s.name,
+        "kernel": result.kernel_id,
+        "passed": result.passed,
+        "steps": [
+            {
+                "index": sr.step.index,
+                "line": sr.step.loc.line,
+                "op": sr.step.op,
+                "step": sr.step.describe(),
+                "outcome": sr.outcome,
+                "happened": sr.happened,
+                "pfn": sr.observed_pfn,
+                "expectations": [expect_to_json(r) for r in sr.results],
+                "passed": sr.passed,
+            }
+            for sr in result.steps
+        ],
+    }
