@@ -373,12 +373,6 @@ def test_thp_disabled_pins(kid: str) -> None:
     assert counts == [1, 2, 2, 2, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug: madvise(MADV_HUGEPAGE) is accepted with CONFIG_TRANSPARENT_HUGEPAGE=n; "
-    "4.5's madvise_behavior_valid() lists MADV_(NO)HUGEPAGE only under "
-    "#ifdef CONFIG_TRANSPARENT_HUGEPAGE, so the call fails with EINVAL",
-)
 @pytest.mark.parametrize("advice", ["hugepage", "nohugepage"])
 def test_madv_hugepage_einval_without_thp(advice: str) -> None:
     from cowlab import SyscallError

@@ -850,12 +850,6 @@ def test_split_huge_page_pmd_mapped(kid: str) -> None:
     assert t.p.read(t.base, 7) == b"S0 data"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug: 4.5 unfreeze_page makes every PTE old (pte_mkold(mk_pte(..))) and dirty "
-    "when PageDirty (docs/verification-4.5.md §8.6); the model only clears the migration bit, "
-    "so the PTEs stay young and clean",
-)
 @pytest.mark.parametrize("kid", KERNELS)
 def test_split_huge_page_unfrozen_ptes_old_and_dirty(kid: str) -> None:
     t = thp(kid)
@@ -1288,12 +1282,6 @@ def test_mremap_whole_pmd_marks_it_soft_dirty(kid: str) -> None:
     assert e.soft_dirty and e.pfn == t.head and not e.write
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug: move_ptes() does not mark moved PTEs soft-dirty; 4.5's move_ptes applies "
-    "move_soft_dirty_pte() to every moved PTE (as move_huge_pmd does for a PMD, "
-    "docs/verification-4.5.md §14), so a clear_refs(4) tracker sees the move",
-)
 @pytest.mark.parametrize("kid", KERNELS)
 def test_mremap_marks_moved_ptes_soft_dirty(kid: str) -> None:
     t = thp(kid)

@@ -379,11 +379,12 @@ def _freeze_mapping(k: Kernel, m: Mapping) -> list[tuple[PteTable, int]]:
 
 
 def unfreeze_page(k: Kernel, frozen: list[tuple[PteTable, int]]) -> None:
-    """unfreeze_page()/remove_migration_ptes(): migration entries become PTEs again."""
+    """unfreeze_page(): migration entries become old PTEs, dirty where the page is PG_dirty."""
     f = k.frames
     for table, i in frozen:
-        table.bits[i] &= pte_without(PTE_MIGRATION)
         pfn = int(table.pfn[i])
+        dirty = PTE_DIRTY if f.flags[pfn] & PG_dirty else 0
+        table.bits[i] = (table.bits[i] & pte_without(PTE_MIGRATION | PTE_YOUNG)) | dirty
         f._mapcount[pfn] += 1
         get_page(f, pfn)
 

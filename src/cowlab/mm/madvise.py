@@ -43,6 +43,9 @@ def do_madvise(k: Kernel, mm: MmStruct, start: int, length: int, advice: int) ->
     end = check_range(start, length, "madvise")
     if advice != MADV_DONTNEED and advice not in FLAG_CHANGES:
         raise SyscallError("EINVAL", f"madvise: unsupported advice {advice}")
+    if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE) and not k.config.thp:
+        # madvise_behavior_valid() knows these only with CONFIG_TRANSPARENT_HUGEPAGE
+        raise SyscallError("EINVAL", "madvise: no THP advice without CONFIG_TRANSPARENT_HUGEPAGE")
     vmas = mm.vmas_in(start, end)
     if advice == MADV_DONTNEED:
         for vma in vmas:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from cowlab.errors import SyscallError
 from cowlab.mm.constants import (
     HPAGE_PMD_MASK,
@@ -17,7 +19,7 @@ from cowlab.mm.constants import (
 from cowlab.mm.huge_memory import split_huge_pmd
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import check_range, do_munmap, get_unmapped_area, vma_merge_around
-from cowlab.mm.pgtable import HugePmd, PteTable
+from cowlab.mm.pgtable import PTE_SOFT_DIRTY, HugePmd, PteTable
 from cowlab.mm.rmap import anon_vma_clone
 
 if TYPE_CHECKING:
@@ -110,13 +112,17 @@ def move_page_tables(
 
 
 def move_ptes(mm: MmStruct, src: PteTable, old: int, new: int, nr: int) -> None:
-    """move_ptes(): the entries change address; no mapcount or refcount changes."""
+    """move_ptes(): the entries change address and become soft-dirty (move_soft_dirty_pte);
+    no mapcount or refcount changes."""
     dst = mm.pmds.get(pmd_index(new))
     if not isinstance(dst, PteTable):
         dst = mm.pmds[pmd_index(new)] = PteTable()
     a, b = pte_index(old), pte_index(new)
     dst.pfn[b : b + nr] = src.pfn[a : a + nr]
-    dst.bits[b : b + nr] = src.bits[a : a + nr]
+    present = src.pfn[a : a + nr] >= 0
+    dst.bits[b : b + nr] = src.bits[a : a + nr] | np.where(present, PTE_SOFT_DIRTY, 0).astype(
+        np.uint8
+    )
     src.pfn[a : a + nr] = -1
     src.bits[a : a + nr] = 0
     if src.empty():

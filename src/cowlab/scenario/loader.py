@@ -25,7 +25,10 @@ from cowlab.scenario.model import (
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMG]?)$")
-ADDR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|0x[0-9a-fA-F]+)\s*(?:([+-])\s*(\S+))?\s*$")
+ADDR = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*|0x[0-9a-fA-F]+)((?:\s*[+-]\s*[0-9a-fA-FxKMG]+)*)\s*$"
+)
+TERM = re.compile(r"([+-])\s*([0-9a-fA-FxKMG]+)")
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 THP_MODES = ("always", "madvise", "never")
 ERRNO = re.compile(r"^E[A-Z]+$")
@@ -86,7 +89,7 @@ def parse_positive_size(ctx: Context, value: Any, loc: Loc) -> int:
 
 
 def parse_address(ctx: Context, value: Any, loc: Loc) -> Address:
-    """``region``, ``region+4K``, ``region-0x1000`` or an absolute ``0x...`` address."""
+    """``region``, ``region+4K``, ``region+8K+16``, ``region-0x1000`` or ``0x...``."""
     if isinstance(value, int) and not isinstance(value, bool):
         return Address(None, value)
     m = ADDR.match(value) if isinstance(value, str) else None
@@ -94,9 +97,11 @@ def parse_address(ctx: Context, value: Any, loc: Loc) -> Address:
         raise ctx.fail(
             loc, f"expected an address like buf, buf+4K or 0x7f0000000000, got {value!r}"
         )
-    base, sign, offset = m.groups()
-    delta = parse_size(ctx, offset, loc) if offset else 0
-    delta = -delta if sign == "-" else delta
+    base, terms = m.groups()
+    delta = 0
+    for sign, term in TERM.findall(terms):
+        size = parse_size(ctx, term, loc)
+        delta += -size if sign == "-" else size
     if base.startswith("0x"):
         return Address(None, int(base, 16) + delta)
     if base not in ctx.regions:

@@ -37,7 +37,7 @@ class StepResult:
     outcome: str
     happened: list[str]
     results: list[ExpectResult]
-    log: list[tuple[str, str]] = field(default_factory=list)
+    log: list[tuple[int, str, str]] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     observed_pfn: int | None = None
 
@@ -74,6 +74,7 @@ class Runner:
         self.labels: dict[str, int | None] = {}
         self.logical = LogicalMemory()
         self.broken: set[str] = set()
+        self.crashed_at: int | None = None
         for name in scenario.processes:
             self.procs[name] = self.k.spawn()
 
@@ -88,10 +89,13 @@ class Runner:
     # --- one step --------------------------------------------------------------------------
 
     def run_step(self, step: Step) -> StepResult:
+        if self.crashed_at is not None:
+            why = f"not run: the kernel hit BUG() at step {self.crashed_at}"
+            return StepResult(step, "not run", [why], [])
         k = self.k
         cows, reuses, log_at = len(k.cow_log), k.vmstat["pgreuse"], len(k.log)
         before = counters_snapshot(k) if k.tracing else None
-        outcome, result = "ok", None
+        outcome, result, bug = "ok", None, ""
         try:
             result = self.execute(step)
         except Segfault:
@@ -100,8 +104,12 @@ class Runner:
             outcome = e.errno
         except KernelBug as e:
             outcome = "BUG"
-            k.trace("BUG", str(e))
+            self.crashed_at = step.index
+            bug = f"kernel BUG: {e}"
+            k.trace("BUG", bug)
         happened = self.describe(step, outcome, result, cows)
+        if bug:
+            happened.append(bug)
         fault = (
             "copy" if len(k.cow_log) > cows else "reuse" if k.vmstat["pgreuse"] > reuses else "none"
         )
@@ -241,6 +249,8 @@ class Runner:
                 wanted |= set(e.expected_for(self.kernel_id))
         violated = self.properties_now(wanted)
         newly = {name for name in ("counters", "rmap") if violated[name]} - self.broken
+        if outcome == "BUG":
+            newly = set()  # a machine that oopsed mid-operation owes no invariant
         expected_breaks = set()
         for e in step.expect:
             if not e.applies_to(self.kernel_id):
