@@ -1,0 +1,160 @@
+"""Scenario files: the examples pass, the schema agrees with the loader, bad input gets one line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from cowlab.cli import main
+from cowlab.scenario import ScenarioError, load_scenario, parse_scenario
+from cowlab.scenario.loader import EXPECT, OPS
+from cowlab.scenario.runner import run_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+SCHEMA = json.loads((ROOT / "docs" / "scenario.schema.json").read_text())
+ERROR_LINE = re.compile(r"^\S+:\d+:\d+: \S.*$")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_passes_on_every_kernel_it_names(path: Path) -> None:
+    scenario = load_scenario(path)
+    for kernel_id in scenario.kernels:
+        result = run_scenario(scenario, kernel_id)
+        failed = [(s.step.index, r) for s in result.steps for r in s.results if not r.passed]
+        assert not failed, f"{kernel_id}: {failed}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_against_the_schema(path: Path) -> None:
+    jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
+
+
+def test_schema_and_loader_know_the_same_ops_and_keys() -> None:
+    variants = SCHEMA["properties"]["steps"]["items"]["oneOf"]
+    schema_ops = {v["properties"]["op"]["const"]: v for v in variants}
+    assert set(schema_ops) == set(OPS)
+    for op, spec in OPS.items():
+        props = set(schema_ops[op]["properties"]) - {"op", "label", "note", "expect"}
+        assert props == {k.rstrip("?") for k in spec}, op
+        required = set(schema_ops[op]["required"]) - {"op"}
+        assert required == {k for k in spec if not k.endswith("?")}, op
+    assert set(SCHEMA["$defs"]["expect"]["properties"]) == set(EXPECT)
+
+
+def test_docs_name_every_op_and_expectation() -> None:
+    doc = (ROOT / "docs" / "scenarios.md").read_text()
+    for word in list(OPS) + list(EXPECT):
+        assert f"`{word}`" in doc, word
+
+
+GOOD = """\
+name: t
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 8K}
+  - {op: write, proc: P, at: buf, data: "x"}
+"""
+
+
+def where(text: str, token: str) -> str:
+    """line:col (1-based) of the first occurrence of token in text."""
+    before = text[: text.index(token)]
+    return f"{before.count(chr(10)) + 1}:{len(before) - before.rfind(chr(10))}"
+
+
+@pytest.mark.parametrize(
+    ("text", "token", "message"),
+    [
+        (GOOD.replace("op: write", "op: wrte"), "wrte", "expected an op among"),
+        (GOOD.replace("size: 8K", "size: 8Q"), "8Q", "expected a size like"),
+        (GOOD + "  - {op: munmap, proc: P, at: buf+100, size: 4K}\n", "buf+100", "page-aligned"),
+        (GOOD.replace("processes: [P]", "kernels: [v9.9]\nprocesses: [P]"), "v9.9", "kernel id"),
+        (GOOD + "  - {op: unpin, pin: mr}\n", "mr}", "expected a pin taken"),
+        (
+            GOOD + "  - {op: exit, proc: P}\n  - {op: read, proc: P, at: buf, size: 1}\n",
+            "P, at: buf, size: 1",
+            "has exited",
+        ),
+        (GOOD + "  - {op: pin, proc: P, name: mr, at: buf, size: 0}\n", "0}", "greater than zero"),
+        (GOOD + "  - {op: fork, proc: P, child: P}\n", "P}", "already used"),
+        (GOOD + "  - {op: read, proc: P, at: nowhere, size: 1}\n", "nowhere", "region"),
+        (
+            GOOD + "  - {op: read, proc: P, at: buf, size: 1, expect: {fault: maybe}}\n",
+            "maybe",
+            "copy",
+        ),
+        ("name: t\nsteps:\n  - {op: write, proc: Q, at: 0x1000, data: x}\n", "Q,", "process"),
+    ],
+)
+def test_bad_input_is_one_located_line(text: str, token: str, message: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text, "t.yaml")
+    line = str(info.value)
+    assert line.startswith(f"t.yaml:{where(text, token)}: "), line
+    assert message in line and "\n" not in line
+
+
+def test_yaml_syntax_and_shape_errors() -> None:
+    for text, expected in [
+        ("name: t\nsteps: [\n", "t.yaml:3:1: invalid YAML"),
+        ("- 1\n- 2\n", "t.yaml:1:1: expected a scenario"),
+        ("name: t\nname: u\nsteps: []\n", "t.yaml:2:1: key 'name' appears twice"),
+    ]:
+        with pytest.raises(ScenarioError) as info:
+            parse_scenario(text, "t.yaml")
+        assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_unaligned_write_is_fine() -> None:
+    parse_scenario(GOOD.replace("at: buf,", "at: buf+3,"), "t.yaml")
+
+
+def test_cli_bad_file_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("size: 8K", "size: lots"))
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert ERROR_LINE.match(err) and err.startswith(f"{bad}:4:")
+
+
+def test_cli_unknown_kernel_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(EXAMPLES[0]), "--kernel", "v9.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown kernel id 'v9.9'" in err
+
+
+def test_segfault_is_an_outcome_not_an_error(tmp_path: Path) -> None:
+    text = GOOD + "  - {op: write, proc: P, at: buf+8K, data: y, expect: {outcome: SIGSEGV}}\n"
+    scenario = parse_scenario(text, "t.yaml")
+    result = run_scenario(scenario, "v4.5")
+    assert result.passed and result.steps[-1].outcome == "SIGSEGV"
+    unexpected = parse_scenario(GOOD + "  - {op: read, proc: P, at: buf+8K, size: 1}\n", "t.yaml")
+    run = run_scenario(unexpected, "v4.5")
+    assert not run.passed and run.steps[-1].outcome == "SIGSEGV"
+
+
+def test_json_output_is_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    path = ROOT / "examples" / "rdma_pmd.yaml"
+    assert main(["run", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["version"] == 1 and doc["passed"] is True
+    run = doc["runs"][0]
+    assert {"file", "name", "kernel", "passed", "steps"} <= set(run)
+    step = run["steps"][6]
+    assert step["op"] == "write" and step["outcome"] == "ok"
+    fault = next(e for e in step["expectations"] if e["what"] == "fault")
+    assert fault == {
+        "what": "fault",
+        "expected": "copy",
+        "actual": "copy",
+        "passed": True,
+        "line": 32,
+        "column": 14,
+        "implicit": False,
+    }
