@@ -38,6 +38,7 @@ class ScenarioError(Exception):
     """A malformed or meaningless scenario: ``path:line:col: what was expected``."""
 
     def __init__(self, path: str, loc: Loc, message: str) -> None:
+        message = " ".join(message.split())  # one line, whatever a YAML error had to say
         super().__init__(f"{path}:{loc.line}:{loc.col}: {message}")
         self.path = path
         self.loc = loc
@@ -381,7 +382,7 @@ def parse_step(ctx: Context, index: int, raw: Any, loc: Loc) -> Step:
     if "op" not in raw:
         raise ctx.fail(raw.loc, "expected an op key in the step")
     op = raw["op"]
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise ctx.fail(raw.val_locs["op"], f"expected an op among {', '.join(OPS)}, got {op!r}")
     spec = OPS[op]
     allowed = {k.rstrip("?") for k in spec}
@@ -448,7 +449,7 @@ def parse_kernels(ctx: Context, raw: Any, loc: Loc) -> tuple[str, ...]:
     if not isinstance(raw, LList) or not raw:
         raise ctx.fail(loc, "expected kernels to be a list of kernel ids")
     for kernel_id, item_loc in zip(raw, raw.item_locs, strict=True):
-        if kernel_id not in POLICIES:
+        if not isinstance(kernel_id, str) or kernel_id not in POLICIES:
             raise ctx.fail(
                 item_loc, f"expected a kernel id among {', '.join(POLICIES)}, got {kernel_id!r}"
             )

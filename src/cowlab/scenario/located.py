@@ -54,6 +54,12 @@ def load_located(text: str) -> Any:
         mark = e.problem_mark or e.context_mark
         loc = Loc(mark.line + 1, mark.column + 1) if mark else Loc(1, 1)
         raise YamlSyntaxError(loc, f"invalid YAML: {e.problem or e.context}") from None
+    except yaml.reader.ReaderError as e:
+        before = text[: e.position]
+        loc = Loc(before.count("\n") + 1, len(before) - before.rfind("\n"))
+        raise YamlSyntaxError(
+            loc, f"invalid YAML: character {e.character!r} is not allowed"
+        ) from None
     except yaml.YAMLError as e:
         raise YamlSyntaxError(Loc(1, 1), f"invalid YAML: {e}") from None
     if node is None:
@@ -67,7 +73,7 @@ def _build(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlSyntaxError(_loc(key_node), "a mapping key must be a plain word")
-            key = str(loader.construct_object(key_node, deep=True))
+            key = str(_scalar(key_node, loader))
             if key in out:
                 raise YamlSyntaxError(_loc(key_node), f"key {key!r} appears twice")
             out[key] = _build(value_node, loader)
@@ -80,7 +86,13 @@ def _build(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
             seq.append(_build(item, loader))
             seq.item_locs.append(_loc(item))
         return seq
+    return _scalar(node, loader)
+
+
+def _scalar(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    """A scalar as safe_load would build it; unknown tags (!!python/...) are refused."""
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as e:
-        raise YamlSyntaxError(_loc(node), f"invalid value: {e}") from None
+        problem = getattr(e, "problem", None) or str(e)
+        raise YamlSyntaxError(_loc(node), f"invalid value: {problem}") from None
