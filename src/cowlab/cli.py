@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from cowlab.explain import diff, explain
 from cowlab.policy import POLICIES
 from cowlab.scenario import ScenarioError, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
@@ -68,6 +69,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def one_kernel(requested: list[str] | None, scenario_kernels: tuple[str, ...], path: str) -> str:
+    (kernel_id,) = kernel_ids(requested) or [""]
+    if kernel_id not in scenario_kernels:
+        raise UsageError(
+            f"cowlab: {path} does not run on {kernel_id} ({', '.join(scenario_kernels)})"
+        )
+    return kernel_id
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.file)
+    kernel_id = one_kernel([args.kernel], scenario.kernels, args.file)
+    if args.step is not None and not 1 <= args.step <= len(scenario.steps):
+        raise UsageError(f"cowlab: --step must be 1..{len(scenario.steps)}, got {args.step}")
+    result = explain(scenario, kernel_id, args.step, Console(width=args.width))
+    return 0 if result.passed else 1
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.file)
+    if len(args.kernel) != 2:
+        raise UsageError("cowlab: diff needs exactly two --kernel options")
+    a, b = (one_kernel([k], scenario.kernels, args.file) for k in args.kernel)
+    return 0 if diff(scenario, a, b, Console(width=args.width)) is None else 1
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="cowlab",
@@ -83,6 +110,17 @@ def build_parser() -> Parser:
     run.add_argument("--json", action="store_true", help="a JSON document instead of tables")
     run.add_argument("--width", type=int, default=160, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
+    exp = sub.add_parser("explain", help="every kernel decision of a scenario, step by step")
+    exp.add_argument("file", metavar="FILE")
+    exp.add_argument("--kernel", required=True)
+    exp.add_argument("--step", type=int, help="only this step (1-based)")
+    exp.add_argument("--width", type=int, default=160, help=argparse.SUPPRESS)
+    exp.set_defaults(func=cmd_explain)
+    dif = sub.add_parser("diff", help="the first step where two kernels decide differently")
+    dif.add_argument("file", metavar="FILE")
+    dif.add_argument("--kernel", action="append", required=True, help="give it twice")
+    dif.add_argument("--width", type=int, default=160, help=argparse.SUPPRESS)
+    dif.set_defaults(func=cmd_diff)
     sub.add_parser(
         "rdma",
         help="the RDMA memory-region test of 6d0a07edd17c (see `cowlab rdma --help`)",

@@ -178,7 +178,6 @@ class Kernel:
         op = str(self.history[-1]) if self.history else "(setup)"
         event = CowEvent(len(self.history), op, function, vma.mm.pid, addr, old, new, nr, why)
         self.cow_log.append(event)
-        self.trace(function, event.describe())
 
     @contextmanager
     def operation(self, fmt: str, *args: object) -> Iterator[None]:

@@ -31,10 +31,8 @@ def _read_or_none(path: str | Path) -> str | None:
 
 def _pagemap_shows_pfns() -> bool:
     """Whether /proc/self/pagemap gives PFNs (zeroed without CAP_SYS_ADMIN)."""
-    buf = ctypes.create_string_buffer(b"x" * 4096)
-    addr = ctypes.addressof(buf) & ~4095
-    ctypes.memset(addr, 1, 1) if addr >= ctypes.addressof(buf) else None
-    ctypes.memset(ctypes.addressof(buf), 1, 1)  # be sure the page is present
+    buf = ctypes.create_string_buffer(64)
+    ctypes.memset(buf, 1, 1)  # the page holding buf is now certainly present
     page = ctypes.addressof(buf) // 4096
     try:
         with open("/proc/self/pagemap", "rb") as f:

@@ -151,7 +151,7 @@ def do_huge_pmd_wp_page(k: Kernel, vma: VmArea, addr: int, entry: HugePmd) -> in
     page: int | None = None if entry.huge_zero else entry.pfn
     if page is not None:
         reuse, why = k.policy.huge_pmd_wp_reuse(k.frames, page)
-        k.trace(
+        k.trace(  # the decision, before any copy
             "do_huge_pmd_wp_page", f"head pfn {page:#x}: {why} -> {'reuse' if reuse else 'copy'}"
         )
         if reuse:
@@ -183,6 +183,7 @@ def do_huge_pmd_wp_page(k: Kernel, vma: VmArea, addr: int, entry: HugePmd) -> in
         page_remove_rmap(k, page, compound=True)
         put_page(k, page)
     k.record_cow("do_huge_pmd_wp_page", vma, haddr, page, new, why, nr=HPAGE_PMD_NR)
+    k.trace("do_huge_pmd_wp_page", f"copy: a new THP, head pfn {new:#x}, PMD-mapped at {haddr:#x}")
     return VM_FAULT_WRITE
 
 
@@ -206,6 +207,10 @@ def do_huge_pmd_wp_page_fallback(
     k.record_cow(
         "do_huge_pmd_wp_page_fallback", vma, haddr, page, int(table.pfn[0]), why, nr=HPAGE_PMD_NR
     )
+    k.trace(
+        "do_huge_pmd_wp_page_fallback",
+        f"no THP: 512 small pages (pfn {int(table.pfn[0]):#x}...) copied and PTE-mapped",
+    )
     return VM_FAULT_WRITE
 
 
@@ -220,6 +225,11 @@ def copy_huge_pmd(k: Kernel, dst: MmStruct, src: MmStruct, idx: int, entry: Huge
         return
     get_page(k.frames, entry.pfn)
     page_dup_rmap(k, entry.pfn, compound=True)
+    k.trace(
+        "copy_huge_pmd",
+        f"THP {entry.pfn:#x} shared with pid {dst.pid}: both PMDs read-only, "
+        f"compound_mapcount {compound_mapcount(k.frames, entry.pfn)}",
+    )
     entry.write = False
     dst.pmds[idx] = replace(entry, write=False, young=False)
     dst.anon_rss += HPAGE_PMD_NR

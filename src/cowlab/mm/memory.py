@@ -57,6 +57,9 @@ def new_pte_bits(vma: VmArea) -> int:
 def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool) -> int:
     """__handle_mm_fault(): a huge PMD when THP allows it, else the PTE level."""
     k.vmstat["pgfault"] += 1
+    if k.tracing:
+        kind = "write" if write else "read"
+        k.trace("handle_mm_fault", f"{kind} fault at {addr:#x} in pid {vma.mm.pid}")
     mm = vma.mm
     idx = pmd_index(addr)
     entry = mm.pmds.get(idx)
@@ -104,7 +107,8 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
     if not write:
         table.pfn[i] = ZERO_PFN
         table.bits[i] = PTE_SPECIAL | PTE_YOUNG
-        k.trace("do_anonymous_page", f"read fault at {addr:#x}: map the zero page read-only")
+        if k.tracing:
+            k.trace("do_anonymous_page", f"{addr:#x}: read fault maps the zero page read-only")
         return 0
     anon_vma_prepare(k, vma)
     pfn = k.frames.alloc_page()
@@ -112,7 +116,8 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
     table.bits[i] = new_pte_bits(vma)
     page_add_new_anon_rmap(k, pfn, vma, addr, compound=False)
     vma.mm.anon_rss += 1
-    k.trace("do_anonymous_page", f"write fault at {addr:#x}: new page pfn {pfn:#x}")
+    if k.tracing:
+        k.trace("do_anonymous_page", f"{addr:#x}: write fault maps a new page, pfn {pfn:#x}")
     return 0
 
 
@@ -120,19 +125,32 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:
     """do_wp_page(): a write to a read-only present PTE either reuses the page or copies it."""
     i = pte_index(addr)
     if table.bits[i] & PTE_SPECIAL:
-        return wp_page_copy(k, vma, addr, table, None, "the zero page is never reused")
+        return wp_copy_traced(k, vma, addr, table, None, "the zero page", "never reused")
     old = int(table.pfn[i])
     f = k.frames
-    if PageAnon(f, old) and not PageKsm(f, old):
-        decision = reuse_swap_page(k, old)
-        k.trace("reuse_swap_page", f"pfn {old:#x}: {decision.why} -> {int(decision.reuse)}")
-        if decision.reuse:
-            if k.policy.move_anon_rmap_on_reuse(decision.total_mapcount):
-                page_move_anon_rmap(k, compound_head(f, old), vma, addr)
-                k.trace("page_move_anon_rmap", f"mapping := {vma.anon_vma} ({vma})")
-            return wp_page_reuse(k, vma, addr, table)
-        return wp_page_copy(k, vma, addr, table, old, decision.why)
-    return wp_page_copy(k, vma, addr, table, old, "not an anonymous page (KSM)")
+    if not PageAnon(f, old) or PageKsm(f, old):
+        return wp_copy_traced(k, vma, addr, table, old, f"pfn {old:#x}", "KSM: never reused")
+    decision = reuse_swap_page(k, old)
+    chain = f"pfn {old:#x} -> reuse_swap_page -> {decision.why} -> {int(decision.reuse)}"
+    if not decision.reuse:
+        return wp_copy_traced(k, vma, addr, table, old, chain, decision.why)
+    moved = k.policy.move_anon_rmap_on_reuse(decision.total_mapcount)
+    if moved:
+        page_move_anon_rmap(k, compound_head(f, old), vma, addr)
+    if k.tracing:
+        where = f"page_move_anon_rmap to {vma.anon_vma}" if moved else "anon_vma not moved"
+        k.trace("do_wp_page", f"{addr:#x}: {chain} -> reuse: wp_page_reuse ({where})")
+    return wp_page_reuse(k, vma, addr, table)
+
+
+def wp_copy_traced(
+    k: Kernel, vma: VmArea, addr: int, table: PteTable, old: int | None, chain: str, why: str
+) -> int:
+    ret = wp_page_copy(k, vma, addr, table, old, why)
+    if k.tracing:
+        new = int(table.pfn[pte_index(addr)])
+        k.trace("do_wp_page", f"{addr:#x}: {chain} -> copy: wp_page_copy allocates pfn {new:#x}")
+    return ret
 
 
 def wp_page_reuse(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:
@@ -140,7 +158,6 @@ def wp_page_reuse(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:
     i = pte_index(addr)
     table.bits[i] |= new_pte_bits(vma)
     k.vmstat["pgreuse"] += 1
-    k.trace("wp_page_reuse", f"{addr:#x} keeps pfn {int(table.pfn[i]):#x}")
     return VM_FAULT_WRITE
 
 
@@ -208,6 +225,12 @@ def copy_pte_range(
     f._mapcount[normal] += 1
     np.add.at(f._count, heads_of(k, normal), 1)
     dst.mm.anon_rss += int(normal.size)
+    if k.tracing:
+        k.trace(
+            "copy_pte_range",
+            f"{normal.size} PTEs at {(idx << PMD_SHIFT) + (sl.start << 12):#x} shared with pid "
+            f"{dst.mm.pid}: write-protected on both sides, _mapcount and _count +1",
+        )
 
 
 def heads_of(k: Kernel, pfns: np.ndarray) -> np.ndarray:
@@ -257,6 +280,8 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     if (f._mapcount[normal] < -1).any():
         raise KernelBug("zap_pte_range: _mapcount below -1")
     mm.anon_rss -= int(normal.size)
+    if k.tracing:
+        k.trace("zap_pte_range", f"pid {mm.pid}: {normal.size} PTEs unmapped (page_remove_rmap)")
     compound = (f.flags[normal] & (PG_head | PG_tail)) != 0
     emptied = normal[compound & (f._mapcount[normal] == -1)]
     for head in np.unique(emptied & ~(HPAGE_PMD_NR - 1)):

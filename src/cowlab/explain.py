@@ -1,0 +1,91 @@
+"""`cowlab explain` and `cowlab diff`: the kernel's decisions step by step, and where two part."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from cowlab.scenario.model import Scenario
+from cowlab.scenario.runner import RunResult, StepResult, run_scenario
+
+PFN = re.compile(r"pfn (0x[0-9a-f]+)|(?:THP|head pfn|head) (0x[0-9a-f]+)")
+
+
+def step_lines(sr: StepResult) -> list[str]:
+    """The decision log of one step, then its outcome and the counter changes."""
+    lines = [f"{function}: {message}" for _op, function, message in sr.log]
+    if sr.outcome != "ok":
+        lines.append(f"outcome: {sr.outcome}")
+    lines += [f"state: {change}" for change in sr.changes]
+    for r in sr.results:
+        if not r.implicit:
+            lines.append(f"expect {r.what}: {'PASS' if r.passed else 'FAIL'}")
+    return lines or ["(no kernel function changed anything)"]
+
+
+def explain(scenario: Scenario, kernel_id: str, step: int | None, console: Console) -> RunResult:
+    result = run_scenario(scenario, kernel_id, tracing=True)
+    for sr in result.steps:
+        if step is not None and sr.step.index != step:
+            continue
+        console.print(
+            f"[bold]step {sr.step.index}[/] (line {sr.step.loc.line}) on {kernel_id}: "
+            f"{sr.step.describe()}",
+            highlight=False,
+        )
+        for line in step_lines(sr):
+            console.print(f"  {line}", highlight=False, markup=False)
+    return result
+
+
+@dataclass
+class Signature:
+    """What a step decided and observed, with pfns renamed in order of first sight."""
+
+    outcome: str
+    decisions: tuple[str, ...]
+    observed: tuple[str, ...]
+
+
+def signatures(result: RunResult) -> list[Signature]:
+    names: dict[str, str] = {}
+
+    def canon(text: str) -> str:
+        def rename(m: re.Match[str]) -> str:
+            raw = m.group(1) or m.group(2)
+            names.setdefault(raw, f"F{len(names)}")
+            return m.group(0).replace(raw, names[raw])
+
+        return PFN.sub(rename, text)
+
+    out = []
+    for sr in result.steps:
+        decisions = tuple(canon(f"{fn}: {msg}") for _op, fn, msg in sr.log)
+        observed = tuple(f"{r.what}={r.actual!r}" for r in sr.results if r.what == "data")
+        out.append(Signature(sr.outcome, decisions, observed))
+    return out
+
+
+def diff(scenario: Scenario, kernel_a: str, kernel_b: str, console: Console) -> int | None:
+    """The first step whose decisions or observations differ; None when the runs agree."""
+    a = run_scenario(scenario, kernel_a, tracing=True)
+    b = run_scenario(scenario, kernel_b, tracing=True)
+    for sa, sb, ra, rb in zip(signatures(a), signatures(b), a.steps, b.steps, strict=True):
+        if sa != sb:
+            step = ra.step
+            console.print(
+                f"first difference at step {step.index} (line {step.loc.line}): {step.describe()}",
+                highlight=False,
+                markup=False,
+            )
+            table = Table(show_lines=True)
+            table.add_column(kernel_a)
+            table.add_column(kernel_b)
+            table.add_row("\n".join(step_lines(ra)), "\n".join(step_lines(rb)))
+            console.print(table)
+            return step.index
+    console.print(f"{kernel_a} and {kernel_b} take the same decisions at every step")
+    return None

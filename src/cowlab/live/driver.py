@@ -1,0 +1,656 @@
+"""The live machine: real processes, made by real fork(), driven with cowlab.kernel.Process's API.
+
+``LiveMachine`` starts a zygote (``python -m cowlab.live.worker``, a child subreaper); ``spawn()``
+forks a worker from it and ``LiveProcess.fork()`` makes the worker fork itself. Every worker waits
+on its own socket between commands, so the driver can observe it without perturbing it. Every
+worker is killed and reaped on every way out of the ``with LiveMachine()`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from cowlab.errors import CowlabError, Segfault, SyscallError
+from cowlab.live import observe, uring
+from cowlab.live.system import KernelFacts, kernel_facts
+from cowlab.live.worker import recv_msg, send_msg
+
+PAGE = 4096
+SYS_PIDFD_OPEN = 434
+SYS_PIDFD_GETFD = 438
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+MADVICE = {
+    "willneed": 3,
+    "dontneed": 4,
+    "free": 8,
+    "dontfork": 10,
+    "dofork": 11,
+    "mergeable": 12,
+    "unmergeable": 13,
+    "hugepage": 14,
+    "nohugepage": 15,
+    "wipeonfork": 18,
+    "keeponfork": 19,
+    "cold": 20,
+    "pageout": 21,
+    "populate_read": 22,
+    "populate_write": 23,
+    "collapse": 25,
+}
+PIN_KINDS = ("iouring", "vmsplice", "odirect")
+F_SETPIPE_SZ = 1031
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.tee.restype = ctypes.c_ssize_t
+_libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+
+
+class LiveWorkerDied(CowlabError):
+    """A worker died (or hung) in a way that is not a plain SIGSEGV outcome."""
+
+
+class LiveWorkerBug(CowlabError):
+    """The worker's Python code raised: a bug in cowlab.live, not a kernel outcome."""
+
+
+def parse_prot(prot: str | int) -> int:
+    """'rw', 'r', 'rwx', 'none' or a PROT_* integer (as cowlab.kernel.parse_prot)."""
+    if isinstance(prot, int):
+        if prot & ~7:
+            raise SyscallError("EINVAL", f"bad protection {prot:#x}")
+        return prot
+    if prot == "none":
+        return 0
+    bits = {"r": 1, "w": 2, "x": 4}
+    if not prot or any(c not in bits for c in prot):
+        raise SyscallError(
+            "EINVAL", f"bad protection {prot!r} (expected letters of 'rwx' or 'none')"
+        )
+    return sum(bits[c] for c in set(prot))
+
+
+def parse_advice(advice: str | int) -> int:
+    """An MADV_* number from its lower-case name (without MADV_) or the number itself."""
+    if isinstance(advice, int):
+        return advice
+    if advice not in MADVICE:
+        raise SyscallError("EINVAL", f"madvise: unknown advice {advice!r} ({', '.join(MADVICE)})")
+    return MADVICE[advice]
+
+
+def _syscall(nr: int, *args: int, what: str) -> int:
+    rc = int(_libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args)))
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def grab_fd(pid: int, fd: int) -> int:
+    """pidfd_getfd(): a copy of another process's fd (io_uring fds cannot travel SCM_RIGHTS)."""
+    pidfd = _syscall(SYS_PIDFD_OPEN, pid, 0, what="pidfd_open")
+    try:
+        return _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0, what="pidfd_getfd")
+    finally:
+        os.close(pidfd)
+
+
+def _tmpfile() -> int:
+    """An unnamed file on /var/tmp (ext4: O_DIRECT works there) that vanishes on close."""
+    return os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+
+
+# --- the device side of pins -----------------------------------------------------------------
+
+
+class _Device:
+    """What holds a pin's pages and moves data through them: one subclass per pin kind."""
+
+    def dma_read(self, addr: int, n: int) -> bytes:
+        raise SyscallError("EOPNOTSUPP", f"{type(self).__name__} cannot read pinned pages")
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        raise SyscallError("EOPNOTSUPP", f"{type(self).__name__} cannot write pinned pages")
+
+    def release(self) -> None:
+        """Drop the pin (or reference)."""
+
+
+class _IouringDevice(_Device):
+    """A ring whose fixed buffer 0 is the pin; fixed I/O to a temp file goes through the pages."""
+
+    def __init__(self, ring_fd: int, layout: dict[str, int]) -> None:
+        self.fd = ring_fd
+        self.ring = uring.Ring(ring_fd, layout)
+        self.file = _tmpfile()
+
+    def _io(self, op: int, addr: int, n: int) -> None:
+        res = self.ring.submit_and_wait(op, self.file, 0, addr, n)
+        if res < 0:
+            raise SyscallError(_errname(-res), f"io_uring fixed I/O: {os.strerror(-res)}")
+        if res != n:
+            raise SyscallError("EIO", f"io_uring fixed I/O moved {res} of {n} bytes")
+
+    def dma_read(self, addr: int, n: int) -> bytes:
+        """IORING_OP_WRITE_FIXED: the kernel reads the pinned pages into the file."""
+        self._io(uring.IORING_OP_WRITE_FIXED, addr, n)
+        return os.pread(self.file, n, 0)
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        """IORING_OP_READ_FIXED: the kernel writes the file's bytes into the pinned pages."""
+        os.pwrite(self.file, data, 0)
+        self._io(uring.IORING_OP_READ_FIXED, addr, len(data))
+
+    def release(self) -> None:
+        """IORING_UNREGISTER_BUFFERS (unpin_user_pages), then close the ring."""
+        try:
+            uring.unregister_buffers(self.fd)
+        finally:
+            self.ring.close()
+            os.close(self.fd)
+            os.close(self.file)
+
+
+class _VmspliceDevice(_Device):
+    """Pipes holding page references from vmsplice(); tee() reads them without consuming."""
+
+    def __init__(self, pipes: list[tuple[int, int]], start: int) -> None:
+        self.pipes = pipes  # (read fd, bytes held), in address order
+        self.start = start
+
+    def _tee_read(self, fd: int, held: int) -> bytes:
+        """tee() one pipe into a scratch pipe and read that: the referenced pages' bytes."""
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, int(Path("/proc/sys/fs/pipe-max-size").read_text()))
+            got = int(_libc.tee(fd, w, held, 0))
+            if got < 0:
+                err = ctypes.get_errno()
+                raise SyscallError(_errname(err), f"tee: {os.strerror(err)}")
+            data = bytearray()
+            while len(data) < got:
+                data += os.read(r, got - len(data))
+            return bytes(data)
+        finally:
+            os.close(r)
+            os.close(w)
+
+    def dma_read(self, addr: int, n: int) -> bytes:
+        data = b"".join(self._tee_read(fd, held) for fd, held in self.pipes)
+        off = addr - self.start
+        return data[off : off + n]
+
+    def release(self) -> None:
+        for fd, _held in self.pipes:
+            os.close(fd)
+
+
+class _OdirectDevice(_Device):
+    """O_DIRECT I/O done by the worker: a short-term pin of whatever it maps at DMA time."""
+
+    def __init__(self, proc: LiveProcess, worker_fd: int, file_fd: int) -> None:
+        self.proc = proc
+        self.worker_fd = worker_fd
+        self.file = file_fd
+
+    def _require_worker(self) -> None:
+        if not self.proc.alive:
+            raise SyscallError("ESRCH", f"O_DIRECT pins need their process; {self.proc.pid} exited")
+
+    def _to_file(self, lo: int, hi: int) -> None:
+        """The device reads [lo, hi) of memory: pwrite(O_DIRECT) of those blocks to the file."""
+        self.proc._call("odirect", self.worker_fd, lo, hi - lo, 0, False)
+
+    def dma_read(self, addr: int, n: int) -> bytes:
+        """pwrite(O_DIRECT) of the enclosing 4 KiB blocks, then read the file back."""
+        self._require_worker()
+        lo, hi = _blocks(addr, n)
+        self._to_file(lo, hi)
+        return os.pread(self.file, n, addr - lo)
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        """pread(O_DIRECT) of whole 4 KiB blocks; partial blocks are read-modify-written."""
+        self._require_worker()
+        lo, hi = _blocks(addr, len(data))
+        if (lo, hi) != (addr, addr + len(data)):
+            self._to_file(lo, hi)
+        os.pwrite(self.file, data, addr - lo)
+        self.proc._call("odirect", self.worker_fd, lo, hi - lo, 0, True)
+
+    def release(self) -> None:
+        if self.proc.alive:
+            self.proc._call("drop_pin", self.worker_fd)
+        os.close(self.file)
+
+
+def _blocks(addr: int, n: int) -> tuple[int, int]:
+    """The 4 KiB-aligned span around [addr, addr+n): O_DIRECT needs aligned I/O."""
+    return addr & ~(PAGE - 1), (addr + n + PAGE - 1) & ~(PAGE - 1)
+
+
+def _errname(err: int) -> str:
+    return errno.errorcode.get(err, "EIO")
+
+
+@dataclass(eq=False)
+class LivePin:
+    """Pages a device holds after get_user_pages(): dma_read/dma_write go through them."""
+
+    machine: LiveMachine
+    id: int
+    pid: int
+    addr: int
+    length: int
+    write: bool
+    kind: str
+    device: _Device = field(repr=False)
+    held: bool = True
+
+    def _check(self, offset: int, n: int) -> None:
+        if not self.held:
+            raise SyscallError("EINVAL", f"pin {self.id} was released")
+        if offset < 0 or n < 0 or offset + n > self.length:
+            raise SyscallError("EINVAL", f"DMA [{offset}, {offset + n}) outside pin {self.id}")
+
+    def dma_write(self, offset: int, data: bytes) -> None:
+        """The device writes into the pinned physical pages."""
+        if not self.write:
+            raise SyscallError("EFAULT", f"pin {self.id} is read-only: the device cannot write")
+        self._check(offset, len(data))
+        self.device.dma_write(self.addr + offset, bytes(data))
+
+    def dma_read(self, offset: int, n: int) -> bytes:
+        """The device reads the pinned physical pages."""
+        self._check(offset, n)
+        return self.device.dma_read(self.addr + offset, n)
+
+    def unpin(self) -> None:
+        """Release the pin (io_uring unregister, pipe close, ...)."""
+        self.machine.unpin(self)
+
+
+class LiveProcess:
+    """A real process under test, with cowlab.kernel.Process's system-call API."""
+
+    def __init__(
+        self, machine: LiveMachine, pid: int, sock: socket.socket, parent: LiveProcess | None
+    ) -> None:
+        self.machine = machine
+        self.pid = pid
+        self.sock = sock
+        self.parent = parent
+        self.alive = True
+
+    def __repr__(self) -> str:
+        return f"LiveProcess(pid={self.pid}{'' if self.alive else ', exited'})"
+
+    # --- the wire ------------------------------------------------------------------------
+
+    def _call(self, cmd: str, *args: Any, fds: list[int] | None = None) -> Any:
+        """Send one command and wait for its reply; a dead worker is reaped and reported."""
+        if not self.alive:
+            raise SyscallError("ESRCH", f"pid {self.pid} has exited")
+        try:
+            send_msg(self.sock, (cmd, args), fds)
+            msg = recv_msg(self.sock)
+        except TimeoutError:
+            self.machine._kill(self)
+            raise LiveWorkerDied(f"pid {self.pid} did not answer {cmd} in time") from None
+        except (BrokenPipeError, ConnectionResetError):
+            msg = None
+        if msg is None:
+            self._died(cmd, args)
+        (reply, _fds) = msg  # type: ignore[misc]
+        return _unpack(reply)
+
+    def _died(self, cmd: str, args: tuple[Any, ...]) -> None:
+        """EOF on the socket: reap the worker and say how it died."""
+        how, what = self.machine._reap(self)
+        if how == "signaled" and what in CRASH_SIGNALS:
+            addr = args[0] if args and isinstance(args[0], int) else 0
+            raise Segfault(addr, "write" if cmd == "write" else "read")
+        raise LiveWorkerDied(f"pid {self.pid} died during {cmd}: {how} {what}")
+
+    def _require_alive(self) -> None:
+        if not self.alive:
+            raise SyscallError("ESRCH", f"pid {self.pid} has exited")
+
+    # --- address space -------------------------------------------------------------------
+
+    def mmap(
+        self, length: int, prot: str | int = "rw", *, align: int = 0, addr: int | None = None
+    ) -> int:
+        """mmap(MAP_PRIVATE|MAP_ANONYMOUS); align gives an aligned start, addr means MAP_FIXED."""
+        if length <= 0:
+            raise SyscallError("EINVAL", "mmap: length must be positive")
+        if align and (align & (align - 1) or align % PAGE):
+            raise SyscallError(
+                "EINVAL", f"mmap: align {align:#x} is not a power-of-two page multiple"
+            )
+        return int(self._call("mmap", length, parse_prot(prot), align, addr))
+
+    def munmap(self, addr: int, length: int) -> None:
+        """munmap()."""
+        self._call("munmap", addr, length)
+
+    def mprotect(self, addr: int, length: int, prot: str | int) -> None:
+        """mprotect()."""
+        self._call("mprotect", addr, length, parse_prot(prot))
+
+    def mremap(
+        self,
+        addr: int,
+        old_length: int,
+        new_length: int,
+        *,
+        may_move: bool = False,
+        fixed_addr: int | None = None,
+    ) -> int:
+        """mremap(); fixed_addr means MREMAP_MAYMOVE|MREMAP_FIXED to that address."""
+        flags = MREMAP_MAYMOVE if may_move or fixed_addr is not None else 0
+        if fixed_addr is not None:
+            flags |= MREMAP_FIXED
+        return int(self._call("mremap", addr, old_length, new_length, flags, fixed_addr))
+
+    def madvise(self, addr: int, length: int, advice: str | int) -> None:
+        """madvise(): 'dontneed', 'hugepage', 'collapse', 'pageout', ... or an MADV_* number."""
+        self._call("madvise", addr, length, parse_advice(advice))
+
+    def clear_refs(self, value: int = 4) -> None:
+        """echo VALUE > /proc/PID/clear_refs (4 = soft-dirty; a no-op without MEM_SOFT_DIRTY)."""
+        self._require_alive()
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text(str(value))
+        except OSError as e:
+            raise SyscallError(_errname(e.errno or 0), f"clear_refs {value}: {e}") from None
+
+    # --- processes -----------------------------------------------------------------------
+
+    def fork(self) -> LiveProcess:
+        """fork() in the worker itself; the child serves a fresh socket from the driver."""
+        return self.machine._fork_from(self)
+
+    def exit(self) -> None:
+        """exit(): the worker leaves, is reaped, so its mm is gone when this returns."""
+        self._call("exit")
+        self.machine._reap(self)
+
+    # --- memory access -------------------------------------------------------------------
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Stores by the worker's CPU; SIGSEGV comes back as Segfault and the worker lives on."""
+        self._call("write", addr, bytes(data))
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Loads by the worker's CPU (a read of untouched memory maps the zero page)."""
+        return bytes(self._call("read", addr, n))
+
+    # --- the device side -----------------------------------------------------------------
+
+    def get_user_pages(
+        self,
+        addr: int,
+        length: int,
+        *,
+        write: bool = True,
+        force: bool = False,
+        pin_kind: str = "iouring",
+    ) -> LivePin:
+        """A pin of [addr, addr+length): io_uring fixed buffer, vmsplice refs, or O_DIRECT."""
+        return self.machine._pin(self, addr, length, write, force, pin_kind)
+
+    # --- observation ---------------------------------------------------------------------
+
+    def snapshot(self, addr: int, length: int, *, exact: bool = False) -> observe.Snapshot:
+        """observe.snapshot() of one range of this process alone (named by its pid)."""
+        return observe.snapshot([(str(self.pid), self.pid, addr, length)], exact=exact)
+
+    def translate(self, addr: int) -> int | None:
+        """The PFN addr maps now, without faulting (pagemap), or None."""
+        self._require_alive()
+        entry = int(observe.read_pagemap(self.pid, addr - addr % PAGE, 1)[0])
+        return entry & observe.PM_PFN_MASK if entry >> observe.PM_PRESENT & 1 else None
+
+
+def _unpack(reply: tuple[Any, ...]) -> Any:
+    """A worker reply as a value or the exception the model would raise."""
+    kind = reply[0]
+    if kind == "ok":
+        return reply[1]
+    if kind == "err":
+        raise SyscallError(reply[1], reply[2])
+    if kind == "segv":
+        raise Segfault(reply[1], reply[2])
+    raise LiveWorkerBug(reply[1])
+
+
+class LiveMachine:
+    """Real processes on the running kernel; use as ``with LiveMachine() as m: p = m.spawn()``."""
+
+    def __init__(self, *, timeout: float = 30.0, handle_sigterm: bool = True) -> None:
+        self.timeout = timeout
+        self.handle_sigterm = handle_sigterm
+        self.processes: dict[int, LiveProcess] = {}
+        self.pins: dict[int, LivePin] = {}
+        self._pin_ids = itertools.count(1)
+        self._zygote: LiveProcess | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._old_sigterm: Any = None
+        self.facts: KernelFacts | None = None
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    def __enter__(self) -> LiveMachine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the zygote (a fresh interpreter: small, no inherited fds or threads)."""
+        if self._zygote is not None:
+            return
+        self.facts = kernel_facts()
+        mine, theirs = socket.socketpair()
+        src = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+        try:
+            self._popen = subprocess.Popen(
+                [sys.executable, "-m", "cowlab.live.worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            theirs.close()
+        mine.settimeout(self.timeout)
+        self._zygote = LiveProcess(self, self._popen.pid, mine, None)
+        self._zygote._call("ping")
+        self._install_sigterm()
+
+    def close(self) -> None:
+        """Kill every worker, release every pin, reap everything, stop the zygote. Idempotent."""
+        try:
+            for pin in list(self.pins.values()):
+                with contextlib.suppress(Exception):
+                    self.unpin(pin)
+            for proc in list(self.processes.values()):
+                self._kill(proc, reap=False)
+            self._stop_zygote()
+        finally:
+            self._remove_sigterm()
+
+    def _stop_zygote(self) -> None:
+        zygote, popen = self._zygote, self._popen
+        self._zygote = self._popen = None
+        if zygote is None or popen is None:
+            return
+        try:
+            if zygote.alive:
+                zygote._call("reap_all")
+                zygote._call("exit")
+        except (CowlabError, OSError):
+            popen.kill()
+        finally:
+            zygote.sock.close()
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+    def _install_sigterm(self) -> None:
+        """SIGTERM becomes SystemExit so that the with-block's cleanup runs."""
+        if not self.handle_sigterm:
+            return
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+
+    def _remove_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # --- processes -----------------------------------------------------------------------
+
+    def spawn(self) -> LiveProcess:
+        """A new worker with a (nearly) empty test address space, forked by the zygote."""
+        if self._zygote is None:
+            self.start()
+        assert self._zygote is not None
+        return self._fork_from(self._zygote)
+
+    def _fork_from(self, proc: LiveProcess) -> LiveProcess:
+        proc._require_alive()
+        mine, theirs = socket.socketpair()
+        try:
+            pid = int(proc._call("fork", fds=[theirs.fileno()]))
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.settimeout(self.timeout)
+        parent = None if proc is self._zygote else proc
+        child = LiveProcess(self, pid, mine, parent)
+        self.processes[pid] = child
+        return child
+
+    def _reap(self, proc: LiveProcess) -> tuple[str, Any]:
+        """waitpid() by whoever is the parent now: the parent worker, else the zygote."""
+        proc.alive = False
+        proc.sock.close()
+        self.processes.pop(proc.pid, None)
+        reaper = proc.parent if proc.parent is not None and proc.parent.alive else self._zygote
+        if reaper is None:
+            return "unknown", None
+        how, what = reaper._call("reap", proc.pid)
+        return str(how), what
+
+    def _kill(self, proc: LiveProcess, *, reap: bool = True) -> None:
+        """SIGKILL by pid (safe: nothing reaps a worker behind the driver's back)."""
+        if proc.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            if reap:
+                with contextlib.suppress(CowlabError, OSError):
+                    self._reap(proc)
+            else:
+                proc.alive = False
+                proc.sock.close()
+                self.processes.pop(proc.pid, None)
+
+    # --- pins ----------------------------------------------------------------------------
+
+    def _pin(
+        self, proc: LiveProcess, addr: int, length: int, write: bool, force: bool, kind: str
+    ) -> LivePin:
+        proc._require_alive()
+        if length <= 0:
+            raise SyscallError("EINVAL", "get_user_pages: length must be positive")
+        if kind not in PIN_KINDS:
+            raise SyscallError("EINVAL", f"pin_kind {kind!r} (expected one of {PIN_KINDS})")
+        if kind == "iouring" and (not write or force):
+            raise SyscallError(
+                "EINVAL",
+                "io_uring registers buffers with FOLL_WRITE and without FOLL_FORCE only; "
+                "use pin_kind='vmsplice' for read-only page references",
+            )
+        device = _make_device(proc, kind, addr, length)
+        write = write and kind != "vmsplice"  # pipe references are read-only for the device
+        pin = LivePin(self, next(self._pin_ids), proc.pid, addr, length, write, kind, device)
+        self.pins[pin.id] = pin
+        return pin
+
+    def unpin(self, pin: LivePin) -> None:
+        """Release a pin (put the pages back)."""
+        if not pin.held or self.pins.pop(pin.id, None) is None:
+            raise SyscallError("EINVAL", f"pin {pin.id} is not held")
+        pin.held = False
+        pin.device.release()
+
+    # --- observation ---------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        regions: Sequence[tuple[LiveProcess, int, int]]
+        | Mapping[str, tuple[LiveProcess, int, int]],
+        *,
+        exact: bool = False,
+        read_bytes: bool = True,
+    ) -> observe.Snapshot:
+        """observe.snapshot() of (process, addr, length) regions, named by pid or by dict key."""
+        named = (
+            regions.items()
+            if isinstance(regions, Mapping)
+            else ((str(r[0].pid), r) for r in regions)
+        )
+        spec = [(name, p.pid, a, n) for name, (p, a, n) in named]
+        return observe.snapshot(spec, exact=exact, read_bytes=read_bytes)
+
+
+def _make_device(proc: LiveProcess, kind: str, addr: int, length: int) -> _Device:
+    """Have the worker take the pin, then move its fds into the driver."""
+    if kind == "iouring":
+        fd, layout = proc._call("pin_iouring", addr, length)
+        try:
+            return _IouringDevice(grab_fd(proc.pid, fd), layout)
+        finally:
+            proc._call("drop_pin", fd)
+    if kind == "vmsplice":
+        pipes = proc._call("pin_vmsplice", addr, length)
+        try:
+            return _VmspliceDevice([(grab_fd(proc.pid, fd), n) for fd, n in pipes], addr)
+        finally:
+            proc._call("drop_pin", pipes[0][0])
+    file_fd = _tmpfile()
+    worker_fd = proc._call("pin_odirect", f"/proc/{os.getpid()}/fd/{file_fd}")
+    return _OdirectDevice(proc, worker_fd, file_fd)
+
+
+def _sigterm_to_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)

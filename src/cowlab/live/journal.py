@@ -1,0 +1,221 @@
+"""A journal of system changes (sysfs knobs, swap files) that are undone on every way out.
+
+The old value is written to the journal file *before* a knob changes, so that a run killed with
+SIGKILL can still be undone afterwards by restore_from_journal().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from cowlab.live.system import read_knob
+
+DEFAULT_JOURNAL = Path("/var/tmp/cowlab-live-journal.json")
+SYS_SWAPOFF = 168
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class SystemChangeRefused(PermissionError):
+    """A system change was asked for without allow_system_changes=True."""
+
+
+class JournalBusy(RuntimeError):
+    """The journal belongs to another live process that may still restore it itself."""
+
+
+def _write_journal(path: Path, owner: int, entries: list[dict[str, str]]) -> None:
+    """Replace the journal atomically and durably (write, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"pid": owner, "entries": entries}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_knob(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _swapoff_and_remove(path: str) -> None:
+    """swapoff(path) then unlink: what a temporary swap file needs undone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(ctypes.c_long(SYS_SWAPOFF), os.fsencode(path)) != 0:
+        err = ctypes.get_errno()
+        if err != 22:  # EINVAL: it was not (or no longer) swapped on
+            raise OSError(err, f"swapoff {path}: {os.strerror(err)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def undo_entry(entry: dict[str, str]) -> None:
+    """Undo one journal entry: write the old knob value back, or retire a swap file."""
+    if entry["kind"] == "sysfs":
+        _write_knob(entry["path"], entry["old"])
+    elif entry["kind"] == "swapfile":
+        _swapoff_and_remove(entry["path"])
+    else:
+        raise ValueError(f"unknown journal entry kind {entry['kind']!r}")
+
+
+def _undo_all(entries: list[dict[str, str]]) -> list[str]:
+    """Undo entries newest first; collect failures instead of stopping at the first."""
+    failures = []
+    for entry in reversed(entries):
+        try:
+            undo_entry(entry)
+        except OSError as e:
+            failures.append(f"{entry['kind']} {entry['path']}: {e}")
+    return failures
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def restore_from_journal(
+    path: str | Path = DEFAULT_JOURNAL, *, force: bool = False
+) -> list[dict[str, str]]:
+    """Undo what a killed run left in its journal; returns the entries undone (none if no file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    owner = int(data.get("pid", 0))
+    if not force and owner not in (0, os.getpid()) and _pid_alive(owner):
+        raise JournalBusy(f"{path} belongs to live pid {owner}; pass force=True to restore anyway")
+    entries: list[dict[str, str]] = data.get("entries", [])
+    failures = _undo_all(entries)
+    if failures:
+        raise OSError("could not restore: " + "; ".join(failures))
+    path.unlink()
+    return entries
+
+
+class SystemChanges:
+    """Changes to sysfs knobs that are journalled first and undone on every way out.
+
+    Use as a context manager. On SIGINT/SIGTERM the handlers restore first, then hand the
+    signal to whatever handled it before (KeyboardInterrupt, or the default death).
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_system_changes: bool = False,
+        journal: str | Path = DEFAULT_JOURNAL,
+        handle_signals: bool = True,
+    ) -> None:
+        self.allowed = allow_system_changes
+        self.journal = Path(journal)
+        self.handle_signals = handle_signals
+        self.entries: list[dict[str, str]] = []
+        self._old_handlers: dict[int, Handler] = {}
+
+    def __enter__(self) -> SystemChanges:
+        # A journal left by a killed run must be undone before we record new old values.
+        restore_from_journal(self.journal)
+        if self.handle_signals:
+            self._install_handlers()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.restore()
+        finally:
+            self._remove_handlers()
+
+    def _refuse_unless_allowed(self, what: str) -> None:
+        if not self.allowed:
+            raise SystemChangeRefused(
+                f"refusing to change {what}: pass allow_system_changes=True to let cowlab change "
+                "(and afterwards restore) system settings"
+            )
+
+    def _journal_then(self, entry: dict[str, str]) -> None:
+        """Record entry durably before the caller makes the change it undoes."""
+        self.entries.append(entry)
+        _write_journal(self.journal, os.getpid(), self.entries)
+
+    def set(self, path: str | Path, value: str | int) -> str:
+        """Write value to a sysfs/procfs knob, journalling its old value first; returns it."""
+        path = str(path)
+        self._refuse_unless_allowed(path)
+        old = read_knob(path)
+        if not any(e["kind"] == "sysfs" and e["path"] == path for e in self.entries):
+            # Only the first old value is the one to go back to.
+            self._journal_then({"kind": "sysfs", "path": path, "old": old})
+        _write_knob(path, str(value))
+        return old
+
+    def get(self, path: str | Path) -> str:
+        """The knob's current value (the [selected] word of a choice list)."""
+        return read_knob(path)
+
+    def add_swapfile(self, path: str | Path) -> None:
+        """Journal a swap file the caller is about to swapon: it gets swapoff'd and deleted."""
+        self._refuse_unless_allowed(f"swap ({path})")
+        self._journal_then({"kind": "swapfile", "path": str(path), "old": ""})
+
+    def restore(self) -> None:
+        """Undo every change now (newest first) and drop the journal; idempotent."""
+        if not self.entries:
+            return
+        failures = _undo_all(self.entries)
+        self.entries = []
+        if failures:
+            raise OSError("could not restore: " + "; ".join(failures))
+        with contextlib.suppress(FileNotFoundError):
+            self.journal.unlink()
+
+    def _install_handlers(self) -> None:
+        for sig in HANDLED_SIGNALS:
+            try:
+                old = signal.getsignal(sig)
+                if old is signal.SIG_IGN:
+                    continue  # an ignored signal stays ignored
+                signal.signal(sig, self._on_signal)
+            except ValueError:
+                return  # not the main thread: only the context manager protects us
+            self._old_handlers[sig] = old
+
+    def _remove_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Restore, then let the signal do what it did before we were installed."""
+        old = self._old_handlers.get(signum, signal.SIG_DFL)
+        try:
+            self.restore()
+        finally:
+            self._remove_handlers()
+            if callable(old):
+                old(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
