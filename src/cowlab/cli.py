@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
@@ -15,6 +16,7 @@ from cowlab.policy import POLICIES
 from cowlab.scenario import ScenarioError, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
 from cowlab.scenario.runner import run_scenario
+from cowlab.show import memory_at, render_html, render_svg, render_text
 from cowlab.workloads import rdma
 
 
@@ -95,6 +97,24 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0 if diff(scenario, a, b, Console(width=args.width)) is None else 1
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.file)
+    kernel_id = one_kernel([args.kernel], scenario.kernels, args.file)
+    if args.step is not None and not 1 <= args.step <= len(scenario.steps):
+        raise UsageError(f"cowlab: --step must be 1..{len(scenario.steps)}, got {args.step}")
+    view = memory_at(scenario, kernel_id, args.step)
+    if args.html or args.svg:
+        out, text = (args.html, render_html(view)) if args.html else (args.svg, render_svg(view))
+        try:
+            Path(out).write_text(text)
+        except OSError as e:
+            raise UsageError(f"cowlab: cannot write {out}: {e.strerror}") from None
+        print(f"wrote {out}: {len(view.folios)} folios")
+    else:
+        print(render_text(view))
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="cowlab",
@@ -121,6 +141,14 @@ def build_parser() -> Parser:
     dif.add_argument("--kernel", action="append", required=True, help="give it twice")
     dif.add_argument("--width", type=int, default=160, help=argparse.SUPPRESS)
     dif.set_defaults(func=cmd_diff)
+    shw = sub.add_parser("show", help="the memory at a step: text, --html or --svg")
+    shw.add_argument("file", metavar="FILE")
+    shw.add_argument("--kernel", required=True)
+    shw.add_argument("--step", type=int, help="after this step (default: the last)")
+    out = shw.add_mutually_exclusive_group()
+    out.add_argument("--html", metavar="OUT", help="write one self-contained HTML file")
+    out.add_argument("--svg", metavar="OUT", help="write an SVG picture")
+    shw.set_defaults(func=cmd_show)
     sub.add_parser(
         "rdma",
         help="the RDMA memory-region test of 6d0a07edd17c (see `cowlab rdma --help`)",
