@@ -11,7 +11,9 @@ from rich.table import Table
 from cowlab.scenario.model import Scenario
 from cowlab.scenario.runner import RunResult, StepResult, run_scenario
 
-PFN = re.compile(r"pfn (0x[0-9a-f]+)|(?:THP|head pfn|head) (0x[0-9a-f]+)")
+VERDICT = re.compile(
+    r"-> (?:reuse|copy|-EBUSY|VM_FAULT_FALLBACK|\d)\b|page_move_anon_rmap|anon_vma not moved"
+)
 
 
 def step_lines(sr: StepResult) -> list[str]:
@@ -43,27 +45,22 @@ def explain(scenario: Scenario, kernel_id: str, step: int | None, console: Conso
 
 @dataclass
 class Signature:
-    """What a step decided and observed, with pfns renamed in order of first sight."""
+    """What a step decided (each kernel function's verdict) and what the program observed.
+
+    The reasons are left out: two kernels that copy for different reasons decide alike.
+    """
 
     outcome: str
-    decisions: tuple[str, ...]
+    decisions: tuple[tuple[str, tuple[str, ...]], ...]
     observed: tuple[str, ...]
 
 
 def signatures(result: RunResult) -> list[Signature]:
-    names: dict[str, str] = {}
-
-    def canon(text: str) -> str:
-        def rename(m: re.Match[str]) -> str:
-            raw = m.group(1) or m.group(2)
-            names.setdefault(raw, f"F{len(names)}")
-            return m.group(0).replace(raw, names[raw])
-
-        return PFN.sub(rename, text)
-
     out = []
     for sr in result.steps:
-        decisions = tuple(canon(f"{fn}: {msg}") for _op, fn, msg in sr.log)
+        decisions = tuple(
+            (fn, tuple(VERDICT.findall(msg))) for _op, fn, msg in sr.log if VERDICT.search(msg)
+        )
         observed = tuple(f"{r.what}={r.actual!r}" for r in sr.results if r.what == "data")
         out.append(Signature(sr.outcome, decisions, observed))
     return out

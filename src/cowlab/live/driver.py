@@ -1,6 +1,6 @@
 """The live machine: real processes, made by real fork(), driven with cowlab.kernel.Process's API.
 
-``LiveMachine`` starts a zygote (``python -m cowlab.live.worker``, a child subreaper); ``spawn()``
+``LiveMachine`` starts a zygote (``cowlab.live.worker.main``, a child subreaper); ``spawn()``
 forks a worker from it and ``LiveProcess.fork()`` makes the worker fork itself. Every worker waits
 on its own socket between commands, so the driver can observe it without perturbing it. Every
 worker is killed and reaped on every way out of the ``with LiveMachine()`` block.
@@ -53,6 +53,8 @@ MADVICE = {
 }
 PIN_KINDS = ("iouring", "vmsplice", "odirect")
 F_SETPIPE_SZ = 1031
+# Not "python -m cowlab.live.worker": the package __init__ imports worker first (runpy warns).
+ZYGOTE_MAIN = "from cowlab.live.worker import main; main()"
 CRASH_SIGNALS = ("SIGSEGV", "SIGBUS")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -478,7 +480,7 @@ class LiveMachine:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-m", "cowlab.live.worker", str(theirs.fileno())],
+                [sys.executable, "-c", ZYGOTE_MAIN, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,

@@ -1,6 +1,6 @@
 """The process under test: a small Python loop that makes system calls on the driver's command.
 
-Run as ``python -m cowlab.live.worker FD`` it is the *zygote*: a child subreaper that forks the
+Run as ``main()`` with a socket fd in argv[1] it is the *zygote*: a child subreaper that forks the
 workers (spawn), adopts their orphans and reaps everything at the end. Every worker serves one
 socket; ``fork`` forks the worker itself and the child serves a socket the driver passed along.
 Only the standard library and ctypes are imported, to keep the worker small.

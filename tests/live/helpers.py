@@ -1,0 +1,36 @@
+"""Shared pieces of the live tests: the preflight skip and a PMD-mapped THP that may not come."""
+
+from __future__ import annotations
+
+import pytest
+
+from cowlab.live.driver import LiveProcess
+from cowlab.live.system import preflight
+
+MISSING = preflight()
+needs_live_kernel = pytest.mark.skipif(
+    bool(MISSING), reason="live kernel unavailable: " + " ".join(MISSING)
+)
+HPAGE = 2 << 20
+PAGE = 4096
+THP_TRIES = 3
+
+
+def pmd_thp(proc: LiveProcess, fill: bytes = b"x") -> int:
+    """A 2 MiB-aligned region mapped by one PMD THP (write-faulted); skips if none comes."""
+    for _ in range(THP_TRIES):
+        addr = proc.mmap(HPAGE, align=HPAGE)
+        proc.madvise(addr, HPAGE, "hugepage")
+        proc.write(addr, fill)
+        pages = proc.snapshot(addr, HPAGE, exact=False).regions[str(proc.pid)]
+        if pages[0].level == "pmd" and pages[0].nr == 512:
+            return addr
+        proc.munmap(addr, HPAGE)  # fragmentation gave 4 KiB pages: try again
+    pytest.skip("the kernel could not allocate a PMD-sized THP")
+
+
+def small_pages(proc: LiveProcess, n: int) -> int:
+    """n 4 KiB pages that khugepaged will leave alone (MADV_NOHUGEPAGE)."""
+    addr = proc.mmap(n * PAGE)
+    proc.madvise(addr, n * PAGE, "nohugepage")
+    return addr

@@ -1,0 +1,94 @@
+"""The driver itself: outcomes and errors come back, and every worker is always reaped."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cowlab.errors import Segfault, SyscallError
+from cowlab.live.driver import LiveMachine
+from tests.live.helpers import PAGE, needs_live_kernel, small_pages
+
+pytestmark = needs_live_kernel
+
+
+def _gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_segfaults_are_outcomes_and_the_worker_lives_on() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        addr = small_pages(p, 2)
+        p.mprotect(addr + PAGE, PAGE, "r")
+        with pytest.raises(Segfault) as info:
+            p.write(addr + PAGE - 2, b"abcd")
+        assert info.value.addr == addr + PAGE
+        assert p.read(addr + PAGE - 2, 2) == b"ab"  # stores before the fault happened
+        p.munmap(addr, 2 * PAGE)
+        with pytest.raises(Segfault):
+            p.read(addr, 1)
+        assert p.alive
+
+
+def test_errno_comes_back_as_syscall_error() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        with pytest.raises(SyscallError) as info:
+            p.munmap(PAGE + 1, PAGE)
+        assert info.value.errno == "EINVAL"
+        with pytest.raises(SyscallError, match="unknown advice"):
+            p.madvise(PAGE, PAGE, "bogus")
+
+
+def test_mremap_moves_pages() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        addr = small_pages(p, 1)
+        p.write(addr, b"move")
+        dest = p.mmap(4 * PAGE)
+        got = p.mremap(addr, PAGE, PAGE, fixed_addr=dest + PAGE)
+        assert got == dest + PAGE and p.read(got, 4) == b"move"
+        with pytest.raises(Segfault):
+            p.read(addr, 1)
+
+
+def test_a_crashed_worker_is_reported_and_reaped() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        os.kill(p.pid, signal.SIGSEGV)
+        with pytest.raises(Segfault):
+            p.read(0x10000, 1)
+        assert not p.alive and _gone([p.pid])
+
+
+def test_workers_are_reaped_on_every_way_out() -> None:
+    pids = []
+    with pytest.raises(RuntimeError), LiveMachine() as m:
+        parent = m.spawn()
+        child = parent.fork()
+        grandchild = child.fork()
+        orphan = grandchild.fork()
+        grandchild.exit()  # orphan is adopted by the zygote
+        pids += [parent.pid, child.pid, grandchild.pid, orphan.pid]
+        assert orphan.read(0x10000, 0) == b""
+        assert m._popen is not None
+        pids.append(m._popen.pid)
+        raise RuntimeError("the driver fails mid-case")
+    assert _gone(pids)
+
+
+def test_exit_tears_the_address_space_down_before_returning() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        addr = small_pages(p, 1)
+        p.write(addr, b"x")
+        c = p.fork()
+        assert m.snapshot([(p, addr, PAGE)]).regions[str(p.pid)][0].mapcount == 2
+        c.exit()
+        assert m.snapshot([(p, addr, PAGE)]).regions[str(p.pid)][0].mapcount == 1
+        with pytest.raises(SyscallError):
+            c.read(addr, 1)
