@@ -54,16 +54,25 @@ class Step:
     loc: Loc
 
     def describe(self) -> str:
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items())
-        return f"{self.op}({shown})"
+        """``write P buf+0x1000 data=b'CPU'``: op, process, address, then the rest."""
+        words = [self.op]
+        words += [str(self.args[k]) for k in ("proc", "pin", "at") if k in self.args]
+        words += [
+            f"{k}={_show(k, v)}" for k, v in self.args.items() if k not in ("proc", "pin", "at")
+        ]
+        return " ".join(words)
 
 
-def _show(value: Any) -> str:
+def _show(key: str, value: Any) -> str:
     if isinstance(value, bytes):
         return repr(value) if len(value) <= 16 else f"<{len(value)} bytes>"
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
-        return hex(value)
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return str(value)
+    if key in ("size", "new_size", "align", "offset"):
+        for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+            if value and value % (1 << shift) == 0:
+                return f"{value >> shift}{unit}"
+    return hex(value) if value >= 4096 else str(value)
 
 
 @dataclass(frozen=True)

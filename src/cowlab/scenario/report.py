@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -39,7 +40,7 @@ def show_expect(r: ExpectResult) -> str:
 
 def render_run(result: RunResult, console: Console) -> None:
     s = result.scenario
-    table = Table(title=f"{s.path}: {s.name} — kernel {result.kernel_id}", show_lines=True)
+    table = Table(title=f"{s.path} on {result.kernel_id}: {s.name}", box=box.SIMPLE_HEAD)
     table.add_column("#", justify="right")
     table.add_column("line", justify="right")
     table.add_column("step")
