@@ -26,6 +26,7 @@ PG_swapcache = 1 << 16
 PG_swapbacked = 1 << 19
 PG_reserved = 1 << 20
 PG_ksm = 1 << 21  # 4.5 encodes KSM in page->mapping bits; a flag keeps the arrays numeric
+PG_anon_exclusive = 1 << 22  # 5.19+: aliases PG_mappedtodisk; kpageflags bit 34 shows it
 PG_allocated = 1 << 30  # model bookkeeping: the frame belongs to someone (not in the free lists)
 
 PAGE_FLAG_NAMES = {
@@ -43,6 +44,7 @@ PAGE_FLAG_NAMES = {
     PG_swapbacked: "swapbacked",
     PG_reserved: "reserved",
     PG_ksm: "ksm",
+    PG_anon_exclusive: "anon_exclusive",
 }
 
 # vm_area_struct.vm_flags (include/linux/mm.h)
