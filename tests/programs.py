@@ -154,16 +154,3 @@ def op_strategy() -> st.SearchStrategy[Op]:
         st.builds(Op, st.just("shrink")),
         st.builds(Op, st.just("thp_alloc_fail"), arg=st.booleans()),
     )
-
-
-def sharing_op_strategy() -> st.SearchStrategy[Op]:
-    """Share the first THP by fork and drop halves of it: the alphabet of Kirill's scenario."""
-    half = st.sampled_from([0, 256])
-    return st.one_of(
-        st.builds(Op, st.just("write"), who, half, st.just(1), st.integers(1, 255)),
-        st.builds(Op, st.just("fork"), who),
-        st.builds(Op, st.just("munmap"), who, half, st.just(256)),
-        st.builds(
-            Op, st.just("mprotect"), who, st.just(1), st.just(1), st.sampled_from(["r", "rw"])
-        ),
-    )

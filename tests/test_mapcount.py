@@ -283,7 +283,7 @@ def test_reuse_swap_page_answer(kid: str, name: str, swap: bool) -> None:
     s = build(kid, name, Config(swap=swap))
     want = REUSE[name][0 if kid == "v4.5" else 1]
     sub = 300 if name == "S6" else 1  # a subpage the parent still maps
-    decision = reuse_swap_page(s.k, s.head + sub)
+    decision = reuse_swap_page(s.k, s.head + sub, s.k.policy.reuse_mapcount)  # type: ignore[attr-defined]
     assert decision.reuse is want
     if want:
         # *total_mapcount is meaningful only when reuse is granted (§C.1)

@@ -12,20 +12,28 @@ Properties (what a program is owed; some kernels break them on purpose):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import (
+    FOLL_PIN,
     HPAGE_PMD_NR,
     PMD_SHIFT,
     PG_allocated,
+    PG_anon_exclusive,
     PG_double_map,
     PG_head,
     PG_tail,
 )
-from cowlab.mm.mm import is_zero_pfn
+from cowlab.mm.mm import (
+    GUP_PIN_COUNTING_BIAS,
+    folio_large_mapcount,
+    folio_maybe_mapped_shared,
+    is_zero_pfn,
+)
 from cowlab.mm.mm_types import MmStruct, VmArea
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd
 
@@ -68,43 +76,71 @@ def _mapped_in(mm: MmStruct, vma: VmArea) -> tuple[Ints, Ints, Ints]:
     return np.concatenate(addrs), np.concatenate(pfns), np.concatenate(pmd)
 
 
-def check_counters(k: Kernel) -> list[str]:
+@dataclass
+class Recount:
+    """Every mapping and reference the page tables and pins imply, per frame."""
+
+    pte_maps: Ints
+    pmd_maps: Ints
+    refs: Ints  # FOLL_GET references
+    pins: Ints  # FOLL_PIN pins (5.7+)
+    pte_by_mm: dict[int, Ints]  # PTE mappings per frame, per mm
+    pmd_by_mm: dict[int, Ints]  # PMD mappings per head, per mm
+
+
+def recount(k: Kernel, problems: list[str]) -> Recount:
     f = k.frames
     n = f.nr
-    problems: list[str] = []
-    pte_maps = np.zeros(n, dtype=np.int64)
-    pmd_maps = np.zeros(n, dtype=np.int64)
-    pins = np.zeros(n, dtype=np.int64)
+    zeros = [np.zeros(n, dtype=np.int64) for _ in range(4)]
+    r = Recount(zeros[0], zeros[1], zeros[2], zeros[3], {}, {})
     for mm in k.mms():
+        mine = r.pte_by_mm[mm.pid] = np.zeros(n, dtype=np.int64)
+        mine_pmd = r.pmd_by_mm[mm.pid] = np.zeros(n, dtype=np.int64)
         rss = 0
         for idx, entry in mm.pmds.items():
             if isinstance(entry, HugePmd):
                 if not entry.huge_zero:
-                    pmd_maps[entry.pfn] += 1
+                    r.pmd_maps[entry.pfn] += 1
+                    mine_pmd[entry.pfn] += 1
                     rss += HPAGE_PMD_NR
                 continue
             if (entry.bits & PTE_MIGRATION).any():
                 problems.append(f"pid {mm.pid}: migration entry left at {idx << PMD_SHIFT:#x}")
             normal = entry.pfn[(entry.pfn >= 0) & ((entry.bits & PTE_SPECIAL) == 0)]
-            np.add.at(pte_maps, normal, 1)
+            np.add.at(r.pte_maps, normal, 1)
+            np.add.at(mine, normal, 1)
             rss += int(normal.size)
         if rss != mm.anon_rss:
             problems.append(f"pid {mm.pid}: MM_ANONPAGES {mm.anon_rss} but {rss} pages mapped")
         problems += _mappings_outside_vmas(mm)
     for pin in k.pins.values():
+        counted = r.pins if pin.gup_flags & FOLL_PIN and k.policy.foll_pin else r.refs
         for pfn in pin.pages:
             if not is_zero_pfn(f, pfn):
-                pins[pfn] += 1
+                counted[pfn] += 1
+    return r
+
+
+def check_counters(k: Kernel) -> list[str]:
+    f = k.frames
+    n = f.nr
+    problems: list[str] = []
+    r = recount(k, problems)
     flags = f.flags[:n]
     allocated = (flags & PG_allocated) != 0
-    used = (pte_maps + pmd_maps + pins) > 0
+    used = (r.pte_maps + r.pmd_maps + r.refs + r.pins) > 0
     for pfn in np.flatnonzero(used & ~allocated)[:5]:
         problems.append(f"pfn {pfn:#x} is mapped or pinned but free")
     small = allocated & ((flags & (PG_head | PG_tail)) == 0)
-    _compare(problems, "_mapcount", small, f._mapcount[:n] + 1, pte_maps)
-    _compare(problems, "_count", small, f._count[:n], pte_maps + pins)
+    _compare(problems, "_mapcount", small, f._mapcount[:n] + 1, r.pte_maps)
+    want = r.pte_maps + r.refs + GUP_PIN_COUNTING_BIAS * r.pins
+    _compare(problems, "_count", small, f._count[:n], want)
     for head in np.flatnonzero(allocated & ((flags & PG_head) != 0)).tolist():
-        problems += _check_thp(k, head, pte_maps, pmd_maps, pins)
+        problems += _check_thp(k, head, r)
+        if k.policy.folio_counters:
+            problems += _check_folio(k, head, r)
+    if k.policy.anon_exclusive:
+        problems += _check_exclusive(k, r)
     return problems
 
 
@@ -118,29 +154,84 @@ def _compare(
         )
 
 
-def _check_thp(k: Kernel, head: int, pte_maps: Ints, pmd_maps: Ints, pins: Ints) -> list[str]:
+def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
     f = k.frames
     sl = slice(head, head + HPAGE_PMD_NR)
     out: list[str] = []
     c = int(f.compound_mapcount[head + 1]) + 1
     dm = int(bool(f.flags[head + 1] & PG_double_map))
-    if c != pmd_maps[head]:
-        out.append(f"THP {head:#x}: compound_mapcount {c}, {int(pmd_maps[head])} PMD maps")
-    if dm and c < 1:
-        out.append(f"THP {head:#x}: PG_double_map without a PMD mapping")
+    if c != r.pmd_maps[head]:
+        out.append(f"THP {head:#x}: compound_mapcount {c}, {int(r.pmd_maps[head])} PMD maps")
+    if dm and (c < 1 or not k.policy.double_map):
+        out.append(f"THP {head:#x}: PG_double_map without a PMD mapping or in a 6.x kernel")
     own = f._mapcount[sl].astype(np.int64) + 1 - dm
-    bad = np.flatnonzero(own != pte_maps[sl])
+    bad = np.flatnonzero(own != r.pte_maps[sl])
     if bad.size:
         i = int(bad[0])
         out.append(
             f"THP {head:#x} subpage {i}: _mapcount says {int(own[i])} PTE maps, "
-            f"page tables {int(pte_maps[head + i])}"
+            f"page tables {int(r.pte_maps[head + i])}"
         )
-    refs = int(pmd_maps[head] + pte_maps[sl].sum() + pins[sl].sum())
+    pins = int(r.pins[sl].sum())
+    refs = int(r.pmd_maps[head] + r.pte_maps[sl].sum() + r.refs[sl].sum()) + pins
     if int(f._count[head]) != refs:
-        out.append(f"THP {head:#x}: _count {int(f._count[head])}, mappings + pins = {refs}")
+        out.append(f"THP {head:#x}: _count {int(f._count[head])}, mappings + refs + pins = {refs}")
+    if int(f._pincount[head]) != pins:
+        out.append(f"THP {head:#x}: _pincount {int(f._pincount[head])}, FOLL_PIN pins {pins}")
     if f._count[head + 1 : head + HPAGE_PMD_NR].any():
         out.append(f"THP {head:#x}: a tail page has a nonzero _count")
+    return out
+
+
+def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
+    """6.x large-folio fields: _large_mapcount, _nr_pages_mapped, the MM ids and shared bit."""
+    f = k.frames
+    sl = slice(head, head + HPAGE_PMD_NR)
+    out = []
+    total = int(r.pmd_maps[head] + r.pte_maps[sl].sum())
+    if folio_large_mapcount(f, head) != total:
+        out.append(
+            f"folio {head:#x}: _large_mapcount {folio_large_mapcount(f, head)}, maps {total}"
+        )
+    mapped = int((r.pte_maps[sl] > 0).sum())
+    if int(f._nr_pages_mapped[head]) != mapped:
+        out.append(f"folio {head:#x}: _nr_pages_mapped {int(f._nr_pages_mapped[head])}, {mapped}")
+    mappers = {
+        pid: int(m[sl].sum() + r.pmd_by_mm[pid][head])
+        for pid, m in r.pte_by_mm.items()
+        if m[sl].any() or r.pmd_by_mm[pid][head]
+    }
+    for slot in (0, 1):
+        pid = int(f.mm_id[head, slot])
+        if pid and mappers.get(pid, 0) != int(f.mm_id_mapcount[head, slot]) + 1:
+            out.append(f"folio {head:#x}: MM id slot {slot} (pid {pid}) count is wrong")
+    if len(mappers) > 1 and not folio_maybe_mapped_shared(f, head):
+        out.append(f"folio {head:#x}: mapped by {len(mappers)} MMs but not maybe-shared")
+    return out
+
+
+def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
+    """PG_anon_exclusive: an exclusive page (or THP, by its head) is mapped by one MM only."""
+    f = k.frames
+    n = f.nr
+    exclusive = np.flatnonzero(f.flags[:n] & PG_anon_exclusive)
+    if not exclusive.size:
+        return []
+    tail = (f.flags[exclusive] & PG_tail) != 0
+    heads = np.where(tail, exclusive & ~(HPAGE_PMD_NR - 1), exclusive)
+    out = []
+    for pfn, head in zip(exclusive.tolist(), heads.tolist(), strict=True):
+        nr = HPAGE_PMD_NR if f.flags[head] & PG_head else 1
+        # a PMD-mapped THP's bit lives on its head and speaks for all of it
+        span = slice(head, head + nr) if pfn == head and r.pmd_maps[head] else slice(pfn, pfn + 1)
+        owners = [
+            pid
+            for pid, ptes in r.pte_by_mm.items()
+            if ptes[span].any() or (nr > 1 and r.pmd_by_mm[pid][head])
+        ]
+        if len(owners) > 1:
+            out.append(f"pfn {pfn:#x} is PG_anon_exclusive but mapped by pids {owners}")
+            break
     return out
 
 

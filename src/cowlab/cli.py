@@ -12,6 +12,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from cowlab.explain import diff, explain
+from cowlab.live.cli import add_live_command
 from cowlab.policy import POLICIES
 from cowlab.scenario import ScenarioError, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
@@ -149,6 +150,7 @@ def build_parser() -> Parser:
     out.add_argument("--html", metavar="OUT", help="write one self-contained HTML file")
     out.add_argument("--svg", metavar="OUT", help="write an SVG picture")
     shw.set_defaults(func=cmd_show)
+    add_live_command(sub)
     sub.add_parser(
         "rdma",
         help="the RDMA memory-region test of 6d0a07edd17c (see `cowlab rdma --help`)",

@@ -18,6 +18,8 @@ from cowlab.errors import InvariantViolation, KernelBug, Segfault, SyscallError
 from cowlab.mm import huge_memory, madvise, mmap, mprotect, mremap, task_mmu
 from cowlab.mm.constants import (
     FOLL_FORCE,
+    FOLL_LONGTERM,
+    FOLL_PIN,
     FOLL_WRITE,
     HPAGE_PMD_NR,
     MREMAP_FIXED,
@@ -32,7 +34,7 @@ from cowlab.mm.constants import (
     VM_WRITE,
 )
 from cowlab.mm.fork import dup_mmap
-from cowlab.mm.gup import get_user_pages, release_pages
+from cowlab.mm.gup import effective_gup_flags, get_user_pages, release_pages
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.migrate import change_prot_numa
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
@@ -44,16 +46,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 THP_MODES = ("always", "madvise", "never")
+GUP_FLAVOURS = {"get": 0, "pin": FOLL_PIN, "longterm": FOLL_PIN | FOLL_LONGTERM}
 MAX_FAULT_RETRIES = 8
 
 
 @dataclass(frozen=True)
 class Config:
-    """The kernel build: CONFIG_SWAP, CONFIG_TRANSPARENT_HUGEPAGE, CONFIG_DEBUG_VM."""
+    """The kernel build: CONFIG_SWAP, CONFIG_TRANSPARENT_HUGEPAGE, CONFIG_DEBUG_VM, ..."""
 
     swap: bool = True
     thp: bool = True
     debug_vm: bool = False
+    soft_dirty: bool | None = None  # CONFIG_MEM_SOFT_DIRTY; None: the generation's usual build
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,13 @@ class Kernel:
             raise SyscallError("EINVAL", f"THP mode {mode!r} (expected always, madvise or never)")
         self._thp_enabled = mode
 
+    @property
+    def soft_dirty_enabled(self) -> bool:
+        """CONFIG_MEM_SOFT_DIRTY of this build."""
+        if self.config.soft_dirty is None:
+            return self.policy.soft_dirty_default
+        return self.config.soft_dirty
+
     # --- bookkeeping used by the kernel paths -------------------------------------------
 
     def next_anon_vma_id(self) -> int:
@@ -215,7 +226,7 @@ class Kernel:
             raise SyscallError("EINVAL", f"pin {pin.id} is not held")
         with self.operation("unpin {}", pin.id):
             del self.pins[pin.id]
-            release_pages(self, pin.pages)
+            release_pages(self, pin.pages, pin.gup_flags)
 
     def split_huge_pages(self) -> int:
         """echo 1 > /sys/kernel/debug/split_huge_pages: try to split every THP."""
@@ -287,6 +298,8 @@ class Pin:
     length: int
     pages: list[int]
     write: bool
+    flavour: str = "longterm"
+    gup_flags: int = 0
     offset: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -388,7 +401,7 @@ class Process:
     @_op("clear_refs")
     def clear_refs(self, value: int = 4) -> None:
         """echo VALUE > /proc/PID/clear_refs (4 = soft-dirty: write-protect everything)."""
-        task_mmu.clear_refs_write(self.mm, value)
+        task_mmu.clear_refs_write(self.kernel, self.mm, value)
 
     @_op("numa_balance")
     def numa_balance(self, addr: int, length: int) -> None:
@@ -471,21 +484,33 @@ class Process:
     # --- the device side -----------------------------------------------------------------
 
     def get_user_pages(
-        self, addr: int, length: int, *, write: bool = True, force: bool = False
+        self,
+        addr: int,
+        length: int,
+        *,
+        write: bool = True,
+        force: bool = False,
+        flavour: str = "longterm",
+        fast: bool = False,
     ) -> Pin:
-        """get_user_pages(FOLL_WRITE?, FOLL_FORCE?): what ib_umem_get/vfio do to register memory."""
+        """GUP as a device driver does it. flavour: 'get' (FOLL_GET: vmsplice, 4.x drivers),
+        'pin' (FOLL_PIN: O_DIRECT) or 'longterm' (FOLL_PIN|FOLL_LONGTERM: RDMA, VFIO, io_uring
+        fixed buffers); before 5.7 every flavour is a FOLL_GET reference."""
         self._require_alive()
+        if flavour not in GUP_FLAVOURS:
+            raise SyscallError("EINVAL", f"pin flavour {flavour!r} (expected get, pin or longterm)")
         k = self.kernel
         first = addr & ~(PAGE_SIZE - 1)
         nr = (addr + length - first + PAGE_SIZE - 1) // PAGE_SIZE
         if length <= 0:
             raise SyscallError("EINVAL", "get_user_pages: length must be positive")
-        flags = (FOLL_WRITE if write else 0) | (FOLL_FORCE if force else 0)
+        flags = (FOLL_WRITE if write else 0) | (FOLL_FORCE if force else 0) | GUP_FLAVOURS[flavour]
         pin_id = next(k._pin_ids)
         fmt = "pid {}: get_user_pages({}, {}, write={}, force={}) -> pin {}"
         with k.operation(fmt, self.pid, addr, length, write, force, pin_id):
-            pages = get_user_pages(k, self.mm, first, nr, flags)
-            pin = Pin(k, pin_id, self.pid, addr, length, pages, write)
+            pages = get_user_pages(k, self.mm, first, nr, flags, fast)
+            gup_flags = effective_gup_flags(k, flags)
+            pin = Pin(k, pin_id, self.pid, addr, length, pages, write, flavour, gup_flags)
             k.pins[pin.id] = pin
         return pin
 

@@ -235,6 +235,19 @@ class _OdirectDevice(_Device):
         os.pwrite(self.file, data, addr - lo)
         self.proc._call("odirect", self.worker_fd, lo, hi - lo, 0, True)
 
+    def gup(self, addr: int, n: int, write: bool) -> None:
+        """One short-term pin of the blocks, as get_user_pages would take it: out, then back in.
+
+        pwrite(O_DIRECT) pins for reading (unsharing shared anonymous pages); for write, the
+        bytes just written out are read back in, so the pages take the write fault while their
+        contents stay as they were.
+        """
+        self._require_worker()
+        lo, hi = _blocks(addr, n)
+        self._to_file(lo, hi)
+        if write:
+            self.proc._call("odirect", self.worker_fd, lo, hi - lo, 0, True)
+
     def release(self) -> None:
         if self.proc.alive:
             self.proc._call("drop_pin", self.worker_fd)
@@ -503,6 +516,14 @@ class LiveMachine:
             self._stop_zygote()
         finally:
             self._remove_sigterm()
+
+    def reset(self) -> None:
+        """Release every pin and kill and reap every worker; the zygote stays for the next case."""
+        for pin in list(self.pins.values()):
+            with contextlib.suppress(Exception):
+                self.unpin(pin)
+        for proc in list(self.processes.values()):
+            self._kill(proc)
 
     def _stop_zygote(self) -> None:
         zygote, popen = self._zygote, self._popen

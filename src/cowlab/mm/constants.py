@@ -27,6 +27,7 @@ PG_swapbacked = 1 << 19
 PG_reserved = 1 << 20
 PG_ksm = 1 << 21  # 4.5 encodes KSM in page->mapping bits; a flag keeps the arrays numeric
 PG_anon_exclusive = 1 << 22  # 5.19+: aliases PG_mappedtodisk; kpageflags bit 34 shows it
+PG_mm_ids_shared = 1 << 23  # 6.15+: FOLIO_MM_IDS_SHARED_BIT of folio->_mm_ids, at the head
 PG_allocated = 1 << 30  # model bookkeeping: the frame belongs to someone (not in the free lists)
 
 PAGE_FLAG_NAMES = {
@@ -83,12 +84,14 @@ VM_FAULT_SIGSEGV = 0x0040
 VM_FAULT_WRITE = 0x0008
 VM_FAULT_FALLBACK = 0x0800
 
-# gup flags (include/linux/mm.h, 4.5: FOLL_GET only, FOLL_PIN arrives in 5.6)
+# gup flags (include/linux/mm.h)
 FOLL_WRITE = 0x01
 FOLL_TOUCH = 0x02
 FOLL_GET = 0x04
 FOLL_FORCE = 0x10
 FOLL_NUMA = 0x200
+FOLL_LONGTERM = 0x10000  # 5.1: io_uring fixed buffers, RDMA, VFIO
+FOLL_PIN = 0x40000  # 5.6/5.7: pin_user_pages(), counted apart from plain references
 
 # madvise advice values (include/uapi/asm-generic/mman-common.h)
 MADV_DONTNEED = 4

@@ -18,9 +18,11 @@ from cowlab.mm.constants import (
     VM_HUGEPAGE,
     VM_NOHUGEPAGE,
     VM_WRITE,
+    PG_anon_exclusive,
     PG_dirty,
     PG_double_map,
     PG_head,
+    PG_mm_ids_shared,
     PG_tail,
 )
 from cowlab.mm.mm import (
@@ -51,7 +53,11 @@ from cowlab.mm.rmap import (
     page_add_new_anon_rmap,
     page_anon_vma,
     page_dup_rmap,
+    page_move_anon_rmap,
     page_remove_rmap,
+    rmap_add_ptes,
+    rmap_remove_pmd,
+    rmap_remove_ptes,
     rmap_walk_anon,
 )
 
@@ -145,22 +151,25 @@ def huge_pmd_set_accessed(entry: HugePmd, write: bool) -> None:
         entry.dirty = entry.soft_dirty = True
 
 
-def do_huge_pmd_wp_page(k: Kernel, vma: VmArea, addr: int, entry: HugePmd) -> int:
-    """do_huge_pmd_wp_page(): reuse the THP, copy 2 MiB, copy 512 small pages, or split."""
+def do_huge_pmd_wp_page(
+    k: Kernel, vma: VmArea, addr: int, entry: HugePmd, unshare: bool = False
+) -> int:
+    """do_huge_pmd_wp_page(): reuse the THP; else copy 2 MiB or 512 small pages (to 5.7), or
+    split the PMD and let the PTE fault copy 4 KiB (5.8, 3917c80280c9)."""
     haddr = addr & HPAGE_PMD_MASK
     page: int | None = None if entry.huge_zero else entry.pfn
     if page is not None:
-        reuse, why = k.policy.huge_pmd_wp_reuse(k.frames, page)
-        k.trace(  # the decision, before any copy
-            "do_huge_pmd_wp_page", f"head pfn {page:#x}: {why} -> {'reuse' if reuse else 'copy'}"
-        )
-        if reuse:
-            entry.young = entry.dirty = entry.soft_dirty = True
-            entry.write = bool(vma.vm_flags & VM_WRITE)
-            k.vmstat["pgreuse"] += 1
-            return VM_FAULT_WRITE
+        d = k.policy.huge_pmd_wp_reuse(k, page)
+        why = d.why
+        verdict = "reuse" if d.reuse else "split" if k.policy.pmd_cow_splits else "copy"
+        k.trace("do_huge_pmd_wp_page", f"head pfn {page:#x}: {why} -> {verdict}")
+        if d.reuse:
+            return huge_pmd_reuse(k, vma, haddr, entry, d.move_anon_vma, d.set_exclusive, unshare)
     else:
         why = "the huge zero page is never reused"
+    if k.policy.pmd_cow_splits or unshare:
+        split_huge_pmd(k, vma, haddr)
+        return VM_FAULT_FALLBACK
     new = alloc_hugepage(k) if transparent_hugepage_enabled(k, vma) else None
     if new is None:
         k.vmstat["thp_fault_fallback"] += 1
@@ -180,10 +189,32 @@ def do_huge_pmd_wp_page(k: Kernel, vma: VmArea, addr: int, entry: HugePmd) -> in
         vma.mm.anon_rss += HPAGE_PMD_NR
         f.huge_zero_refcount -= 1
     else:
-        page_remove_rmap(k, page, compound=True)
+        page_remove_rmap(k, vma.mm, page, compound=True)
         put_page(k, page)
     k.record_cow("do_huge_pmd_wp_page", vma, haddr, page, new, why, nr=HPAGE_PMD_NR)
     k.trace("do_huge_pmd_wp_page", f"copy: a new THP, head pfn {new:#x}, PMD-mapped at {haddr:#x}")
+    return VM_FAULT_WRITE
+
+
+def huge_pmd_reuse(
+    k: Kernel,
+    vma: VmArea,
+    haddr: int,
+    entry: HugePmd,
+    move: bool,
+    exclusive: bool,
+    unshare: bool,
+) -> int:
+    """The reuse branch: from 5.19 it may move the anon_vma and mark the head exclusive."""
+    if move:
+        page_move_anon_rmap(k, entry.pfn, vma, haddr)
+    if exclusive:
+        k.frames.flags[entry.pfn] |= PG_anon_exclusive
+    k.vmstat["pgreuse"] += 1
+    if unshare:
+        return 0
+    entry.young = entry.dirty = entry.soft_dirty = True
+    entry.write = bool(vma.vm_flags & VM_WRITE)
     return VM_FAULT_WRITE
 
 
@@ -202,7 +233,7 @@ def do_huge_pmd_wp_page_fallback(
     bits = PTE_DIRTY | PTE_SOFT_DIRTY | PTE_YOUNG
     table.bits[:] = bits | PTE_WRITE if vma.vm_flags & VM_WRITE else bits
     vma.mm.pmds[pmd_index(haddr)] = table
-    page_remove_rmap(k, page, compound=True)
+    page_remove_rmap(k, vma.mm, page, compound=True)
     put_page(k, page)
     k.record_cow(
         "do_huge_pmd_wp_page_fallback", vma, haddr, page, int(table.pfn[0]), why, nr=HPAGE_PMD_NR
@@ -217,22 +248,28 @@ def do_huge_pmd_wp_page_fallback(
 # --- fork, zap, mprotect, mremap ----------------------------------------------------------
 
 
-def copy_huge_pmd(k: Kernel, dst: MmStruct, src: MmStruct, idx: int, entry: HugePmd) -> None:
-    """copy_huge_pmd(): share the THP with the child; both PMDs become read-only (no pin check)."""
+def copy_huge_pmd(k: Kernel, dst: VmArea, src: VmArea, idx: int, entry: HugePmd) -> bool:
+    """copy_huge_pmd(): share the THP with the child, both PMDs read-only. From 5.9 a maybe-
+    pinned THP is not shared: the parent's PMD is split (False: copy it PTE by PTE)."""
     if entry.huge_zero:
-        dst.pmds[idx] = replace(entry)
+        dst.mm.pmds[idx] = replace(entry)
         k.frames.huge_zero_refcount += 1
-        return
+        return True
+    if k.policy.fork_pmd_must_split(k, src.mm, src, entry.pfn):
+        k.trace("copy_huge_pmd", f"THP {entry.pfn:#x} may be pinned: split the parent's PMD")
+        __split_huge_pmd_locked(k, src.mm, idx, entry, freeze=False)
+        return False
     get_page(k.frames, entry.pfn)
-    page_dup_rmap(k, entry.pfn, compound=True)
+    page_dup_rmap(k, dst.mm, entry.pfn, compound=True)
     k.trace(
         "copy_huge_pmd",
-        f"THP {entry.pfn:#x} shared with pid {dst.pid}: both PMDs read-only, "
+        f"THP {entry.pfn:#x} shared with pid {dst.mm.pid}: both PMDs read-only, "
         f"compound_mapcount {compound_mapcount(k.frames, entry.pfn)}",
     )
     entry.write = False
-    dst.pmds[idx] = replace(entry, write=False, young=False)
-    dst.anon_rss += HPAGE_PMD_NR
+    dst.mm.pmds[idx] = replace(entry, write=False, young=False)
+    dst.mm.anon_rss += HPAGE_PMD_NR
+    return True
 
 
 def zap_huge_pmd(k: Kernel, mm: MmStruct, idx: int, entry: HugePmd) -> None:
@@ -241,7 +278,7 @@ def zap_huge_pmd(k: Kernel, mm: MmStruct, idx: int, entry: HugePmd) -> None:
     if entry.huge_zero:
         k.frames.huge_zero_refcount -= 1
         return
-    page_remove_rmap(k, entry.pfn, compound=True)
+    page_remove_rmap(k, mm, entry.pfn, compound=True)
     mm.anon_rss -= HPAGE_PMD_NR
     put_page(k, entry.pfn)
 
@@ -302,16 +339,15 @@ def __split_huge_pmd_locked(
         f.flags[sl] |= PG_dirty
     table.pfn[:] = head + SUBPAGES
     table.bits[:] = bits
-    f._mapcount[sl] += 1
-    if compound_mapcount(f, head) > 1 and not PageDoubleMap(f, head):
-        f.flags[head + 1] |= PG_double_map
-        f._mapcount[sl] += 1
-    f.compound_mapcount[head + 1] -= 1
-    if f.compound_mapcount[head + 1] < 0 and PageDoubleMap(f, head):
-        f.flags[head + 1] &= flags_without(PG_double_map)
-        f._mapcount[sl] -= 1
+    if f.flags[head] & PG_anon_exclusive:  # 5.19: every subpage inherits the head's bit
+        f.flags[sl] |= PG_anon_exclusive
+    if k.policy.double_map:
+        _split_double_map(f, head)
+    else:  # 6.2+: add the 512 PTE mappings, then drop the PMD one
+        rmap_add_ptes(k, mm, head + SUBPAGES)
+        rmap_remove_pmd(k, mm, head)
     if freeze:
-        f._mapcount[sl] -= 1
+        rmap_remove_ptes(k, mm, head + SUBPAGES)
         put_page(k, head, HPAGE_PMD_NR)
     k.trace(
         "__split_huge_pmd_locked",
@@ -320,6 +356,19 @@ def __split_huge_pmd_locked(
         f"DoubleMap {int(PageDoubleMap(f, head))})",
     )
     return table
+
+
+def _split_double_map(f: PageFrames, head: int) -> None:
+    """4.5's accounting: +1 per subpage, and the DoubleMap offset while other PMDs remain."""
+    sl = slice(head, head + HPAGE_PMD_NR)
+    f._mapcount[sl] += 1
+    if compound_mapcount(f, head) > 1 and not PageDoubleMap(f, head):
+        f.flags[head + 1] |= PG_double_map
+        f._mapcount[sl] += 1
+    f.compound_mapcount[head + 1] -= 1
+    if f.compound_mapcount[head + 1] < 0 and PageDoubleMap(f, head):
+        f.flags[head + 1] &= flags_without(PG_double_map)
+        f._mapcount[sl] -= 1
 
 
 def vma_adjust_trans_huge(k: Kernel, vma: VmArea, addr: int) -> None:
@@ -364,49 +413,54 @@ def split_huge_page(k: Kernel, head: int) -> int:
         put_page(k, head)
 
 
-def freeze_page(k: Kernel, head: int) -> list[tuple[PteTable, int]]:
+Frozen = list[tuple[MmStruct, PteTable, int]]
+
+
+def freeze_page(k: Kernel, head: int) -> Frozen:
     """freeze_page(): every mapping the rmap walk finds becomes a migration entry."""
-    frozen: list[tuple[PteTable, int]] = []
+    frozen: Frozen = []
     for m in rmap_walk_anon(k, head):
         frozen.extend(_freeze_mapping(k, m))
     return frozen
 
 
-def _freeze_mapping(k: Kernel, m: Mapping) -> list[tuple[PteTable, int]]:
+def _freeze_mapping(k: Kernel, m: Mapping) -> Frozen:
     idx = pmd_index(m.addr)
     if m.pmd:
         entry = m.mm.pmds[idx]
         assert isinstance(entry, HugePmd)
         split = __split_huge_pmd_locked(k, m.mm, idx, entry, freeze=True)
-        return [(split, i) for i in range(HPAGE_PMD_NR)]
+        return [(m.mm, split, i) for i in range(HPAGE_PMD_NR)]
     table = m.mm.pmds[idx]
     assert isinstance(table, PteTable)
     i = pte_index(m.addr)
     table.bits[i] |= PTE_MIGRATION
-    page_remove_rmap(k, m.pfn, compound=False)
+    page_remove_rmap(k, m.mm, m.pfn, compound=False)
     put_page(k, m.pfn)
-    return [(table, i)]
+    return [(m.mm, table, i)]
 
 
-def unfreeze_page(k: Kernel, frozen: list[tuple[PteTable, int]]) -> None:
+def unfreeze_page(k: Kernel, frozen: Frozen) -> None:
     """unfreeze_page(): migration entries become old PTEs, dirty where the page is PG_dirty."""
     f = k.frames
-    for table, i in frozen:
+    for mm, table, i in frozen:
         pfn = int(table.pfn[i])
         dirty = PTE_DIRTY if f.flags[pfn] & PG_dirty else 0
         table.bits[i] = (table.bits[i] & pte_without(PTE_MIGRATION | PTE_YOUNG)) | dirty
-        f._mapcount[pfn] += 1
+        rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
         get_page(f, pfn)
 
 
-def __split_huge_page(k: Kernel, head: int, frozen: list[tuple[PteTable, int]]) -> None:
+def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
     """__split_huge_page(): tails become small pages with the head's mapping and index + i."""
     f = k.frames
     sl = slice(head, head + HPAGE_PMD_NR)
     k.deferred_split.discard(head)
     f.flags[head + 1] &= flags_without(PG_double_map)
-    f.flags[sl] = (f.flags[sl] & flags_without(PG_head | PG_tail)) | (f.flags[head] & PG_dirty)
+    strip = flags_without(PG_head | PG_tail | PG_mm_ids_shared)
+    f.flags[sl] = (f.flags[sl] & strip) | (f.flags[head] & PG_dirty)
     f.compound_mapcount[head + 1] = -1
+    f.reset_folio_fields(head)
     f.mapping[sl] = f.mapping[head]
     f.index[sl] = f.index[head] + SUBPAGES
     unfreeze_page(k, frozen)

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cowlab.errors import KernelBug
 from cowlab.mm import huge_memory, migrate
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
@@ -15,12 +14,12 @@ from cowlab.mm.constants import (
     VM_FAULT_FALLBACK,
     VM_FAULT_WRITE,
     VM_WRITE,
-    PG_head,
+    PG_anon_exclusive,
     PG_tail,
 )
 from cowlab.mm.mm import PageAnon, PageKsm, compound_head, put_page
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
-from cowlab.mm.page_alloc import ZERO_PFN
+from cowlab.mm.page_alloc import ZERO_PFN, flags_without
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_PROTNONE,
@@ -34,12 +33,12 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.mm.rmap import (
     anon_vma_prepare,
-    deferred_split_huge_page,
     page_add_new_anon_rmap,
     page_move_anon_rmap,
     page_remove_rmap,
+    rmap_add_ptes,
+    rmap_remove_ptes,
 )
-from cowlab.mm.swapfile import reuse_swap_page
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -54,11 +53,15 @@ def new_pte_bits(vma: VmArea) -> int:
 # --- faults -------------------------------------------------------------------------------
 
 
-def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool) -> int:
-    """__handle_mm_fault(): a huge PMD when THP allows it, else the PTE level."""
+def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool, unshare: bool = False) -> int:
+    """__handle_mm_fault(): a huge PMD when THP allows it, else the PTE level.
+
+    ``unshare`` is FAULT_FLAG_UNSHARE (5.19): GUP's R/O pin wants an exclusive page, not a
+    writable PTE.
+    """
     k.vmstat["pgfault"] += 1
     if k.tracing:
-        kind = "write" if write else "read"
+        kind = "unshare" if unshare else "write" if write else "read"
         k.trace("handle_mm_fault", f"{kind} fault at {addr:#x} in pid {vma.mm.pid}")
     mm = vma.mm
     idx = pmd_index(addr)
@@ -70,8 +73,8 @@ def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool) -> int:
     elif isinstance(entry, HugePmd):
         if entry.protnone:
             return migrate.do_huge_pmd_numa_page(k, vma, addr, entry)
-        if write and not entry.write:
-            ret = huge_memory.do_huge_pmd_wp_page(k, vma, addr, entry)
+        if (write or unshare) and not entry.write:
+            ret = huge_memory.do_huge_pmd_wp_page(k, vma, addr, entry, unshare)
             if not ret & VM_FAULT_FALLBACK:
                 return ret
         else:
@@ -82,10 +85,12 @@ def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool) -> int:
         table = mm.pmds[idx] = PteTable()
     elif isinstance(table, HugePmd):
         return 0
-    return handle_pte_fault(k, vma, addr, table, write)
+    return handle_pte_fault(k, vma, addr, table, write, unshare)
 
 
-def handle_pte_fault(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool) -> int:
+def handle_pte_fault(
+    k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool, unshare: bool = False
+) -> int:
     """handle_pte_fault(): none -> do_anonymous_page, protnone -> NUMA, RO write -> do_wp_page."""
     i = pte_index(addr)
     if table.pfn[i] < 0:
@@ -93,9 +98,9 @@ def handle_pte_fault(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: 
     bits = int(table.bits[i])
     if bits & PTE_PROTNONE:
         return migrate.do_numa_page(k, vma, addr, table)
+    if (write or unshare) and not bits & PTE_WRITE:
+        return do_wp_page(k, vma, addr, table, unshare)
     if write:
-        if not bits & PTE_WRITE:
-            return do_wp_page(k, vma, addr, table)
         bits |= PTE_DIRTY | PTE_SOFT_DIRTY
     table.bits[i] = bits | PTE_YOUNG
     return 0
@@ -121,32 +126,44 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
     return 0
 
 
-def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:
-    """do_wp_page(): a write to a read-only present PTE either reuses the page or copies it."""
+def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool = False) -> int:
+    """do_wp_page(): a write (or unshare) to a read-only present PTE: reuse the page or copy it."""
     i = pte_index(addr)
     if table.bits[i] & PTE_SPECIAL:
-        return wp_copy_traced(k, vma, addr, table, None, "the zero page", "never reused")
+        return wp_copy_traced(k, vma, addr, table, None, "the zero page", "never reused", unshare)
     old = int(table.pfn[i])
     f = k.frames
     if not PageAnon(f, old) or PageKsm(f, old):
-        return wp_copy_traced(k, vma, addr, table, old, f"pfn {old:#x}", "KSM: never reused")
-    decision = reuse_swap_page(k, old)
-    chain = f"pfn {old:#x} -> reuse_swap_page -> {decision.why} -> {int(decision.reuse)}"
-    if not decision.reuse:
-        return wp_copy_traced(k, vma, addr, table, old, chain, decision.why)
-    moved = k.policy.move_anon_rmap_on_reuse(decision.total_mapcount)
-    if moved:
+        chain = f"pfn {old:#x}"
+        return wp_copy_traced(k, vma, addr, table, old, chain, "KSM: never reused", unshare)
+    d = k.policy.wp_reuse(k, vma, old)
+    chain = f"pfn {old:#x} -> {d.why}"
+    if not d.reuse:
+        return wp_copy_traced(k, vma, addr, table, old, chain, d.why, unshare)
+    if d.move_anon_vma:
         page_move_anon_rmap(k, compound_head(f, old), vma, addr)
+    if d.set_exclusive:
+        f.flags[old] |= PG_anon_exclusive
     if k.tracing:
-        where = f"page_move_anon_rmap to {vma.anon_vma}" if moved else "anon_vma not moved"
+        moved = f"page_move_anon_rmap to {vma.anon_vma}"
+        where = moved if d.move_anon_vma else "anon_vma not moved"
         k.trace("do_wp_page", f"{addr:#x}: {chain} -> reuse: wp_page_reuse ({where})")
+    if unshare:  # the page is now exclusive; the PTE stays read-only
+        return 0
     return wp_page_reuse(k, vma, addr, table)
 
 
 def wp_copy_traced(
-    k: Kernel, vma: VmArea, addr: int, table: PteTable, old: int | None, chain: str, why: str
+    k: Kernel,
+    vma: VmArea,
+    addr: int,
+    table: PteTable,
+    old: int | None,
+    chain: str,
+    why: str,
+    unshare: bool,
 ) -> int:
-    ret = wp_page_copy(k, vma, addr, table, old, why)
+    ret = wp_page_copy(k, vma, addr, table, old, why, unshare)
     if k.tracing:
         new = int(table.pfn[pte_index(addr)])
         k.trace("do_wp_page", f"{addr:#x}: {chain} -> copy: wp_page_copy allocates pfn {new:#x}")
@@ -162,9 +179,16 @@ def wp_page_reuse(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:
 
 
 def wp_page_copy(
-    k: Kernel, vma: VmArea, addr: int, table: PteTable, old: int | None, why: str
+    k: Kernel,
+    vma: VmArea,
+    addr: int,
+    table: PteTable,
+    old: int | None,
+    why: str,
+    unshare: bool = False,
 ) -> int:
-    """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old here."""
+    """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old here;
+    an unshare maps the copy read-only."""
     i = pte_index(addr)
     f = k.frames
     anon_vma_prepare(k, vma)
@@ -172,12 +196,13 @@ def wp_page_copy(
     if old is not None:
         f.copy_page(new, old)
     table.pfn[i] = new
-    table.bits[i] = new_pte_bits(vma)
+    bits = new_pte_bits(vma)
+    table.bits[i] = bits & pte_without(PTE_WRITE) if unshare else bits
     page_add_new_anon_rmap(k, new, vma, addr, compound=False)
     if old is None:
         vma.mm.anon_rss += 1
     else:
-        page_remove_rmap(k, old, compound=False)
+        page_remove_rmap(k, vma.mm, old, compound=False)
         put_page(k, old)
     k.record_cow("wp_page_copy", vma, addr, old, new, why)
     return VM_FAULT_WRITE
@@ -194,8 +219,10 @@ def copy_page_range(k: Kernel, dst: VmArea, src: VmArea) -> None:
         if entry is None:
             continue
         if isinstance(entry, HugePmd):
-            huge_memory.copy_huge_pmd(k, dst.mm, src.mm, idx, entry)
-            continue
+            if huge_memory.copy_huge_pmd(k, dst, src, idx, entry):
+                continue
+            entry = src.mm.pmds[idx]  # split because pinned: copy it PTE by PTE
+            assert isinstance(entry, PteTable)
         base = idx << PMD_SHIFT
         lo = max(start, base)
         hi = min(end, base + HPAGE_PMD_SIZE)
@@ -206,23 +233,31 @@ def copy_pte_range(
     k: Kernel, dst: VmArea, src: VmArea, idx: int, table: PteTable, sl: slice
 ) -> None:
     """copy_pte_range(), copy_one_pte() for every PTE at once: wrprotect both sides (COW
-    mappings), child PTEs old, page_dup_rmap (+1 _mapcount) and get_page (+1 _count on the head)."""
+    mappings), child PTEs old, page_dup_rmap (+1 _mapcount) and get_page (+1 _count on the head).
+    Pages the generation will not share (pinned, 5.9+) are copied for the child first."""
     pfns = table.pfn[sl]
     present = pfns >= 0
     if not present.any():
         return
-    if is_cow_mapping(src.vm_flags):
-        table.bits[sl] = np.where(present, table.bits[sl] & pte_without(PTE_WRITE), table.bits[sl])
     child = dst.mm.pmds.get(idx)
     if not isinstance(child, PteTable):
         child = dst.mm.pmds[idx] = PteTable()
-    child.pfn[sl] = pfns
-    child.bits[sl] = np.where(present, table.bits[sl] & pte_without(PTE_YOUNG), 0)
+    normal_mask = present & ((table.bits[sl] & PTE_SPECIAL) == 0)
+    must_copy = np.zeros(pfns.size, dtype=bool)
+    must_copy[normal_mask] = k.policy.fork_must_copy(k, src.mm, src, pfns[normal_mask])
+    for j in np.flatnonzero(must_copy).tolist():
+        copy_present_page(k, dst, child, (idx << PMD_SHIFT) + ((sl.start + j) << 12), int(pfns[j]))
+    present &= ~must_copy
+    if is_cow_mapping(src.vm_flags):
+        table.bits[sl] = np.where(present, table.bits[sl] & pte_without(PTE_WRITE), table.bits[sl])
+    child.pfn[sl] = np.where(present, pfns, child.pfn[sl])
+    child.bits[sl] = np.where(present, table.bits[sl] & pte_without(PTE_YOUNG), child.bits[sl])
     normal = pfns[present & ((table.bits[sl] & PTE_SPECIAL) == 0)]
     if normal.size == 0:
         return
     f = k.frames
-    f._mapcount[normal] += 1
+    f.flags[normal] &= flags_without(PG_anon_exclusive)  # page_try_dup_anon_rmap
+    rmap_add_ptes(k, dst.mm, normal)
     np.add.at(f._count, heads_of(k, normal), 1)
     dst.mm.anon_rss += int(normal.size)
     if k.tracing:
@@ -231,6 +266,22 @@ def copy_pte_range(
             f"{normal.size} PTEs at {(idx << PMD_SHIFT) + (sl.start << 12):#x} shared with pid "
             f"{dst.mm.pid}: write-protected on both sides, _mapcount and _count +1",
         )
+
+
+def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: int) -> None:
+    """copy_present_page() (5.9): the child gets its own copy of a maybe-pinned page at fork;
+    the parent keeps its PTE and page as they are."""
+    f = k.frames
+    new = f.alloc_page()
+    f.copy_page(new, pfn)
+    i = pte_index(addr)
+    child.pfn[i] = new
+    child.bits[i] = new_pte_bits(dst)
+    page_add_new_anon_rmap(k, new, dst, addr, compound=False)
+    dst.mm.anon_rss += 1
+    k.record_cow("copy_present_page", dst, addr, pfn, new, "maybe DMA-pinned at fork")
+    if k.tracing:
+        k.trace("copy_present_page", f"{addr:#x}: pfn {pfn:#x} may be pinned: child gets {new:#x}")
 
 
 def heads_of(k: Kernel, pfns: np.ndarray) -> np.ndarray:
@@ -268,7 +319,6 @@ def zap_page_range(k: Kernel, vma: VmArea, start: int, end: int) -> None:
 
 def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) -> None:
     """zap_pte_range(): page_remove_rmap + put_page for every normal page in the slice."""
-    f = k.frames
     sl = slice(lo, hi)
     pfns = table.pfn[sl]
     normal = pfns[(pfns >= 0) & ((table.bits[sl] & PTE_SPECIAL) == 0)]
@@ -276,16 +326,10 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     table.bits[sl] = 0
     if normal.size == 0:
         return
-    f._mapcount[normal] -= 1
-    if (f._mapcount[normal] < -1).any():
-        raise KernelBug("zap_pte_range: _mapcount below -1")
+    rmap_remove_ptes(k, mm, normal)
     mm.anon_rss -= int(normal.size)
     if k.tracing:
         k.trace("zap_pte_range", f"pid {mm.pid}: {normal.size} PTEs unmapped (page_remove_rmap)")
-    compound = (f.flags[normal] & (PG_head | PG_tail)) != 0
-    emptied = normal[compound & (f._mapcount[normal] == -1)]
-    for head in np.unique(emptied & ~(HPAGE_PMD_NR - 1)):
-        deferred_split_huge_page(k, int(head))
     heads, counts = np.unique(heads_of(k, normal), return_counts=True)
     for head, nr in zip(heads.tolist(), counts.tolist(), strict=True):
         put_page(k, head, nr)

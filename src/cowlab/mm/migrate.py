@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cowlab.mm.constants import HPAGE_PMD_MASK, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PMD_SHIFT, VM_WRITE
+from cowlab.mm.constants import (
+    HPAGE_PMD_MASK,
+    HPAGE_PMD_NR,
+    HPAGE_PMD_SIZE,
+    PMD_SHIFT,
+    VM_WRITE,
+    PG_anon_exclusive,
+)
 from cowlab.mm.huge_memory import change_huge_pmd, split_huge_pmd
 from cowlab.mm.mm import PageTransCompound, page_count, put_page
 from cowlab.mm.mm_types import VmArea, pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_PROTNONE, PTE_SPECIAL, PTE_YOUNG, HugePmd, PteTable, pte_without
-from cowlab.mm.rmap import page_remove_rmap, rmap_walk_anon
+from cowlab.mm.rmap import page_remove_rmap, rmap_add_pmd, rmap_walk_anon
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -53,9 +60,10 @@ def migrate_misplaced_transhuge_page(k: Kernel, vma: VmArea, addr: int, entry: H
         f.copy_page(new + i, head + i)
     f.mapping[new] = f.mapping[head]
     f.index[new] = f.index[head]
-    f.compound_mapcount[new + 1] = 0
+    f.flags[new] |= f.flags[head] & PG_anon_exclusive
+    rmap_add_pmd(k, vma.mm, new)
     vma.mm.pmds[pmd_index(addr)] = HugePmd(new, bool(vma.vm_flags & VM_WRITE), True)
-    page_remove_rmap(k, head, compound=True)
+    page_remove_rmap(k, vma.mm, head, compound=True)
     put_page(k, head)
     k.trace("migrate_misplaced_transhuge_page", f"THP {head:#x} migrated to {new:#x}")
     return 0
@@ -83,6 +91,7 @@ def migrate_misplaced_page(k: Kernel, pfn: int) -> bool:
     f.copy_page(new, pfn)
     f.mapping[new] = f.mapping[pfn]
     f.index[new] = f.index[pfn]
+    f.flags[new] |= f.flags[pfn] & PG_anon_exclusive
     f._mapcount[new] = len(mappings) - 1
     f._count[new] = len(mappings)
     for m in mappings:

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
+    PG_anon_exclusive,
     PG_double_map,
     PG_head,
     PG_ksm,
+    PG_mm_ids_shared,
     PG_reserved,
     PG_swapcache,
     PG_tail,
@@ -74,6 +76,32 @@ def page_mapcount(f: PageFrames, pfn: int) -> int:
         return own
     head = compound_head(f, pfn)
     return own + compound_mapcount(f, head) - int(PageDoubleMap(f, head))
+
+
+GUP_PIN_COUNTING_BIAS = 1024
+
+
+def PageAnonExclusive(f: PageFrames, pfn: int) -> bool:
+    """PageAnonExclusive() (5.19): a PMD-mapped THP keeps the bit on its head only."""
+    return bool(f.flags[pfn] & PG_anon_exclusive)
+
+
+def page_maybe_dma_pinned(f: PageFrames, pfn: int) -> bool:
+    """page_maybe_dma_pinned() (5.7): a compound page's exact pin count, else _count >= 1024."""
+    head = compound_head(f, pfn)
+    if f.flags[head] & PG_head:
+        return bool(f._pincount[head] > 0)
+    return bool(f._count[head] >= GUP_PIN_COUNTING_BIAS)
+
+
+def folio_large_mapcount(f: PageFrames, head: int) -> int:
+    """folio_large_mapcount() (6.x): every PTE and PMD mapping of the large folio."""
+    return int(f._large_mapcount[head]) + 1
+
+
+def folio_maybe_mapped_shared(f: PageFrames, head: int) -> bool:
+    """folio_maybe_mapped_shared() (6.15): MM-id tracking saw a second MM map the folio."""
+    return bool(f.flags[head] & PG_mm_ids_shared)
 
 
 def page_count(f: PageFrames, pfn: int) -> int:

@@ -9,7 +9,15 @@ from cowlab.mm.constants import HPAGE_PMD_SIZE, PMD_SHIFT, VM_EXEC, VM_READ, VM_
 from cowlab.mm.huge_memory import change_huge_pmd, split_huge_pmd
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import calc_vm_prot_bits, check_range, vma_modify_flags
-from cowlab.mm.pgtable import PTE_PROTNONE, PTE_WRITE, HugePmd, PteTable, pte_without
+from cowlab.mm.pgtable import (
+    PTE_PROTNONE,
+    PTE_SOFT_DIRTY,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    HugePmd,
+    PteTable,
+    pte_without,
+)
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -38,22 +46,30 @@ def change_protection(k: Kernel, vma: VmArea, start: int, end: int) -> None:
     """change_protection(): pte_modify/pmd_modify to vm_page_prot; partial PMDs are split.
 
     For a private anonymous VMA vm_page_prot is never writable, so mprotect(RW) leaves every
-    present entry read-only and the next write goes through do_wp_page.
+    present entry read-only and the next write goes through do_wp_page — until 6.0/6.2, which
+    map exclusive anonymous pages writable at once (can_change_pte_writable, 64fe24a3e05e).
     """
     mm = vma.mm
     writable = vma_page_prot_writable(vma)
+    direct = bool(vma.vm_flags & VM_WRITE) and k.policy.mprotect_maps_exclusive_writable
     for idx in range(pmd_index(start), pmd_index(end - 1) + 1):
         entry = mm.pmds.get(idx)
         base = idx << PMD_SHIFT
         lo, hi = max(start, base), min(end, base + HPAGE_PMD_SIZE)
         if isinstance(entry, HugePmd):
             if hi - lo == HPAGE_PMD_SIZE:
-                change_huge_pmd(entry, writable, prot_numa=False)
+                pmd_direct = direct and k.policy.mprotect_writable(
+                    k, vma, entry.pfn, entry.soft_dirty
+                )
+                change_huge_pmd(entry, writable or (pmd_direct and not entry.huge_zero), False)
                 continue
             split_huge_pmd(k, vma, base)
             entry = mm.pmds[idx]
         if isinstance(entry, PteTable):
-            change_pte_range(entry, slice(pte_index(lo), pte_index(hi - 1) + 1), writable)
+            sl = slice(pte_index(lo), pte_index(hi - 1) + 1)
+            change_pte_range(entry, sl, writable)
+            if direct:
+                map_exclusive_writable(k, vma, entry, sl)
 
 
 def change_pte_range(table: PteTable, sl: slice, writable: bool) -> None:
@@ -63,3 +79,13 @@ def change_pte_range(table: PteTable, sl: slice, writable: bool) -> None:
     bits[present] &= pte_without(PTE_PROTNONE | PTE_WRITE)
     if writable:
         bits[present] |= PTE_WRITE
+
+
+def map_exclusive_writable(k: Kernel, vma: VmArea, table: PteTable, sl: slice) -> None:
+    """can_change_pte_writable(): the PTEs the generation may make writable without a fault."""
+    for i in range(sl.start, sl.stop):
+        bits = int(table.bits[i])
+        if table.pfn[i] < 0 or bits & PTE_SPECIAL:
+            continue
+        if k.policy.mprotect_writable(k, vma, int(table.pfn[i]), bool(bits & PTE_SOFT_DIRTY)):
+            table.bits[i] = bits | PTE_WRITE

@@ -32,6 +32,22 @@ FIRST_FREE_PFN = 2 * HPAGE_PMD_NR
 IntArray = npt.NDArray[np.int64]
 
 
+FIELDS = {  # every per-frame field and the value a free frame holds
+    "flags": 0,
+    "_mapcount": -1,
+    "_count": 0,
+    "compound_mapcount": -1,
+    "mapping": 0,
+    "index": 0,
+    "private": 0,
+    "_pincount": 0,
+    "_large_mapcount": -1,
+    "_nr_pages_mapped": 0,
+    "mm_id": 0,
+    "mm_id_mapcount": -1,
+}
+
+
 def flags_without(mask: int) -> np.uint32:
     """The complement of page flags as a uint32 (NumPy refuses negative Python ints)."""
     return np.uint32(~mask & 0xFFFFFFFF)
@@ -49,6 +65,14 @@ class PageFrames:
         self.mapping = np.zeros(0, dtype=np.int32)
         self.index = np.zeros(0, dtype=np.int64)
         self.private = np.zeros(0, dtype=np.int64)
+        # 5.7+: the exact pin count of a compound page (hpage_pincount, later folio->_pincount)
+        self._pincount = np.zeros(0, dtype=np.int32)
+        # 6.x large-folio fields, read at the head: total mappings, PTE-mapped pages, the two
+        # tracked MMs and their mapcounts (CONFIG_MM_ID)
+        self._large_mapcount = np.zeros(0, dtype=np.int32)
+        self._nr_pages_mapped = np.zeros(0, dtype=np.int32)
+        self.mm_id = np.zeros((0, 2), dtype=np.int32)
+        self.mm_id_mapcount = np.zeros((0, 2), dtype=np.int32)
         self._grow(max(capacity, FIRST_FREE_PFN))
         self.nr = FIRST_FREE_PFN
         self.free0: list[int] = []
@@ -65,18 +89,9 @@ class PageFrames:
         if need <= old:
             return
         size = max(need, 2 * old)
-        fills = {
-            "flags": 0,
-            "_mapcount": -1,
-            "_count": 0,
-            "compound_mapcount": -1,
-            "mapping": 0,
-            "index": 0,
-            "private": 0,
-        }
-        for name, fill in fills.items():
+        for name, fill in FIELDS.items():
             arr = getattr(self, name)
-            new = np.full(size, fill, dtype=arr.dtype)
+            new = np.full((size, *arr.shape[1:]), fill, dtype=arr.dtype)
             new[:old] = arr
             setattr(self, name, new)
 
@@ -84,13 +99,8 @@ class PageFrames:
 
     def _reset(self, first: int, nr: int) -> None:
         sl = slice(first, first + nr)
-        self.flags[sl] = 0
-        self._mapcount[sl] = -1
-        self._count[sl] = 0
-        self.compound_mapcount[sl] = -1
-        self.mapping[sl] = 0
-        self.index[sl] = 0
-        self.private[sl] = 0
+        for name, fill in FIELDS.items():
+            getattr(self, name)[sl] = fill
 
     def alloc_page(self) -> int:
         """alloc_page(GFP_HIGHUSER_MOVABLE|__GFP_ZERO): a zeroed small page with _count 1."""
@@ -126,6 +136,11 @@ class PageFrames:
         self._count[head] = 1
         self.nr_allocated += HPAGE_PMD_NR
         return head
+
+    def reset_folio_fields(self, head: int) -> None:
+        """The large-folio fields of a compound page that stops being one (split)."""
+        for name in ("_pincount", "_large_mapcount", "_nr_pages_mapped", "mm_id", "mm_id_mapcount"):
+            getattr(self, name)[head] = FIELDS[name]
 
     def free_page(self, pfn: int) -> None:
         """__free_pages of an order-0 page whose _count reached zero."""

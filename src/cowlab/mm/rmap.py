@@ -5,8 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from cowlab.errors import KernelBug
-from cowlab.mm.constants import HPAGE_PMD_NR, PG_double_map, PG_swapbacked
+from cowlab.mm.constants import (
+    HPAGE_PMD_NR,
+    PG_anon_exclusive,
+    PG_double_map,
+    PG_head,
+    PG_mm_ids_shared,
+    PG_swapbacked,
+    PG_tail,
+)
 from cowlab.mm.mm import PageDoubleMap, PageTransCompound, compound_head
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import flags_without
@@ -98,6 +109,11 @@ def page_anon_vma(k: Kernel, pfn: int) -> AnonVma | None:
 
 
 # --- mapcounts ----------------------------------------------------------------------------
+#
+# Every mapping added or removed goes through rmap_add/rmap_remove, which keep the counters of
+# the running generation: per-page _mapcount and compound_mapcount (with PG_double_map offsets
+# up to 6.1), and from 6.x the large-folio fields _large_mapcount, _nr_pages_mapped and the
+# two tracked MM ids (folio_add_rmap_ptes/pmd, folio_remove_rmap_ptes/pmd).
 
 
 def __page_set_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, exclusive: bool) -> None:
@@ -112,53 +128,81 @@ def __page_set_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, exclusive:
 
 
 def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound: bool) -> None:
-    """page_add_new_anon_rmap(): a freshly allocated page's first mapping (PTE or PMD)."""
+    """page_add_new_anon_rmap(): a freshly allocated page's first mapping (PTE or PMD).
+
+    From 5.19 a new anonymous page is exclusive (PG_anon_exclusive; on the head for a THP).
+    """
     f = k.frames
-    f.flags[pfn] |= PG_swapbacked
+    f.flags[pfn] |= PG_swapbacked | (PG_anon_exclusive if k.policy.anon_exclusive else 0)
     if compound:
-        f.compound_mapcount[pfn + 1] = 0
+        rmap_add_pmd(k, vma.mm, pfn)
     else:
-        f._mapcount[pfn] = 0
+        rmap_add_ptes(k, vma.mm, np.array([pfn], dtype=np.int64))
     __page_set_anon_rmap(k, pfn, vma, addr, exclusive=True)
 
 
 def page_add_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound: bool) -> None:
     """page_add_anon_rmap(): one more mapping of a page that may already be anonymous."""
-    f = k.frames
     if compound:
-        f.compound_mapcount[pfn + 1] += 1
+        rmap_add_pmd(k, vma.mm, pfn)
     else:
-        f._mapcount[pfn] += 1
-    __page_set_anon_rmap(k, compound_head(f, pfn), vma, addr, exclusive=False)
+        rmap_add_ptes(k, vma.mm, np.array([pfn], dtype=np.int64))
+    __page_set_anon_rmap(k, compound_head(k.frames, pfn), vma, addr, exclusive=False)
 
 
-def page_dup_rmap(k: Kernel, pfn: int, compound: bool) -> None:
-    """page_dup_rmap(): fork's +1 on the compound mapcount (PMD) or the subpage's _mapcount."""
+def page_dup_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
+    """page_dup_rmap()/page_try_dup_anon_rmap(): fork shares the page; it stops being exclusive."""
+    k.frames.flags[pfn] &= flags_without(PG_anon_exclusive)
     if compound:
-        k.frames.compound_mapcount[pfn + 1] += 1
+        rmap_add_pmd(k, mm, pfn)
     else:
-        k.frames._mapcount[pfn] += 1
+        rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
 
 
-def page_remove_rmap(k: Kernel, pfn: int, compound: bool) -> None:
+def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
     """page_remove_rmap(): -1 mapping; a THP subpage reaching -1 queues the THP for splitting."""
-    f = k.frames
     if compound:
-        page_remove_anon_compound_rmap(k, pfn)
-        return
-    f._mapcount[pfn] -= 1
-    if f._mapcount[pfn] >= 0:
-        return
-    if f._mapcount[pfn] < -1:
-        raise KernelBug(f"page_remove_rmap: _mapcount of pfn {pfn:#x} below -1")
-    if PageTransCompound(f, pfn):
-        deferred_split_huge_page(k, compound_head(f, pfn))
+        rmap_remove_pmd(k, mm, pfn)
+    else:
+        rmap_remove_ptes(k, mm, np.array([pfn], dtype=np.int64))
 
 
-def page_remove_anon_compound_rmap(k: Kernel, head: int) -> None:
+def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
+    """+1 PTE mapping of each page (pfns distinct): _mapcount, and the folio fields in 6.x."""
+    f = k.frames
+    f._mapcount[pfns] += 1
+    if k.policy.folio_counters:
+        for head, nr in _large_heads(k, pfns):
+            _folio_add(k, mm, head, nr)
+
+
+def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
+    """-1 PTE mapping of each page; a THP subpage left unmapped queues the THP for splitting."""
+    f = k.frames
+    f._mapcount[pfns] -= 1
+    if (f._mapcount[pfns] < -1).any():
+        raise KernelBug("page_remove_rmap: _mapcount below -1")
+    compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
+    emptied = pfns[compound & (f._mapcount[pfns] == -1)]
+    for head in np.unique(emptied & ~(HPAGE_PMD_NR - 1)).tolist():
+        deferred_split_huge_page(k, head)
+    if k.policy.folio_counters:
+        for head, nr in _large_heads(k, pfns):
+            _folio_remove(k, mm, head, nr)
+
+
+def rmap_add_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
+    k.frames.compound_mapcount[head + 1] += 1
+    if k.policy.folio_counters:
+        _folio_add(k, mm, head, 1)
+
+
+def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     """page_remove_anon_compound_rmap(): -1 PMD map; the last one undoes the DoubleMap offset."""
     f = k.frames
     f.compound_mapcount[head + 1] -= 1
+    if k.policy.folio_counters:
+        _folio_remove(k, mm, head, 1)
     if f.compound_mapcount[head + 1] >= 0:
         return
     nr = HPAGE_PMD_NR
@@ -168,6 +212,51 @@ def page_remove_anon_compound_rmap(k: Kernel, head: int) -> None:
         nr = int((f._mapcount[head : head + HPAGE_PMD_NR] == -1).sum())
     if nr:
         deferred_split_huge_page(k, head)
+
+
+def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+    """(head, number of the pages that belong to it) for the large folios among pfns."""
+    f = k.frames
+    compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
+    heads, counts = np.unique(pfns[compound] & ~(HPAGE_PMD_NR - 1), return_counts=True)
+    return list(zip(heads.tolist(), counts.tolist(), strict=True))
+
+
+def _folio_add(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
+    """folio_add_large_mapcount(): total mappings, PTE-mapped pages, and the MM that mapped."""
+    f = k.frames
+    before = int(f._large_mapcount[head])
+    f._large_mapcount[head] += nr
+    f._nr_pages_mapped[head] = int((f._mapcount[head : head + HPAGE_PMD_NR] >= 0).sum())
+    ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
+    for slot in (0, 1):
+        if ids[slot] == mm.pid:
+            counts[slot] += nr
+            return
+    for slot in (0, 1):
+        if ids[slot] == 0:
+            ids[slot] = mm.pid
+            counts[slot] = nr - 1
+            if before != -1:  # somebody else already maps it
+                f.flags[head] |= PG_mm_ids_shared
+            return
+    f.flags[head] |= PG_mm_ids_shared
+
+
+def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
+    """folio_sub_large_mapcount(): and "not shared" again once one tracked MM has them all."""
+    f = k.frames
+    f._large_mapcount[head] -= nr
+    f._nr_pages_mapped[head] = int((f._mapcount[head : head + HPAGE_PMD_NR] >= 0).sum())
+    ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
+    for slot in (0, 1):
+        if ids[slot] == mm.pid:
+            counts[slot] -= nr
+            if counts[slot] < 0:
+                ids[slot] = 0
+            break
+    if f._large_mapcount[head] in (counts[0], counts[1]):
+        f.flags[head] &= flags_without(PG_mm_ids_shared)
 
 
 def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:

@@ -1,11 +1,21 @@
-"""The decisions a kernel generation makes, as one interface; the kernel paths ask, never branch."""
+"""The decisions a kernel generation makes, as one interface; the kernel paths ask, never branch.
+
+A generation is a subclass that overrides only what changed. Class attributes state what the
+generation's struct page/folio keeps; methods answer the questions the fault, fork, GUP,
+mprotect and clear_refs paths ask.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from cowlab.mm.page_alloc import PageFrames
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+    from cowlab.mm.mm_types import MmStruct, VmArea
 
 
 class ReuseCount(NamedTuple):
@@ -24,22 +34,53 @@ class ReuseDecision(NamedTuple):
     why: str
 
 
+class WpDecision(NamedTuple):
+    """A write (or unshare) fault's verdict: reuse or copy, and what reuse also does."""
+
+    reuse: bool
+    move_anon_vma: bool
+    set_exclusive: bool
+    why: str
+
+
 class Policy(ABC):
-    """One kernel generation: identity, provenance and the answers to the COW questions."""
+    """One kernel generation: identity, provenance, counters kept, and the COW decisions."""
 
     id: ClassVar[str]
     release: ClassVar[str]
     commits: ClassVar[tuple[str, ...]]  # the commits whose rules this kernel follows
     summary: ClassVar[str]
 
-    @abstractmethod
-    def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
-        """The count reuse_swap_page() uses for a PTE write fault on pfn."""
+    double_map: ClassVar[bool] = True  # PG_double_map offsets (4.5 .. 6.1)
+    folio_counters: ClassVar[bool] = False  # _large_mapcount, _nr_pages_mapped, MM ids (6.x)
+    foll_pin: ClassVar[bool] = False  # FOLL_PIN: GUP_PIN_COUNTING_BIAS and _pincount (5.7)
+    anon_exclusive: ClassVar[bool] = False  # PG_anon_exclusive (5.19)
+    pmd_cow_splits: ClassVar[bool] = False  # a PMD that is not reused is split, 4 KiB COW (5.8)
+    gup_breaks_cow_on_read: ClassVar[bool] = False  # every GUP on a COW mapping faults as a write
+    gup_unshares_ro_pins: ClassVar[bool] = False  # R/O FOLL_PIN of a shared anon page unshares
+    clear_refs_skips_pinned: ClassVar[bool] = False  # 5.11: soft-dirty clearing skips pins
+    mprotect_maps_exclusive_writable: ClassVar[bool] = False  # 6.2: RW maps PAE pages writable
+    mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
+    soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
 
     @abstractmethod
-    def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
-        """Whether do_wp_page's reuse moves the page to the faulting VMA's anon_vma."""
+    def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        """do_wp_page(): may the anonymous page mapped read-only at this PTE be reused?"""
 
     @abstractmethod
-    def huge_pmd_wp_reuse(self, f: PageFrames, head: int) -> tuple[bool, str]:
-        """Whether do_huge_pmd_wp_page reuses the PMD-mapped THP, and why."""
+    def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
+        """do_huge_pmd_wp_page(): may the PMD-mapped THP be reused?"""
+
+    def fork_must_copy(
+        self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """copy_present_pte(): which pages the child gets its own copy of (none before 5.9)."""
+        return np.zeros(pfns.size, dtype=bool)
+
+    def fork_pmd_must_split(self, k: Kernel, src: MmStruct, vma: VmArea, head: int) -> bool:
+        """copy_huge_pmd(): split the parent's PMD so pinned subpages are copied (5.9)."""
+        return False
+
+    def mprotect_writable(self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool) -> bool:
+        """change_pte_range()/change_huge_pmd(): map this private page writable directly?"""
+        return False

@@ -4,11 +4,16 @@ reused only when nothing but its own mapping holds a reference."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
 from cowlab.mm.page_alloc import PageFrames
-from cowlab.policy.base import Policy, ReuseCount
+from cowlab.mm.swapfile import reuse_swap_page
+from cowlab.policy.base import Policy, ReuseCount, WpDecision
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+    from cowlab.mm.mm_types import VmArea
 
 
 class V4_5(Policy):
@@ -25,6 +30,12 @@ class V4_5(Policy):
         "PMD: reuse iff page_mapcount(head) == 1 and page_count(head) == 1"
     )
 
+    def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        """do_wp_page(): reuse_swap_page() decides; a reused page may move to vma's anon_vma."""
+        d = reuse_swap_page(k, pfn, self.reuse_mapcount)
+        move = d.reuse and self.move_anon_rmap_on_reuse(d.total_mapcount)
+        return WpDecision(d.reuse, move, False, f"reuse_swap_page -> {d.why} -> {int(d.reuse)}")
+
     def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
         """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""
         if PageTransCompound(f, pfn):
@@ -36,10 +47,9 @@ class V4_5(Policy):
         """Always: a reused page is a small page mapped once."""
         return True
 
-    def huge_pmd_wp_reuse(self, f: PageFrames, head: int) -> tuple[bool, str]:
+    def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         """do_huge_pmd_wp_page of 4.5.0: any extra reference (a GUP pin) forces a 2 MiB copy."""
+        f = k.frames
         mapcount, count = page_mapcount(f, head), page_count(f, head)
-        return (
-            mapcount == 1 and count == 1,
-            f"page_mapcount(head) = {mapcount}, page_count(head) = {count}",
-        )
+        why = f"page_mapcount(head) = {mapcount}, page_count(head) = {count}"
+        return WpDecision(mapcount == 1 and count == 1, False, False, why)

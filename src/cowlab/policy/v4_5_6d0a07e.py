@@ -4,12 +4,15 @@ page to the faulting VMA's anon_vma only when the faulting mapping is the THP's 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from cowlab.mm.huge_memory import page_trans_huge_mapcount
 from cowlab.mm.page_alloc import PageFrames
-from cowlab.policy.base import ReuseCount
+from cowlab.policy.base import ReuseCount, WpDecision
 from cowlab.policy.v4_5 import V4_5
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
 
 
 class V4_5_6d0a07e(V4_5):
@@ -29,6 +32,7 @@ class V4_5_6d0a07e(V4_5):
     def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
         return total_mapcount == 1
 
-    def huge_pmd_wp_reuse(self, f: PageFrames, head: int) -> tuple[bool, str]:
-        ptm, total, _ = page_trans_huge_mapcount(f, head)
-        return ptm == 1, f"page_trans_huge_mapcount = {ptm}, total {total}"
+    def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
+        ptm, total, _ = page_trans_huge_mapcount(k.frames, head)
+        why = f"page_trans_huge_mapcount = {ptm}, total {total}"
+        return WpDecision(ptm == 1, False, False, why)

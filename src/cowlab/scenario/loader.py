@@ -261,6 +261,8 @@ OPS: dict[str, dict[str, Parser]] = {
         "size": parse_positive_size,
         "write?": parse_bool,
         "force?": parse_bool,
+        "flavour?": choice("get", "pin", "longterm"),
+        "fast?": parse_bool,
     },
     "unpin": {"pin": parse_pin},
     "dma_write": {"pin": parse_pin, "offset?": parse_size, "data": parse_data},

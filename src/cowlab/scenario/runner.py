@@ -159,7 +159,12 @@ class Runner:
             p.clear_refs(a.get("value", 4))
         elif op == "pin":
             pin = p.get_user_pages(
-                at, a["size"], write=a.get("write", True), force=a.get("force", False)
+                at,
+                a["size"],
+                write=a.get("write", True),
+                force=a.get("force", False),
+                flavour=a.get("flavour", "longterm"),
+                fast=a.get("fast", False),
             )
             self.pins[a["name"]] = pin
             self.logical.pin(a["name"], name, pin)

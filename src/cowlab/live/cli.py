@@ -1,0 +1,318 @@
+"""`cowlab live`: run scenarios (or random programs) on this machine's kernel and on the model.
+
+Refuses (exit 2, one line) unless root on Linux with the interfaces it needs. Exit 0 when no
+case disagrees (unsupported and inconclusive cases are reported, not failures), 1 when one does
+or a case hit an error, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cowlab.policy import POLICIES
+
+VERSION_ID = re.compile(r"^v(\d+)\.(\d+)(?!\d)")
+DEFAULT_OUT = "live-disagreements"
+
+
+class LiveUsageError(Exception):
+    """A refusal or bad input: one line on stderr, exit status 2."""
+
+
+def match_kernel(release: str) -> str | None:
+    """The model kernel id for a uname release: 6.18.44-... -> v6.18 (exact id preferred)."""
+    m = re.match(r"^(\d+)\.(\d+)", release)
+    if not m:
+        return None
+    want = (int(m.group(1)), int(m.group(2)))
+    matches = [
+        k
+        for k in POLICIES
+        if (v := VERSION_ID.match(k)) and (int(v.group(1)), int(v.group(2))) == want
+    ]
+    exact = f"v{want[0]}.{want[1]}"
+    return exact if exact in matches else (min(matches, key=len) if matches else None)
+
+
+def add_live_command(sub: Any) -> None:
+    """Register `cowlab live` on the subparsers of cowlab.cli.build_parser()."""
+    p = sub.add_parser("live", help="run scenarios on this machine's kernel and on the model")
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="a JSON document instead of text")
+    p.add_argument("--kernel", help="the model kernel id (default: the one matching uname -r)")
+    p.add_argument(
+        "--allow-system-changes",
+        action="store_true",
+        help="let scenarios change THP knobs (journalled, restored on every way out)",
+    )
+    p.add_argument("--restore", action="store_true", help="undo what a killed run left")
+    p.add_argument("--random", type=int, metavar="N", help="N random programs instead of files")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ops", help="the operation alphabet for --random, comma-separated")
+    p.add_argument("--out", default=DEFAULT_OUT, help="where minimised disagreements go")
+    p.add_argument("--max-mib", type=int, default=64, help="memory cap per case (MiB)")
+    p.add_argument("--retries", type=int, default=3, help="retries of an inconclusive case")
+    p.add_argument("--minimise-budget", type=int, default=60, help=argparse.SUPPRESS)
+    p.add_argument("--journal", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_live)
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """The `live` subcommand: every refusal is one line and exit status 2."""
+    try:
+        return _live(args)
+    except LiveUsageError as e:
+        print(f"cowlab live: {e}", file=sys.stderr)
+        return 2
+
+
+def _journal(args: argparse.Namespace) -> Path:
+    from cowlab.live.journal import DEFAULT_JOURNAL
+
+    return Path(args.journal) if args.journal else DEFAULT_JOURNAL
+
+
+def _live(args: argparse.Namespace) -> int:
+    if args.restore:
+        return _restore(_journal(args))
+    if bool(args.files) == (args.random is not None):
+        raise LiveUsageError("give scenario FILEs or --random N (one of the two)")
+    if args.random is not None and args.random < 1:
+        raise LiveUsageError(f"--random needs a positive count, got {args.random}")
+    if args.max_mib < 1 or args.retries < 0:
+        raise LiveUsageError("--max-mib must be positive and --retries not negative")
+    _preflight()
+    kernel = _kernel(args.kernel)
+    if args.random is not None:
+        return _run_random(args, kernel)
+    return _run_files(args, kernel)
+
+
+def _preflight() -> None:
+    from cowlab.live.system import preflight
+
+    missing = preflight()
+    if missing:
+        raise LiveUsageError("refusing to run: " + " ".join(missing))
+
+
+def _kernel(requested: str | None) -> str:
+    if requested is not None:
+        if requested not in POLICIES:
+            raise LiveUsageError(f"unknown kernel id {requested!r} (known: {', '.join(POLICIES)})")
+        return requested
+    release = platform.release()
+    found = match_kernel(release)
+    if found is None:
+        raise LiveUsageError(
+            f"no model kernel matches this machine's {release} (known: {', '.join(POLICIES)}); "
+            "pass --kernel ID to compare with one anyway"
+        )
+    return found
+
+
+def _restore(journal: Path) -> int:
+    from cowlab.live.journal import JournalBusy, restore_from_journal
+
+    try:
+        undone = restore_from_journal(journal)
+    except JournalBusy as e:
+        raise LiveUsageError(str(e)) from None
+    except OSError as e:
+        raise LiveUsageError(f"cannot restore from {journal}: {e}") from None
+    for entry in undone:
+        print(f"restored {entry['path']} = {entry['old']!r}")
+    if not undone:
+        print(f"nothing to restore ({journal} does not exist)")
+    return 0
+
+
+def _load(files: list[str]) -> list[Any]:
+    from cowlab.scenario import ScenarioError, load_scenario
+
+    try:
+        return [load_scenario(f) for f in files]
+    except ScenarioError as e:
+        raise LiveUsageError(str(e)) from None
+
+
+def _session(args: argparse.Namespace, kernel: str, body: Callable[[Any, Any, Any], int]) -> int:
+    """A LiveMachine and a SystemChanges journal around body(machine, changes, options)."""
+    from cowlab.live.compare import Options
+    from cowlab.live.driver import LiveMachine
+    from cowlab.live.journal import JournalBusy, SystemChanges
+    from cowlab.live.scenario import Limits
+
+    limits = Limits(args.max_mib << 20, args.allow_system_changes)
+    opts = Options(kernel, limits, args.retries)
+    try:
+        # The machine first: its SIGTERM handler turns the signal into SystemExit, which the
+        # journal's handler (installed second) calls after restoring the knobs.
+        with (
+            LiveMachine() as machine,
+            SystemChanges(
+                allow_system_changes=args.allow_system_changes, journal=_journal(args)
+            ) as changes,
+        ):
+            return body(machine, changes if args.allow_system_changes else None, opts)
+    except JournalBusy as e:
+        raise LiveUsageError(str(e)) from None
+
+
+def _run_files(args: argparse.Namespace, kernel: str) -> int:
+    from cowlab.live.compare import run_case
+
+    scenarios = _load(args.files)
+
+    def body(machine: Any, changes: Any, opts: Any) -> int:
+        t0 = time.perf_counter()
+        results = []
+        for scenario in scenarios:
+            result = run_case(scenario, opts, machine, changes)
+            results.append(result)
+            if not args.json:
+                _print_case(result)
+        _finish(args, kernel, machine, results, time.perf_counter() - t0)
+        return 1 if any(r.status in ("disagree", "error") for r in results) else 0
+
+    return _session(args, kernel, body)
+
+
+def _run_random(args: argparse.Namespace, kernel: str) -> int:
+    from cowlab.live.randomprog import parse_ops
+
+    try:
+        ops = parse_ops(args.ops)
+    except ValueError as e:
+        raise LiveUsageError(f"--ops: {e}") from None
+
+    def body(machine: Any, changes: Any, opts: Any) -> int:
+        return _random_body(args, kernel, ops, machine, changes, opts)
+
+    return _session(args, kernel, body)
+
+
+def _random_body(
+    args: argparse.Namespace,
+    kernel: str,
+    ops: tuple[str, ...],
+    machine: Any,
+    changes: Any,
+    opts: Any,
+) -> int:
+    from cowlab.live.compare import run_case
+    from cowlab.live.randomprog import generate, to_scenario
+
+    rng = random.Random(args.seed)
+    t0 = time.perf_counter()
+    results, written = [], []
+    for i in range(args.random):
+        steps = generate(rng, ops)
+        name = f"random-s{args.seed}-{i:04d}"
+        scenario = to_scenario(name, steps, name)
+        if scenario is None:  # the generator should never do this; count it, do not stop
+            continue
+        result = run_case(scenario, opts, machine, changes)
+        results.append(result)
+        if result.status == "disagree":
+            written.append(_minimise_and_write(args, name, steps, result, opts, machine, changes))
+    elapsed = time.perf_counter() - t0
+    _finish(args, kernel, machine, results, elapsed, written)
+    return 1 if any(r.status in ("disagree", "error") for r in results) else 0
+
+
+def _minimise_and_write(
+    args: argparse.Namespace, name: str, steps: list[Any], first: Any, opts: Any, machine: Any,
+    changes: Any,
+) -> str:  # fmt: skip
+    """Delta-debug a disagreeing program and write it as a scenario file."""
+    from cowlab.live.compare import run_case
+    from cowlab.live.randomprog import minimise, to_scenario, write_case
+
+    def still_fails(candidate: list[Any]) -> bool:
+        scenario = to_scenario(name, candidate)
+        return scenario is not None and run_case(scenario, opts, machine, changes).status == (
+            "disagree"
+        )
+
+    cut = steps[: first.step.index] if first.step is not None else steps
+    small = minimise(cut, still_fails, args.minimise_budget)
+    final = to_scenario(name, small)
+    last = run_case(final, opts, machine, changes) if final is not None else first
+    shown = last if last.status == "disagree" else first
+    why = "; ".join(d.describe() for d in shown.differences[:3])
+    where = shown.step.describe() if shown.step is not None else "?"
+    desc = f"Disagrees with the live kernel on {opts.kernel} at step {where}: {why}"
+    return str(write_case(Path(args.out), name, small, desc))
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _print_case(result: Any, limit: int = 12) -> None:
+    head = f"{result.status:<12} {result.path}  ({result.name})"
+    print(f"{head}  {result.steps_run} steps, {result.elapsed_s:.2f} s")
+    if result.reason:
+        print(f"    {result.reason}")
+    if result.step is None:
+        return
+    print(f"    first difference after step {result.step.index} (line {result.step.loc.line}): "
+          f"{result.step.describe()}")  # fmt: skip
+    for d in result.differences[:limit]:
+        print(f"      {d.describe()}")
+    if len(result.differences) > limit:
+        print(f"      ... {len(result.differences) - limit} more")
+    for side, view in (("live", result.live_view), ("model", result.model_view)):
+        for region, runs in view.items():
+            print(
+                f"    {side:<5} {region}: "
+                + "; ".join(runs[:8])
+                + (" ..." if len(runs) > 8 else "")
+            )
+
+
+def _finish(
+    args: argparse.Namespace, kernel: str, machine: Any, results: list[Any], elapsed: float,
+    written: list[str] | None = None,
+) -> None:  # fmt: skip
+    counts = Counter(r.status for r in results)
+    compared = counts["agree"] + counts["disagree"]
+    rate = counts["agree"] / compared if compared else 1.0
+    facts = machine.facts
+    summary = {
+        "cases": len(results),
+        **{s: counts[s] for s in ("agree", "disagree", "unsupported", "inconclusive", "error")},
+        "agreement": round(rate, 4),
+        "elapsed_s": round(elapsed, 2),
+        "cases_per_s": round(len(results) / elapsed, 2) if elapsed else 0.0,
+    }
+    if args.json:
+        doc = {
+            "version": 1,
+            "kernel": kernel,
+            "live": vars(facts) if facts is not None else {},
+            "summary": summary,
+            "cases": [r.to_json() for r in results],
+            "written": written or [],
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    release = facts.release if facts is not None else "?"
+    print(
+        f"{len(results)} cases on model {kernel} vs live {release}: {counts['agree']} agree, "
+        f"{counts['disagree']} disagree, {counts['unsupported']} unsupported, "
+        f"{counts['inconclusive']} inconclusive, {counts['error']} error; agreement "
+        f"{rate:.1%} of compared cases; {summary['cases_per_s']} cases/s"
+    )
+    for path in written or []:
+        print(f"wrote {path}")

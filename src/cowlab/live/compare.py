@@ -1,0 +1,401 @@
+"""Run a scenario on the live kernel and on a model kernel step by step, and compare.
+
+After every step both sides are observed (every region of every process, canonical form: see
+observe.py and model_observe.py) and compared with the step's outcome and returned bytes. The
+first step where they differ is the report. Differences the live kernel can produce on its own
+(a THP it could not allocate, a khugepaged collapse, a KSM merge) are checked against
+/proc/vmstat and page flags: such a case is retried and, if it keeps happening, *inconclusive*.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cowlab.errors import CowlabError, KernelBug, Segfault, SyscallError
+from cowlab.kernel import Process
+from cowlab.live.driver import LiveMachine, LiveProcess
+from cowlab.live.journal import SystemChanges
+from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
+from cowlab.live.observe import PageObs, Snapshot
+from cowlab.live.scenario import Limits, LiveScenario, StepOutcome, Unsupported, unsupported_reason
+from cowlab.live.system import kernel_facts
+from cowlab.scenario.model import Scenario, Step
+from cowlab.scenario.runner import Runner
+
+VMSTAT_NOISE = ("thp_fault_fallback", "thp_collapse_alloc", "thp_split_pmd", "ksm_swpin_copy")
+RETRIES = 3
+FIELDS = ("folio", "subpage", "nr", "level", "mapcount", "anon_exclusive", "ksm", "zero", "swap")
+
+
+# --- which regions each process has (the same on both sides) ---------------------------------
+
+
+@dataclass
+class Regions:
+    """Scenario-level bookkeeping: per process, the regions it can reach, and their extents."""
+
+    order: list[str] = field(default_factory=list)  # processes in order of creation
+    of: dict[str, list[str]] = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+
+    def add_proc(self, name: str, inherit: str | None = None) -> None:
+        self.order.append(name)
+        self.of[name] = list(self.of.get(inherit, [])) if inherit else []
+
+    def after(self, step: Step, ok: bool) -> None:
+        """Follow one step that ended with ok (or not) on both sides."""
+        a, op = step.args, step.op
+        if op == "spawn":
+            self.add_proc(a["proc"])
+        elif op == "fork" and ok:
+            self.add_proc(a["child"], a["proc"])
+        elif op == "exit":
+            self.gone.add(a["proc"])
+        elif op == "mmap" and ok:
+            self._add_region(a["proc"], a["name"], a["size"])
+        elif op == "mremap" and ok:
+            self._mremap(a)
+
+    def _add_region(self, proc: str, name: str, size: int) -> None:
+        self.of[proc].append(name)
+        self.size[name] = size
+
+    def _mremap(self, a: dict[str, Any]) -> None:
+        new_size = a.get("new_size", a["size"])
+        if "name" in a:
+            self._add_region(a["proc"], a["name"], new_size)
+        elif a["at"].offset == 0 and a["at"].region in self.size:
+            # Grown in place: observe the whole new extent (a shrink keeps the old extent).
+            self.size[a["at"].region] = max(self.size[a["at"].region], new_size)
+
+    def observed(self) -> list[tuple[str, str, str]]:
+        """(view name, process, region) for every region of every live process, in order."""
+        return [
+            (f"{p}:{r}", p, r) for p in self.order if p not in self.gone for r in self.of.get(p, [])
+        ]
+
+
+# --- one comparison ---------------------------------------------------------------------------
+
+
+@dataclass
+class Difference:
+    """A run of pages of one region that differ the same way (or an outcome/result)."""
+
+    region: str
+    first: int
+    last: int
+    fields: list[str]
+    live: str
+    model: str
+
+    def describe(self) -> str:
+        where = (
+            f"{self.region}[{self.first}]"
+            if self.first == self.last
+            else (f"{self.region}[{self.first}..{self.last}]")
+        )
+        return f"{where} {','.join(self.fields)}: live {self.live} | model {self.model}"
+
+
+@dataclass
+class CaseResult:
+    """The verdict on one scenario: agree, disagree, unsupported, inconclusive or error."""
+
+    path: str
+    name: str
+    kernel: str
+    status: str
+    reason: str = ""
+    step: Step | None = None
+    differences: list[Difference] = field(default_factory=list)
+    live_view: dict[str, list[str]] = field(default_factory=dict)
+    model_view: dict[str, list[str]] = field(default_factory=dict)
+    attempts: int = 1
+    steps_run: int = 0
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "file": self.path,
+            "name": self.name,
+            "kernel": self.kernel,
+            "status": self.status,
+            "attempts": self.attempts,
+            "steps_run": self.steps_run,
+            "elapsed_s": round(self.elapsed_s, 4),
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.step is not None:
+            out["step"] = {
+                "index": self.step.index,
+                "line": self.step.loc.line,
+                "op": self.step.op,
+                "step": self.step.describe(),
+            }
+            out["differences"] = [vars(d) for d in self.differences]
+            out["live"] = self.live_view
+            out["model"] = self.model_view
+        return out
+
+
+def page_key(o: PageObs, excl: bool) -> tuple[Any, ...]:
+    """The compared fields of a page, plus its bytes; anon_exclusive only where both show it."""
+    return (
+        o.folio,
+        o.subpage,
+        o.nr,
+        o.level,
+        o.mapcount,
+        o.anon_exclusive if excl else None,
+        o.ksm,
+        o.zero,
+        o.swap,
+        o.digest,
+    )
+
+
+def show_page(o: PageObs) -> str:
+    """F0[3]/512 pmd mc=1 ex=1 'hello' -- or '-' for nothing mapped."""
+    if o.folio is None and o.level is None:
+        return "swapped" if o.swapped else "-"
+    ex = {True: " ex=1", False: " ex=0", None: ""}[o.anon_exclusive]
+    data = (o.head or b"").rstrip(b"\0")
+    shown = f" {data!r}" if data else ""
+    ksm = " ksm" if o.ksm else ""
+    return f"{o.folio}[{o.subpage}]/{o.nr} {o.level} mc={o.mapcount}{ex}{ksm}{shown}"
+
+
+def _differing_fields(a: PageObs, b: PageObs, excl: bool) -> list[str]:
+    names = [f for f in FIELDS if f != "anon_exclusive" or excl]
+    out = [f for f in names if getattr(a, f) != getattr(b, f)]
+    if a.digest != b.digest:
+        out.append("bytes")
+    return out
+
+
+def diff_regions(live: Snapshot, model: Snapshot, excl: bool) -> list[Difference]:
+    """Runs of consecutive pages that differ in the same fields, per region."""
+    out: list[Difference] = []
+    for name, lpages in live.regions.items():
+        mpages = model.regions.get(name, [])
+        run: Difference | None = None
+        for i, (lo, mo) in enumerate(zip(lpages, mpages, strict=False)):
+            fields = _differing_fields(lo, mo, excl)
+            if not fields:
+                run = None
+                continue
+            if run is not None and run.fields == fields and run.last == i - 1:
+                run.last = i
+                continue
+            run = Difference(name, i, i, fields, show_page(lo), show_page(mo))
+            out.append(run)
+    return out
+
+
+def render_runs(pages: list[PageObs]) -> list[str]:
+    """A region as runs: 'pages 0..511: F0[0..511]/512 pmd mc=1 ex=1'."""
+    out: list[str] = []
+    start = 0
+    for i in range(1, len(pages) + 1):
+        if i < len(pages) and _continues(pages[i - 1], pages[i]):
+            continue
+        first, last = pages[start], pages[i - 1]
+        shown = show_page(first)
+        if i - 1 > start:
+            shown = shown.replace(f"[{first.subpage}]", f"[{first.subpage}..{last.subpage}]", 1)
+        span = f"{start}" if i - 1 == start else f"{start}..{i - 1}"
+        out.append(f"pages {span}: {shown}")
+        start = i
+    return out
+
+
+def _continues(a: PageObs, b: PageObs) -> bool:
+    """Whether b extends a's run: same folio, next subpage, same mapping and flags."""
+    same = (a.folio, a.nr, a.level, a.mapcount, a.anon_exclusive, a.ksm, a.zero)
+    if same != (b.folio, b.nr, b.level, b.mapcount, b.anon_exclusive, b.ksm, b.zero):
+        return False
+    if a.folio is None:
+        return True
+    return a.head == b.head and a.subpage is not None and b.subpage == a.subpage + 1
+
+
+# --- the model side ---------------------------------------------------------------------------
+
+
+def model_step(runner: Runner, step: Step) -> StepOutcome:
+    """Runner.execute() with the runner's outcome names (errno, SIGSEGV, BUG)."""
+    if runner.crashed_at is not None:
+        return StepOutcome("not run")
+    try:
+        result = runner.execute(step)
+    except Segfault:
+        return StepOutcome("SIGSEGV")
+    except SyscallError as e:
+        return StepOutcome(e.errno)
+    except KernelBug:
+        runner.crashed_at = step.index
+        return StepOutcome("BUG")
+    except KeyError as e:
+        return StepOutcome(f"undefined name {e}")
+    return StepOutcome("ok", result if isinstance(result, bytes) else None)
+
+
+def read_vmstat() -> dict[str, int]:
+    """The /proc/vmstat counters that reveal THP fallbacks, collapses and KSM."""
+    out = {}
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key.startswith(VMSTAT_NOISE):
+            out[key] = int(value)
+    return out
+
+
+# --- a case -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    """How a case is run: the model kernel, limits, retries."""
+
+    kernel: str
+    limits: Limits = field(default_factory=Limits)
+    retries: int = RETRIES
+    compare_exclusive: bool | None = None  # None: where the model kernel has PG_anon_exclusive
+
+
+class Attempt:
+    """One run of a scenario on both sides, step by step, until the first difference."""
+
+    def __init__(
+        self, scenario: Scenario, opts: Options, machine: LiveMachine, changes: SystemChanges | None
+    ) -> None:
+        self.scenario = scenario
+        self.opts = opts
+        self.excl = (
+            models_anon_exclusive(opts.kernel)
+            if opts.compare_exclusive is None
+            else opts.compare_exclusive
+        )
+        self.runner = Runner(scenario, opts.kernel)
+        self.live = LiveScenario(machine, scenario, changes)
+        self.regions = Regions()
+        for name in scenario.processes:
+            self.regions.add_proc(name)
+
+    def run(self) -> CaseResult:
+        t0 = time.perf_counter()
+        before = read_vmstat()
+        try:
+            self.live.start()
+            result = self._steps(before)
+        except Unsupported as e:
+            result = self._result("unsupported", str(e))
+        finally:
+            self.live.close()
+        result.elapsed_s = time.perf_counter() - t0
+        return result
+
+    def _result(self, status: str, reason: str = "") -> CaseResult:
+        return CaseResult(self.scenario.path, self.scenario.name, self.opts.kernel, status, reason)
+
+    def _steps(self, before: dict[str, int]) -> CaseResult:
+        for n, step in enumerate(self.scenario.steps, 1):
+            mine = model_step(self.runner, step)
+            theirs = self.live.run_step(step)
+            self.regions.after(step, mine.outcome == "ok" and theirs.outcome == "ok")
+            live, model = self.observe()
+            found = self._compare(step, theirs, mine, live, model)
+            if found is not None:
+                found.steps_run = n
+                return self._judge(found, live, model, before)
+        result = self._result("agree")
+        result.steps_run = len(self.scenario.steps)
+        return result
+
+    def observe(self) -> tuple[Snapshot, Snapshot]:
+        """Both sides' canonical observations of the same named regions."""
+        live_spec: dict[str, tuple[LiveProcess, int, int]] = {}
+        model_spec: list[tuple[str, Process, int, int]] = []
+        for view, proc, region in self.regions.observed():
+            lp, mp = self.live.procs.get(proc), self.runner.procs.get(proc)
+            la, ma = self.live.regions.get(region), self.runner.regions.get(region)
+            if lp is None or mp is None or la is None or ma is None or not lp.alive:
+                continue
+            size = self.regions.size[region]
+            live_spec[view] = (lp, la, size)
+            model_spec.append((view, mp, ma, size))
+        live = self.live.machine.snapshot(live_spec)
+        return live, model_snapshot(self.runner.k, model_spec, show_exclusive=self.excl)
+
+    def _compare(
+        self, step: Step, theirs: StepOutcome, mine: StepOutcome, live: Snapshot, model: Snapshot
+    ) -> CaseResult | None:
+        diffs: list[Difference] = []
+        if theirs.outcome != mine.outcome:
+            diffs.append(Difference("outcome", 0, 0, ["outcome"], theirs.outcome, mine.outcome))
+        elif theirs.result != mine.result:
+            diffs.append(
+                Difference("returned", 0, 0, ["bytes"], repr(theirs.result), repr(mine.result))
+            )
+        diffs += diff_regions(live, model, self.excl)
+        if not diffs:
+            return None
+        result = self._result("disagree")
+        result.step, result.differences = step, diffs
+        changed = {d.region for d in diffs}
+        result.live_view = {n: render_runs(p) for n, p in live.regions.items() if n in changed}
+        result.model_view = {n: render_runs(p) for n, p in model.regions.items() if n in changed}
+        return result
+
+    def _judge(
+        self, found: CaseResult, live: Snapshot, model: Snapshot, before: dict[str, int]
+    ) -> CaseResult:
+        """A disagreement, unless the live kernel did something the scenario did not ask for."""
+        why = noise(live, model, before, read_vmstat())
+        if why:
+            found.status, found.reason = "inconclusive", why
+        return found
+
+
+def noise(live: Snapshot, model: Snapshot, before: dict[str, int], after: dict[str, int]) -> str:
+    """Why a difference may be the machine's doing (THP fallback, khugepaged, KSM), or ''."""
+    delta = {k: after.get(k, 0) - v for k, v in before.items() if after.get(k, 0) != v}
+    pairs = [
+        (lo, mo)
+        for name, lpages in live.regions.items()
+        for lo, mo in zip(lpages, model.regions.get(name, []), strict=False)
+    ]
+    if any(lo.ksm and not mo.ksm for lo, mo in pairs):
+        return "a KSM merge the scenario did not ask for"
+    fallback = sum(v for k, v in delta.items() if k.startswith("thp_fault_fallback"))
+    if fallback and any(mo.nr == 512 and lo.nr not in (None, 512) for lo, mo in pairs):
+        return f"the live kernel could not allocate a THP (thp_fault_fallback +{fallback})"
+    collapsed = sum(v for k, v in delta.items() if k.startswith("thp_collapse_alloc"))
+    if collapsed and any(lo.nr == 512 and mo.nr not in (None, 512) for lo, mo in pairs):
+        return f"khugepaged collapsed a range (thp_collapse_alloc +{collapsed})"
+    return ""
+
+
+def run_case(
+    scenario: Scenario, opts: Options, machine: LiveMachine, changes: SystemChanges | None
+) -> CaseResult:
+    """Compare one scenario; retry what the machine's own activity may have caused."""
+    reason = unsupported_reason(scenario, machine.facts or kernel_facts(), opts.limits)
+    if reason:
+        return CaseResult(scenario.path, scenario.name, opts.kernel, "unsupported", reason)
+    result = CaseResult(scenario.path, scenario.name, opts.kernel, "error")
+    for attempt in range(1, opts.retries + 2):
+        try:
+            result = Attempt(scenario, opts, machine, changes).run()
+        except CowlabError as e:
+            result = CaseResult(scenario.path, scenario.name, opts.kernel, "error", str(e))
+        result.attempts = attempt
+        if result.status != "inconclusive":
+            break
+    return result

@@ -1,0 +1,330 @@
+"""Random scenario programs over the operation alphabet, and delta debugging of disagreements.
+
+Programs are built as plain step dictionaries (the scenario file format), so that a minimised
+disagreement is written out as a scenario YAML file that `cowlab run` and `cowlab live` accept.
+Regions are small: a few 2 MiB THP-aligned regions (MADV_HUGEPAGE or MADV_NOHUGEPAGE, the latter
+keeping khugepaged away) and a few 4 KiB-page regions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cowlab.scenario import Scenario, ScenarioError, parse_scenario
+from cowlab.scenario.loader import OPS as LOADER_OPS
+
+PAGE = 4096
+HPAGE = 2 << 20
+ALPHABET = (
+    "fork", "exit", "write", "read", "mprotect", "munmap", "mremap", "madvise", "pin", "unpin",
+    "dma",
+)  # fmt: skip
+MAX_PROCS = 4
+Step = dict[str, Any]
+
+
+def pin_flavours() -> tuple[str, ...]:
+    """The pin flavours the scenario loader knows (only longterm before `flavour` exists)."""
+    return ("longterm", "get", "pin") if "flavour?" in LOADER_OPS["pin"] else ("longterm",)
+
+
+def parse_ops(text: str | None) -> tuple[str, ...]:
+    """--ops LIST: a comma-separated subset of the alphabet; ValueError names the unknown ones."""
+    if not text:
+        return ALPHABET
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    unknown = [o for o in ops if o not in ALPHABET]
+    if unknown or not ops:
+        raise ValueError(
+            f"unknown op(s) {', '.join(unknown) or '(none)'}; known: {', '.join(ALPHABET)}"
+        )
+    return ops
+
+
+@dataclass
+class _Pin:
+    proc: str
+    flavour: str
+
+
+@dataclass
+class Generator:
+    """One random program: a state machine that only emits steps that make sense."""
+
+    rng: random.Random
+    ops: tuple[str, ...]
+    steps: list[Step] = field(default_factory=list)
+    procs: dict[str, list[str]] = field(default_factory=dict)  # process -> its regions
+    sizes: dict[str, int] = field(default_factory=dict)
+    pins: dict[str, _Pin] = field(default_factory=dict)
+    counter: int = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def setup(self) -> None:
+        """Process P with one to three regions: THP-aligned 2 MiB ones and small ones."""
+        self.procs["P"] = []
+        for _ in range(self.rng.randint(1, 3)):
+            if self.rng.random() < 0.6:
+                self.region(HPAGE, huge=self.rng.random() < 0.75)
+            else:
+                self.region(PAGE * self.rng.randint(1, 8), huge=False)
+
+    def region(self, size: int, huge: bool) -> None:
+        name = self.fresh("r")
+        mmap: Step = {"op": "mmap", "proc": "P", "name": name, "size": size}
+        if size >= HPAGE:
+            mmap["align"] = HPAGE
+        self.steps.append(mmap)
+        advice = "hugepage" if huge else "nohugepage"
+        self.steps.append(
+            {"op": "madvise", "proc": "P", "at": name, "size": size, "advice": advice}
+        )
+        self.procs["P"].append(name)
+        self.sizes[name] = size
+
+    # --- picking --------------------------------------------------------------------------
+
+    def pick_proc(self) -> str:
+        return self.rng.choice(sorted(self.procs))
+
+    def pick_range(self, proc: str, max_pages: int = 4) -> tuple[str, int, int] | None:
+        """(region, offset, size): a page-aligned piece of one of the process's regions."""
+        if not self.procs[proc]:
+            return None
+        region = self.rng.choice(self.procs[proc])
+        pages = self.sizes[region] // PAGE
+        if self.rng.random() < 0.2:
+            return region, 0, pages * PAGE
+        n = self.rng.randint(1, min(max_pages, pages))
+        first = self.rng.randrange(0, pages - n + 1)
+        return region, first * PAGE, n * PAGE
+
+    @staticmethod
+    def at(region: str, offset: int) -> str:
+        return f"{region}+{offset:#x}" if offset else region
+
+    # --- the alphabet ------------------------------------------------------------------------
+
+    def emit(self) -> None:
+        """One random operation (or a short block of them) among the allowed ops."""
+        choices: dict[str, Callable[[], bool]] = {
+            "fork": self.fork, "exit": self.exit, "write": self.write, "read": self.read,
+            "mprotect": self.mprotect, "munmap": self.munmap, "mremap": self.mremap,
+            "madvise": self.madvise, "pin": self.pin, "unpin": self.unpin, "dma": self.dma,
+        }  # fmt: skip
+        weights = {"write": 4, "read": 2, "fork": 2, "pin": 2, "dma": 2}
+        names = list(self.ops)
+        for _ in range(20):  # an op may not apply now (no pin to unpin...): pick another
+            op = self.rng.choices(names, [weights.get(n, 1) for n in names])[0]
+            if choices[op]():
+                return
+
+    def fork(self) -> bool:
+        if len(self.procs) >= MAX_PROCS:
+            return False
+        parent, child = self.pick_proc(), self.fresh("C")
+        self.steps.append({"op": "fork", "proc": parent, "child": child})
+        self.procs[child] = list(self.procs[parent])
+        return True
+
+    def exit(self) -> bool:
+        if len(self.procs) < 2:
+            return False
+        proc = self.rng.choice([p for p in sorted(self.procs) if p != "P"] or ["P"])
+        self.steps.append({"op": "exit", "proc": proc})
+        del self.procs[proc]
+        return True
+
+    def write(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        off += self.rng.choice([0, 0, 8, size - PAGE + 100]) if size >= PAGE else 0
+        data = f"{proc}{len(self.steps)}"
+        self.steps.append({"op": "write", "proc": proc, "at": self.at(region, off), "data": data})
+        return True
+
+    def read(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, _size = got
+        n = self.rng.choice([1, 8, 16])
+        self.steps.append({"op": "read", "proc": proc, "at": self.at(region, off), "size": n})
+        return True
+
+    def mprotect(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        step = {"op": "mprotect", "proc": proc, "at": self.at(region, off), "size": size}
+        self.steps.append(dict(step, prot=self.rng.choice(["r", "none"])))
+        if self.rng.random() < 0.6:
+            self.steps.append(dict(step, prot="rw"))  # and back: the PMD stays split
+        return True
+
+    def munmap(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        self.steps.append({"op": "munmap", "proc": proc, "at": self.at(region, off), "size": size})
+        return True
+
+    def mremap(self) -> bool:
+        """Shrink in place, or move a region onto another one of the same size (MREMAP_FIXED)."""
+        proc = self.pick_proc()
+        regions = self.procs[proc]
+        if not regions:
+            return False
+        src = self.rng.choice(regions)
+        size = self.sizes[src]
+        targets = [r for r in regions if r != src and self.sizes[r] == size]
+        if targets and self.rng.random() < 0.5:
+            name = self.fresh("m")
+            step: Step = {"op": "mremap", "proc": proc, "at": src, "size": size, "new_size": size}
+            step.update(to=self.rng.choice(targets), may_move=True, name=name)
+            self.steps.append(step)
+            self.procs[proc].append(name)
+            self.sizes[name] = size
+            return True
+        if size <= PAGE:
+            return False
+        new = PAGE * self.rng.randint(1, size // PAGE - 1)
+        self.steps.append({"op": "mremap", "proc": proc, "at": src, "size": size, "new_size": new})
+        return True
+
+    def madvise(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        advice = self.rng.choice(["dontneed", "dontneed", "hugepage", "nohugepage", "dontfork"])
+        step = {"op": "madvise", "proc": proc, "at": self.at(region, off), "size": size}
+        self.steps.append(dict(step, advice=advice))
+        return True
+
+    def pin(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        flavour = self.rng.choice(pin_flavours())
+        name = self.fresh("pin")
+        step: Step = {"op": "pin", "proc": proc, "name": name, "at": self.at(region, off)}
+        step["size"] = size
+        if flavour != "longterm":
+            step["flavour"] = flavour
+        if flavour == "get":
+            step["write"] = False
+        self.steps.append(step)
+        self.pins[name] = _Pin(proc, flavour)
+        if flavour == "pin":
+            # O_DIRECT pins exist only during I/O: use it at once, then let go (see scenario.py).
+            self.dma_on(name)
+            self.steps.append({"op": "unpin", "pin": name})
+            del self.pins[name]
+        return True
+
+    def unpin(self) -> bool:
+        if not self.pins:
+            return False
+        name = self.rng.choice(sorted(self.pins))
+        self.steps.append({"op": "unpin", "pin": name})
+        del self.pins[name]
+        return True
+
+    def dma(self) -> bool:
+        if not self.pins:
+            return False
+        self.dma_on(self.rng.choice(sorted(self.pins)))
+        return True
+
+    def dma_on(self, name: str) -> None:
+        if self.pins[name].flavour != "get" and self.rng.random() < 0.6:
+            self.steps.append({"op": "dma_write", "pin": name, "data": f"dev{len(self.steps)}"})
+        else:
+            self.steps.append({"op": "dma_read", "pin": name, "size": 8})
+
+
+def generate(rng: random.Random, ops: tuple[str, ...], max_ops: int = 12) -> list[Step]:
+    """A random program: setup steps, then up to max_ops operations of the alphabet."""
+    gen = Generator(rng, ops)
+    gen.setup()
+    for _ in range(rng.randint(2, max_ops)):
+        gen.emit()
+    return gen.steps
+
+
+# --- scenario text ----------------------------------------------------------------------------
+
+
+def to_yaml(name: str, steps: list[Step], description: str = "") -> str:
+    """A scenario file: one flow-style line per step."""
+    head = {"name": name}
+    if description:
+        head["description"] = description
+    lines = [yaml.safe_dump(head, sort_keys=False, width=100).rstrip(), "processes: [P]", "steps:"]
+    for step in steps:
+        lines.append(
+            "  - "
+            + yaml.safe_dump(step, default_flow_style=True, sort_keys=False, width=10**6).strip()
+        )
+    return "\n".join(lines) + "\n"
+
+
+def to_scenario(name: str, steps: list[Step], path: str = "<random>") -> Scenario | None:
+    """The parsed scenario, or None when the steps no longer make a valid program."""
+    try:
+        return parse_scenario(to_yaml(name, steps), path)
+    except ScenarioError:
+        return None
+
+
+def minimise(
+    steps: list[Step], still_fails: Callable[[list[Step]], bool], budget: int = 60
+) -> list[Step]:
+    """Delta debugging (ddmin): drop chunks of steps while the program still fails."""
+    runs = 0
+    n = 2
+    while len(steps) >= 2 and runs < budget:
+        chunk = -(-len(steps) // n)
+        for i in range(0, len(steps), chunk):
+            candidate = steps[:i] + steps[i + chunk :]
+            runs += 1
+            if candidate and still_fails(candidate):
+                steps = candidate
+                n = max(n - 1, 2)
+                break
+            if runs >= budget:
+                return steps
+        else:
+            if n >= len(steps):
+                return steps
+            n = min(len(steps), 2 * n)
+    return steps
+
+
+def write_case(out: Path, name: str, steps: list[Step], description: str) -> Path:
+    """Write a minimised disagreement as a scenario file; returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.yaml"
+    path.write_text(to_yaml(name, steps, description))
+    return path

@@ -1,0 +1,336 @@
+"""Run a scenario's steps on the live kernel: one real worker per scenario process.
+
+What maps to what (docs/live.md has the table): regions are wherever the live mmap puts them
+(over-map and trim for ``align``); ``pin`` flavours become io_uring fixed buffers (longterm,
+FOLL_PIN|FOLL_LONGTERM, held until unpin), O_DIRECT (pin: a short-term FOLL_PIN taken at the pin
+step and again at each DMA) and vmsplice (get: FOLL_GET references held by pipes). Operations with
+no live equivalent make the case *unsupported* with a reason; knob changes go through
+SystemChanges and need ``allow_system_changes``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cowlab.errors import Segfault, SyscallError
+from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
+from cowlab.live.journal import SystemChanges
+from cowlab.live.system import THP_DIR, KernelFacts, read_knob
+from cowlab.scenario.model import Address, Scenario, Step
+
+SPLIT_HUGE_PAGES = Path("/sys/kernel/debug/split_huge_pages")
+PAUSE_ENV = "COWLAB_LIVE_PAUSE_AFTER_CHANGE"  # seconds to wait after each knob change (tests)
+NO_LIVE_OP = {
+    "numa_balance": "NUMA hinting faults cannot be triggered on demand from user space",
+    "shrink": "the deferred-split shrinker runs only under real memory pressure",
+    "clear_refs": "clear_refs 4 is a no-op without CONFIG_MEM_SOFT_DIRTY (not set on this kernel)",
+}
+SHORT_PIN_OK = frozenset({"read", "write", "check", "dma_read", "dma_write", "unpin", "pin"})
+FLAVOURS = ("longterm", "pin", "get")
+
+
+class Unsupported(Exception):
+    """The scenario (or one of its steps) has no faithful live equivalent: not a disagreement."""
+
+
+@dataclass
+class StepOutcome:
+    """How one step ended on one side: 'ok', an errno name, SIGSEGV, BUG; and what it returned."""
+
+    outcome: str
+    result: bytes | None = None
+
+
+# --- what cannot run live, decided before anything runs ---------------------------------------
+
+
+@dataclass
+class Limits:
+    """Caps and permissions of a live run."""
+
+    max_bytes: int = 64 << 20
+    allow_system_changes: bool = False
+
+
+def unsupported_reason(scenario: Scenario, facts: KernelFacts, limits: Limits) -> str | None:
+    """Why the scenario cannot run faithfully on this machine, or None."""
+    checks: list[Callable[[], str | None]] = [
+        lambda: _config_reason(scenario, facts, limits),
+        lambda: _size_reason(scenario, limits),
+        lambda: _short_pin_reason(scenario),
+    ]
+    for check in checks:
+        reason = check()
+        if reason:
+            return reason
+    for step in scenario.steps:
+        reason = _step_reason(step, limits)
+        if reason:
+            return f"step {step.index} ({step.op}): {reason}"
+    return None
+
+
+def _config_reason(scenario: Scenario, facts: KernelFacts, limits: Limits) -> str | None:
+    cfg = scenario.config
+    if not cfg.config_thp:
+        return "config transparent_hugepage: false, but this kernel is built with THP"
+    if not cfg.config_swap:
+        return "config swap: false, but this kernel is built with CONFIG_SWAP"
+    knobs = {"enabled": (cfg.thp, facts.thp_enabled)}
+    knobs["use_zero_page"] = ("1" if cfg.use_zero_page else "0", facts.thp_use_zero_page)
+    for knob, (want, have) in knobs.items():
+        if want != have and not limits.allow_system_changes:
+            return (
+                f"needs transparent_hugepage/{knob}={want} (the machine has {have}): "
+                "pass --allow-system-changes"
+            )
+    return None
+
+
+def _size_reason(scenario: Scenario, limits: Limits) -> str | None:
+    """Every mmap and mremap growth counted: a scenario cannot take the machine's memory."""
+    total = 0
+    for step in scenario.steps:
+        if step.op == "mmap":
+            total += step.args["size"] + step.args.get("align", 0)
+        elif step.op == "mremap":
+            total += max(0, step.args.get("new_size", 0) - step.args["size"])
+    if total > limits.max_bytes:
+        return f"maps {total >> 20} MiB, over the cap of {limits.max_bytes >> 20} MiB (--max-mib)"
+    return None
+
+
+def _addresses(step: Step) -> list[Address]:
+    return [v for v in step.args.values() if isinstance(v, Address)]
+
+
+def _step_reason(step: Step, limits: Limits) -> str | None:
+    a = step.args
+    if step.op in NO_LIVE_OP:
+        return NO_LIVE_OP[step.op]
+    if any(addr.region is None for addr in _addresses(step)):
+        return "absolute addresses differ between the model and this machine"
+    if step.op == "set":
+        other = sorted(k for k in a if k != "thp")
+        if other:
+            return f"set {', '.join(other)} has no live knob"
+        if not limits.allow_system_changes:
+            return "set thp changes a system knob: pass --allow-system-changes"
+    if step.op == "split_huge_pages" and not SPLIT_HUGE_PAGES.exists():
+        return f"{SPLIT_HUGE_PAGES} is missing (debugfs not mounted, or no CONFIG_DEBUG_FS)"
+    if step.op == "pin":
+        return _pin_reason(a)
+    return None
+
+
+def _pin_reason(a: dict[str, Any]) -> str | None:
+    flavour = a.get("flavour", "longterm")
+    if flavour not in FLAVOURS:
+        return f"unknown pin flavour {flavour!r}"
+    if a.get("force", False):
+        return "FOLL_FORCE pins have no user-space equivalent"
+    if flavour == "longterm" and not a.get("write", True):
+        return "io_uring registers long-term pins with FOLL_WRITE only (write: false)"
+    return None
+
+
+def _short_pin_reason(scenario: Scenario) -> str | None:
+    """O_DIRECT pins exist only during each I/O: nothing may happen that a held pin would change.
+
+    A held FOLL_PIN changes fork (the page is copied for the child), COW reuse, splitting and
+    unmapping (the device keeps the old page); the live kernel cannot show those for a pin that
+    is not held, so such scenarios are unsupported rather than compared.
+    """
+    held: dict[str, str] = {}  # short-term pin -> its process
+    flavours: dict[str, str] = {}
+    for step in scenario.steps:
+        a = step.args
+        if step.op == "pin":
+            flavours[a["name"]] = a.get("flavour", "longterm")
+        if step.op == "dma_write" and flavours.get(a["pin"]) == "get":
+            return f"step {step.index}: a device cannot write through vmsplice references (get)"
+        if held and step.op not in SHORT_PIN_OK and a.get("proc") in held.values():
+            return (
+                f"step {step.index} ({step.op}) while a short-term pin (flavour pin) is held: "
+                "O_DIRECT pins are held only during each I/O"
+            )
+        if step.op == "pin" and flavours[a["name"]] == "pin":
+            held[a["name"]] = a["proc"]
+        elif step.op == "unpin":
+            held.pop(a["pin"], None)
+    return None
+
+
+# --- running the steps ------------------------------------------------------------------------
+
+
+@dataclass
+class LiveScenario:
+    """The live side of one run: scenario names bound to workers, addresses and pins."""
+
+    machine: LiveMachine
+    scenario: Scenario
+    changes: SystemChanges | None = None
+    procs: dict[str, LiveProcess] = field(default_factory=dict)
+    regions: dict[str, int] = field(default_factory=dict)
+    pins: dict[str, LivePin] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Knobs as the scenario's config says (journalled), then its initial processes."""
+        cfg = self.scenario.config
+        self.set_knob("enabled", cfg.thp)
+        self.set_knob("use_zero_page", "1" if cfg.use_zero_page else "0")
+        for name in self.scenario.processes:
+            self.procs[name] = self.machine.spawn()
+
+    def set_knob(self, knob: str, value: str) -> None:
+        """Write a transparent_hugepage knob through the journal; pause after it when asked."""
+        path = THP_DIR / knob
+        if read_knob(path) == value:
+            return
+        if self.changes is None:
+            raise Unsupported(f"needs {path}={value}: pass --allow-system-changes")
+        self.changes.set(path, value)
+        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+        if pause > 0:
+            print(f"cowlab live: paused after setting {path}={value}", file=sys.stderr, flush=True)
+            time.sleep(pause)
+
+    def close(self) -> None:
+        """Release every pin and end every worker of this case (the machine lives on)."""
+        self.machine.reset()
+
+    def addr(self, a: Address) -> int:
+        if a.region is None:
+            raise Unsupported("absolute addresses differ between the model and this machine")
+        return self.regions[a.region] + a.offset
+
+    def run_step(self, step: Step) -> StepOutcome:
+        """Execute one step; program outcomes (errno, SIGSEGV) are results, not exceptions."""
+        try:
+            result = self.execute(step)
+        except Segfault:
+            return StepOutcome("SIGSEGV")
+        except SyscallError as e:
+            if "worker's own memory" in str(e):
+                raise Unsupported(f"step {step.index}: MAP_FIXED target is not free here") from None
+            return StepOutcome(e.errno)
+        except KeyError as e:
+            return StepOutcome(f"undefined name {e}")
+        return StepOutcome("ok", result if isinstance(result, bytes) else None)
+
+    def execute(self, step: Step) -> Any:
+        a, op = step.args, step.op
+        if op == "spawn":
+            self.procs[a["proc"]] = self.machine.spawn()
+            return None
+        if op in ("unpin", "dma_write", "dma_read"):
+            return self.pin_op(op, a)
+        if op == "split_huge_pages":
+            return self.split_huge_pages()
+        if op == "set":
+            self.set_knob("enabled", a["thp"])
+            return None
+        return self.process_op(self.procs[a["proc"]], op, a)
+
+    def process_op(self, p: LiveProcess, op: str, a: dict[str, Any]) -> Any:
+        at = self.addr(a["at"]) if "at" in a else 0
+        if op == "mmap":
+            self.regions[a["name"]] = p.mmap(
+                a["size"], a.get("prot", "rw"), align=a.get("align", 0), addr=at or None
+            )
+        elif op == "write":
+            p.write(at, a["data"])
+        elif op == "read":
+            return p.read(at, a["size"])
+        elif op == "fork":
+            self.procs[a["child"]] = p.fork()
+        elif op == "exit":
+            p.exit()
+        elif op == "munmap":
+            p.munmap(at, a["size"])
+        elif op == "mprotect":
+            p.mprotect(at, a["size"], a["prot"])
+        elif op == "madvise":
+            p.madvise(at, a["size"], a["advice"])
+        elif op == "mremap":
+            self.mremap(p, at, a)
+        elif op == "pin":
+            self.pins[a["name"]] = self.pin(p, at, a)
+        return None
+
+    def mremap(self, p: LiveProcess, at: int, a: dict[str, Any]) -> None:
+        to = self.addr(a["to"]) if "to" in a else None
+        size = a["size"]
+        new = p.mremap(
+            at, size, a.get("new_size", size), may_move=a.get("may_move", False), fixed_addr=to
+        )
+        if "name" in a:
+            self.regions[a["name"]] = new
+
+    def pin(self, p: LiveProcess, at: int, a: dict[str, Any]) -> LivePin:
+        """The flavour's user-space equivalent (module docstring); GUP's faults happen here."""
+        flavour, size, write = a.get("flavour", "longterm"), a["size"], a.get("write", True)
+        if flavour == "longterm":
+            return p.get_user_pages(at, size, write=True, pin_kind="iouring")
+        if flavour == "pin":
+            pin = p.get_user_pages(at, size, write=write, pin_kind="odirect")
+            try:
+                _gup_once(pin, write)
+            except BaseException:
+                pin.unpin()
+                raise
+            return pin
+        if write:
+            # FOLL_GET|FOLL_WRITE breaks COW as it takes its references; vmsplice takes read
+            # references only, so a short-term write pin faults the pages first.
+            once = p.get_user_pages(at, size, write=True, pin_kind="odirect")
+            try:
+                _gup_once(once, True)
+            finally:
+                once.unpin()
+        return p.get_user_pages(at, size, write=False, pin_kind="vmsplice")
+
+    def pin_op(self, op: str, a: dict[str, Any]) -> Any:
+        pin = self.pins[a["pin"]]
+        if op == "unpin":
+            pin.unpin()
+            return None
+        if op == "dma_write":
+            pin.dma_write(a.get("offset", 0), a["data"])
+            return None
+        return pin.dma_read(a.get("offset", 0), a["size"])
+
+    def split_huge_pages(self) -> str:
+        """debugfs split_huge_pages, PID-range form, over every region of every live worker."""
+        for p in self.procs.values():
+            if p.alive:
+                for start in self.regions.values():
+                    _write_split(p.pid, start)
+        return "split requested"
+
+
+def _write_split(pid: int, start: int) -> None:
+    """echo PID,START,END > split_huge_pages (whole PMD-aligned span around start)."""
+    lo = start & ~((2 << 20) - 1)
+    try:
+        SPLIT_HUGE_PAGES.write_text(f"{pid},{lo:#x},{lo + (64 << 20):#x}")
+    except OSError as e:
+        raise SyscallError("EIO", f"split_huge_pages: {e}") from None
+
+
+def _gup_once(pin: LivePin, write: bool) -> None:
+    """One short-term GUP over the pin's pages: O_DIRECT out (FOLL_PIN), and back in for write.
+
+    Writing back what was just read leaves the bytes as they were while the kernel takes the
+    same faults as get_user_pages(FOLL_WRITE) would (unshare, then break COW).
+    """
+    device = pin.device
+    assert isinstance(device, _OdirectDevice)
+    device.gup(pin.addr, pin.length, write)

@@ -1,0 +1,62 @@
+"""Linux 6.15: COW reuse of PTE-mapped large folios (1da190f4d0a6, "mm: Copy-on-Write (COW) reuse
+support for PTE-mapped THP"), built on per-folio MM tracking (CONFIG_MM_ID). The folio counters
+are 6.x's: _large_mapcount, _entire_mapcount, _nr_pages_mapped, _pincount, MM ids; no
+PG_double_map (removed in 6.2). mprotect maps exclusive pages writable directly (6.0/6.2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from cowlab.mm.constants import VM_SOFTDIRTY
+from cowlab.mm.mm import (
+    PageAnonExclusive,
+    PageTransCompound,
+    compound_head,
+    folio_large_mapcount,
+    folio_maybe_mapped_shared,
+    page_count,
+)
+from cowlab.policy.base import WpDecision
+from cowlab.policy.v5_19 import V5_19
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+    from cowlab.mm.mm_types import VmArea
+
+
+class V6_15(V5_19):
+    id = "v6.15"
+    release = "6.15 (2025-05-25)"
+    commits: ClassVar[tuple[str, ...]] = (
+        "1da190f4d0a6",
+        "64fe24a3e05e",
+        "c1b5cd8d9ef4",
+        "7b8b5b6e3d86",
+    )
+    summary = (
+        "PTE: PageAnonExclusive, else small folio page_count == 1, else large folio reused iff "
+        "only this MM maps it and _large_mapcount == refcount; PMD as 5.19"
+    )
+    double_map = False
+    folio_counters = True
+    mprotect_maps_exclusive_writable = True
+    mthp = True
+
+    def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        f = k.frames
+        if PageAnonExclusive(f, pfn) or not PageTransCompound(f, pfn):
+            return super().wp_reuse(k, vma, pfn)
+        head = compound_head(f, pfn)
+        large, refs = folio_large_mapcount(f, head), page_count(f, head)
+        if large <= 1:
+            return WpDecision(False, False, False, f"_large_mapcount = {large}: copy, free it")
+        if folio_maybe_mapped_shared(f, head):
+            return WpDecision(False, False, False, "folio_maybe_mapped_shared")
+        reuse = large == refs
+        why = f"_large_mapcount = {large}, refcount = {refs}"
+        return WpDecision(reuse, False, reuse, why)
+
+    def mprotect_writable(self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool) -> bool:
+        """can_change_pte_writable(): exclusive, and no soft-dirty tracking waiting for a fault."""
+        tracking = k.soft_dirty_enabled and not vma.vm_flags & VM_SOFTDIRTY
+        return PageAnonExclusive(k.frames, pfn) and not (tracking and not soft_dirty_pte)

@@ -1,0 +1,17 @@
+"""Linux 6.18, the kernel this machine runs: 6.15's decisions (no COW change found after 6.15,
+docs/verification-later.md), built as here — CONFIG_MM_ID=y, CONFIG_PAGE_MAPCOUNT=y and
+CONFIG_MEM_SOFT_DIRTY not set, so clear_refs 4 arms no write fault."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from cowlab.policy.v6_15 import V6_15
+
+
+class V6_18(V6_15):
+    id = "v6.18"
+    release = "6.18 (2025-11-30); this machine: 6.18.44"
+    commits: ClassVar[tuple[str, ...]] = ("1da190f4d0a6",)
+    summary = "as v6.15; built without CONFIG_MEM_SOFT_DIRTY like this machine's kernel"
+    soft_dirty_default = False

@@ -1,0 +1,78 @@
+"""The model's canonical observation, and the minimiser: no live kernel needed."""
+
+from __future__ import annotations
+
+from cowlab.live.compare import Regions, render_runs
+from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
+from cowlab.live.randomprog import generate, minimise, to_scenario
+from cowlab.scenario import parse_scenario
+from cowlab.scenario.runner import Runner
+
+THP = """
+name: thp
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 2M, align: 2M}
+  - {op: madvise, proc: P, at: buf, size: 2M, advice: hugepage}
+  - {op: write, proc: P, at: buf, data: "x"}
+  - {op: fork, proc: P, child: C}
+  - {op: mmap, proc: P, name: small, size: 8K}
+  - {op: read, proc: P, at: small, size: 1}
+"""
+
+
+def _run(text: str, kernel: str = "v4.5+6d0a07e") -> tuple[Runner, Regions]:
+    scenario = parse_scenario(text)
+    runner, regions = Runner(scenario, kernel), Regions()
+    for name in scenario.processes:
+        regions.add_proc(name)
+    for step in scenario.steps:
+        runner.run_step(step)
+        regions.after(step, True)
+    return runner, regions
+
+
+def test_thp_after_fork_and_the_zero_page() -> None:
+    runner, regions = _run(THP)
+    spec = [
+        (view, runner.procs[p], runner.regions[r], regions.size[r])
+        for view, p, r in regions.observed()
+    ]
+    snap = model_snapshot(runner.k, spec)
+    p, c, small = snap.regions["P:buf"], snap.regions["C:buf"], snap.regions["P:small"]
+    assert [view for view, _p, _r in regions.observed()] == ["P:buf", "P:small", "C:buf"]
+    assert (p[0].folio, p[0].nr, p[0].level, p[0].mapcount) == ("F0", 512, "pmd", 2)
+    assert p[5].subpage == 5 and c[5].folio == "F0" and p[0].head == b"x" + bytes(7)
+    assert p[0].anon_exclusive is None  # 4.5 has no PG_anon_exclusive
+    assert (small[0].folio, small[0].level, small[0].mapcount, small[0].zero) == (
+        "Z",
+        "pte",
+        0,
+        True,
+    )
+    assert small[1].folio is None and small[1].level is None
+    assert render_runs(p) == [
+        "pages 0: F0[0]/512 pmd mc=2 b'x'",
+        "pages 1..511: F0[1..511]/512 pmd mc=2",
+    ]
+
+
+def test_anon_exclusive_is_compared_from_5_19() -> None:
+    assert models_anon_exclusive("v6.18") and models_anon_exclusive("v5.19")
+    assert not models_anon_exclusive("v5.18") and not models_anon_exclusive("v4.5+6d0a07e")
+
+
+def test_minimise_keeps_a_failing_core() -> None:
+    steps = [{"n": i} for i in range(20)]
+    fails = lambda s: {3, 11} <= {x["n"] for x in s}  # noqa: E731
+    assert [x["n"] for x in minimise(steps, fails, budget=200)] == [3, 11]
+
+
+def test_generated_programs_are_valid_scenarios() -> None:
+    import random
+
+    rng = random.Random(3)
+    for i in range(50):
+        steps = generate(rng, ("fork", "exit", "write", "read", "mprotect", "munmap", "mremap",
+                               "madvise", "pin", "unpin", "dma"))  # fmt: skip
+        assert to_scenario(f"r{i}", steps) is not None
