@@ -167,7 +167,8 @@ def do_huge_pmd_wp_page(
             return huge_pmd_reuse(k, vma, haddr, entry, d.move_anon_vma, d.set_exclusive, unshare)
     else:
         why = "the huge zero page is never reused"
-    if k.policy.pmd_cow_splits or unshare:
+    zero_gets_thp = page is None and k.policy.huge_zero_wp_allocates
+    if (k.policy.pmd_cow_splits and not zero_gets_thp) or unshare:
         split_huge_pmd(k, vma, haddr)
         return VM_FAULT_FALLBACK
     new = alloc_hugepage(k) if transparent_hugepage_enabled(k, vma) else None

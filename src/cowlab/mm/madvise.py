@@ -47,12 +47,12 @@ def do_madvise(k: Kernel, mm: MmStruct, start: int, length: int, advice: int) ->
         # madvise_behavior_valid() knows these only with CONFIG_TRANSPARENT_HUGEPAGE
         raise SyscallError("EINVAL", "madvise: no THP advice without CONFIG_TRANSPARENT_HUGEPAGE")
     vmas = mm.vmas_in(start, end)
+    covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)  # before splits
     if advice == MADV_DONTNEED:
         for vma in vmas:
             zap_page_range(k, vma, start, end)
     else:
         add, clear = FLAG_CHANGES[advice]
         vma_modify_flags(k, mm, start, end, lambda flags: (flags & ~clear) | add)
-    covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)
     if covered != end - start:
         raise SyscallError("ENOMEM", f"madvise: [{start:#x}, {end:#x}) has unmapped pages")

@@ -81,7 +81,10 @@ def do_mmap(k: Kernel, mm: MmStruct, length: int, prot: int, align: int, addr: i
     if align & (align - 1) or align % PAGE_SIZE:
         raise SyscallError("EINVAL", f"mmap: alignment {align:#x} is not a power-of-two page size")
     if addr is None:
-        addr = get_unmapped_area(mm, length, align)
+        # what a program does for alignment: map length + align, then trim both ends, which
+        # leaves gaps (so the region does not merge with its neighbours)
+        over = get_unmapped_area(mm, length + align, PAGE_SIZE) if align > PAGE_SIZE else None
+        addr = get_unmapped_area(mm, length, align) if over is None else -(-over // align) * align
     else:
         check_range(addr, length, "mmap")
         if addr % align:

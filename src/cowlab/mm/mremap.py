@@ -41,6 +41,11 @@ def do_mremap(
     new_len = check_range(new_addr or 0, new_len, "mremap") - (new_addr or 0)
     if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
         raise SyscallError("EINVAL", "mremap: MREMAP_FIXED needs MREMAP_MAYMOVE")
+    if not flags & MREMAP_FIXED and new_len <= old_len:
+        # shrinking unmaps the tail before any one-VMA check (mremap_to is not involved)
+        if new_len < old_len:
+            do_munmap(k, mm, old_addr + new_len, old_len - new_len)
+        return old_addr
     vma = mm.find_vma(old_addr)
     if vma is None or old_end > vma.vm_end:
         raise SyscallError("EFAULT", f"mremap: [{old_addr:#x}, {old_end:#x}) is not one VMA")
@@ -56,10 +61,6 @@ def do_mremap(
         vma = mm.find_vma(old_addr)
         assert vma is not None
         return move_vma(k, vma, old_addr, old_len, new_len, new_addr)
-    if new_len <= old_len:
-        if new_len < old_len:
-            do_munmap(k, mm, old_addr + new_len, old_len - new_len)
-        return old_addr
     if old_end == vma.vm_end and not mm.vmas_in(old_end, old_addr + new_len):
         vma.vm_end = old_addr + new_len
         return old_addr

@@ -56,6 +56,8 @@ class Policy(ABC):
     foll_pin: ClassVar[bool] = False  # FOLL_PIN: GUP_PIN_COUNTING_BIAS and _pincount (5.7)
     anon_exclusive: ClassVar[bool] = False  # PG_anon_exclusive (5.19)
     pmd_cow_splits: ClassVar[bool] = False  # a PMD that is not reused is split, 4 KiB COW (5.8)
+    huge_zero_wp_allocates: ClassVar[bool] = True  # a write to the huge zero PMD gets a THP
+    # (4.x; 5.8 split it instead; 6.13 "mm: Allocate THP on hugezeropage wp-fault" again)
     gup_breaks_cow_on_read: ClassVar[bool] = False  # every GUP on a COW mapping faults as a write
     gup_unshares_ro_pins: ClassVar[bool] = False  # R/O FOLL_PIN of a shared anon page unshares
     clear_refs_skips_pinned: ClassVar[bool] = False  # 5.11: soft-dirty clearing skips pins

@@ -20,4 +20,5 @@ class V5_8(V4_14):
     )
     foll_pin = True
     pmd_cow_splits = True
+    huge_zero_wp_allocates = False
     gup_breaks_cow_on_read = True

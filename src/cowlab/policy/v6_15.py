@@ -41,6 +41,7 @@ class V6_15(V5_19):
     folio_counters = True
     mprotect_maps_exclusive_writable = True
     mthp = True
+    huge_zero_wp_allocates = True  # 6.13
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
