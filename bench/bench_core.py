@@ -28,7 +28,18 @@ WORKLOADS = {
     "baseline-import": "import cowlab only (memory baseline)",
     "baseline-loop": "a dict update and a NumPy store per 4 KiB page of 1 GiB (time baseline)",
 }
-KERNELS = ["v4.5", "v4.5+6d0a07e", "v4.5+6d0a07e-early"]
+KERNELS = [
+    "v4.5",
+    "v4.5+6d0a07e",
+    "v4.5+6d0a07e-early",
+    "v4.14",
+    "v5.8",
+    "v5.9",
+    "v5.18",
+    "v5.19",
+    "v6.15",
+    "v6.18",
+]
 GIB = 1 << 30
 
 
