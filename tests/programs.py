@@ -45,6 +45,7 @@ class World:
 def start(kernel_id: str) -> World:
     k = Kernel(kernel_id, selfcheck=True)
     k.thp_enabled = "madvise"
+    k.mthp_enabled.update({16: "madvise", 64: "always"})  # used by kernels with mTHP
     p = k.spawn()
     p.mmap(PAGES * PAGE, addr=REGION, align=2 << 20)
     p.madvise(REGION, PAGES * PAGE, "hugepage")

@@ -32,6 +32,8 @@ from cowlab.mm.mm import (
     GUP_PIN_COUNTING_BIAS,
     folio_large_mapcount,
     folio_maybe_mapped_shared,
+    folio_nr_pages,
+    heads_of,
     is_zero_pfn,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
@@ -156,7 +158,8 @@ def _compare(
 
 def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
     f = k.frames
-    sl = slice(head, head + HPAGE_PMD_NR)
+    nr = folio_nr_pages(f, head)
+    sl = slice(head, head + nr)
     out: list[str] = []
     c = int(f.compound_mapcount[head + 1]) + 1
     dm = int(bool(f.flags[head + 1] & PG_double_map))
@@ -178,7 +181,7 @@ def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
         out.append(f"THP {head:#x}: _count {int(f._count[head])}, mappings + refs + pins = {refs}")
     if int(f._pincount[head]) != pins:
         out.append(f"THP {head:#x}: _pincount {int(f._pincount[head])}, FOLL_PIN pins {pins}")
-    if f._count[head + 1 : head + HPAGE_PMD_NR].any():
+    if f._count[head + 1 : head + nr].any():
         out.append(f"THP {head:#x}: a tail page has a nonzero _count")
     return out
 
@@ -186,7 +189,7 @@ def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
 def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
     """6.x large-folio fields: _large_mapcount, _nr_pages_mapped, the MM ids and shared bit."""
     f = k.frames
-    sl = slice(head, head + HPAGE_PMD_NR)
+    sl = slice(head, head + folio_nr_pages(f, head))
     out = []
     total = int(r.pmd_maps[head] + r.pte_maps[sl].sum())
     if folio_large_mapcount(f, head) != total:
@@ -217,11 +220,10 @@ def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
     exclusive = np.flatnonzero(f.flags[:n] & PG_anon_exclusive)
     if not exclusive.size:
         return []
-    tail = (f.flags[exclusive] & PG_tail) != 0
-    heads = np.where(tail, exclusive & ~(HPAGE_PMD_NR - 1), exclusive)
+    heads = heads_of(f, exclusive)
     out = []
     for pfn, head in zip(exclusive.tolist(), heads.tolist(), strict=True):
-        nr = HPAGE_PMD_NR if f.flags[head] & PG_head else 1
+        nr = folio_nr_pages(f, head)
         # a PMD-mapped THP's bit lives on its head and speaks for all of it
         span = slice(head, head + nr) if pfn == head and r.pmd_maps[head] else slice(pfn, pfn + 1)
         owners = [
@@ -267,8 +269,7 @@ def check_rmap(k: Kernel) -> list[str]:
             addrs, pfns, _ = _mapped_in(mm, vma)
             if not pfns.size:
                 continue
-            tail = (f.flags[pfns] & PG_tail) != 0
-            heads = np.where(tail, pfns & ~(HPAGE_PMD_NR - 1), pfns)
+            heads = heads_of(f, pfns)
             ids = f.mapping[heads]
             for pfn in pfns[ids == 0][:3].tolist():
                 problems.append(f"pid {mm.pid}: pfn {pfn:#x} mapped but not anonymous")

@@ -46,6 +46,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 THP_MODES = ("always", "madvise", "never")
+MTHP_MODES = ("always", "madvise", "inherit", "never")
+MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024)
 GUP_FLAVOURS = {"get": 0, "pin": FOLL_PIN, "longterm": FOLL_PIN | FOLL_LONGTERM}
 MAX_FAULT_RETRIES = 8
 
@@ -141,6 +143,8 @@ class Kernel:
         self.history: list[OpRecord] = []
         self._thp_enabled = "always"
         self.thp_use_zero_page = True
+        # /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled for 16..1024 KiB (6.8)
+        self.mthp_enabled: dict[int, str] = dict.fromkeys(MTHP_SIZES_KB, "never")
         self.thp_alloc_fail = False
         self.numa_misplaced = True
         self._ids = itertools.count(1)

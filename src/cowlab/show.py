@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cowlab.kernel import Kernel
-from cowlab.mm.constants import HPAGE_PMD_NR, PMD_SHIFT, VM_FLAG_NAMES, PG_double_map, PG_head
-from cowlab.mm.mm import compound_head, page_mapcount
+from cowlab.mm.constants import HPAGE_PMD_NR, PMD_SHIFT, VM_FLAG_NAMES, PG_double_map
+from cowlab.mm.mm import compound_head, folio_nr_pages, page_mapcount
 from cowlab.mm.mm_types import VmArea
 from cowlab.mm.page_alloc import HUGE_ZERO_PFN
 from cowlab.mm.pgtable import PTE_SPECIAL, HugePmd, PteTable, pte_flags_str
@@ -151,7 +151,7 @@ def _vmas(vmas: list[VmArea]) -> list[str]:
 def _folio(k: Kernel, folios: dict[int, FolioView], head: int) -> FolioView:
     f = k.frames
     if head not in folios:
-        nr = HPAGE_PMD_NR if f.flags[head] & PG_head else 1
+        nr = folio_nr_pages(f, head)
         folios[head] = FolioView(
             head,
             nr,
@@ -200,7 +200,7 @@ def _text_grid(folio: FolioView) -> list[str]:
 
 
 def _folio_svg(folio: FolioView) -> str:
-    cols = 32 if folio.nr > 1 else 1
+    cols = min(32, folio.nr)
     rows = folio.nr // cols
     w, h = cols * CELL + 8, rows * CELL + 14
     parts = [
@@ -231,7 +231,7 @@ def render_svg(view: MemoryView) -> str:
     for folio in view.folios:
         body.append(text.format(y + 12, html.escape(folio.title())))
         body.append(_folio_svg(folio).replace("<svg ", f'<svg x="4" y="{y + 16}" ', 1))
-        y += 16 + (HPAGE_PMD_NR // 32 if folio.nr > 1 else 1) * CELL + 22
+        y += 16 + folio.nr // min(32, folio.nr) * CELL + 22
     width = 32 * CELL + 700
     head = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y + 10}">'
     return head + "".join(body) + "</svg>"

@@ -11,6 +11,7 @@ from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
     HPAGE_PMD_MASK,
     HPAGE_PMD_NR,
+    HPAGE_PMD_ORDER,
     HPAGE_PMD_SIZE,
     PMD_SHIFT,
     VM_FAULT_FALLBACK,
@@ -30,6 +31,7 @@ from cowlab.mm.mm import (
     PageTransCompound,
     compound_head,
     compound_mapcount,
+    folio_nr_pages,
     get_page,
     page_count,
     put_page,
@@ -50,6 +52,7 @@ from cowlab.mm.pgtable import (
 from cowlab.mm.rmap import (
     Mapping,
     anon_vma_prepare,
+    folio_add_new_anon_rmap_ptes,
     page_add_new_anon_rmap,
     page_anon_vma,
     page_dup_rmap,
@@ -75,9 +78,10 @@ def total_mapcount(f: PageFrames, head: int) -> int:
     """total_mapcount(): every PMD and PTE mapping of the THP, DoubleMap offsets removed."""
     if not PageTransCompound(f, head):
         return int(f._mapcount[head]) + 1
-    own = int(f._mapcount[head : head + HPAGE_PMD_NR].sum()) + HPAGE_PMD_NR
+    nr = folio_nr_pages(f, head)
+    own = int(f._mapcount[head : head + nr].sum()) + nr
     if PageDoubleMap(f, head):
-        own -= HPAGE_PMD_NR
+        own -= nr
     return own + compound_mapcount(f, head)
 
 
@@ -90,7 +94,7 @@ def page_trans_huge_mapcount(f: PageFrames, pfn: int) -> tuple[int, int, int | N
         mapcount = int(f._mapcount[pfn]) + 1
         return mapcount, mapcount, None
     head = compound_head(f, pfn)
-    own = f._mapcount[head : head + HPAGE_PMD_NR].astype(np.int64) + 1
+    own = f._mapcount[head : head + folio_nr_pages(f, head)].astype(np.int64) + 1
     worst = int(own.argmax())
     ret, total = int(own[worst]), int(own.sum())
     if PageDoubleMap(f, head):
@@ -142,6 +146,46 @@ def do_huge_pmd_anonymous_page(k: Kernel, vma: VmArea, addr: int, write: bool) -
     mm.anon_rss += HPAGE_PMD_NR
     k.trace("do_huge_pmd_anonymous_page", f"new THP head pfn {head:#x} PMD-mapped at {haddr:#x}")
     return 0
+
+
+MTHP_ORDERS = range(HPAGE_PMD_ORDER - 1, 1, -1)  # 1 MiB down to 16 KiB
+
+
+def thp_vma_allowable_order(k: Kernel, vma: VmArea, order: int) -> bool:
+    """thp_vma_allowable_orders() for one anonymous mTHP size: its sysfs knob, or 'inherit'."""
+    if not k.config.thp or vma.vm_flags & VM_NOHUGEPAGE:
+        return False
+    mode = k.mthp_enabled.get(4 << order, "never")
+    if mode == "inherit":
+        return transparent_hugepage_enabled(k, vma)
+    return mode == "always" or (mode == "madvise" and bool(vma.vm_flags & VM_HUGEPAGE))
+
+
+def do_anonymous_mthp(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> bool:
+    """alloc_anon_folio() (6.8): the largest enabled mTHP whose aligned range lies in the VMA
+    and has no PTE yet; all its pages mapped at once. False: fall back to a small page."""
+    for order in MTHP_ORDERS:
+        nr = 1 << order
+        start = addr & ~((nr << 12) - 1)
+        first = (start >> 12) & (HPAGE_PMD_NR - 1)
+        if not thp_vma_allowable_order(k, vma, order) or start < vma.vm_start:
+            continue
+        if start + (nr << 12) > vma.vm_end or (table.pfn[first : first + nr] >= 0).any():
+            continue
+        if k.thp_alloc_fail:
+            k.vmstat["mthp_fault_fallback"] += 1
+            continue
+        head = k.frames.alloc_folio(order)
+        k.frames._count[head] += nr - 1  # one reference per PTE (folio_ref_add)
+        table.pfn[first : first + nr] = head + SUBPAGES[:nr]
+        bits = PTE_DIRTY | PTE_SOFT_DIRTY | PTE_YOUNG
+        table.bits[first : first + nr] = bits | PTE_WRITE if vma.vm_flags & VM_WRITE else bits
+        folio_add_new_anon_rmap_ptes(k, head, nr, vma, start)
+        vma.mm.anon_rss += nr
+        k.vmstat["mthp_fault_alloc"] += 1
+        k.trace("do_anonymous_page", f"{addr:#x}: {nr * 4} KiB mTHP, head pfn {head:#x}")
+        return True
+    return False
 
 
 def huge_pmd_set_accessed(entry: HugePmd, write: bool) -> None:
@@ -455,7 +499,8 @@ def unfreeze_page(k: Kernel, frozen: Frozen) -> None:
 def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
     """__split_huge_page(): tails become small pages with the head's mapping and index + i."""
     f = k.frames
-    sl = slice(head, head + HPAGE_PMD_NR)
+    nr = folio_nr_pages(f, head)
+    sl = slice(head, head + nr)
     k.deferred_split.discard(head)
     f.flags[head + 1] &= flags_without(PG_double_map)
     strip = flags_without(PG_head | PG_tail | PG_mm_ids_shared)
@@ -463,9 +508,10 @@ def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
     f.compound_mapcount[head + 1] = -1
     f.reset_folio_fields(head)
     f.mapping[sl] = f.mapping[head]
-    f.index[sl] = f.index[head] + SUBPAGES
+    f.index[sl] = f.index[head] + SUBPAGES[:nr]
+    f.order[sl] = 0
     unfreeze_page(k, frozen)
-    for pfn in range(head + 1, head + HPAGE_PMD_NR):
+    for pfn in range(head + 1, head + nr):
         if f._count[pfn] == 0:
             f.free_page(pfn)
 

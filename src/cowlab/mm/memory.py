@@ -8,16 +8,14 @@ import numpy as np
 
 from cowlab.mm import huge_memory, migrate
 from cowlab.mm.constants import (
-    HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
     PMD_SHIFT,
     VM_FAULT_FALLBACK,
     VM_FAULT_WRITE,
     VM_WRITE,
     PG_anon_exclusive,
-    PG_tail,
 )
-from cowlab.mm.mm import PageAnon, PageKsm, compound_head, put_page
+from cowlab.mm.mm import PageAnon, PageKsm, compound_head, heads_of, put_page
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, flags_without
 from cowlab.mm.pgtable import (
@@ -116,6 +114,8 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
             k.trace("do_anonymous_page", f"{addr:#x}: read fault maps the zero page read-only")
         return 0
     anon_vma_prepare(k, vma)
+    if k.policy.mthp and huge_memory.do_anonymous_mthp(k, vma, addr, table):
+        return 0
     pfn = k.frames.alloc_page()
     table.pfn[i] = pfn
     table.bits[i] = new_pte_bits(vma)
@@ -258,7 +258,7 @@ def copy_pte_range(
     f = k.frames
     f.flags[normal] &= flags_without(PG_anon_exclusive)  # page_try_dup_anon_rmap
     rmap_add_ptes(k, dst.mm, normal)
-    np.add.at(f._count, heads_of(k, normal), 1)
+    np.add.at(f._count, heads_of(k.frames, normal), 1)
     dst.mm.anon_rss += int(normal.size)
     if k.tracing:
         k.trace(
@@ -282,12 +282,6 @@ def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: i
     k.record_cow("copy_present_page", dst, addr, pfn, new, "maybe DMA-pinned at fork")
     if k.tracing:
         k.trace("copy_present_page", f"{addr:#x}: pfn {pfn:#x} may be pinned: child gets {new:#x}")
-
-
-def heads_of(k: Kernel, pfns: np.ndarray) -> np.ndarray:
-    """compound_head() of many pages at once."""
-    tail = (k.frames.flags[pfns] & PG_tail) != 0
-    return np.where(tail, pfns & ~(HPAGE_PMD_NR - 1), pfns)
 
 
 # --- zap ------------------------------------------------------------------------------------
@@ -330,6 +324,6 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     mm.anon_rss -= int(normal.size)
     if k.tracing:
         k.trace("zap_pte_range", f"pid {mm.pid}: {normal.size} PTEs unmapped (page_remove_rmap)")
-    heads, counts = np.unique(heads_of(k, normal), return_counts=True)
+    heads, counts = np.unique(heads_of(k.frames, normal), return_counts=True)
     for head, nr in zip(heads.tolist(), counts.tolist(), strict=True):
         put_page(k, head, nr)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
-    HPAGE_PMD_NR,
     PG_anon_exclusive,
     PG_double_map,
     PG_head,
@@ -27,7 +29,18 @@ if TYPE_CHECKING:
 
 def compound_head(f: PageFrames, pfn: int) -> int:
     """compound_head(): the head for a tail page, the page itself otherwise."""
-    return pfn & ~(HPAGE_PMD_NR - 1) if f.flags[pfn] & PG_tail else pfn
+    return pfn & ~((1 << int(f.order[pfn])) - 1) if f.flags[pfn] & PG_tail else pfn
+
+
+def heads_of(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """compound_head() of many pages at once."""
+    tail = (f.flags[pfns] & PG_tail) != 0
+    return np.where(tail, pfns & ~((1 << f.order[pfns].astype(np.int64)) - 1), pfns)
+
+
+def folio_nr_pages(f: PageFrames, head: int) -> int:
+    """folio_nr_pages(): 512 for a PMD-sized THP, 4..256 for an mTHP, 1 for a small page."""
+    return 1 << int(f.order[head])
 
 
 def PageTransCompound(f: PageFrames, pfn: int) -> bool:
@@ -131,6 +144,6 @@ def __put_page(k: Kernel, head: int) -> None:
     f = k.frames
     if f.flags[head] & PG_head:
         k.deferred_split.discard(head)
-        f.free_hugepage(head)
+        f.free_folio(head)
     else:
         f.free_page(head)

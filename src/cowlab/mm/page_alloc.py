@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
+    HPAGE_PMD_ORDER,
     PAGE_SIZE,
     PG_allocated,
     PG_head,
@@ -39,6 +40,7 @@ FIELDS = {  # every per-frame field and the value a free frame holds
     "compound_mapcount": -1,
     "mapping": 0,
     "index": 0,
+    "order": 0,
     "private": 0,
     "_pincount": 0,
     "_large_mapcount": -1,
@@ -73,15 +75,16 @@ class PageFrames:
         self._nr_pages_mapped = np.zeros(0, dtype=np.int32)
         self.mm_id = np.zeros((0, 2), dtype=np.int32)
         self.mm_id_mapcount = np.zeros((0, 2), dtype=np.int32)
+        self.order = np.zeros(0, dtype=np.int8)  # folio order, on every page of the folio
         self._grow(max(capacity, FIRST_FREE_PFN))
         self.nr = FIRST_FREE_PFN
-        self.free0: list[int] = []
-        self.free9: list[int] = []
+        self.free: dict[int, list[int]] = {o: [] for o in range(HPAGE_PMD_ORDER + 1)}
         self.contents: dict[int, bytearray] = {}
         self.nr_allocated = 0
         self.flags[ZERO_PFN] = PG_reserved
         self.flags[HUGE_ZERO_PFN] = PG_reserved | PG_head
         self.flags[HUGE_ZERO_PFN + 1 : HUGE_ZERO_PFN + HPAGE_PMD_NR] = PG_reserved | PG_tail
+        self.order[HUGE_ZERO_PFN : HUGE_ZERO_PFN + HPAGE_PMD_NR] = HPAGE_PMD_ORDER
         self.huge_zero_refcount = 0
 
     def _grow(self, need: int) -> None:
@@ -102,13 +105,23 @@ class PageFrames:
         for name, fill in FIELDS.items():
             getattr(self, name)[sl] = fill
 
+    def _block(self) -> int:
+        """A free 2 MiB-aligned block of 512 frames (a free THP, or new memory)."""
+        if self.free[HPAGE_PMD_ORDER]:
+            return self.free[HPAGE_PMD_ORDER].pop()
+        head = -(-self.nr // HPAGE_PMD_NR) * HPAGE_PMD_NR
+        self._grow(head + HPAGE_PMD_NR)
+        self.free[0].extend(range(head - 1, self.nr - 1, -1))
+        self.nr = head + HPAGE_PMD_NR
+        return head
+
     def alloc_page(self) -> int:
         """alloc_page(GFP_HIGHUSER_MOVABLE|__GFP_ZERO): a zeroed small page with _count 1."""
-        if self.free0:
-            pfn = self.free0.pop()
-        elif self.free9:
-            block = self.free9.pop()
-            self.free0.extend(range(block + HPAGE_PMD_NR - 1, block, -1))
+        if self.free[0]:
+            pfn = self.free[0].pop()
+        elif self.free[HPAGE_PMD_ORDER]:
+            block = self.free[HPAGE_PMD_ORDER].pop()
+            self.free[0].extend(range(block + HPAGE_PMD_NR - 1, block, -1))
             pfn = block
         else:
             pfn = self.nr
@@ -120,22 +133,29 @@ class PageFrames:
         self.nr_allocated += 1
         return pfn
 
-    def alloc_hugepage(self) -> int:
-        """alloc_hugepage_vma + prep_transhuge_page: an order-9 compound page, head _count 1."""
-        if self.free9:
-            head = self.free9.pop()
+    def alloc_folio(self, order: int) -> int:
+        """folio_alloc(): a compound page of 2**order frames (order 1..9), head _count 1.
+
+        No buddy merging: smaller orders are carved out of 2 MiB blocks and freed to their own list.
+        """
+        nr = 1 << order
+        if self.free[order]:
+            head = self.free[order].pop()
         else:
-            head = -(-self.nr // HPAGE_PMD_NR) * HPAGE_PMD_NR
-            self._grow(head + HPAGE_PMD_NR)
-            self.free0.extend(range(head - 1, self.nr - 1, -1))
-            self.nr = head + HPAGE_PMD_NR
-        self._reset(head, HPAGE_PMD_NR)
+            head = self._block()
+            self.free[order].extend(range(head + HPAGE_PMD_NR - nr, head, -nr))
+        self._reset(head, nr)
         base = PG_allocated | PG_uptodate | PG_swapbacked
         self.flags[head] = base | PG_head
-        self.flags[head + 1 : head + HPAGE_PMD_NR] = base | PG_tail
+        self.flags[head + 1 : head + nr] = base | PG_tail
+        self.order[head : head + nr] = order
         self._count[head] = 1
-        self.nr_allocated += HPAGE_PMD_NR
+        self.nr_allocated += nr
         return head
+
+    def alloc_hugepage(self) -> int:
+        """alloc_hugepage_vma + prep_transhuge_page: an order-9 compound page, head _count 1."""
+        return self.alloc_folio(HPAGE_PMD_ORDER)
 
     def reset_folio_fields(self, head: int) -> None:
         """The large-folio fields of a compound page that stops being one (split)."""
@@ -146,16 +166,18 @@ class PageFrames:
         """__free_pages of an order-0 page whose _count reached zero."""
         self.contents.pop(pfn, None)
         self._reset(pfn, 1)
-        self.free0.append(pfn)
+        self.free[0].append(pfn)
         self.nr_allocated -= 1
 
-    def free_hugepage(self, head: int) -> None:
-        """free_transhuge_page: the caller has already taken it off the deferred split queue."""
-        for pfn in range(head, head + HPAGE_PMD_NR):
+    def free_folio(self, head: int) -> None:
+        """free_transhuge_page()/folio_put(): the caller took it off the deferred split queue."""
+        order = int(self.order[head])
+        nr = 1 << order
+        for pfn in range(head, head + nr):
             self.contents.pop(pfn, None)
-        self._reset(head, HPAGE_PMD_NR)
-        self.free9.append(head)
-        self.nr_allocated -= HPAGE_PMD_NR
+        self._reset(head, nr)
+        self.free[order].append(head)
+        self.nr_allocated -= nr
 
     # --- contents ------------------------------------------------------------------------
 

@@ -18,7 +18,12 @@ from cowlab.mm.constants import (
     PG_swapbacked,
     PG_tail,
 )
-from cowlab.mm.mm import PageDoubleMap, PageTransCompound, compound_head
+from cowlab.mm.mm import (
+    PageDoubleMap,
+    compound_head,
+    folio_nr_pages,
+    heads_of,
+)
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import flags_without
 from cowlab.mm.pgtable import PTE_MIGRATION, HugePmd
@@ -141,6 +146,16 @@ def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound
     __page_set_anon_rmap(k, pfn, vma, addr, exclusive=True)
 
 
+def folio_add_new_anon_rmap_ptes(k: Kernel, head: int, nr: int, vma: VmArea, addr: int) -> None:
+    """folio_add_new_anon_rmap() of a PTE-mapped large folio (mTHP): every page mapped once,
+    every page exclusive (6.x)."""
+    f = k.frames
+    sl = slice(head, head + nr)
+    f.flags[sl] |= PG_swapbacked | (PG_anon_exclusive if k.policy.anon_exclusive else 0)
+    rmap_add_ptes(k, vma.mm, np.arange(head, head + nr, dtype=np.int64))
+    __page_set_anon_rmap(k, head, vma, addr, exclusive=True)
+
+
 def page_add_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound: bool) -> None:
     """page_add_anon_rmap(): one more mapping of a page that may already be anonymous."""
     if compound:
@@ -184,7 +199,7 @@ def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> No
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
     emptied = pfns[compound & (f._mapcount[pfns] == -1)]
-    for head in np.unique(emptied & ~(HPAGE_PMD_NR - 1)).tolist():
+    for head in np.unique(heads_of(f, emptied)).tolist():
         deferred_split_huge_page(k, head)
     if k.policy.folio_counters:
         for head, nr in _large_heads(k, pfns):
@@ -218,7 +233,7 @@ def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]
     """(head, number of the pages that belong to it) for the large folios among pfns."""
     f = k.frames
     compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
-    heads, counts = np.unique(pfns[compound] & ~(HPAGE_PMD_NR - 1), return_counts=True)
+    heads, counts = np.unique(heads_of(f, pfns[compound]), return_counts=True)
     return list(zip(heads.tolist(), counts.tolist(), strict=True))
 
 
@@ -227,7 +242,7 @@ def _folio_add(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
     f = k.frames
     before = int(f._large_mapcount[head])
     f._large_mapcount[head] += nr
-    f._nr_pages_mapped[head] = int((f._mapcount[head : head + HPAGE_PMD_NR] >= 0).sum())
+    f._nr_pages_mapped[head] = int((f._mapcount[head : head + folio_nr_pages(f, head)] >= 0).sum())
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
@@ -247,7 +262,7 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
     """folio_sub_large_mapcount(): and "not shared" again once one tracked MM has them all."""
     f = k.frames
     f._large_mapcount[head] -= nr
-    f._nr_pages_mapped[head] = int((f._mapcount[head : head + HPAGE_PMD_NR] >= 0).sum())
+    f._nr_pages_mapped[head] = int((f._mapcount[head : head + folio_nr_pages(f, head)] >= 0).sum())
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
@@ -324,7 +339,7 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
     av = page_anon_vma(k, head)
     if av is None:
         return []
-    nr = HPAGE_PMD_NR if PageTransCompound(k.frames, head) else 1
+    nr = folio_nr_pages(k.frames, head)
     found: list[Mapping] = []
     for vma in sorted(av.vmas, key=lambda v: (v.mm.pid, v.vm_start)):
         found.extend(mappings_in_vma(k, vma, head, nr))

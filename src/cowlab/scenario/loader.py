@@ -426,6 +426,28 @@ def after_step(ctx: Context, op: str, args: dict[str, Any]) -> None:
         ctx.unpinned.add(args["pin"])
 
 
+MTHP_SIZES = {f"{kb}K": kb for kb in (16, 32, 64, 128, 256, 512)} | {"1M": 1024}
+
+
+def parse_mthp(ctx: Context, raw: Any, loc: Loc) -> tuple[tuple[int, str], ...]:
+    """{64K: always, 16K: madvise}: the hugepages-<size>kB/enabled knobs (6.8)."""
+    if not isinstance(raw, LMap):
+        raise ctx.fail(loc, "expected mthp to map sizes (16K..1M) to always/madvise/inherit/never")
+    out = []
+    for size, mode in raw.items():
+        if size not in MTHP_SIZES:
+            raise ctx.fail(
+                raw.key_locs[size], f"expected an mTHP size among {', '.join(MTHP_SIZES)}"
+            )
+        out.append(
+            (
+                MTHP_SIZES[size],
+                choice("always", "madvise", "inherit", "never")(ctx, mode, raw.val_locs[size]),
+            )
+        )
+    return tuple(out)
+
+
 def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
     if not isinstance(raw, LMap):
         raise ctx.fail(loc, "expected config to be a mapping (thp, use_zero_page, swap, ...)")
@@ -435,6 +457,8 @@ def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
         "swap": ("config_swap", parse_bool),
         "transparent_hugepage": ("config_thp", parse_bool),
         "debug_vm": ("debug_vm", parse_bool),
+        "soft_dirty": ("soft_dirty", parse_bool),
+        "mthp": ("mthp", parse_mthp),
     }
     values = {}
     for key, value in raw.items():

@@ -84,6 +84,8 @@ class ScenarioConfig:
     config_swap: bool = True
     config_thp: bool = True
     debug_vm: bool = False
+    soft_dirty: bool | None = None
+    mthp: tuple[tuple[int, str], ...] = ()  # (size in KiB, mode) for hugepages-<size>kB
 
 
 @dataclass

@@ -62,9 +62,15 @@ class Runner:
 
     def __init__(self, scenario: Scenario, kernel_id: str, tracing: bool = False) -> None:
         cfg = scenario.config
-        config = Config(swap=cfg.config_swap, thp=cfg.config_thp, debug_vm=cfg.debug_vm)
+        config = Config(
+            swap=cfg.config_swap,
+            thp=cfg.config_thp,
+            debug_vm=cfg.debug_vm,
+            soft_dirty=cfg.soft_dirty,
+        )
         self.k = Kernel(kernel_id, config, tracing=tracing)
         self.k.thp_enabled = cfg.thp
+        self.k.mthp_enabled.update(cfg.mthp)
         self.k.thp_use_zero_page = cfg.use_zero_page
         self.scenario = scenario
         self.kernel_id = kernel_id
@@ -487,6 +493,7 @@ def counters_snapshot(k: Kernel) -> dict[str, np.ndarray]:
         "compound_mapcount": f.compound_mapcount[:n].copy(),
         "flags": f.flags[:n].copy(),
         "mapping": f.mapping[:n].copy(),
+        "order": f.order[:n].copy(),
     }
 
 
@@ -500,10 +507,12 @@ def counter_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
     for name in ("_mapcount", "_count", "compound_mapcount", "mapping"):
         changed |= before[name] != now[name]
     compound = ((before["flags"] | now["flags"]) & (PG_head | PG_tail)) != 0
-    heads = np.unique(np.where(compound, np.arange(n) & ~511, np.arange(n))[changed])
+    order = np.maximum(before["order"], now["order"]).astype(np.int64)
+    pfns = np.arange(n)
+    heads = np.unique(np.where(compound, pfns & ~((1 << order) - 1), pfns)[changed])
     for head in heads.tolist():
-        if compound[head]:
-            lines.append(_thp_change(head, before, now))
+        if compound[head] and order[head]:
+            lines.append(_thp_change(head, 1 << int(order[head]), before, now))
         else:
             lines.append(f"page {head:#x}: " + ", ".join(_field_changes(head, before, now)))
     return lines
@@ -537,8 +546,10 @@ def _allocation_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
     return out
 
 
-def _thp_change(head: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> str:
-    sl = slice(head, head + 512)
+def _thp_change(
+    head: int, nr: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray]
+) -> str:
+    sl = slice(head, head + nr)
     parts = []
     c_old = int(before["compound_mapcount"][head + 1]) + 1
     c_new = int(now["compound_mapcount"][head + 1]) + 1
