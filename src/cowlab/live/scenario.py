@@ -29,7 +29,6 @@ PAUSE_ENV = "COWLAB_LIVE_PAUSE_AFTER_CHANGE"  # seconds to wait after each knob 
 NO_LIVE_OP = {
     "numa_balance": "NUMA hinting faults cannot be triggered on demand from user space",
     "shrink": "the deferred-split shrinker runs only under real memory pressure",
-    "clear_refs": "clear_refs 4 is a no-op without CONFIG_MEM_SOFT_DIRTY (not set on this kernel)",
 }
 SHORT_PIN_OK = frozenset({"read", "write", "check", "dma_read", "dma_write", "unpin", "pin"})
 FLAVOURS = ("longterm", "pin", "get")
@@ -263,6 +262,8 @@ class LiveScenario:
             self.mremap(p, at, a)
         elif op == "pin":
             self.pins[a["name"]] = self.pin(p, at, a)
+        elif op == "clear_refs":  # /proc/PID/clear_refs; a no-op for 4 without soft-dirty
+            p.clear_refs(a.get("value", 4))
         return None
 
     def mremap(self, p: LiveProcess, at: int, a: dict[str, Any]) -> None:
