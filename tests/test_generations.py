@@ -1,0 +1,159 @@
+"""One test per decision a generation changed, derived from the rules in docs/kernels.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from cowlab import Kernel
+from cowlab.kernel import Process
+from cowlab.mm.constants import PG_anon_exclusive
+from cowlab.mm.mm import GUP_PIN_COUNTING_BIAS, PageAnonExclusive, page_count
+from cowlab.mm.mm_types import pmd_index
+from cowlab.mm.pgtable import PTE_WRITE, HugePmd, PteTable
+
+THP = 2 << 20
+
+
+def thp(kernel_id: str) -> tuple[Kernel, Process, int]:
+    k = Kernel(kernel_id, selfcheck=True)
+    k.thp_enabled = "madvise"
+    p = k.spawn()
+    buf = p.mmap(THP, align=THP)
+    p.madvise(buf, THP, "hugepage")
+    p.write(buf, b"x")
+    return k, p, buf
+
+
+def entry(p: Process, addr: int) -> HugePmd | PteTable:
+    return p.mm.pmds[pmd_index(addr)]
+
+
+@pytest.mark.parametrize(
+    ("kernel_id", "split"), [("v4.14", False), ("v5.8", True), ("v6.18", True)]
+)
+def test_shared_pmd_write_copies_2m_or_splits(kernel_id: str, split: bool) -> None:
+    # 3917c80280c9 (5.8): a shared PMD is split and only the faulting 4 KiB copied
+    k, p, buf = thp(kernel_id)
+    p.fork()
+    p.write(buf + 4096, b"y")
+    assert isinstance(entry(p, buf), PteTable) is split
+    copied = [e.nr for e in k.cow_log]
+    assert copied == ([1] if split else [512])
+
+
+def test_v58_read_pin_breaks_cow() -> None:
+    # 17839856fd58: a read GUP on a COW mapping faults as a write, so the pin holds a private copy
+    _k, p, buf = thp("v5.8")
+    child = p.fork()
+    pin = p.get_user_pages(buf, 4096, write=False)
+    assert pin.pages[0] == p.translate(buf) != child.translate(buf)
+
+
+@pytest.mark.parametrize(("kernel_id", "bias"), [("v5.8", GUP_PIN_COUNTING_BIAS), ("v4.14", 1)])
+def test_foll_pin_counting(kernel_id: str, bias: int) -> None:
+    # 5.7: FOLL_PIN adds GUP_PIN_COUNTING_BIAS to a small page; before, a pin is a reference
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    buf = p.mmap(4096)
+    p.write(buf, b"x")
+    p.get_user_pages(buf, 4096, flavour="longterm")
+    assert page_count(k.frames, p.translate(buf) or 0) == 1 + bias
+
+
+@pytest.mark.parametrize(
+    ("kernel_id", "copied"), [("v5.8", False), ("v5.9", True), ("v5.19", True)]
+)
+def test_fork_copies_pinned_page_for_child(kernel_id: str, copied: bool) -> None:
+    # 70e806e4e645 (5.9): the child gets its own copy of a maybe-pinned page; parent keeps it
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    buf = p.mmap(4096)
+    p.write(buf, b"x")
+    pin = p.get_user_pages(buf, 4096)
+    child = p.fork()
+    assert (child.translate(buf) != pin.pages[0]) is copied
+    assert p.translate(buf) == pin.pages[0]
+
+
+def test_v59_pinned_pmd_split_at_fork() -> None:
+    # d042035eaf5f: a pinned PMD is split in the parent; every subpage is copied for the child
+    k, p, buf = thp("v5.9")
+    p.get_user_pages(buf, 4096)
+    child = p.fork()
+    assert isinstance(entry(p, buf), PteTable) and isinstance(entry(child, buf), PteTable)
+    assert len([e for e in k.cow_log if e.function == "copy_present_page"]) == 512
+
+
+@pytest.mark.parametrize(("kernel_id", "reuse"), [("v5.9", True), ("v5.18", False)])
+def test_pinned_pmd_after_mprotect(kernel_id: str, reuse: bool) -> None:
+    # 5.9-5.17 keep the PMD mapcount rule; 3bff7e3f1f16 (5.18): page_count == 1 or split
+    _k, p, buf = thp(kernel_id)
+    pin = p.get_user_pages(buf, 4096)
+    p.mprotect(buf, THP, "r")
+    p.mprotect(buf, THP, "rw")
+    p.write(buf, b"y")
+    assert (p.translate(buf) == pin.pages[0]) is reuse
+
+
+def test_v519_exclusive_pinned_page_reused_after_mprotect() -> None:
+    k, p, buf = thp("v5.19")
+    pin = p.get_user_pages(buf, 4096)
+    assert PageAnonExclusive(k.frames, pin.pages[0])
+    p.mprotect(buf, THP, "r")
+    p.mprotect(buf, THP, "rw")
+    p.write(buf, b"y")
+    assert p.translate(buf) == pin.pages[0] and k.cow_log == []
+
+
+def test_v519_ro_pin_unshares_a_shared_page() -> None:
+    # a7f226604170: a R/O FOLL_PIN of a shared anonymous page unshares it first (the PTE stays RO)
+    k = Kernel("v5.19", selfcheck=True)
+    p = k.spawn()
+    buf = p.mmap(4096)
+    p.write(buf, b"x")
+    shared = p.translate(buf)
+    child = p.fork()
+    pin = p.get_user_pages(buf, 4096, write=False)
+    assert child.translate(buf) == shared != pin.pages[0] == p.translate(buf)
+    table = entry(p, buf)
+    assert isinstance(table, PteTable) and not table.bits[(buf >> 12) & 511] & PTE_WRITE
+    assert k.frames.flags[pin.pages[0]] & PG_anon_exclusive
+
+
+@pytest.mark.parametrize(("kernel_id", "writable"), [("v5.19", False), ("v6.15", True)])
+def test_mprotect_maps_exclusive_pages_writable(kernel_id: str, writable: bool) -> None:
+    # 64fe24a3e05e (6.0) / 6.2: RW maps an exclusive anonymous page writable at once
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    buf = p.mmap(4096)
+    p.write(buf, b"x")
+    p.mprotect(buf, 4096, "r")
+    p.mprotect(buf, 4096, "rw")
+    table = entry(p, buf)
+    assert isinstance(table, PteTable)
+    assert bool(table.bits[(buf >> 12) & 511] & PTE_WRITE) is writable
+
+
+@pytest.mark.parametrize(("kernel_id", "protected"), [("v6.15", True), ("v6.18", False)])
+def test_clear_refs_needs_mem_soft_dirty(kernel_id: str, protected: bool) -> None:
+    # v6.18 is built like this machine's kernel: no CONFIG_MEM_SOFT_DIRTY, clear_refs 4 is a no-op
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    buf = p.mmap(4096)
+    p.write(buf, b"x")
+    p.clear_refs(4)
+    table = entry(p, buf)
+    assert isinstance(table, PteTable)
+    assert (not table.bits[(buf >> 12) & 511] & PTE_WRITE) is protected
+
+
+@pytest.mark.parametrize(("kernel_id", "splits"), [("v5.8", True), ("v6.15", False)])
+def test_huge_zero_page_write(kernel_id: str, splits: bool) -> None:
+    # 5.8 splits the huge zero PMD; 6.13 allocates a THP again
+    k = Kernel(kernel_id, selfcheck=True)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    buf = p.mmap(THP, align=THP)
+    p.read(buf, 1)
+    p.write(buf, b"x")
+    assert isinstance(entry(p, buf), PteTable) is splits
