@@ -41,8 +41,13 @@ def do_mremap(
     new_len = check_range(new_addr or 0, new_len, "mremap") - (new_addr or 0)
     if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
         raise SyscallError("EINVAL", "mremap: MREMAP_FIXED needs MREMAP_MAYMOVE")
+    covered = sum(
+        min(v.vm_end, old_end) - max(v.vm_start, old_addr) for v in mm.vmas_in(old_addr, old_end)
+    )
+    if k.policy.mremap_needs_mapped_range and covered != old_len:
+        raise SyscallError("EFAULT", f"mremap: [{old_addr:#x}, {old_end:#x}) has unmapped pages")
     if not flags & MREMAP_FIXED and new_len <= old_len:
-        # shrinking unmaps the tail before any one-VMA check (mremap_to is not involved)
+        # shrinking unmaps the tail before the one-VMA check
         if new_len < old_len:
             do_munmap(k, mm, old_addr + new_len, old_len - new_len)
         return old_addr

@@ -63,6 +63,7 @@ class Policy(ABC):
     clear_refs_skips_pinned: ClassVar[bool] = False  # 5.11: soft-dirty clearing skips pins
     mprotect_maps_exclusive_writable: ClassVar[bool] = False  # 6.2: RW maps PAE pages writable
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
+    mremap_needs_mapped_range: ClassVar[bool] = False  # 6.x: EFAULT for a hole in the old range
     soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
 
     @abstractmethod
