@@ -398,4 +398,17 @@ def run_case(
         result.attempts = attempt
         if result.status != "inconclusive":
             break
+    if result.status == "disagree" and not _reproduces(scenario, opts, machine, changes):
+        result.status = "inconclusive"
+        result.reason = "the difference did not reproduce on a second run (a passing live effect)"
     return result
+
+
+def _reproduces(
+    scenario: Scenario, opts: Options, machine: LiveMachine, changes: SystemChanges | None
+) -> bool:
+    """A disagreement counts only if the live kernel shows it again: one more full run."""
+    try:
+        return Attempt(scenario, opts, machine, changes).run().status == "disagree"
+    except CowlabError:
+        return True

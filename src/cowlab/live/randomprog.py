@@ -81,8 +81,9 @@ class Generator:
     def region(self, size: int, huge: bool) -> None:
         name = self.fresh("r")
         mmap: Step = {"op": "mmap", "proc": "P", "name": name, "size": size}
-        if size >= HPAGE:
-            mmap["align"] = HPAGE
+        # aligned (so over-mapped and trimmed) regions are never adjacent: on the live machine
+        # adjacency depends on the worker's own allocations, which the model cannot know
+        mmap["align"] = HPAGE if size >= HPAGE else 16 * PAGE
         self.steps.append(mmap)
         advice = "hugepage" if huge else "nohugepage"
         self.steps.append(
