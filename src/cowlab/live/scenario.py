@@ -218,7 +218,9 @@ class LiveScenario:
             return StepOutcome("SIGSEGV")
         except SyscallError as e:
             if "worker's own memory" in str(e):
-                raise Unsupported(f"step {step.index}: MAP_FIXED target is not free here") from None
+                raise Unsupported(
+                    f"step {step.index}: the range touches the live worker's own memory here"
+                ) from None
             return StepOutcome(e.errno)
         except KeyError as e:
             return StepOutcome(f"undefined name {e}")

@@ -125,7 +125,13 @@ def _ranges_remove(ranges: list[tuple[int, int]], start: int, end: int) -> list[
 
 
 def _ranges_add(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
-    return sorted([*_ranges_remove(ranges, start, end), (start, end)])
+    out: list[tuple[int, int]] = []
+    for a, b in sorted([*_ranges_remove(ranges, start, end), (start, end)]):
+        if out and out[-1][1] == a:  # adjacent pieces are one range (for _covered)
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def _self_maps() -> list[tuple[int, int, str]]:
@@ -176,6 +182,16 @@ class Worker:
             pos = min(end, owned[1], vma[1])
         return pos - addr
 
+    def _refuse_foreign(self, addr: int, end: int, what: str) -> None:
+        """Holes in [addr, end) go to the kernel as they are, but not the worker's own memory
+        sitting in one: the call would change it, so it is refused like a MAP_FIXED onto it.
+        Read afresh: the worker's own allocations since the last command may sit in a hole."""
+        for a, b, _p in _self_maps():
+            if a < end and addr < b and not self._covered(max(a, addr), min(b, end)):
+                raise OSError(
+                    errno.EEXIST, f"{what}: [{addr:#x}, {end:#x}) holds the worker's own memory"
+                )
+
     def _check_fixed_target(self, addr: int, length: int) -> None:
         """MAP_FIXED must not land on the worker's own memory (that would kill the worker)."""
         end = addr + _page_up(length)
@@ -219,22 +235,31 @@ class Worker:
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         """mprotect()."""
-        if not self._covered(addr, addr + _page_up(length)):
-            raise OSError(errno.ENOMEM, f"mprotect: [{addr:#x}, +{length:#x}) is not mapped")
+        self._refuse_foreign(addr, addr + _page_up(length), "mprotect")
         if libc.mprotect(addr, length, prot) != 0:
             raise _fail("mprotect")
 
     def mremap(self, addr: int, old: int, new: int, flags: int, fixed: int | None) -> int:
-        """mremap(flags MREMAP_MAYMOVE=1 | MREMAP_FIXED=2, new address)."""
-        if not self._covered(addr, addr + _page_up(old)):
-            raise OSError(errno.EFAULT, f"mremap: [{addr:#x}, +{old:#x}) is not mapped")
+        """mremap(flags MREMAP_MAYMOVE=1 | MREMAP_FIXED=2, new address); holes in the old
+        range go to the kernel (a shrink or a 6.17+ move may span them, a grow is EFAULT)."""
+        end = addr + _page_up(old)
+        self._refuse_foreign(addr, end, "mremap")
         if fixed is not None:
             self._check_fixed_target(fixed, new)
         got = libc.mremap(addr, old, new, flags, fixed)
         if got is None or got == MAP_FAILED:
             raise _fail("mremap")
-        self.owned = _ranges_remove(self.owned, addr, addr + _page_up(old))
-        self.owned = _ranges_add(self.owned, got, got + _page_up(new))
+        kept = min(_page_up(old), _page_up(new))
+        moved = [
+            (max(a, addr) - addr, min(b, addr + kept) - addr)
+            for a, b in self.owned
+            if a < addr + kept and addr < b
+        ]
+        self.owned = _ranges_remove(self.owned, addr, end)
+        for a, b in moved:  # only what was ours moves with it: holes stay holes
+            self.owned = _ranges_add(self.owned, got + a, got + b)
+        if new > old:
+            self.owned = _ranges_add(self.owned, got + _page_up(old), got + _page_up(new))
         return int(got)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:

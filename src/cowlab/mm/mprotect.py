@@ -29,17 +29,29 @@ def vma_page_prot_writable(vma: VmArea) -> bool:
 
 
 def do_mprotect(k: Kernel, mm: MmStruct, start: int, length: int, prot: int) -> None:
-    """sys_mprotect(): every page of the range must be mapped (else ENOMEM)."""
+    """sys_mprotect(): ENOMEM for a hole, but only after the VMAs before it were changed.
+
+    The VMA at start must exist (else ENOMEM, nothing changed); the loop then applies
+    mprotect_fixup() VMA by VMA and stops with ENOMEM at the first hole (4.5 and 6.x
+    do_mprotect_pkey() alike), so the part before the hole keeps the new protection.
+    """
     end = check_range(start, length, "mprotect")
-    covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in mm.vmas_in(start, end))
-    if covered != end - start:
-        raise SyscallError("ENOMEM", f"mprotect: [{start:#x}, {end:#x}) is not fully mapped")
+    reach = start  # the end of the mapped run that begins at start
+    for v in mm.vmas_in(start, end):
+        if v.vm_start > reach:
+            break
+        reach = v.vm_end
+    if reach == start:
+        raise SyscallError("ENOMEM", f"mprotect: nothing mapped at {start:#x}")
+    stop = min(reach, end)
     bits = calc_vm_prot_bits(prot)
     changed = vma_modify_flags(
-        k, mm, start, end, lambda flags: (flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | bits
+        k, mm, start, stop, lambda flags: (flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | bits
     )
     for vma, _old in changed:
-        change_protection(k, vma, max(start, vma.vm_start), min(end, vma.vm_end))
+        change_protection(k, vma, max(start, vma.vm_start), min(stop, vma.vm_end))
+    if stop < end:
+        raise SyscallError("ENOMEM", f"mprotect: [{start:#x}, {end:#x}) has a hole at {stop:#x}")
 
 
 def change_protection(k: Kernel, vma: VmArea, start: int, end: int) -> None:

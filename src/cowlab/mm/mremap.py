@@ -35,43 +35,78 @@ def do_mremap(
     flags: int,
     new_addr: int | None,
 ) -> int:
-    """sys_mremap(): the old range must lie in one VMA (EFAULT otherwise)."""
+    """sys_mremap(): shrink in place, grow in place, or move.
+
+    A shrink that is not MREMAP_FIXED just unmaps the tail, across VMAs and holes alike; only
+    growing and moving need [old_addr, old_addr + len) in one VMA (EFAULT). Two rules of later
+    generations are policy decisions: the VMA lookup at old_addr (5.16) and the move of several
+    VMAs at once (6.17).
+    """
     old_end = check_range(old_addr, old_len, "mremap")
     old_len = old_end - old_addr
     new_len = check_range(new_addr or 0, new_len, "mremap") - (new_addr or 0)
     if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
         raise SyscallError("EINVAL", "mremap: MREMAP_FIXED needs MREMAP_MAYMOVE")
-    covered = sum(
-        min(v.vm_end, old_end) - max(v.vm_start, old_addr) for v in mm.vmas_in(old_addr, old_end)
-    )
-    if k.policy.mremap_needs_mapped_range and covered != old_len:
-        raise SyscallError("EFAULT", f"mremap: [{old_addr:#x}, {old_end:#x}) has unmapped pages")
-    if not flags & MREMAP_FIXED and new_len <= old_len:
-        # shrinking unmaps the tail before the one-VMA check
-        if new_len < old_len:
-            do_munmap(k, mm, old_addr + new_len, old_len - new_len)
-        return old_addr
-    vma = mm.find_vma(old_addr)
-    if vma is None or old_end > vma.vm_end:
-        raise SyscallError("EFAULT", f"mremap: [{old_addr:#x}, {old_end:#x}) is not one VMA")
     if flags & MREMAP_FIXED:
         if new_addr is None:
             raise SyscallError("EINVAL", "mremap: MREMAP_FIXED needs a new address")
         if new_addr < old_end and old_addr < new_addr + new_len:
             raise SyscallError("EINVAL", "mremap: the new range overlaps the old one")
+        if k.policy.mremap_moves_vmas(old_len, new_len):
+            return move_vmas(k, mm, old_addr, old_len, new_addr)
+    if k.policy.mremap_looks_up_vma:
+        vma = mm.find_vma(old_addr)
+        if vma is None or vma.vm_start > old_addr:
+            raise SyscallError("EFAULT", f"mremap: no VMA at {old_addr:#x}")
+    if not flags & MREMAP_FIXED and new_len <= old_len:
+        # a shrink only unmaps the tail: no one-VMA check, holes do not matter
+        if new_len < old_len:
+            do_munmap(k, mm, old_addr + new_len, old_len - new_len)
+        return old_addr
+    if flags & MREMAP_FIXED:
+        assert new_addr is not None
+        # mremap_to(): the target and the tail go first, the one-VMA check is on what is left
         do_munmap(k, mm, new_addr, new_len)
         if old_len > new_len:
             do_munmap(k, mm, old_addr + new_len, old_len - new_len)
-            old_len = new_len
-        vma = mm.find_vma(old_addr)
-        assert vma is not None
+            old_len, old_end = new_len, old_addr + new_len
+        vma = _one_vma(mm, old_addr, old_end)
         return move_vma(k, vma, old_addr, old_len, new_len, new_addr)
+    vma = _one_vma(mm, old_addr, old_end)
     if old_end == vma.vm_end and not mm.vmas_in(old_end, old_addr + new_len):
         vma.vm_end = old_addr + new_len
         return old_addr
     if not flags & MREMAP_MAYMOVE:
         raise SyscallError("ENOMEM", "mremap: cannot grow in place and MREMAP_MAYMOVE is not set")
     return move_vma(k, vma, old_addr, old_len, new_len, get_unmapped_area(mm, new_len, PAGE_SIZE))
+
+
+def _one_vma(mm: MmStruct, start: int, end: int) -> VmArea:
+    """vma_to_resize() / check_prep_vma(): [start, end) must lie in the VMA at start."""
+    vma = mm.find_vma(start)
+    if vma is None or vma.vm_start > start or end > vma.vm_end:
+        raise SyscallError("EFAULT", f"mremap: [{start:#x}, {end:#x}) is not one VMA")
+    return vma
+
+
+def move_vmas(k: Kernel, mm: MmStruct, start: int, length: int, new_addr: int) -> int:
+    """remap_move() (6.17, d23cb648e365 "mm/mremap: permit mremap() move of multiple VMAs"):
+    a same-size MREMAP_FIXED move takes every VMA in [start, start + length) along, each piece
+    at the same offset from new_addr, so the holes between them are kept. A hole at the start
+    (or no VMA at all) is EFAULT; each piece goes through mremap_to(), which unmaps only that
+    piece's target, so whatever lies opposite a hole stays mapped.
+    """
+    end = start + length
+    pieces = [(max(v.vm_start, start), min(v.vm_end, end)) for v in mm.vmas_in(start, end)]
+    if not pieces or pieces[0][0] > start:
+        raise SyscallError("EFAULT", f"mremap: no VMA at {start:#x}")
+    for lo, hi in pieces:
+        target = new_addr + (lo - start)
+        do_munmap(k, mm, target, hi - lo)
+        vma = mm.find_vma(lo)
+        assert vma is not None and vma.vm_start <= lo and hi <= vma.vm_end
+        move_vma(k, vma, lo, hi - lo, hi - lo, target)
+    return new_addr
 
 
 def move_vma(

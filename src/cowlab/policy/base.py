@@ -63,7 +63,7 @@ class Policy(ABC):
     clear_refs_skips_pinned: ClassVar[bool] = False  # 5.11: soft-dirty clearing skips pins
     mprotect_maps_exclusive_writable: ClassVar[bool] = False  # 6.2: RW maps PAE pages writable
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
-    mremap_needs_mapped_range: ClassVar[bool] = False  # 6.x: EFAULT for a hole in the old range
+    mremap_looks_up_vma: ClassVar[bool] = False  # 5.16: EFAULT if no VMA at the old address
     soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
 
     @abstractmethod
@@ -82,6 +82,11 @@ class Policy(ABC):
 
     def fork_pmd_must_split(self, k: Kernel, src: MmStruct, vma: VmArea, head: int) -> bool:
         """copy_huge_pmd(): split the parent's PMD so pinned subpages are copied (5.9)."""
+        return False
+
+    def mremap_moves_vmas(self, old_len: int, new_len: int) -> bool:
+        """do_mremap(): does an MREMAP_FIXED move take several VMAs (and the holes between)
+        along instead of requiring one VMA (6.17)?"""
         return False
 
     def mprotect_writable(self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool) -> bool:

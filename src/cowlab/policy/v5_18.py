@@ -24,9 +24,13 @@ class V5_18(V5_9):
         "c145e0b47c77",
         "03104c2c5db8",
         "55c62fa7c533",
+        "550a7d60bd5e",
     )
     summary = "PTE and PMD: reuse iff page_count == 1 (PMD otherwise split); no anon_vma move"
     clear_refs_skips_pinned = True
+    # 5.16, 550a7d60bd5e ("mm, hugepages: add mremap() support for hugepage backed vma"):
+    # sys_mremap looks the VMA up at the old address before everything, the shrink included
+    mremap_looks_up_vma = True
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         count = page_count(k.frames, head)

@@ -42,7 +42,6 @@ class V6_15(V5_19):
     mprotect_maps_exclusive_writable = True
     mthp = True
     huge_zero_wp_allocates = True  # 6.13
-    mremap_needs_mapped_range = True  # seen on the live 6.18 kernel (docs/fidelity.md)
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames

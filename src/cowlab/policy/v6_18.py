@@ -12,6 +12,14 @@ from cowlab.policy.v6_15 import V6_15
 class V6_18(V6_15):
     id = "v6.18"
     release = "6.18 (2025-11-30); this machine: 6.18.44"
-    commits: ClassVar[tuple[str, ...]] = ("1da190f4d0a6",)
-    summary = "as v6.15; built without CONFIG_MEM_SOFT_DIRTY like this machine's kernel"
+    commits: ClassVar[tuple[str, ...]] = ("1da190f4d0a6", "d23cb648e365")
+    summary = (
+        "as v6.15, and a same-size MREMAP_FIXED moves several VMAs (6.17); built without "
+        "CONFIG_MEM_SOFT_DIRTY like this machine's kernel"
+    )
     soft_dirty_default = False
+
+    def mremap_moves_vmas(self, old_len: int, new_len: int) -> bool:
+        """6.17, d23cb648e365 ("mm/mremap: permit mremap() move of multiple VMAs"): only a
+        move that keeps the size (vrm_move_only(): MREMAP_FIXED, old_len == new_len)."""
+        return old_len == new_len
