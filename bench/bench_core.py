@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from cowlab.policy import POLICIES
+
 WORKLOADS = {
     "rdma-pmd": "RDMA program, 2 x 512 MiB, PMD-mapped THP, fork trigger, 1,000 iterations",
     "rdma-pte": "RDMA program, 2 x 512 MiB, PTE-mapped THP, fork trigger, 1,000 iterations",
@@ -28,18 +30,7 @@ WORKLOADS = {
     "baseline-import": "import cowlab only (memory baseline)",
     "baseline-loop": "a dict update and a NumPy store per 4 KiB page of 1 GiB (time baseline)",
 }
-KERNELS = [
-    "v4.5",
-    "v4.5+6d0a07e",
-    "v4.5+6d0a07e-early",
-    "v4.14",
-    "v5.8",
-    "v5.9",
-    "v5.18",
-    "v5.19",
-    "v6.15",
-    "v6.18",
-]
+KERNELS = list(POLICIES)
 GIB = 1 << 30
 
 

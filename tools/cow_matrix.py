@@ -19,21 +19,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from cowlab.policy import POLICIES  # noqa: E402
+
 OUT = ROOT / "examples" / "cow"
 DOC = ROOT / "docs" / "kernels.md"
 
-KERNELS = [
-    "v4.5",
-    "v4.5+6d0a07e",
-    "v4.5+6d0a07e-early",
-    "v4.14",
-    "v5.8",
-    "v5.9",
-    "v5.18",
-    "v5.19",
-    "v6.15",
-    "v6.18",
-]
+KERNELS = list(POLICIES)
 
 # backing -> (cow.c name, class for the verdict table, test size, setup steps)
 M = "mem"
@@ -319,7 +312,6 @@ def generate(out: Path = OUT) -> None:
 
 def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
     """(case, backing, kernel) -> (the model's verdict, whether it matches the derivation)."""
-    sys.path.insert(0, str(ROOT / "src"))
     from cowlab.scenario import load_scenario
     from cowlab.scenario.runner import Runner
 
