@@ -233,6 +233,8 @@ def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]
     """(head, number of the pages that belong to it) for the large folios among pfns."""
     f = k.frames
     compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
+    if not compound.any():  # the common small-page case pays for no np.unique
+        return []
     heads, counts = np.unique(heads_of(f, pfns[compound]), return_counts=True)
     return list(zip(heads.tolist(), counts.tolist(), strict=True))
 
