@@ -14,7 +14,7 @@ from rich.console import Console
 from cowlab.explain import diff, explain
 from cowlab.live.cli import add_live_command
 from cowlab.policy import POLICIES
-from cowlab.scenario import ScenarioError, load_scenario
+from cowlab.scenario import Scenario, ScenarioError, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
 from cowlab.scenario.runner import run_scenario
 from cowlab.show import memory_at, render_html, render_svg, render_text
@@ -81,11 +81,15 @@ def one_kernel(requested: list[str] | None, scenario_kernels: tuple[str, ...], p
     return kernel_id
 
 
+def check_step(step: int | None, scenario: Scenario) -> None:
+    if step is not None and not 1 <= step <= len(scenario.steps):
+        raise UsageError(f"cowlab: --step must be 1..{len(scenario.steps)}, got {step}")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file)
     kernel_id = one_kernel([args.kernel], scenario.kernels, args.file)
-    if args.step is not None and not 1 <= args.step <= len(scenario.steps):
-        raise UsageError(f"cowlab: --step must be 1..{len(scenario.steps)}, got {args.step}")
+    check_step(args.step, scenario)
     result = explain(scenario, kernel_id, args.step, Console(width=args.width))
     return 0 if result.passed else 1
 
@@ -101,8 +105,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file)
     kernel_id = one_kernel([args.kernel], scenario.kernels, args.file)
-    if args.step is not None and not 1 <= args.step <= len(scenario.steps):
-        raise UsageError(f"cowlab: --step must be 1..{len(scenario.steps)}, got {args.step}")
+    check_step(args.step, scenario)
     view = memory_at(scenario, kernel_id, args.step)
     if args.html or args.svg:
         out, text = (args.html, render_html(view)) if args.html else (args.svg, render_svg(view))

@@ -22,8 +22,6 @@ from cowlab.mm.constants import (
     FOLL_PIN,
     FOLL_WRITE,
     HPAGE_PMD_NR,
-    MREMAP_FIXED,
-    MREMAP_MAYMOVE,
     PAGE_SIZE,
     PROT_EXEC,
     PROT_READ,
@@ -385,9 +383,7 @@ class Process:
         fixed_addr: int | None = None,
     ) -> int:
         """mremap(); fixed_addr means MREMAP_MAYMOVE|MREMAP_FIXED to that address."""
-        flags = MREMAP_MAYMOVE if may_move or fixed_addr is not None else 0
-        if fixed_addr is not None:
-            flags |= MREMAP_FIXED
+        flags = mremap.mremap_flags(may_move, fixed_addr)
         return mremap.do_mremap(
             self.kernel, self.mm, addr, old_length, new_length, flags, fixed_addr
         )

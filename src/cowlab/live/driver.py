@@ -28,11 +28,12 @@ from cowlab.errors import CowlabError, Segfault, SyscallError
 from cowlab.live import observe, uring
 from cowlab.live.system import KernelFacts, kernel_facts
 from cowlab.live.worker import recv_msg, send_msg
+from cowlab.mm.mremap import mremap_flags
 
 PAGE = 4096
 SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
-MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+
 MADVICE = {
     "willneed": 3,
     "dontneed": 4,
@@ -378,9 +379,7 @@ class LiveProcess:
         fixed_addr: int | None = None,
     ) -> int:
         """mremap(); fixed_addr means MREMAP_MAYMOVE|MREMAP_FIXED to that address."""
-        flags = MREMAP_MAYMOVE if may_move or fixed_addr is not None else 0
-        if fixed_addr is not None:
-            flags |= MREMAP_FIXED
+        flags = mremap_flags(may_move, fixed_addr)
         return int(self._call("mremap", addr, old_length, new_length, flags, fixed_addr))
 
     def madvise(self, addr: int, length: int, advice: str | int) -> None:

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 
+def mremap_flags(may_move: bool, fixed_addr: int | None) -> int:
+    """The flags a program passes: MREMAP_FIXED (to fixed_addr) always with MREMAP_MAYMOVE."""
+    flags = MREMAP_MAYMOVE if may_move or fixed_addr is not None else 0
+    return flags | MREMAP_FIXED if fixed_addr is not None else flags
+
+
 def do_mremap(
     k: Kernel,
     mm: MmStruct,
