@@ -18,10 +18,12 @@ class SyscallError(CowlabError):
 class Segfault(CowlabError):
     """The program touched an address it may not: the kernel delivers SIGSEGV (an outcome)."""
 
-    def __init__(self, addr: int, access: str) -> None:
+    def __init__(self, addr: int, access: str, done: int = 0, killed: bool = False) -> None:
         super().__init__(f"SIGSEGV: {access} at {addr:#x}")
         self.addr = addr
         self.access = access
+        self.done = done  # bytes of the access that completed before the faulting page
+        self.killed = killed  # the default disposition ran: the process exited
 
 
 class KernelBug(CowlabError):

@@ -425,9 +425,17 @@ class Process:
     @_op("exit")
     def exit(self) -> None:
         """exit(): exit_mmap() tears the address space down. Pins belong to the device."""
+        self._do_exit()
+
+    def _do_exit(self) -> None:
         mmap.exit_mmap(self.kernel, self.mm)
         self.alive = False
         del self.kernel.processes[self.pid]
+
+    def _fatal_signal(self) -> None:
+        """SIGSEGV's default action (no handler is modelled): do_exit, so exit_mmap unmaps all."""
+        self.kernel.trace("force_sig_fault", f"pid {self.pid}: SIGSEGV, default action: exit")
+        self._do_exit()
 
     # --- memory access -------------------------------------------------------------------
 
@@ -449,7 +457,11 @@ class Process:
             va = addr + done
             in_page = va % PAGE_SIZE
             chunk = min(n - done, PAGE_SIZE - in_page)
-            pfn = self._access(va, write=data is not None)
+            try:
+                pfn = self._access(va, write=data is not None)
+            except Segfault as e:
+                self._fatal_signal()
+                raise Segfault(e.addr, e.access, done, killed=True) from None
             if data is None:
                 out += f.read(pfn, in_page, chunk)
             else:

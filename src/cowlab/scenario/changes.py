@@ -1,0 +1,100 @@
+"""What a step did to the struct page counters, as old -> new lines (for `cowlab explain`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cowlab.mm.constants import PG_allocated, PG_double_map, PG_head, PG_tail
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+
+def counters_snapshot(k: Kernel) -> dict[str, np.ndarray]:
+    f = k.frames
+    n = f.nr
+    return {
+        "_mapcount": f._mapcount[:n].copy(),
+        "_count": f._count[:n].copy(),
+        "compound_mapcount": f.compound_mapcount[:n].copy(),
+        "flags": f.flags[:n].copy(),
+        "mapping": f.mapping[:n].copy(),
+        "order": f.order[:n].copy(),
+    }
+
+
+def counter_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
+    """The step's effect on struct page counters, per page or THP, as old -> new."""
+    f = k.frames
+    n = len(before["_count"])
+    now = {name: getattr(f, name)[:n] for name in before}
+    lines = _allocation_changes(k, before)
+    changed = np.zeros(n, dtype=bool)
+    for name in ("_mapcount", "_count", "compound_mapcount", "mapping"):
+        changed |= before[name] != now[name]
+    compound = ((before["flags"] | now["flags"]) & (PG_head | PG_tail)) != 0
+    order = np.maximum(before["order"], now["order"]).astype(np.int64)
+    pfns = np.arange(n)
+    heads = np.unique(np.where(compound, pfns & ~((1 << order) - 1), pfns)[changed])
+    for head in heads.tolist():
+        if compound[head] and order[head]:
+            lines.append(_thp_change(head, 1 << int(order[head]), before, now))
+        else:
+            lines.append(f"page {head:#x}: " + ", ".join(_field_changes(head, before, now)))
+    return lines
+
+
+def _field_changes(
+    pfn: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray]
+) -> list[str]:
+    out = []
+    for name in ("_mapcount", "_count", "mapping"):
+        old, new = int(before[name][pfn]), int(now[name][pfn])
+        if old != new:
+            shown = (f"anon_vma#{old}", f"anon_vma#{new}") if name == "mapping" else (old, new)
+            out.append(f"{name} {shown[0]}->{shown[1]}")
+    return out
+
+
+def _allocation_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
+    f = k.frames
+    n = len(before["_count"])
+    was = np.zeros(f.nr, dtype=bool)
+    was[:n] = (before["flags"] & PG_allocated) != 0
+    now = (f.flags[: f.nr] & PG_allocated) != 0
+    out = []
+    for label, sel in (("allocated", now & ~was), ("freed", was & ~now)):
+        pfns = np.flatnonzero(sel)
+        if pfns.size:
+            shown = ", ".join(hex(p) for p in pfns[:4].tolist())
+            more = f" (+{pfns.size - 4} more)" if pfns.size > 4 else ""
+            out.append(f"{label} {pfns.size} frames: {shown}{more}")
+    return out
+
+
+def _thp_change(
+    head: int, nr: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray]
+) -> str:
+    sl = slice(head, head + nr)
+    parts = []
+    c_old = int(before["compound_mapcount"][head + 1]) + 1
+    c_new = int(now["compound_mapcount"][head + 1]) + 1
+    if c_old != c_new:
+        parts.append(f"compound_mapcount {c_old}->{c_new}")
+    dm_old = bool(before["flags"][head + 1] & PG_double_map)
+    dm_new = bool(now["flags"][head + 1] & PG_double_map)
+    if dm_old != dm_new:
+        parts.append(f"DoubleMap {int(dm_old)}->{int(dm_new)}")
+    parts += [p for p in _field_changes(head, before, now) if not p.startswith("_mapcount")]
+    old_mc, new_mc = before["_mapcount"][sl], now["_mapcount"][sl]
+    diff = np.flatnonzero(old_mc != new_mc)
+    pairs: dict[tuple[int, int], int] = {}
+    for i in diff.tolist():
+        key = (int(old_mc[i]), int(new_mc[i]))
+        pairs[key] = pairs.get(key, 0) + 1
+    for (a, b), count in sorted(pairs.items()):
+        which = f"subpage {int(diff[0])}" if count == 1 else f"{count} subpages"
+        parts.append(f"{which} _mapcount {a}->{b}")
+    return f"THP {head:#x}: " + ", ".join(parts)

@@ -1,0 +1,135 @@
+"""Judge a step's expectations against what the model did and what it looks like now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cowlab import checker
+from cowlab.mm.constants import PAGE_SIZE
+from cowlab.mm.huge_memory import total_mapcount
+from cowlab.mm.mm import compound_head, page_count, page_mapcount
+from cowlab.mm.mm_types import pmd_index, pte_index
+from cowlab.mm.pgtable import PTE_SPECIAL, HugePmd
+from cowlab.scenario.model import Expectation, Step
+
+if TYPE_CHECKING:
+    from cowlab.scenario.runner import ExpectResult, Runner
+
+PAGE_MASK = ~(PAGE_SIZE - 1)
+INVARIANTS = ("counters", "rmap")  # the kernel's own consistency: owed on every kernel
+
+
+def properties(runner: Runner) -> dict[str, Callable[[], list[str]]]:
+    """Every property a scenario may expect by name, each returning its violations."""
+    return {
+        "counters": lambda: checker.check_counters(runner.k),
+        "rmap": lambda: checker.check_rmap(runner.k),
+        "pin_coherence": lambda: checker.check_pin_coherence(runner.k),
+        "no_leak": lambda: runner.logical.check(runner),
+    }
+
+
+def judge(
+    runner: Runner, step: Step, outcome: str, result: Any, fault: str, pfn: int | None
+) -> list[ExpectResult]:
+    """The step's expectations for this kernel, plus the implicit ones: the outcome is ok unless
+    said otherwise, and an invariant that newly breaks fails the step unless it was expected."""
+    from cowlab.scenario.runner import ExpectResult
+
+    kernel_id = runner.kernel_id
+    out: list[ExpectResult] = []
+    mine = [e for e in step.expect if e.applies_to(kernel_id)]
+    if "outcome" not in {e.what for e in mine}:
+        out.append(ExpectResult("outcome", "ok", outcome, outcome == "ok", step.loc, True))
+    wanted = set(INVARIANTS)
+    for e in mine:
+        if e.what in ("holds", "breaks"):
+            wanted |= set(e.expected_for(kernel_id))
+    checks = properties(runner)
+    violated = {name: checks[name]() for name in wanted}
+    newly = {name for name in INVARIANTS if violated[name]} - runner.broken
+    if outcome == "BUG":
+        newly = set()  # a machine that oopsed mid-operation owes no invariant
+    expected_breaks: set[str] = set()
+    for e in mine:
+        want = e.expected_for(kernel_id)
+        if e.what == "breaks":
+            expected_breaks |= set(want)
+        got = actual(runner, e, step, outcome, result, fault, pfn, violated)
+        out.append(ExpectResult(e.what, want, got, matches(e.what, want, got), e.loc))
+    for name in sorted(newly - expected_breaks):
+        out.append(ExpectResult(name, "holds", violated[name][0], False, step.loc, True))
+    runner.broken |= newly
+    return out
+
+
+def actual(
+    runner: Runner,
+    e: Expectation,
+    step: Step,
+    outcome: str,
+    result: Any,
+    fault: str,
+    pfn: int | None,
+    violated: dict[str, list[str]],
+) -> Any:
+    """What the model shows for one expectation."""
+    f = runner.k.frames
+    kernel_id = runner.kernel_id
+    direct = {"outcome": outcome, "data": result, "fault": fault}
+    if e.what in direct:
+        return direct[e.what]
+    if e.what in ("holds", "breaks"):
+        return {name: violated[name] for name in e.expected_for(kernel_id)}
+    if e.what in ("same_page", "other_page"):
+        return pfn, page_ref(runner, e.expected_for(kernel_id), step)
+    if e.what == "mapped":
+        return mapped_kind(runner, step) if outcome == "ok" else "none"
+    if pfn is None:
+        return None
+    if e.what == "mapcount":
+        return page_mapcount(f, pfn)
+    if e.what == "total_mapcount":
+        return total_mapcount(f, compound_head(f, pfn))
+    return page_count(f, pfn)
+
+
+def mapped_kind(runner: Runner, step: Step) -> str:
+    """How the step's address is mapped now: none, zero, pte, pmd or huge_zero."""
+    proc = runner.procs[step.args["proc"]]
+    args = step.args
+    at = runner.regions[args["name"]] if step.op == "mmap" else runner.addr(args["at"])
+    entry = proc.mm.pmds.get(pmd_index(at)) if proc.alive else None
+    if isinstance(entry, HugePmd):
+        return "huge_zero" if entry.huge_zero else "pmd"
+    if entry is None or entry.pfn[pte_index(at)] < 0:
+        return "none"
+    return "zero" if entry.bits[pte_index(at)] & PTE_SPECIAL else "pte"
+
+
+def page_ref(runner: Runner, ref: str, step: Step) -> int | None:
+    """The pfn a `same_page`/`other_page` reference names: a labelled step's, or a pin's."""
+    kind, name = ref.split(":", 1)
+    if kind == "step":
+        return runner.labels.get(name)
+    pin = runner.pins[name]
+    at = runner.addr(step.args["at"]) if "at" in step.args else None
+    if at is None:
+        return None
+    index = (at & PAGE_MASK) - (pin.addr & PAGE_MASK)
+    if not 0 <= index < len(pin.pages) * PAGE_SIZE:
+        return None
+    return pin.pages[index // PAGE_SIZE]
+
+
+def matches(what: str, want: Any, actual: Any) -> bool:
+    if what == "holds":
+        return all(not problems for problems in actual.values())
+    if what == "breaks":
+        return all(problems for problems in actual.values())
+    if what == "same_page":
+        return actual[0] is not None and actual[0] == actual[1]
+    if what == "other_page":
+        return actual[0] is not None and actual[1] is not None and actual[0] != actual[1]
+    return bool(want == actual)

@@ -1,0 +1,68 @@
+"""Regression tests for the bugs a new user found (issue 8), derived from the kernel's rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from cowlab import Kernel, Segfault, SyscallError
+from cowlab.mm.mm import page_mapcount
+from cowlab.scenario import parse_scenario
+from cowlab.scenario.runner import run_scenario
+
+# --- 2. a fatal signal kills the process (force_sig_fault -> do_exit -> exit_mmap) ------------
+
+
+@pytest.mark.parametrize("kernel", ["v4.5", "v6.18"])
+def test_sigsegv_kills_the_process_and_unmaps_its_pages(kernel: str) -> None:
+    k = Kernel(kernel, selfcheck=True)
+    p = k.spawn()
+    shared = p.mmap(4096)
+    private = p.mmap(4096)
+    p.write(shared, b"s")
+    p.write(private, b"p")
+    p.madvise(private, 4096, "dontfork")
+    c = p.fork()
+    pfn = p.translate(shared)
+    assert pfn is not None and page_mapcount(k.frames, pfn) == 2
+    with pytest.raises(Segfault) as e:
+        c.write(private, b"x")  # MADV_DONTFORK: the child has no VMA there
+    assert e.value.killed
+    assert not c.alive and c.pid not in k.processes
+    assert page_mapcount(k.frames, pfn) == 1  # the child's exit_mmap unmapped its PTE
+    with pytest.raises(SyscallError, match="ESRCH"):
+        c.read(shared, 1)
+
+
+def test_bytes_before_the_faulting_page_are_written() -> None:
+    k = Kernel("v6.18", selfcheck=True)
+    p = k.spawn()
+    buf = p.mmap(8192)
+    p.mprotect(buf + 4096, 4096, "r")
+    pin = p.get_user_pages(buf, 4096)
+    with pytest.raises(Segfault) as e:
+        p.write(buf + 4090, b"0123456789")
+    assert e.value.done == 6
+    assert pin.dma_read(4090, 6) == b"012345"
+
+
+SEGV = """\
+name: a child writes where it inherited nothing
+kernels: [v4.5, v6.18]
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: a, size: 4K}
+  - {op: write, proc: P, at: a, data: "x"}
+  - {op: madvise, proc: P, at: a, size: 4K, advice: dontfork}
+  - {op: pin, proc: P, name: dev, at: a, size: 4K}
+  - {op: fork, proc: P, child: C}
+  - {op: write, proc: C, at: a, data: "y", expect: {outcome: SIGSEGV}}
+  - {op: read, proc: C, at: a, size: 1, expect: {outcome: ESRCH}}
+  - {op: read, proc: P, at: a, size: 1, expect: {data: "x", mapcount: 1, holds: [no_leak]}}
+"""
+
+
+@pytest.mark.parametrize("kernel", ["v4.5", "v6.18"])
+def test_scenario_reports_the_kill(kernel: str) -> None:
+    result = run_scenario(parse_scenario(SEGV, "segv.yaml"), kernel)
+    assert result.passed, [r for s in result.steps for r in s.results if not r.passed]
+    assert "C killed by SIGSEGV (write at" in " ".join(result.steps[5].happened)
