@@ -6,6 +6,7 @@ import pytest
 
 from cowlab import Config, Kernel, KernelBug
 from cowlab.checker import check_counters, check_rmap
+from cowlab.mm.mm import compound_head
 
 THP = 2 << 20
 PAGE = 4096
@@ -77,3 +78,17 @@ def test_released_kernels_split_the_half_shared_thp(kernel_id: str) -> None:
     k = kirill(kernel_id)
     assert k.split_huge_pages() == 1
     assert k.check() == []
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.14", "v5.8"])
+def test_no_index_check_after_4_7(kernel_id: str) -> None:
+    # 4.7 (5a49973d7143) dropped page_move_anon_rmap's address and its VM_BUG_ON: the same
+    # lone-tail reuse that trips the seed under CONFIG_DEBUG_VM is legal and moves the anon_vma
+    k, addr = lone_subpage_after_fork(kernel_id, 5)
+    p = k.processes[1]
+    p.write(addr, b"y")
+    assert k.cow_log == []  # reused: total_mapcount == 1
+    tail = p.translate(addr)
+    vma = p.mm.find_vma(addr)
+    assert tail is not None and vma is not None and vma.anon_vma is not None
+    assert int(k.frames.mapping[compound_head(k.frames, tail)]) == vma.anon_vma.id

@@ -66,3 +66,61 @@ def test_scenario_reports_the_kill(kernel: str) -> None:
     result = run_scenario(parse_scenario(SEGV, "segv.yaml"), kernel)
     assert result.passed, [r for s in result.steps for r in s.results if not r.passed]
     assert "C killed by SIGSEGV (write at" in " ".join(result.steps[5].happened)
+
+
+# --- 1. --kernel K runs the scenario on K; zero cases is never a pass --------------------------
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from cowlab.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_on_a_kernel_the_file_does_not_list(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    # examples/seed_quickstart.yaml lists v4.5 and v4.5+6d0a07e; its last write expects
+    # fault copy/reuse keyed by those two only, and mapped: pmd for every kernel
+    code, out, _ = _cli(
+        ["run", "examples/seed_quickstart.yaml", "--kernel", "v6.18", "--json"], capsys
+    )
+    doc = json.loads(out)
+    (run,) = doc["runs"]
+    assert run["kernel"] == "v6.18" and not run["listed"]
+    assert run["not_applicable"] == 2  # fault and holds, keyed by the two 4.5 kernels
+    judged = [e["what"] for s in run["steps"] for e in s["expectations"] if not e["implicit"]]
+    assert judged == ["mapped"]
+    assert doc["passed"] and code == 0
+
+
+def test_run_reports_the_unlisted_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(["run", "examples/seed_quickstart.yaml", "--kernel", "v5.9"], capsys)
+    assert "v5.9 is not in the scenario's kernels" in out
+    assert "2 expectations keyed by other kernels not applicable" in out
+
+
+def test_unknown_kernel_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(["run", "examples/seed_quickstart.yaml", "--kernel", "v9.9"], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "unknown kernel id 'v9.9'" in err
+
+
+@pytest.mark.parametrize("command", ["explain", "show"])
+def test_explain_and_show_take_an_unlisted_kernel(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli([command, "examples/seed_quickstart.yaml", "--kernel", "v6.18"], capsys)
+    assert err == "" and out
+
+
+# --- 7. --width is documented ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "explain", "diff"])
+def test_width_is_in_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _cli([command, "--help"], capsys)
+    assert "--width" in capsys.readouterr().out

@@ -277,14 +277,16 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
 
 
 def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:
-    """page_move_anon_rmap(): make vma's own anon_vma the page's (4.5, with its index check).
+    """page_move_anon_rmap(): make vma's own anon_vma the page's.
 
     4.5's VM_BUG_ON compares the passed page's index with the faulting address; passing a THP
-    head with a tail's address trips it under CONFIG_DEBUG_VM (fixed by 0798d3c022dc).
+    head with a tail's address trips it under CONFIG_DEBUG_VM. 4.7 removed the check and the
+    address (5a49973d7143); whether a kernel has it is the policy's.
     """
     f = k.frames
     assert vma.anon_vma is not None
-    if k.config.debug_vm and int(f.index[pfn]) != vma.linear_page_index(addr):
+    checks = k.config.debug_vm and k.policy.move_anon_rmap_checks_index
+    if checks and int(f.index[pfn]) != vma.linear_page_index(addr):
         raise KernelBug(
             f"VM_BUG_ON_PAGE(page->index != linear_page_index) in page_move_anon_rmap: "
             f"pfn {pfn:#x} index {int(f.index[pfn])} vs {vma.linear_page_index(addr)}"

@@ -65,6 +65,9 @@ class Policy(ABC):
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
     mremap_looks_up_vma: ClassVar[bool] = False  # 5.16: EFAULT if no VMA at the old address
     soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
+    # page_move_anon_rmap's VM_BUG_ON on page->index (4.5, 4.6); 4.7 dropped the check with the
+    # address argument (5a49973d7143, "mm: thp: refix false positive BUG in page_move_anon_rmap")
+    move_anon_rmap_checks_index: ClassVar[bool] = False
 
     @abstractmethod
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:

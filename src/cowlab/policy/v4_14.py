@@ -18,3 +18,4 @@ class V4_14(V4_5_6d0a07e):
         "as v4.5+6d0a07e, with the THP page lock and swap counts per subpage "
         "(page_trans_huge_map_swapcount)"
     )
+    move_anon_rmap_checks_index = False  # 5a49973d7143 (4.7)

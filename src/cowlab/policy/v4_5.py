@@ -29,6 +29,7 @@ class V4_5(Policy):
         "PTE: reuse iff page_mapcount == 1, never for a THP subpage; "
         "PMD: reuse iff page_mapcount(head) == 1 and page_count(head) == 1"
     )
+    move_anon_rmap_checks_index = True
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): reuse_swap_page() decides; a reused page may move to vma's anon_vma."""

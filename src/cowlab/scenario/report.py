@@ -64,6 +64,12 @@ def render_run(result: RunResult, console: Console) -> None:
     console.print(
         f"{verdict} {s.path} on {result.kernel_id}: {held}/{len(explicit)} expectations hold{tail}"
     )
+    if not result.listed:
+        console.print(
+            f"  {result.kernel_id} is not in the scenario's kernels (run by --kernel): "
+            f"{result.not_applicable} expectations keyed by other kernels not applicable",
+            highlight=False,
+        )
 
 
 def expect_to_json(r: ExpectResult) -> dict[str, Any]:
@@ -94,6 +100,8 @@ def run_to_json(result: RunResult) -> dict[str, Any]:
         "file": s.path,
         "name": s.name,
         "kernel": result.kernel_id,
+        "listed": result.listed,
+        "not_applicable": result.not_applicable,
         "passed": result.passed,
         "steps": [
             {

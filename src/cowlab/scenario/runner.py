@@ -49,6 +49,18 @@ class RunResult:
     def passed(self) -> bool:
         return all(s.passed for s in self.steps)
 
+    @property
+    def listed(self) -> bool:
+        """Whether the scenario's `kernels:` names this kernel (else it ran by --kernel)."""
+        return self.kernel_id in self.scenario.kernels
+
+    @property
+    def not_applicable(self) -> int:
+        """Expectations keyed only by other kernels: not judged on this one."""
+        return sum(
+            not e.applies_to(self.kernel_id) for s in self.scenario.steps for e in s.expect
+        )
+
 
 class Runner:
     """The state of one run: the kernel, names bound so far, and the logical memory."""
