@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cowlab import Kernel, Segfault, SyscallError
@@ -98,7 +100,7 @@ def test_run_on_a_kernel_the_file_does_not_list(capsys: pytest.CaptureFixture[st
 
 def test_run_reports_the_unlisted_kernel(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _cli(["run", "examples/seed_quickstart.yaml", "--kernel", "v5.9"], capsys)
-    assert "v5.9 is not in the scenario's kernels" in out
+    assert code == 0 and "v5.9 is not in the scenario's kernels" in out
     assert "2 expectations keyed by other kernels not applicable" in out
 
 
@@ -113,7 +115,7 @@ def test_explain_and_show_take_an_unlisted_kernel(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = _cli([command, "examples/seed_quickstart.yaml", "--kernel", "v6.18"], capsys)
-    assert err == "" and out
+    assert code == 0 and err == "" and out
 
 
 # --- 7. --width is documented ----------------------------------------------------------------
@@ -124,3 +126,48 @@ def test_width_is_in_help(command: str, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         _cli([command, "--help"], capsys)
     assert "--width" in capsys.readouterr().out
+
+
+# --- 6. a step the machine cannot model is refused before it runs -----------------------------
+
+HUGE = """\
+name: 64 GiB of THP, pinned whole
+kernels: [v6.18]
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: r, size: 64G, align: 2M}
+  - {op: madvise, proc: P, at: r, size: 64G, advice: hugepage}
+  - {op: write, proc: P, at: r+64G-4K, data: "end"}
+  - {op: pin, proc: P, name: all, at: r, size: 64G}
+"""
+
+
+def test_a_step_too_big_for_the_limit_is_one_located_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text(HUGE)
+    code, out, err = _cli(["run", str(path), "--max-memory", "2G"], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    # the pin (line 8) may fault in 16M pages of THP: 16M * (256 + 64) bytes = 5 GiB > 2 GiB
+    assert err.startswith(f"{path}:8:")
+    assert "step 4 (pin P r name=all size=64G) may need 5.0 GiB more memory" in err
+
+
+def test_the_estimate_charges_what_the_step_may_fault_in() -> None:
+    from cowlab.scenario import budget
+    from cowlab.scenario.runner import Runner
+
+    sc = parse_scenario(HUGE, "huge.yaml")
+    runner = Runner(sc, "v6.18")
+    for step in sc.steps[:3]:
+        runner.run_step(step)
+    pin = sc.steps[3]
+    assert budget.step_cost(runner, pin) == (64 << 30) // 4096 * (256 + 64) + 64
+    assert budget.step_cost(runner, sc.steps[0]) == 0  # mmap faults nothing in
+
+
+def test_the_default_limit_lets_the_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(["run", "examples/rdma_pmd.yaml"], capsys)
+    assert code == 0 and err == ""

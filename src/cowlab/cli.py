@@ -14,7 +14,7 @@ from rich.console import Console
 from cowlab.explain import diff, explain
 from cowlab.live.cli import add_live_command
 from cowlab.policy import POLICIES
-from cowlab.scenario import Scenario, ScenarioError, load_scenario
+from cowlab.scenario import Scenario, ScenarioError, budget, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
 from cowlab.scenario.runner import run_scenario
 from cowlab.show import memory_at, render_html, render_svg, render_text
@@ -149,6 +149,14 @@ def build_parser() -> Parser:
     out.add_argument("--html", metavar="OUT", help="write one self-contained HTML file")
     out.add_argument("--svg", metavar="OUT", help="write an SVG picture")
     shw.set_defaults(func=cmd_show)
+    for modelling in (run, exp, dif, shw):
+        modelling.add_argument(
+            "--max-memory",
+            type=rdma.parse_size,
+            metavar="SIZE",
+            help="refuse a step that may grow the model past SIZE (e.g. 8G; default: what it "
+            "holds plus 80%% of the machine's available memory)",
+        )
     add_live_command(sub)
     sub.add_parser(
         "rdma",
@@ -164,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rdma.main(argv[1:], prog="cowlab rdma")
     try:
         args = build_parser().parse_args(argv)
+        budget.set_limit(getattr(args, "max_memory", None))
         result: int = args.func(args)
     except (UsageError, ScenarioError) as e:
         print(str(e).splitlines()[0], file=sys.stderr)

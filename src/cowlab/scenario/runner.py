@@ -7,6 +7,7 @@ from typing import Any
 
 from cowlab.errors import KernelBug, Segfault, SyscallError
 from cowlab.kernel import Config, Kernel, Pin, Process
+from cowlab.scenario import budget
 from cowlab.scenario.changes import counter_changes, counters_snapshot
 from cowlab.scenario.judge import judge
 from cowlab.scenario.located import Loc
@@ -57,9 +58,7 @@ class RunResult:
     @property
     def not_applicable(self) -> int:
         """Expectations keyed only by other kernels: not judged on this one."""
-        return sum(
-            not e.applies_to(self.kernel_id) for s in self.scenario.steps for e in s.expect
-        )
+        return sum(not e.applies_to(self.kernel_id) for s in self.scenario.steps for e in s.expect)
 
 
 class Runner:
@@ -86,6 +85,7 @@ class Runner:
         self.logical = LogicalMemory()
         self.broken: set[str] = set()
         self.crashed_at: int | None = None
+        self.max_memory = budget.limit()
         for name in scenario.processes:
             self.procs[name] = self.k.spawn()
 
@@ -103,6 +103,7 @@ class Runner:
         if self.crashed_at is not None:
             why = f"not run: the kernel hit BUG() at step {self.crashed_at}"
             return StepResult(step, "not run", [why], [])
+        budget.check_step(self, step, self.max_memory)
         k = self.k
         cows, reuses, log_at = len(k.cow_log), k.vmstat["pgreuse"], len(k.log)
         before = counters_snapshot(k) if k.tracing else None
