@@ -9,7 +9,7 @@ process unmapping what the other keeps, then a write.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from cowlab import InvariantViolation
@@ -19,6 +19,13 @@ from cowlab.policy import POLICIES
 from .programs import Op, World, apply, op_strategy, run, start
 
 SAFE_KERNELS = [k for k in POLICIES if k != "v4.5+6d0a07e-early"]
+CI_PROGRAMS = 150
+
+
+def stateful_examples() -> int:
+    """150 fixed programs per kernel in CI; the explore profile's own count otherwise."""
+    chosen = settings()
+    return CI_PROGRAMS if chosen.derandomize else chosen.max_examples
 
 
 class Machine(RuleBasedStateMachine):
@@ -43,13 +50,8 @@ def test_no_invariant_breaks(kernel_id: str) -> None:
     machine = type(f"Machine_{kernel_id}", (Machine,), {"kernel_id": kernel_id})
     run_state_machine_as_test(
         machine,
-        settings=settings(
-            max_examples=150,
-            stateful_step_count=25,
-            deadline=None,
-            derandomize=True,  # CI sees the same programs every run; explore with --hypothesis-seed
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
+        # the profile decides how many programs and whether they are drawn anew (conftest.py)
+        settings=settings(stateful_step_count=25, max_examples=stateful_examples()),
     )
 
 
