@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cowlab.live.compare import Regions, render_runs
 from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
 from cowlab.live.randomprog import generate, minimise, to_scenario
+from cowlab.policy import POLICIES
 from cowlab.scenario import parse_scenario
 from cowlab.scenario.runner import Runner
 
@@ -76,3 +79,22 @@ def test_generated_programs_are_valid_scenarios() -> None:
         steps = generate(rng, ("fork", "exit", "write", "read", "mprotect", "munmap", "mremap",
                                "madvise", "pin", "unpin", "dma"))  # fmt: skip
         assert to_scenario(f"r{i}", steps) is not None
+
+
+def test_anon_exclusive_follows_the_policy_not_the_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    for kernel_id, policy in POLICIES.items():
+        assert models_anon_exclusive(kernel_id) == policy.anon_exclusive
+
+    class NoFlag(POLICIES["v6.18"]):  # type: ignore[misc,valid-type]
+        id = "v9.9+no-anon-exclusive"
+        anon_exclusive = False
+
+    monkeypatch.setitem(POLICIES, NoFlag.id, NoFlag)
+    assert not models_anon_exclusive(NoFlag.id)  # a "v9.9" without the flag: not shown
+    runner, regions = _run(THP, NoFlag.id)
+    spec = [
+        (view, runner.procs[p], runner.regions[r], regions.size[r])
+        for view, p, r in regions.observed()
+    ]
+    pages = model_snapshot(runner.k, spec).regions["P:buf"]
+    assert {pg.anon_exclusive for pg in pages} == {None}

@@ -14,7 +14,6 @@ self-check (cowlab.checker), and kernel generations keep those counters in diffe
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,15 +30,13 @@ from cowlab.mm.constants import (
 )
 from cowlab.mm.mm_types import pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd, PteTable
-
-ANON_EXCLUSIVE_SINCE = (5, 19)  # 6c287605fd56 (PG_anon_exclusive) was merged for 5.19
-VERSION = re.compile(r"^v(\d+)\.(\d+)")
+from cowlab.policy import POLICIES
 
 
 def models_anon_exclusive(kernel_id: str) -> bool:
-    """Whether a kernel generation has PG_anon_exclusive (5.19+), so the model can show it."""
-    m = VERSION.match(kernel_id)
-    return m is not None and (int(m.group(1)), int(m.group(2))) >= ANON_EXCLUSIVE_SINCE
+    """Whether a kernel generation keeps PG_anon_exclusive, so the model can show it: the
+    policy's answer (cowlab.policy), never a version test here."""
+    return POLICIES[kernel_id].anon_exclusive
 
 
 def mapcounts(k: Kernel) -> tuple[dict[int, int], dict[int, int]]:
@@ -163,7 +160,7 @@ def model_snapshot(
 ) -> Snapshot:
     """Observe (name, process, addr, length) regions of the model with labels shared in order."""
     if show_exclusive is None:
-        show_exclusive = models_anon_exclusive(k.kernel_id)
+        show_exclusive = k.policy.anon_exclusive
     obs = _Observer(k, show_exclusive)
     out = {name: obs.region(proc, addr, length) for name, proc, addr, length in regions}
     return Snapshot(out, {label: pfn for pfn, label in obs.labels.items()}, 0.0, True)
