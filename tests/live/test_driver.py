@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cowlab.errors import Segfault, SyscallError
-from cowlab.live.driver import LiveMachine
+from cowlab.live.driver import LiveCleanupError, LiveMachine, _Device
 from tests.live.helpers import PAGE, needs_live_kernel, small_pages
 
 pytestmark = needs_live_kernel
@@ -92,3 +93,30 @@ def test_exit_tears_the_address_space_down_before_returning() -> None:
         assert m.snapshot([(p, addr, PAGE)]).regions[str(p.pid)][0].mapcount == 1
         with pytest.raises(SyscallError):
             c.read(addr, 1)
+
+
+class _LeakyDevice(_Device):
+    """A device whose release fails, as a leaked io_uring registration would."""
+
+    def release(self) -> None:
+        raise OSError(errno.EBADF, "release failed")
+
+
+def test_a_failed_unpin_is_reported_after_every_worker_is_reaped() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        addr = small_pages(p, 2)
+        p.write(addr, b"x" * 2 * PAGE)
+        good = p.get_user_pages(addr + PAGE, PAGE)
+        bad = p.get_user_pages(addr, PAGE)
+        real = bad.device
+        bad.device = _LeakyDevice()
+        c = p.fork()
+        pids = [p.pid, c.pid]
+        try:
+            with pytest.raises(LiveCleanupError, match=f"pin {bad.id} .*release failed"):
+                m.reset()
+            assert not good.held and not m.pins  # the other pin was still released
+            assert not m.processes and _gone(pids)  # and every worker reaped
+        finally:
+            real.release()

@@ -144,22 +144,6 @@ class CaseResult:
         return out
 
 
-def page_key(o: PageObs, excl: bool) -> tuple[Any, ...]:
-    """The compared fields of a page, plus its bytes; anon_exclusive only where both show it."""
-    return (
-        o.folio,
-        o.subpage,
-        o.nr,
-        o.level,
-        o.mapcount,
-        o.anon_exclusive if excl else None,
-        o.ksm,
-        o.zero,
-        o.swap,
-        o.digest,
-    )
-
-
 def show_page(o: PageObs) -> str:
     """F0[3]/512 pmd mc=1 ex=1 'hello' -- or '-' for nothing mapped."""
     if o.folio is None and o.level is None:

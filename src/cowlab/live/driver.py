@@ -25,35 +25,18 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from cowlab.errors import CowlabError, Segfault, SyscallError
+from cowlab.kernel import parse_prot
 from cowlab.live import observe, uring
 from cowlab.live.system import KernelFacts, kernel_facts
-from cowlab.live.worker import recv_msg, send_msg
+from cowlab.live.worker import F_SETPIPE_SZ, recv_msg, send_msg
+from cowlab.mm.madvise import MADV_BY_NAME
 from cowlab.mm.mremap import mremap_flags
 
 PAGE = 4096
 SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
 
-MADVICE = {
-    "willneed": 3,
-    "dontneed": 4,
-    "free": 8,
-    "dontfork": 10,
-    "dofork": 11,
-    "mergeable": 12,
-    "unmergeable": 13,
-    "hugepage": 14,
-    "nohugepage": 15,
-    "wipeonfork": 18,
-    "keeponfork": 19,
-    "cold": 20,
-    "pageout": 21,
-    "populate_read": 22,
-    "populate_write": 23,
-    "collapse": 25,
-}
 PIN_KINDS = ("iouring", "vmsplice", "odirect")
-F_SETPIPE_SZ = 1031
 # Not "python -m cowlab.live.worker": the package __init__ imports worker first (runpy warns).
 ZYGOTE_MAIN = "from cowlab.live.worker import main; main()"
 CRASH_SIGNALS = ("SIGSEGV", "SIGBUS")
@@ -72,29 +55,18 @@ class LiveWorkerBug(CowlabError):
     """The worker's Python code raised: a bug in cowlab.live, not a kernel outcome."""
 
 
-def parse_prot(prot: str | int) -> int:
-    """'rw', 'r', 'rwx', 'none' or a PROT_* integer (as cowlab.kernel.parse_prot)."""
-    if isinstance(prot, int):
-        if prot & ~7:
-            raise SyscallError("EINVAL", f"bad protection {prot:#x}")
-        return prot
-    if prot == "none":
-        return 0
-    bits = {"r": 1, "w": 2, "x": 4}
-    if not prot or any(c not in bits for c in prot):
-        raise SyscallError(
-            "EINVAL", f"bad protection {prot!r} (expected letters of 'rwx' or 'none')"
-        )
-    return sum(bits[c] for c in set(prot))
+class LiveCleanupError(CowlabError):
+    """Cleanup finished, but some pin could not be released (a leaked ring or pipe)."""
 
 
 def parse_advice(advice: str | int) -> int:
     """An MADV_* number from its lower-case name (without MADV_) or the number itself."""
     if isinstance(advice, int):
         return advice
-    if advice not in MADVICE:
-        raise SyscallError("EINVAL", f"madvise: unknown advice {advice!r} ({', '.join(MADVICE)})")
-    return MADVICE[advice]
+    if advice not in MADV_BY_NAME:
+        known = ", ".join(MADV_BY_NAME)
+        raise SyscallError("EINVAL", f"madvise: unknown advice {advice!r} ({known})")
+    return MADV_BY_NAME[advice]
 
 
 def _syscall(nr: int, *args: int, what: str) -> int:
@@ -505,24 +477,37 @@ class LiveMachine:
         self._install_sigterm()
 
     def close(self) -> None:
-        """Kill every worker, release every pin, reap everything, stop the zygote. Idempotent."""
+        """Kill every worker, release every pin, reap everything, stop the zygote. Idempotent.
+
+        Cleanup runs to the end whatever fails; a pin that could not be released is reported
+        afterwards (LiveCleanupError)."""
         try:
-            for pin in list(self.pins.values()):
-                with contextlib.suppress(Exception):
-                    self.unpin(pin)
+            failures = self._release_pins()
             for proc in list(self.processes.values()):
                 self._kill(proc, reap=False)
             self._stop_zygote()
         finally:
             self._remove_sigterm()
+        _raise_failures(failures)
 
     def reset(self) -> None:
-        """Release every pin and kill and reap every worker; the zygote stays for the next case."""
-        for pin in list(self.pins.values()):
-            with contextlib.suppress(Exception):
-                self.unpin(pin)
+        """Release every pin and kill and reap every worker; the zygote stays for the next case.
+
+        As close(): every worker is reaped even if a pin fails to release, then that is raised."""
+        failures = self._release_pins()
         for proc in list(self.processes.values()):
             self._kill(proc)
+        _raise_failures(failures)
+
+    def _release_pins(self) -> list[str]:
+        """Release every held pin; the failures, one line each (the rest are still released)."""
+        failures = []
+        for pin in list(self.pins.values()):
+            try:
+                self.unpin(pin)
+            except Exception as e:  # collected, raised once everything is cleaned up
+                failures.append(f"pin {pin.id} ({pin.kind}, pid {pin.pid}): {e!r}")
+        return failures
 
     def _stop_zygote(self) -> None:
         zygote, popen = self._zygote, self._popen
@@ -672,6 +657,11 @@ def _make_device(proc: LiveProcess, kind: str, addr: int, length: int) -> _Devic
     file_fd = _tmpfile()
     worker_fd = proc._call("pin_odirect", f"/proc/{os.getpid()}/fd/{file_fd}")
     return _OdirectDevice(proc, worker_fd, file_fd)
+
+
+def _raise_failures(failures: list[str]) -> None:
+    if failures:
+        raise LiveCleanupError("could not release: " + "; ".join(failures))
 
 
 def _sigterm_to_exit(signum: int, frame: FrameType | None) -> None:

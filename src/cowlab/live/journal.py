@@ -1,4 +1,4 @@
-"""A journal of system changes (sysfs knobs, swap files) that are undone on every way out.
+"""A journal of system changes (sysfs knobs) that are undone on every way out.
 
 The old value is written to the journal file *before* a knob changes, so that a run killed with
 SIGKILL can still be undone afterwards by restore_from_journal().
@@ -7,7 +7,6 @@ SIGKILL can still be undone afterwards by restore_from_journal().
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ from typing import Any
 from cowlab.live.system import read_knob
 
 DEFAULT_JOURNAL = Path("/var/tmp/cowlab-live-journal.json")
-SYS_SWAPOFF = 168
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -48,23 +46,10 @@ def _write_knob(path: str, value: str) -> None:
         f.write(value)
 
 
-def _swapoff_and_remove(path: str) -> None:
-    """swapoff(path) then unlink: what a temporary swap file needs undone."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(ctypes.c_long(SYS_SWAPOFF), os.fsencode(path)) != 0:
-        err = ctypes.get_errno()
-        if err != 22:  # EINVAL: it was not (or no longer) swapped on
-            raise OSError(err, f"swapoff {path}: {os.strerror(err)}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def undo_entry(entry: dict[str, str]) -> None:
-    """Undo one journal entry: write the old knob value back, or retire a swap file."""
+    """Undo one journal entry: write the old knob value back."""
     if entry["kind"] == "sysfs":
         _write_knob(entry["path"], entry["old"])
-    elif entry["kind"] == "swapfile":
-        _swapoff_and_remove(entry["path"])
     else:
         raise ValueError(f"unknown journal entry kind {entry['kind']!r}")
 
@@ -174,11 +159,6 @@ class SystemChanges:
     def get(self, path: str | Path) -> str:
         """The knob's current value (the [selected] word of a choice list)."""
         return read_knob(path)
-
-    def add_swapfile(self, path: str | Path) -> None:
-        """Journal a swap file the caller is about to swapon: it gets swapoff'd and deleted."""
-        self._refuse_unless_allowed(f"swap ({path})")
-        self._journal_then({"kind": "swapfile", "path": str(path), "old": ""})
 
     def restore(self) -> None:
         """Undo every change now (newest first) and drop the journal; idempotent."""

@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cowlab.live.uring import SYS_IO_URING_SETUP
+
 THP_DIR = Path("/sys/kernel/mm/transparent_hugepage")
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 IO_URING_DISABLED = Path("/proc/sys/kernel/io_uring_disabled")
-SYS_IO_URING_SETUP = 425
 
 
 def read_knob(path: str | Path) -> str:

@@ -27,7 +27,6 @@ from typing import Any
 from cowlab.live import uring
 
 PAGE = 4096
-PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x02, 0x10, 0x20
 MAP_FAILED = 2**64 - 1
 PR_SET_CHILD_SUBREAPER = 36

@@ -22,13 +22,28 @@ from cowlab.mm.mmap import check_range, vma_modify_flags
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
-ADVICE = {
+# Advice values by name without MADV_ (include/uapi/asm-generic/mman-common.h): the live driver
+# passes any of these to the running kernel; the model implements ADVICE, a subset.
+MADV_BY_NAME = {
+    "willneed": 3,
     "dontneed": MADV_DONTNEED,
+    "free": 8,
     "dontfork": MADV_DONTFORK,
     "dofork": MADV_DOFORK,
+    "mergeable": 12,
+    "unmergeable": 13,
     "hugepage": MADV_HUGEPAGE,
     "nohugepage": MADV_NOHUGEPAGE,
+    "wipeonfork": 18,
+    "keeponfork": 19,
+    "cold": 20,
+    "pageout": 21,
+    "populate_read": 22,
+    "populate_write": 23,
+    "collapse": 25,
 }
+MODELLED = ("dontneed", "dontfork", "dofork", "hugepage", "nohugepage")
+ADVICE = {name: MADV_BY_NAME[name] for name in MODELLED}
 
 FLAG_CHANGES = {
     MADV_DONTFORK: (VM_DONTCOPY, 0),
