@@ -4,16 +4,20 @@
     python tools/cow_matrix.py generate   # writes examples/cow/*.yaml
     python tools/cow_matrix.py matrix     # runs them on every kernel, writes docs/kernels.md
 
-Each scenario's last step expects `no_leak` to hold (cow.c PASS) or break (FAIL) on each kernel,
-as derived from the kernel rules: docs/verification-later.md "Expected cow.c verdicts" (5.8 and
-later) and kernel-semantics.md §F.1 (4.5 before and after 6d0a07edd17c). The matrix in
-docs/kernels.md is what the model does when it runs them — not typed by hand.
+Each scenario's last step expects `no_leak` to hold (cow.c PASS) or break (FAIL) on each kernel.
+Those expectations come from one place only: the two tables of docs/cow-matrix-derivation.md
+(the class of each backing, and one verdict per case, class and policy id, derived by hand from
+the kernel sources). This file holds no verdicts. The matrix in docs/kernels.md is what the
+model does when it runs the scenarios — not typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,10 +29,12 @@ from cowlab.policy import POLICIES  # noqa: E402
 
 OUT = ROOT / "examples" / "cow"
 DOC = ROOT / "docs" / "kernels.md"
+DERIVATION_DOC = "docs/cow-matrix-derivation.md"  # the only source of the expected verdicts
+DERIVATION = ROOT / DERIVATION_DOC
 
 KERNELS = list(POLICIES)
 
-# backing -> (cow.c name, class for the verdict table, test size, setup steps)
+# backing -> (cow.c name, test size, setup steps); its class is in the derivation doc
 M = "mem"
 
 
@@ -42,10 +48,9 @@ def _thp(extra: list[dict]) -> list[dict]:
     ]
 
 
-BACKINGS: dict[str, tuple[str, str, str, list[dict]]] = {
+BACKINGS: dict[str, tuple[str, str, list[dict]]] = {
     "base": (
         "with base page",
-        "small",
         "4K",
         [
             {"op": "mmap", "proc": "P", "name": M, "size": "4K"},
@@ -53,10 +58,9 @@ BACKINGS: dict[str, tuple[str, str, str, list[dict]]] = {
             {"op": "write", "proc": "P", "at": M, "data": {"fill": 1, "size": "4K"}},
         ],
     ),
-    "thp": ("with THP (PMD-mapped)", "pmd", "2M", _thp([])),
+    "thp": ("with THP (PMD-mapped)", "2M", _thp([])),
     "pte_thp": (
         "with PTE-mapped THP",
-        "pte",
         "2M",
         _thp(
             [
@@ -67,7 +71,6 @@ BACKINGS: dict[str, tuple[str, str, str, list[dict]]] = {
     ),
     "single_pte": (
         "with single PTE of THP",
-        "pte",
         "4K",
         _thp(
             [{"op": "madvise", "proc": "P", "at": f"{M}+4K", "size": "2044K", "advice": "dontneed"}]
@@ -75,7 +78,6 @@ BACKINGS: dict[str, tuple[str, str, str, list[dict]]] = {
     ),
     "partial_mremap": (
         "with partially mremap()'ed THP",
-        "pte",
         "1M",
         _thp(
             [
@@ -86,7 +88,6 @@ BACKINGS: dict[str, tuple[str, str, str, list[dict]]] = {
     ),
     "partial_shared": (
         "with partially shared THP",
-        "pte",
         "2M",
         _thp(
             [
@@ -221,61 +222,127 @@ CASE_TITLES = {
     "ro_fast_pin_exclusive": "#14 R/O GUP-fast pin on R/O-mapped exclusive page",
 }
 
-# Derived verdicts: per case, per kernel, (small, PTE-mapped THP, PMD-mapped THP); "P"/"F".
-P3, F3 = ("P", "P", "P"), ("F", "F", "F")
+
+class DerivationError(ValueError):
+    """The derivation doc lacks a table, a column, a row or a note the generator needs."""
 
 
-def _row(v45: tuple, post: tuple, v58: tuple, v59: tuple, v518: tuple, v519: tuple) -> dict:
-    early = dict.fromkeys(["v4.5+6d0a07e", "v4.5+6d0a07e-early", "v4.14"], post)
-    late = dict.fromkeys(["v5.19", "v6.15", "v6.18"], v519)
-    return {"v4.5": v45, **early, "v5.8": v58, "v5.9": v59, "v5.18": v518, **late}
+CELL = re.compile(r"(?P<verdict>[PF])(?:\s*\[(?P<notes>[^\]]+)\])?")
+NOTE_HEADING = re.compile(r"^#{2,4} Note (?P<id>[A-Za-z0-9-]+)\b", re.MULTILINE)
+KEY_COLUMNS = ("case", "class")
+LABEL_COLUMNS = ("#",)  # for the reader; the generator ignores them
 
 
-VMSPLICE_CHILD = _row(("F", "P", "P"), F3, P3, ("P", "P", "F"), P3, P3)
-RO_PIN = _row(("P", "F", "F"), P3, P3, ("F", "F", "P"), F3, P3)
-VERDICTS = {
-    "cow_fork": _row(P3, P3, P3, P3, P3, P3),
-    "cow_fork_mprotect": _row(P3, P3, P3, P3, P3, P3),
-    "vmsplice_child": VMSPLICE_CHILD,
-    "vmsplice_child_mprotect": VMSPLICE_CHILD,
-    "vmsplice_before_fork": _row(("F", "P", "P"), F3, F3, ("P", "P", "F"), P3, P3),
-    "vmsplice_after_fork": _row(("F", "P", "P"), F3, P3, ("P", "P", "F"), P3, P3),
-    "iouring_ro": _row(("P", "F", "F"), P3, P3, ("F", "F", "P"), F3, P3),
-    "iouring_fork": _row(F3, F3, F3, P3, P3, P3),
-    "ro_pin_shared": _row(F3, F3, P3, F3, F3, P3),
-    "ro_fast_pin_shared": _row(F3, F3, P3, F3, F3, P3),
-    "ro_pin_previously_shared": RO_PIN,
-    "ro_fast_pin_previously_shared": RO_PIN,
-    "ro_pin_exclusive": RO_PIN,
-    "ro_fast_pin_exclusive": RO_PIN,
-}
-CLASS_INDEX = {"small": 0, "pte": 1, "pmd": 2}
+@dataclass(frozen=True)
+class Cell:
+    verdict: str  # "P" (cow.c PASS: no_leak holds) or "F" (FAIL: it breaks)
+    notes: tuple[str, ...]  # the "Note <id>" sections of the doc that derive this cell
+    line: int
 
-# Where the table above is too coarse. A partially mremap()'ed THP keeps its upper half mapped
-# at the new place in both processes after fork, so page_trans_huge_mapcount (the largest
-# mapcount of any subpage) stays 2 after the vmsplice side unmaps the lower half: 4.5.5..5.8
-# copy on the parent's/child's write, and no data leaks (PASS) where a fully PTE-mapped THP
-# would leak.
-OVERRIDES = {
-    (case, "partial_mremap", kernel): "P"
-    for case in (
-        "vmsplice_child",
-        "vmsplice_child_mprotect",
-        "vmsplice_before_fork",
-        "vmsplice_after_fork",
-    )
-    for kernel in ("v4.5+6d0a07e", "v4.5+6d0a07e-early", "v4.14")
-} | {("vmsplice_before_fork", "partial_mremap", "v5.8"): "P"}
+
+@dataclass(frozen=True)
+class Derivation:
+    classes: dict[str, str]  # backing -> class
+    cells: dict[tuple[str, str, str], Cell]  # (case, class, policy id) -> cell
+    notes: frozenset[str]  # the note ids the doc has sections for
+
+    def cell(self, case: str, backing: str, kernel: str) -> Cell:
+        return self.cells[(case, self.classes[backing], kernel)]
+
+
+def _table(text: str, name: str, where: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The markdown table between <!-- name:start --> and <!-- name:end -->: its header, and
+    each row with its line number."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text[text.find(start) :]:
+        raise DerivationError(f"{where}: no table between {start} and {end}")
+    first = text[: text.index(start)].count("\n") + 1
+    body = text[text.index(start) : text.index(end, text.index(start))].splitlines()
+    lines = [(first + i, line.strip()) for i, line in enumerate(body) if line.startswith("|")]
+    if len(lines) < 2:
+        raise DerivationError(f"{where}: the {name} table has no header")
+
+    def split(line: str) -> list[str]:
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    header = split(lines[0][1])
+    rows = []
+    for number, line in lines[2:]:
+        cells = split(line)
+        if len(cells) != len(header):
+            raise DerivationError(f"{where}:{number}: {len(cells)} cells, header {len(header)}")
+        rows.append((number, dict(zip(header, cells, strict=True))))
+    return header, rows
+
+
+def _kernel_columns(header: list[str], kernels: list[str], where: str) -> None:
+    if any(key not in header for key in KEY_COLUMNS):
+        raise DerivationError(f"{where}: the verdict table needs the columns {KEY_COLUMNS}")
+    missing = [k for k in kernels if k not in header]
+    if missing:
+        raise DerivationError(
+            f"{where}: the verdict table has no column for kernel(s) {', '.join(missing)}; derive "
+            "their verdicts and add one column per policy id (as `cowlab kernels` lists them)"
+        )
+    unknown = [c for c in header if c not in (*KEY_COLUMNS, *LABEL_COLUMNS, *kernels)]
+    if unknown:
+        raise DerivationError(f"{where}: verdict columns {', '.join(unknown)} are no policy id")
+
+
+def load_derivation(
+    path: Path = DERIVATION, kernels: list[str] | None = None, cases: list[str] | None = None
+) -> Derivation:
+    """Parse the doc's backing-class and verdict tables: every backing needs a class, every
+    kernel a column, every (case, class) one row, every cell P or F, every cited note a section."""
+    kernels = KERNELS if kernels is None else kernels
+    cases = list(CASE_TITLES) if cases is None else cases
+    where, text = DERIVATION_DOC if path == DERIVATION else str(path), path.read_text()
+    classes: dict[str, str] = {}
+    for number, row in _table(text, "classes", where)[1]:
+        backing = row.get("backing", "")
+        if backing not in BACKINGS or backing in classes or not row.get("class"):
+            raise DerivationError(f"{where}:{number}: unknown or repeated backing {backing!r}")
+        classes[backing] = row["class"]
+    if set(classes) != set(BACKINGS):
+        missing = ", ".join(b for b in BACKINGS if b not in classes)
+        raise DerivationError(f"{where}: the classes table has no row for {missing}")
+    header, rows = _table(text, "verdicts", where)
+    _kernel_columns(header, kernels, where)
+    notes = frozenset(m["id"] for m in NOTE_HEADING.finditer(text))
+    cells: dict[tuple[str, str, str], Cell] = {}
+    seen: set[tuple[str, str]] = set()
+    for number, row in rows:
+        key = (row["case"], row["class"])
+        if key[0] not in cases or key[1] not in classes.values() or key in seen:
+            raise DerivationError(f"{where}:{number}: unknown or repeated row {key[0]} / {key[1]}")
+        seen.add(key)
+        for kernel in kernels:
+            match = CELL.fullmatch(row[kernel])
+            if match is None:
+                raise DerivationError(f"{where}:{number}: {kernel}: {row[kernel]!r} is not P or F")
+            cited = tuple(n.strip() for n in (match["notes"] or "").split(",") if n.strip())
+            if set(cited) - notes:
+                raise DerivationError(f"{where}:{number}: no 'Note' section for {cited}")
+            cells[(*key, kernel)] = Cell(match["verdict"], cited, number)
+    wanted = [(case, cls) for case in cases for cls in sorted(set(classes.values()))]
+    if [key for key in wanted if key not in seen]:
+        absent = [f"{c} / {k}" for c, k in wanted if (c, k) not in seen]
+        raise DerivationError(f"{where}: the verdict table has no row {', '.join(absent)}")
+    return Derivation(classes, cells, notes)
+
+
+@functools.cache
+def derivation() -> Derivation:
+    return load_derivation()
 
 
 def expected(case: str, backing: str, kernel: str) -> str:
-    if (case, backing, kernel) in OVERRIDES:
-        return OVERRIDES[(case, backing, kernel)]
-    return VERDICTS[case][kernel][CLASS_INDEX[BACKINGS[backing][1]]]
+    """The derived verdict, "P" or "F": read from the doc's verdict table, nowhere else."""
+    return derivation().cell(case, backing, kernel).verdict
 
 
 def scenario(case: str, backing: str) -> dict:
-    title, _cls, size, setup = BACKINGS[backing]
+    title, size, setup = BACKINGS[backing]
     steps = [dict(s) for s in setup] + _case_steps(case, size)
     holds = {k: ["no_leak"] for k in KERNELS if expected(case, backing, k) == "P"}
     breaks = {k: ["no_leak"] for k in KERNELS if expected(case, backing, k) == "F"}
@@ -289,9 +356,9 @@ def scenario(case: str, backing: str) -> dict:
         "name": f"cow.c {CASE_TITLES[case]} {title}",
         "description": (
             f"tools/testing/selftests/mm/cow.c, case {CASE_TITLES[case]}, backing '{title}'. "
-            "PASS (no_leak holds) or FAIL (it breaks) per kernel as derived from the rules: "
-            "docs/verification-later.md 'Expected cow.c verdicts' and kernel-semantics.md §F.1. "
-            "Generated by tools/cow_matrix.py."
+            "PASS (no_leak holds) or FAIL (it breaks) per kernel as derived by hand from the "
+            f"kernel sources: {DERIVATION_DOC}, verdict table, row {case} / "
+            f"{derivation().classes[backing]}. Generated by tools/cow_matrix.py."
         ),
         "kernels": KERNELS,
         "config": {"thp": "madvise"},
@@ -304,7 +371,7 @@ def generate(out: Path = OUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):
         old.unlink()
-    for case in VERDICTS:
+    for case in CASE_TITLES:
         for backing in BACKINGS:
             text = yaml.safe_dump(scenario(case, backing), sort_keys=False, width=100)
             (out / f"{case}__{backing}.yaml").write_text(text)
@@ -316,7 +383,7 @@ def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
     from cowlab.scenario.runner import Runner
 
     out = {}
-    for case in VERDICTS:
+    for case in CASE_TITLES:
         for backing in BACKINGS:
             sc = load_scenario(OUT / f"{case}__{backing}.yaml")
             for kernel in KERNELS:
@@ -331,7 +398,7 @@ def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
 def write_doc(results: dict[tuple[str, str, str], tuple[str, bool]]) -> str:
     head = "| case | backing | " + " | ".join(KERNELS) + " |"
     lines = [head, "|" + "---|" * (len(KERNELS) + 2)]
-    for case in VERDICTS:
+    for case in CASE_TITLES:
         for backing in BACKINGS:
             cells = []
             for kernel in KERNELS:
@@ -348,6 +415,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["generate", "matrix"])
     args = parser.parse_args()
+    try:
+        derivation()
+    except DerivationError as error:
+        print(f"cow_matrix: {error}", file=sys.stderr)
+        return 2
     if args.what == "generate":
         generate()
         return 0
