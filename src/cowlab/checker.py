@@ -3,11 +3,17 @@
 Invariants (must hold on every kernel, or the model — or the modelled kernel — is broken):
   counters  _mapcount, compound_mapcount, PG_double_map and _count agree with the mappings and
             pins in the page tables (4.5: every mapping and every GUP reference holds one _count
-            on the head; tails hold none); MM_ANONPAGES agrees with the mapped pages.
+            on the head; tails hold none); MM_ANONPAGES agrees with the mapped pages; 5.7+
+            _pincount, 5.19+ PG_anon_exclusive, 6.x _large_mapcount, _nr_pages_mapped and the
+            MM-id slots agree with them too.
   rmap      every mapping of an anonymous page is reachable from the page's anon_vma, at the
             address its page->index gives (what rmap_walk_anon relies on).
 Properties (what a program is owed; some kernels break them on purpose):
   pin coherence   a pinned virtual page still maps the pinned physical page.
+
+Each check is the statement after a `# invariant: NAME` comment. tools/mutation_check.py removes
+them one at a time and requires tests/test_checker_breaks.py to fail each time; a new check gets
+a marker, an entry in that tool's list and a test that breaks it (docs/model.md).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from cowlab.mm.mm import (
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd
+from cowlab.mm.rmap import ENTIRELY_MAPPED
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -106,14 +113,17 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
                     mine_pmd[entry.pfn] += 1
                     rss += HPAGE_PMD_NR
                 continue
+            # invariant: counters.migration_entry
             if (entry.bits & PTE_MIGRATION).any():
                 problems.append(f"pid {mm.pid}: migration entry left at {idx << PMD_SHIFT:#x}")
             normal = entry.pfn[(entry.pfn >= 0) & ((entry.bits & PTE_SPECIAL) == 0)]
             np.add.at(r.pte_maps, normal, 1)
             np.add.at(mine, normal, 1)
             rss += int(normal.size)
+        # invariant: counters.anon_rss
         if rss != mm.anon_rss:
             problems.append(f"pid {mm.pid}: MM_ANONPAGES {mm.anon_rss} but {rss} pages mapped")
+        # invariant: counters.outside_vmas
         problems += _mappings_outside_vmas(mm)
     for pin in k.pins.values():
         counted = r.pins if pin.gup_flags & FOLL_PIN and k.policy.foll_pin else r.refs
@@ -131,11 +141,14 @@ def check_counters(k: Kernel) -> list[str]:
     flags = f.flags[:n]
     allocated = (flags & PG_allocated) != 0
     used = (r.pte_maps + r.pmd_maps + r.refs + r.pins) > 0
+    # invariant: counters.free
     for pfn in np.flatnonzero(used & ~allocated)[:5]:
         problems.append(f"pfn {pfn:#x} is mapped or pinned but free")
     small = allocated & ((flags & (PG_head | PG_tail)) == 0)
+    # invariant: counters.small_mapcount
     _compare(problems, "_mapcount", small, f._mapcount[:n] + 1, r.pte_maps)
     want = r.pte_maps + r.refs + GUP_PIN_COUNTING_BIAS * r.pins
+    # invariant: counters.small_count
     _compare(problems, "_count", small, f._count[:n], want)
     for head in np.flatnonzero(allocated & ((flags & PG_head) != 0)).tolist():
         problems += _check_thp(k, head, r)
@@ -163,12 +176,18 @@ def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
     out: list[str] = []
     c = int(f.compound_mapcount[head + 1]) + 1
     dm = int(bool(f.flags[head + 1] & PG_double_map))
+    # invariant: thp.compound_mapcount
     if c != r.pmd_maps[head]:
         out.append(f"THP {head:#x}: compound_mapcount {c}, {int(r.pmd_maps[head])} PMD maps")
-    if dm and (c < 1 or not k.policy.double_map):
-        out.append(f"THP {head:#x}: PG_double_map without a PMD mapping or in a 6.x kernel")
+    # invariant: thp.double_map_unmapped
+    if dm and c < 1:
+        out.append(f"THP {head:#x}: PG_double_map without a PMD mapping")
+    # invariant: thp.no_double_map
+    if dm and not k.policy.double_map:
+        out.append(f"THP {head:#x}: PG_double_map in a kernel without it (6.2+)")
     own = f._mapcount[sl].astype(np.int64) + 1 - dm
     bad = np.flatnonzero(own != r.pte_maps[sl])
+    # invariant: thp.subpage_mapcount
     if bad.size:
         i = int(bad[0])
         out.append(
@@ -177,28 +196,41 @@ def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
         )
     pins = int(r.pins[sl].sum())
     refs = int(r.pmd_maps[head] + r.pte_maps[sl].sum() + r.refs[sl].sum()) + pins
+    # invariant: thp.count
     if int(f._count[head]) != refs:
         out.append(f"THP {head:#x}: _count {int(f._count[head])}, mappings + refs + pins = {refs}")
+    # invariant: thp.pincount
     if int(f._pincount[head]) != pins:
         out.append(f"THP {head:#x}: _pincount {int(f._pincount[head])}, FOLL_PIN pins {pins}")
+    # invariant: thp.tail_count
     if f._count[head + 1 : head + nr].any():
         out.append(f"THP {head:#x}: a tail page has a nonzero _count")
     return out
 
 
 def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
-    """6.x large-folio fields: _large_mapcount, _nr_pages_mapped, the MM ids and shared bit."""
+    """6.x large-folio fields: _large_mapcount, _nr_pages_mapped, the MM ids and shared bit.
+
+    _nr_pages_mapped is recounted from the page tables as __folio_add_rmap keeps it in 6.15 and
+    6.18 (CONFIG_PAGE_MAPCOUNT): the pages mapped by at least one PTE, plus ENTIRELY_MAPPED while
+    a PMD maps the folio.
+    """
     f = k.frames
     sl = slice(head, head + folio_nr_pages(f, head))
     out = []
     total = int(r.pmd_maps[head] + r.pte_maps[sl].sum())
+    # invariant: folio.large_mapcount
     if folio_large_mapcount(f, head) != total:
         out.append(
             f"folio {head:#x}: _large_mapcount {folio_large_mapcount(f, head)}, maps {total}"
         )
-    mapped = int((r.pte_maps[sl] > 0).sum())
+    mapped = int((r.pte_maps[sl] > 0).sum()) + (ENTIRELY_MAPPED if r.pmd_maps[head] else 0)
+    # invariant: folio.nr_pages_mapped
     if int(f._nr_pages_mapped[head]) != mapped:
-        out.append(f"folio {head:#x}: _nr_pages_mapped {int(f._nr_pages_mapped[head])}, {mapped}")
+        out.append(
+            f"folio {head:#x}: _nr_pages_mapped {int(f._nr_pages_mapped[head]):#x}, "
+            f"page tables {mapped:#x}"
+        )
     mappers = {
         pid: int(m[sl].sum() + r.pmd_by_mm[pid][head])
         for pid, m in r.pte_by_mm.items()
@@ -208,8 +240,10 @@ def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
         # a slot counts the mappings made since its MM took it: an MM that mapped the folio
         # while both slots were taken is undercounted, never overcounted
         pid = int(f.mm_id[head, slot])
+        # invariant: folio.mm_id_slot
         if pid and int(f.mm_id_mapcount[head, slot]) + 1 > mappers.get(pid, 0):
             out.append(f"folio {head:#x}: MM id slot {slot} (pid {pid}) counts too many")
+    # invariant: folio.maybe_shared
     if len(mappers) > 1 and not folio_maybe_mapped_shared(f, head):
         out.append(f"folio {head:#x}: mapped by {len(mappers)} MMs but not maybe-shared")
     return out
@@ -233,6 +267,7 @@ def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
             for pid, ptes in r.pte_by_mm.items()
             if ptes[span].any() or (nr > 1 and r.pmd_by_mm[pid][head])
         ]
+        # invariant: exclusive.anon_exclusive
         if len(owners) > 1:
             out.append(f"pfn {pfn:#x} is PG_anon_exclusive but mapped by pids {owners}")
             break
@@ -273,10 +308,12 @@ def check_rmap(k: Kernel) -> list[str]:
                 continue
             heads = heads_of(f, pfns)
             ids = f.mapping[heads]
+            # invariant: rmap.not_anonymous
             for pfn in pfns[ids == 0][:3].tolist():
                 problems.append(f"pid {mm.pid}: pfn {pfn:#x} mapped but not anonymous")
             for av_id in np.unique(ids[ids != 0]).tolist():
                 av = k.anon_vmas.get(av_id)
+                # invariant: rmap.anon_vma_tree
                 if av is None or vma not in av.vmas:
                     first = int(pfns[ids == av_id][0])
                     problems.append(
@@ -285,6 +322,7 @@ def check_rmap(k: Kernel) -> list[str]:
                     )
             want = vma.vm_pgoff + ((addrs - vma.vm_start) >> 12)
             have = f.index[heads] + (pfns - heads)
+            # invariant: rmap.page_index
             for i in np.flatnonzero(want != have)[:3].tolist():
                 problems.append(
                     f"pid {mm.pid}: pfn {int(pfns[i]):#x} at {int(addrs[i]):#x} has index "
@@ -303,6 +341,7 @@ def check_pin_coherence(k: Kernel) -> list[str]:
         first = pin.addr & ~0xFFF
         for i, pfn in enumerate(pin.pages):
             now = proc.translate(first + i * 4096)
+            # invariant: pin_coherence
             if now is not None and now != pfn:
                 problems.append(
                     f"pin {pin.id}: {first + i * 4096:#x} in pid {pin.pid} maps pfn {now:#x}, "

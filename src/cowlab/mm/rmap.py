@@ -118,7 +118,17 @@ def page_anon_vma(k: Kernel, pfn: int) -> AnonVma | None:
 # Every mapping added or removed goes through rmap_add/rmap_remove, which keep the counters of
 # the running generation: per-page _mapcount and compound_mapcount (with PG_double_map offsets
 # up to 6.1), and from 6.x the large-folio fields _large_mapcount, _nr_pages_mapped and the
-# two tracked MM ids (folio_add_rmap_ptes/pmd, folio_remove_rmap_ptes/pmd).
+# two tracked MM ids (folio_add_rmap_ptes/pmd, folio_remove_rmap_ptes/pmd). In 6.x the model's
+# compound_mapcount is the folio's _entire_mapcount (the same count of PMD mappings, -1 based).
+#
+# _nr_pages_mapped is kept incrementally as __folio_add_rmap/__folio_remove_rmap (mm/rmap.c,
+# 6.15 and 6.18 built with CONFIG_PAGE_MAPCOUNT, as the v6.15/v6.18 policies are) keep it: +1/-1
+# for each page whose _mapcount goes -1 -> 0 / 0 -> -1 (pages mapped by PTE), +/-ENTIRELY_MAPPED
+# when _entire_mapcount goes -1 -> 0 / 0 -> -1. Nothing recomputes it from _mapcount, so the
+# checker, which recounts it from the page tables, checks an independent counter.
+# CONFIG_NO_PAGE_MAPCOUNT (749492229e3b, 6.15) drops the field; no modelled kernel sets it.
+
+ENTIRELY_MAPPED = 0x800000  # mm/internal.h: the PMD-mapped flag inside _nr_pages_mapped
 
 
 def __page_set_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, exclusive: bool) -> None:
@@ -187,7 +197,8 @@ def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
     f = k.frames
     f._mapcount[pfns] += 1
     if k.policy.folio_counters:
-        for head, nr in _large_heads(k, pfns):
+        for head, nr, first in _large_heads(k, pfns, edge=0):
+            f._nr_pages_mapped[head] += first
             _folio_add(k, mm, head, nr)
 
 
@@ -202,13 +213,18 @@ def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> No
     for head in np.unique(heads_of(f, emptied)).tolist():
         deferred_split_huge_page(k, head)
     if k.policy.folio_counters:
-        for head, nr in _large_heads(k, pfns):
+        for head, nr, last in _large_heads(k, pfns, edge=-1):
+            f._nr_pages_mapped[head] -= last
             _folio_remove(k, mm, head, nr)
 
 
 def rmap_add_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
-    k.frames.compound_mapcount[head + 1] += 1
+    """+1 PMD mapping: compound_mapcount (6.x: _entire_mapcount), and the folio fields in 6.x."""
+    f = k.frames
+    f.compound_mapcount[head + 1] += 1
     if k.policy.folio_counters:
+        if f.compound_mapcount[head + 1] == 0:  # the first PMD mapping
+            f._nr_pages_mapped[head] += ENTIRELY_MAPPED
         _folio_add(k, mm, head, 1)
 
 
@@ -217,6 +233,8 @@ def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     f = k.frames
     f.compound_mapcount[head + 1] -= 1
     if k.policy.folio_counters:
+        if f.compound_mapcount[head + 1] == -1:  # the last PMD mapping
+            f._nr_pages_mapped[head] -= ENTIRELY_MAPPED
         _folio_remove(k, mm, head, 1)
     if f.compound_mapcount[head + 1] >= 0:
         return
@@ -229,22 +247,25 @@ def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
         deferred_split_huge_page(k, head)
 
 
-def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
-    """(head, number of the pages that belong to it) for the large folios among pfns."""
+def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64], edge: int) -> list[tuple[int, int, int]]:
+    """(head, number of its pages among pfns, how many of those now have _mapcount == edge)
+    for the large folios among pfns: edge 0 after an add counts the pages that got their first
+    PTE mapping, edge -1 after a remove the pages that lost their last."""
     f = k.frames
     compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
     if not compound.any():  # the common small-page case pays for no np.unique
         return []
-    heads, counts = np.unique(heads_of(f, pfns[compound]), return_counts=True)
-    return list(zip(heads.tolist(), counts.tolist(), strict=True))
+    pages = pfns[compound]
+    heads, where, counts = np.unique(heads_of(f, pages), return_inverse=True, return_counts=True)
+    crossed = np.bincount(where, weights=f._mapcount[pages] == edge, minlength=heads.size)
+    return list(zip(heads.tolist(), counts.tolist(), crossed.astype(int).tolist(), strict=True))
 
 
 def _folio_add(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
-    """folio_add_large_mapcount(): total mappings, PTE-mapped pages, and the MM that mapped."""
+    """folio_add_large_mapcount(): total mappings, and the MM that mapped (CONFIG_MM_ID)."""
     f = k.frames
     before = int(f._large_mapcount[head])
     f._large_mapcount[head] += nr
-    f._nr_pages_mapped[head] = int((f._mapcount[head : head + folio_nr_pages(f, head)] >= 0).sum())
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
@@ -264,12 +285,12 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
     """folio_sub_large_mapcount(): and "not shared" again once one tracked MM has them all."""
     f = k.frames
     f._large_mapcount[head] -= nr
-    f._nr_pages_mapped[head] = int((f._mapcount[head : head + folio_nr_pages(f, head)] >= 0).sum())
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
             counts[slot] -= nr
-            if counts[slot] < 0:
+            if counts[slot] < 0:  # may underflow when undercounted: the slot is freed at -1
+                counts[slot] = -1
                 ids[slot] = 0
             break
     if f._large_mapcount[head] in (counts[0], counts[1]):
