@@ -11,7 +11,7 @@ import pytest
 
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveCleanupError, LiveMachine, _Device
-from tests.live.helpers import PAGE, needs_live_kernel, small_pages
+from tests.live.helpers import HPAGE, PAGE, needs_live_kernel, pmd_thp, small_pages
 
 pytestmark = needs_live_kernel
 
@@ -120,3 +120,22 @@ def test_a_failed_unpin_is_reported_after_every_worker_is_reaped() -> None:
             assert not m.processes and _gone(pids)  # and every worker reaped
         finally:
             real.release()
+
+
+def _thp_enabled(pid: int) -> str:
+    """/proc/PID/status THP_enabled: 0 while MMF_DISABLE_THP is set (PR_SET_THP_DISABLE)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("THP_enabled"))
+
+
+def test_khugepaged_is_fenced_off_between_commands_only() -> None:
+    """Idle workers (being observed) are out of khugepaged's reach; commands see THP as set."""
+    with LiveMachine() as m:
+        p = m.spawn()
+        assert _thp_enabled(p.pid) == "0"
+        addr = pmd_thp(p)  # a write fault in MADV_HUGEPAGE memory still gets a PMD-mapped THP
+        c = p.fork()
+        # the child raised its own fence before fork() returned to the driver
+        assert (_thp_enabled(p.pid), _thp_enabled(c.pid)) == ("0", "0")
+        snap = m.snapshot([(p, addr, HPAGE), (c, addr, HPAGE)])
+        assert {pg.level for pages in snap.regions.values() for pg in pages} == {"pmd"}

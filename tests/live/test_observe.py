@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
+from cowlab.live import observe
+from cowlab.live.compare import noise
 from cowlab.live.driver import LiveMachine
 from cowlab.live.system import kernel_facts
 from tests.live.helpers import HPAGE, PAGE, needs_live_kernel, pmd_thp, small_pages
@@ -86,3 +89,43 @@ def test_labels_follow_first_sight_and_exact_bytes(machine: LiveMachine) -> None
     assert [pg.folio for pg in pages] == ["F0", "F1"]
     assert pages[0].data == b"a" + bytes(PAGE - 1)
     assert snap.pfns["F0"] != snap.pfns["F1"]
+
+
+def _moving_pagemap(monkeypatch: pytest.MonkeyPatch, changed_reads: set[int]) -> list[int]:
+    """read_pagemap whose Nth reads (1-based) return entries that differ from the real ones."""
+    real = observe.read_pagemap
+    calls: list[int] = []
+
+    def read(pid: int, at: int, n: int) -> observe.U64:
+        calls.append(len(calls) + 1)
+        entries = real(pid, at, n)
+        return entries ^ np.uint64(1) if len(calls) in changed_reads else entries
+
+    monkeypatch.setattr(observe, "read_pagemap", read)
+    return calls
+
+
+def test_a_snapshot_torn_by_a_page_table_change_is_taken_again(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page freed between the pagemap and the kpagecount read would show mapcount 0: the
+    pagemap is read again at the end, and a change means the whole snapshot is taken again."""
+    p = machine.spawn()
+    addr = small_pages(p, 1)
+    p.write(addr, b"a")
+    calls = _moving_pagemap(monkeypatch, {2})  # read 2 is the check after the first attempt
+    snap = p.snapshot(addr, PAGE)
+    assert snap.stable and len(calls) == 4  # two attempts, each read and checked
+    assert snap.regions[str(p.pid)][0].key() == ("F0", 0, "pte", 1, True, False, False, None)
+
+
+def test_pages_that_never_hold_still_make_the_case_inconclusive(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = machine.spawn()
+    addr = small_pages(p, 1)
+    p.write(addr, b"a")
+    _moving_pagemap(monkeypatch, set(range(2, 2 * observe.STABLE_TRIES + 1, 2)))
+    snap = p.snapshot(addr, PAGE)
+    assert not snap.stable
+    assert "kept changing" in noise(snap, snap, {}, {})

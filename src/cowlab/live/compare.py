@@ -355,15 +355,23 @@ def noise(live: Snapshot, model: Snapshot, before: dict[str, int], after: dict[s
         for name, lpages in live.regions.items()
         for lo, mo in zip(lpages, model.regions.get(name, []), strict=False)
     ]
+    if not live.stable:
+        return "the live pages kept changing while they were observed (migration or collapse)"
     if any(lo.ksm and not mo.ksm for lo, mo in pairs):
         return "a KSM merge the scenario did not ask for"
     fallback = sum(v for k, v in delta.items() if k.startswith("thp_fault_fallback"))
     if fallback and any(mo.nr == 512 and lo.nr not in (None, 512) for lo, mo in pairs):
         return f"the live kernel could not allocate a THP (thp_fault_fallback +{fallback})"
     collapsed = sum(v for k, v in delta.items() if k.startswith("thp_collapse_alloc"))
-    if collapsed and any(lo.nr == 512 and mo.nr not in (None, 512) for lo, mo in pairs):
+    if collapsed and any(_collapsed(lo, mo) for lo, mo in pairs):
         return f"khugepaged collapsed a range (thp_collapse_alloc +{collapsed})"
     return ""
+
+
+def _collapsed(live: PageObs, model: PageObs) -> bool:
+    """A collapse the model did not make: small pages, a PTE-mapped THP or (max_ptes_none)
+    nothing at all, where the live side now has a PMD mapping."""
+    return live.level == "pmd" and model.level != "pmd"
 
 
 def run_case(

@@ -18,11 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from cowlab.errors import CowlabError, Segfault, SyscallError
 from cowlab.kernel import parse_prot
@@ -294,8 +294,21 @@ class LiveProcess:
         """Send one command and wait for its reply; a dead worker is reaped and reported."""
         if not self.alive:
             raise SyscallError("ESRCH", f"pid {self.pid} has exited")
+        reply = self._reply(cmd, args, lambda: send_msg(self.sock, (cmd, args), fds))
+        return _unpack(reply)
+
+    def _died(self, cmd: str, args: tuple[Any, ...]) -> NoReturn:
+        """EOF on the socket: reap the worker and say how it died."""
+        how, what = self.machine._reap(self)
+        if how == "signaled" and what in CRASH_SIGNALS:
+            addr = args[0] if args and isinstance(args[0], int) else 0
+            raise Segfault(addr, "write" if cmd == "write" else "read")
+        raise LiveWorkerDied(f"pid {self.pid} died during {cmd}: {how} {what}")
+
+    def _reply(self, cmd: str, args: tuple[Any, ...], send: Callable[[], None]) -> Any:
+        """send(), then the worker's reply; a hung worker is killed, a dead one reaped."""
         try:
-            send_msg(self.sock, (cmd, args), fds)
+            send()
             msg = recv_msg(self.sock)
         except TimeoutError:
             self.machine._kill(self)
@@ -304,16 +317,11 @@ class LiveProcess:
             msg = None
         if msg is None:
             self._died(cmd, args)
-        (reply, _fds) = msg  # type: ignore[misc]
-        return _unpack(reply)
+        return msg[0]
 
-    def _died(self, cmd: str, args: tuple[Any, ...]) -> None:
-        """EOF on the socket: reap the worker and say how it died."""
-        how, what = self.machine._reap(self)
-        if how == "signaled" and what in CRASH_SIGNALS:
-            addr = args[0] if args and isinstance(args[0], int) else 0
-            raise Segfault(addr, "write" if cmd == "write" else "read")
-        raise LiveWorkerDied(f"pid {self.pid} died during {cmd}: {how} {what}")
+    def _ready(self) -> None:
+        """Wait for a new worker's first message: its khugepaged fence is up (worker.serve)."""
+        _unpack(self._reply("start", (), lambda: None))
 
     def _require_alive(self) -> None:
         if not self.alive:
@@ -565,6 +573,7 @@ class LiveMachine:
         parent = None if proc is self._zygote else proc
         child = LiveProcess(self, pid, mine, parent)
         self.processes[pid] = child
+        child._ready()
         return child
 
     def _reap(self, proc: LiveProcess) -> tuple[str, Any]:

@@ -104,6 +104,7 @@ class Snapshot:
     pfns: dict[str, int] = field(repr=False)  # folio label -> head PFN (for debugging only)
     elapsed_s: float = 0.0
     pagemap_scan: bool = True
+    stable: bool = True  # the page tables did not change while they were read (snapshot())
 
     def structure(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every page's key(): what two equivalent runs have in common."""
@@ -391,6 +392,12 @@ def _region_pages(
     return [PageObs(*row) for row in zip(*columns, strict=True)]
 
 
+def _span(addr: int, length: int) -> tuple[int, int]:
+    """The first page and the number of pages of [addr, addr+length)."""
+    first = addr - addr % PAGE
+    return first, (addr + length - first + PAGE - 1) // PAGE
+
+
 def observe_region(
     pid: int,
     addr: int,
@@ -400,36 +407,61 @@ def observe_region(
     *,
     exact: bool = False,
     read_bytes: bool = True,
-) -> tuple[list[PageObs], bool]:
-    """Every page of [addr, addr+length) of pid; and whether PAGEMAP_SCAN told the levels."""
-    first = addr - addr % PAGE
-    n = (addr + length - first + PAGE - 1) // PAGE
+) -> tuple[list[PageObs], bool, U64]:
+    """Every page of [addr, addr+length) of pid; whether PAGEMAP_SCAN told the levels; and the
+    pagemap entries everything else was looked up from."""
+    first, n = _span(addr, length)
     pm = read_pagemap(pid, first, n)
     huge = scan_huge(pid, first, n)
     scanned = huge is not None
     if huge is None:
         huge = _infer_huge(pm, first, table)
     raw = _read_mem(pid, first, _bit(pm, PM_PRESENT)) if read_bytes else None
-    return _region_pages(pm, huge, table, labels, raw, exact), scanned
+    return _region_pages(pm, huge, table, labels, raw, exact), scanned, pm
+
+
+STABLE_TRIES = 5
 
 
 def snapshot(
     regions: list[tuple[str, int, int, int]], *, exact: bool = False, read_bytes: bool = True
 ) -> Snapshot:
-    """Observe (name, pid, addr, length) regions with labels shared in the order given."""
+    """Observe (name, pid, addr, length) regions with labels shared in the order given.
+
+    The reads are not atomic: pagemap first, then kpageflags/kpagecount for the PFNs it gave,
+    then the bytes. The processes under test are idle, but the kernel's own threads are not
+    (kcompactd migrating a page, khugepaged collapsing a range of a process that is not fenced):
+    a page freed between the pagemap read and the kpagecount read shows mapcount 0. So every
+    region's pagemap is read again at the end; if any entry changed, the whole snapshot is taken
+    again (labels span regions), up to STABLE_TRIES times, else it is marked not stable.
+    """
     t0 = time.perf_counter()
+    for _ in range(STABLE_TRIES):
+        out, pfns, all_scanned, entries = _snapshot_once(regions, exact, read_bytes)
+        again = [read_pagemap(pid, *_span(addr, length)) for _n, pid, addr, length in regions]
+        stable = all(np.array_equal(a, b) for a, b in zip(entries, again, strict=True))
+        if stable:
+            break
+    return Snapshot(out, pfns, time.perf_counter() - t0, all_scanned, stable)
+
+
+def _snapshot_once(
+    regions: list[tuple[str, int, int, int]], exact: bool, read_bytes: bool
+) -> tuple[dict[str, list[PageObs]], dict[str, int], bool, list[U64]]:
     table = PfnTable()
     labels = _Labels()
     out: dict[str, list[PageObs]] = {}
+    entries: list[U64] = []
     all_scanned = True
     try:
         for name, pid, addr, length in regions:
-            pages, scanned = observe_region(
+            pages, scanned, pm = observe_region(
                 pid, addr, length, table, labels, exact=exact, read_bytes=read_bytes
             )
             out[name] = pages
+            entries.append(pm)
             all_scanned &= scanned
     finally:
         table.close()
     pfns = {label: pfn for pfn, label in labels.folios.items()}
-    return Snapshot(out, pfns, time.perf_counter() - t0, all_scanned)
+    return out, pfns, all_scanned, entries

@@ -30,6 +30,7 @@ PAGE = 4096
 MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x02, 0x10, 0x20
 MAP_FAILED = 2**64 - 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_THP_DISABLE = 41
 F_SETPIPE_SZ = 1031
 SPLICE_F_NONBLOCK = 2
 HEADER = struct.Struct("<I")
@@ -51,6 +52,7 @@ libc.pread.restype = ctypes.c_ssize_t
 libc.pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
 libc.pwrite.restype = ctypes.c_ssize_t
 libc.pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
 
 class Segv(Exception):
@@ -392,7 +394,7 @@ class Worker:
                 self.drop_pin(key)
             self.sock = socket.socket(fileno=fd)
             self.zygote = False
-            serve(self)
+            serve(self, announce=True)
         finally:
             os._exit(0)
 
@@ -455,8 +457,29 @@ def _run(worker: Worker, cmd: str, args: tuple[Any, ...], fds: list[int]) -> tup
             worker.maps = None
 
 
-def serve(worker: Worker) -> None:
-    """Serve commands until EOF (the driver is gone) or exit."""
+def khugepaged_fence(up: bool) -> None:
+    """prctl(PR_SET_THP_DISABLE): up between commands, down while one runs.
+
+    While it is up, MMF_DISABLE_THP makes khugepaged skip this mm (and drop it from its scan
+    list): it cannot collapse the test's pages behind the scenario's back, and in particular not
+    while the driver observes them (a collapse in the middle of a snapshot tears it). The prctl
+    takes mmap_lock for writing, so a collapse already running has finished when it returns. It
+    is down whenever the worker itself runs a command, so every fault, madvise, fork and pin sees
+    the THP settings the scenario asked for; between commands nothing in this process faults.
+    """
+    if libc.prctl(PR_SET_THP_DISABLE, int(up), 0, 0, 0) != 0:
+        raise _fail("prctl(PR_SET_THP_DISABLE)")
+
+
+def serve(worker: Worker, announce: bool = False) -> None:
+    """Serve commands until EOF (the driver is gone) or exit.
+
+    A fork child announces itself once its fence is up, so that the driver observes nothing
+    before it is (the parent's reply to fork comes before the child has run at all).
+    """
+    khugepaged_fence(True)
+    if announce:
+        send_msg(worker.sock, ("ok", "ready"))
     while True:
         msg = recv_msg(worker.sock)
         if msg is None:
@@ -469,7 +492,10 @@ def serve(worker: Worker) -> None:
             if worker.zygote:
                 worker.reap_all()
             return
-        send_msg(worker.sock, _run(worker, cmd, args, fds))
+        khugepaged_fence(False)
+        reply = _run(worker, cmd, args, fds)
+        khugepaged_fence(True)
+        send_msg(worker.sock, reply)
 
 
 def main() -> None:
