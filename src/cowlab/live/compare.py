@@ -9,6 +9,7 @@ first step where they differ is the report. Differences the live kernel can prod
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,12 @@ from cowlab.live.journal import SystemChanges
 from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
 from cowlab.live.observe import PageObs, Snapshot
 from cowlab.live.scenario import Limits, LiveScenario, StepOutcome, Unsupported, unsupported_reason
-from cowlab.live.system import kernel_facts
+from cowlab.live.system import THP_DIR, kernel_facts
 from cowlab.scenario.model import Scenario, Step
 from cowlab.scenario.runner import Runner
 
 VMSTAT_NOISE = ("thp_fault_fallback", "thp_collapse_alloc", "thp_split_pmd", "ksm_swpin_copy")
+FALLBACKS = ("thp_fault_fallback", "mthp_fault_fallback")
 RETRIES = 3
 FIELDS = ("folio", "subpage", "nr", "level", "mapcount", "anon_exclusive", "ksm", "zero", "swap")
 
@@ -231,12 +233,19 @@ def model_step(runner: Runner, step: Step) -> StepOutcome:
 
 
 def read_vmstat() -> dict[str, int]:
-    """The /proc/vmstat counters that reveal THP fallbacks, collapses and KSM."""
+    """The /proc/vmstat counters that reveal THP fallbacks, collapses and KSM, and each mTHP
+    size's anon_fault_fallback* (sysfs stats, as mthp_fault_fallback_<size>...)."""
     out = {}
     for line in Path("/proc/vmstat").read_text().splitlines():
         key, _, value = line.partition(" ")
         if key.startswith(VMSTAT_NOISE):
             out[key] = int(value)
+    for stat in sorted(THP_DIR.glob("hugepages-*kB/stats/anon_fault_fallback*")):
+        size = stat.parent.parent.name.removeprefix("hugepages-")
+        with contextlib.suppress(OSError, ValueError):
+            out[f"mthp_fault_fallback_{size}{stat.name.removeprefix('anon_fault_fallback')}"] = int(
+                stat.read_text()
+            )
     return out
 
 
@@ -359,13 +368,18 @@ def noise(live: Snapshot, model: Snapshot, before: dict[str, int], after: dict[s
         return "the live pages kept changing while they were observed (migration or collapse)"
     if any(lo.ksm and not mo.ksm for lo, mo in pairs):
         return "a KSM merge the scenario did not ask for"
-    fallback = sum(v for k, v in delta.items() if k.startswith("thp_fault_fallback"))
-    if fallback and any(mo.nr == 512 and lo.nr not in (None, 512) for lo, mo in pairs):
-        return f"the live kernel could not allocate a THP (thp_fault_fallback +{fallback})"
+    fallback = sum(v for k, v in delta.items() if k.startswith(FALLBACKS))
+    if fallback and any(_smaller(lo, mo) for lo, mo in pairs):
+        return f"the live kernel could not allocate a THP or mTHP (fallbacks +{fallback})"
     collapsed = sum(v for k, v in delta.items() if k.startswith("thp_collapse_alloc"))
     if collapsed and any(_collapsed(lo, mo) for lo, mo in pairs):
         return f"khugepaged collapsed a range (thp_collapse_alloc +{collapsed})"
     return ""
+
+
+def _smaller(live: PageObs, model: PageObs) -> bool:
+    """A fallback the model did not take: a smaller folio (or small pages) where it has a THP."""
+    return live.nr is not None and model.nr is not None and live.nr < model.nr
 
 
 def _collapsed(live: PageObs, model: PageObs) -> bool:

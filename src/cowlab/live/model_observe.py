@@ -24,10 +24,9 @@ from cowlab.mm.constants import (
     HPAGE_PMD_NR,
     PAGE_SIZE,
     PG_anon_exclusive,
-    PG_head,
     PG_ksm,
-    PG_tail,
 )
+from cowlab.mm.mm import compound_head, folio_nr_pages
 from cowlab.mm.mm_types import pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd, PteTable
 from cowlab.policy import POLICIES
@@ -99,10 +98,11 @@ class _Observer:
         return self.mapped(entry.pfn + sub, "pmd")
 
     def mapped(self, pfn: int, level: str) -> PageObs:
-        """A normal anonymous page (a THP subpage or a small page) mapped at level."""
+        """A normal anonymous page (a subpage of a THP or an mTHP, or a small page) at level."""
         flags = self.f.flags
-        large = bool(flags[pfn] & (PG_head | PG_tail))
-        head = pfn & ~(HPAGE_PMD_NR - 1) if flags[pfn] & PG_tail else pfn
+        head = compound_head(self.f, pfn)
+        nr = folio_nr_pages(self.f, head)
+        large = nr > 1
         sub = pfn - head
         count = self.pte_maps.get(pfn, 0) + self.pmd_maps.get(head, 0)
         # kpageflags shows PG_anon_exclusive on a large folio's head only; a PMD mapping makes
@@ -112,7 +112,7 @@ class _Observer:
         return PageObs(
             folio=self.label(head),
             subpage=sub,
-            nr=HPAGE_PMD_NR if large else 1,
+            nr=nr,
             level=level,
             mapcount=count,
             anon_exclusive=excl,

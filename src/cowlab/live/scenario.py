@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
 from cowlab.live.journal import SystemChanges
-from cowlab.live.system import THP_DIR, KernelFacts, read_knob
-from cowlab.scenario.model import Address, Scenario, Step
+from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
+from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
+from cowlab.scenario.model import Address, Scenario, ScenarioConfig, Step
 
 SPLIT_HUGE_PAGES = Path("/sys/kernel/debug/split_huge_pages")
 PAUSE_ENV = "COWLAB_LIVE_PAUSE_AFTER_CHANGE"  # seconds to wait after each knob change (tests)
@@ -32,6 +33,7 @@ NO_LIVE_OP = {
 }
 SHORT_PIN_OK = frozenset({"read", "write", "check", "dma_read", "dma_write", "unpin", "pin"})
 FLAVOURS = ("longterm", "pin", "get")
+PMD_MTHP_SIZE = f"{HPAGE_PMD_NR * PAGE_SIZE >> 10}kB"  # the model's PMD THP follows `enabled`
 
 
 class Unsupported(Exception):
@@ -75,18 +77,38 @@ def unsupported_reason(scenario: Scenario, facts: KernelFacts, limits: Limits) -
     return None
 
 
+def wanted_knobs(cfg: ScenarioConfig, mthp_sizes: Iterable[str]) -> dict[str, str]:
+    """The transparent_hugepage knobs (paths under THP_DIR) as the model assumes them.
+
+    The model's PMD-sized THP follows `enabled` alone, so hugepages-2048kB must inherit it; every
+    other mTHP size of this machine is as the scenario's `mthp` says, `never` by default.
+    """
+    asked = {f"{kb}kB": mode for kb, mode in cfg.mthp}
+    want = {"enabled": cfg.thp, "use_zero_page": "1" if cfg.use_zero_page else "0"}
+    for size in mthp_sizes:
+        default = "inherit" if size == PMD_MTHP_SIZE else "never"
+        want[f"hugepages-{size}/enabled"] = asked.get(size, default)
+    return want
+
+
 def _config_reason(scenario: Scenario, facts: KernelFacts, limits: Limits) -> str | None:
     cfg = scenario.config
     if not cfg.config_thp:
         return "config transparent_hugepage: false, but this kernel is built with THP"
     if not cfg.config_swap:
         return "config swap: false, but this kernel is built with CONFIG_SWAP"
-    knobs = {"enabled": (cfg.thp, facts.thp_enabled)}
-    knobs["use_zero_page"] = ("1" if cfg.use_zero_page else "0", facts.thp_use_zero_page)
-    for knob, (want, have) in knobs.items():
-        if want != have and not limits.allow_system_changes:
+    missing = [f"{kb}K" for kb, _mode in cfg.mthp if f"{kb}kB" not in facts.mthp]
+    if missing:
+        return f"config mthp: this kernel has no {', '.join(missing)} mTHP size (no sysfs knob)"
+    have = {
+        "enabled": facts.thp_enabled,
+        "use_zero_page": facts.thp_use_zero_page,
+        **{f"hugepages-{size}/enabled": mode for size, mode in facts.mthp.items()},
+    }
+    for knob, want in wanted_knobs(cfg, facts.mthp).items():
+        if want != have[knob] and not limits.allow_system_changes:
             return (
-                f"needs transparent_hugepage/{knob}={want} (the machine has {have}): "
+                f"needs transparent_hugepage/{knob}={want} (the machine has {have[knob]}): "
                 "pass --allow-system-changes"
             )
     return None
@@ -182,14 +204,14 @@ class LiveScenario:
 
     def start(self) -> None:
         """Knobs as the scenario's config says (journalled), then its initial processes."""
-        cfg = self.scenario.config
-        self.set_knob("enabled", cfg.thp)
-        self.set_knob("use_zero_page", "1" if cfg.use_zero_page else "0")
+        for knob, value in wanted_knobs(self.scenario.config, mthp_settings()).items():
+            self.set_knob(knob, value)
         for name in self.scenario.processes:
             self.procs[name] = self.machine.spawn()
 
     def set_knob(self, knob: str, value: str) -> None:
-        """Write a transparent_hugepage knob through the journal; pause after it when asked."""
+        """Write a transparent_hugepage knob (a path under THP_DIR) through the journal; pause
+        after it when asked."""
         path = THP_DIR / knob
         if read_knob(path) == value:
             return
