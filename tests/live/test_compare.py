@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cowlab.live.cli import match_kernel
-from cowlab.live.compare import Options, run_case
+from cowlab.live.compare import Attempt, Options, diff_regions, model_step, run_case
 from cowlab.live.driver import LiveMachine
-from cowlab.live.scenario import Limits
+from cowlab.live.scenario import Limits, LiveScenario
 from cowlab.scenario import load_scenario, parse_scenario
 from tests.live.helpers import needs_live_kernel
 
@@ -87,6 +87,70 @@ def test_a_knob_change_needs_permission(machine: LiveMachine) -> None:
     text += "  - {op: mmap, proc: P, name: buf, size: 4K}\n"
     result = run_case(parse_scenario(text), Options("v4.5+6d0a07e"), machine, None)
     assert result.status == "unsupported" and "--allow-system-changes" in result.reason
+
+
+KILLED = """
+name: a child writes where it inherited nothing (MADV_DONTFORK)
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: a, size: 4K, align: 64K}
+  - {op: mmap, proc: P, name: b, size: 4K, align: 64K}
+  - {op: write, proc: P, at: a, data: "x"}
+  - {op: write, proc: P, at: b, data: "s"}
+  - {op: madvise, proc: P, at: a, size: 4K, advice: dontfork}
+  - {op: pin, proc: P, name: dev, at: a, size: 4K}
+  - {op: fork, proc: P, child: C}
+  - {op: write, proc: C, at: a, data: "y"}
+  - {op: read, proc: C, at: b, size: 1}
+  - {op: fork, proc: C, child: D}
+  - {op: exit, proc: C}
+  - {op: read, proc: P, at: a, size: 1}
+  - {op: dma_read, pin: dev, size: 1}
+"""
+
+
+@needs_matched_model
+def test_a_process_killed_by_sigsegv_is_dead_on_both_sides(machine: LiveMachine) -> None:
+    """C has no VMA at a: its write takes SIGSEGV, whose default action kills it (exit_mmap
+    unmaps the page of b it shared with P); every later step of C is ESRCH."""
+    assert MATCHED is not None
+    scenario = parse_scenario(KILLED)
+    live = LiveScenario(machine, scenario)
+    live.start()
+    try:
+        outcomes = [live.run_step(step).outcome for step in scenario.steps]
+    finally:
+        live.close()
+    assert outcomes[7:11] == ["SIGSEGV", "ESRCH", "ESRCH", "ESRCH"]
+    assert set(outcomes[:7] + outcomes[11:]) == {"ok"}
+    result = run_case(scenario, Options(MATCHED), machine, None)
+    shown = [d.describe() for d in result.differences]
+    assert result.status == "agree", (result.status, result.reason, result.step, shown)
+
+
+@needs_matched_model
+def test_a_process_dead_on_one_side_only_is_a_difference(machine: LiveMachine) -> None:
+    """If the live process died and the model's did not, its regions differ: nothing live."""
+    assert MATCHED is not None
+    scenario = parse_scenario(
+        "name: one\nprocesses: [P]\nsteps:\n"
+        "  - {op: mmap, proc: P, name: buf, size: 8K}\n"
+        '  - {op: write, proc: P, at: buf, data: "x"}\n'
+    )
+    attempt = Attempt(scenario, Options(MATCHED), machine, None)
+    attempt.live.start()
+    try:
+        for step in scenario.steps:
+            model_step(attempt.runner, step)
+            attempt.live.run_step(step)
+            attempt.regions.after(step, True)
+        machine._kill(attempt.live.procs["P"])  # the live process dies, the model's lives on
+        live, model = attempt.observe()
+    finally:
+        attempt.live.close()
+    diffs = diff_regions(live, model, attempt.excl)
+    assert [(d.region, d.first, d.live) for d in diffs] == [("P:buf", 0, "-")]
+    assert diffs[0].model.startswith("F0[0]/1 pte mc=1")
 
 
 def test_sizes_are_capped(machine: LiveMachine) -> None:

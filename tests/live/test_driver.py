@@ -20,19 +20,38 @@ def _gone(pids: list[int]) -> bool:
     return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
-def test_segfaults_are_outcomes_and_the_worker_lives_on() -> None:
+def test_a_bad_access_kills_the_worker_after_the_bytes_before_it() -> None:
+    """SIGSEGV's default action: the stores before the faulting page happen, then the process
+    dies and exit_mmap unmaps everything it mapped (as the model's Process.write)."""
     with LiveMachine() as m:
         p = m.spawn()
         addr = small_pages(p, 2)
+        p.write(addr + PAGE, b"shared")
+        pin = p.get_user_pages(addr, PAGE)  # io_uring: the pin outlives the process
+        c = p.fork()  # the pinned page 0 is copied for the child, page 1 is shared
+        assert m.snapshot([(c, addr + PAGE, PAGE)]).regions[str(c.pid)][0].mapcount == 2
         p.mprotect(addr + PAGE, PAGE, "r")
         with pytest.raises(Segfault) as info:
             p.write(addr + PAGE - 2, b"abcd")
-        assert info.value.addr == addr + PAGE
-        assert p.read(addr + PAGE - 2, 2) == b"ab"  # stores before the fault happened
-        p.munmap(addr, 2 * PAGE)
-        with pytest.raises(Segfault):
+        assert (info.value.addr, info.value.done, info.value.killed) == (addr + PAGE, 2, True)
+        assert not p.alive and _gone([p.pid])
+        assert pin.dma_read(PAGE - 2, 2) == b"ab"  # the stores before the fault happened
+        assert m.snapshot([(c, addr + PAGE, PAGE)]).regions[str(c.pid)][0].mapcount == 1
+        with pytest.raises(SyscallError) as gone:
             p.read(addr, 1)
-        assert p.alive
+        assert gone.value.errno == "ESRCH"
+        assert c.read(addr + PAGE, 6) == b"shared"
+        pin.unpin()
+
+
+def test_a_read_of_unmapped_memory_kills_the_worker_too() -> None:
+    with LiveMachine() as m:
+        p = m.spawn()
+        addr = small_pages(p, 1)
+        p.munmap(addr, PAGE)
+        with pytest.raises(Segfault) as info:
+            p.read(addr, 1)
+        assert info.value.killed and info.value.access == "read" and not p.alive
 
 
 def test_errno_comes_back_as_syscall_error() -> None:

@@ -19,8 +19,8 @@ from cowlab.errors import CowlabError, KernelBug, Segfault, SyscallError
 from cowlab.kernel import Process
 from cowlab.live.driver import LiveMachine, LiveProcess
 from cowlab.live.journal import SystemChanges
-from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
-from cowlab.live.observe import PageObs, Snapshot
+from cowlab.live.model_observe import absent, model_snapshot, models_anon_exclusive
+from cowlab.live.observe import PAGE, PageObs, Snapshot
 from cowlab.live.scenario import Limits, LiveScenario, StepOutcome, Unsupported, unsupported_reason
 from cowlab.live.system import THP_DIR, kernel_facts
 from cowlab.scenario.model import Scenario, Step
@@ -315,15 +315,23 @@ class Attempt:
         """Both sides' canonical observations of the same named regions."""
         live_spec: dict[str, tuple[LiveProcess, int, int]] = {}
         model_spec: list[tuple[str, Process, int, int]] = []
+        gone: dict[str, int] = {}  # views of a process dead live but alive in the model
         for view, proc, region in self.regions.observed():
             lp, mp = self.live.procs.get(proc), self.runner.procs.get(proc)
             la, ma = self.live.regions.get(region), self.runner.regions.get(region)
-            if lp is None or mp is None or la is None or ma is None or not lp.alive:
+            if lp is None or mp is None or la is None or ma is None:
+                continue
+            if not lp.alive and not mp.alive:  # e.g. killed by SIGSEGV on both sides
                 continue
             size = self.regions.size[region]
-            live_spec[view] = (lp, la, size)
-            model_spec.append((view, mp, ma, size))
+            model_spec.append((view, mp, ma, size))  # a dead model process shows nothing
+            if lp.alive:
+                live_spec[view] = (lp, la, size)
+            else:
+                gone[view] = (la % PAGE + size + PAGE - 1) // PAGE
         live = self.live.machine.snapshot(live_spec)
+        for view, pages in gone.items():
+            live.regions[view] = [absent() for _ in range(pages)]
         return live, model_snapshot(self.runner.k, model_spec, show_exclusive=self.excl)
 
     def _compare(

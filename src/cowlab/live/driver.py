@@ -295,6 +295,12 @@ class LiveProcess:
         if not self.alive:
             raise SyscallError("ESRCH", f"pid {self.pid} has exited")
         reply = self._reply(cmd, args, lambda: send_msg(self.sock, (cmd, args), fds))
+        if reply[0] == "segv":
+            # the worker dies of it (worker.die_of_sigsegv): wait until its mm is gone
+            how, what = self.machine._reap(self)
+            if (how, what) != ("signaled", "SIGSEGV"):
+                raise LiveWorkerDied(f"pid {self.pid} was to die of SIGSEGV, but {how} {what}")
+            raise Segfault(reply[1], reply[2], reply[3], killed=True)
         return _unpack(reply)
 
     def _died(self, cmd: str, args: tuple[Any, ...]) -> NoReturn:
@@ -302,7 +308,7 @@ class LiveProcess:
         how, what = self.machine._reap(self)
         if how == "signaled" and what in CRASH_SIGNALS:
             addr = args[0] if args and isinstance(args[0], int) else 0
-            raise Segfault(addr, "write" if cmd == "write" else "read")
+            raise Segfault(addr, "write" if cmd == "write" else "read", killed=True)
         raise LiveWorkerDied(f"pid {self.pid} died during {cmd}: {how} {what}")
 
     def _reply(self, cmd: str, args: tuple[Any, ...], send: Callable[[], None]) -> Any:
@@ -388,11 +394,13 @@ class LiveProcess:
     # --- memory access -------------------------------------------------------------------
 
     def write(self, addr: int, data: bytes) -> None:
-        """Stores by the worker's CPU; SIGSEGV comes back as Segfault and the worker lives on."""
+        """Stores by the worker's CPU. A bad access stores the bytes before the faulting page,
+        then SIGSEGV kills the worker (as the model's Process.write): Segfault(killed=True)."""
         self._call("write", addr, bytes(data))
 
     def read(self, addr: int, n: int) -> bytes:
-        """Loads by the worker's CPU (a read of untouched memory maps the zero page)."""
+        """Loads by the worker's CPU (a read of untouched memory maps the zero page); a bad
+        access kills the worker, as for write()."""
         return bytes(self._call("read", addr, n))
 
     # --- the device side -----------------------------------------------------------------
@@ -429,8 +437,6 @@ def _unpack(reply: tuple[Any, ...]) -> Any:
         return reply[1]
     if kind == "err":
         raise SyscallError(reply[1], reply[2])
-    if kind == "segv":
-        raise Segfault(reply[1], reply[2])
     raise LiveWorkerBug(reply[1])
 
 

@@ -302,6 +302,7 @@ class LiveScenario:
     def pin(self, p: LiveProcess, at: int, a: dict[str, Any]) -> LivePin:
         """The flavour's user-space equivalent (module docstring); GUP's faults happen here."""
         flavour, size, write = a.get("flavour", "longterm"), a["size"], a.get("write", True)
+        p._require_alive()  # ESRCH, as the model (a SIGSEGV may have killed it)
         if flavour != "longterm" and write and not _fully_mapped(p.pid, at, size):
             # the O_DIRECT emulation writes the range out before reading it back in: a hole
             # stops the first pass, so the pages before it never take the write fault
@@ -334,6 +335,13 @@ class LiveScenario:
         if op == "unpin":
             pin.unpin()
             return None
+        device = pin.device
+        if isinstance(device, _OdirectDevice) and not device.proc.alive:
+            # the model's pin belongs to the device and outlives its process; O_DIRECT needs it
+            raise Unsupported(
+                f"{op} through a short-term pin (flavour pin) whose process is gone: "
+                "O_DIRECT needs the process"
+            )
         if op == "dma_write":
             pin.dma_write(a.get("offset", 0), a["data"])
             return None

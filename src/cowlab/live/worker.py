@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from cowlab.live import uring
 
@@ -31,6 +31,7 @@ MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x02, 0x10, 0x20
 MAP_FAILED = 2**64 - 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
+PR_SET_DUMPABLE = 4
 F_SETPIPE_SZ = 1031
 SPLICE_F_NONBLOCK = 2
 HEADER = struct.Struct("<I")
@@ -56,12 +57,13 @@ libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
 
 class Segv(Exception):
-    """The access would take SIGSEGV at addr: reported as an outcome, the worker lives on."""
+    """The access takes SIGSEGV at addr after `done` bytes: the worker replies, then dies of it."""
 
-    def __init__(self, addr: int, access: str) -> None:
-        super().__init__(addr, access)
+    def __init__(self, addr: int, access: str, done: int) -> None:
+        super().__init__(addr, access, done)
         self.addr = addr
         self.access = access
+        self.done = done
 
 
 def _fail(what: str) -> OSError:
@@ -271,19 +273,21 @@ class Worker:
     # --- memory access: the CPU's loads and stores ---------------------------------------
 
     def read(self, addr: int, n: int) -> bytes:
-        """Loads (read faults map the zero page where nothing is mapped yet)."""
+        """Loads (read faults map the zero page where nothing is mapped yet), in address order
+        up to the first address that faults."""
         ok = self._allowed_prefix(addr, n, write=False)
+        data = ctypes.string_at(addr, ok) if ok else b""
         if ok < n:
-            raise Segv(addr + ok, "read")
-        return ctypes.string_at(addr, n)
+            raise Segv(addr + ok, "read", ok)
+        return data
 
     def write(self, addr: int, data: bytes) -> None:
-        """Stores, in address order, up to the first address that would fault."""
+        """Stores, in address order, up to the first address that faults."""
         ok = self._allowed_prefix(addr, len(data), write=True)
         if ok:
             ctypes.memmove(addr, data, ok)
         if ok < len(data):
-            raise Segv(addr + ok, "write")
+            raise Segv(addr + ok, "write", ok)
 
     # --- pins: resources are handed to the driver with pidfd_getfd, then closed here -------
 
@@ -446,7 +450,7 @@ def _run(worker: Worker, cmd: str, args: tuple[Any, ...], fds: list[int]) -> tup
             return ("ok", worker.fork_child(fds))
         return ("ok", COMMANDS[cmd](worker, *args))
     except Segv as e:
-        return ("segv", e.addr, e.access)
+        return ("segv", e.addr, e.access, e.done)
     except OSError as e:
         name = errno.errorcode.get(e.errno or 0, "EIO")
         return ("err", name, str(e))
@@ -496,6 +500,19 @@ def serve(worker: Worker, announce: bool = False) -> None:
         reply = _run(worker, cmd, args, fds)
         khugepaged_fence(True)
         send_msg(worker.sock, reply)
+        if reply[0] == "segv":
+            die_of_sigsegv()
+
+
+def die_of_sigsegv() -> NoReturn:
+    """What the kernel does to a program without a SIGSEGV handler: the default action kills
+    it (do_exit, so exit_mmap tears its address space down). The worker checked the access
+    instead of taking the fault (the address may hold its own memory), so it sends itself the
+    signal; PR_SET_DUMPABLE 0 first, so no core is dumped."""
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGSEGV)
+    os._exit(128 + signal.SIGSEGV)  # not reached
 
 
 def main() -> None:
