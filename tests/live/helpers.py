@@ -17,7 +17,8 @@ THP_TRIES = 3
 
 
 def pmd_thp(proc: LiveProcess, fill: bytes = b"x") -> int:
-    """A 2 MiB-aligned region mapped by one PMD THP (write-faulted); skips if none comes."""
+    """A 2 MiB-aligned region mapped by one PMD THP (write-faulted); skips if none comes
+    (a failure under CI: tests/live/ci_skips.py)."""
     for _ in range(THP_TRIES):
         addr = proc.mmap(HPAGE, align=HPAGE)
         proc.madvise(addr, HPAGE, "hugepage")
