@@ -22,25 +22,26 @@ def explained(capsys: pytest.CaptureFixture[str], name: str, kernel: str, step: 
 def test_pmd_case_names_page_count(capsys: pytest.CaptureFixture[str]) -> None:
     out = explained(capsys, "rdma_pmd.yaml", "v4.5", 7)
     # 4.5.0's do_huge_pmd_wp_page: page_mapcount 1, but page_count is 1 + 512 pins
-    assert "do_huge_pmd_wp_page: head pfn" in out
+    assert "do_huge_pmd_wp_page: 0x7effffc00000 pfn 0x400: " in out
     assert "page_mapcount(head) = 1, page_count(head) = 513 -> copy" in out
     assert "compound_mapcount 1->0" in out  # the pinned THP loses its only PMD map
 
 
 def test_pte_case_names_reuse_swap_page(capsys: pytest.CaptureFixture[str]) -> None:
     out = explained(capsys, "rdma_pte.yaml", "v4.5", 10)
-    assert "reuse_swap_page -> PageTransCompound" in out
-    assert "-> 0 -> copy: wp_page_copy allocates pfn" in out
+    assert "PageTransCompound = 1 -> copy" in out
+    assert "rule of v4.5: reuse_swap_page(): never for a THP subpage" in out
+    assert "wp_page_copy: 0x7effffc02000 pfn 0x402: copied to a new page, pfn" in out
 
 
 def test_fixed_kernel_explains_the_reuse(capsys: pytest.CaptureFixture[str]) -> None:
     out = explained(capsys, "rdma_pte.yaml", "v4.5+6d0a07e", 10)
-    assert "page_trans_huge_mapcount = 1" in out and "reuse: wp_page_reuse" in out
+    assert "page_trans_huge_mapcount = 1, total_mapcount = 512" in out and "-> reuse" in out
 
 
 def test_early_version_shows_the_anon_vma_move(capsys: pytest.CaptureFixture[str]) -> None:
     out = explained(capsys, "kirill_anon_vma.yaml", "v4.5+6d0a07e-early", 10)
-    assert "page_move_anon_rmap to anon_vma#2" in out
+    assert "page_move_anon_rmap: pfn 0x400: move (to anon_vma#2)" in out
     assert "mapping anon_vma#1->anon_vma#2" in out
 
 
@@ -61,3 +62,36 @@ def test_diff_cli_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "first difference at step 10" in out
     assert main(["diff", path, "--kernel", "v4.5"]) == 2
+
+
+def test_decisions_are_data_in_the_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    path = str(EXAMPLES / "rdma_pmd.yaml")
+    assert main(["run", path, "--kernel", "v4.5", "--json"]) == 0
+    step7 = json.loads(capsys.readouterr().out)["runs"][0]["steps"][6]
+    (decision,) = [e for e in step7["events"] if e["verdict"]]
+    # 4.5.0 do_huge_pmd_wp_page: one PMD mapping, 512 pin references on the head
+    assert decision["function"] == "do_huge_pmd_wp_page" and decision["verdict"] == "copy"
+    assert decision["read"] == {"page_mapcount(head)": 1, "page_count(head)": 513}
+    assert decision["rule"] == "page_mapcount(head) == 1 && page_count(head) == 1"
+    assert decision["policy"] == "v4.5"
+
+
+def test_diff_compares_verdicts_not_text() -> None:
+    from cowlab.explain import signatures
+    from cowlab.scenario.runner import run_scenario
+
+    scenario = load_scenario(EXAMPLES / "rdma_pmd.yaml")
+    a = signatures(run_scenario(scenario, "v4.5", tracing=True))[6]
+    b = signatures(run_scenario(scenario, "v4.5+6d0a07e", tracing=True))[6]
+    assert ("do_huge_pmd_wp_page", "copy") in a.decisions
+    assert ("do_huge_pmd_wp_page", "reuse") in b.decisions
+
+
+def test_show_names_the_decision_of_the_step(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(EXAMPLES / "rdma_pmd.yaml")
+    assert main(["show", path, "--kernel", "v4.5+6d0a07e", "--step", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "decided: do_huge_pmd_wp_page: " in out and "page_trans_huge_mapcount = 1" in out
+    assert "-> reuse" in out

@@ -37,7 +37,8 @@ def test_v45_compare_error_within_a_few_iterations(trigger: str, mapping: str) -
     text = "\n".join(r.error.explanation)
     culprit = "do_huge_pmd_wp_page" if mapping == "pmd" else "wp_page_copy"
     assert culprit in text
-    why = "page_count(head) = 513" if mapping == "pmd" else "never reuses a THP subpage"
+    never = "rule: reuse_swap_page(): never for a THP subpage"
+    why = "page_count(head) = 513" if mapping == "pmd" else never
     assert why in text
 
 

@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for scenario in scenarios:
         # --kernel asks "what does K do with this?": run on K even if the file does not list it
         for kernel_id in requested or scenario.kernels:
-            result = run_scenario(scenario, kernel_id)
+            result = run_scenario(scenario, kernel_id, tracing=args.json)  # JSON has the events
             runs.append(result)
             if console is not None:
                 render_run(result, console)
@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ScenarioError) as e:
         print(str(e).splitlines()[0], file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `cowlab show ... | head`: the reader went away
+        sys.stderr.close()
+        return 0
     return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -11,14 +10,14 @@ from rich.table import Table
 from cowlab.scenario.model import Scenario
 from cowlab.scenario.runner import RunResult, StepResult, run_scenario
 
-VERDICT = re.compile(
-    r"-> (?:reuse|copy|-EBUSY|VM_FAULT_FALLBACK|\d)\b|page_move_anon_rmap|anon_vma not moved"
-)
-
 
 def step_lines(sr: StepResult) -> list[str]:
     """The decision log of one step, then its outcome and the counter changes."""
-    lines = [f"{function}: {message}" for _op, function, message in sr.log]
+    lines = []
+    for event in sr.events:
+        lines.append(event.render())
+        if event.rule:
+            lines.append(f"  {event.render_rule()}")
     if sr.outcome != "ok":
         lines.append(f"outcome: {sr.outcome}")
     lines += [f"state: {change}" for change in sr.changes]
@@ -51,16 +50,14 @@ class Signature:
     """
 
     outcome: str
-    decisions: tuple[tuple[str, tuple[str, ...]], ...]
+    decisions: tuple[tuple[str, str], ...]
     observed: tuple[str, ...]
 
 
 def signatures(result: RunResult) -> list[Signature]:
     out = []
     for sr in result.steps:
-        decisions = tuple(
-            (fn, tuple(VERDICT.findall(msg))) for _op, fn, msg in sr.log if VERDICT.search(msg)
-        )
+        decisions = tuple((e.function, e.verdict) for e in sr.events if e.decision)
         observed = tuple(f"{r.what}={r.actual!r}" for r in sr.results if r.what == "data")
         out.append(Signature(sr.outcome, decisions, observed))
     return out

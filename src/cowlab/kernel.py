@@ -38,6 +38,7 @@ from cowlab.mm.migrate import change_prot_numa
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.pgtable import PTE_DIRTY, PTE_MIGRATION, PTE_PROTNONE, PTE_WRITE, PTE_YOUNG, HugePmd
+from cowlab.mm.trace import Event, Reads
 from cowlab.policy import get_policy
 
 P = ParamSpec("P")
@@ -137,7 +138,7 @@ class Kernel:
         self.pins: dict[int, Pin] = {}
         self.vmstat: Counter[str] = Counter()
         self.cow_log: list[CowEvent] = []
-        self.log: list[tuple[int, str, str]] = []
+        self.events: list[Event] = []
         self.history: list[OpRecord] = []
         self._thp_enabled = "always"
         self.thp_use_zero_page = True
@@ -174,9 +175,22 @@ class Kernel:
     def next_anon_vma_id(self) -> int:
         return next(self._ids)
 
-    def trace(self, function: str, message: str) -> None:
+    def event(
+        self,
+        function: str,
+        verdict: str = "",
+        *,
+        addr: int | None = None,
+        pfn: int | None = None,
+        read: Reads = (),
+        rule: str = "",
+        detail: str = "",
+    ) -> None:
+        """Record what a kernel function did (verdict "") or decided, when tracing."""
         if self.tracing:
-            self.log.append((len(self.history), function, message))
+            policy = self.policy.id if verdict else ""
+            op = len(self.history)
+            self.events.append(Event(op, function, verdict, addr, pfn, read, rule, policy, detail))
 
     def record_cow(
         self,
@@ -434,7 +448,8 @@ class Process:
 
     def _fatal_signal(self) -> None:
         """SIGSEGV's default action (no handler is modelled): do_exit, so exit_mmap unmaps all."""
-        self.kernel.trace("force_sig_fault", f"pid {self.pid}: SIGSEGV, default action: exit")
+        detail = f"pid {self.pid}: SIGSEGV, default action: exit"
+        self.kernel.event("force_sig_fault", "kill", rule="no handler is modelled", detail=detail)
         self._do_exit()
 
     # --- memory access -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from cowlab.mm.mm import compound_head, folio_nr_pages, page_mapcount
 from cowlab.mm.mm_types import VmArea
 from cowlab.mm.page_alloc import HUGE_ZERO_PFN
 from cowlab.mm.pgtable import PTE_SPECIAL, HugePmd, PteTable, pte_flags_str
+from cowlab.mm.trace import Event
 from cowlab.scenario.model import Scenario
 from cowlab.scenario.runner import Runner
 
@@ -72,18 +73,20 @@ class MemoryView:
     processes: list[ProcView]
     folios: list[FolioView]
     zero: list[str]
+    decisions: list[Event] = field(default_factory=list)  # what the kernel decided in the step
 
 
 def memory_at(scenario: Scenario, kernel_id: str, step: int | None) -> MemoryView:
     """Run the scenario up to and including a step (default: the last) and look at memory."""
-    runner = Runner(scenario, kernel_id)
+    runner = Runner(scenario, kernel_id, tracing=True)
     last = step if step is not None else len(scenario.steps)
-    for s in scenario.steps[:last]:
-        runner.run_step(s)
+    results = [runner.run_step(s) for s in scenario.steps[:last]]
     title = (
         f"{scenario.path} on {kernel_id} after step {last}: {scenario.steps[last - 1].describe()}"
     )
-    return snapshot(runner, title)
+    view = snapshot(runner, title)
+    view.decisions = [e for e in results[-1].events if e.decision] if results else []
+    return view
 
 
 def snapshot(runner: Runner, title: str) -> MemoryView:
@@ -170,6 +173,7 @@ def _folio(k: Kernel, folios: dict[int, FolioView], head: int) -> FolioView:
 
 def render_text(view: MemoryView) -> str:
     lines = [view.title]
+    lines += [f"decided: {e.render()}" for e in view.decisions]
     for p in view.processes:
         lines.append(f"process {p.name} (pid {p.pid})")
         lines += [f"  vma {v}" for v in p.vmas]
@@ -251,6 +255,10 @@ def render_html(view: MemoryView) -> str:
         for c, label in zip(COLOURS, ["mapcount 0", "1", "2", "3+"], strict=True)
     )
     zero = "".join(f"<li>{html.escape(z)}</li>" for z in view.zero)
+    decided = "".join(
+        f"<li><code>{html.escape(e.render())}</code> ({html.escape(e.render_rule())})</li>"
+        for e in view.decisions
+    )
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(view.title)}</title>
 <style>
@@ -263,6 +271,7 @@ ul {{ margin-top: 2px; }}
 <body>
 <h1>{html.escape(view.title)}</h1>
 <p>{legend} &#9632; black dot: pinned subpage; dark bar: PMD-mapped</p>
+<ul class="decisions">{decided}</ul>
 {"".join(procs)}
 <h2>folios</h2>
 {folios}

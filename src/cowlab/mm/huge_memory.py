@@ -26,6 +26,7 @@ from cowlab.mm.constants import (
     PG_mm_ids_shared,
     PG_tail,
 )
+from cowlab.mm.decision import Reads
 from cowlab.mm.mm import (
     PageDoubleMap,
     PageTransCompound,
@@ -133,18 +134,18 @@ def do_huge_pmd_anonymous_page(k: Kernel, vma: VmArea, addr: int, write: bool) -
     if not write and k.thp_use_zero_page:
         mm.pmds[pmd_index(addr)] = HugePmd(HUGE_ZERO_PFN, False, False, huge_zero=True)
         k.frames.huge_zero_refcount += 1
-        k.trace("do_huge_pmd_anonymous_page", f"read fault at {addr:#x}: huge zero page")
+        k.event("do_huge_pmd_anonymous_page", addr=haddr, detail="read fault: huge zero page")
         return 0
     head = alloc_hugepage(k)
     if head is None:
         k.vmstat["thp_fault_fallback"] += 1
-        k.trace("do_huge_pmd_anonymous_page", "THP allocation failed -> VM_FAULT_FALLBACK")
+        k.event("do_huge_pmd_anonymous_page", addr=haddr, detail="no THP: VM_FAULT_FALLBACK")
         return VM_FAULT_FALLBACK
     k.vmstat["thp_fault_alloc"] += 1
     mm.pmds[pmd_index(addr)] = HugePmd(head, bool(vma.vm_flags & VM_WRITE), True)
     page_add_new_anon_rmap(k, head, vma, haddr, compound=True)
     mm.anon_rss += HPAGE_PMD_NR
-    k.trace("do_huge_pmd_anonymous_page", f"new THP head pfn {head:#x} PMD-mapped at {haddr:#x}")
+    k.event("do_huge_pmd_anonymous_page", addr=haddr, pfn=head, detail="a new THP, PMD-mapped")
     return 0
 
 
@@ -183,7 +184,7 @@ def do_anonymous_mthp(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> boo
         folio_add_new_anon_rmap_ptes(k, head, nr, vma, start)
         vma.mm.anon_rss += nr
         k.vmstat["mthp_fault_alloc"] += 1
-        k.trace("do_anonymous_page", f"{addr:#x}: {nr * 4} KiB mTHP, head pfn {head:#x}")
+        k.event("do_anonymous_page", addr=start, pfn=head, detail=f"a new {nr * 4} KiB mTHP")
         return True
     return False
 
@@ -206,7 +207,7 @@ def do_huge_pmd_wp_page(
         d = k.policy.huge_pmd_wp_reuse(k, page)
         why = d.why
         verdict = "reuse" if d.reuse else "split" if k.policy.pmd_cow_splits else "copy"
-        k.trace("do_huge_pmd_wp_page", f"head pfn {page:#x}: {why} -> {verdict}")
+        k.event("do_huge_pmd_wp_page", verdict, addr=haddr, pfn=page, read=d.read, rule=d.rule)
         if d.reuse:
             return huge_pmd_reuse(k, vma, haddr, entry, d.move_anon_vma, d.set_exclusive, unshare)
     else:
@@ -220,7 +221,8 @@ def do_huge_pmd_wp_page(
         k.vmstat["thp_fault_fallback"] += 1
         if page is None:
             split_huge_pmd(k, vma, haddr)
-            k.trace("do_huge_pmd_wp_page", "no THP for the huge zero page: split, fall back")
+            detail = "no THP for the huge zero page: split"
+            k.event("do_huge_pmd_wp_page", addr=haddr, detail=detail)
             return VM_FAULT_FALLBACK
         return do_huge_pmd_wp_page_fallback(k, vma, haddr, entry, why)
     k.vmstat["thp_fault_alloc"] += 1
@@ -237,7 +239,7 @@ def do_huge_pmd_wp_page(
         page_remove_rmap(k, vma.mm, page, compound=True)
         put_page(k, page)
     k.record_cow("do_huge_pmd_wp_page", vma, haddr, page, new, why, nr=HPAGE_PMD_NR)
-    k.trace("do_huge_pmd_wp_page", f"copy: a new THP, head pfn {new:#x}, PMD-mapped at {haddr:#x}")
+    k.event("do_huge_pmd_wp_page", addr=haddr, pfn=new, detail="copied to a new THP, PMD-mapped")
     return VM_FAULT_WRITE
 
 
@@ -283,10 +285,8 @@ def do_huge_pmd_wp_page_fallback(
     k.record_cow(
         "do_huge_pmd_wp_page_fallback", vma, haddr, page, int(table.pfn[0]), why, nr=HPAGE_PMD_NR
     )
-    k.trace(
-        "do_huge_pmd_wp_page_fallback",
-        f"no THP: 512 small pages (pfn {int(table.pfn[0]):#x}...) copied and PTE-mapped",
-    )
+    detail = "no THP: 512 small pages copied and PTE-mapped"
+    k.event("do_huge_pmd_wp_page_fallback", addr=haddr, pfn=int(table.pfn[0]), detail=detail)
     return VM_FAULT_WRITE
 
 
@@ -301,16 +301,17 @@ def copy_huge_pmd(k: Kernel, dst: VmArea, src: VmArea, idx: int, entry: HugePmd)
         k.frames.huge_zero_refcount += 1
         return True
     if k.policy.fork_pmd_must_split(k, src.mm, src, entry.pfn):
-        k.trace("copy_huge_pmd", f"THP {entry.pfn:#x} may be pinned: split the parent's PMD")
+        read: Reads = (("page_maybe_dma_pinned", 1), ("MMF_HAS_PINNED", 1))
+        rule = "split the parent's PMD of a maybe-pinned THP"
+        k.event("copy_huge_pmd", "split", pfn=entry.pfn, read=read, rule=rule)
         __split_huge_pmd_locked(k, src.mm, idx, entry, freeze=False)
         return False
     get_page(k.frames, entry.pfn)
     page_dup_rmap(k, dst.mm, entry.pfn, compound=True)
-    k.trace(
-        "copy_huge_pmd",
-        f"THP {entry.pfn:#x} shared with pid {dst.mm.pid}: both PMDs read-only, "
-        f"compound_mapcount {compound_mapcount(k.frames, entry.pfn)}",
-    )
+    if k.tracing:
+        detail = f"shared with pid {dst.mm.pid}, both PMDs read-only"
+        read = (("compound_mapcount", compound_mapcount(k.frames, entry.pfn)),)
+        k.event("copy_huge_pmd", pfn=entry.pfn, read=read, detail=detail)
     entry.write = False
     dst.mm.pmds[idx] = replace(entry, write=False, young=False)
     dst.mm.anon_rss += HPAGE_PMD_NR
@@ -370,7 +371,8 @@ def __split_huge_pmd_locked(
         table.pfn[:] = ZERO_PFN
         table.bits[:] = PTE_SPECIAL | PTE_YOUNG
         f.huge_zero_refcount -= 1
-        k.trace("__split_huge_pmd_locked", f"huge zero PMD at {idx << PMD_SHIFT:#x} -> zero PTEs")
+        detail = "huge zero PMD -> zero PTEs"
+        k.event("__split_huge_pmd_locked", addr=idx << PMD_SHIFT, detail=detail)
         return table
     head = entry.pfn
     sl = slice(head, head + HPAGE_PMD_NR)
@@ -394,12 +396,16 @@ def __split_huge_pmd_locked(
     if freeze:
         rmap_remove_ptes(k, mm, head + SUBPAGES)
         put_page(k, head, HPAGE_PMD_NR)
-    k.trace(
-        "__split_huge_pmd_locked",
-        f"PMD of head pfn {head:#x} at {idx << PMD_SHIFT:#x} -> 512 PTEs "
-        f"(compound_mapcount {compound_mapcount(f, head)}, "
-        f"DoubleMap {int(PageDoubleMap(f, head))})",
-    )
+    if k.tracing:
+        read: Reads = (("compound_mapcount", compound_mapcount(f, head)),)
+        read += (("PageDoubleMap", int(PageDoubleMap(f, head))),)
+        k.event(
+            "__split_huge_pmd_locked",
+            addr=idx << PMD_SHIFT,
+            pfn=head,
+            read=read,
+            detail="PMD -> 512 PTEs",
+        )
     return table
 
 
@@ -438,13 +444,15 @@ def split_huge_page(k: Kernel, head: int) -> int:
     try:
         extra = page_count(f, head) - 1 - total_mapcount(f, head)
         if extra:
-            k.trace("split_huge_page", f"head pfn {head:#x}: {extra} extra references -> -EBUSY")
+            read = (("extra references", extra),)
+            rule = "page_count - 1 == total_mapcount (no extra references)"
+            k.event("split_huge_page", "-EBUSY", pfn=head, read=read, rule=rule)
             return EBUSY
         frozen = freeze_page(k, head)
         left = total_mapcount(f, head)
         if left == 0 and page_count(f, head) == 1:
             __split_huge_page(k, head, frozen)
-            k.trace("split_huge_page", f"head pfn {head:#x} split into 512 small pages")
+            k.event("split_huge_page", "0", pfn=head, detail="split into 512 small pages")
             return 0
         if k.config.debug_vm and left:
             raise KernelBug(
@@ -452,7 +460,9 @@ def split_huge_page(k: Kernel, head: int) -> int:
                 "freeze_page(): the rmap walk from its anon_vma missed them"
             )
         unfreeze_page(k, frozen)
-        k.trace("split_huge_page", f"head pfn {head:#x}: {left} mappings not frozen -> -EBUSY")
+        read = (("total_mapcount after freeze_page", left),)
+        rule = "freeze_page leaves no mapping"
+        k.event("split_huge_page", "-EBUSY", pfn=head, read=read, rule=rule)
         return EBUSY
     finally:
         put_page(k, head)

@@ -15,6 +15,7 @@ from cowlab.mm.constants import (
     VM_WRITE,
     PG_anon_exclusive,
 )
+from cowlab.mm.decision import WpDecision
 from cowlab.mm.mm import PageAnon, PageKsm, compound_head, heads_of, put_page
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, flags_without
@@ -60,7 +61,7 @@ def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool, unshare: boo
     k.vmstat["pgfault"] += 1
     if k.tracing:
         kind = "unshare" if unshare else "write" if write else "read"
-        k.trace("handle_mm_fault", f"{kind} fault at {addr:#x} in pid {vma.mm.pid}")
+        k.event("handle_mm_fault", addr=addr, detail=f"{kind} fault in pid {vma.mm.pid}")
     mm = vma.mm
     idx = pmd_index(addr)
     entry = mm.pmds.get(idx)
@@ -111,7 +112,7 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
         table.pfn[i] = ZERO_PFN
         table.bits[i] = PTE_SPECIAL | PTE_YOUNG
         if k.tracing:
-            k.trace("do_anonymous_page", f"{addr:#x}: read fault maps the zero page read-only")
+            k.event("do_anonymous_page", addr=addr, detail="read fault maps the zero page")
         return 0
     anon_vma_prepare(k, vma)
     if k.policy.mthp and huge_memory.do_anonymous_mthp(k, vma, addr, table):
@@ -122,7 +123,7 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
     page_add_new_anon_rmap(k, pfn, vma, addr, compound=False)
     vma.mm.anon_rss += 1
     if k.tracing:
-        k.trace("do_anonymous_page", f"{addr:#x}: write fault maps a new page, pfn {pfn:#x}")
+        k.event("do_anonymous_page", addr=addr, pfn=pfn, detail="write fault maps a new page")
     return 0
 
 
@@ -130,24 +131,21 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
     """do_wp_page(): a write (or unshare) to a read-only present PTE: reuse the page or copy it."""
     i = pte_index(addr)
     if table.bits[i] & PTE_SPECIAL:
-        return wp_copy_traced(k, vma, addr, table, None, "the zero page", "never reused", unshare)
+        d = WpDecision(False, False, False, (), "the zero page is never reused")
+        return wp_copy_traced(k, vma, addr, table, None, d, unshare)
     old = int(table.pfn[i])
     f = k.frames
     if not PageAnon(f, old) or PageKsm(f, old):
-        chain = f"pfn {old:#x}"
-        return wp_copy_traced(k, vma, addr, table, old, chain, "KSM: never reused", unshare)
+        d = WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+        return wp_copy_traced(k, vma, addr, table, old, d, unshare)
     d = k.policy.wp_reuse(k, vma, old)
-    chain = f"pfn {old:#x} -> {d.why}"
     if not d.reuse:
-        return wp_copy_traced(k, vma, addr, table, old, chain, d.why, unshare)
+        return wp_copy_traced(k, vma, addr, table, old, d, unshare)
+    k.event("do_wp_page", "reuse", addr=addr, pfn=old, read=d.read, rule=d.rule)
     if d.move_anon_vma:
         page_move_anon_rmap(k, compound_head(f, old), vma, addr)
     if d.set_exclusive:
         f.flags[old] |= PG_anon_exclusive
-    if k.tracing:
-        moved = f"page_move_anon_rmap to {vma.anon_vma}"
-        where = moved if d.move_anon_vma else "anon_vma not moved"
-        k.trace("do_wp_page", f"{addr:#x}: {chain} -> reuse: wp_page_reuse ({where})")
     if unshare:  # the page is now exclusive; the PTE stays read-only
         return 0
     return wp_page_reuse(k, vma, addr, table)
@@ -159,14 +157,14 @@ def wp_copy_traced(
     addr: int,
     table: PteTable,
     old: int | None,
-    chain: str,
-    why: str,
+    d: WpDecision,
     unshare: bool,
 ) -> int:
-    ret = wp_page_copy(k, vma, addr, table, old, why, unshare)
+    k.event("do_wp_page", "copy", addr=addr, pfn=old, read=d.read, rule=d.rule)
+    ret = wp_page_copy(k, vma, addr, table, old, d.why, unshare)
     if k.tracing:
         new = int(table.pfn[pte_index(addr)])
-        k.trace("do_wp_page", f"{addr:#x}: {chain} -> copy: wp_page_copy allocates pfn {new:#x}")
+        k.event("wp_page_copy", addr=addr, pfn=old, detail=f"copied to a new page, pfn {new:#x}")
     return ret
 
 
@@ -261,11 +259,8 @@ def copy_pte_range(
     np.add.at(f._count, heads_of(k.frames, normal), 1)
     dst.mm.anon_rss += int(normal.size)
     if k.tracing:
-        k.trace(
-            "copy_pte_range",
-            f"{normal.size} PTEs at {(idx << PMD_SHIFT) + (sl.start << 12):#x} shared with pid "
-            f"{dst.mm.pid}: write-protected on both sides, _mapcount and _count +1",
-        )
+        detail = f"{normal.size} PTEs shared with pid {dst.mm.pid}, read-only on both sides"
+        k.event("copy_pte_range", addr=(idx << PMD_SHIFT) + (sl.start << 12), detail=detail)
 
 
 def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: int) -> None:
@@ -281,7 +276,11 @@ def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: i
     dst.mm.anon_rss += 1
     k.record_cow("copy_present_page", dst, addr, pfn, new, "maybe DMA-pinned at fork")
     if k.tracing:
-        k.trace("copy_present_page", f"{addr:#x}: pfn {pfn:#x} may be pinned: child gets {new:#x}")
+        read = (("page_maybe_dma_pinned", 1), ("MMF_HAS_PINNED", 1))
+        rule, detail = "copy a maybe-pinned page for the child", f"the child gets pfn {new:#x}"
+        k.event(
+            "copy_present_page", "copy", addr=addr, pfn=pfn, read=read, rule=rule, detail=detail
+        )
 
 
 # --- zap ------------------------------------------------------------------------------------
@@ -323,7 +322,7 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     rmap_remove_ptes(k, mm, normal)
     mm.anon_rss -= int(normal.size)
     if k.tracing:
-        k.trace("zap_pte_range", f"pid {mm.pid}: {normal.size} PTEs unmapped (page_remove_rmap)")
+        k.event("zap_pte_range", detail=f"pid {mm.pid}: {normal.size} PTEs unmapped")
     heads, counts = np.unique(heads_of(k.frames, normal), return_counts=True)
     for head, nr in zip(heads.tolist(), counts.tolist(), strict=True):
         put_page(k, head, nr)

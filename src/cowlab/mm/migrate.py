@@ -32,7 +32,7 @@ def do_huge_pmd_numa_page(k: Kernel, vma: VmArea, addr: int, entry: HugePmd) -> 
     if not k.numa_misplaced:
         entry.protnone = False
         entry.young = True
-        k.trace("do_huge_pmd_numa_page", f"head pfn {head:#x} well placed: clear_pmdnuma")
+        k.event("do_huge_pmd_numa_page", "keep", pfn=head, rule="well placed: clear_pmdnuma")
         return 0
     return migrate_misplaced_transhuge_page(k, vma, addr, entry)
 
@@ -49,10 +49,13 @@ def migrate_misplaced_transhuge_page(k: Kernel, vma: VmArea, addr: int, entry: H
         entry.protnone = False
         entry.write = False
         entry.young = True
-        k.trace(
+        k.event(
             "migrate_misplaced_transhuge_page",
-            f"head pfn {head:#x} page_count {page_count(f, head)} != 1 (pinned or shared): "
-            "migration fails, out_fail restores the PMD with vm_page_prot -> read-only",
+            "fail",
+            pfn=head,
+            read=(("page_count", page_count(f, head)),),
+            rule="page_count == 1",
+            detail="out_fail restores the PMD with vm_page_prot: read-only",
         )
         return 0
     new = f.alloc_hugepage()
@@ -65,7 +68,7 @@ def migrate_misplaced_transhuge_page(k: Kernel, vma: VmArea, addr: int, entry: H
     vma.mm.pmds[pmd_index(addr)] = HugePmd(new, bool(vma.vm_flags & VM_WRITE), True)
     page_remove_rmap(k, vma.mm, head, compound=True)
     put_page(k, head)
-    k.trace("migrate_misplaced_transhuge_page", f"THP {head:#x} migrated to {new:#x}")
+    k.event("migrate_misplaced_transhuge_page", pfn=head, detail=f"migrated to pfn {new:#x}")
     return 0
 
 
@@ -85,7 +88,8 @@ def migrate_misplaced_page(k: Kernel, pfn: int) -> bool:
     f = k.frames
     mappings = rmap_walk_anon(k, pfn)
     if page_count(f, pfn) != len(mappings):
-        k.trace("migrate_misplaced_page", f"pfn {pfn:#x} has extra references: not migrated")
+        read = (("page_count", page_count(f, pfn)), ("mappings", len(mappings)))
+        k.event("migrate_misplaced_page", "fail", pfn=pfn, read=read, rule="no extra references")
         return False
     new = f.alloc_page()
     f.copy_page(new, pfn)
@@ -100,7 +104,7 @@ def migrate_misplaced_page(k: Kernel, pfn: int) -> bool:
         table.pfn[pte_index(m.addr)] = new
     f._mapcount[pfn] = -1
     put_page(k, pfn, len(mappings))
-    k.trace("migrate_misplaced_page", f"pfn {pfn:#x} migrated to {new:#x}")
+    k.event("migrate_misplaced_page", pfn=pfn, detail=f"migrated to pfn {new:#x}")
     return True
 
 

@@ -313,6 +313,7 @@ def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:
             f"pfn {pfn:#x} index {int(f.index[pfn])} vs {vma.linear_page_index(addr)}"
         )
     f.mapping[pfn] = vma.anon_vma.id
+    k.event("page_move_anon_rmap", "move", pfn=pfn, detail=f"to {vma.anon_vma}")
 
 
 def deferred_split_huge_page(k: Kernel, head: int) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cowlab.mm.decision import ReuseCount, ReuseDecision
 from cowlab.mm.mm import PageKsm
 from cowlab.mm.page_alloc import PageFrames
-from cowlab.policy.base import ReuseCount, ReuseDecision
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -25,9 +25,12 @@ def reuse_swap_page(
 ) -> ReuseDecision:
     """reuse_swap_page(page, &total_mapcount): reuse when the generation's mapcount is <= 1."""
     if k.config.swap and PageKsm(k.frames, pfn):
-        return ReuseDecision(False, 0, "PageKsm")
+        return ReuseDecision(False, 0, (("PageKsm", 1),), "never for a KSM page")
     count = mapcount(k.frames, pfn)
     if count.mapcount is None:
-        return ReuseDecision(False, count.total_mapcount, count.why)
-    reuse = count.mapcount == 1 if not k.config.swap else count.mapcount <= 1
-    return ReuseDecision(reuse, count.total_mapcount, count.why)
+        return ReuseDecision(False, count.total_mapcount, count.read, count.rule)
+    if k.config.swap:
+        reuse, rule = count.mapcount <= 1, count.rule
+    else:  # the CONFIG_SWAP=n macro of include/linux/swap.h asks for exactly 1
+        reuse, rule = count.mapcount == 1, count.rule.replace("<=", "==")
+    return ReuseDecision(reuse, count.total_mapcount, count.read, rule)

@@ -8,39 +8,18 @@ mprotect and clear_refs paths ask.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, WpDecision
+
+__all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "WpDecision"]
+
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
-
-
-class ReuseCount(NamedTuple):
-    """The mapcount reuse_swap_page() compares with 1 (None: "never reuse") and total_mapcount."""
-
-    mapcount: int | None
-    total_mapcount: int
-    why: str
-
-
-class ReuseDecision(NamedTuple):
-    """reuse_swap_page()'s answer with the total mapcount do_wp_page may consult."""
-
-    reuse: bool
-    total_mapcount: int
-    why: str
-
-
-class WpDecision(NamedTuple):
-    """A write (or unshare) fault's verdict: reuse or copy, and what reuse also does."""
-
-    reuse: bool
-    move_anon_vma: bool
-    set_exclusive: bool
-    why: str
 
 
 class Policy(ABC):

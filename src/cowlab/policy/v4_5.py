@@ -35,14 +35,14 @@ class V4_5(Policy):
         """do_wp_page(): reuse_swap_page() decides; a reused page may move to vma's anon_vma."""
         d = reuse_swap_page(k, pfn, self.reuse_mapcount)
         move = d.reuse and self.move_anon_rmap_on_reuse(d.total_mapcount)
-        return WpDecision(d.reuse, move, False, f"reuse_swap_page -> {d.why} -> {int(d.reuse)}")
+        return WpDecision(d.reuse, move, False, d.read, f"reuse_swap_page(): {d.rule}")
 
     def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
         """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""
         if PageTransCompound(f, pfn):
-            return ReuseCount(None, 0, "PageTransCompound: 4.5.0 never reuses a THP subpage")
+            return ReuseCount(None, 0, (("PageTransCompound", 1),), "never for a THP subpage")
         count = page_mapcount(f, pfn)
-        return ReuseCount(count, count, f"page_mapcount = {count}")
+        return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
 
     def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
         """Always: a reused page is a small page mapped once."""
@@ -52,5 +52,6 @@ class V4_5(Policy):
         """do_huge_pmd_wp_page of 4.5.0: any extra reference (a GUP pin) forces a 2 MiB copy."""
         f = k.frames
         mapcount, count = page_mapcount(f, head), page_count(f, head)
-        why = f"page_mapcount(head) = {mapcount}, page_count(head) = {count}"
-        return WpDecision(mapcount == 1 and count == 1, False, False, why)
+        read = (("page_mapcount(head)", mapcount), ("page_count(head)", count))
+        rule = "page_mapcount(head) == 1 && page_count(head) == 1"
+        return WpDecision(mapcount == 1 and count == 1, False, False, read, rule)

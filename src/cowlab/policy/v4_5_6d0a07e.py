@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from cowlab.mm.huge_memory import page_trans_huge_mapcount
 from cowlab.mm.page_alloc import PageFrames
-from cowlab.policy.base import ReuseCount, WpDecision
+from cowlab.policy.base import Reads, ReuseCount, WpDecision
 from cowlab.policy.v4_5 import V4_5
 
 if TYPE_CHECKING:
@@ -26,13 +26,15 @@ class V4_5_6d0a07e(V4_5):
 
     def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
         ptm, total, worst = page_trans_huge_mapcount(f, pfn)
-        where = f" (subpage {worst})" if worst is not None else ""
-        return ReuseCount(ptm, total, f"page_trans_huge_mapcount = {ptm}{where}, total {total}")
+        read: Reads = (("page_trans_huge_mapcount", ptm), ("total_mapcount", total))
+        if worst is not None:
+            read += (("most-mapped subpage", worst),)
+        return ReuseCount(ptm, total, read, "page_trans_huge_mapcount <= 1")
 
     def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
         return total_mapcount == 1
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         ptm, total, _ = page_trans_huge_mapcount(k.frames, head)
-        why = f"page_trans_huge_mapcount = {ptm}, total {total}"
-        return WpDecision(ptm == 1, False, False, why)
+        read = (("page_trans_huge_mapcount", ptm), ("total_mapcount", total))
+        return WpDecision(ptm == 1, False, False, read, "page_trans_huge_mapcount == 1")

@@ -34,4 +34,5 @@ class V5_18(V5_9):
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         count = page_count(k.frames, head)
-        return WpDecision(count == 1, False, False, f"page_count(head) = {count}")
+        read = (("page_count(head)", count),)
+        return WpDecision(count == 1, False, False, read, "page_count(head) == 1")

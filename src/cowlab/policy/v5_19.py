@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from cowlab.mm.constants import PG_anon_exclusive
 from cowlab.mm.mm import PageAnonExclusive, PageKsm, page_count
-from cowlab.policy.base import WpDecision
+from cowlab.policy.base import Reads, WpDecision
 from cowlab.policy.v5_18 import V5_18
 
 if TYPE_CHECKING:
@@ -41,18 +41,22 @@ class V5_19(V5_18):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
         if PageAnonExclusive(f, pfn):
-            return WpDecision(True, False, False, "PageAnonExclusive")
+            return WpDecision(True, False, False, (("PageAnonExclusive", 1),), "PageAnonExclusive")
         count = page_count(f, pfn)
         reuse = not PageKsm(f, pfn) and count == 1
-        return WpDecision(reuse, reuse, reuse, f"not exclusive, page_count = {count}")
+        read = (("PageAnonExclusive", 0), ("page_count", count))
+        return WpDecision(reuse, reuse, reuse, read, "PageAnonExclusive || page_count == 1")
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         f = k.frames
         if PageAnonExclusive(f, head):
-            return WpDecision(True, False, False, "PageAnonExclusive(head)")
+            read: Reads = (("PageAnonExclusive(head)", 1),)
+            return WpDecision(True, False, False, read, "PageAnonExclusive(head)")
         count = page_count(f, head)
         reuse = count == 1
-        return WpDecision(reuse, reuse, reuse, f"not exclusive, page_count(head) = {count}")
+        read = (("PageAnonExclusive(head)", 0), ("page_count(head)", count))
+        rule = "PageAnonExclusive(head) || page_count(head) == 1"
+        return WpDecision(reuse, reuse, reuse, read, rule)
 
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]

@@ -42,7 +42,8 @@ class V5_9(V5_8):
         f = k.frames
         count, mapcount = page_count(f, pfn), page_mapcount(f, pfn)
         reuse = not PageKsm(f, pfn) and count == 1 and mapcount == 1
-        return WpDecision(reuse, False, False, f"page_count = {count}, page_mapcount = {mapcount}")
+        read = (("page_count", count), ("page_mapcount", mapcount))
+        return WpDecision(reuse, False, False, read, "page_count == 1 && page_mapcount == 1")
 
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]

@@ -16,7 +16,7 @@ from cowlab.mm.mm import (
     folio_maybe_mapped_shared,
     page_count,
 )
-from cowlab.policy.base import WpDecision
+from cowlab.policy.base import Reads, WpDecision
 from cowlab.policy.v5_19 import V5_19
 
 if TYPE_CHECKING:
@@ -49,13 +49,15 @@ class V6_15(V5_19):
             return super().wp_reuse(k, vma, pfn)
         head = compound_head(f, pfn)
         large, refs = folio_large_mapcount(f, head), page_count(f, head)
-        if large <= 1:
-            return WpDecision(False, False, False, f"_large_mapcount = {large}: copy, free it")
-        if folio_maybe_mapped_shared(f, head):
-            return WpDecision(False, False, False, "folio_maybe_mapped_shared")
+        rule = "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1"
+        read: Reads = (("_large_mapcount", large),)
+        if large <= 1:  # the last mapping: copy, and the folio is freed
+            return WpDecision(False, False, False, read, rule)
+        read += (("folio_maybe_mapped_shared", int(folio_maybe_mapped_shared(f, head))),)
+        if read[-1][1]:
+            return WpDecision(False, False, False, read, rule)
         reuse = large == refs
-        why = f"_large_mapcount = {large}, refcount = {refs}"
-        return WpDecision(reuse, False, reuse, why)
+        return WpDecision(reuse, False, reuse, (*read, ("refcount", refs)), rule)
 
     def mprotect_writable(self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool) -> bool:
         """can_change_pte_writable(): exclusive, and no soft-dirty tracking waiting for a fault."""

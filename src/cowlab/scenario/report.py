@@ -113,6 +113,7 @@ def run_to_json(result: RunResult) -> dict[str, Any]:
                 "happened": sr.happened,
                 "pfn": sr.observed_pfn,
                 "expectations": [expect_to_json(r) for r in sr.results],
+                "events": [e.to_json() for e in sr.events],
                 "passed": sr.passed,
             }
             for sr in result.steps

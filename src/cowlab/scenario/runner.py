@@ -7,6 +7,7 @@ from typing import Any
 
 from cowlab.errors import KernelBug, Segfault, SyscallError
 from cowlab.kernel import Config, Kernel, Pin, Process
+from cowlab.mm.trace import Event
 from cowlab.scenario import budget
 from cowlab.scenario.changes import counter_changes, counters_snapshot
 from cowlab.scenario.judge import judge
@@ -31,7 +32,7 @@ class StepResult:
     outcome: str
     happened: list[str]
     results: list[ExpectResult]
-    log: list[tuple[int, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # recorded when tracing
     changes: list[str] = field(default_factory=list)
     observed_pfn: int | None = None
 
@@ -105,7 +106,7 @@ class Runner:
             return StepResult(step, "not run", [why], [])
         budget.check_step(self, step, self.max_memory)
         k = self.k
-        cows, reuses, log_at = len(k.cow_log), k.vmstat["pgreuse"], len(k.log)
+        cows, reuses, events_at = len(k.cow_log), k.vmstat["pgreuse"], len(k.events)
         before = counters_snapshot(k) if k.tracing else None
         outcome, result, note = "ok", None, ""
         try:
@@ -120,7 +121,7 @@ class Runner:
             outcome = "BUG"
             self.crashed_at = step.index
             note = f"kernel BUG: {e}"
-            k.trace("BUG", note)
+            k.event("BUG", "BUG", detail=str(e))
         happened = self.describe(step, outcome, result, cows)
         if note:  # a kernel BUG, or the process a fatal signal killed
             happened.append(note)
@@ -132,7 +133,7 @@ class Runner:
             self.labels[step.label] = pfn
         results = judge(self, step, outcome, result, fault, pfn)
         changes = counter_changes(k, before) if before is not None else []
-        return StepResult(step, outcome, happened, results, k.log[log_at:], changes, pfn)
+        return StepResult(step, outcome, happened, results, k.events[events_at:], changes, pfn)
 
     def execute(self, step: Step) -> Any:
         a = step.args

@@ -1,0 +1,46 @@
+"""The answers a kernel generation (policy) gives the kernel paths, as data: the verdict, what it
+does besides, the values its rule read and the rule itself (see trace.Event)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+Reads = tuple[tuple[str, int], ...]  # the counters and flags a rule read, by kernel name
+
+
+def show_reads(read: Reads) -> str:
+    return ", ".join(f"{name} = {value}" for name, value in read)
+
+
+class ReuseCount(NamedTuple):
+    """The mapcount reuse_swap_page() compares with 1 (None: "never reuse") and total_mapcount."""
+
+    mapcount: int | None
+    total_mapcount: int
+    read: Reads
+    rule: str
+
+
+class ReuseDecision(NamedTuple):
+    """reuse_swap_page()'s answer with the total mapcount do_wp_page may consult."""
+
+    reuse: bool
+    total_mapcount: int
+    read: Reads
+    rule: str
+
+
+class WpDecision(NamedTuple):
+    """A write (or unshare) fault's verdict: reuse or copy, what reuse also does, and why: the
+    values the rule read and the rule itself, in the kernel's terms."""
+
+    reuse: bool
+    move_anon_vma: bool
+    set_exclusive: bool
+    read: Reads
+    rule: str
+
+    @property
+    def why(self) -> str:
+        reads = show_reads(self.read)
+        return f"{reads}; rule: {self.rule}" if reads and self.rule else reads or self.rule
