@@ -185,3 +185,39 @@ def test_random_programs_run_and_report(tmp_path: Path) -> None:
     assert doc["summary"]["cases"] == 3 and doc["summary"]["cases_per_s"] > 0
     for path in doc["written"]:
         assert load_scenario(path).steps  # every disagreement is a valid scenario file
+
+
+SHARED_AFTER_FORK = """\
+name: a page shared by fork
+kernels: [v6.18]
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 4K}
+  - {op: madvise, proc: P, at: buf, size: 4K, advice: nohugepage}
+  - {op: write, proc: P, at: buf, data: "parent"}
+  - {op: fork, proc: P, child: C}
+"""
+
+
+def test_a_disagreement_names_the_models_decision(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patched policy whose fork copies every page: the live kernel shares the page (mapcount
+    2), the patch gives the child its own, and the report carries the model's decision."""
+    import numpy as np
+
+    from cowlab.policy import POLICIES
+
+    class CopyAll(POLICIES["v6.18"]):  # type: ignore[misc,valid-type]
+        id = "v6.18+fork-copies-all"
+
+        def fork_must_copy(self, k: object, src: object, vma: object, pfns: object) -> object:
+            return np.ones(len(pfns), dtype=bool)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(POLICIES, CopyAll.id, CopyAll)
+    result = run_case(parse_scenario(SHARED_AFTER_FORK), Options(CopyAll.id), machine, None)
+    assert result.status == "disagree" and result.step is not None and result.step.index == 4
+    (decision,) = result.model_decisions
+    assert (decision.function, decision.verdict) == ("copy_present_page", "copy")
+    assert decision.policy == CopyAll.id
+    assert result.to_json()["model_decisions"][0]["verdict"] == "copy"

@@ -268,6 +268,8 @@ def _print_case(result: Any, limit: int = 12) -> None:
         return
     print(f"    first difference after step {result.step.index} (line {result.step.loc.line}): "
           f"{result.step.describe()}")  # fmt: skip
+    for e in result.model_decisions:
+        print(f"    the model decided: {e.render()} ({e.render_rule() or 'no rule'})")
     for d in result.differences[:limit]:
         print(f"      {d.describe()}")
     if len(result.differences) > limit:

@@ -23,6 +23,7 @@ from cowlab.live.model_observe import absent, model_snapshot, models_anon_exclus
 from cowlab.live.observe import PAGE, PageObs, Snapshot
 from cowlab.live.scenario import Limits, LiveScenario, StepOutcome, Unsupported, unsupported_reason
 from cowlab.live.system import THP_DIR, kernel_facts
+from cowlab.mm.trace import Event
 from cowlab.scenario.model import Scenario, Step
 from cowlab.scenario.runner import Runner
 
@@ -117,6 +118,7 @@ class CaseResult:
     differences: list[Difference] = field(default_factory=list)
     live_view: dict[str, list[str]] = field(default_factory=dict)
     model_view: dict[str, list[str]] = field(default_factory=dict)
+    model_decisions: list[Event] = field(default_factory=list)  # the model's, at that step
     attempts: int = 1
     steps_run: int = 0
     elapsed_s: float = 0.0
@@ -143,6 +145,7 @@ class CaseResult:
             out["differences"] = [vars(d) for d in self.differences]
             out["live"] = self.live_view
             out["model"] = self.model_view
+            out["model_decisions"] = [e.to_json() for e in self.model_decisions]
         return out
 
 
@@ -275,7 +278,7 @@ class Attempt:
             if opts.compare_exclusive is None
             else opts.compare_exclusive
         )
-        self.runner = Runner(scenario, opts.kernel)
+        self.runner = Runner(scenario, opts.kernel, tracing=True)  # decisions for the report
         self.live = LiveScenario(machine, scenario, changes)
         self.regions = Regions()
         for name in scenario.processes:
@@ -299,6 +302,7 @@ class Attempt:
 
     def _steps(self, before: dict[str, int]) -> CaseResult:
         for n, step in enumerate(self.scenario.steps, 1):
+            events_at = len(self.runner.k.events)
             mine = model_step(self.runner, step)
             theirs = self.live.run_step(step)
             self.regions.after(step, mine.outcome == "ok" and theirs.outcome == "ok")
@@ -306,6 +310,7 @@ class Attempt:
             found = self._compare(step, theirs, mine, live, model)
             if found is not None:
                 found.steps_run = n
+                found.model_decisions = [e for e in self.runner.k.events[events_at:] if e.decision]
                 return self._judge(found, live, model, before)
         result = self._result("agree")
         result.steps_run = len(self.scenario.steps)

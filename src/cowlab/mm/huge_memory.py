@@ -35,6 +35,7 @@ from cowlab.mm.mm import (
     folio_nr_pages,
     get_page,
     page_count,
+    page_maybe_dma_pinned,
     put_page,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
@@ -301,7 +302,9 @@ def copy_huge_pmd(k: Kernel, dst: VmArea, src: VmArea, idx: int, entry: HugePmd)
         k.frames.huge_zero_refcount += 1
         return True
     if k.policy.fork_pmd_must_split(k, src.mm, src, entry.pfn):
-        read: Reads = (("page_maybe_dma_pinned", 1), ("MMF_HAS_PINNED", 1))
+        pinned = int(page_maybe_dma_pinned(k.frames, entry.pfn))
+        has_pinned = int(src.mm.has_pinned)
+        read: Reads = (("page_maybe_dma_pinned", pinned), ("MMF_HAS_PINNED", has_pinned))
         rule = "split the parent's PMD of a maybe-pinned THP"
         k.event("copy_huge_pmd", "split", pfn=entry.pfn, read=read, rule=rule)
         __split_huge_pmd_locked(k, src.mm, idx, entry, freeze=False)

@@ -16,7 +16,14 @@ from cowlab.mm.constants import (
     PG_anon_exclusive,
 )
 from cowlab.mm.decision import WpDecision
-from cowlab.mm.mm import PageAnon, PageKsm, compound_head, heads_of, put_page
+from cowlab.mm.mm import (
+    PageAnon,
+    PageKsm,
+    compound_head,
+    heads_of,
+    page_maybe_dma_pinned,
+    put_page,
+)
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, flags_without
 from cowlab.mm.pgtable import (
@@ -276,7 +283,7 @@ def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: i
     dst.mm.anon_rss += 1
     k.record_cow("copy_present_page", dst, addr, pfn, new, "maybe DMA-pinned at fork")
     if k.tracing:
-        read = (("page_maybe_dma_pinned", 1), ("MMF_HAS_PINNED", 1))
+        read = (("page_maybe_dma_pinned", int(page_maybe_dma_pinned(f, pfn))),)
         rule, detail = "copy a maybe-pinned page for the child", f"the child gets pfn {new:#x}"
         k.event(
             "copy_present_page", "copy", addr=addr, pfn=pfn, read=read, rule=rule, detail=detail
