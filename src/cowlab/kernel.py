@@ -66,7 +66,7 @@ class CowEvent:
     """A write fault that copied instead of reusing: which function, which page, and why."""
 
     seq: int
-    operation: str
+    operation: object  # the OpRecord (or "(setup)"), formatted only when described
     function: str
     pid: int
     addr: int
@@ -202,7 +202,7 @@ class Kernel:
         why: str,
         nr: int = 1,
     ) -> None:
-        op = str(self.history[-1]) if self.history else "(setup)"
+        op: object = self.history[-1] if self.history else "(setup)"
         event = CowEvent(len(self.history), op, function, vma.mm.pid, addr, old, new, nr, why)
         self.cow_log.append(event)
 
