@@ -1,7 +1,8 @@
 """The kernel paths one by one: counter changes and reuse/copy decisions, derived from the rules.
 
-References are to /work/shared/docs/kernel-semantics.md (§B, §C, §D) and the corrections in
-docs/verification-4.5.md (V§n). Notation as in tests/test_mapcount.py: C = PMD maps,
+References are to the project's shared notes kernel-semantics.md (§B, §C, §D; kept outside this
+repository, and checked against the 4.5/4.6 sources in docs/verification-4.5.md) and the
+corrections in docs/verification-4.5.md (V§n). Notation as in tests/test_mapcount.py: C = PMD maps,
 m = raw _mapcount + 1 of a subpage, ref = the head's _count.
 """
 

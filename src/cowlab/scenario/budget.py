@@ -2,8 +2,8 @@
 
 A step is estimated from what it may make the model hold — frames, page tables, pin records,
 page contents, the no-leak oracle's copies — at per-page costs measured on this implementation
-(docs/benchmarks.md, "Memory per modelled page"), rounded up. The estimate is deliberately
-pessimistic: a THP-eligible range is charged whole 2 MiB blocks.
+(the constants below), rounded up. The estimate is deliberately pessimistic: a THP-eligible
+range is charged whole 2 MiB blocks.
 """
 
 from __future__ import annotations
