@@ -95,3 +95,33 @@ def test_show_names_the_decision_of_the_step(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "decided: do_huge_pmd_wp_page: " in out and "page_trans_huge_mapcount = 1" in out
     assert "-> reuse" in out
+
+
+@pytest.mark.parametrize(
+    ("kernel", "rule", "read"),
+    [
+        # 5.9 do_wp_page: a page shared by fork has two PTEs and two references
+        (
+            "v5.9",
+            "!PageKsm && page_count == 1 && page_mapcount == 1",
+            {"PageKsm": 0, "page_count": 2, "page_mapcount": 2},
+        ),
+        # 5.19: fork cleared PageAnonExclusive; page_count 2 -> copy
+        (
+            "v5.19",
+            "PageAnonExclusive || (!PageKsm && page_count == 1)",
+            {"PageAnonExclusive": 0, "PageKsm": 0, "page_count": 2},
+        ),
+    ],
+)
+def test_the_decision_names_what_its_rule_read(
+    kernel: str, rule: str, read: dict[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    path = str(EXAMPLES / "cow_after_fork.yaml")
+    main(["run", path, "--kernel", kernel, "--json"])
+    step10 = json.loads(capsys.readouterr().out)["runs"][0]["steps"][9]  # P writes `small`
+    (decision,) = [e for e in step10["events"] if e["verdict"]]
+    assert (decision["function"], decision["verdict"]) == ("do_wp_page", "copy")
+    assert decision["rule"] == rule and decision["read"] == read

@@ -143,7 +143,8 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
     old = int(table.pfn[i])
     f = k.frames
     if not PageAnon(f, old) or PageKsm(f, old):
-        d = WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+        read = (("PageAnon", int(PageAnon(f, old))), ("PageKsm", int(PageKsm(f, old))))
+        d = WpDecision(False, False, False, read, "only a non-KSM anonymous page is reused")
         return wp_copy_traced(k, vma, addr, table, old, d, unshare)
     d = k.policy.wp_reuse(k, vma, old)
     if not d.reuse:

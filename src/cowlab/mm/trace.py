@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cowlab.mm.decision import Reads
+from cowlab.mm.decision import Reads, show_reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class Event:
             )
             if part
         )
-        body = ", ".join(f"{name} = {value}" for name, value in self.read)
+        body = show_reads(self.read)
         if self.verdict:
             body = f"{body} -> {self.verdict}" if body else self.verdict
             if self.detail:

@@ -44,8 +44,9 @@ class V5_19(V5_18):
             return WpDecision(True, False, False, (("PageAnonExclusive", 1),), "PageAnonExclusive")
         count = page_count(f, pfn)
         reuse = not PageKsm(f, pfn) and count == 1
-        read = (("PageAnonExclusive", 0), ("page_count", count))
-        return WpDecision(reuse, reuse, reuse, read, "PageAnonExclusive || page_count == 1")
+        read = (("PageAnonExclusive", 0), ("PageKsm", int(PageKsm(f, pfn))), ("page_count", count))
+        rule = "PageAnonExclusive || (!PageKsm && page_count == 1)"
+        return WpDecision(reuse, reuse, reuse, read, rule)
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         f = k.frames

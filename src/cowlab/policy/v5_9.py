@@ -40,10 +40,11 @@ class V5_9(V5_8):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """09854ba94c6a: any reference besides this mapping (a pin, another PTE) means copy."""
         f = k.frames
-        count, mapcount = page_count(f, pfn), page_mapcount(f, pfn)
-        reuse = not PageKsm(f, pfn) and count == 1 and mapcount == 1
-        read = (("page_count", count), ("page_mapcount", mapcount))
-        return WpDecision(reuse, False, False, read, "page_count == 1 && page_mapcount == 1")
+        ksm, count, mapcount = PageKsm(f, pfn), page_count(f, pfn), page_mapcount(f, pfn)
+        reuse = not ksm and count == 1 and mapcount == 1
+        read = (("PageKsm", int(ksm)), ("page_count", count), ("page_mapcount", mapcount))
+        rule = "!PageKsm && page_count == 1 && page_mapcount == 1"
+        return WpDecision(reuse, False, False, read, rule)
 
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]

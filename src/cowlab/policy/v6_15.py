@@ -53,8 +53,9 @@ class V6_15(V5_19):
         read: Reads = (("_large_mapcount", large),)
         if large <= 1:  # the last mapping: copy, and the folio is freed
             return WpDecision(False, False, False, read, rule)
-        read += (("folio_maybe_mapped_shared", int(folio_maybe_mapped_shared(f, head))),)
-        if read[-1][1]:
+        shared = folio_maybe_mapped_shared(f, head)
+        read += (("folio_maybe_mapped_shared", int(shared)),)
+        if shared:
             return WpDecision(False, False, False, read, rule)
         reuse = large == refs
         return WpDecision(reuse, False, reuse, (*read, ("refcount", refs)), rule)
