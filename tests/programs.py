@@ -20,6 +20,9 @@ PAGE = 4096
 BOUNDARIES = [0, 1, 2, 255, 256, 257, 511, 512, 513, 767, 768, 1022, 1023]
 
 
+KERNEL_OPS = ("split_huge_pages", "shrink", "thp_alloc_fail", "end_writeback", "shrink_swapcache")
+
+
 @dataclass(frozen=True)
 class Op:
     name: str
@@ -29,7 +32,7 @@ class Op:
     arg: str | int | bool = 0
 
     def __str__(self) -> str:
-        if self.name in ("fork", "exit", "clear_refs", "unpin", "split_huge_pages", "shrink"):
+        if self.name in KERNEL_OPS or self.name in ("fork", "exit", "clear_refs", "unpin"):
             return f"{self.name}(proc {self.who})"
         rng = f"pages {self.start}..{self.start + self.pages - 1}"
         return f"{self.name}(proc {self.who}, {rng}, {self.arg!r})"
@@ -54,7 +57,7 @@ def start(kernel_id: str) -> World:
 
 def apply(w: World, op: Op) -> str:
     """Run one operation; a syscall error or SIGSEGV is an outcome, anything else propagates."""
-    if op.name in ("split_huge_pages", "shrink", "thp_alloc_fail"):
+    if op.name in KERNEL_OPS:
         return _kernel_op(w, op)
     if op.name in ("unpin", "dma_write"):
         return _pin_op(w, op)
@@ -75,6 +78,10 @@ def _kernel_op(w: World, op: Op) -> str:
         return f"split {w.k.split_huge_pages()}"
     if op.name == "shrink":
         return f"split {w.k.shrink_deferred_split()}"
+    if op.name == "end_writeback":
+        return f"written {w.k.end_writeback()}"
+    if op.name == "shrink_swapcache":
+        return f"freed {w.k.shrink_swapcache()}"
     w.k.thp_alloc_fail = bool(op.arg)
     return "ok"
 
@@ -117,6 +124,8 @@ def _proc_op(w: World, p: Process, op: Op, addr: int, length: int) -> None:
         p.clear_refs(4)
     elif op.name == "numa_balance":
         p.numa_balance(addr, length)
+    elif op.name == "swapout":
+        p.swapout(addr, length, until=str(op.arg))
     else:
         raise ValueError(op.name)
 
@@ -154,4 +163,7 @@ def op_strategy() -> st.SearchStrategy[Op]:
         st.builds(Op, st.just("split_huge_pages")),
         st.builds(Op, st.just("shrink")),
         st.builds(Op, st.just("thp_alloc_fail"), arg=st.booleans()),
+        ranged("swapout", st.sampled_from(["swapcache", "writeback", "written", "freed"])),
+        st.builds(Op, st.just("end_writeback")),
+        st.builds(Op, st.just("shrink_swapcache")),
     )

@@ -20,6 +20,7 @@ from cowlab.mm.constants import (
     PG_anon_exclusive,
     PG_double_map,
     PG_mm_ids_shared,
+    PG_swapcache,
 )
 from cowlab.mm.mm_types import VmArea
 from cowlab.mm.page_alloc import flags_without
@@ -584,3 +585,49 @@ def test_pin_coherence_a_pin_record_pointing_elsewhere(kernel_id: str) -> None:
         f"pin {pin.id}: {s.addr + PAGE:#x} in pid {s.p.pid} maps pfn "
         f"{s.p.translate(s.addr + PAGE):#x}, the device holds pfn {other:#x}",
     ]
+
+
+# --- swap ---------------------------------------------------------------------------------
+
+
+def swapped_page(kernel_id: str, until: str) -> Small:
+    """small_page, its first page swapped out to ``until`` (slot 0)."""
+    s = small_page(kernel_id)
+    s.p.swapout(s.addr, PAGE, until=until)
+    assert s.k.check() == []
+    return s
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_swap_map_count(kernel_id: str) -> None:
+    s = swapped_page(kernel_id, "freed")
+    s.k.swap.swap_map[0] += 1
+    assert check_invariants(s.k) == ["swap slot 0: swap_map says 2, 1 swap PTEs"]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_mm_swapents(kernel_id: str) -> None:
+    s = swapped_page(kernel_id, "freed")
+    s.p.mm.swapents = 0
+    assert check_invariants(s.k) == [f"pid {s.p.pid}: MM_SWAPENTS 0 but 1 swap PTEs"]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_swap_cache_page_without_pg_swapcache(kernel_id: str) -> None:
+    s = swapped_page(kernel_id, "written")
+    s.k.frames.flags[s.pfn] &= flags_without(PG_swapcache)
+    assert check_invariants(s.k) == ["the swap cache and the pages marked PG_swapcache differ"]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_swap_cache_page_private(kernel_id: str) -> None:
+    s = swapped_page(kernel_id, "written")
+    s.k.frames.private[s.pfn] = 7
+    assert check_invariants(s.k) == ["swap slot 0: its page's private is 7"]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_swap_cache_reference_counted(kernel_id: str) -> None:
+    s = swapped_page(kernel_id, "written")
+    s.k.frames._count[s.pfn] -= 1
+    assert check_invariants(s.k) == [f"pfn {s.pfn:#x}: _count says 0, page tables say 1"]

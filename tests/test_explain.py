@@ -106,11 +106,11 @@ def test_show_names_the_decision_of_the_step(capsys: pytest.CaptureFixture[str])
             "!PageKsm && page_count == 1 && page_mapcount == 1",
             {"PageKsm": 0, "page_count": 2, "page_mapcount": 2},
         ),
-        # 5.19: fork cleared PageAnonExclusive; page_count 2 -> copy
+        # 5.19: fork cleared PageAnonExclusive; not in the swap cache; page_count 2 -> copy
         (
             "v5.19",
-            "PageAnonExclusive || (!PageKsm && page_count == 1)",
-            {"PageAnonExclusive": 0, "PageKsm": 0, "page_count": 2},
+            "PageAnonExclusive || (!PageKsm && page_count == 1 (after try_to_free_swap))",
+            {"PageAnonExclusive": 0, "PageKsm": 0, "PageSwapCache": 0, "page_count": 2},
         ),
     ],
 )

@@ -241,3 +241,18 @@ def test_a_pinned_frame_owed_zeros_that_holds_bytes_is_reported() -> None:
     assert w.check() == []
     w.k.frames.write(pin.pages[1], 7, b"!")
     assert w.check() == ["pin mr page 1 holds other bytes than it is owed"]
+
+
+@pytest.mark.parametrize("until", ["freed", "written"])
+def test_swapped_out_bytes_are_checked(until: str) -> None:
+    """A swapped-out page is read where it is (the device or the swap cache); bytes lost on the
+    way are reported."""
+    w, addr = world()
+    w.write("P", addr, b"kept")
+    w.procs["P"].swapout(addr, PAGE, until=until)
+    assert w.check() == []
+    if until == "freed":
+        w.k.swap.data[0] = b"lost"
+    else:
+        w.k.frames.write(int(w.k.swap.cache[0]), 0, b"lost")
+    assert w.check() == [f"P sees other bytes than it wrote at {addr:#x}"]

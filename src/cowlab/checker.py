@@ -32,6 +32,7 @@ from cowlab.mm.constants import (
     PG_anon_exclusive,
     PG_double_map,
     PG_head,
+    PG_swapcache,
     PG_tail,
 )
 from cowlab.mm.mm import (
@@ -43,7 +44,7 @@ from cowlab.mm.mm import (
     is_zero_pfn,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
-from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd
+from cowlab.mm.pgtable import PTE_MIGRATION, PTE_NONE, PTE_SPECIAL, HugePmd
 from cowlab.mm.rmap import ENTIRELY_MAPPED
 
 if TYPE_CHECKING:
@@ -95,17 +96,22 @@ class Recount:
     pins: Ints  # FOLL_PIN pins (5.7+)
     pte_by_mm: dict[int, Ints]  # PTE mappings per frame, per mm
     pmd_by_mm: dict[int, Ints]  # PMD mappings per head, per mm
+    swapcache: Ints  # 1 for a page the swap cache holds (one reference)
+    swap_ptes: Ints  # swap PTEs per swap slot
 
 
 def recount(k: Kernel, problems: list[str]) -> Recount:
     f = k.frames
     n = f.nr
-    zeros = [np.zeros(n, dtype=np.int64) for _ in range(4)]
-    r = Recount(zeros[0], zeros[1], zeros[2], zeros[3], {}, {})
+    zeros = [np.zeros(n, dtype=np.int64) for _ in range(5)]
+    swap_ptes = np.zeros(k.swap.nr, dtype=np.int64)
+    r = Recount(zeros[0], zeros[1], zeros[2], zeros[3], {}, {}, zeros[4], swap_ptes)
+    cached = k.swap.cache[: k.swap.nr]
+    r.swapcache[cached[cached >= 0]] = 1
     for mm in k.mms():
         mine = r.pte_by_mm[mm.pid] = np.zeros(n, dtype=np.int64)
         mine_pmd = r.pmd_by_mm[mm.pid] = np.zeros(n, dtype=np.int64)
-        rss = 0
+        rss = swapents = 0
         for idx, entry in mm.pmds.items():
             if isinstance(entry, HugePmd):
                 if not entry.huge_zero:
@@ -120,9 +126,15 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
             np.add.at(r.pte_maps, normal, 1)
             np.add.at(mine, normal, 1)
             rss += int(normal.size)
+            swapped = entry.pfn[entry.pfn <= -2]
+            np.add.at(r.swap_ptes, -2 - swapped, 1)
+            swapents += int(swapped.size)
         # invariant: counters.anon_rss
         if rss != mm.anon_rss:
             problems.append(f"pid {mm.pid}: MM_ANONPAGES {mm.anon_rss} but {rss} pages mapped")
+        # invariant: swap.swapents
+        if swapents != mm.swapents:
+            problems.append(f"pid {mm.pid}: MM_SWAPENTS {mm.swapents} but {swapents} swap PTEs")
         # invariant: counters.outside_vmas
         problems += _mappings_outside_vmas(mm)
     for pin in k.pins.values():
@@ -140,14 +152,14 @@ def check_counters(k: Kernel) -> list[str]:
     r = recount(k, problems)
     flags = f.flags[:n]
     allocated = (flags & PG_allocated) != 0
-    used = (r.pte_maps + r.pmd_maps + r.refs + r.pins) > 0
+    used = (r.pte_maps + r.pmd_maps + r.refs + r.pins + r.swapcache) > 0
     # invariant: counters.free
     for pfn in np.flatnonzero(used & ~allocated)[:5]:
         problems.append(f"pfn {pfn:#x} is mapped or pinned but free")
     small = allocated & ((flags & (PG_head | PG_tail)) == 0)
     # invariant: counters.small_mapcount
     _compare(problems, "_mapcount", small, f._mapcount[:n] + 1, r.pte_maps)
-    want = r.pte_maps + r.refs + GUP_PIN_COUNTING_BIAS * r.pins
+    want = r.pte_maps + r.refs + GUP_PIN_COUNTING_BIAS * r.pins + r.swapcache
     # invariant: counters.small_count
     _compare(problems, "_count", small, f._count[:n], want)
     for head in np.flatnonzero(allocated & ((flags & PG_head) != 0)).tolist():
@@ -156,7 +168,35 @@ def check_counters(k: Kernel) -> list[str]:
             problems += _check_folio(k, head, r)
     if k.policy.anon_exclusive:
         problems += _check_exclusive(k, r)
-    return problems
+    return problems + _check_swap(k, r)
+
+
+def _check_swap(k: Kernel, r: Recount) -> list[str]:
+    """swap_map against the swap PTEs, and the swap cache against the pages' PG_swapcache and
+    page->private, both ways."""
+    f = k.frames
+    s = k.swap
+    out: list[str] = []
+    bad = np.flatnonzero(s.swap_map[: s.nr] != r.swap_ptes)
+    # invariant: swap.swap_map
+    if bad.size:
+        slot = int(bad[0])
+        out.append(
+            f"swap slot {slot}: swap_map says {int(s.swap_map[slot])}, "
+            f"{int(r.swap_ptes[slot])} swap PTEs"
+        )
+    flagged = np.flatnonzero(f.flags[: f.nr] & PG_swapcache)
+    cached = s.cache[: s.nr]
+    slots = np.flatnonzero(cached >= 0)
+    # invariant: swap.cache_flag
+    if set(flagged.tolist()) != set(cached[slots].tolist()):
+        out.append("the swap cache and the pages marked PG_swapcache differ")
+    wrong = slots[f.private[cached[slots]] != slots]
+    # invariant: swap.cache_private
+    if wrong.size:
+        slot = int(wrong[0])
+        out.append(f"swap slot {slot}: its page's private is {int(f.private[cached[slot]])}")
+    return out
 
 
 def _compare(
@@ -196,6 +236,7 @@ def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
         )
     pins = int(r.pins[sl].sum())
     refs = int(r.pmd_maps[head] + r.pte_maps[sl].sum() + r.refs[sl].sum()) + pins
+    refs += int(r.swapcache[sl].sum())
     # invariant: thp.count
     if int(f._count[head]) != refs:
         out.append(f"THP {head:#x}: _count {int(f._count[head])}, mappings + refs + pins = {refs}")
@@ -276,7 +317,7 @@ def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
 
 def _mappings_outside_vmas(mm: MmStruct) -> list[str]:
     covered = sum(
-        int((e.pfn >= 0).sum() if not isinstance(e, HugePmd) else HPAGE_PMD_NR)
+        int((e.pfn != PTE_NONE).sum() if not isinstance(e, HugePmd) else HPAGE_PMD_NR)
         for e in mm.pmds.values()
     )
     inside = 0
@@ -291,7 +332,7 @@ def _mappings_outside_vmas(mm: MmStruct) -> list[str]:
             if isinstance(entry, HugePmd):
                 inside += hi - lo
             else:
-                inside += int((entry.pfn[lo:hi] >= 0).sum())
+                inside += int((entry.pfn[lo:hi] != PTE_NONE).sum())
     if covered != inside:
         return [f"pid {mm.pid}: {covered - inside} page-table entries lie outside every VMA"]
     return []

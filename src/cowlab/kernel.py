@@ -15,7 +15,7 @@ from typing import ParamSpec, TypeVar
 
 from cowlab import checker
 from cowlab.errors import InvariantViolation, KernelBug, Segfault, SyscallError
-from cowlab.mm import huge_memory, madvise, mmap, mprotect, mremap, task_mmu
+from cowlab.mm import huge_memory, madvise, mmap, mprotect, mremap, task_mmu, vmscan
 from cowlab.mm.constants import (
     FOLL_FORCE,
     FOLL_LONGTERM,
@@ -35,9 +35,21 @@ from cowlab.mm.fork import dup_mmap
 from cowlab.mm.gup import effective_gup_flags, get_user_pages, release_pages
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.migrate import change_prot_numa
+from cowlab.mm.mm import set_page_dirty
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import PageFrames
-from cowlab.mm.pgtable import PTE_DIRTY, PTE_MIGRATION, PTE_PROTNONE, PTE_WRITE, PTE_YOUNG, HugePmd
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_PROTNONE,
+    PTE_WRITE,
+    PTE_YOUNG,
+    HugePmd,
+    PteTable,
+    is_swap_pte,
+    pte_to_swp_offset,
+)
+from cowlab.mm.swapfile import SwapInfo
 from cowlab.mm.trace import Event, Reads
 from cowlab.policy import get_policy
 
@@ -132,6 +144,7 @@ class Kernel:
         self.selfcheck = selfcheck
         self.tracing = tracing
         self.frames = PageFrames()
+        self.swap = SwapInfo()
         self.anon_vmas: dict[int, AnonVma] = {}
         self.deferred_split: set[int] = set()
         self.processes: dict[int, Process] = {}
@@ -242,7 +255,20 @@ class Kernel:
             raise SyscallError("EINVAL", f"pin {pin.id} is not held")
         with self.operation("unpin {}", pin.id):
             del self.pins[pin.id]
+            if pin.write:  # unpin_user_pages_dirty_lock(): the device may have written
+                for pfn in pin.pages:
+                    set_page_dirty(self.frames, pfn)
             release_pages(self, pin.pages, pin.gup_flags)
+
+    def end_writeback(self) -> int:
+        """Every swap write in flight completes (end_page_writeback); returns how many."""
+        with self.operation("end_writeback"):
+            return vmscan.end_writeback(self)
+
+    def shrink_swapcache(self) -> int:
+        """Memory pressure reclaims unmapped swap-cache pages; returns how many were freed."""
+        with self.operation("shrink_swapcache"):
+            return vmscan.shrink_swapcache(self)
 
     def split_huge_pages(self) -> int:
         """echo 1 > /sys/kernel/debug/split_huge_pages: try to split every THP."""
@@ -424,6 +450,17 @@ class Process:
         for vma in self.mm.vmas_in(addr, end):
             change_prot_numa(self.kernel, vma, max(addr, vma.vm_start), min(end, vma.vm_end))
 
+    @_op("swapout")
+    def swapout(self, addr: int, length: int, until: str = "freed") -> int:
+        """MADV_PAGEOUT (5.4+), or the reclaim path before it, over the range, stopping each
+        page at ``until``: 'swapcache', 'writeback', 'written' or 'freed' (vmscan.STAGES).
+        Returns how many pages went to the swap cache."""
+        if until not in vmscan.STAGES:
+            stages = ", ".join(vmscan.STAGES)
+            raise SyscallError("EINVAL", f"swapout: until {until!r} (expected one of {stages})")
+        end = mmap.check_range(addr, length, "swapout")
+        return vmscan.swapout_range(self.kernel, self.mm, addr, end, until)
+
     # --- processes -----------------------------------------------------------------------
 
     def fork(self) -> Process:
@@ -507,6 +544,20 @@ class Process:
         i = pte_index(addr)
         pfn = int(entry.pfn[i])
         return None if pfn < 0 or entry.bits[i] & PTE_MIGRATION else pfn
+
+    def peek(self, addr: int) -> bytes | None:
+        """The 4 KiB page addr would read now, without faulting: a mapped page's bytes, or a
+        swapped-out page's (from the swap cache or the device); None if nothing is there."""
+        pfn = self.translate(addr)
+        if pfn is not None:
+            return self.kernel.frames.page_bytes(pfn)
+        entry = self.mm.pmds.get(pmd_index(addr))
+        if not isinstance(entry, PteTable):
+            return None
+        value = int(entry.pfn[pte_index(addr)])
+        if not is_swap_pte(value):
+            return None
+        return self.kernel.swap.slot_bytes(self.kernel.frames, pte_to_swp_offset(value))
 
     # --- the device side -----------------------------------------------------------------
 

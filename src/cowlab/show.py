@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cowlab.kernel import Kernel
-from cowlab.mm.constants import HPAGE_PMD_NR, PMD_SHIFT, VM_FLAG_NAMES, PG_double_map
+from cowlab.mm.constants import (
+    HPAGE_PMD_NR,
+    PMD_SHIFT,
+    VM_FLAG_NAMES,
+    PG_dirty,
+    PG_double_map,
+    PG_writeback,
+)
 from cowlab.mm.mm import compound_head, folio_nr_pages, page_mapcount
 from cowlab.mm.mm_types import VmArea
 from cowlab.mm.page_alloc import HUGE_ZERO_PFN
-from cowlab.mm.pgtable import PTE_SPECIAL, HugePmd, PteTable, pte_flags_str
+from cowlab.mm.pgtable import PTE_SPECIAL, HugePmd, PteTable, pte_flags_str, pte_to_swp_offset
 from cowlab.mm.trace import Event
 from cowlab.scenario.model import Scenario
 from cowlab.scenario.runner import Runner
@@ -42,6 +49,7 @@ class FolioView:
     double_map: bool = False
     refcount: int = 0
     anon_vma: int = 0
+    swapcache: str = ""  # "slot N" (", writeback" / ", dirty") while in the swap cache
 
     def title(self) -> str:
         kind = "THP" if self.nr > 1 else "page"
@@ -53,9 +61,10 @@ class FolioView:
         extra = f", compound_mapcount {self.compound_mapcount}" if self.nr > 1 else ""
         extra += ", DoubleMap" if self.double_map else ""
         pins = f", {sum(self.pinned)} pinned" if any(self.pinned) else ""
+        cached = f", swap cache {self.swapcache}" if self.swapcache else ""
         return (
             f"{kind} pfn {self.head:#x}: {'; '.join(maps) or 'unmapped'}{extra}, "
-            f"_count {self.refcount}, anon_vma#{self.anon_vma}{pins}"
+            f"_count {self.refcount}, anon_vma#{self.anon_vma}{pins}{cached}"
         )
 
 
@@ -74,6 +83,7 @@ class MemoryView:
     folios: list[FolioView]
     zero: list[str]
     decisions: list[Event] = field(default_factory=list)  # what the kernel decided in the step
+    swap: list[str] = field(default_factory=list)  # every swap slot in use
 
 
 def memory_at(scenario: Scenario, kernel_id: str, step: int | None) -> MemoryView:
@@ -106,7 +116,29 @@ def snapshot(runner: Runner, title: str) -> MemoryView:
             if pfn >= HUGE_ZERO_PFN + HPAGE_PMD_NR:
                 folio = _folio(k, folios, compound_head(k.frames, pfn))
                 folio.pinned[pfn - folio.head] += 1
-    return MemoryView(title, procs, sorted(folios.values(), key=lambda v: v.head), zero)
+    swap = _swap_slots(k, folios)
+    folio_list = sorted(folios.values(), key=lambda v: v.head)
+    return MemoryView(title, procs, folio_list, zero, swap=swap)
+
+
+def _swap_slots(k: Kernel, folios: dict[int, FolioView]) -> list[str]:
+    """Every swap slot in use: its swap PTEs, and its swap-cache page or "on the device"."""
+    out = []
+    f = k.frames
+    for slot in k.swap.in_use().tolist():
+        page = int(k.swap.cache[slot])
+        where = "on the device only"
+        if page >= 0:
+            state = [
+                n
+                for bit, n in ((PG_writeback, "writeback"), (PG_dirty, "dirty"))
+                if f.flags[page] & bit
+            ]
+            folio = _folio(k, folios, compound_head(f, page))
+            folio.swapcache = ", ".join([f"slot {slot}", *state])
+            where = f"swap cache pfn {page:#x}" + "".join(f", {n}" for n in state)
+        out.append(f"swap slot {slot}: {int(k.swap.swap_map[slot])} swap PTEs, {where}")
+    return out
 
 
 def _entry(
@@ -126,7 +158,14 @@ def _entry(
         view.tables.append(f"{base:#x} PMD {mode} -> THP {entry.pfn:#x}")
         return
     present = np.flatnonzero(entry.pfn >= 0)
-    view.tables.append(f"{base:#x} PTE table: {present.size} present")
+    swapped = np.flatnonzero(entry.pfn <= -2)
+    gone = f", {swapped.size} swapped out" if swapped.size else ""
+    view.tables.append(f"{base:#x} PTE table: {present.size} present{gone}")
+    if swapped.size <= 8:
+        for i in swapped.tolist():
+            bits = pte_flags_str(int(entry.bits[i]))
+            slot = pte_to_swp_offset(int(entry.pfn[i]))
+            view.tables.append(f"  {base + (i << 12):#x} -> swap slot {slot} [{bits}]")
     for i in present.tolist():
         pfn = int(entry.pfn[i])
         if entry.bits[i] & PTE_SPECIAL:
@@ -183,6 +222,7 @@ def render_text(view: MemoryView) -> str:
         if folio.nr > 1:
             lines += _text_grid(folio)
     lines += view.zero
+    lines += view.swap
     return "\n".join(lines)
 
 
@@ -254,7 +294,7 @@ def render_html(view: MemoryView) -> str:
         f'<span style="background:{c};padding:0 8px;margin-right:6px">{label}</span>'
         for c, label in zip(COLOURS, ["mapcount 0", "1", "2", "3+"], strict=True)
     )
-    zero = "".join(f"<li>{html.escape(z)}</li>" for z in view.zero)
+    zero = "".join(f"<li>{html.escape(z)}</li>" for z in view.zero + view.swap)
     decided = "".join(
         f"<li><code>{html.escape(e.render())}</code> ({html.escape(e.render_rule())})</li>"
         for e in view.decisions

@@ -44,3 +44,13 @@ class WpDecision(NamedTuple):
     def why(self) -> str:
         reads = show_reads(self.read)
         return f"{reads}; rule: {self.rule}" if reads and self.rule else reads or self.rule
+
+
+class SwapinDecision(NamedTuple):
+    """do_swap_page()'s verdict: map the page writable (a write fault is then satisfied) and as
+    exclusive (RMAP_EXCLUSIVE), with the values read and the rule."""
+
+    writable: bool
+    exclusive: bool
+    read: Reads
+    rule: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from cowlab.mm import huge_memory, migrate
 from cowlab.mm.constants import (
@@ -28,22 +29,35 @@ from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_
 from cowlab.mm.page_alloc import ZERO_PFN, flags_without
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
+    PTE_NONE,
     PTE_PROTNONE,
     PTE_SOFT_DIRTY,
     PTE_SPECIAL,
+    PTE_SWP_EXCLUSIVE,
     PTE_WRITE,
     PTE_YOUNG,
     HugePmd,
     PteTable,
+    is_swap_pte,
+    pte_to_swp_offset,
     pte_without,
 )
 from cowlab.mm.rmap import (
     anon_vma_prepare,
+    page_add_anon_rmap,
     page_add_new_anon_rmap,
     page_move_anon_rmap,
     page_remove_rmap,
     rmap_add_ptes,
     rmap_remove_ptes,
+)
+from cowlab.mm.swap_state import lookup_swap_cache, read_swap_cache_async
+from cowlab.mm.swapfile import (
+    free_swap_and_cache,
+    should_try_to_free_swap,
+    swap_duplicate,
+    swap_free,
+    try_to_free_swap,
 )
 
 if TYPE_CHECKING:
@@ -99,8 +113,11 @@ def handle_pte_fault(
 ) -> int:
     """handle_pte_fault(): none -> do_anonymous_page, protnone -> NUMA, RO write -> do_wp_page."""
     i = pte_index(addr)
-    if table.pfn[i] < 0:
+    value = int(table.pfn[i])
+    if value == PTE_NONE:
         return do_anonymous_page(k, vma, addr, table, write)
+    if is_swap_pte(value):
+        return do_swap_page(k, vma, addr, table, write)
     bits = int(table.bits[i])
     if bits & PTE_PROTNONE:
         return migrate.do_numa_page(k, vma, addr, table)
@@ -132,6 +149,45 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
     if k.tracing:
         k.event("do_anonymous_page", addr=addr, pfn=pfn, detail="write fault maps a new page")
     return 0
+
+
+def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool) -> int:
+    """do_swap_page(): bring the slot's page in (from the swap cache, else read from the device)
+    and map it; the generation decides whether the mapping is writable and exclusive. A write
+    the mapping does not satisfy goes on to do_wp_page."""
+    i = pte_index(addr)
+    swp_bits = int(table.bits[i])
+    offset = pte_to_swp_offset(int(table.pfn[i]))
+    page = lookup_swap_cache(k, offset)
+    source = "the swap cache"
+    if page is None:
+        page, source = read_swap_cache_async(k, offset), "the swap device"
+    marker = bool(swp_bits & PTE_SWP_EXCLUSIVE)
+    frees_first = k.policy.swapin_frees_swap_first
+    if frees_first:
+        swap_free(k, offset)
+        if should_try_to_free_swap(k, page, write):
+            try_to_free_swap(k, page)
+    d = k.policy.swapin_decision(k, vma, page, write, marker, bool(swp_bits & PTE_SOFT_DIRTY))
+    verdict = "exclusive" if d.exclusive else "shared"
+    detail = f"from {source}, slot {offset}, mapped {'writable' if d.writable else 'read-only'}"
+    k.event("do_swap_page", verdict, addr=addr, pfn=page, read=d.read, rule=d.rule, detail=detail)
+    vma.mm.anon_rss += 1
+    vma.mm.swapents -= 1
+    bits = PTE_YOUNG | (swp_bits & PTE_SOFT_DIRTY)
+    if d.writable:
+        bits |= PTE_WRITE | (PTE_DIRTY | PTE_SOFT_DIRTY if write else 0)
+    table.pfn[i] = page
+    table.bits[i] = bits
+    page_add_anon_rmap(k, page, vma, addr, compound=False, exclusive=d.exclusive)
+    if not frees_first:
+        swap_free(k, offset)
+    if not write:
+        return 0
+    if not d.writable:
+        return do_wp_page(k, vma, addr, table)
+    k.vmstat["swapin_reuse"] += 1  # the model's: the write needs no do_wp_page
+    return VM_FAULT_WRITE
 
 
 def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool = False) -> int:
@@ -243,11 +299,16 @@ def copy_pte_range(
     Pages the generation will not share (pinned, 5.9+) are copied for the child first."""
     pfns = table.pfn[sl]
     present = pfns >= 0
-    if not present.any():
+    swapped = pfns <= -2
+    if not (present.any() or swapped.any()):
         return
     child = dst.mm.pmds.get(idx)
     if not isinstance(child, PteTable):
         child = dst.mm.pmds[idx] = PteTable()
+    if swapped.any():
+        copy_swap_ptes(k, dst, table, child, sl.start + np.flatnonzero(swapped))
+    if not present.any():
+        return
     normal_mask = present & ((table.bits[sl] & PTE_SPECIAL) == 0)
     must_copy = np.zeros(pfns.size, dtype=bool)
     must_copy[normal_mask] = k.policy.fork_must_copy(k, src.mm, src, pfns[normal_mask])
@@ -269,6 +330,18 @@ def copy_pte_range(
     if k.tracing:
         detail = f"{normal.size} PTEs shared with pid {dst.mm.pid}, read-only on both sides"
         k.event("copy_pte_range", addr=(idx << PMD_SHIFT) + (sl.start << 12), detail=detail)
+
+
+def copy_swap_ptes(
+    k: Kernel, dst: VmArea, table: PteTable, child: PteTable, idx: npt.NDArray[np.int64]
+) -> None:
+    """copy_one_pte()/copy_nonpresent_pte() for swap PTEs: swap_duplicate, the child gets the
+    same entry; from 5.19 the exclusive marker is cleared on both sides (the page is shared)."""
+    table.bits[idx] &= pte_without(PTE_SWP_EXCLUSIVE)
+    swap_duplicate(k, -2 - table.pfn[idx])
+    child.pfn[idx] = table.pfn[idx]
+    child.bits[idx] = table.bits[idx]
+    dst.mm.swapents += int(idx.size)
 
 
 def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: int) -> None:
@@ -323,8 +396,12 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     sl = slice(lo, hi)
     pfns = table.pfn[sl]
     normal = pfns[(pfns >= 0) & ((table.bits[sl] & PTE_SPECIAL) == 0)]
-    table.pfn[sl] = -1
+    swapped = pfns[pfns <= -2]
+    table.pfn[sl] = PTE_NONE
     table.bits[sl] = 0
+    for offset in (-2 - swapped).tolist():
+        free_swap_and_cache(k, offset)
+    mm.swapents -= int(swapped.size)
     if normal.size == 0:
         return
     rmap_remove_ptes(k, mm, normal)

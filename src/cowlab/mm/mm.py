@@ -13,6 +13,7 @@ import numpy.typing as npt
 from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
     PG_anon_exclusive,
+    PG_dirty,
     PG_double_map,
     PG_head,
     PG_ksm,
@@ -125,6 +126,11 @@ def page_count(f: PageFrames, pfn: int) -> int:
 def get_page(f: PageFrames, pfn: int, nr: int = 1) -> None:
     """get_page(): a reference on the compound head."""
     f._count[compound_head(f, pfn)] += nr
+
+
+def set_page_dirty(f: PageFrames, pfn: int) -> None:
+    """set_page_dirty(): the (compound) page must be written before it is dropped."""
+    f.flags[compound_head(f, pfn)] |= PG_dirty
 
 
 def put_page(k: Kernel, pfn: int, nr: int = 1) -> None:

@@ -62,6 +62,7 @@ class MmStruct:
     vmas: list[VmArea] = field(default_factory=list)
     pmds: dict[int, PmdEntry] = field(default_factory=dict)
     anon_rss: int = 0  # MM_ANONPAGES
+    swapents: int = 0  # MM_SWAPENTS: swap PTEs
     has_pinned: bool = False  # MMF_HAS_PINNED (5.9 mm->has_pinned): a FOLL_PIN was taken here
 
     def find_vma(self, addr: int) -> VmArea | None:

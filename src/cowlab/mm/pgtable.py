@@ -1,4 +1,9 @@
-"""Page tables: a PMD slot is empty, a huge PMD, or a table of 512 PTEs held in NumPy arrays."""
+"""Page tables: a PMD slot is empty, a huge PMD, or a table of 512 PTEs held in NumPy arrays.
+
+A PTE's pfn field is the page frame (>= 0), -1 for pte_none, or a swap entry: -2 - offset of
+the slot on the swap device (is_swap_pte). A swap PTE keeps only PTE_SOFT_DIRTY and
+PTE_SWP_EXCLUSIVE in its bits.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ PTE_SOFT_DIRTY = 1 << 3
 PTE_SPECIAL = 1 << 4  # zero page: vm_normal_page() returns NULL
 PTE_PROTNONE = 1 << 5  # NUMA hinting entry (present but inaccessible)
 PTE_MIGRATION = 1 << 6  # a migration entry: not present, pfn kept (split_huge_page freeze)
+PTE_SWP_EXCLUSIVE = 1 << 7  # 5.19 pte_swp_exclusive(): the swapped-out page was exclusive
 
 PTE_BIT_NAMES = {
     PTE_WRITE: "W",
@@ -26,7 +32,25 @@ PTE_BIT_NAMES = {
     PTE_SPECIAL: "special",
     PTE_PROTNONE: "protnone",
     PTE_MIGRATION: "migration",
+    PTE_SWP_EXCLUSIVE: "swp_exclusive",
 }
+
+PTE_NONE = -1
+
+
+def swp_entry_to_pte(offset: int) -> int:
+    """The pfn-field value of a swap PTE for swap slot ``offset``."""
+    return -2 - offset
+
+
+def pte_to_swp_offset(value: int) -> int:
+    """The swap slot of a swap PTE's pfn-field value."""
+    return -2 - value
+
+
+def is_swap_pte(value: int) -> bool:
+    """is_swap_pte(): not none, not present, not a migration entry."""
+    return value <= -2
 
 
 def pte_without(mask: int) -> np.uint8:
@@ -50,7 +74,8 @@ class PteTable:
         return t
 
     def empty(self) -> bool:
-        return bool((self.pfn < 0).all())
+        """No PTE maps a page or holds a swap entry (the table could be freed)."""
+        return bool((self.pfn == PTE_NONE).all())
 
 
 @dataclass

@@ -12,6 +12,7 @@ from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
     PG_anon_exclusive,
+    PG_dirty,
     PG_double_map,
     PG_head,
     PG_mm_ids_shared,
@@ -23,10 +24,19 @@ from cowlab.mm.mm import (
     compound_head,
     folio_nr_pages,
     heads_of,
+    put_page,
 )
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import flags_without
-from cowlab.mm.pgtable import PTE_MIGRATION, HugePmd
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_SOFT_DIRTY,
+    PTE_SWP_EXCLUSIVE,
+    HugePmd,
+    PteTable,
+    swp_entry_to_pte,
+)
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -166,13 +176,19 @@ def folio_add_new_anon_rmap_ptes(k: Kernel, head: int, nr: int, vma: VmArea, add
     __page_set_anon_rmap(k, head, vma, addr, exclusive=True)
 
 
-def page_add_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound: bool) -> None:
-    """page_add_anon_rmap(): one more mapping of a page that may already be anonymous."""
+def page_add_anon_rmap(
+    k: Kernel, pfn: int, vma: VmArea, addr: int, compound: bool, exclusive: bool = False
+) -> None:
+    """page_add_anon_rmap() / do_page_add_anon_rmap(): one more mapping of a page that may
+    already be anonymous; an exclusive one (RMAP_EXCLUSIVE) gets vma's own anon_vma if it has
+    none yet, and from 5.19 PG_anon_exclusive."""
     if compound:
         rmap_add_pmd(k, vma.mm, pfn)
     else:
         rmap_add_ptes(k, vma.mm, np.array([pfn], dtype=np.int64))
-    __page_set_anon_rmap(k, compound_head(k.frames, pfn), vma, addr, exclusive=False)
+    if exclusive and k.policy.anon_exclusive:
+        k.frames.flags[pfn] |= PG_anon_exclusive
+    __page_set_anon_rmap(k, compound_head(k.frames, pfn), vma, addr, exclusive)
 
 
 def page_dup_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
@@ -370,3 +386,47 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
     for vma in sorted(av.vmas, key=lambda v: (v.mm.pid, v.vm_start)):
         found.extend(mappings_in_vma(k, vma, head, nr))
     return found
+
+
+# --- try_to_unmap -------------------------------------------------------------------------
+
+
+def try_to_unmap(k: Kernel, pfn: int) -> bool:
+    """try_to_unmap() of a small swap-cache page: every mapping the rmap walk finds becomes a
+    swap PTE; the walk stops at a mapping the generation refuses to unmap. True if unmapped."""
+    for m in rmap_walk_anon(k, pfn):
+        assert not m.pmd, "reclaim splits a THP before it unmaps it"
+        if not try_to_unmap_one(k, m):
+            return False
+    return bool(k.frames._mapcount[pfn] < 0)
+
+
+def try_to_unmap_one(k: Kernel, m: Mapping) -> bool:
+    """try_to_unmap_one(): the PTE becomes a swap PTE for the page's slot (swap_duplicate),
+    keeping soft-dirty and, from 5.19, whether the page was exclusive; the page loses this
+    mapping and its reference. A dirty PTE dirties the page."""
+    f = k.frames
+    pfn = m.pfn
+    refuse, read, rule = k.policy.try_to_unmap_refuses(k, pfn)
+    if refuse:
+        k.event("try_to_unmap_one", "keep", addr=m.addr, pfn=pfn, read=read, rule=rule)
+        return False
+    table = m.mm.pmds[pmd_index(m.addr)]
+    assert isinstance(table, PteTable)
+    i = pte_index(m.addr)
+    bits = int(table.bits[i])
+    if bits & PTE_DIRTY:
+        f.flags[pfn] |= PG_dirty
+    offset = int(f.private[pfn])
+    exclusive = PTE_SWP_EXCLUSIVE if f.flags[pfn] & PG_anon_exclusive else 0
+    f.flags[pfn] &= flags_without(PG_anon_exclusive)
+    k.swap.swap_map[offset] += 1  # swap_duplicate
+    table.pfn[i] = swp_entry_to_pte(offset)
+    table.bits[i] = (bits & PTE_SOFT_DIRTY) | exclusive
+    page_remove_rmap(k, m.mm, pfn, compound=False)
+    put_page(k, pfn)
+    m.mm.anon_rss -= 1
+    m.mm.swapents += 1
+    detail = f"pid {m.mm.pid}: swap PTE, slot {offset}"
+    k.event("try_to_unmap_one", addr=m.addr, pfn=pfn, detail=detail)
+    return True

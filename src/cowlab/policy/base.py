@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, WpDecision
+from cowlab.mm.constants import VM_SOFTDIRTY
+from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, SwapinDecision, WpDecision
+from cowlab.mm.mm import page_mapcount
 
-__all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "WpDecision"]
+__all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "SwapinDecision", "WpDecision"]
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -47,14 +49,46 @@ class Policy(ABC):
     # page_move_anon_rmap's VM_BUG_ON on page->index (4.5, 4.6); 4.7 dropped the check with the
     # address argument (5a49973d7143, "mm: thp: refix false positive BUG in page_move_anon_rmap")
     move_anon_rmap_checks_index: ClassVar[bool] = False
+    # swap (docs/sources-swap.md): MADV_PAGEOUT exists (5.4, 1a4e58cce84e); before, a swap-out
+    # is the reclaim path taking the range's pages, shared ones included
+    madv_pageout: ClassVar[bool] = False
+    reclaim_skips_pinned: ClassVar[bool] = False  # 5.11 feb889fb40fa: no pinned page swapped
+    # 5.18 c145e0b47c77: do_swap_page drops the swap entry (and maybe the swap-cache copy)
+    # before it decides, and decides by page_count
+    swapin_frees_swap_first: ClassVar[bool] = False
+    swapin_maps_writable_on_read: ClassVar[bool] = False  # between 6.9 and 6.12 (bracketed)
 
     @abstractmethod
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): may the anonymous page mapped read-only at this PTE be reused?"""
 
     @abstractmethod
+    def swapin_decision(
+        self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool
+    ) -> SwapinDecision:
+        """do_swap_page(): map the page swapped in writable, and as exclusive? ``marker`` is the
+        swap PTE's exclusive bit, ``soft_dirty`` its soft-dirty bit."""
+
+    def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """madvise_cold_or_pageout_pte_range(): leave a page mapped more than once alone (5.4);
+        the reclaim path before MADV_PAGEOUT takes every page."""
+        if not self.madv_pageout:
+            return False, (), ""
+        count = page_mapcount(k.frames, pfn)
+        return count != 1, (("page_mapcount", count),), "MADV_PAGEOUT: page_mapcount == 1"
+
+    def try_to_unmap_refuses(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """try_to_unmap_one(): keep this mapping (5.19: an exclusive page that may be pinned)?"""
+        return False, (), ""
+
+    @abstractmethod
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         """do_huge_pmd_wp_page(): may the PMD-mapped THP be reused?"""
+
+    @staticmethod
+    def soft_dirty_tracking(k: Kernel, vma: VmArea) -> bool:
+        """vma_soft_dirty_enabled(): clear_refs may have cleared soft-dirty bits to watch."""
+        return k.soft_dirty_enabled and not vma.vm_flags & VM_SOFTDIRTY
 
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.swapfile import reuse_swap_page
-from cowlab.policy.base import Policy, ReuseCount, WpDecision
+from cowlab.policy.base import Policy, ReuseCount, SwapinDecision, WpDecision
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -36,6 +36,16 @@ class V4_5(Policy):
         d = reuse_swap_page(k, pfn, self.reuse_mapcount)
         move = d.reuse and self.move_anon_rmap_on_reuse(d.total_mapcount)
         return WpDecision(d.reuse, move, False, d.read, f"reuse_swap_page(): {d.rule}")
+
+    def swapin_decision(
+        self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool
+    ) -> SwapinDecision:
+        """do_swap_page(): a write fault maps writable and exclusive what reuse_swap_page()
+        reuses; asked before this mapping is counted, while its swap entry still is."""
+        if not write:
+            return SwapinDecision(False, False, (), "a read fault maps the page read-only")
+        d = reuse_swap_page(k, pfn, self.reuse_mapcount)
+        return SwapinDecision(d.reuse, d.reuse, d.read, f"reuse_swap_page(): {d.rule}")
 
     def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
         """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from cowlab.mm.constants import PG_anon_exclusive
-from cowlab.mm.mm import PageAnonExclusive, PageKsm, page_count
-from cowlab.policy.base import Reads, WpDecision
-from cowlab.policy.v5_18 import V5_18
+from cowlab.mm.constants import VM_WRITE, PG_anon_exclusive
+from cowlab.mm.mm import PageAnonExclusive, PageKsm, page_count, page_maybe_dma_pinned
+from cowlab.policy.base import Reads, SwapinDecision, WpDecision
+from cowlab.policy.v5_18 import V5_18, only_reference
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -42,11 +42,25 @@ class V5_19(V5_18):
         f = k.frames
         if PageAnonExclusive(f, pfn):
             return WpDecision(True, False, False, (("PageAnonExclusive", 1),), "PageAnonExclusive")
-        count = page_count(f, pfn)
-        reuse = not PageKsm(f, pfn) and count == 1
-        read = (("PageAnonExclusive", 0), ("PageKsm", int(PageKsm(f, pfn))), ("page_count", count))
-        rule = "PageAnonExclusive || (!PageKsm && page_count == 1)"
-        return WpDecision(reuse, reuse, reuse, read, rule)
+        reuse, read, rule = only_reference(k, pfn)
+        read = (("PageAnonExclusive", 0), *read)
+        return WpDecision(reuse, reuse, reuse, read, f"PageAnonExclusive || ({rule})")
+
+    def swapin_decision(
+        self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool
+    ) -> SwapinDecision:
+        """1493a1913e34: the swap PTE's exclusive bit, else page_count == 1, makes the page
+        exclusive; it is mapped writable on a write fault (from 6.10/6.12 on any fault, unless
+        soft-dirty tracking wants the write)."""
+        f = k.frames
+        ksm, count = PageKsm(f, pfn), page_count(f, pfn)
+        exclusive = not ksm and (marker or count == 1)
+        read = (("PageKsm", int(ksm)), ("pte_swp_exclusive", int(marker)), ("page_count", count))
+        rule = "!PageKsm && (pte_swp_exclusive || page_count == 1)"
+        on_read = self.swapin_maps_writable_on_read and bool(vma.vm_flags & VM_WRITE)
+        if on_read and self.soft_dirty_tracking(k, vma) and not soft_dirty:
+            on_read = False
+        return SwapinDecision(exclusive and (write or on_read), exclusive, read, rule)
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         f = k.frames
@@ -58,6 +72,15 @@ class V5_19(V5_18):
         read = (("PageAnonExclusive(head)", 0), ("page_count(head)", count))
         rule = "PageAnonExclusive(head) || page_count(head) == 1"
         return WpDecision(reuse, reuse, reuse, read, rule)
+
+    def try_to_unmap_refuses(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """page_try_share_anon_rmap() fails for an exclusive page that may be pinned."""
+        f = k.frames
+        if not PageAnonExclusive(f, pfn):
+            return False, (), ""
+        pinned = page_maybe_dma_pinned(f, pfn)
+        read = (("PageAnonExclusive", 1), ("page_maybe_dma_pinned", int(pinned)))
+        return pinned, read, "an exclusive page that may be pinned stays mapped"
 
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]

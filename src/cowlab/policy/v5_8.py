@@ -22,3 +22,4 @@ class V5_8(V4_14):
     pmd_cow_splits = True
     huge_zero_wp_allocates = False
     gup_breaks_cow_on_read = True
+    madv_pageout = True  # 5.4

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from cowlab.mm.constants import VM_SOFTDIRTY
 from cowlab.mm.mm import (
     PageAnonExclusive,
     PageTransCompound,
@@ -42,6 +41,15 @@ class V6_15(V5_19):
     mprotect_maps_exclusive_writable = True
     mthp = True
     huge_zero_wp_allocates = True  # 6.13
+    swapin_maps_writable_on_read = True
+
+    def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """MADV_PAGEOUT leaves a folio that may be mapped by another MM alone."""
+        f = k.frames
+        if not PageTransCompound(f, pfn):
+            return super().pageout_skips(k, pfn)
+        shared = folio_maybe_mapped_shared(f, compound_head(f, pfn))
+        return shared, (("folio_maybe_mapped_shared", int(shared)),), "MADV_PAGEOUT: not shared"
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
@@ -62,5 +70,5 @@ class V6_15(V5_19):
 
     def mprotect_writable(self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool) -> bool:
         """can_change_pte_writable(): exclusive, and no soft-dirty tracking waiting for a fault."""
-        tracking = k.soft_dirty_enabled and not vma.vm_flags & VM_SOFTDIRTY
+        tracking = self.soft_dirty_tracking(k, vma)
         return PageAnonExclusive(k.frames, pfn) and not (tracking and not soft_dirty_pte)

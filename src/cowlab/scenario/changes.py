@@ -6,7 +6,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cowlab.mm.constants import PG_allocated, PG_double_map, PG_head, PG_tail
+from cowlab.mm.constants import (
+    PG_allocated,
+    PG_dirty,
+    PG_double_map,
+    PG_head,
+    PG_swapcache,
+    PG_tail,
+    PG_writeback,
+)
+
+SHOWN_FLAGS = {PG_swapcache: "swapcache", PG_writeback: "writeback", PG_dirty: "dirty"}
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -22,6 +32,8 @@ def counters_snapshot(k: Kernel) -> dict[str, np.ndarray]:
         "flags": f.flags[:n].copy(),
         "mapping": f.mapping[:n].copy(),
         "order": f.order[:n].copy(),
+        "swap_map": k.swap.swap_map[: k.swap.nr].copy(),
+        "swap_cache": k.swap.cache[: k.swap.nr].copy(),
     }
 
 
@@ -29,11 +41,12 @@ def counter_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
     """The step's effect on struct page counters, per page or THP, as old -> new."""
     f = k.frames
     n = len(before["_count"])
-    now = {name: getattr(f, name)[:n] for name in before}
+    now = {name: getattr(f, name)[:n] for name in before if not name.startswith("swap")}
     lines = _allocation_changes(k, before)
     changed = np.zeros(n, dtype=bool)
     for name in ("_mapcount", "_count", "compound_mapcount", "mapping"):
         changed |= before[name] != now[name]
+    changed |= ((before["flags"] ^ now["flags"]) & sum(SHOWN_FLAGS)) != 0
     compound = ((before["flags"] | now["flags"]) & (PG_head | PG_tail)) != 0
     order = np.maximum(before["order"], now["order"]).astype(np.int64)
     pfns = np.arange(n)
@@ -43,7 +56,24 @@ def counter_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
             lines.append(_thp_change(head, 1 << int(order[head]), before, now))
         else:
             lines.append(f"page {head:#x}: " + ", ".join(_field_changes(head, before, now)))
-    return lines
+    return lines + _swap_changes(k, before)
+
+
+def _swap_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
+    """Each swap slot whose swap PTE count or swap-cache page changed."""
+    out = []
+    for slot in range(k.swap.nr):
+        parts = []
+        for name, now, free in (("swap_map", k.swap.swap_map, 0), ("swap cache", k.swap.cache, -1)):
+            was = before[name.replace(" ", "_")]
+            old = int(was[slot]) if slot < was.size else free
+            new = int(now[slot])
+            if old != new:
+                shown = [str(v) if name == "swap_map" or v < 0 else hex(v) for v in (old, new)]
+                parts.append(f"{name} {shown[0]}->{shown[1]}")
+        if parts:
+            out.append(f"swap slot {slot}: " + ", ".join(parts))
+    return out
 
 
 def _field_changes(
@@ -55,6 +85,10 @@ def _field_changes(
         if old != new:
             shown = (f"anon_vma#{old}", f"anon_vma#{new}") if name == "mapping" else (old, new)
             out.append(f"{name} {shown[0]}->{shown[1]}")
+    for bit, name in SHOWN_FLAGS.items():
+        old_set, new_set = bool(before["flags"][pfn] & bit), bool(now["flags"][pfn] & bit)
+        if old_set != new_set:
+            out.append(f"PG_{name} {int(old_set)}->{int(new_set)}")
     return out
 
 

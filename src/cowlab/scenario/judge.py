@@ -6,12 +6,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cowlab import checker
-from cowlab.mm.constants import PAGE_SIZE
+from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE, PG_swapcache, PG_writeback
 from cowlab.mm.huge_memory import total_mapcount
-from cowlab.mm.mm import compound_head, page_count, page_mapcount
+from cowlab.mm.mm import (
+    PageAnonExclusive,
+    PageSwapCache,
+    compound_head,
+    folio_nr_pages,
+    is_zero_pfn,
+    page_count,
+    page_mapcount,
+)
 from cowlab.mm.mm_types import pmd_index, pte_index
-from cowlab.mm.pgtable import PTE_SPECIAL, HugePmd
-from cowlab.scenario.model import Expectation, Step
+from cowlab.mm.pgtable import (
+    PTE_NONE,
+    PTE_SPECIAL,
+    PTE_SWP_EXCLUSIVE,
+    HugePmd,
+    PteTable,
+    is_swap_pte,
+    pte_to_swp_offset,
+)
+from cowlab.scenario.model import SWAP_VIEWS, Expectation, Step
 
 if TYPE_CHECKING:
     from cowlab.scenario.runner import ExpectResult, Runner
@@ -86,6 +102,8 @@ def actual(
         return pfn, page_ref(runner, e.expected_for(kernel_id), step)
     if e.what == "mapped":
         return mapped_kind(runner, step) if outcome == "ok" else "none"
+    if e.what in SWAP_VIEWS:
+        return page_view(runner, step, e.what)
     if pfn is None:
         return None
     if e.what == "mapcount":
@@ -103,9 +121,49 @@ def mapped_kind(runner: Runner, step: Step) -> str:
     entry = proc.mm.pmds.get(pmd_index(at)) if proc.alive else None
     if isinstance(entry, HugePmd):
         return "huge_zero" if entry.huge_zero else "pmd"
-    if entry is None or entry.pfn[pte_index(at)] < 0:
+    value = PTE_NONE if entry is None else int(entry.pfn[pte_index(at)])
+    if value == PTE_NONE:
         return "none"
-    return "zero" if entry.bits[pte_index(at)] & PTE_SPECIAL else "pte"
+    if is_swap_pte(value):
+        return "swap"
+    return "zero" if entry is not None and entry.bits[pte_index(at)] & PTE_SPECIAL else "pte"
+
+
+def page_view(runner: Runner, step: Step, what: str) -> Any:
+    """What the step's address shows of its page: the swap cache and writeback flags, the swap
+    count of its slot, PG_anon_exclusive (a swap PTE's exclusive bit when swapped out) and the
+    size of its folio (0 where nothing is mapped or cached)."""
+    k = runner.k
+    f = k.frames
+    proc = runner.procs[step.args["proc"]]
+    at = runner.addr(step.args["at"])
+    pfn = proc.translate(at) if proc.alive else None
+    offset = marker = None
+    entry = proc.mm.pmds.get(pmd_index(at)) if proc.alive else None
+    if isinstance(entry, PteTable) and is_swap_pte(int(entry.pfn[pte_index(at)])):
+        offset = pte_to_swp_offset(int(entry.pfn[pte_index(at)]))
+        marker = bool(entry.bits[pte_index(at)] & PTE_SWP_EXCLUSIVE)
+    if pfn is not None and is_zero_pfn(f, pfn):
+        pfn = None
+    if pfn is not None and PageSwapCache(f, pfn):
+        offset = int(f.private[pfn])
+    page = pfn if pfn is not None or offset is None else int(k.swap.cache[offset])
+    page = None if page is None or page < 0 else page
+    if what == "swap_count":
+        return int(k.swap.swap_map[offset]) if offset is not None else 0
+    if what == "anon_exclusive":
+        return marker if pfn is None else PageAnonExclusive(f, compound_head_if_pmd(entry, pfn))
+    if page is None:
+        return 0 if what == "folio_size" else False
+    if what == "folio_size":
+        return folio_nr_pages(f, compound_head(f, page)) * PAGE_SIZE
+    flag = PG_swapcache if what == "swapcache" else PG_writeback
+    return bool(f.flags[page] & flag)
+
+
+def compound_head_if_pmd(entry: object, pfn: int) -> int:
+    """A PMD-mapped THP keeps PG_anon_exclusive on its head only."""
+    return pfn & ~(HPAGE_PMD_NR - 1) if isinstance(entry, HugePmd) else pfn
 
 
 def page_ref(runner: Runner, ref: str, step: Step) -> int | None:

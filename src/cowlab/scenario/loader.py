@@ -10,12 +10,14 @@ from typing import Any
 
 from cowlab.mm.constants import PAGE_SIZE
 from cowlab.mm.madvise import ADVICE
+from cowlab.mm.vmscan import STAGES
 from cowlab.policy import POLICIES
 from cowlab.scenario.located import LList, LMap, Loc, YamlSyntaxError, load_located
 from cowlab.scenario.model import (
     FAULT_KINDS,
     MAPPED_KINDS,
     PROPERTIES,
+    SWAP_VIEWS,
     Address,
     Expectation,
     Scenario,
@@ -269,6 +271,14 @@ OPS: dict[str, dict[str, Parser]] = {
     "dma_read": {"pin": parse_pin, "offset?": parse_size, "size": parse_positive_size},
     "split_huge_pages": {},
     "shrink": {},
+    "swapout": {
+        "proc": parse_proc,
+        "at": parse_aligned_address,
+        "size": parse_positive_size,
+        "until?": choice(*STAGES),
+    },
+    "end_writeback": {},
+    "shrink_swapcache": {},
     "set": {
         "thp?": choice(*THP_MODES),
         "thp_alloc_fail?": parse_bool,
@@ -326,11 +336,24 @@ EXPECT: dict[str, Parser] = {
     "mapcount": parse_count,
     "total_mapcount": parse_count,
     "refcount": parse_count,
+    "swapcache": parse_bool,
+    "writeback": parse_bool,
+    "swap_count": parse_count,
+    "anon_exclusive": parse_bool,
+    "folio_size": parse_size,
     "holds": parse_properties,
     "breaks": parse_properties,
     "outcome": parse_outcome,
 }
-NEEDS_ADDRESS = ("same_page", "other_page", "mapped", "mapcount", "total_mapcount", "refcount")
+NEEDS_ADDRESS = (
+    "same_page",
+    "other_page",
+    "mapped",
+    "mapcount",
+    "total_mapcount",
+    "refcount",
+    *SWAP_VIEWS,
+)
 NEEDS_RESULT = ("data",)
 
 

@@ -118,15 +118,13 @@ class LogicalMemory:
     def check(self, runner: Runner) -> list[str]:
         """Every byte a process or a pin can see now, against what it is owed."""
         problems: list[str] = []
-        f = runner.k.frames
         for name, proc in runner.procs.items():
             if not proc.alive:
                 continue
             for vma in proc.mm.vmas:
                 for va in range(vma.vm_start, vma.vm_end, PAGE_SIZE):
-                    pfn = proc.translate(va)
                     owed = self.pages.get((name, va))
-                    seen = f.page_bytes(pfn) if pfn is not None else None
+                    seen = proc.peek(va)
                     if _differs(seen, owed):
                         problems.append(f"{name} sees other bytes than it wrote at {va:#x}")
                         break

@@ -62,6 +62,24 @@ class RunResult:
         return sum(not e.applies_to(self.kernel_id) for s in self.scenario.steps for e in s.expect)
 
 
+def reused(k: Kernel) -> int:
+    """Write faults satisfied by the page already there: wp_page_reuse, or do_swap_page mapping
+    the swapped-in page writable."""
+    return k.vmstat["pgreuse"] + k.vmstat["swapin_reuse"]
+
+
+MACHINE_OPS = (
+    "split_huge_pages",
+    "shrink",
+    "end_writeback",
+    "shrink_swapcache",
+    "set",
+    "unpin",
+    "dma_write",
+    "dma_read",
+)
+
+
 class Runner:
     """The state of one run: the kernel, names bound so far, and the logical memory."""
 
@@ -106,7 +124,7 @@ class Runner:
             return StepResult(step, "not run", [why], [])
         budget.check_step(self, step, self.max_memory)
         k = self.k
-        cows, reuses, events_at = len(k.cow_log), k.vmstat["pgreuse"], len(k.events)
+        cows, reuses, events_at = len(k.cow_log), reused(k), len(k.events)
         before = counters_snapshot(k) if k.tracing else None
         outcome, result, note = "ok", None, ""
         try:
@@ -125,9 +143,7 @@ class Runner:
         happened = self.describe(step, outcome, result, cows)
         if note:  # a kernel BUG, or the process a fatal signal killed
             happened.append(note)
-        fault = (
-            "copy" if len(k.cow_log) > cows else "reuse" if k.vmstat["pgreuse"] > reuses else "none"
-        )
+        fault = "copy" if len(k.cow_log) > cows else "reuse" if reused(k) > reuses else "none"
         pfn = self.observe_pfn(step) if outcome == "ok" else None
         if step.label:
             self.labels[step.label] = pfn
@@ -141,7 +157,7 @@ class Runner:
         if op == "spawn":
             self.procs[a["proc"]] = self.k.spawn()
             return None
-        if op in ("split_huge_pages", "shrink", "set", "unpin", "dma_write", "dma_read"):
+        if op in MACHINE_OPS:
             return self.machine_op(op, a)
         p = self.procs[a["proc"]]
         if op == "mmap":
@@ -163,8 +179,8 @@ class Runner:
         elif op == "exit":
             p.exit()
             self.logical.drop(name, 0, 1 << 64)
-        elif op in ("munmap", "madvise", "mprotect", "numa_balance"):
-            self.range_op(p, name, op, at, a)
+        elif op in ("munmap", "madvise", "mprotect", "numa_balance", "swapout"):
+            return self.range_op(p, name, op, at, a)
         elif op == "mremap":
             self.mremap(p, name, at, a)
         elif op == "clear_refs":
@@ -197,7 +213,7 @@ class Runner:
             raise
         return None
 
-    def range_op(self, p: Process, name: str, op: str, at: int, a: dict[str, Any]) -> None:
+    def range_op(self, p: Process, name: str, op: str, at: int, a: dict[str, Any]) -> Any:
         size = a["size"]
         if op == "munmap":
             p.munmap(at, size)
@@ -208,8 +224,11 @@ class Runner:
                 self.logical.drop(name, at, at + size)
         elif op == "mprotect":
             p.mprotect(at, size, a["prot"])
+        elif op == "swapout":
+            return f"{p.swapout(at, size, a.get('until', 'freed'))} pages to the swap cache"
         else:
             p.numa_balance(at, size)
+        return None
 
     def mremap(self, p: Process, name: str, at: int, a: dict[str, Any]) -> None:
         size = a["size"]
@@ -226,6 +245,10 @@ class Runner:
             return f"{k.split_huge_pages()} THPs split"
         if op == "shrink":
             return f"{k.shrink_deferred_split()} THPs split"
+        if op == "end_writeback":
+            return f"{k.end_writeback()} pages written"
+        if op == "shrink_swapcache":
+            return f"{k.shrink_swapcache()} swap-cache pages freed"
         if op == "set":
             for key, value in a.items():
                 setattr(k, "thp_enabled" if key == "thp" else key, value)

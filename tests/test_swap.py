@@ -1,0 +1,306 @@
+"""Swap-out and swap-in, state by state: each test builds a state through the API, runs one
+operation and compares the state after with one derived by hand from the kernel's rules
+(mm/vmscan.c shrink_page_list, mm/rmap.c try_to_unmap_one, mm/memory.c do_swap_page,
+mm/swapfile.c reuse_swap_page / try_to_free_swap / free_swap_and_cache; docs/sources-swap.md).
+
+Numbers: a fresh machine hands out slot 0 first; one mapped small page holds _count 1 (its PTE)
+and the swap cache one more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from cowlab import Kernel, Process
+from cowlab.checker import check_invariants
+from cowlab.kernel import Config
+from cowlab.mm.constants import PMD_SHIFT, PG_anon_exclusive, PG_dirty, PG_swapcache, PG_writeback
+from cowlab.mm.mm import page_count
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_SOFT_DIRTY,
+    PTE_SWP_EXCLUSIVE,
+    PTE_WRITE,
+    PteTable,
+    is_swap_pte,
+    pte_to_swp_offset,
+)
+from cowlab.policy import POLICIES
+
+PAGE = 4096
+ALL = list(POLICIES)
+SEED = ["v4.5", "v4.5+6d0a07e"]  # before and after 6d0a07edd17c
+REUSE_SWAP_PAGE = [k for k, p in POLICIES.items() if not p.swapin_frees_swap_first]  # ..5.17
+EXCLUSIVE = [k for k, p in POLICIES.items() if p.anon_exclusive]  # 5.19+
+
+
+@dataclass
+class Swapped:
+    k: Kernel
+    p: Process
+    addr: int
+    pfn: int  # the frame the page had before swap-out
+
+    def pte(self) -> tuple[int, int]:
+        table = self.p.mm.pmds[self.addr >> PMD_SHIFT]
+        assert isinstance(table, PteTable)
+        i = (self.addr >> 12) & 511
+        return int(table.pfn[i]), int(table.bits[i])
+
+
+def swapped(kernel_id: str, until: str = "freed", config: Config | None = None) -> Swapped:
+    """One written small page (16 KiB mapping, too small for a THP), swapped out to ``until``."""
+    k = Kernel(kernel_id, config, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap(4 * PAGE)
+    p.write(addr, b"payload")
+    pfn = p.translate(addr)
+    assert pfn is not None
+    p.swapout(addr, PAGE, until=until)
+    return Swapped(k, p, addr, pfn)
+
+
+# --- swap-out -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_swapout_to_the_device(kernel_id: str) -> None:
+    """Freed: a swap PTE for slot 0 (count 1), no swap-cache page, the frame free, the bytes on
+    the device; MM_ANONPAGES 0, MM_SWAPENTS 1."""
+    s = swapped(kernel_id)
+    value, bits = s.pte()
+    assert is_swap_pte(value) and pte_to_swp_offset(value) == 0
+    assert bits & PTE_SOFT_DIRTY  # carried over from the dirty PTE
+    assert int(s.k.swap.swap_map[0]) == 1 and int(s.k.swap.cache[0]) == -1
+    assert s.k.swap.data[0] == b"payload"
+    assert not s.k.frames.flags[s.pfn] & PG_swapcache and s.k.frames.nr_allocated == 0
+    assert (s.p.mm.anon_rss, s.p.mm.swapents) == (0, 1)
+    assert s.p.translate(s.addr) is None and s.p.peek(s.addr)[:7] == b"payload"  # type: ignore[index]
+    assert check_invariants(s.k) == []
+
+
+@pytest.mark.parametrize(
+    ("until", "flags", "count"),
+    [
+        ("swapcache", PG_swapcache | PG_dirty, 1),
+        ("writeback", PG_swapcache | PG_writeback, 1),
+        ("written", PG_swapcache, 1),
+    ],
+)
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_swapout_stages(kernel_id: str, until: str, flags: int, count: int) -> None:
+    """Stopped early the page stays in the swap cache, unmapped, with only the swap cache's
+    reference: dirty before it is written, under writeback, then clean."""
+    s = swapped(kernel_id, until)
+    f = s.k.frames
+    mask = PG_swapcache | PG_dirty | PG_writeback
+    assert int(f.flags[s.pfn]) & mask == flags
+    assert page_count(f, s.pfn) == count and int(f._mapcount[s.pfn]) == -1
+    assert int(s.k.swap.cache[0]) == s.pfn and int(f.private[s.pfn]) == 0
+    assert (0 in s.k.swap.data) == (until != "swapcache")
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_without_config_swap_nothing_is_swapped(kernel_id: str) -> None:
+    s = swapped(kernel_id, config=Config(swap=False))
+    assert s.pte()[0] == s.pfn and s.k.swap.nr == 0
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_writeback_then_shrink(kernel_id: str) -> None:
+    s = swapped(kernel_id, "writeback")
+    assert s.k.end_writeback() == 1
+    assert s.k.shrink_swapcache() == 1
+    assert int(s.k.swap.cache[0]) == -1 and s.k.frames.nr_allocated == 0
+
+
+# --- swap-in: do_swap_page ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel_id", REUSE_SWAP_PAGE)
+def test_read_swapin_maps_read_only(kernel_id: str) -> None:
+    """4.5 .. 5.17: a read fault reads the slot into a new swap-cache page and maps it
+    read-only; swap_free leaves the slot to the swap cache. _count 2: PTE and swap cache."""
+    s = swapped(kernel_id)
+    assert s.p.read(s.addr, 7) == b"payload"
+    pfn, bits = s.pte()
+    f = s.k.frames
+    assert not bits & PTE_WRITE
+    assert f.flags[pfn] & PG_swapcache and int(s.k.swap.cache[0]) == pfn
+    assert page_count(f, pfn) == 2 and int(f._mapcount[pfn]) == 0
+    assert int(s.k.swap.swap_map[0]) == 0
+    assert (s.p.mm.anon_rss, s.p.mm.swapents) == (1, 0)
+
+
+@pytest.mark.parametrize("kernel_id", SEED)
+def test_seed_write_swapin_from_the_swap_cache(kernel_id: str) -> None:
+    """The seed's do_swap_page: reuse_swap_page(page) (4.5.0) / reuse_swap_page(page, NULL)
+    (6d0a07edd17c): page_mapcount 0 (this mapping is not added yet) + page_swapcount 1 = 1, the
+    page is not under writeback: it leaves the swap cache, dirty, and is mapped writable. The
+    same frame, _count 1, slot free."""
+    s = swapped(kernel_id, "written")
+    s.p.write(s.addr, b"P")
+    pfn, bits = s.pte()
+    f = s.k.frames
+    assert pfn == s.pfn and bits & PTE_WRITE and bits & PTE_DIRTY
+    assert not f.flags[pfn] & PG_swapcache and page_count(f, pfn) == 1
+    assert int(s.k.swap.swap_map[0]) == 0 and int(s.k.swap.cache[0]) == -1
+    assert s.k.vmstat["swapin_reuse"] == 1 and not s.k.cow_log
+
+
+@pytest.mark.parametrize("kernel_id", SEED)
+def test_seed_write_swapin_shared_slot_copies(kernel_id: str) -> None:
+    """After fork both processes' swap PTEs hold the slot (count 2). The child's write: page
+    read from the device; reuse_swap_page: 0 + 2 > 1, mapped read-only; swap_free (count 1);
+    do_wp_page -> reuse_swap_page: page_mapcount 1 + page_swapcount 1 = 2 -> copy."""
+    s = swapped(kernel_id)
+    child = s.p.fork()
+    assert int(s.k.swap.swap_map[0]) == 2
+    child.write(s.addr, b"C")
+    (cow,) = s.k.cow_log
+    assert cow.function == "wp_page_copy" and "page_swapcount = 1" in cow.why
+    assert int(s.k.swap.swap_map[0]) == 1  # the parent's swap PTE
+    read_in = int(s.k.swap.cache[0])
+    assert read_in >= 0 and page_count(s.k.frames, read_in) == 1  # the swap cache's only
+    assert s.p.read(s.addr, 7) == b"payload" and child.read(s.addr, 7) == b"Cayload"
+
+
+@pytest.mark.parametrize("kernel_id", REUSE_SWAP_PAGE)
+def test_write_under_writeback_reuses_but_stays_cached(kernel_id: str) -> None:
+    """reuse_swap_page: count 1 but PageWriteback: reused, not deleted from the swap cache."""
+    s = swapped(kernel_id, "writeback")
+    s.p.write(s.addr, b"P")
+    pfn, bits = s.pte()
+    f = s.k.frames
+    assert pfn == s.pfn and bits & PTE_WRITE
+    assert f.flags[pfn] & PG_swapcache and page_count(f, pfn) == 2
+
+
+def test_5_18_write_under_writeback_copies() -> None:
+    """5.18: swap_free, then try_to_free_swap refuses a page under writeback; page_count 2 (our
+    reference and the swap cache's) -> read-only, and do_wp_page copies."""
+    s = swapped("v5.18", "writeback")
+    s.p.write(s.addr, b"P")
+    (cow,) = s.k.cow_log
+    assert cow.old == s.pfn and "page_count = 2" in cow.why
+
+
+@pytest.mark.parametrize("kernel_id", EXCLUSIVE)
+def test_exclusive_marker_on_swapout_and_reuse(kernel_id: str) -> None:
+    """5.19: an exclusive page's swap PTE carries the marker, the page loses PG_anon_exclusive;
+    the write swap-in trusts the marker even under writeback and sets PG_anon_exclusive."""
+    s = swapped(kernel_id, "writeback")
+    _, bits = s.pte()
+    f = s.k.frames
+    assert bits & PTE_SWP_EXCLUSIVE and not f.flags[s.pfn] & PG_anon_exclusive
+    s.p.write(s.addr, b"P")
+    pfn, bits = s.pte()
+    assert pfn == s.pfn and bits & PTE_WRITE and f.flags[pfn] & PG_anon_exclusive
+    assert not s.k.cow_log
+
+
+@pytest.mark.parametrize("kernel_id", EXCLUSIVE)
+def test_fork_clears_the_exclusive_marker(kernel_id: str) -> None:
+    s = swapped(kernel_id)
+    child = s.p.fork()
+    assert not s.pte()[1] & PTE_SWP_EXCLUSIVE
+    table = child.mm.pmds[s.addr >> PMD_SHIFT]
+    assert isinstance(table, PteTable) and not table.bits[(s.addr >> 12) & 511] & PTE_SWP_EXCLUSIVE
+
+
+@pytest.mark.parametrize(("kernel_id", "writable"), [("v5.19", False), ("v6.18", True)])
+def test_read_swapin_of_an_exclusive_page(kernel_id: str, writable: bool) -> None:
+    """5.19 maps an exclusive page read-only on a read fault; 6.12+ maps it writable."""
+    s = swapped(kernel_id)
+    s.p.read(s.addr, 1)
+    assert bool(s.pte()[1] & PTE_WRITE) == writable
+    assert s.k.frames.flags[s.pte()[0]] & PG_anon_exclusive
+
+
+@pytest.mark.parametrize("kernel_id", EXCLUSIVE)
+def test_pinned_page_already_in_the_swap_cache_stays_mapped(kernel_id: str) -> None:
+    """5.19 try_to_unmap_one: page_try_share_anon_rmap() fails for an exclusive page that may be
+    pinned, so reclaim leaves it mapped even when it is already in the swap cache."""
+    s = swapped(kernel_id, "written")
+    s.p.read(s.addr, 1)  # back in, still in the swap cache, exclusive
+    pin = s.p.get_user_pages(s.addr, PAGE)
+    pfn, _ = s.pte()
+    assert pin.pages == [pfn]
+    s.p.swapout(s.addr, PAGE)
+    assert s.pte()[0] == pfn
+
+
+# --- zap ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_munmap_frees_the_slot(kernel_id: str) -> None:
+    """free_swap_and_cache: the last swap PTE gone, the slot is free (and reused next)."""
+    s = swapped(kernel_id)
+    s.p.munmap(s.addr, 4 * PAGE)
+    assert int(s.k.swap.swap_map[0]) == 0 and s.k.swap.in_use().size == 0
+    assert s.p.mm.swapents == 0 and not s.k.swap.data
+    assert s.k.swap.get_swap_page() == 0
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_munmap_under_writeback_keeps_the_cache_page(kernel_id: str) -> None:
+    """free_swap_and_cache leaves a page under writeback in the swap cache; shrink frees it."""
+    s = swapped(kernel_id, "writeback")
+    s.p.munmap(s.addr, 4 * PAGE)
+    assert int(s.k.swap.cache[0]) == s.pfn
+    s.k.end_writeback()
+    assert s.k.shrink_swapcache() == 1 and s.k.frames.nr_allocated == 0
+
+
+# --- reclaim of pinned and shared pages ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_pinned_page_under_reclaim(kernel_id: str) -> None:
+    """Before 5.11 reclaim unmaps a pinned page and cannot free it (the pin's reference fails
+    the freeze): it stays in the swap cache, and the write swap-in gets the same frame back.
+    From 5.11 (the v5.18 policy on) reclaim skips it."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap(4 * PAGE)
+    p.write(addr, b"x")
+    pin = p.get_user_pages(addr, PAGE)
+    p.swapout(addr, PAGE)
+    skips = POLICIES[kernel_id].reclaim_skips_pinned
+    assert (p.translate(addr) == pin.pages[0]) == skips
+    assert bool(k.frames.flags[pin.pages[0]] & PG_swapcache) == (not skips)
+    p.write(addr, b"y")
+    assert p.translate(addr) == pin.pages[0] and not k.cow_log
+
+
+@pytest.mark.parametrize(("kernel_id", "swapped_out"), [("v4.14", True), ("v5.8", False)])
+def test_madv_pageout_skips_shared_pages(kernel_id: str, swapped_out: bool) -> None:
+    """MADV_PAGEOUT (5.4+) skips a page mapped twice; the reclaim path before it unmaps every
+    mapping through the rmap walk (the v4.14 policy stands for 4.14 here)."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap(4 * PAGE)
+    p.write(addr, b"x")
+    child = p.fork()
+    p.swapout(addr, PAGE)
+    assert (p.translate(addr) is None) == swapped_out
+    assert (child.translate(addr) is None) == swapped_out
+    assert int(k.swap.swap_map[0] if k.swap.nr else 0) == (2 if swapped_out else 0)
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_thp_is_split_before_swapout(kernel_id: str) -> None:
+    """A swap file on a rotational disk has no swap clusters: add_to_swap splits the THP; 512
+    swap PTEs, 512 slots."""
+    k = Kernel(kernel_id, selfcheck=True)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 << 20, align=2 << 20)
+    p.write(addr, b"x")
+    assert k.frames.nr_allocated == 512
+    assert p.swapout(addr, 2 << 20) == 512
+    assert p.mm.swapents == 512 and k.frames.nr_allocated == 0
+    assert p.read(addr, 1) == b"x"
