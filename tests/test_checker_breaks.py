@@ -631,3 +631,40 @@ def test_swap_cache_reference_counted(kernel_id: str) -> None:
     s = swapped_page(kernel_id, "written")
     s.k.frames._count[s.pfn] -= 1
     assert check_invariants(s.k) == [f"pfn {s.pfn:#x}: _count says 0, page tables say 1"]
+
+
+# --- KSM ----------------------------------------------------------------------------------
+
+
+def ksm_pair(kernel_id: str) -> Small:
+    """Two identical MADV_MERGEABLE pages merged by two ksmd passes into one KSM page."""
+    k = Kernel(kernel_id)
+    p = k.spawn()
+    addr = p.mmap(2 * PAGE)
+    p.write(addr, b"same")
+    p.write(addr + PAGE, b"same")
+    p.madvise(addr, 2 * PAGE, "mergeable")
+    k.ksmd(2)
+    pfn = p.translate(addr)
+    assert pfn is not None and pfn == p.translate(addr + PAGE) and k.check() == []
+    return Small(k, p, addr, pfn)
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_ksm_page_without_stable_node(kernel_id: str) -> None:
+    s = ksm_pair(kernel_id)
+    s.k.ksm.nodes.clear()
+    assert check_invariants(s.k) == [
+        f"pid {s.p.pid}: KSM page {s.pfn:#x} at {s.addr + i * PAGE:#x} has no stable node"
+        for i in range(2)
+    ]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_ksm_rmap_misses_a_mapping(kernel_id: str) -> None:
+    s = ksm_pair(kernel_id)
+    (node,) = s.k.ksm.nodes.values()
+    node.items[1].anon_vma = None
+    assert check_invariants(s.k) == [
+        f"pid {s.p.pid}: KSM page {s.pfn:#x} at {node.items[1].addr:#x}: rmap_walk_ksm misses it"
+    ]

@@ -37,7 +37,7 @@ def test_scenarios_are_generated_from_the_derivation(tmp_path: Path) -> None:
     tool.generate(tmp_path)
     fresh = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
     kept = {p.name: p.read_text() for p in (ROOT / "examples" / "cow").glob("*.yaml")}
-    assert fresh == kept and len(kept) == 14 * 6
+    assert fresh == kept and len(kept) == 14 * 10 + 4  # 14 cases x 10 backings, 4 collapse cases
 
 
 def test_scenarios_follow_the_schema() -> None:
@@ -47,7 +47,7 @@ def test_scenarios_follow_the_schema() -> None:
 
 
 def test_model_agrees_with_every_derived_cell(results: dict) -> None:
-    assert len(results) == 14 * 6 * len(tool.KERNELS)
+    assert len(results) == (14 * 10 + 4) * len(tool.KERNELS)
     wrong = [cell for cell, (_verdict, ok) in results.items() if not ok]
     assert wrong == []
 
@@ -167,3 +167,22 @@ def test_page_count_regression_for_write_protected_pins(results: dict) -> None:
 def test_anon_exclusive_kernels_pass_everything(results: dict, kernel: str) -> None:
     failed = [k for k, (v, _ok) in results.items() if k[2] == kernel and v == "F"]
     assert failed == []
+
+
+@pytest.mark.parametrize("kernel", ["v4.5", "v5.9", "v5.19"])
+def test_no_madv_collapse_before_6_1_is_a_skip(results: dict, kernel: str) -> None:
+    for case in tool.COLLAPSE_TITLES:
+        assert verdict(results, case, "collapse", kernel) == "S EINVAL"
+
+
+def test_fully_shared_collapse_needs_no_writable_pte_on_6_18(results: dict) -> None:
+    assert verdict(results, "collapse_after_fork", "collapse", "v6.15") == "S EINVAL"
+    assert verdict(results, "collapse_after_fork", "collapse", "v6.18") == "P"
+
+
+def test_swap_in_by_mapcount_leaks_through_vmsplice(results: dict) -> None:
+    """5.9-5.17's do_swap_page still reused by mapcount (c145e0b47c77 fixed it in 5.18)."""
+    for backing in ("swap_base", "swap_thp"):
+        assert verdict(results, "vmsplice_child", backing, "v5.9") == "F"
+        assert verdict(results, "vmsplice_child", backing, "v5.18") == "P"
+    assert verdict(results, "vmsplice_child", "base", "v5.9") == "P"

@@ -294,13 +294,31 @@ def test_madv_pageout_skips_shared_pages(kernel_id: str, swapped_out: bool) -> N
 @pytest.mark.parametrize("kernel_id", ALL)
 def test_thp_is_split_before_swapout(kernel_id: str) -> None:
     """A swap file on a rotational disk has no swap clusters: add_to_swap splits the THP; 512
-    swap PTEs, 512 slots."""
+    swap PTEs, 512 slots (every subpage written, so none is zero-filled)."""
+    k, p, addr = written_thp(kernel_id, b"x" * PAGE)
+    assert p.swapout(addr, 2 << 20) == 512
+    assert p.mm.swapents == 512 and k.frames.nr_allocated == 0
+    assert p.read(addr + 5 * PAGE, 1) == b"x"
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_split_for_swapout_maps_unused_subpages_to_the_zero_page(kernel_id: str) -> None:
+    """6.12 (b1f202060afe): the split maps the 511 zero-filled subpages to the shared zero page
+    and frees them; only the written one is swapped. Before, all 512 are swapped."""
+    k, p, addr = written_thp(kernel_id, b"x")
+    zeroes = POLICIES[kernel_id].split_maps_unused_to_zeropage
+    assert p.swapout(addr, 2 << 20) == (1 if zeroes else 512)
+    assert p.mm.swapents == (1 if zeroes else 512) and k.frames.nr_allocated == 0
+    assert (p.translate(addr + PAGE) == 0) == zeroes  # pfn 0: the zero page
+
+
+def written_thp(kernel_id: str, data: bytes) -> tuple[Kernel, Process, int]:
+    """A PMD-mapped THP with ``data`` written at the start of each of its 512 subpages."""
     k = Kernel(kernel_id, selfcheck=True)
     k.thp_enabled = "always"
     p = k.spawn()
     addr = p.mmap(2 << 20, align=2 << 20)
-    p.write(addr, b"x")
+    for i in range(512 if len(data) == PAGE else 1):
+        p.write(addr + i * PAGE, data)
     assert k.frames.nr_allocated == 512
-    assert p.swapout(addr, 2 << 20) == 512
-    assert p.mm.swapents == 512 and k.frames.nr_allocated == 0
-    assert p.read(addr, 1) == b"x"
+    return k, p, addr

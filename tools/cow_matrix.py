@@ -113,6 +113,23 @@ BACKINGS: dict[str, tuple[str, str, list[dict]]] = {
 }
 
 
+def _swapped(backing: str, title: str) -> tuple[str, str, list[dict]]:
+    """A backing, then swapped out: MADV_PAGEOUT, its writes done, the pages left in the swap
+    cache (`until: written`, what one pass leaves on the model's swap file)."""
+    _title, size, setup = BACKINGS[backing]
+    swap = {"op": "swapout", "proc": "P", "at": M, "size": size, "until": "written"}
+    check = {"op": "check", "proc": "P", "at": M, "expect": {"mapped": "swap"}}
+    return title, size, [*setup, swap, check]
+
+
+BACKINGS |= {
+    "swap_base": _swapped("base", "with swapped out base page"),
+    "swap_thp": _swapped("thp", "with swapped-out THP"),
+    "swap_pte_thp": _swapped("pte_thp", "with swapped-out, PTE-mapped THP"),
+    "swap_single_pte": _swapped("single_pte", "with single PTE of swapped-out THP"),
+}
+
+
 def _w(proc: str, size: str) -> dict:
     return {"op": "write", "proc": proc, "at": M, "data": {"fill": 0xFF, "size": size}}
 
@@ -223,11 +240,48 @@ CASE_TITLES = {
 }
 
 
+def _collapse_steps(case: str) -> list[dict]:
+    """cow.c's run_anon_thp_test_cases on the PTE-mapped THP: MADV_COLLAPSE before or after
+    fork (fully, lower-half or upper-half shared); the parent then writes 2 MiB."""
+    _title, _size, setup = BACKINGS["pte_thp"]
+    collapse = {"op": "madvise", "proc": "P", "at": M, "size": "2M", "advice": "collapse"}
+    half = {"lower": f"{M}+1M", "upper": M}
+    other = {"lower": M, "upper": f"{M}+1M"}
+    if case == "collapse_before_fork":
+        body, seen = [collapse, FORK], M
+    elif case == "collapse_after_fork":
+        body, seen = [FORK, collapse], M
+    else:
+        which = case.rsplit("_", 2)[1]
+        dontfork = {"op": "madvise", "proc": "P", "at": half[which], "size": "1M"}
+        body = [
+            dict(dontfork, advice="dontfork"),
+            FORK,
+            {"op": "madvise", "proc": "P", "at": M, "size": "2M", "advice": "dofork"},
+            collapse,
+        ]
+        seen = other[which]
+    check = {"op": "check", "proc": "C", "at": seen}
+    return [dict(s) for s in setup] + [dict(s) for s in body] + [_w("P", "2M"), check]
+
+
+COLLAPSE_TITLES = {
+    "collapse_before_fork": "Basic COW after fork() when collapsing before fork()",
+    "collapse_after_fork": "Basic COW after fork() when collapsing after fork() (fully shared)",
+    "collapse_after_fork_lower_shared": (
+        "Basic COW after fork() when collapsing after fork() (lower shared)"
+    ),
+    "collapse_after_fork_upper_shared": (
+        "Basic COW after fork() when collapsing after fork() (upper shared)"
+    ),
+}
+
+
 class DerivationError(ValueError):
     """The derivation doc lacks a table, a column, a row or a note the generator needs."""
 
 
-CELL = re.compile(r"(?P<verdict>[PF])(?:\s*\[(?P<notes>[^\]]+)\])?")
+CELL = re.compile(r"(?P<verdict>[PF]|S (?P<errno>E[A-Z]+))(?:\s*\[(?P<notes>[^\]]+)\])?")
 NOTE_HEADING = re.compile(r"^#{2,4} Note (?P<id>[A-Za-z0-9-]+)\b", re.MULTILINE)
 KEY_COLUMNS = ("case", "class")
 LABEL_COLUMNS = ("#",)  # for the reader; the generator ignores them
@@ -235,7 +289,7 @@ LABEL_COLUMNS = ("#",)  # for the reader; the generator ignores them
 
 @dataclass(frozen=True)
 class Cell:
-    verdict: str  # "P" (cow.c PASS: no_leak holds) or "F" (FAIL: it breaks)
+    verdict: str  # "P" (cow.c PASS: no_leak holds), "F" (FAIL: it breaks), "S EINVAL" (SKIP)
     notes: tuple[str, ...]  # the "Note <id>" sections of the doc that derive this cell
     line: int
 
@@ -245,6 +299,7 @@ class Derivation:
     classes: dict[str, str]  # backing -> class
     cells: dict[tuple[str, str, str], Cell]  # (case, class, policy id) -> cell
     notes: frozenset[str]  # the note ids the doc has sections for
+    collapse: dict[tuple[str, str], Cell]  # (collapse case, policy id) -> cell
 
     def cell(self, case: str, backing: str, kernel: str) -> Cell:
         return self.cells[(case, self.classes[backing], kernel)]
@@ -317,18 +372,45 @@ def load_derivation(
             raise DerivationError(f"{where}:{number}: unknown or repeated row {key[0]} / {key[1]}")
         seen.add(key)
         for kernel in kernels:
-            match = CELL.fullmatch(row[kernel])
-            if match is None:
-                raise DerivationError(f"{where}:{number}: {kernel}: {row[kernel]!r} is not P or F")
-            cited = tuple(n.strip() for n in (match["notes"] or "").split(",") if n.strip())
-            if set(cited) - notes:
-                raise DerivationError(f"{where}:{number}: no 'Note' section for {cited}")
-            cells[(*key, kernel)] = Cell(match["verdict"], cited, number)
+            cells[(*key, kernel)] = _cell(row[kernel], number, kernel, notes, where, skip=False)
     wanted = [(case, cls) for case in cases for cls in sorted(set(classes.values()))]
     if [key for key in wanted if key not in seen]:
         absent = [f"{c} / {k}" for c, k in wanted if (c, k) not in seen]
         raise DerivationError(f"{where}: the verdict table has no row {', '.join(absent)}")
-    return Derivation(classes, cells, notes)
+    return Derivation(classes, cells, notes, _collapse_cells(text, kernels, notes, where))
+
+
+def _cell(
+    text: str, number: int, kernel: str, notes: frozenset[str], where: str, skip: bool
+) -> Cell:
+    """One cell: P or F (the collapse table also `S <errno>`), and the notes it cites."""
+    match = CELL.fullmatch(text)
+    if match is None or (match["errno"] and not skip):
+        forms = "P, F or S <errno>" if skip else "P or F"
+        raise DerivationError(f"{where}:{number}: {kernel}: {text!r} is not {forms}")
+    cited = tuple(n.strip() for n in (match["notes"] or "").split(",") if n.strip())
+    if set(cited) - notes:
+        raise DerivationError(f"{where}:{number}: no 'Note' section for {cited}")
+    return Cell(match["verdict"], cited, number)
+
+
+def _collapse_cells(
+    text: str, kernels: list[str], notes: frozenset[str], where: str
+) -> dict[tuple[str, str], Cell]:
+    """The collapse table: one row per collapse case, one cell per kernel."""
+    header, rows = _table(text, "collapse", where)
+    _kernel_columns(["class", *header], kernels, where)
+    cells: dict[tuple[str, str], Cell] = {}
+    for number, row in rows:
+        case = row.get("case", "")
+        if case not in COLLAPSE_TITLES or (case, kernels[0]) in cells:
+            raise DerivationError(f"{where}:{number}: unknown or repeated collapse case {case!r}")
+        for kernel in kernels:
+            cells[(case, kernel)] = _cell(row[kernel], number, kernel, notes, where, skip=True)
+    missing = [c for c in COLLAPSE_TITLES if (c, kernels[0]) not in cells]
+    if missing:
+        raise DerivationError(f"{where}: the collapse table has no row {', '.join(missing)}")
+    return cells
 
 
 @functools.cache
@@ -367,6 +449,36 @@ def scenario(case: str, backing: str) -> dict:
     }
 
 
+def collapse_scenario(case: str) -> dict:
+    """A collapse case: S kernels expect the MADV_COLLAPSE step's errno (cow.c SKIPs), P and F
+    kernels no_leak holding or breaking at the end."""
+    steps = _collapse_steps(case)
+    cells = {k: derivation().collapse[(case, k)].verdict for k in KERNELS}
+    collapse = next(s for s in steps if s.get("advice") == "collapse")
+    skips = {k: v.split()[1] for k, v in cells.items() if v.startswith("S")}
+    if skips:
+        collapse["expect"] = {"outcome": skips}
+    expect = {}
+    for verdict, key in (("P", "holds"), ("F", "breaks")):
+        chosen = {k: ["no_leak"] for k, v in cells.items() if v == verdict}
+        if chosen:
+            expect[key] = chosen
+    steps[-1]["expect"] = expect
+    return {
+        "name": f"cow.c {COLLAPSE_TITLES[case]}",
+        "description": (
+            f"tools/testing/selftests/mm/cow.c, THP collapse case '{COLLAPSE_TITLES[case]}'. "
+            "PASS (no_leak holds), FAIL (it breaks) or SKIP (MADV_COLLAPSE fails with the errno "
+            f"given) per kernel as derived by hand: {DERIVATION_DOC}, collapse table, row "
+            f"{case}. Generated by tools/cow_matrix.py."
+        ),
+        "kernels": KERNELS,
+        "config": {"thp": "madvise"},
+        "processes": ["P"],
+        "steps": steps,
+    }
+
+
 def generate(out: Path = OUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):
@@ -375,6 +487,9 @@ def generate(out: Path = OUT) -> None:
         for backing in BACKINGS:
             text = yaml.safe_dump(scenario(case, backing), sort_keys=False, width=100)
             (out / f"{case}__{backing}.yaml").write_text(text)
+    for case in COLLAPSE_TITLES:
+        text = yaml.safe_dump(collapse_scenario(case), sort_keys=False, width=100)
+        (out / f"{case}.yaml").write_text(text)
 
 
 def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
@@ -392,6 +507,15 @@ def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
                     runner.run_step(step)
                 verdict = "F" if runner.logical.check(runner) else "P"
                 out[(case, backing, kernel)] = (verdict, verdict == expected(case, backing, kernel))
+    for case in COLLAPSE_TITLES:
+        sc = load_scenario(OUT / f"{case}.yaml")
+        for kernel in KERNELS:
+            runner = Runner(sc, kernel)
+            outcomes = [runner.run_step(step).outcome for step in sc.steps]
+            failed = [o for o in outcomes if o != "ok"]
+            verdict = f"S {failed[0]}" if failed else "F" if runner.logical.check(runner) else "P"
+            want = derivation().collapse[(case, kernel)].verdict
+            out[(case, "collapse", kernel)] = (verdict, verdict == want)
     return out
 
 
@@ -403,12 +527,26 @@ def write_doc(results: dict[tuple[str, str, str], tuple[str, bool]]) -> str:
             cells = []
             for kernel in KERNELS:
                 verdict, ok = results[(case, backing, kernel)]
-                word = "PASS" if verdict == "P" else "**FAIL**"
+                word = _word(verdict)
                 cells.append(word if ok else f"{word} (derived {expected(case, backing, kernel)})")
             lines.append(
                 f"| {CASE_TITLES[case]} | {BACKINGS[backing][0]} | " + " | ".join(cells) + " |"
             )
+    for case, title in COLLAPSE_TITLES.items():
+        cells = []
+        for kernel in KERNELS:
+            verdict, ok = results[(case, "collapse", kernel)]
+            word = _word(verdict)
+            want = derivation().collapse[(case, kernel)].verdict
+            cells.append(word if ok else f"{word} (derived {want})")
+        lines.append(f"| {title} | with PTE-mapped THP | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _word(verdict: str) -> str:
+    if verdict.startswith("S"):
+        return f"SKIP ({verdict.split()[1]})"
+    return "PASS" if verdict == "P" else "**FAIL**"
 
 
 def main() -> int:

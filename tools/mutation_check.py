@@ -65,6 +65,8 @@ CHECKER_INVARIANTS = (
     "swap.swap_map",
     "swap.cache_flag",
     "swap.cache_private",
+    "ksm.stable_node",
+    "ksm.rmap",
     "rmap.not_anonymous",
     "rmap.anon_vma_tree",
     "rmap.page_index",

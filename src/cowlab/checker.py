@@ -32,6 +32,7 @@ from cowlab.mm.constants import (
     PG_anon_exclusive,
     PG_double_map,
     PG_head,
+    PG_ksm,
     PG_swapcache,
     PG_tail,
 )
@@ -352,7 +353,9 @@ def check_rmap(k: Kernel) -> list[str]:
             # invariant: rmap.not_anonymous
             for pfn in pfns[ids == 0][:3].tolist():
                 problems.append(f"pid {mm.pid}: pfn {pfn:#x} mapped but not anonymous")
-            for av_id in np.unique(ids[ids != 0]).tolist():
+            ksm = ids < 0
+            problems += _check_ksm_rmap(k, mm, vma, addrs[ksm], pfns[ksm])
+            for av_id in np.unique(ids[ids > 0]).tolist():
                 av = k.anon_vmas.get(av_id)
                 # invariant: rmap.anon_vma_tree
                 if av is None or vma not in av.vmas:
@@ -364,12 +367,31 @@ def check_rmap(k: Kernel) -> list[str]:
             want = vma.vm_pgoff + ((addrs - vma.vm_start) >> 12)
             have = f.index[heads] + (pfns - heads)
             # invariant: rmap.page_index
-            for i in np.flatnonzero(want != have)[:3].tolist():
+            for i in np.flatnonzero((want != have) & ~ksm)[:3].tolist():
                 problems.append(
                     f"pid {mm.pid}: pfn {int(pfns[i]):#x} at {int(addrs[i]):#x} has index "
                     f"{int(have[i])}, linear_page_index is {int(want[i])}"
                 )
     return problems
+
+
+def _check_ksm_rmap(k: Kernel, mm: MmStruct, vma: VmArea, addrs: Ints, pfns: Ints) -> list[str]:
+    """rmap_walk_ksm(): a KSM page's stable node must have an rmap_item at this address whose
+    anon_vma tree holds this VMA (the item's own, or a forked child's)."""
+    out = []
+    for addr, pfn in zip(addrs.tolist(), pfns.tolist(), strict=True):
+        node = k.ksm.nodes.get(-int(k.frames.mapping[pfn]))
+        # invariant: ksm.stable_node
+        if node is None or node.kpfn != pfn or not k.frames.flags[pfn] & PG_ksm:
+            out.append(f"pid {mm.pid}: KSM page {pfn:#x} at {addr:#x} has no stable node")
+            continue
+        found = any(
+            i.addr == addr and i.anon_vma is not None and vma in i.anon_vma.vmas for i in node.items
+        )
+        # invariant: ksm.rmap
+        if not found:
+            out.append(f"pid {mm.pid}: KSM page {pfn:#x} at {addr:#x}: rmap_walk_ksm misses it")
+    return out
 
 
 def check_pin_coherence(k: Kernel) -> list[str]:

@@ -15,7 +15,17 @@ from typing import ParamSpec, TypeVar
 
 from cowlab import checker
 from cowlab.errors import InvariantViolation, KernelBug, Segfault, SyscallError
-from cowlab.mm import huge_memory, madvise, mmap, mprotect, mremap, task_mmu, vmscan
+from cowlab.mm import (
+    huge_memory,
+    khugepaged,
+    ksm,
+    madvise,
+    mmap,
+    mprotect,
+    mremap,
+    task_mmu,
+    vmscan,
+)
 from cowlab.mm.constants import (
     FOLL_FORCE,
     FOLL_LONGTERM,
@@ -33,6 +43,7 @@ from cowlab.mm.constants import (
 )
 from cowlab.mm.fork import dup_mmap
 from cowlab.mm.gup import effective_gup_flags, get_user_pages, release_pages
+from cowlab.mm.ksm import KsmState
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.migrate import change_prot_numa
 from cowlab.mm.mm import set_page_dirty
@@ -158,6 +169,13 @@ class Kernel:
         # /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled for 16..1024 KiB (6.8)
         self.mthp_enabled: dict[int, str] = dict.fromkeys(MTHP_SIZES_KB, "never")
         self.thp_alloc_fail = False
+        # /sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_* (swap 4.8, shared 5.8)
+        self.max_ptes_none = HPAGE_PMD_NR - 1
+        self.max_ptes_swap = HPAGE_PMD_NR // 8
+        self.max_ptes_shared = HPAGE_PMD_NR // 2
+        self.ksm = KsmState()
+        self.ksm_max_page_sharing = 256  # /sys/kernel/mm/ksm/max_page_sharing (4.13)
+        self.ksm_use_zero_pages = False  # /sys/kernel/mm/ksm/use_zero_pages (4.11)
         self.numa_misplaced = True
         self._ids = itertools.count(1)
         self._pids = itertools.count(1)
@@ -269,6 +287,16 @@ class Kernel:
         """Memory pressure reclaims unmapped swap-cache pages; returns how many were freed."""
         with self.operation("shrink_swapcache"):
             return vmscan.shrink_swapcache(self)
+
+    def khugepaged(self) -> int:
+        """One full khugepaged pass over every process; returns how many THPs it made."""
+        with self.operation("khugepaged"):
+            return khugepaged.khugepaged_scan(self)
+
+    def ksmd(self, scans: int = 1) -> int:
+        """ksmd runs `scans` full passes; returns how many pages it merged."""
+        with self.operation("ksmd({})", scans):
+            return ksm.ksm_do_scan(self, scans)
 
     def split_huge_pages(self) -> int:
         """echo 1 > /sys/kernel/debug/split_huge_pages: try to split every THP."""

@@ -20,6 +20,7 @@ from cowlab.mm.constants import (
     VM_FLAG_NAMES,
     PG_dirty,
     PG_double_map,
+    PG_ksm,
     PG_writeback,
 )
 from cowlab.mm.mm import compound_head, folio_nr_pages, page_mapcount
@@ -50,9 +51,16 @@ class FolioView:
     refcount: int = 0
     anon_vma: int = 0
     swapcache: str = ""  # "slot N" (", writeback" / ", dirty") while in the swap cache
+    ksm_node: int = 0  # the stable node of a KSM page
 
     def title(self) -> str:
-        kind = "THP" if self.nr > 1 else "page"
+        kind = (
+            "THP"
+            if self.nr > 1
+            else f"KSM page (stable node {self.ksm_node})"
+            if self.ksm_node
+            else "page"
+        )
         maps = []
         if self.pmd_by:
             maps.append("PMD-mapped by " + ", ".join(self.pmd_by))
@@ -202,7 +210,8 @@ def _folio(k: Kernel, folios: dict[int, FolioView], head: int) -> FolioView:
             compound_mapcount=int(f.compound_mapcount[head + 1]) + 1 if nr > 1 else 0,
             double_map=nr > 1 and bool(f.flags[head + 1] & PG_double_map),
             refcount=int(f._count[head]),
-            anon_vma=int(f.mapping[head]),
+            anon_vma=max(0, int(f.mapping[head])),
+            ksm_node=-int(f.mapping[head]) if f.flags[head] & PG_ksm else 0,
         )
     return folios[head]
 

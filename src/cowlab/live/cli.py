@@ -53,7 +53,7 @@ def add_live_command(sub: Any) -> None:
     p.add_argument(
         "--allow-system-changes",
         action="store_true",
-        help="let scenarios change THP knobs (journalled, restored on every way out)",
+        help="let scenarios change THP knobs and make a swap device (journalled, undone on exit)",
     )
     p.add_argument("--restore", action="store_true", help="undo what a killed run left")
     p.add_argument("--random", type=int, metavar="N", help="N random programs instead of files")
@@ -131,7 +131,10 @@ def _restore(journal: Path) -> int:
     except OSError as e:
         raise LiveUsageError(f"cannot restore from {journal}: {e}") from None
     for entry in undone:
-        print(f"restored {entry['path']} = {entry['old']!r}")
+        if entry["kind"] == "swapfile":
+            print(f"restored {entry['path']}: swapped off and deleted")
+        else:
+            print(f"restored {entry['path']} = {entry['old']!r}")
     if not undone:
         print(f"nothing to restore ({journal} does not exist)")
     return 0
@@ -192,7 +195,7 @@ def _run_random(args: argparse.Namespace, kernel: str) -> int:
     from cowlab.live.randomprog import parse_ops
 
     try:
-        ops = parse_ops(args.ops)
+        ops = parse_ops(args.ops, args.allow_system_changes)
     except ValueError as e:
         raise LiveUsageError(f"--ops: {e}") from None
 

@@ -206,8 +206,8 @@ def render_runs(pages: list[PageObs]) -> list[str]:
 
 def _continues(a: PageObs, b: PageObs) -> bool:
     """Whether b extends a's run: same folio, next subpage, same mapping and flags."""
-    same = (a.folio, a.nr, a.level, a.mapcount, a.anon_exclusive, a.ksm, a.zero)
-    if same != (b.folio, b.nr, b.level, b.mapcount, b.anon_exclusive, b.ksm, b.zero):
+    same = (a.folio, a.nr, a.level, a.mapcount, a.anon_exclusive, a.ksm, a.zero, a.swapped)
+    if same != (b.folio, b.nr, b.level, b.mapcount, b.anon_exclusive, b.ksm, b.zero, b.swapped):
         return False
     if a.folio is None:
         return True

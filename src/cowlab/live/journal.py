@@ -1,4 +1,4 @@
-"""A journal of system changes (sysfs knobs) that are undone on every way out.
+"""A journal of system changes (sysfs knobs, a swap device) that are undone on every way out.
 
 The old value is written to the journal file *before* a knob changes, so that a run killed with
 SIGKILL can still be undone afterwards by restore_from_journal().
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from cowlab.live.swapdev import SWAPFILE, make_swapfile, swapfile_problem, undo_swapfile
 from cowlab.live.system import read_knob
 
 DEFAULT_JOURNAL = Path("/var/tmp/cowlab-live-journal.json")
@@ -50,6 +51,8 @@ def undo_entry(entry: dict[str, str]) -> None:
     """Undo one journal entry: write the old knob value back."""
     if entry["kind"] == "sysfs":
         _write_knob(entry["path"], entry["old"])
+    elif entry["kind"] == "swapfile":
+        undo_swapfile(entry["path"])
     else:
         raise ValueError(f"unknown journal entry kind {entry['kind']!r}")
 
@@ -155,6 +158,18 @@ class SystemChanges:
             self._journal_then({"kind": "sysfs", "path": path, "old": old})
         _write_knob(path, str(value))
         return old
+
+    def enable_swap(self) -> None:
+        """A swap file for the run, journalled before it is made; idempotent. Raises
+        SystemChangeRefused without permission, OSError when it cannot be made."""
+        if any(e["kind"] == "swapfile" for e in self.entries):
+            return
+        self._refuse_unless_allowed(f"swap ({SWAPFILE})")
+        problem = swapfile_problem()
+        if problem:
+            raise OSError(problem)
+        self._journal_then({"kind": "swapfile", "path": SWAPFILE})
+        make_swapfile()
 
     def get(self, path: str | Path) -> str:
         """The knob's current value (the [selected] word of a choice list)."""

@@ -25,10 +25,18 @@ from cowlab.mm.constants import (
     PAGE_SIZE,
     PG_anon_exclusive,
     PG_ksm,
+    PG_swapcache,
 )
 from cowlab.mm.mm import compound_head, folio_nr_pages
 from cowlab.mm.mm_types import pmd_index, pte_index
-from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd, PteTable
+from cowlab.mm.pgtable import (
+    PTE_MIGRATION,
+    PTE_SPECIAL,
+    HugePmd,
+    PteTable,
+    is_swap_pte,
+    pte_to_swp_offset,
+)
 from cowlab.policy import POLICIES
 
 
@@ -66,6 +74,7 @@ class _Observer:
         self.f = k.frames
         self.show_exclusive = show_exclusive
         self.labels: dict[int, str] = {}
+        self.swaps: dict[int, str] = {}  # swap slot -> "S0".., first sight, as observe.py labels
         self.pte_maps, self.pmd_maps = mapcounts(k)
 
     def label(self, head: int) -> str:
@@ -86,6 +95,8 @@ class _Observer:
             return absent()
         i = pte_index(va)
         pfn, bits = int(entry.pfn[i]), int(entry.bits[i])
+        if is_swap_pte(pfn):
+            return swapped(self.swaps.setdefault(pte_to_swp_offset(pfn), f"S{len(self.swaps)}"))
         if pfn < 0 or bits & PTE_MIGRATION:
             return absent()
         if bits & PTE_SPECIAL:
@@ -120,7 +131,7 @@ class _Observer:
             zero=False,
             swapped=False,
             swap=None,
-            swapcache=False,
+            swapcache=bool(flags[pfn] & PG_swapcache),
             pm_exclusive=None,
             digest=self.digest(pfn),
             head=bytes(self.f.read(pfn, 0, 8)),
@@ -142,6 +153,13 @@ def absent() -> PageObs:
     """A page nothing maps (pagemap entry 0)."""
     return PageObs(
         None, None, None, None, None, None, False, False, False, None, False, None, None, None
+    )
+
+
+def swapped(label: str) -> PageObs:
+    """A swap PTE (pagemap PM_SWAP): no folio, the slot's first-sight label."""
+    return PageObs(
+        None, None, None, None, None, None, False, False, True, label, False, None, None, None
     )
 
 

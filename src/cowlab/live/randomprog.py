@@ -23,8 +23,9 @@ PAGE = 4096
 HPAGE = 2 << 20
 ALPHABET = (
     "fork", "exit", "write", "read", "mprotect", "munmap", "mremap", "madvise", "pin", "unpin",
-    "dma",
+    "dma", "swapout",
 )  # fmt: skip
+NEEDS_SYSTEM_CHANGES = ("swapout",)  # a swap device is made only with --allow-system-changes
 MAX_PROCS = 4
 Step = dict[str, Any]
 
@@ -34,10 +35,12 @@ def pin_flavours() -> tuple[str, ...]:
     return ("longterm", "get", "pin") if "flavour?" in LOADER_OPS["pin"] else ("longterm",)
 
 
-def parse_ops(text: str | None) -> tuple[str, ...]:
-    """--ops LIST: a comma-separated subset of the alphabet; ValueError names the unknown ones."""
+def parse_ops(text: str | None, system_changes: bool = True) -> tuple[str, ...]:
+    """--ops LIST: a comma-separated subset of the alphabet; ValueError names the unknown ones.
+    Without a list, the whole alphabet, less the ops that need system changes when those are
+    not allowed."""
     if not text:
-        return ALPHABET
+        return tuple(o for o in ALPHABET if system_changes or o not in NEEDS_SYSTEM_CHANGES)
     ops = tuple(o.strip() for o in text.split(",") if o.strip())
     unknown = [o for o in ops if o not in ALPHABET]
     if unknown or not ops:
@@ -121,6 +124,7 @@ class Generator:
             "fork": self.fork, "exit": self.exit, "write": self.write, "read": self.read,
             "mprotect": self.mprotect, "munmap": self.munmap, "mremap": self.mremap,
             "madvise": self.madvise, "pin": self.pin, "unpin": self.unpin, "dma": self.dma,
+            "swapout": self.swapout,
         }  # fmt: skip
         weights = {"write": 4, "read": 2, "fork": 2, "pin": 2, "dma": 2}
         names = list(self.ops)
@@ -219,6 +223,16 @@ class Generator:
         advice = self.rng.choice(["dontneed", "dontneed", "hugepage", "nohugepage", "dontfork"])
         step = {"op": "madvise", "proc": proc, "at": self.at(region, off), "size": size}
         self.steps.append(dict(step, advice=advice))
+        return True
+
+    def swapout(self) -> bool:
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        step = {"op": "swapout", "proc": proc, "at": self.at(region, off), "size": size}
+        self.steps.append(dict(step, until="written"))  # what the live swap file reproduces
         return True
 
     def pin(self) -> bool:

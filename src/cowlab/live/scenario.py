@@ -21,6 +21,8 @@ from typing import Any
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
 from cowlab.live.journal import SystemChanges
+from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, read_pagemap
+from cowlab.live.swapdev import SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
 from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
 from cowlab.scenario.model import Address, Scenario, ScenarioConfig, Step
@@ -30,6 +32,9 @@ PAUSE_ENV = "COWLAB_LIVE_PAUSE_AFTER_CHANGE"  # seconds to wait after each knob 
 NO_LIVE_OP = {
     "numa_balance": "NUMA hinting faults cannot be triggered on demand from user space",
     "shrink": "the deferred-split shrinker runs only under real memory pressure",
+    "shrink_swapcache": "swap-cache pages are reclaimed only under real memory pressure",
+    "khugepaged": "a full khugepaged pass cannot yet be forced and waited for on the live kernel",
+    "ksmd": "ksmd is not yet driven on the live kernel",
 }
 SHORT_PIN_OK = frozenset({"read", "write", "check", "dma_read", "dma_write", "unpin", "pin"})
 FLAVOURS = ("longterm", "pin", "get")
@@ -147,6 +152,23 @@ def _step_reason(step: Step, limits: Limits) -> str | None:
         return f"{SPLIT_HUGE_PAGES} is missing (debugfs not mounted, or no CONFIG_DEBUG_FS)"
     if step.op == "pin":
         return _pin_reason(a)
+    if step.op == "swapout":
+        return _swapout_reason(a, limits)
+    return None
+
+
+def _swapout_reason(a: dict[str, Any], limits: Limits) -> str | None:
+    """The live swap device is a swap file: a swap-out is MADV_PAGEOUT, then its writes are
+    waited for: the model's `until: written`."""
+    until = a.get("until", "freed")
+    if until != "written":
+        return (
+            f"until {until}: on the live swap file MADV_PAGEOUT leaves dirty pages in the swap "
+            "cache until memory pressure frees them, and its writes cannot be stopped part-way; "
+            "only `until: written` is reproducible"
+        )
+    if not limits.allow_system_changes:
+        return f"a swap-out needs a swap file ({SWAPFILE}): pass --allow-system-changes"
     return None
 
 
@@ -257,6 +279,8 @@ class LiveScenario:
             return self.pin_op(op, a)
         if op == "split_huge_pages":
             return self.split_huge_pages()
+        if op == "end_writeback":  # swapout already waited for its writes
+            return None
         if op == "set":
             self.set_knob("enabled", a["thp"])
             return None
@@ -288,7 +312,25 @@ class LiveScenario:
             self.pins[a["name"]] = self.pin(p, at, a)
         elif op == "clear_refs":  # /proc/PID/clear_refs; a no-op for 4 without soft-dirty
             p.clear_refs(a.get("value", 4))
+        elif op == "swapout":
+            self.swapout(p, at, a["size"])
         return None
+
+    def swapout(self, p: LiveProcess, at: int, size: int) -> None:
+        """MADV_PAGEOUT on the range with the run's swap file made first (journalled), then a
+        wait until none of the range's pages is under writeback."""
+        if self.changes is None:
+            raise Unsupported(
+                f"a swap-out needs a swap file ({SWAPFILE}): pass --allow-system-changes"
+            )
+        try:
+            self.changes.enable_swap()
+        except OSError as e:
+            raise Unsupported(str(e)) from None
+        pfns = present_pfns(p.pid, at, size)
+        p.madvise(at, size, "pageout")
+        if not wait_for_writeback(pfns):
+            raise Unsupported(f"the swap writes did not complete in {WRITEBACK_TIMEOUT_S:.0f} s")
 
     def mremap(self, p: LiveProcess, at: int, a: dict[str, Any]) -> None:
         to = self.addr(a["to"]) if "to" in a else None
@@ -388,3 +430,13 @@ def _fully_mapped(pid: int, addr: int, size: int) -> bool:
             if pos >= end:
                 return True
     return pos >= end
+
+
+def present_pfns(pid: int, addr: int, size: int) -> list[int]:
+    """The frames the range maps now (pagemap), to watch their writeback; none if the process
+    is gone (the madvise then fails as for any op of a dead process)."""
+    try:
+        entries = read_pagemap(pid, addr, size // PAGE_SIZE).tolist()
+    except OSError:
+        return []
+    return [e & PM_PFN_MASK for e in entries if e >> PM_PRESENT & 1]

@@ -498,15 +498,28 @@ def _freeze_mapping(k: Kernel, m: Mapping) -> Frozen:
     return [(m.mm, table, i)]
 
 
-def unfreeze_page(k: Kernel, frozen: Frozen) -> None:
-    """unfreeze_page(): migration entries become old PTEs, dirty where the page is PG_dirty."""
+def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
+    """unfreeze_page() / remap_page(): migration entries become old PTEs, dirty where the page
+    is PG_dirty; with ``zero_unused`` (a split done, 6.12+) a zero-filled page is mapped as the
+    shared zero page instead and loses this mapping's reference."""
     f = k.frames
     for mm, table, i in frozen:
         pfn = int(table.pfn[i])
+        if zero_unused and not any(f.contents.get(pfn, b"")):
+            try_to_map_unused_to_zeropage(k, mm, table, i)
+            continue
         dirty = PTE_DIRTY if f.flags[pfn] & PG_dirty else 0
         table.bits[i] = (table.bits[i] & pte_without(PTE_MIGRATION | PTE_YOUNG)) | dirty
         rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
         get_page(f, pfn)
+
+
+def try_to_map_unused_to_zeropage(k: Kernel, mm: MmStruct, table: PteTable, i: int) -> None:
+    """try_to_map_unused_to_zeropage() (6.12, b1f202060afe): a split THP's zero-filled subpage
+    is mapped as the shared zero page (soft-dirty kept); MM_ANONPAGES loses it."""
+    table.pfn[i] = ZERO_PFN
+    table.bits[i] = PTE_SPECIAL | PTE_YOUNG | (table.bits[i] & PTE_SOFT_DIRTY)
+    mm.anon_rss -= 1
 
 
 def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
@@ -523,7 +536,7 @@ def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
     f.mapping[sl] = f.mapping[head]
     f.index[sl] = f.index[head] + SUBPAGES[:nr]
     f.order[sl] = 0
-    unfreeze_page(k, frozen)
+    unfreeze_page(k, frozen, zero_unused=k.policy.split_maps_unused_to_zeropage)
     for pfn in range(head + 1, head + nr):
         if f._count[pfn] == 0:
             f.free_page(pfn)

@@ -6,18 +6,23 @@ from typing import TYPE_CHECKING
 
 from cowlab.errors import SyscallError
 from cowlab.mm.constants import (
+    MADV_COLLAPSE,
     MADV_DOFORK,
     MADV_DONTFORK,
     MADV_DONTNEED,
     MADV_HUGEPAGE,
+    MADV_MERGEABLE,
     MADV_NOHUGEPAGE,
+    MADV_UNMERGEABLE,
     VM_DONTCOPY,
     VM_HUGEPAGE,
     VM_NOHUGEPAGE,
 )
+from cowlab.mm.khugepaged import madvise_collapse
+from cowlab.mm.ksm import ksm_madvise
 from cowlab.mm.memory import zap_page_range
 from cowlab.mm.mm_types import MmStruct
-from cowlab.mm.mmap import check_range, vma_modify_flags
+from cowlab.mm.mmap import check_range, has_holes, vma_modify_flags
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -30,8 +35,8 @@ MADV_BY_NAME = {
     "free": 8,
     "dontfork": MADV_DONTFORK,
     "dofork": MADV_DOFORK,
-    "mergeable": 12,
-    "unmergeable": 13,
+    "mergeable": MADV_MERGEABLE,
+    "unmergeable": MADV_UNMERGEABLE,
     "hugepage": MADV_HUGEPAGE,
     "nohugepage": MADV_NOHUGEPAGE,
     "wipeonfork": 18,
@@ -40,9 +45,18 @@ MADV_BY_NAME = {
     "pageout": 21,
     "populate_read": 22,
     "populate_write": 23,
-    "collapse": 25,
+    "collapse": MADV_COLLAPSE,
 }
-MODELLED = ("dontneed", "dontfork", "dofork", "hugepage", "nohugepage")
+MODELLED = (
+    "dontneed",
+    "dontfork",
+    "dofork",
+    "hugepage",
+    "nohugepage",
+    "collapse",
+    "mergeable",
+    "unmergeable",
+)
 ADVICE = {name: MADV_BY_NAME[name] for name in MODELLED}
 
 FLAG_CHANGES = {
@@ -54,20 +68,30 @@ FLAG_CHANGES = {
 
 
 def do_madvise(k: Kernel, mm: MmStruct, start: int, length: int, advice: int) -> None:
-    """sys_madvise(): flag advice splits and merges VMAs; DONTNEED zaps; holes give ENOMEM."""
+    """sys_madvise(): the advice on every VMA of the range; holes give ENOMEM afterwards."""
     end = check_range(start, length, "madvise")
+    holes = has_holes(mm, start, end)  # before any split
+    _advise(k, mm, start, end, advice)
+    if holes:
+        raise SyscallError("ENOMEM", f"madvise: [{start:#x}, {end:#x}) has unmapped pages")
+
+
+def _advise(k: Kernel, mm: MmStruct, start: int, end: int, advice: int) -> None:
+    """Flag advice splits and merges VMAs; DONTNEED zaps; COLLAPSE (6.1) and the KSM advice
+    go to khugepaged and KSM."""
+    if advice == MADV_COLLAPSE and k.policy.madv_collapse:
+        return madvise_collapse(k, mm, start, end)
+    if advice in (MADV_MERGEABLE, MADV_UNMERGEABLE):
+        return ksm_madvise(k, mm, start, end, merge=advice == MADV_MERGEABLE)
     if advice != MADV_DONTNEED and advice not in FLAG_CHANGES:
         raise SyscallError("EINVAL", f"madvise: unsupported advice {advice}")
     if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE) and not k.config.thp:
         # madvise_behavior_valid() knows these only with CONFIG_TRANSPARENT_HUGEPAGE
         raise SyscallError("EINVAL", "madvise: no THP advice without CONFIG_TRANSPARENT_HUGEPAGE")
-    vmas = mm.vmas_in(start, end)
-    covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in vmas)  # before splits
     if advice == MADV_DONTNEED:
-        for vma in vmas:
+        for vma in mm.vmas_in(start, end):
             zap_page_range(k, vma, start, end)
-    else:
-        add, clear = FLAG_CHANGES[advice]
-        vma_modify_flags(k, mm, start, end, lambda flags: (flags & ~clear) | add)
-    if covered != end - start:
-        raise SyscallError("ENOMEM", f"madvise: [{start:#x}, {end:#x}) has unmapped pages")
+        return None
+    add, clear = FLAG_CHANGES[advice]
+    vma_modify_flags(k, mm, start, end, lambda flags: (flags & ~clear) | add)
+    return None

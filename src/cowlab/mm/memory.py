@@ -15,6 +15,7 @@ from cowlab.mm.constants import (
     VM_FAULT_WRITE,
     VM_WRITE,
     PG_anon_exclusive,
+    PG_ksm,
 )
 from cowlab.mm.decision import WpDecision
 from cowlab.mm.mm import (
@@ -198,11 +199,15 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
         return wp_copy_traced(k, vma, addr, table, None, d, unshare)
     old = int(table.pfn[i])
     f = k.frames
-    if not PageAnon(f, old) or PageKsm(f, old):
-        read = (("PageAnon", int(PageAnon(f, old))), ("PageKsm", int(PageKsm(f, old))))
-        d = WpDecision(False, False, False, read, "only a non-KSM anonymous page is reused")
+    if not PageAnon(f, old):
+        d = WpDecision(False, False, False, (("PageAnon", 0),), "only an anonymous page is reused")
         return wp_copy_traced(k, vma, addr, table, old, d, unshare)
-    d = k.policy.wp_reuse(k, vma, old)
+    ksm = PageKsm(f, old)
+    d = k.policy.wp_reuse_ksm(k, vma, old) if ksm else k.policy.wp_reuse(k, vma, old)
+    if ksm and d.reuse:  # 5.1-5.8: the page is this VMA's again, no longer KSM
+        k.ksm.drop(-int(f.mapping[old]))
+        f.flags[old] &= flags_without(PG_ksm)
+        f.index[old] = vma.linear_page_index(addr)
     if not d.reuse:
         return wp_copy_traced(k, vma, addr, table, old, d, unshare)
     k.event("do_wp_page", "reuse", addr=addr, pfn=old, read=d.read, rule=d.rule)

@@ -148,6 +148,8 @@ def put_page(k: Kernel, pfn: int, nr: int = 1) -> None:
 def __put_page(k: Kernel, head: int) -> None:
     """__put_page(): free_transhuge_page for THPs (also leaves the split queue), else free."""
     f = k.frames
+    if f.flags[head] & PG_ksm:
+        k.ksm.drop(-int(f.mapping[head]))
     if f.flags[head] & PG_head:
         k.deferred_split.discard(head)
         f.free_folio(head)

@@ -52,6 +52,12 @@ def check_range(addr: int, length: int, what: str) -> int:
     return end
 
 
+def has_holes(mm: MmStruct, start: int, end: int) -> bool:
+    """Does [start, end) have addresses no VMA covers (madvise's -ENOMEM)?"""
+    covered = sum(min(v.vm_end, end) - max(v.vm_start, start) for v in mm.vmas_in(start, end))
+    return covered != end - start
+
+
 def get_unmapped_area(mm: MmStruct, length: int, align: int) -> int:
     """arch_get_unmapped_area_topdown(): the highest free, aligned gap below mmap_base."""
     top = TASK_UNMAPPED_TOP

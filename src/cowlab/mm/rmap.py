@@ -209,9 +209,10 @@ def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
 
 
 def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
-    """+1 PTE mapping of each page (pfns distinct): _mapcount, and the folio fields in 6.x."""
+    """+1 PTE mapping per entry of pfns (a KSM page may repeat): _mapcount, and the folio
+    fields in 6.x."""
     f = k.frames
-    f._mapcount[pfns] += 1
+    np.add.at(f._mapcount, pfns, 1)
     if k.policy.folio_counters:
         for head, nr, first in _large_heads(k, pfns, edge=0):
             f._nr_pages_mapped[head] += first
@@ -219,9 +220,10 @@ def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
 
 
 def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
-    """-1 PTE mapping of each page; a THP subpage left unmapped queues the THP for splitting."""
+    """-1 PTE mapping per entry of pfns; a THP subpage left unmapped queues the THP for
+    splitting."""
     f = k.frames
-    f._mapcount[pfns] -= 1
+    np.subtract.at(f._mapcount, pfns, 1)
     if (f._mapcount[pfns] < -1).any():
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0

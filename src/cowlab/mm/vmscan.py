@@ -1,19 +1,23 @@
 """mm/vmscan.c and mm/madvise.c's MADV_PAGEOUT: reclaim of anonymous pages to swap.
 
 A swap-out runs shrink_page_list() on the pages a range maps, in stages a scenario can stop
-after (``until``): ``swapcache`` (in the swap cache, unmapped, dirty), ``writeback`` (being
-written), ``written`` (clean, still in the swap cache), ``freed`` (gone from the swap cache
-where nothing else holds it). end_writeback and shrink_swapcache move pages on later.
+after (``until``): ``swapcache`` (in the swap cache, unmapped), ``writeback`` (a dirty page being
+written), ``written`` (written, still in the swap cache: what one MADV_PAGEOUT pass leaves on an
+asynchronous device once the writes complete), ``freed`` (also freed from the swap cache where
+nothing else holds it, as a later pass would). A clean page that needs no write is freed in the
+pass unless it stops at ``swapcache``. end_writeback and shrink_swapcache move pages on later.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cowlab.errors import SyscallError
 from cowlab.mm import huge_memory
 from cowlab.mm.constants import (
     HPAGE_PMD_SIZE,
     PMD_SHIFT,
+    PG_allocated,
     PG_dirty,
     PG_head,
     PG_swapcache,
@@ -22,6 +26,7 @@ from cowlab.mm.constants import (
 )
 from cowlab.mm.mm import PageAnon, PageKsm, compound_head, page_count, page_maybe_dma_pinned
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
+from cowlab.mm.mmap import has_holes
 from cowlab.mm.page_alloc import flags_without
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_PROTNONE, PTE_SPECIAL, HugePmd, PteTable
 from cowlab.mm.rmap import try_to_unmap
@@ -32,19 +37,22 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 STAGES = ("swapcache", "writeback", "written", "freed")
-EBUSY = -16
 
 
 def swapout_range(k: Kernel, mm: MmStruct, start: int, end: int, until: str) -> int:
     """MADV_PAGEOUT (5.4+, madvise_pageout) on [start, end), or before 5.4 the reclaim path
-    taking exactly the pages the range maps. Returns how many pages reached the swap cache."""
+    taking exactly the pages the range maps. Returns how many pages reached the swap cache;
+    like madvise, a range with holes is done where mapped, then fails with ENOMEM."""
     pages: list[int] = []
+    holes = has_holes(mm, start, end)
     for vma in mm.vmas_in(start, end):
         pages += _pages_to_reclaim(k, vma, max(start, vma.vm_start), min(end, vma.vm_end))
+    swapped = shrink_page_list(k, pages, until) if k.config.swap else 0
     if not k.config.swap:
         k.event("shrink_page_list", "keep", rule="CONFIG_SWAP=n: no swap device")
-        return 0
-    return shrink_page_list(k, pages, until)
+    if holes:
+        raise SyscallError("ENOMEM", f"swapout: [{start:#x}, {end:#x}) has unmapped pages")
+    return swapped
 
 
 def _pages_to_reclaim(k: Kernel, vma: VmArea, start: int, end: int) -> list[int]:
@@ -58,13 +66,13 @@ def _pages_to_reclaim(k: Kernel, vma: VmArea, start: int, end: int) -> list[int]
         lo, hi = max(start, base), min(end, base + HPAGE_PMD_SIZE)
         entry = mm.pmds.get(idx)
         if isinstance(entry, HugePmd):
-            if entry.huge_zero or entry.protnone:
+            if entry.huge_zero or entry.protnone or _skip_shared(k, entry.pfn):
                 continue
             if hi - lo == HPAGE_PMD_SIZE:
-                if not _skip_shared(k, entry.pfn):
-                    found.append(entry.pfn)
+                found.append(entry.pfn)
                 continue
-            huge_memory.split_huge_pmd(k, vma, base)
+            if not _split(k, entry.pfn):
+                continue
             entry = mm.pmds.get(idx)
         if isinstance(entry, PteTable):
             found += _pte_pages(k, entry, pte_index(lo), pte_index(hi - 1) + 1)
@@ -81,12 +89,21 @@ def _pte_pages(k: Kernel, table: PteTable, lo: int, hi: int) -> list[int]:
         if not PageAnon(f, pfn) or PageKsm(f, pfn) or _skip_shared(k, pfn):
             continue
         if f.flags[pfn] & (PG_head | PG_tail):
-            head = compound_head(f, pfn)
-            if huge_memory.split_huge_page(k, head) != 0:
-                k.event("madvise_pageout", "skip", pfn=pfn, rule="a THP that cannot be split")
+            if not _split(k, compound_head(f, pfn)):
+                continue
+            if table.pfn[i] != pfn:  # the split mapped it as the zero page (6.12+)
                 continue
         found.append(pfn)
     return found
+
+
+def _split(k: Kernel, head: int) -> bool:
+    """A THP only partly in the range is split first (split_huge_page); one that cannot be split
+    is left as it is, its PMD included."""
+    if huge_memory.split_huge_page(k, head) == 0:
+        return True
+    k.event("madvise_pageout", "skip", pfn=head, rule="a THP that cannot be split")
+    return False
 
 
 def _skip_shared(k: Kernel, pfn: int) -> bool:
@@ -107,7 +124,8 @@ def shrink_page_list(k: Kernel, pages: list[int], until: str) -> int:
 
 def _small_pages(k: Kernel, pfn: int) -> list[int]:
     """add_to_swap() of a THP on a device without swap clusters: split_huge_page_to_list()
-    first; every subpage then goes through reclaim. A THP that cannot be split is kept."""
+    first; every subpage then goes through reclaim (6.12+: but those the split mapped as the zero
+    page, which it freed). A THP that cannot be split is kept."""
     f = k.frames
     if not f.flags[pfn] & PG_head or f.flags[pfn] & PG_swapcache:
         return [pfn]
@@ -117,7 +135,7 @@ def _small_pages(k: Kernel, pfn: int) -> list[int]:
     if huge_memory.split_huge_page(k, pfn) != 0:
         k.event("add_to_swap", "keep", pfn=pfn, rule="split_huge_page failed: the THP is kept")
         return []
-    return list(range(pfn, pfn + nr))
+    return [p for p in range(pfn, pfn + nr) if f.flags[p] & PG_allocated]  # some are freed
 
 
 def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
@@ -129,16 +147,15 @@ def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
             return 0
         offset = add_to_swap(k, pfn)
         k.event("add_to_swap", pfn=pfn, detail=f"in the swap cache, slot {offset}")
-    if not try_to_unmap(k, pfn):
+    if not try_to_unmap(k, pfn) or until == "swapcache":
         return 1
-    if until == "swapcache":
-        return 1
-    pageout(k, pfn)
-    if until == "writeback":
-        return 1
-    end_page_writeback(k, pfn)
-    if until == "written":
-        return 1
+    if k.frames.flags[pfn] & PG_dirty:  # a clean page (already written) is freed at once
+        pageout(k, pfn)
+        if until == "writeback":
+            return 1
+        end_page_writeback(k, pfn)
+        if until == "written":  # PG_reclaim: freed by a later pass
+            return 1
     __remove_mapping(k, pfn)
     return 1
 

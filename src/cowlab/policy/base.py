@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from cowlab.mm.constants import VM_SOFTDIRTY
 from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, SwapinDecision, WpDecision
-from cowlab.mm.mm import page_mapcount
+from cowlab.mm.mm import PageSwapCache, page_count, page_mapcount
 
 __all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "SwapinDecision", "WpDecision"]
 
@@ -56,7 +56,21 @@ class Policy(ABC):
     # 5.18 c145e0b47c77: do_swap_page drops the swap entry (and maybe the swap-cache copy)
     # before it decides, and decides by page_count
     swapin_frees_swap_first: ClassVar[bool] = False
-    swapin_maps_writable_on_read: ClassVar[bool] = False  # between 6.9 and 6.12 (bracketed)
+    swapin_maps_writable_on_read: ClassVar[bool] = False  # 6.11, c18160dba5ff
+    # 6.12 b1f202060afe: splitting an anonymous THP maps its zero-filled subpages to the shared
+    # zero page (remap_page with RMP_USE_SHARED_ZEROPAGE) and frees them
+    split_maps_unused_to_zeropage: ClassVar[bool] = False
+    # khugepaged and MADV_COLLAPSE (docs/sources-khugepaged.md)
+    collapse_swaps_in: ClassVar[bool] = False  # 4.8: up to max_ptes_swap swap PTEs swapped in
+    collapse_pte_mapped_thp: ClassVar[bool] = False  # 5.8 5503fbf2b0b8: THP subpages copied
+    collapse_counts_shared: ClassVar[bool] = False  # 5.8 71a2c112a0f6: max_ptes_shared
+    collapse_checks_swapcache: ClassVar[bool] = True  # until 5.17 (363106c4cefe removed it)
+    collapse_needs_writable: ClassVar[bool] = True  # a writable PTE in the block (until 6.14+)
+    madv_collapse: ClassVar[bool] = False  # 6.1 7d8faaf15545
+    collapse_no_table_code: ClassVar[str] = "SCAN_PMD_NULL"  # 6.1: SCAN_PMD_NONE
+    # KSM (docs/sources-ksm.md)
+    ksm_unmerge_unshares: ClassVar[bool] = False  # 6.2: break_ksm is an unshare fault
+    ksm_checksum_before_stable: ClassVar[bool] = False  # 6.12 (bracketed 6.10-6.12)
 
     @abstractmethod
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
@@ -84,6 +98,35 @@ class Policy(ABC):
     @abstractmethod
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         """do_huge_pmd_wp_page(): may the PMD-mapped THP be reused?"""
+
+    def ksm_refuses(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """write_protect_page(): refuse this page beyond the refcount test (5.19: pinned)?"""
+        return False, (), ""
+
+    def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        """do_wp_page() on a KSM page: copied (4.5; 5.1-5.8 reuse one mapped once)."""
+        return WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+
+    def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
+        """khugepaged's young test: at least one referenced page (4.5)."""
+        return referenced > 0
+
+    def collapse_page_shared(self, k: Kernel, pfn: int) -> bool:
+        """Is the page mapped more than once (5.8: counted against max_ptes_shared)?"""
+        return page_mapcount(k.frames, pfn) > 1
+
+    def collapse_refcount_ok(self, k: Kernel, pfn: int) -> tuple[bool, str]:
+        """4.5: page_count == 1 + PageSwapCache, refusing pins and every COW-shared page."""
+        f = k.frames
+        want = 1 + int(PageSwapCache(f, pfn))
+        count = page_count(f, pfn)
+        return count == want, f"page_count {count}, expected 1 + PageSwapCache = {want}"
+
+    def collapse_errno(self, code: str) -> str:
+        """madvise_collapse_errno() of 6.1."""
+        return {"SCAN_ALLOC_HUGE_PAGE_FAIL": "ENOMEM", "SCAN_CGROUP_CHARGE_FAIL": "EBUSY"}.get(
+            code, "EINVAL"
+        )
 
     @staticmethod
     def soft_dirty_tracking(k: Kernel, vma: VmArea) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from cowlab.mm.constants import HPAGE_PMD_NR
 from cowlab.policy.v4_5_6d0a07e import V4_5_6d0a07e
 
 
@@ -19,3 +20,8 @@ class V4_14(V4_5_6d0a07e):
         "(page_trans_huge_map_swapcount)"
     )
     move_anon_rmap_checks_index = False  # 5a49973d7143 (4.7)
+    collapse_swaps_in = True  # 4.8 (bracketed 4.7.4 -> 4.9.0)
+
+    def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
+        """4.8-5.7: the swap-in step refuses any collapse with fewer than 256 young pages."""
+        return referenced >= HPAGE_PMD_NR // 2

@@ -36,6 +36,7 @@ class V5_18(V5_9):
     # sys_mremap looks the VMA up at the old address before everything, the shrink included
     mremap_looks_up_vma = True
     reclaim_skips_pinned = True
+    collapse_checks_swapcache = False  # 363106c4cefe
     swapin_frees_swap_first = True
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:

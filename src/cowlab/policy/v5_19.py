@@ -82,6 +82,11 @@ class V5_19(V5_18):
         read = (("PageAnonExclusive", 1), ("page_maybe_dma_pinned", int(pinned)))
         return pinned, read, "an exclusive page that may be pinned stays mapped"
 
+    def ksm_refuses(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """write_protect_page() -> page_try_share_anon_rmap(): an exclusive page that may be
+        pinned is not merged."""
+        return self.try_to_unmap_refuses(k, pfn)
+
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:

@@ -5,9 +5,23 @@ a COW mapping, read pins included, breaks COW first (17839856fd58, "gup: documen
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from cowlab.mm.constants import HPAGE_PMD_NR
+from cowlab.mm.huge_memory import total_mapcount
+from cowlab.mm.mm import (
+    PageSwapCache,
+    compound_head,
+    folio_nr_pages,
+    page_count,
+    page_mapcount,
+)
+from cowlab.policy.base import WpDecision
 from cowlab.policy.v4_14 import V4_14
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+    from cowlab.mm.mm_types import VmArea
 
 
 class V5_8(V4_14):
@@ -23,3 +37,36 @@ class V5_8(V4_14):
     huge_zero_wp_allocates = False
     gup_breaks_cow_on_read = True
     madv_pageout = True  # 5.4
+    collapse_pte_mapped_thp = True
+    collapse_counts_shared = True
+
+    def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        """reuse_ksm_page() (5.1, 52d1e606ee73; gone in 5.9): a KSM page mapped once, with no
+        other reference and not in the swap cache, becomes this VMA's anonymous page again."""
+        f = k.frames
+        swapcache, mapcount, count = (
+            PageSwapCache(f, pfn),
+            page_mapcount(f, pfn),
+            page_count(f, pfn),
+        )
+        reuse = not swapcache and mapcount == 1 and count == 1
+        read = (
+            ("PageSwapCache", int(swapcache)),
+            ("page_mapcount", mapcount),
+            ("page_count", count),
+        )
+        rule = "reuse_ksm_page(): !PageSwapCache && page_mapcount == 1 && page_count == 1"
+        return WpDecision(reuse, reuse, False, read, rule)
+
+    def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
+        """ffe945e633b5: one young page, and 256 only when there is something to swap in."""
+        return referenced > 0 and (swapped == 0 or referenced >= HPAGE_PMD_NR // 2)
+
+    def collapse_refcount_ok(self, k: Kernel, pfn: int) -> tuple[bool, str]:
+        """is_refcount_suitable() (9445689f3b61): references = mappings (+ the swap cache's)."""
+        f = k.frames
+        head = compound_head(f, pfn)
+        nr = folio_nr_pages(f, head)
+        want = total_mapcount(f, head) + (nr if PageSwapCache(f, head) else 0)
+        count = page_count(f, head)
+        return count == want, f"page_count {count}, expected mappings + swap cache = {want}"

@@ -37,6 +37,10 @@ class V5_9(V5_8):
     )
     gup_breaks_cow_on_read = False
 
+    def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        """1a0cf26323c8: reuse_ksm_page() is gone; a KSM page is copied again."""
+        return WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """09854ba94c6a: any reference besides this mapping (a pin, another PTE) means copy."""
         f = k.frames

@@ -42,6 +42,22 @@ class V6_15(V5_19):
     mthp = True
     huge_zero_wp_allocates = True  # 6.13
     swapin_maps_writable_on_read = True
+    split_maps_unused_to_zeropage = True
+    madv_collapse = True  # 6.1
+    ksm_unmerge_unshares = True  # 6.2
+    ksm_checksum_before_stable = True  # 6.12
+    collapse_no_table_code = "SCAN_PMD_NONE"
+
+    def collapse_page_shared(self, k: Kernel, pfn: int) -> bool:
+        """A large folio is shared when it may be mapped by another MM (6.12/6.15)."""
+        f = k.frames
+        if not PageTransCompound(f, pfn):
+            return super().collapse_page_shared(k, pfn)
+        return folio_maybe_mapped_shared(f, compound_head(f, pfn))
+
+    def collapse_errno(self, code: str) -> str:
+        """6.6: a uffd-armed hole (SCAN_EXCEED_NONE_PTE) is EBUSY."""
+        return "EBUSY" if code == "SCAN_EXCEED_NONE_PTE" else super().collapse_errno(code)
 
     def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
         """MADV_PAGEOUT leaves a folio that may be mapped by another MM alone."""

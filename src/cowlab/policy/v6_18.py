@@ -1,6 +1,7 @@
 """Linux 6.18, the kernel this machine runs: 6.15's decisions (no COW change found after 6.15,
 docs/verification-later.md), built as here — CONFIG_MM_ID=y, CONFIG_PAGE_MAPCOUNT=y and
-CONFIG_MEM_SOFT_DIRTY not set, so clear_refs 4 arms no write fault."""
+CONFIG_MEM_SOFT_DIRTY not set, so clear_refs 4 arms no write fault. khugepaged and
+MADV_COLLAPSE no longer need a writable PTE in the block (bracketed 6.14 -> 6.18)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class V6_18(V6_15):
         "CONFIG_MEM_SOFT_DIRTY like this machine's kernel"
     )
     soft_dirty_default = False
+    collapse_needs_writable = False  # gone from the scan and isolate steps (6.14 -> 6.18)
 
     def mremap_moves_vmas(self, old_len: int, new_len: int) -> bool:
         """6.17, d23cb648e365 ("mm/mremap: permit mremap() move of multiple VMAs"): only a

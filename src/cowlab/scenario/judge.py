@@ -10,6 +10,7 @@ from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE, PG_swapcache, PG_writeb
 from cowlab.mm.huge_memory import total_mapcount
 from cowlab.mm.mm import (
     PageAnonExclusive,
+    PageKsm,
     PageSwapCache,
     compound_head,
     folio_nr_pages,
@@ -131,8 +132,8 @@ def mapped_kind(runner: Runner, step: Step) -> str:
 
 def page_view(runner: Runner, step: Step, what: str) -> Any:
     """What the step's address shows of its page: the swap cache and writeback flags, the swap
-    count of its slot, PG_anon_exclusive (a swap PTE's exclusive bit when swapped out) and the
-    size of its folio (0 where nothing is mapped or cached)."""
+    count of its slot, PG_anon_exclusive (a swap PTE's exclusive bit when swapped out), the
+    size of its folio (0 where nothing is mapped or cached) and PageKsm."""
     k = runner.k
     f = k.frames
     proc = runner.procs[step.args["proc"]]
@@ -157,6 +158,8 @@ def page_view(runner: Runner, step: Step, what: str) -> Any:
         return 0 if what == "folio_size" else False
     if what == "folio_size":
         return folio_nr_pages(f, compound_head(f, page)) * PAGE_SIZE
+    if what == "ksm":
+        return PageKsm(f, page)
     flag = PG_swapcache if what == "swapcache" else PG_writeback
     return bool(f.flags[page] & flag)
 

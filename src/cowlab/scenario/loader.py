@@ -154,6 +154,26 @@ def choice(*options: str) -> Parser:
     return parse
 
 
+def parse_max_ptes(ctx: Context, value: Any, loc: Loc) -> int:
+    """A khugepaged max_ptes_* knob: 0..511 (larger writes are EINVAL)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 511:
+        raise ctx.fail(loc, f"expected a count 0..511, got {value!r}")
+    return value
+
+
+def parse_positive_count(ctx: Context, value: Any, loc: Loc) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ctx.fail(loc, f"expected a count >= 1, got {value!r}")
+    return value
+
+
+def parse_page_sharing(ctx: Context, value: Any, loc: Loc) -> int:
+    """/sys/kernel/mm/ksm/max_page_sharing: at least 2."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ctx.fail(loc, f"expected max_page_sharing >= 2, got {value!r}")
+    return value
+
+
 def parse_prot(ctx: Context, value: Any, loc: Loc) -> str:
     if not isinstance(value, str) or not (
         value == "none" or (value and all(c in "rwx" for c in value))
@@ -279,10 +299,17 @@ OPS: dict[str, dict[str, Parser]] = {
     },
     "end_writeback": {},
     "shrink_swapcache": {},
+    "khugepaged": {},
+    "ksmd": {"scans?": parse_positive_count},
     "set": {
         "thp?": choice(*THP_MODES),
         "thp_alloc_fail?": parse_bool,
         "numa_misplaced?": parse_bool,
+        "max_ptes_none?": parse_max_ptes,
+        "max_ptes_swap?": parse_max_ptes,
+        "max_ptes_shared?": parse_max_ptes,
+        "ksm_max_page_sharing?": parse_page_sharing,
+        "ksm_use_zero_pages?": parse_bool,
     },
 }
 
@@ -336,6 +363,7 @@ EXPECT: dict[str, Parser] = {
     "mapcount": parse_count,
     "total_mapcount": parse_count,
     "refcount": parse_count,
+    "ksm": parse_bool,
     "swapcache": parse_bool,
     "writeback": parse_bool,
     "swap_count": parse_count,

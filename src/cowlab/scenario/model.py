@@ -11,7 +11,7 @@ PROPERTIES = ("pin_coherence", "no_leak", "counters", "rmap")
 FAULT_KINDS = ("copy", "reuse", "none")
 MAPPED_KINDS = ("pmd", "pte", "none", "zero", "huge_zero", "swap")
 # what a step's address shows of the page there, mapped or swapped out (judge.page_view)
-SWAP_VIEWS = ("swapcache", "writeback", "swap_count", "anon_exclusive", "folio_size")
+SWAP_VIEWS = ("swapcache", "writeback", "swap_count", "anon_exclusive", "folio_size", "ksm")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ MACHINE_OPS = (
     "shrink",
     "end_writeback",
     "shrink_swapcache",
+    "khugepaged",
+    "ksmd",
     "set",
     "unpin",
     "dma_write",
@@ -249,6 +251,10 @@ class Runner:
             return f"{k.end_writeback()} pages written"
         if op == "shrink_swapcache":
             return f"{k.shrink_swapcache()} swap-cache pages freed"
+        if op == "khugepaged":
+            return f"{k.khugepaged()} THPs collapsed"
+        if op == "ksmd":
+            return f"{k.ksmd(a.get('scans', 1))} pages merged"
         if op == "set":
             for key, value in a.items():
                 setattr(k, "thp_enabled" if key == "thp" else key, value)

@@ -1,0 +1,322 @@
+"""mm/ksm.c: MADV_MERGEABLE memory, ksmd's full scans and merging identical anonymous pages into
+read-only KSM pages (docs/sources-ksm.md).
+
+A KSM page is a small anonymous page with PG_ksm whose page->mapping is its stable node (the
+model stores -node id, so PageAnon() still holds). The stable node lists the rmap_items (mm,
+address, anon_vma) merged into it; rmap_walk_ksm finds every mapping through those anon_vmas,
+forked children included. The unstable tree (pages unchanged for one pass) is rebuilt each pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from cowlab.mm import huge_memory
+from cowlab.mm.constants import (
+    PAGE_SIZE,
+    VM_MERGEABLE,
+    PG_anon_exclusive,
+    PG_dirty,
+    PG_ksm,
+    PG_swapcache,
+)
+from cowlab.mm.memory import handle_mm_fault
+from cowlab.mm.mm import PageAnon, PageKsm, compound_head, get_page, page_count, put_page
+from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
+from cowlab.mm.page_alloc import ZERO_PFN, flags_without
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_PROTNONE,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    PTE_YOUNG,
+    HugePmd,
+    PteTable,
+    pte_without,
+)
+from cowlab.mm.rmap import page_remove_rmap, rmap_add_ptes
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+
+@dataclass(eq=False)
+class RmapItem:
+    """struct ksm_rmap_item: one virtual page ksmd looks at, and its last checksum."""
+
+    pid: int
+    addr: int
+    anon_vma: AnonVma | None = None
+    oldchecksum: bytes | None = None
+    node: int = 0  # the stable node it is merged into, 0 for none
+
+
+@dataclass(eq=False)
+class StableNode:
+    """struct ksm_stable_node: one KSM page and the rmap_items merged into it."""
+
+    id: int
+    kpfn: int
+    items: list[RmapItem] = field(default_factory=list)
+
+
+@dataclass
+class KsmState:
+    """ksmd's rmap_items and stable tree, and full_scans (the knobs are Kernel attributes)."""
+
+    items: dict[tuple[int, int], RmapItem] = field(default_factory=dict)
+    nodes: dict[int, StableNode] = field(default_factory=dict)
+    next_id: int = 1
+    full_scans: int = 0
+
+    def drop(self, node_id: int) -> None:
+        """remove_node_from_stable_tree(): the KSM page was freed."""
+        node = self.nodes.pop(node_id, None)
+        for item in node.items if node else []:
+            item.node, item.anon_vma = 0, None
+
+
+def checksum(k: Kernel, pfn: int) -> bytes:
+    """calc_checksum(): a digest of the page's bytes."""
+    return hashlib.blake2b(k.frames.page_bytes(pfn), digest_size=8).digest()
+
+
+def stable_node_of(k: Kernel, pfn: int) -> StableNode | None:
+    """page_stable_node(): the KSM page's stable node."""
+    node_id = -int(k.frames.mapping[compound_head(k.frames, pfn)])
+    return k.ksm.nodes.get(node_id)
+
+
+# --- MADV_MERGEABLE / MADV_UNMERGEABLE ----------------------------------------------------
+
+
+def ksm_madvise(k: Kernel, mm: MmStruct, start: int, end: int, merge: bool) -> None:
+    """ksm_madvise(): set VM_MERGEABLE, or break every KSM page of the range and clear it."""
+    from cowlab.mm.mmap import vma_modify_flags
+
+    if not merge:
+        for vma in mm.vmas_in(start, end):
+            unmerge_ksm_pages(k, vma, max(start, vma.vm_start), min(end, vma.vm_end))
+    vma_modify_flags(k, mm, start, end, lambda f: f | VM_MERGEABLE if merge else f & ~VM_MERGEABLE)
+
+
+def unmerge_ksm_pages(k: Kernel, vma: VmArea, start: int, end: int) -> None:
+    """break_ksm() on every KSM page mapped in the range: a write fault (6.2: an unshare fault,
+    leaving a read-only private copy) makes this mapping a page of its own."""
+    unshare = k.policy.ksm_unmerge_unshares
+    for addr in range(start, end, PAGE_SIZE):
+        pfn = _mapped_page(vma.mm, addr)
+        if pfn is not None and PageKsm(k.frames, pfn):
+            handle_mm_fault(k, vma, addr, write=not unshare, unshare=unshare)
+            k.event("break_ksm", addr=addr, pfn=pfn, detail="the KSM page is copied here")
+
+
+# --- ksmd ---------------------------------------------------------------------------------
+
+
+def ksm_do_scan(k: Kernel, scans: int = 1) -> int:
+    """ksmd: `scans` full passes over every mergeable VMA; returns the pages merged."""
+    merged = 0
+    for _ in range(scans):
+        unstable: dict[bytes, RmapItem] = {}  # emptied at the start of every pass
+        for proc in sorted(k.processes.values(), key=lambda p: p.pid):
+            for vma in list(proc.mm.vmas):
+                if vma in proc.mm.vmas and vma.vm_flags & VM_MERGEABLE and vma.anon_vma:
+                    merged += _scan_vma(k, vma, unstable)
+        k.ksm.full_scans += 1
+    return merged
+
+
+def _scan_vma(k: Kernel, vma: VmArea, unstable: dict[bytes, RmapItem]) -> int:
+    merged = 0
+    for addr in range(vma.vm_start, vma.vm_end, PAGE_SIZE):
+        pfn = _mapped_page(vma.mm, addr)
+        if pfn is None or not PageAnon(k.frames, pfn):
+            continue
+        item = k.ksm.items.setdefault((vma.mm.pid, addr), RmapItem(vma.mm.pid, addr))
+        merged += cmp_and_merge_page(k, vma, addr, pfn, item, unstable)
+    return merged
+
+
+def cmp_and_merge_page(
+    k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, unstable: dict[bytes, RmapItem]
+) -> int:
+    """cmp_and_merge_page(): join a KSM page with the same bytes (6.12+: only once the page is
+    unchanged for a pass), else merge with an unchanged page of the unstable tree, else go
+    into it. Returns 1 for a page merged."""
+    f = k.frames
+    node = stable_node_of(k, pfn) if PageKsm(f, pfn) else None
+    if node is not None:
+        _append(k, node, item, vma)
+        return 0
+    digest = checksum(k, pfn)
+    stable_first = not k.policy.ksm_checksum_before_stable
+    if stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
+        return 1
+    if item.oldchecksum != digest:
+        item.oldchecksum = digest
+        k.event("cmp_and_merge_page", "volatile", addr=addr, pfn=pfn, rule="checksum changed")
+        return 0
+    if not stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
+        return 1
+    if k.ksm_use_zero_pages and not any(f.contents.get(pfn, b"")):
+        return int(_merge_with_zero_page(k, vma, addr, pfn))
+    other = unstable.get(digest)
+    if other is None or not _still_there(k, other, digest):
+        unstable[digest] = item
+        return 0
+    del unstable[digest]
+    return try_to_merge_two_pages(k, vma, addr, pfn, item, other)
+
+
+def _merge_with_stable(
+    k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, digest: bytes
+) -> bool:
+    """stable_tree_search(): a KSM page with these bytes and room for one more sharer."""
+    for node in k.ksm.nodes.values():
+        if len(node.items) >= k.ksm_max_page_sharing or checksum(k, node.kpfn) != digest:
+            continue
+        if try_to_merge_one_page(k, vma, addr, pfn, node.kpfn):
+            _append(k, node, item, vma)
+            return True
+        return False
+    return False
+
+
+def try_to_merge_two_pages(
+    k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, other: RmapItem
+) -> int:
+    """try_to_merge_two_pages(): the scanned page becomes the KSM page, the unstable tree's page
+    is replaced by it; if that fails, break_cow undoes the first."""
+    if not try_to_merge_one_page(k, vma, addr, pfn, None):
+        return 0
+    node = StableNode(k.ksm.next_id, pfn)
+    k.ksm.next_id += 1
+    k.ksm.nodes[node.id] = node
+    k.frames.mapping[pfn] = -node.id
+    _append(k, node, item, vma)
+    other_vma = k.processes[other.pid].mm.find_vma(other.addr)
+    other_pfn = _mapped_page(k.processes[other.pid].mm, other.addr)
+    assert other_vma is not None and other_pfn is not None
+    if try_to_merge_one_page(k, other_vma, other.addr, other_pfn, pfn):
+        _append(k, node, other, other_vma)
+        k.event("try_to_merge_two_pages", "merge", addr=addr, pfn=pfn, detail="a new KSM page")
+        return 2
+    handle_mm_fault(k, vma, addr, write=True)  # break_cow()
+    return 0
+
+
+def try_to_merge_one_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: int | None) -> bool:
+    """try_to_merge_one_page(): split a THP first; write_protect_page() (no reference beyond the
+    mappings and the swap cache; 5.19: an exclusive page that may be pinned refuses); then the
+    page becomes the KSM page (kpage None) or its PTE points to kpage (replace_page)."""
+    f = k.frames
+    if pfn == kpage:
+        return True
+    if f.order[pfn]:
+        if huge_memory.split_huge_page(k, compound_head(f, pfn)) != 0:
+            k.event("try_to_merge_one_page", "fail", pfn=pfn, rule="the THP cannot be split")
+            return False
+        pfn = _mapped_page(vma.mm, addr) or pfn
+    if not write_protect_page(k, vma, addr, pfn):
+        return False
+    if kpage is None:
+        f.flags[pfn] |= PG_ksm | PG_dirty
+        return True
+    replace_page(k, vma, addr, pfn, kpage)
+    return True
+
+
+def write_protect_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
+    """write_protect_page(): refcount == mapcount (+ swap cache), else the merge fails; then
+    the PTE is read-only and clean (its dirty bit moves to the page)."""
+    f = k.frames
+    refuse, read, rule = k.policy.ksm_refuses(k, pfn)
+    expected = int(f._mapcount[pfn]) + 1 + int(bool(f.flags[pfn] & PG_swapcache))
+    count = page_count(f, pfn)
+    if refuse or count != expected:
+        if not refuse:
+            read = (("page_count", count), ("mapcount + swapcache", expected))
+            rule = "no reference beyond the mappings and the swap cache"
+        k.event("write_protect_page", "fail", addr=addr, pfn=pfn, read=read, rule=rule)
+        return False
+    f.flags[pfn] &= flags_without(PG_anon_exclusive)
+    table = vma.mm.pmds[pmd_index(addr)]
+    assert isinstance(table, PteTable)
+    i = pte_index(addr)
+    if table.bits[i] & PTE_DIRTY:
+        f.flags[pfn] |= PG_dirty
+    table.bits[i] &= pte_without(PTE_WRITE | PTE_DIRTY)
+    return True
+
+
+def replace_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: int) -> None:
+    """replace_page(): this PTE maps the KSM page read-only; the old page loses the mapping."""
+    table = vma.mm.pmds[pmd_index(addr)]
+    assert isinstance(table, PteTable)
+    i = pte_index(addr)
+    get_page(k.frames, kpage)
+    rmap_add_ptes(k, vma.mm, _one(kpage))
+    table.pfn[i] = kpage
+    table.bits[i] = (table.bits[i] & pte_without(PTE_WRITE | PTE_DIRTY)) | PTE_YOUNG
+    page_remove_rmap(k, vma.mm, pfn, compound=False)
+    put_page(k, pfn)
+    k.event("replace_page", addr=addr, pfn=kpage, detail=f"pfn {pfn:#x} merged into it")
+
+
+def _merge_with_zero_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
+    """use_zero_pages (4.11+): a zero-filled page is replaced by the shared zero page."""
+    if not write_protect_page(k, vma, addr, pfn):
+        return False
+    table = vma.mm.pmds[pmd_index(addr)]
+    assert isinstance(table, PteTable)
+    i = pte_index(addr)
+    table.pfn[i] = ZERO_PFN
+    table.bits[i] = PTE_SPECIAL | PTE_YOUNG
+    page_remove_rmap(k, vma.mm, pfn, compound=False)
+    put_page(k, pfn)
+    vma.mm.anon_rss -= 1
+    k.event("try_to_merge_with_zero_page", addr=addr, pfn=pfn, detail="mapped as the zero page")
+    return True
+
+
+def _append(k: Kernel, node: StableNode, item: RmapItem, vma: VmArea) -> None:
+    """stable_tree_append(): the rmap_item hangs on the node (once)."""
+    if item.node == node.id:
+        return
+    old = k.ksm.nodes.get(item.node)
+    if old is not None:
+        old.items.remove(item)
+    item.node, item.anon_vma = node.id, vma.anon_vma
+    node.items.append(item)
+
+
+def _still_there(k: Kernel, item: RmapItem, digest: bytes) -> bool:
+    """An unstable-tree entry is only a hint: its page must still be there, unchanged, not KSM."""
+    proc = k.processes.get(item.pid)
+    pfn = _mapped_page(proc.mm, item.addr) if proc is not None else None
+    return pfn is not None and not PageKsm(k.frames, pfn) and checksum(k, pfn) == digest
+
+
+def _mapped_page(mm: MmStruct, addr: int) -> int | None:
+    """follow_page(): the normal page mapped at addr (a THP's subpage), or None."""
+    entry = mm.pmds.get(pmd_index(addr))
+    if isinstance(entry, HugePmd):
+        return None if entry.huge_zero else entry.pfn + pte_index(addr)
+    if entry is None:
+        return None
+    i = pte_index(addr)
+    pfn = int(entry.pfn[i])
+    if pfn < 0 or entry.bits[i] & (PTE_SPECIAL | PTE_MIGRATION | PTE_PROTNONE):
+        return None
+    return pfn
+
+
+def _one(pfn: int) -> npt.NDArray[np.int64]:
+    return np.array([pfn], dtype=np.int64)

@@ -1,0 +1,136 @@
+"""KSM, state by state: MADV_MERGEABLE memory, ksmd passes and what follows a merge, compared with
+states derived by hand from the rules read in the release trees (docs/sources-ksm.md: §2 the
+two-pass merge, §3 write_protect_page's reference test and the 5.19 pin refusal, §4 the write
+fault and 5.1-5.8's reuse_ksm_page, §1 MADV_UNMERGEABLE).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cowlab import Kernel, Process
+from cowlab.mm.constants import PG_anon_exclusive, PG_ksm
+from cowlab.mm.mm import page_count, page_mapcount
+from cowlab.mm.pgtable import PTE_WRITE, PteTable
+from cowlab.policy import POLICIES
+
+PAGE = 4096
+ALL = list(POLICIES)
+
+
+def identical(kernel_id: str, n: int = 4, other: int = 1) -> tuple[Kernel, Process, int]:
+    """n pages holding b"same" and `other` pages with bytes of their own, MADV_MERGEABLE."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap((n + other) * PAGE)
+    for i in range(n + other):
+        p.write(addr + i * PAGE, b"same" if i < n else bytes([i + 1]) * 4)
+    p.madvise(addr, (n + other) * PAGE, "mergeable")
+    return k, p, addr
+
+
+def pte_bits(p: Process, addr: int) -> int:
+    table = p.mm.pmds[addr >> 21]
+    assert isinstance(table, PteTable)
+    return int(table.bits[(addr >> 12) & 511])
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_two_passes_merge_identical_pages(kernel_id: str) -> None:
+    """§2: pass 1 only stores checksums; in pass 2 the first page goes into the unstable tree,
+    the second merges with it (the scanned page becomes the KSM page), the third and fourth join
+    it through the stable tree. One KSM page, mapped 4 times read-only, _count 4; three frames
+    freed; the page with other bytes untouched."""
+    k, p, addr = identical(kernel_id)
+    assert k.ksmd() == 0 and k.frames.nr_allocated == 5
+    assert k.ksmd() == 4
+    pfns = {p.translate(addr + i * PAGE) for i in range(4)}
+    assert len(pfns) == 1
+    (kpage,) = pfns
+    assert kpage is not None and k.frames.flags[kpage] & PG_ksm
+    f = k.frames
+    assert page_mapcount(f, kpage) == 4 and page_count(f, kpage) == 4
+    assert not f.flags[kpage] & PG_anon_exclusive
+    assert all(not pte_bits(p, addr + i * PAGE) & PTE_WRITE for i in range(4))
+    assert f.nr_allocated == 2 and k.ksm.full_scans == 2
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_a_page_written_between_passes_waits_a_pass(kernel_id: str) -> None:
+    """§2 step 3: a page whose checksum changed since the last pass is volatile: it takes one
+    more unchanged pass before it can merge."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd()
+    p.write(addr + PAGE, b"diff")
+    k.ksmd()
+    p.write(addr + PAGE, b"same")
+    assert k.ksmd() == 0  # pass 3: page 1 changed again
+    assert p.translate(addr) != p.translate(addr + PAGE)
+    assert k.ksmd() == 2  # pass 4: both unchanged
+    assert p.translate(addr) == p.translate(addr + PAGE)
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_a_pinned_page_is_never_merged(kernel_id: str) -> None:
+    """§3: write_protect_page wants refcount == mapcount (+ swap cache); a pin is one more."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    p.get_user_pages(addr, PAGE)
+    k.ksmd(2)
+    assert p.translate(addr) != p.translate(addr + PAGE)
+    assert not k.frames.flags[p.translate(addr) or 0] & PG_ksm
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_write_fault_on_a_ksm_page(kernel_id: str) -> None:
+    """§4: a KSM page mapped twice is always copied. Mapped once (the other sharer unmapped),
+    5.1-5.8 reuse it in place (reuse_ksm_page: no longer KSM); every other release copies."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    p.write(addr + PAGE, b"S")
+    assert p.translate(addr + PAGE) != kpage and len(k.cow_log) == 1
+    p.write(addr, b"T")
+    reused = kernel_id == "v5.8"
+    assert (p.translate(addr) == kpage) == reused
+    assert (len(k.cow_log) == 1) == reused
+    assert p.read(addr, 4) == b"Tame" and p.read(addr + PAGE, 4) == b"Same"
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_fork_shares_ksm_pages_and_the_rmap_finds_the_child(kernel_id: str) -> None:
+    """§6: fork maps the KSM page in the child too (mapcount 4); the checker's rmap_walk_ksm
+    reaches the child's mappings through the stable node's anon_vma."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    child = p.fork()
+    assert child.translate(addr) == kpage and kpage is not None
+    assert page_mapcount(k.frames, kpage) == 4 and k.check() == []
+    child.write(addr, b"C")
+    assert p.read(addr, 4) == b"same" and child.read(addr, 4) == b"Came"
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_unmergeable_breaks_ksm_pages(kernel_id: str) -> None:
+    """§1: MADV_UNMERGEABLE copies each KSM page for its mapping: writable before 6.2 (a write
+    fault), read-only from 6.2 (an unshare fault). The KSM page is freed with its last mapping."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    p.madvise(addr, 2 * PAGE, "unmergeable")
+    a, b = p.translate(addr), p.translate(addr + PAGE)
+    assert a != b and a is not None and b is not None
+    assert not k.frames.flags[a] & PG_ksm and not k.ksm.nodes
+    writable = bool(pte_bits(p, addr) & PTE_WRITE)
+    assert writable == (not POLICIES[kernel_id].ksm_unmerge_unshares)
+    assert p.read(addr, 4) == b"same" and k.frames.nr_allocated == 2
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_max_page_sharing(kernel_id: str) -> None:
+    """§2: a KSM page with max_page_sharing sharers is full; 5 identical pages with a limit of 2
+    give KSM pages of 2 + 2 and one page left alone (N mod M = 1: N div M KSM pages)."""
+    k, p, addr = identical(kernel_id, n=5, other=0)
+    k.ksm_max_page_sharing = 2
+    k.ksmd(2)
+    pfns = [p.translate(addr + i * PAGE) for i in range(5)]
+    assert len(set(pfns)) == 3 and len(k.ksm.nodes) == 2
