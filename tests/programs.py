@@ -20,7 +20,15 @@ PAGE = 4096
 BOUNDARIES = [0, 1, 2, 255, 256, 257, 511, 512, 513, 767, 768, 1022, 1023]
 
 
-KERNEL_OPS = ("split_huge_pages", "shrink", "thp_alloc_fail", "end_writeback", "shrink_swapcache")
+KERNEL_OPS = (
+    "split_huge_pages",
+    "shrink",
+    "thp_alloc_fail",
+    "end_writeback",
+    "shrink_swapcache",
+    "khugepaged",
+    "ksmd",
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,10 @@ def _kernel_op(w: World, op: Op) -> str:
         return f"written {w.k.end_writeback()}"
     if op.name == "shrink_swapcache":
         return f"freed {w.k.shrink_swapcache()}"
+    if op.name == "khugepaged":
+        return f"collapsed {w.k.khugepaged()}"
+    if op.name == "ksmd":
+        return f"merged {w.k.ksmd()}"
     w.k.thp_alloc_fail = bool(op.arg)
     return "ok"
 
@@ -153,7 +165,20 @@ def op_strategy() -> st.SearchStrategy[Op]:
         st.builds(Op, st.just("exit"), who),
         ranged("mprotect", st.sampled_from(["r", "rw", "none"])),
         ranged("munmap", st.just(0)),
-        ranged("madvise", st.sampled_from(["dontneed", "dontfork", "dofork", "nohugepage"])),
+        ranged(
+            "madvise",
+            st.sampled_from(
+                [
+                    "dontneed",
+                    "dontfork",
+                    "dofork",
+                    "nohugepage",
+                    "collapse",
+                    "mergeable",
+                    "unmergeable",
+                ]
+            ),
+        ),
         ranged("mremap", st.booleans()),
         ranged("pin", st.booleans()),
         st.builds(Op, st.just("unpin"), who),
@@ -166,4 +191,6 @@ def op_strategy() -> st.SearchStrategy[Op]:
         ranged("swapout", st.sampled_from(["swapcache", "writeback", "written", "freed"])),
         st.builds(Op, st.just("end_writeback")),
         st.builds(Op, st.just("shrink_swapcache")),
+        st.builds(Op, st.just("khugepaged")),
+        st.builds(Op, st.just("ksmd")),
     )

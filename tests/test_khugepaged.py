@@ -205,3 +205,20 @@ def test_madv_collapse_errors(kernel_id: str) -> None:
     p.write(two + HPAGE, b"x")  # an anon_vma, and a page table for the upper block only
     with pytest.raises(SyscallError, match=r"EINVAL.*SCAN_PMD_NONE"):
         p.madvise(two, HPAGE, "collapse")
+
+
+@pytest.mark.parametrize("kernel_id", MADV_COLLAPSE)
+def test_madv_collapse_ranges_without_a_whole_block(kernel_id: str) -> None:
+    """madvise_collapse() (6.18 mm/khugepaged.c, found by the live comparison): a range inside
+    one 2 MiB block that does not start on its boundary makes hend - hstart negative; the
+    unsigned block count never matches and the call fails with SCAN_FAIL's EINVAL. A range that
+    starts on the boundary has zero blocks and succeeds. A VMA with no aligned 2 MiB block fails
+    thp_vma_allowable_order: EINVAL."""
+    _k, p, addr = small_pages(kernel_id, 8)
+    with pytest.raises(SyscallError, match="EINVAL"):
+        p.madvise(addr + 3 * PAGE, 3 * PAGE, "collapse")
+    p.madvise(addr, 3 * PAGE, "collapse")
+    assert pmd(p, addr) is None
+    p.munmap(addr + HPAGE // 2, PAGE)  # two VMAs, neither holds an aligned 2 MiB block
+    with pytest.raises(SyscallError, match="EINVAL"):
+        p.madvise(addr, HPAGE // 2, "collapse")

@@ -15,7 +15,15 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from cowlab.live.swapdev import SWAPFILE, make_swapfile, swapfile_problem, undo_swapfile
+from cowlab.live.swapdev import (
+    DEFAULT_SIZE as DEFAULT_SWAP_SIZE,
+)
+from cowlab.live.swapdev import (
+    SWAPFILE,
+    make_swapfile,
+    swapfile_problem,
+    undo_swapfile,
+)
 from cowlab.live.system import read_knob
 
 DEFAULT_JOURNAL = Path("/var/tmp/cowlab-live-journal.json")
@@ -159,9 +167,9 @@ class SystemChanges:
         _write_knob(path, str(value))
         return old
 
-    def enable_swap(self) -> None:
-        """A swap file for the run, journalled before it is made; idempotent. Raises
-        SystemChangeRefused without permission, OSError when it cannot be made."""
+    def enable_swap(self, size: int = DEFAULT_SWAP_SIZE) -> None:
+        """A swap file of `size` bytes for the run, journalled before it is made; idempotent.
+        Raises SystemChangeRefused without permission, OSError when it cannot be made."""
         if any(e["kind"] == "swapfile" for e in self.entries):
             return
         self._refuse_unless_allowed(f"swap ({SWAPFILE})")
@@ -169,7 +177,7 @@ class SystemChanges:
         if problem:
             raise OSError(problem)
         self._journal_then({"kind": "swapfile", "path": SWAPFILE})
-        make_swapfile()
+        make_swapfile(size=size)
 
     def get(self, path: str | Path) -> str:
         """The knob's current value (the [selected] word of a choice list)."""

@@ -220,7 +220,9 @@ class Generator:
         if got is None:
             return False
         region, off, size = got
-        advice = self.rng.choice(["dontneed", "dontneed", "hugepage", "nohugepage", "dontfork"])
+        advice = self.rng.choice(
+            ["dontneed", "dontneed", "hugepage", "nohugepage", "dontfork", "collapse"]
+        )
         step = {"op": "madvise", "proc": proc, "at": self.at(region, off), "size": size}
         self.steps.append(dict(step, advice=advice))
         return True

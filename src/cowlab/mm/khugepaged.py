@@ -214,6 +214,8 @@ def hugepage_vma_check(k: Kernel, vma: VmArea, khugepaged: bool) -> str | None:
             return f"transparent_hugepage/enabled is {mode}"
     if vma.anon_vma is None:
         return "no anon_vma (never faulted)"
+    if not blocks(vma, vma.vm_start, vma.vm_end):
+        return "no PMD-aligned 2 MiB block in the VMA"
     return None
 
 
@@ -262,6 +264,11 @@ def madvise_collapse(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
         problem = hugepage_vma_check(k, vma, khugepaged=False)
         if problem:
             raise SyscallError("EINVAL", f"madvise(MADV_COLLAPSE): {problem}")
+        lo, hi = max(start, vma.vm_start), min(end, vma.vm_end)
+        if -(-lo // HPAGE_PMD_SIZE) > hi // HPAGE_PMD_SIZE:
+            # the range lies inside one block, off its start: madvise_collapse's unsigned count
+            # of blocks (hend - hstart) wraps and the call fails as SCAN_FAIL
+            raise SyscallError("EINVAL", "madvise(MADV_COLLAPSE): SCAN_FAIL (no whole block)")
         for haddr in blocks(vma, start, end):
             code = collapse_block(k, vma, haddr, khugepaged=False)
             if code in (SUCCEED, PMD_MAPPED):
