@@ -178,7 +178,14 @@ def _isolate_swapcache(k: Kernel, table: PteTable) -> str:
             continue
         d = reuse_swap_page(k, pfn, k.policy.reuse_mapcount)  # type: ignore[attr-defined]
         if not d.reuse:
-            k.event("__collapse_huge_page_isolate", "SCAN_SWAP_CACHE_PAGE", pfn=pfn, read=d.read)
+            rule = f"a read-only swap-cache page must pass reuse_swap_page(): {d.rule}"
+            k.event(
+                "__collapse_huge_page_isolate",
+                "SCAN_SWAP_CACHE_PAGE",
+                pfn=pfn,
+                read=d.read,
+                rule=rule,
+            )
             return "SCAN_SWAP_CACHE_PAGE"
     return SUCCEED
 

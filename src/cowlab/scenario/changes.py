@@ -83,13 +83,18 @@ def _field_changes(
     for name in ("_mapcount", "_count", "mapping"):
         old, new = int(before[name][pfn]), int(now[name][pfn])
         if old != new:
-            shown = (f"anon_vma#{old}", f"anon_vma#{new}") if name == "mapping" else (old, new)
+            shown = (_mapping(old), _mapping(new)) if name == "mapping" else (old, new)
             out.append(f"{name} {shown[0]}->{shown[1]}")
     for bit, name in SHOWN_FLAGS.items():
         old_set, new_set = bool(before["flags"][pfn] & bit), bool(now["flags"][pfn] & bit)
         if old_set != new_set:
             out.append(f"PG_{name} {int(old_set)}->{int(new_set)}")
     return out
+
+
+def _mapping(value: int) -> str:
+    """page->mapping: an anon_vma, or (negative) a KSM page's stable node."""
+    return f"anon_vma#{value}" if value >= 0 else f"KSM stable node {-value}"
 
 
 def _allocation_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
