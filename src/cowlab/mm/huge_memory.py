@@ -43,6 +43,7 @@ from cowlab.mm.page_alloc import HUGE_ZERO_PFN, ZERO_PFN, PageFrames, flags_with
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
+    PTE_NONE,
     PTE_SOFT_DIRTY,
     PTE_SPECIAL,
     PTE_WRITE,
@@ -172,7 +173,7 @@ def do_anonymous_mthp(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> boo
         first = (start >> 12) & (HPAGE_PMD_NR - 1)
         if not thp_vma_allowable_order(k, vma, order) or start < vma.vm_start:
             continue
-        if start + (nr << 12) > vma.vm_end or (table.pfn[first : first + nr] >= 0).any():
+        if start + (nr << 12) > vma.vm_end or (table.pfn[first : first + nr] != PTE_NONE).any():
             continue
         if k.thp_alloc_fail:
             k.vmstat["mthp_fault_fallback"] += 1
@@ -516,9 +517,11 @@ def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
 
 def try_to_map_unused_to_zeropage(k: Kernel, mm: MmStruct, table: PteTable, i: int) -> None:
     """try_to_map_unused_to_zeropage() (6.12, b1f202060afe): a split THP's zero-filled subpage
-    is mapped as the shared zero page (soft-dirty kept); MM_ANONPAGES loses it."""
+    is mapped as the shared zero page (soft-dirty kept from the 6.18 tree, a 2025 fix of
+    b1f202060afe); MM_ANONPAGES loses it."""
+    kept = table.bits[i] & PTE_SOFT_DIRTY if k.policy.zeropage_remap_keeps_soft_dirty else 0
     table.pfn[i] = ZERO_PFN
-    table.bits[i] = PTE_SPECIAL | PTE_YOUNG | (table.bits[i] & PTE_SOFT_DIRTY)
+    table.bits[i] = PTE_SPECIAL | PTE_YOUNG | kept
     mm.anon_rss -= 1
 
 

@@ -138,8 +138,7 @@ def collapse_huge_page(k: Kernel, vma: VmArea, haddr: int, khugepaged: bool) -> 
     idx = pmd_index(haddr)
     if k.thp_alloc_fail:
         return "SCAN_ALLOC_HUGE_PAGE_FAIL"
-    if not _swapin(k, vma, haddr):
-        return "SCAN_FAIL"
+    _swapin(k, vma, haddr)
     table = mm.pmds[idx]
     assert isinstance(table, PteTable)
     s = hpage_collapse_scan_pmd(k, table, khugepaged)
@@ -156,14 +155,14 @@ def collapse_huge_page(k: Kernel, vma: VmArea, haddr: int, khugepaged: bool) -> 
     return SUCCEED
 
 
-def _swapin(k: Kernel, vma: VmArea, haddr: int) -> bool:
-    """__collapse_huge_page_swapin(): every swap PTE is faulted in as a read."""
+def _swapin(k: Kernel, vma: VmArea, haddr: int) -> None:
+    """__collapse_huge_page_swapin(): every swap PTE is faulted in as a read (a swap-in cannot
+    fail in the model, so SCAN_FAIL never arises)."""
     table = vma.mm.pmds[pmd_index(haddr)]
     assert isinstance(table, PteTable)
     for i in range(HPAGE_PMD_NR):
         if is_swap_pte(int(table.pfn[i])):
             handle_mm_fault(k, vma, haddr + (i << PAGE_SHIFT), write=False)
-    return True
 
 
 def _isolate_swapcache(k: Kernel, table: PteTable) -> str:
@@ -176,7 +175,7 @@ def _isolate_swapcache(k: Kernel, table: PteTable) -> str:
         pfn = int(table.pfn[i])
         if pfn < 0 or table.bits[i] & (PTE_SPECIAL | PTE_WRITE) or not PageSwapCache(f, pfn):
             continue
-        d = reuse_swap_page(k, pfn, k.policy.reuse_mapcount)  # type: ignore[attr-defined]
+        d = reuse_swap_page(k, pfn, k.policy.reuse_mapcount)
         if not d.reuse:
             rule = f"a read-only swap-cache page must pass reuse_swap_page(): {d.rule}"
             k.event(
@@ -266,23 +265,28 @@ def khugepaged_scan(k: Kernel) -> int:
 def madvise_collapse(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
     """MADV_COLLAPSE (6.1, 7d8faaf15545): collapse every aligned block of the range; 0 iff each
     succeeded or was already PMD-mapped, else the errno of the last failure."""
+    for vma in mm.vmas_in(start, end):  # madvise_walk_vmas(): the first VMA's error returns
+        _collapse_vma(k, vma, start, end)
+
+
+def _collapse_vma(k: Kernel, vma: VmArea, start: int, end: int) -> None:
+    """madvise_collapse() on one VMA's part of the range."""
+    problem = hugepage_vma_check(k, vma, khugepaged=False)
+    if problem:
+        raise SyscallError("EINVAL", f"madvise(MADV_COLLAPSE): {problem}")
+    lo, hi = max(start, vma.vm_start), min(end, vma.vm_end)
+    if -(-lo // HPAGE_PMD_SIZE) > hi // HPAGE_PMD_SIZE:
+        # the range lies inside one block, off its start: madvise_collapse's unsigned count of
+        # blocks (hend - hstart) wraps and the call fails as SCAN_FAIL
+        raise SyscallError("EINVAL", "madvise(MADV_COLLAPSE): SCAN_FAIL (no whole block)")
     last = None
-    for vma in mm.vmas_in(start, end):
-        problem = hugepage_vma_check(k, vma, khugepaged=False)
-        if problem:
-            raise SyscallError("EINVAL", f"madvise(MADV_COLLAPSE): {problem}")
-        lo, hi = max(start, vma.vm_start), min(end, vma.vm_end)
-        if -(-lo // HPAGE_PMD_SIZE) > hi // HPAGE_PMD_SIZE:
-            # the range lies inside one block, off its start: madvise_collapse's unsigned count
-            # of blocks (hend - hstart) wraps and the call fails as SCAN_FAIL
-            raise SyscallError("EINVAL", "madvise(MADV_COLLAPSE): SCAN_FAIL (no whole block)")
-        for haddr in blocks(vma, start, end):
-            code = collapse_block(k, vma, haddr, khugepaged=False)
-            if code in (SUCCEED, PMD_MAPPED):
-                continue
-            last = code
-            if code not in CONTINUE:
-                break
+    for haddr in blocks(vma, start, end):
+        code = collapse_block(k, vma, haddr, khugepaged=False)
+        if code in (SUCCEED, PMD_MAPPED):
+            continue
+        last = code
+        if code not in CONTINUE:
+            break
     if last is not None:
         errno = "EAGAIN" if last in EAGAIN_CODES else k.policy.collapse_errno(last)
         raise SyscallError(errno, f"madvise(MADV_COLLAPSE): {last}")

@@ -41,6 +41,7 @@ from cowlab.mm.pgtable import (
     pte_without,
 )
 from cowlab.mm.rmap import page_remove_rmap, rmap_add_ptes
+from cowlab.mm.swapfile import try_to_free_swap
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -125,6 +126,7 @@ def ksm_do_scan(k: Kernel, scans: int = 1) -> int:
     merged = 0
     for _ in range(scans):
         unstable: dict[bytes, RmapItem] = {}  # emptied at the start of every pass
+        _prune(k)
         for proc in sorted(k.processes.values(), key=lambda p: p.pid):
             for vma in list(proc.mm.vmas):
                 if vma in proc.mm.vmas and vma.vm_flags & VM_MERGEABLE and vma.anon_vma:
@@ -155,6 +157,7 @@ def cmp_and_merge_page(
     if node is not None:
         _append(k, node, item, vma)
         return 0
+    _leave(k, item)  # remove_rmap_item_from_tree(): the page here is no longer that KSM page
     digest = checksum(k, pfn)
     stable_first = not k.policy.ksm_checksum_before_stable
     if stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
@@ -171,6 +174,8 @@ def cmp_and_merge_page(
     if other is None or not _still_there(k, other, digest):
         unstable[digest] = item
         return 0
+    if _page_of(k, other) == pfn:
+        return 0  # unstable_tree_search_insert(): a forked page is not merged with itself
     del unstable[digest]
     return try_to_merge_two_pages(k, vma, addr, pfn, item, other)
 
@@ -196,19 +201,19 @@ def try_to_merge_two_pages(
     is replaced by it; if that fails, break_cow undoes the first."""
     if not try_to_merge_one_page(k, vma, addr, pfn, None):
         return 0
-    node = StableNode(k.ksm.next_id, pfn)
+    pfn = _page_of(k, item) or pfn  # a THP was split (the same frame, now a small page)
+    node = StableNode(k.ksm.next_id, pfn)  # inserted in the stable tree only once both merged
     k.ksm.next_id += 1
-    k.ksm.nodes[node.id] = node
     k.frames.mapping[pfn] = -node.id
-    _append(k, node, item, vma)
     other_vma = k.processes[other.pid].mm.find_vma(other.addr)
-    other_pfn = _mapped_page(k.processes[other.pid].mm, other.addr)
-    assert other_vma is not None and other_pfn is not None
-    if try_to_merge_one_page(k, other_vma, other.addr, other_pfn, pfn):
+    other_pfn = _page_of(k, other)
+    if other_vma and other_pfn and try_to_merge_one_page(k, other_vma, other.addr, other_pfn, pfn):
+        k.ksm.nodes[node.id] = node
+        _append(k, node, item, vma)
         _append(k, node, other, other_vma)
         k.event("try_to_merge_two_pages", "merge", addr=addr, pfn=pfn, detail="a new KSM page")
         return 2
-    handle_mm_fault(k, vma, addr, write=True)  # break_cow()
+    handle_mm_fault(k, vma, addr, write=True)  # break_cow(): the lone KSM page is copied
     return 0
 
 
@@ -223,7 +228,9 @@ def try_to_merge_one_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: in
         if huge_memory.split_huge_page(k, compound_head(f, pfn)) != 0:
             k.event("try_to_merge_one_page", "fail", pfn=pfn, rule="the THP cannot be split")
             return False
-        pfn = _mapped_page(vma.mm, addr) or pfn
+        if _mapped_page(vma.mm, addr) != pfn:  # the split mapped it as the zero page (6.12)
+            k.event("try_to_merge_one_page", "fail", pfn=pfn, rule="no longer mapped here")
+            return False
     if not write_protect_page(k, vma, addr, pfn):
         return False
     if kpage is None:
@@ -234,9 +241,16 @@ def try_to_merge_one_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: in
 
 
 def write_protect_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
-    """write_protect_page(): refcount == mapcount (+ swap cache), else the merge fails; then
-    the PTE is read-only and clean (its dirty bit moves to the page)."""
+    """write_protect_page(): for a writable or dirty PTE (5.19: or an exclusive page), refcount
+    == mapcount (+ swap cache), else the merge fails; then the PTE is read-only and clean (its
+    dirty bit moves to the page)."""
     f = k.frames
+    table = vma.mm.pmds[pmd_index(addr)]
+    assert isinstance(table, PteTable)
+    i = pte_index(addr)
+    exclusive = k.policy.anon_exclusive and bool(f.flags[pfn] & PG_anon_exclusive)
+    if not table.bits[i] & (PTE_WRITE | PTE_DIRTY) and not exclusive:
+        return True  # already read-only and clean: nothing to check (all releases)
     refuse, read, rule = k.policy.ksm_refuses(k, pfn)
     expected = int(f._mapcount[pfn]) + 1 + int(bool(f.flags[pfn] & PG_swapcache))
     count = page_count(f, pfn)
@@ -247,9 +261,6 @@ def write_protect_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
         k.event("write_protect_page", "fail", addr=addr, pfn=pfn, read=read, rule=rule)
         return False
     f.flags[pfn] &= flags_without(PG_anon_exclusive)
-    table = vma.mm.pmds[pmd_index(addr)]
-    assert isinstance(table, PteTable)
-    i = pte_index(addr)
     if table.bits[i] & PTE_DIRTY:
         f.flags[pfn] |= PG_dirty
     table.bits[i] &= pte_without(PTE_WRITE | PTE_DIRTY)
@@ -264,8 +275,10 @@ def replace_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: int) -> Non
     get_page(k.frames, kpage)
     rmap_add_ptes(k, vma.mm, _one(kpage))
     table.pfn[i] = kpage
-    table.bits[i] = (table.bits[i] & pte_without(PTE_WRITE | PTE_DIRTY)) | PTE_YOUNG
+    table.bits[i] = PTE_YOUNG  # mk_pte(kpage, vm_page_prot): read-only, clean, not soft-dirty
     page_remove_rmap(k, vma.mm, pfn, compound=False)
+    if k.frames._mapcount[pfn] < 0:
+        try_to_free_swap(k, pfn)
     put_page(k, pfn)
     k.event("replace_page", addr=addr, pfn=kpage, detail=f"pfn {pfn:#x} merged into it")
 
@@ -290,18 +303,42 @@ def _append(k: Kernel, node: StableNode, item: RmapItem, vma: VmArea) -> None:
     """stable_tree_append(): the rmap_item hangs on the node (once)."""
     if item.node == node.id:
         return
-    old = k.ksm.nodes.get(item.node)
-    if old is not None:
-        old.items.remove(item)
+    _leave(k, item)
     item.node, item.anon_vma = node.id, vma.anon_vma
     node.items.append(item)
 
 
+def _leave(k: Kernel, item: RmapItem) -> None:
+    """remove_rmap_item_from_tree(): off its stable node, if it hangs on one."""
+    node = k.ksm.nodes.get(item.node)
+    if node is not None:
+        node.items.remove(item)
+    item.node, item.anon_vma = 0, None
+
+
+def _prune(k: Kernel) -> None:
+    """ksm_exit() / remove_trailing_rmap_items(): the rmap_items of gone processes and of
+    addresses that no longer map their stable node's page leave the tree."""
+    for key, item in list(k.ksm.items.items()):
+        proc = k.processes.get(item.pid)
+        pfn = _mapped_page(proc.mm, item.addr) if proc is not None else None
+        node = k.ksm.nodes.get(item.node)
+        if proc is None or pfn is None:
+            _leave(k, item)
+            del k.ksm.items[key]
+        elif node is not None and node.kpfn != pfn:
+            _leave(k, item)
+
+
 def _still_there(k: Kernel, item: RmapItem, digest: bytes) -> bool:
     """An unstable-tree entry is only a hint: its page must still be there, unchanged, not KSM."""
-    proc = k.processes.get(item.pid)
-    pfn = _mapped_page(proc.mm, item.addr) if proc is not None else None
+    pfn = _page_of(k, item)
     return pfn is not None and not PageKsm(k.frames, pfn) and checksum(k, pfn) == digest
+
+
+def _page_of(k: Kernel, item: RmapItem) -> int | None:
+    proc = k.processes.get(item.pid)
+    return _mapped_page(proc.mm, item.addr) if proc is not None else None
 
 
 def _mapped_page(mm: MmStruct, addr: int) -> int | None:

@@ -14,9 +14,11 @@ from cowlab.mm.constants import (
     MREMAP_MAYMOVE,
     PAGE_SHIFT,
     PAGE_SIZE,
+    VM_MERGEABLE,
     VM_NOHUGEPAGE,
 )
 from cowlab.mm.huge_memory import split_huge_pmd
+from cowlab.mm.ksm import unmerge_ksm_pages
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import check_range, do_munmap, get_unmapped_area, vma_merge_around
 from cowlab.mm.pgtable import PTE_SOFT_DIRTY, HugePmd, PteTable
@@ -118,7 +120,11 @@ def move_vmas(k: Kernel, mm: MmStruct, start: int, length: int, new_addr: int) -
 def move_vma(
     k: Kernel, vma: VmArea, old_addr: int, old_len: int, new_len: int, new_addr: int
 ) -> int:
-    """move_vma(): copy_vma at the new place, move_page_tables, then unmap the old range."""
+    """move_vma(): copy_vma at the new place, move_page_tables, then unmap the old range. KSM
+    pages in the range are broken first (ksm_madvise(MADV_UNMERGEABLE) without clearing
+    VM_MERGEABLE), so none turns up at the new place."""
+    if vma.vm_flags & VM_MERGEABLE:
+        unmerge_ksm_pages(k, vma, old_addr, old_addr + old_len)
     pgoff = vma.vm_pgoff + ((old_addr - vma.vm_start) >> PAGE_SHIFT)
     new_vma = VmArea(vma.mm, new_addr, new_addr + new_len, vma.vm_flags, pgoff, vma.anon_vma)
     anon_vma_clone(new_vma, vma)
@@ -159,14 +165,14 @@ def move_page_tables(
 
 
 def move_ptes(mm: MmStruct, src: PteTable, old: int, new: int, nr: int) -> None:
-    """move_ptes(): the entries change address and become soft-dirty (move_soft_dirty_pte);
-    no mapcount or refcount changes."""
+    """move_ptes(): the entries change address and become soft-dirty (move_soft_dirty_pte:
+    present and swap PTEs); no mapcount or refcount changes."""
     dst = mm.pmds.get(pmd_index(new))
     if not isinstance(dst, PteTable):
         dst = mm.pmds[pmd_index(new)] = PteTable()
     a, b = pte_index(old), pte_index(new)
     dst.pfn[b : b + nr] = src.pfn[a : a + nr]
-    present = src.pfn[a : a + nr] >= 0
+    present = src.pfn[a : a + nr] != -1
     dst.bits[b : b + nr] = src.bits[a : a + nr] | np.where(present, PTE_SOFT_DIRTY, 0).astype(
         np.uint8
     )

@@ -141,6 +141,7 @@ def free_swap_and_cache(k: Kernel, offset: int) -> None:
         return
     f = k.frames
     if not f.flags[page] & PG_writeback and f._mapcount[page] < 0:
+        f.flags[page] |= PG_dirty  # whoever still holds it must not lose its bytes
         delete_from_swap_cache(k, page)
 
 

@@ -52,6 +52,8 @@ def clear_refs_write(k: Kernel, mm: MmStruct, value: int) -> None:
             present &= ~_pinned_writable(k, mm, idx, entry.pfn, entry.bits)
         mask = PTE_WRITE | PTE_SOFT_DIRTY if soft_dirty else PTE_YOUNG
         entry.bits[present] &= pte_without(mask)
+        if soft_dirty:  # clear_soft_dirty(): pte_swp_clear_soft_dirty() on swap PTEs
+            entry.bits[entry.pfn <= -2] &= pte_without(PTE_SOFT_DIRTY)
 
 
 def _pinned_writable(

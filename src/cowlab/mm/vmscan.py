@@ -150,7 +150,8 @@ def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
     if not try_to_unmap(k, pfn) or until == "swapcache":
         return 1
     if k.frames.flags[pfn] & PG_dirty:  # a clean page (already written) is freed at once
-        pageout(k, pfn)
+        if not pageout(k, pfn):
+            return 1  # PAGE_KEEP: stays dirty in the swap cache
         if until == "writeback":
             return 1
         end_page_writeback(k, pfn)
@@ -160,12 +161,17 @@ def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
     return 1
 
 
-def pageout(k: Kernel, pfn: int) -> None:
+def pageout(k: Kernel, pfn: int) -> bool:
     """pageout() -> swap_writepage(): a dirty page is written; it is under writeback until the
-    write completes. The device gets the bytes the page holds now."""
+    write completes. The device gets the bytes the page holds now. is_page_cache_freeable():
+    a page someone else still references (a pin) is not written (PAGE_KEEP)."""
     f = k.frames
-    if not f.flags[pfn] & PG_dirty:
-        return
+    count = page_count(f, pfn)
+    if count != 1:  # the swap cache's reference only (the model takes no isolation reference)
+        read = (("page_count", count),)
+        rule = "is_page_cache_freeable(): only the swap cache holds it"
+        k.event("pageout", "keep", pfn=pfn, read=read, rule=rule)
+        return False
     offset = int(f.private[pfn])
     f.flags[pfn] = (f.flags[pfn] & flags_without(PG_dirty)) | PG_writeback
     data = f.contents.get(pfn)
@@ -175,6 +181,7 @@ def pageout(k: Kernel, pfn: int) -> None:
         k.swap.data.pop(offset, None)
     k.vmstat["pswpout"] += 1
     k.event("pageout", pfn=pfn, detail=f"writing slot {offset}")
+    return True
 
 
 def end_page_writeback(k: Kernel, pfn: int) -> None:

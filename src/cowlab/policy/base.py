@@ -22,6 +22,7 @@ __all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "SwapinDecision", "
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
+    from cowlab.mm.page_alloc import PageFrames
 
 
 class Policy(ABC):
@@ -60,6 +61,7 @@ class Policy(ABC):
     # 6.12 b1f202060afe: splitting an anonymous THP maps its zero-filled subpages to the shared
     # zero page (remap_page with RMP_USE_SHARED_ZEROPAGE) and frees them
     split_maps_unused_to_zeropage: ClassVar[bool] = False
+    zeropage_remap_keeps_soft_dirty: ClassVar[bool] = False  # 6.18 tree (Fixes: b1f202060afe)
     # khugepaged and MADV_COLLAPSE (docs/sources-khugepaged.md)
     collapse_swaps_in: ClassVar[bool] = False  # 4.8: up to max_ptes_swap swap PTEs swapped in
     collapse_pte_mapped_thp: ClassVar[bool] = False  # 5.8 5503fbf2b0b8: THP subpages copied
@@ -82,6 +84,12 @@ class Policy(ABC):
     ) -> SwapinDecision:
         """do_swap_page(): map the page swapped in writable, and as exclusive? ``marker`` is the
         swap PTE's exclusive bit, ``soft_dirty`` its soft-dirty bit."""
+
+    def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
+        """The mapcount reuse_swap_page() compares (4.5 .. 5.17; each of those generations
+        says which): page_mapcount."""
+        count = page_mapcount(f, pfn)
+        return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
 
     def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
         """madvise_cold_or_pageout_pte_range(): leave a page mapped more than once alone (5.4);

@@ -14,9 +14,8 @@ from cowlab.mm.mm import (
     compound_head,
     folio_nr_pages,
     page_count,
-    page_mapcount,
 )
-from cowlab.policy.base import WpDecision
+from cowlab.policy.base import Reads, WpDecision
 from cowlab.policy.v4_14 import V4_14
 
 if TYPE_CHECKING:
@@ -41,21 +40,16 @@ class V5_8(V4_14):
     collapse_counts_shared = True
 
     def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
-        """reuse_ksm_page() (5.1, 52d1e606ee73; gone in 5.9): a KSM page mapped once, with no
-        other reference and not in the swap cache, becomes this VMA's anonymous page again."""
+        """reuse_ksm_page() (5.1, 52d1e606ee73; gone in 5.9): a KSM page with its stable node,
+        no reference but this mapping and not in the swap cache becomes this VMA's anonymous
+        page again."""
         f = k.frames
-        swapcache, mapcount, count = (
-            PageSwapCache(f, pfn),
-            page_mapcount(f, pfn),
-            page_count(f, pfn),
-        )
-        reuse = not swapcache and mapcount == 1 and count == 1
-        read = (
-            ("PageSwapCache", int(swapcache)),
-            ("page_mapcount", mapcount),
-            ("page_count", count),
-        )
-        rule = "reuse_ksm_page(): !PageSwapCache && page_mapcount == 1 && page_count == 1"
+        node = int(-int(f.mapping[pfn]) in k.ksm.nodes)
+        swapcache, count = PageSwapCache(f, pfn), page_count(f, pfn)
+        reuse = bool(node) and not swapcache and count == 1
+        read: Reads = (("page_stable_node", node), ("PageSwapCache", int(swapcache)))
+        read += (("page_count", count),)
+        rule = "reuse_ksm_page(): page_stable_node && !PageSwapCache && page_count == 1"
         return WpDecision(reuse, reuse, False, read, rule)
 
     def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:

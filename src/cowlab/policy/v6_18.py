@@ -20,6 +20,7 @@ class V6_18(V6_15):
     )
     soft_dirty_default = False
     collapse_needs_writable = False  # gone from the scan and isolate steps (6.14 -> 6.18)
+    zeropage_remap_keeps_soft_dirty = True
 
     def mremap_moves_vmas(self, old_len: int, new_len: int) -> bool:
         """6.17, d23cb648e365 ("mm/mremap: permit mremap() move of multiple VMAs"): only a
