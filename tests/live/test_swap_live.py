@@ -33,7 +33,6 @@ MATCHED = match_kernel(platform.release())
 UNSUPPORTED = {
     "write_under_writeback.yaml": "until writeback: on the live swap file",
     "isolate_swapcache.yaml": "a full khugepaged pass cannot yet be forced",
-    "merge_then_write.yaml": "ksmd is not yet driven on the live kernel",
 }
 PAGE = 4096
 
@@ -47,9 +46,14 @@ with SystemChanges(allow_system_changes=True, journal=sys.argv[1]) as changes:
 """
 
 
-def machine_swap_state() -> tuple[list[str], bool]:
-    """What must be the same before and after: the active swap areas, and no swap file left."""
-    return active_swaps(), Path(SWAPFILE).exists()
+KSM_KNOBS = ("run", "pages_to_scan", "sleep_millisecs", "pages_shared", "pages_sharing")
+
+
+def machine_swap_state() -> tuple[list[str], bool, list[str]]:
+    """What must be the same before and after: the active swap areas, no swap file left, and
+    ksmd's knobs and counters."""
+    ksm = [(Path("/sys/kernel/mm/ksm") / k).read_text().strip() for k in KSM_KNOBS]
+    return active_swaps(), Path(SWAPFILE).exists(), ksm
 
 
 @pytest.fixture

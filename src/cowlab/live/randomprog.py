@@ -23,9 +23,10 @@ PAGE = 4096
 HPAGE = 2 << 20
 ALPHABET = (
     "fork", "exit", "write", "read", "mprotect", "munmap", "mremap", "madvise", "pin", "unpin",
-    "dma", "swapout",
+    "dma", "swapout", "ksm",
 )  # fmt: skip
-NEEDS_SYSTEM_CHANGES = ("swapout",)  # a swap device is made only with --allow-system-changes
+# a swap file is made and ksmd driven only with --allow-system-changes
+NEEDS_SYSTEM_CHANGES = ("swapout", "ksm")
 MAX_PROCS = 4
 Step = dict[str, Any]
 
@@ -124,7 +125,7 @@ class Generator:
             "fork": self.fork, "exit": self.exit, "write": self.write, "read": self.read,
             "mprotect": self.mprotect, "munmap": self.munmap, "mremap": self.mremap,
             "madvise": self.madvise, "pin": self.pin, "unpin": self.unpin, "dma": self.dma,
-            "swapout": self.swapout,
+            "swapout": self.swapout, "ksm": self.ksm,
         }  # fmt: skip
         weights = {"write": 4, "read": 2, "fork": 2, "pin": 2, "dma": 2}
         names = list(self.ops)
@@ -235,6 +236,18 @@ class Generator:
         region, off, size = got
         step = {"op": "swapout", "proc": proc, "at": self.at(region, off), "size": size}
         self.steps.append(dict(step, until="written"))  # what the live swap file reproduces
+        return True
+
+    def ksm(self) -> bool:
+        """MADV_MERGEABLE on a range, then one or two ksmd passes (two merge identical pages)."""
+        proc = self.pick_proc()
+        got = self.pick_range(proc)
+        if got is None:
+            return False
+        region, off, size = got
+        step = {"op": "madvise", "proc": proc, "at": self.at(region, off), "size": size}
+        self.steps.append(dict(step, advice="mergeable"))
+        self.steps.append({"op": "ksmd", "scans": self.rng.choice([1, 2, 2])})
         return True
 
     def pin(self) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
 from cowlab.live.journal import SystemChanges
+from cowlab.live.ksmd import PASS_TIMEOUT_S, ksm_reset, ksmd_passes, registered_with_ksm
 from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, read_pagemap
 from cowlab.live.swapdev import SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
 from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
@@ -34,8 +35,8 @@ NO_LIVE_OP = {
     "shrink": "the deferred-split shrinker runs only under real memory pressure",
     "shrink_swapcache": "swap-cache pages are reclaimed only under real memory pressure",
     "khugepaged": "a full khugepaged pass cannot yet be forced and waited for on the live kernel",
-    "ksmd": "ksmd is not yet driven on the live kernel",
 }
+NEEDS_KSM_KNOBS = "ksmd is driven through /sys/kernel/mm/ksm: pass --allow-system-changes"
 SHORT_PIN_OK = frozenset({"read", "write", "check", "dma_read", "dma_write", "unpin", "pin"})
 FLAVOURS = ("longterm", "pin", "get")
 PMD_MTHP_SIZE = f"{HPAGE_PMD_NR * PAGE_SIZE >> 10}kB"  # the model's PMD THP follows `enabled`
@@ -154,6 +155,8 @@ def _step_reason(step: Step, limits: Limits) -> str | None:
         return _pin_reason(a)
     if step.op == "swapout":
         return _swapout_reason(a, limits)
+    if step.op == "ksmd" and not limits.allow_system_changes:
+        return NEEDS_KSM_KNOBS
     return None
 
 
@@ -223,6 +226,7 @@ class LiveScenario:
     procs: dict[str, LiveProcess] = field(default_factory=dict)
     regions: dict[str, int] = field(default_factory=dict)
     pins: dict[str, LivePin] = field(default_factory=dict)
+    ksm_used: bool = False
 
     def start(self) -> None:
         """Knobs as the scenario's config says (journalled), then its initial processes."""
@@ -246,8 +250,23 @@ class LiveScenario:
             time.sleep(pause)
 
     def close(self) -> None:
-        """Release every pin and end every worker of this case (the machine lives on)."""
+        """Release every pin and end every worker of this case (the machine lives on); after
+        ksmd ran, unmerge and drop its stable tree."""
         self.machine.reset()
+        if self.ksm_used and self.changes is not None:
+            ksm_reset(self.changes)
+
+    def ksmd(self, scans: int) -> None:
+        """ksmd makes `scans` full passes (cowlab.live.ksmd), through the journal."""
+        if self.changes is None:
+            raise Unsupported(
+                "ksmd is driven through /sys/kernel/mm/ksm: pass --allow-system-changes"
+            )
+        self.ksm_used = True
+        if not any(registered_with_ksm(p.pid) for p in self.procs.values()):
+            return  # ksmd would not run for this case's memory (nor could it change it)
+        if not ksmd_passes(self.changes, scans):
+            raise Unsupported(f"a ksmd pass did not end within {PASS_TIMEOUT_S:.0f} s")
 
     def addr(self, a: Address) -> int:
         if a.region is None:
@@ -281,6 +300,8 @@ class LiveScenario:
             return self.split_huge_pages()
         if op == "end_writeback":  # swapout already waited for its writes
             return None
+        if op == "ksmd":
+            return self.ksmd(a.get("scans", 1))
         if op == "set":
             self.set_knob("enabled", a["thp"])
             return None

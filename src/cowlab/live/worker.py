@@ -311,14 +311,19 @@ class Worker:
         with open("/proc/sys/fs/pipe-max-size") as f:
             pipe_max = int(f.read())
         done, pipes, key = 0, [], None
-        while done < length:
-            r, w = os.pipe()
-            key = r if key is None else key
-            self.pin_fds.setdefault(key, []).extend([r, w])
-            fcntl.fcntl(w, F_SETPIPE_SZ, pipe_max)
-            held = self._vmsplice_some(w, addr + done, length - done)
-            pipes.append((r, held))
-            done += held
+        try:
+            while done < length:
+                r, w = os.pipe()
+                key = r if key is None else key
+                self.pin_fds.setdefault(key, []).extend([r, w])
+                fcntl.fcntl(w, F_SETPIPE_SZ, pipe_max)
+                held = self._vmsplice_some(w, addr + done, length - done)
+                pipes.append((r, held))
+                done += held
+        except OSError:
+            if key is not None:  # as get_user_pages' caller: a partial result is dropped
+                self.drop_pin(key)
+            raise
         return pipes
 
     def _vmsplice_some(self, w: int, addr: int, n: int) -> int:
