@@ -521,9 +521,13 @@ def die_of_sigsegv() -> NoReturn:
 
 
 def main() -> None:
-    """The zygote: subreaper for every worker, deaf to the terminal's SIGINT."""
+    """The zygote: subreaper for every worker, deaf to the terminal's SIGINT, and on one CPU
+    with all its workers: a page faulted in waits in that CPU's LRU-add batch, and
+    MADV_PAGEOUT drains only the batches of the CPU it runs on (lru_add_drain()), so a fault
+    on another CPU could leave the page off the LRU and unswappable."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         serve(Worker(sock, zygote=True))
