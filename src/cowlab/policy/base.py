@@ -73,6 +73,7 @@ class Policy(ABC):
     # KSM (docs/sources-ksm.md)
     ksm_unmerge_unshares: ClassVar[bool] = False  # 6.2: break_ksm is an unshare fault
     ksm_checksum_before_stable: ClassVar[bool] = False  # 6.12 (bracketed 6.10-6.12)
+    reuses_ksm_page: ClassVar[bool] = False  # 5.1-5.8: reuse_ksm_page() in do_wp_page
 
     @abstractmethod
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
@@ -112,8 +113,19 @@ class Policy(ABC):
         return False, (), ""
 
     def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
-        """do_wp_page() on a KSM page: copied (4.5; 5.1-5.8 reuse one mapped once)."""
-        return WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+        """do_wp_page() on a KSM page: copied; with reuses_ksm_page, reuse_ksm_page() makes a
+        KSM page with its stable node, no reference but this mapping and not in the swap cache
+        this VMA's anonymous page again."""
+        if not self.reuses_ksm_page:
+            return WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+        f = k.frames
+        node = int(-int(f.mapping[pfn]) in k.ksm.nodes)
+        swapcache, count = PageSwapCache(f, pfn), page_count(f, pfn)
+        reuse = bool(node) and not swapcache and count == 1
+        read: Reads = (("page_stable_node", node), ("PageSwapCache", int(swapcache)))
+        read += (("page_count", count),)
+        rule = "reuse_ksm_page(): page_stable_node && !PageSwapCache && page_count == 1"
+        return WpDecision(reuse, reuse, False, read, rule)
 
     def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
         """khugepaged's young test: at least one referenced page (4.5)."""

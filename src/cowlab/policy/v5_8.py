@@ -15,12 +15,10 @@ from cowlab.mm.mm import (
     folio_nr_pages,
     page_count,
 )
-from cowlab.policy.base import Reads, WpDecision
 from cowlab.policy.v4_14 import V4_14
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
-    from cowlab.mm.mm_types import VmArea
 
 
 class V5_8(V4_14):
@@ -38,19 +36,7 @@ class V5_8(V4_14):
     madv_pageout = True  # 5.4
     collapse_pte_mapped_thp = True
     collapse_counts_shared = True
-
-    def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
-        """reuse_ksm_page() (5.1, 52d1e606ee73; gone in 5.9): a KSM page with its stable node,
-        no reference but this mapping and not in the swap cache becomes this VMA's anonymous
-        page again."""
-        f = k.frames
-        node = int(-int(f.mapping[pfn]) in k.ksm.nodes)
-        swapcache, count = PageSwapCache(f, pfn), page_count(f, pfn)
-        reuse = bool(node) and not swapcache and count == 1
-        read: Reads = (("page_stable_node", node), ("PageSwapCache", int(swapcache)))
-        read += (("page_count", count),)
-        rule = "reuse_ksm_page(): page_stable_node && !PageSwapCache && page_count == 1"
-        return WpDecision(reuse, reuse, False, read, rule)
+    reuses_ksm_page = True  # 5.1, 52d1e606ee73
 
     def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
         """ffe945e633b5: one young page, and 256 only when there is something to swap in."""

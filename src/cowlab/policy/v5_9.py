@@ -36,10 +36,7 @@ class V5_9(V5_8):
         "page_trans_huge_mapcount == 1, else split; fork copies maybe-pinned pages for the child"
     )
     gup_breaks_cow_on_read = False
-
-    def wp_reuse_ksm(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
-        """1a0cf26323c8: reuse_ksm_page() is gone; a KSM page is copied again."""
-        return WpDecision(False, False, False, (("PageKsm", 1),), "a KSM page is never reused")
+    reuses_ksm_page = False  # 1a0cf26323c8 removed reuse_ksm_page()
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """09854ba94c6a: any reference besides this mapping (a pin, another PTE) means copy."""
