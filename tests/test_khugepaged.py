@@ -14,15 +14,16 @@ from cowlab.mm.constants import PMD_SHIFT, PG_anon_exclusive, PG_swapcache
 from cowlab.mm.mm import page_count
 from cowlab.mm.pgtable import HugePmd, PteTable
 from cowlab.policy import POLICIES
+from tests.releases import since
 
 PAGE = 4096
 HPAGE = 2 << 20
 ALL = list(POLICIES)
 SEED = ["v4.5", "v4.5+6d0a07e"]
 # the release sets of docs/sources-khugepaged.md, written out (not read from the policies)
-COMPOUND = ["v5.8", "v5.9", "v5.18", "v5.19", "v6.15", "v6.18"]  # 5.8+
-MADV_COLLAPSE = ["v6.15", "v6.18"]  # 6.1+ (the v5.19 policy stands for 5.19)
-SWAPCACHE_TEST = ["v4.5", "v4.5+6d0a07e", "v4.5+6d0a07e-early", "v4.14", "v5.8", "v5.9"]  # ..5.17
+COMPOUND = [k for k in ALL if since(k, "5.8")]  # 5503fbf2b0b8
+MADV_COLLAPSE = [k for k in ALL if since(k, "6.1")]  # 7d8faaf15545
+SWAPCACHE_TEST = [k for k in ALL if not since(k, "5.18")]  # until 363106c4cefe
 
 
 def small_pages(kernel_id: str, pages: int = 512) -> tuple[Kernel, Process, int]:
@@ -58,9 +59,7 @@ def test_collapse_of_512_small_pages(kernel_id: str) -> None:
     vma = p.mm.find_vma(addr)
     assert vma is not None and vma.anon_vma is not None
     assert int(f.mapping[entry.pfn]) == vma.anon_vma.id
-    assert bool(f.flags[entry.pfn] & PG_anon_exclusive) == (
-        kernel_id in ("v5.19", "v6.15", "v6.18")
-    )
+    assert bool(f.flags[entry.pfn] & PG_anon_exclusive) == (since(kernel_id, "5.19"))
     assert p.read(addr + 300 * PAGE, 2) == (300).to_bytes(2, "little")
 
 

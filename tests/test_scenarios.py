@@ -75,7 +75,11 @@ def where(text: str, token: str) -> str:
         (GOOD.replace("op: write", "op: wrte"), "wrte", "expected an op among"),
         (GOOD.replace("size: 8K", "size: 8Q"), "8Q", "expected a size like"),
         (GOOD + "  - {op: munmap, proc: P, at: buf+100, size: 4K}\n", "buf+100", "page-aligned"),
-        (GOOD.replace("processes: [P]", "kernels: [v9.9]\nprocesses: [P]"), "v9.9", "kernel id"),
+        (
+            GOOD.replace("processes: [P]", "kernels: [v9.9]\nprocesses: [P]"),
+            "v9.9",
+            "unknown kernel",
+        ),
         (GOOD + "  - {op: unpin, pin: mr}\n", "mr}", "expected a pin taken"),
         (
             GOOD + "  - {op: exit, proc: P}\n  - {op: read, proc: P, at: buf, size: 1}\n",
@@ -127,7 +131,7 @@ def test_cli_bad_file_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_unknown_kernel_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(EXAMPLES[0]), "--kernel", "v9.9"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown kernel id 'v9.9'" in err
+    assert err.count("\n") == 1 and "unknown kernel 'v9.9'" in err
 
 
 def test_segfault_is_an_outcome_not_an_error(tmp_path: Path) -> None:

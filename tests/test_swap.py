@@ -28,6 +28,7 @@ from cowlab.mm.pgtable import (
     pte_to_swp_offset,
 )
 from cowlab.policy import POLICIES
+from tests.releases import since
 
 PAGE = 4096
 ALL = list(POLICIES)
@@ -270,7 +271,7 @@ def test_pinned_page_under_reclaim(kernel_id: str) -> None:
     p.write(addr, b"x")
     pin = p.get_user_pages(addr, PAGE)
     p.swapout(addr, PAGE)
-    skips = kernel_id in ("v5.18", "v5.19", "v6.15", "v6.18")  # 5.11, feb889fb40fa
+    skips = since(kernel_id, "5.11")  # feb889fb40fa
     assert (p.translate(addr) == pin.pages[0]) == skips
     assert bool(k.frames.flags[pin.pages[0]] & PG_swapcache) == (not skips)
     p.write(addr, b"y")
@@ -307,7 +308,7 @@ def test_split_for_swapout_maps_unused_subpages_to_the_zero_page(kernel_id: str)
     """6.12 (b1f202060afe): the split maps the 511 zero-filled subpages to the shared zero page
     and frees them; only the written one is swapped. Before, all 512 are swapped."""
     k, p, addr = written_thp(kernel_id, b"x")
-    zeroes = kernel_id in ("v6.15", "v6.18")  # 6.12
+    zeroes = since(kernel_id, "6.12")  # b1f202060afe
     assert p.swapout(addr, 2 << 20) == (1 if zeroes else 512)
     assert p.mm.swapents == (1 if zeroes else 512) and k.frames.nr_allocated == 0
     assert (p.translate(addr + PAGE) == 0) == zeroes  # pfn 0: the zero page

@@ -84,30 +84,33 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 def test_run_on_a_kernel_the_file_does_not_list(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    # examples/seed_quickstart.yaml lists v4.5 and v4.5+6d0a07e; its last write expects
-    # fault copy/reuse keyed by those two only, and mapped: pmd for every kernel
+    # examples/seed_quickstart.yaml lists v4.5 and v4.5+6d0a07e; asked for 6.6 it runs there,
+    # its expectations keyed from 4.6 and 5.9 on speak for 6.6 (fault none, pin_coherence)
     code, out, _ = _cli(
-        ["run", "examples/seed_quickstart.yaml", "--kernel", "v6.18", "--json"], capsys
+        ["run", "examples/seed_quickstart.yaml", "--kernel", "6.6", "--json"], capsys
     )
     doc = json.loads(out)
     (run,) = doc["runs"]
-    assert run["kernel"] == "v6.18" and not run["listed"]
-    assert run["not_applicable"] == 2  # fault and holds, keyed by the two 4.5 kernels
+    assert (run["kernel"], run["release"], run["policy"]) == ("6.6", "6.6", "v6.6")
+    assert not run["listed"] and run["not_applicable"] == 0
     judged = [e["what"] for s in run["steps"] for e in s["expectations"] if not e["implicit"]]
-    assert judged == ["mapped"]
+    assert judged == ["mapped", "fault", "holds"]
     assert doc["passed"] and code == 0
 
 
 def test_run_reports_the_unlisted_kernel(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _cli(["run", "examples/seed_quickstart.yaml", "--kernel", "v5.9"], capsys)
     assert code == 0 and "v5.9 is not in the scenario's kernels" in out
-    assert "2 expectations keyed by other kernels not applicable" in out
+    # same_page is keyed null from 5.9 on: no expectation there
+    code, out, _ = _cli(["run", "examples/ksm/merge_then_write.yaml", "--kernel", "6.1"], capsys)
+    assert code == 0 and "on 6.1 (policy v6.1)" in out
+    assert "1 expectations keyed by other kernels not applicable" in out
 
 
 def test_unknown_kernel_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(["run", "examples/seed_quickstart.yaml", "--kernel", "v9.9"], capsys)
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and "unknown kernel id 'v9.9'" in err
+    assert err.count("\n") == 1 and "unknown kernel 'v9.9'" in err and "4.5 to 6.18" in err
 
 
 @pytest.mark.parametrize("command", ["explain", "show"])

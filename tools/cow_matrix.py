@@ -19,6 +19,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from cowlab.policy import POLICIES  # noqa: E402
+from cowlab.policy.timeline import pick_key  # noqa: E402
 
 OUT = ROOT / "examples" / "cow"
 DOC = ROOT / "docs" / "kernels.md"
@@ -423,17 +425,32 @@ def expected(case: str, backing: str, kernel: str) -> str:
     return derivation().cell(case, backing, kernel).verdict
 
 
+def per_release(values: dict[str, Any]) -> dict[str, Any]:
+    """A per-kernel map with a key only where the value differs from what the keys before it
+    say for that kernel (a scenario's value holds from its key's release on; null: none)."""
+    keys: dict[str, Any] = {}
+    for kernel in KERNELS:
+        key = pick_key(keys, kernel)
+        if (None if key is None else keys[key]) != values[kernel]:
+            keys[kernel] = values[kernel]
+    return keys
+
+
+def verdict_expectations(verdicts: dict[str, str]) -> dict[str, Any]:
+    """P: no_leak holds, F: it breaks, on each kernel (S: neither)."""
+    expect = {}
+    for verdict, what in (("P", "holds"), ("F", "breaks")):
+        wanted = {k: ["no_leak"] if v == verdict else None for k, v in verdicts.items()}
+        if any(wanted.values()):
+            expect[what] = per_release(wanted)
+    return expect
+
+
 def scenario(case: str, backing: str) -> dict:
     title, size, setup = BACKINGS[backing]
     steps = [dict(s) for s in setup] + _case_steps(case, size)
-    holds = {k: ["no_leak"] for k in KERNELS if expected(case, backing, k) == "P"}
-    breaks = {k: ["no_leak"] for k in KERNELS if expected(case, backing, k) == "F"}
-    expect = {}
-    if holds:
-        expect["holds"] = holds
-    if breaks:
-        expect["breaks"] = breaks
-    steps[-1]["expect"] = expect
+    verdicts = {k: expected(case, backing, k) for k in KERNELS}
+    steps[-1]["expect"] = verdict_expectations(verdicts)
     return {
         "name": f"cow.c {CASE_TITLES[case]} {title}",
         "description": (
@@ -455,15 +472,10 @@ def collapse_scenario(case: str) -> dict:
     steps = _collapse_steps(case)
     cells = {k: derivation().collapse[(case, k)].verdict for k in KERNELS}
     collapse = next(s for s in steps if s.get("advice") == "collapse")
-    skips = {k: v.split()[1] for k, v in cells.items() if v.startswith("S")}
-    if skips:
-        collapse["expect"] = {"outcome": skips}
-    expect = {}
-    for verdict, key in (("P", "holds"), ("F", "breaks")):
-        chosen = {k: ["no_leak"] for k, v in cells.items() if v == verdict}
-        if chosen:
-            expect[key] = chosen
-    steps[-1]["expect"] = expect
+    if any(v.startswith("S") for v in cells.values()):
+        outcome = {k: v.split()[1] if v.startswith("S") else "ok" for k, v in cells.items()}
+        collapse["expect"] = {"outcome": per_release(outcome)}
+    steps[-1]["expect"] = verdict_expectations(cells)
     return {
         "name": f"cow.c {COLLAPSE_TITLES[case]}",
         "description": (

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from cowlab.explain import diff, explain
 from cowlab.live.cli import add_live_command
-from cowlab.policy import POLICIES
+from cowlab.policy import ReleaseError, resolve
+from cowlab.policy.listing import render_timeline, timeline_rows
 from cowlab.scenario import Scenario, ScenarioError, budget, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
 from cowlab.scenario.runner import run_scenario
@@ -31,25 +32,21 @@ class Parser(argparse.ArgumentParser):
 
 
 def kernel_ids(requested: list[str] | None) -> list[str] | None:
-    for kernel_id in requested or []:
-        if kernel_id not in POLICIES:
-            known = ", ".join(POLICIES)
-            raise UsageError(f"cowlab: unknown kernel id {kernel_id!r} (known: {known})")
+    """--kernel values: releases (6.6, v5.10, 5.4.286), policy ids or review versions."""
+    for kernel in requested or []:
+        try:
+            resolve(kernel)
+        except ReleaseError as e:
+            raise UsageError(f"cowlab: {e}") from None
     return requested
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
-    rows = [
-        {"id": p.id, "release": p.release, "commits": list(p.commits), "reuse_rule": p.summary}
-        for p in POLICIES.values()
-    ]
+    rows = timeline_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    for row in rows:
-        print(f"{row['id']:<20} {row['release']}")
-        print(f"{'':<20} commits: {', '.join(row['commits'])}")
-        print(f"{'':<20} {row['reuse_rule']}")
+    print(render_timeline(rows))
     return 0
 
 
@@ -122,7 +119,9 @@ def build_parser() -> Parser:
         description="A page-accurate model of Linux anonymous memory: COW, THP and page pinning.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    kernels = sub.add_parser("kernels", help="list the modelled kernels and their reuse rules")
+    kernels = sub.add_parser(
+        "kernels", help="the timeline: each release 4.5-6.18, its policy and the rule changes"
+    )
     kernels.add_argument("--json", action="store_true")
     kernels.set_defaults(func=cmd_kernels)
     run = sub.add_parser("run", help="run scenario files on the kernels they name")
@@ -130,7 +129,8 @@ def build_parser() -> Parser:
     run.add_argument(
         "--kernel",
         action="append",
-        help="run on this kernel instead of the file's list, listed there or not (repeatable)",
+        help="run on this kernel instead of the file's list: a release 4.5-6.18 (6.6 means "
+        "6.6.0; 5.4.286 a stable release), a policy id (v5.19) or a review version (repeatable)",
     )
     run.add_argument("--json", action="store_true", help="a JSON document instead of tables")
     run.add_argument("--width", type=int, default=160, help="table width in columns (160)")

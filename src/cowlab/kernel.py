@@ -62,7 +62,7 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.mm.swapfile import SwapInfo
 from cowlab.mm.trace import Event, Reads
-from cowlab.policy import get_policy
+from cowlab.policy import resolve
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -140,7 +140,8 @@ def parse_prot(prot: str | int) -> int:
 
 
 class Kernel:
-    """A modelled Linux kernel: pick a generation by id, drive it through processes."""
+    """A modelled Linux kernel: a release (6.6, 5.4.286) or policy id resolves to the policy
+    in force there; drive it through processes."""
 
     def __init__(
         self,
@@ -150,7 +151,8 @@ class Kernel:
         tracing: bool = False,
     ) -> None:
         self.kernel_id = kernel_id
-        self.policy = get_policy(kernel_id)
+        self.resolved = resolve(kernel_id)
+        self.policy = self.resolved.policy()
         self.config = config or Config()
         self.selfcheck = selfcheck
         self.tracing = tracing

@@ -33,11 +33,12 @@ def cowlab(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-def test_match_kernel_uses_major_minor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(live_cli, "POLICIES", {"v4.5": 0, "v4.5+6d0a07e": 0, "v6.18": 0})
+def test_match_kernel_resolves_the_release() -> None:
     assert match_kernel("6.18.44-fc-v669") == "v6.18"
     assert match_kernel("4.5.0") == "v4.5"
-    assert match_kernel("6.1.0") is None and match_kernel("6.180.1") is None
+    assert match_kernel("4.5.5-custom") == "v4.5+6d0a07e"
+    assert match_kernel("6.1.0") == "v6.1" and match_kernel("5.10.200") == "v5.9"
+    assert match_kernel("6.180.1") is None and match_kernel("4.4.0") is None
     assert match_kernel("weird") is None
 
 
@@ -57,7 +58,7 @@ def test_refuses_without_the_interfaces(
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--kernel", "v9.9", "examples/seed_quickstart.yaml"], "unknown kernel id"),
+        (["--kernel", "v9.9", "examples/seed_quickstart.yaml"], "unknown kernel 'v9.9'"),
         ([], "give scenario FILEs or --random N"),
         (["--random", "2", "--ops", "fork,teleport"], "teleport"),
         (["missing.yaml"], "missing.yaml"),

@@ -206,7 +206,8 @@ def test_a_disagreement_names_the_models_decision(
     2), the patch gives the child its own, and the report carries the model's decision."""
     import numpy as np
 
-    from cowlab.policy import POLICIES
+    from cowlab.policy import POLICIES, Release, Resolved
+    from cowlab.policy.timeline import PATCHED
 
     class CopyAll(POLICIES["v6.18"]):  # type: ignore[misc,valid-type]
         id = "v6.18+fork-copies-all"
@@ -214,7 +215,7 @@ def test_a_disagreement_names_the_models_decision(
         def fork_must_copy(self, k: object, src: object, vma: object, pfns: object) -> object:
             return np.ones(len(pfns), dtype=bool)  # type: ignore[arg-type]
 
-    monkeypatch.setitem(POLICIES, CopyAll.id, CopyAll)
+    monkeypatch.setitem(PATCHED, CopyAll.id, Resolved(CopyAll.id, Release(6, 18), CopyAll))
     result = run_case(parse_scenario(SHARED_AFTER_FORK), Options(CopyAll.id), machine, None)
     assert result.status == "disagree" and result.step is not None and result.step.index == 4
     (decision,) = result.model_decisions

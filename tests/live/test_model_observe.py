@@ -7,7 +7,8 @@ import pytest
 from cowlab.live.compare import Regions, render_runs
 from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
 from cowlab.live.randomprog import generate, minimise, to_scenario
-from cowlab.policy import POLICIES
+from cowlab.policy import POLICIES, Release, Resolved
+from cowlab.policy.timeline import PATCHED
 from cowlab.scenario import parse_scenario
 from cowlab.scenario.runner import Runner
 
@@ -89,7 +90,7 @@ def test_anon_exclusive_follows_the_policy_not_the_id(monkeypatch: pytest.Monkey
         id = "v9.9+no-anon-exclusive"
         anon_exclusive = False
 
-    monkeypatch.setitem(POLICIES, NoFlag.id, NoFlag)
+    monkeypatch.setitem(PATCHED, NoFlag.id, Resolved(NoFlag.id, Release(6, 18), NoFlag))
     assert not models_anon_exclusive(NoFlag.id)  # a "v9.9" without the flag: not shown
     runner, regions = _run(THP, NoFlag.id)
     spec = [

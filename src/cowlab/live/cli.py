@@ -19,9 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cowlab.policy import POLICIES
+from cowlab.policy import ReleaseError, resolve
 
-VERSION_ID = re.compile(r"^v(\d+)\.(\d+)(?!\d)")
 DEFAULT_OUT = "live-disagreements"
 
 
@@ -30,18 +29,14 @@ class LiveUsageError(Exception):
 
 
 def match_kernel(release: str) -> str | None:
-    """The model kernel id for a uname release: 6.18.44-... -> v6.18 (exact id preferred)."""
-    m = re.match(r"^(\d+)\.(\d+)", release)
+    """The policy answering for a uname release: 6.18.44-... -> v6.18; None outside 4.5-6.18."""
+    m = re.match(r"^(\d+\.\d+(?:\.\d+)?)", release)
     if not m:
         return None
-    want = (int(m.group(1)), int(m.group(2)))
-    matches = [
-        k
-        for k in POLICIES
-        if (v := VERSION_ID.match(k)) and (int(v.group(1)), int(v.group(2))) == want
-    ]
-    exact = f"v{want[0]}.{want[1]}"
-    return exact if exact in matches else (min(matches, key=len) if matches else None)
+    try:
+        return resolve(m.group(1)).policy_id
+    except ReleaseError:
+        return None
 
 
 def add_live_command(sub: Any) -> None:
@@ -108,15 +103,17 @@ def _preflight() -> None:
 
 def _kernel(requested: str | None) -> str:
     if requested is not None:
-        if requested not in POLICIES:
-            raise LiveUsageError(f"unknown kernel id {requested!r} (known: {', '.join(POLICIES)})")
+        try:
+            resolve(requested)
+        except ReleaseError as e:
+            raise LiveUsageError(str(e)) from None
         return requested
     release = platform.release()
     found = match_kernel(release)
     if found is None:
         raise LiveUsageError(
-            f"no model kernel matches this machine's {release} (known: {', '.join(POLICIES)}); "
-            "pass --kernel ID to compare with one anyway"
+            f"no model kernel matches this machine's {release} (cowlab models 4.5 to 6.18); "
+            "pass --kernel RELEASE to compare with one anyway"
         )
     return found
 

@@ -37,13 +37,13 @@ from cowlab.mm.pgtable import (
     is_swap_pte,
     pte_to_swp_offset,
 )
-from cowlab.policy import POLICIES
+from cowlab.policy import resolve
 
 
 def models_anon_exclusive(kernel_id: str) -> bool:
     """Whether a kernel generation keeps PG_anon_exclusive, so the model can show it: the
     policy's answer (cowlab.policy), never a version test here."""
-    return POLICIES[kernel_id].anon_exclusive
+    return resolve(kernel_id).policy.anon_exclusive
 
 
 def mapcounts(k: Kernel) -> tuple[dict[int, int], dict[int, int]]:

@@ -10,6 +10,7 @@ from cowlab.mm.huge_memory import change_huge_pmd, split_huge_pmd
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import calc_vm_prot_bits, check_range, vma_modify_flags
 from cowlab.mm.pgtable import (
+    PTE_DIRTY,
     PTE_PROTNONE,
     PTE_SOFT_DIRTY,
     PTE_SPECIAL,
@@ -71,7 +72,7 @@ def change_protection(k: Kernel, vma: VmArea, start: int, end: int) -> None:
         if isinstance(entry, HugePmd):
             if hi - lo == HPAGE_PMD_SIZE:
                 pmd_direct = direct and k.policy.mprotect_writable(
-                    k, vma, entry.pfn, entry.soft_dirty
+                    k, vma, entry.pfn, entry.soft_dirty, entry.dirty, True
                 )
                 change_huge_pmd(entry, writable or (pmd_direct and not entry.huge_zero), False)
                 continue
@@ -99,5 +100,6 @@ def map_exclusive_writable(k: Kernel, vma: VmArea, table: PteTable, sl: slice) -
         bits = int(table.bits[i])
         if table.pfn[i] < 0 or bits & PTE_SPECIAL:
             continue
-        if k.policy.mprotect_writable(k, vma, int(table.pfn[i]), bool(bits & PTE_SOFT_DIRTY)):
+        soft_dirty, dirty = bool(bits & PTE_SOFT_DIRTY), bool(bits & PTE_DIRTY)
+        if k.policy.mprotect_writable(k, vma, int(table.pfn[i]), soft_dirty, dirty, False):
             table.bits[i] = bits | PTE_WRITE

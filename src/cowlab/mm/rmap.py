@@ -11,6 +11,7 @@ import numpy.typing as npt
 from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
+    HPAGE_PMD_SIZE,
     PG_anon_exclusive,
     PG_dirty,
     PG_double_map,
@@ -319,13 +320,16 @@ def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:
     """page_move_anon_rmap(): make vma's own anon_vma the page's.
 
     4.5's VM_BUG_ON compares the passed page's index with the faulting address; passing a THP
-    head with a tail's address trips it under CONFIG_DEBUG_VM. 4.7 removed the check and the
-    address (5a49973d7143); whether a kernel has it is the policy's.
+    head with a tail's address trips it under CONFIG_DEBUG_VM. 4.6 (0798d3c022dc) rounds the
+    address to the PMD for a THP head first; 4.7 removed the check and the address
+    (5a49973d7143); which a kernel has is the policy's move_anon_rmap_check.
     """
     f = k.frames
     assert vma.anon_vma is not None
-    checks = k.config.debug_vm and k.policy.move_anon_rmap_checks_index
-    if checks and int(f.index[pfn]) != vma.linear_page_index(addr):
+    check = k.policy.move_anon_rmap_check if k.config.debug_vm else ""
+    if check == "pmd_rounded" and f.flags[pfn] & PG_head:
+        addr &= ~(HPAGE_PMD_SIZE - 1)
+    if check and int(f.index[pfn]) != vma.linear_page_index(addr):
         raise KernelBug(
             f"VM_BUG_ON_PAGE(page->index != linear_page_index) in page_move_anon_rmap: "
             f"pfn {pfn:#x} index {int(f.index[pfn])} vs {vma.linear_page_index(addr)}"

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from cowlab.mm.constants import VM_SOFTDIRTY
 from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, SwapinDecision, WpDecision
 from cowlab.mm.mm import PageSwapCache, page_count, page_mapcount
+from cowlab.policy.history import Landed
 
 __all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "SwapinDecision", "WpDecision"]
 
@@ -26,12 +27,19 @@ if TYPE_CHECKING:
 
 
 class Policy(ABC):
-    """One kernel generation: identity, provenance, counters kept, and the COW decisions."""
+    """The decisions of a kernel, with the values of Linux 4.5 before its own rules.
 
-    id: ClassVar[str]
-    release: ClassVar[str]
-    commits: ClassVar[tuple[str, ...]]  # the commits whose rules this kernel follows
-    summary: ClassVar[str]
+    A rule change (policy/vX_Y.py) is a subclass holding what it changed, recorded by `landed`;
+    the policy of a release (policy/timeline.py) is a class made of every change that had landed
+    by then, newest first in its MRO, so `super()` in a change reaches the rule it replaced.
+    """
+
+    id: ClassVar[str] = ""  # the policy's name: v + the release of its newest change
+    release: ClassVar[str] = ""  # the releases it answers for
+    commits: ClassVar[tuple[str, ...]] = ()  # the commits whose rules it follows
+    summary: ClassVar[str] = ""
+    landed: ClassVar[Landed | None] = None  # set on a change class by history.landed
+    changes: ClassVar[tuple[type[Policy], ...]] = ()  # a composed policy's changes, oldest first
 
     double_map: ClassVar[bool] = True  # PG_double_map offsets (4.5 .. 6.1)
     folio_counters: ClassVar[bool] = False  # _large_mapcount, _nr_pages_mapped, MM ids (6.x)
@@ -47,9 +55,10 @@ class Policy(ABC):
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
     mremap_looks_up_vma: ClassVar[bool] = False  # 5.16: EFAULT if no VMA at the old address
     soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
-    # page_move_anon_rmap's VM_BUG_ON on page->index (4.5, 4.6); 4.7 dropped the check with the
-    # address argument (5a49973d7143, "mm: thp: refix false positive BUG in page_move_anon_rmap")
-    move_anon_rmap_checks_index: ClassVar[bool] = False
+    # page_move_anon_rmap's VM_BUG_ON on page->index: "index" compares the passed page's index
+    # with the faulting address (4.5), "pmd_rounded" first rounds the address to the PMD for a
+    # THP head (4.6, 0798d3c022dc), "" none (4.7, 5a49973d7143)
+    move_anon_rmap_check: ClassVar[str] = "index"
     # swap (docs/sources-swap.md): MADV_PAGEOUT exists (5.4, 1a4e58cce84e); before, a swap-out
     # is the reclaim path taking the range's pages, shared ones included
     madv_pageout: ClassVar[bool] = False
@@ -168,6 +177,8 @@ class Policy(ABC):
         along instead of requiring one VMA (6.17)?"""
         return False
 
-    def mprotect_writable(self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool) -> bool:
+    def mprotect_writable(
+        self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool, dirty: bool, pmd: bool
+    ) -> bool:
         """change_pte_range()/change_huge_pmd(): map this private page writable directly?"""
         return False

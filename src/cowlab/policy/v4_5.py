@@ -4,33 +4,29 @@ reused only when nothing but its own mapping holds a reference."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.swapfile import reuse_swap_page
 from cowlab.policy.base import Policy, ReuseCount, SwapinDecision, WpDecision
+from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import VmArea
 
 
-class V4_5(Policy):
-    id = "v4.5"
-    release = "4.5 (2016-03-13)"
-    commits: ClassVar[tuple[str, ...]] = (
-        "1f25fe20a76a",
-        "53f9263baba6",
-        "ddc58f27f9ee",
-        "61f5d698cc97",
-    )
-    summary = (
-        "PTE: reuse iff page_mapcount == 1, never for a THP subpage; "
-        "PMD: reuse iff page_mapcount(head) == 1 and page_count(head) == 1"
-    )
-    move_anon_rmap_checks_index = True
-
+@landed(
+    "4.5",
+    ("1f25fe20a76a", "53f9263baba6", "ddc58f27f9ee", "61f5d698cc97"),
+    "Linux 4.5: the THP refcounting rework",
+    "PTE: reuse iff page_mapcount == 1, never for a THP subpage; PMD: reuse iff "
+    "page_mapcount(head) == 1 and page_count(head) == 1",
+    "4.5.0 mm/memory.c do_wp_page, mm/swapfile.c reuse_swap_page, mm/huge_memory.c "
+    "do_huge_pmd_wp_page (docs/verification-4.5.md)",
+)
+class Linux4_5(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): reuse_swap_page() decides; a reused page may move to vma's anon_vma."""
         d = reuse_swap_page(k, pfn, self.reuse_mapcount)

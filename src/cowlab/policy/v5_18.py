@@ -1,48 +1,52 @@
-"""Linux 5.18: "COW fixes part 1" — the PMD is reused only when page_count is 1 too
-(3bff7e3f1f16), reuse_swap_page() and page_trans_huge_mapcount() are removed (03104c2c5db8,
-55c62fa7c533); soft-dirty clearing skips pinned PTEs (5.11, 9348b73c2e1b). A write fault first
-drops a swap-cache copy nobody else needs (53a05ad9f21d); do_swap_page decides by page_count after
-dropping the swap entry (c145e0b47c77); reclaim never swaps a pinned page (5.11, feb889fb40fa)."""
+"""Linux 5.18, "COW fixes part 1": the PMD and PTE paths decide by page_count after dropping a
+swap-cache copy nobody needs; reuse_swap_page() and page_trans_huge_mapcount() are gone;
+do_swap_page drops the swap entry before it decides; khugepaged stops asking reuse_swap_page."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from cowlab.mm.mm import PageKsm, PageSwapCache, page_count
 from cowlab.mm.swapfile import try_to_free_swap
-from cowlab.policy.base import Reads, SwapinDecision, WpDecision
-from cowlab.policy.v5_9 import V5_9
+from cowlab.policy.base import Policy, Reads, SwapinDecision, WpDecision
+from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import VmArea
 
 
-class V5_18(V5_9):
-    id = "v5.18"
-    release = "5.18 (2022-05-22)"
-    commits: ClassVar[tuple[str, ...]] = (
-        "3bff7e3f1f16",
-        "53a05ad9f21d",
-        "d4c470970d45",
-        "c145e0b47c77",
-        "03104c2c5db8",
-        "55c62fa7c533",
-        "550a7d60bd5e",
-    )
-    summary = "PTE and PMD: reuse iff page_count == 1 (PMD otherwise split); no anon_vma move"
-    clear_refs_skips_pinned = True
-    # 5.16, 550a7d60bd5e ("mm, hugepages: add mremap() support for hugepage backed vma"):
-    # sys_mremap looks the VMA up at the old address before everything, the shrink included
-    mremap_looks_up_vma = True
-    reclaim_skips_pinned = True
-    collapse_checks_swapcache = False  # 363106c4cefe
-    swapin_frees_swap_first = True
-
+@landed(
+    "5.18",
+    ("3bff7e3f1f16", "53a05ad9f21d", "d4c470970d45", "03104c2c5db8", "55c62fa7c533"),
+    "mm/huge_memory: streamline COW logic in do_huge_pmd_wp_page(); mm: optimize do_wp_page() "
+    "for exclusive pages in the swapcache; mm/swapfile: remove stale reuse_swap_page()",
+    "PTE and PMD: a swap-cache page no one else needs leaves the swap cache, then reuse iff "
+    "!PageKsm and page_count == 1 (a PMD otherwise split); no anon_vma move",
+    "5.17-rc5 -> 5.18.12 mm/memory.c do_wp_page, mm/huge_memory.c do_huge_pmd_wp_page (bracketed)",
+)
+class CowFixesPart1(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): no anon_vma move; see only_reference()."""
         reuse, read, rule = only_reference(k, pfn)
         return WpDecision(reuse, False, False, read, rule)
+
+    def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
+        count = page_count(k.frames, head)
+        read = (("page_count(head)", count),)
+        return WpDecision(count == 1, False, False, read, "page_count(head) == 1")
+
+
+@landed(
+    "5.18",
+    ("c145e0b47c77",),
+    "mm: streamline COW logic in do_swap_page()",
+    "do_swap_page drops the swap entry (and maybe the swap-cache copy) first, then maps a write "
+    "fault writable iff !PageKsm and page_count == 1",
+    "5.17-rc5 -> 5.18.12 mm/memory.c do_swap_page, should_try_to_free_swap (bracketed)",
+)
+class DoSwapPageByRefcount(Policy):
+    swapin_frees_swap_first = True
 
     def swapin_decision(
         self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool
@@ -54,10 +58,16 @@ class V5_18(V5_9):
         read = (("PageKsm", int(ksm)), ("page_count", count))
         return SwapinDecision(reuse, reuse, read, "write fault && !PageKsm && page_count == 1")
 
-    def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
-        count = page_count(k.frames, head)
-        read = (("page_count(head)", count),)
-        return WpDecision(count == 1, False, False, read, "page_count(head) == 1")
+
+@landed(
+    "5.18",
+    ("363106c4cefe",),
+    "mm/khugepaged: remove reuse_swap_page() usage",
+    "khugepaged's isolate step no longer refuses a swap-cache page reuse_swap_page would copy",
+    "5.17-rc5 -> 5.18.12 mm/khugepaged.c __collapse_huge_page_isolate",
+)
+class CollapseIgnoresSwapcache(Policy):
+    collapse_checks_swapcache = False
 
 
 def only_reference(k: Kernel, pfn: int) -> tuple[bool, Reads, str]:

@@ -1,40 +1,34 @@
-"""Linux 5.19: PG_anon_exclusive (6c287605fd56, "COW fixes part 2: reliable GUP pins of anonymous
-pages"). An exclusive page is reused whatever its references; otherwise page_count == 1 makes it
-exclusive (and moves the anon_vma). fork refuses to share an exclusive page that may be pinned
-and copies it for the child; a read-only FOLL_PIN of a shared anonymous page unshares it first
-(FAULT_FLAG_UNSHARE)."""
+"""Linux 5.19, "COW fixes part 2: reliable GUP pins of anonymous pages": PG_anon_exclusive."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import VM_WRITE, PG_anon_exclusive
 from cowlab.mm.mm import PageAnonExclusive, PageKsm, page_count, page_maybe_dma_pinned
-from cowlab.policy.base import Reads, SwapinDecision, WpDecision
-from cowlab.policy.v5_18 import V5_18, only_reference
+from cowlab.policy.base import Policy, Reads, SwapinDecision, WpDecision
+from cowlab.policy.history import landed
+from cowlab.policy.v5_18 import only_reference
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
 
 
-class V5_19(V5_18):
-    id = "v5.19"
-    release = "5.19 (2022-07-31) .. 6.14"
-    commits: ClassVar[tuple[str, ...]] = (
-        "6c287605fd56",
-        "fb3d824d1a46",
-        "6c54dc6c7437",
-        "a7f226604170",
-        "b51ad4f8679e",
-    )
-    summary = (
-        "PTE/PMD: reuse iff PageAnonExclusive, else page_count == 1 (then exclusive, anon_vma "
-        "moved); fork copies exclusive maybe-pinned pages; R/O pins unshare"
-    )
+@landed(
+    "5.19",
+    ("6c287605fd56", "fb3d824d1a46", "6c54dc6c7437", "a7f226604170", "b51ad4f8679e"),
+    "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive (COW fixes part 2)",
+    "an exclusive page is reused whatever its references, else page_count == 1 makes it "
+    "exclusive; fork, swap-out and KSM refuse an exclusive page that may be pinned; a R/O "
+    "FOLL_PIN of a shared page unshares it",
+    "5.18.12 -> 5.19.0 mm/memory.c do_wp_page, do_swap_page, include/linux/rmap.h "
+    "page_try_dup_anon_rmap, include/linux/mm.h gup_must_unshare",
+)
+class AnonExclusive(Policy):
     anon_exclusive = True
     gup_unshares_ro_pins = True
 
@@ -50,7 +44,7 @@ class V5_19(V5_18):
         self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool
     ) -> SwapinDecision:
         """1493a1913e34: the swap PTE's exclusive bit, else page_count == 1, makes the page
-        exclusive; it is mapped writable on a write fault (from 6.10/6.12 on any fault, unless
+        exclusive; it is mapped writable on a write fault (from 6.11 on any fault, unless
         soft-dirty tracking wants the write)."""
         f = k.frames
         ksm, count = PageKsm(f, pfn), page_count(f, pfn)

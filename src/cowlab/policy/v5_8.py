@@ -1,42 +1,56 @@
-"""Linux 5.8: a shared PMD-mapped THP is no longer copied whole — the PMD is split and only the
-faulting 4 KiB is copied (3917c80280c9, "thp: change CoW semantics for anon-THP"); every GUP on
-a COW mapping, read pins included, breaks COW first (17839856fd58, "gup: document and work around
-'COW can break either way' issue"); FOLL_PIN pins are counted (5.7: GUP_PIN_COUNTING_BIAS)."""
+"""Linux 5.8: a shared PMD-mapped THP is split and 4 KiB copied instead of copied whole; every
+GUP on a COW mapping breaks COW first; khugepaged collapses shared and PTE-mapped THP pages."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from cowlab.mm.constants import HPAGE_PMD_NR
 from cowlab.mm.huge_memory import total_mapcount
-from cowlab.mm.mm import (
-    PageSwapCache,
-    compound_head,
-    folio_nr_pages,
-    page_count,
-)
-from cowlab.policy.v4_14 import V4_14
+from cowlab.mm.mm import PageSwapCache, compound_head, folio_nr_pages, page_count
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 
-class V5_8(V4_14):
-    id = "v5.8"
-    release = "5.8 (2020-08-02)"
-    commits: ClassVar[tuple[str, ...]] = ("3917c80280c9", "17839856fd58", "47e29d32afba")
-    summary = (
-        "PTE/PMD reuse iff page_trans_huge_mapcount == 1; a PMD not reused is split and 4 KiB "
-        "copied; GUP breaks COW for reads too"
-    )
-    foll_pin = True
+@landed(
+    "5.8",
+    ("3917c80280c9",),
+    "thp: change CoW semantics for anon-THP",
+    "a PMD-mapped THP that is not reused is split and only the faulting 4 KiB copied; a write "
+    "to the huge zero page splits it",
+    "5.7.14 -> 5.8.1 mm/huge_memory.c do_huge_pmd_wp_page",
+)
+class ThpCowSplits(Policy):
     pmd_cow_splits = True
     huge_zero_wp_allocates = False
+
+
+@landed(
+    "5.8",
+    ("17839856fd58",),
+    "gup: document and work around 'COW can break either way' issue",
+    "every GUP on a COW mapping, read pins included, faults as a write first (FOLL_WRITE forced)",
+    "5.6.4 -> 5.8.1 mm/gup.c __get_user_pages, mm/huge_memory.c (bracketed; 5.7.14 carries the "
+    "stable backport)",
+)
+class GupBreaksCowOnRead(Policy):
     gup_breaks_cow_on_read = True
-    madv_pageout = True  # 5.4
+
+
+@landed(
+    "5.8",
+    ("5503fbf2b0b8", "71a2c112a0f6", "9445689f3b61", "ffe945e633b5"),
+    "khugepaged: allow to collapse PTE-mapped compound pages; introduce max_ptes_shared",
+    "khugepaged copies PTE-mapped THP subpages, allows max_ptes_shared shared pages, wants "
+    "references = mappings (+ swap cache), and 256 young pages only when it swaps in",
+    "5.7.14 -> 5.8.1 mm/khugepaged.c khugepaged_scan_pmd, __collapse_huge_page_isolate",
+)
+class CollapseSharedPages(Policy):
     collapse_pte_mapped_thp = True
     collapse_counts_shared = True
-    reuses_ksm_page = True  # 5.1, 52d1e606ee73
 
     def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
         """ffe945e633b5: one young page, and 256 only when there is something to swap in."""

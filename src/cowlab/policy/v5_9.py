@@ -1,42 +1,33 @@
-"""Linux 5.9 (to 5.17): a PTE is reused only when page_count is 1 (09854ba94c6a, "mm: do_wp_page()
-simplification"), with no anon_vma move; the forced read COW of 5.8 is gone (a308c71bf1e6); fork
-copies pages that may be DMA-pinned for the child and splits pinned PMDs (70e806e4e645,
-d042035eaf5f, 008cfe4418b3). The PMD rule stays mapcount-based until 5.18."""
+"""Linux 5.9: a PTE is reused only when page_count is 1, without anon_vma move; the forced read
+COW of 5.8 and KSM page reuse are gone; fork copies pages that may be DMA-pinned."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.mm import PageKsm, page_count, page_mapcount, page_maybe_dma_pinned
 from cowlab.mm.mm_types import is_cow_mapping
-from cowlab.policy.base import WpDecision
-from cowlab.policy.v5_8 import V5_8
+from cowlab.policy.base import Policy, WpDecision
+from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
 
 
-class V5_9(V5_8):
-    id = "v5.9"
-    release = "5.9 (2020-10-11) .. 5.17"
-    commits: ClassVar[tuple[str, ...]] = (
-        "09854ba94c6a",
-        "a308c71bf1e6",
-        "1a0cf26323c8",
-        "70e806e4e645",
-        "d042035eaf5f",
-        "008cfe4418b3",
-    )
-    summary = (
-        "PTE: reuse iff page_count == 1 and page_mapcount == 1 (no anon_vma move); PMD: "
-        "page_trans_huge_mapcount == 1, else split; fork copies maybe-pinned pages for the child"
-    )
-    gup_breaks_cow_on_read = False
-    reuses_ksm_page = False  # 1a0cf26323c8 removed reuse_ksm_page()
+@landed(
+    "5.9",
+    ("09854ba94c6a", "1a0cf26323c8"),
+    "mm: do_wp_page() simplification; mm/ksm: Remove reuse_ksm_page()",
+    "PTE: reuse iff !PageKsm, page_count == 1 and page_mapcount == 1, no anon_vma move; a KSM "
+    "page is always copied",
+    "5.8.1 -> 5.9.1 mm/memory.c do_wp_page, mm/ksm.c",
+)
+class DoWpPageSimplification(Policy):
+    reuses_ksm_page = False
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """09854ba94c6a: any reference besides this mapping (a pin, another PTE) means copy."""
@@ -47,6 +38,27 @@ class V5_9(V5_8):
         rule = "!PageKsm && page_count == 1 && page_mapcount == 1"
         return WpDecision(reuse, False, False, read, rule)
 
+
+@landed(
+    "5.9",
+    ("a308c71bf1e6",),
+    "mm/gup: Remove enfornced COW mechanism",
+    "GUP no longer breaks COW on a read",
+    "5.8.1 -> 5.9.1 mm/gup.c",
+)
+class GupNoForcedCow(Policy):
+    gup_breaks_cow_on_read = False
+
+
+@landed(
+    "5.9",
+    ("70e806e4e645", "d042035eaf5f", "008cfe4418b3"),
+    "mm: Do early cow for pinned pages during fork() for ptes / huge pmd",
+    "fork gives the child its own copy of a page that may be DMA-pinned (mm has pinned), and "
+    "splits such a PMD",
+    "5.8.1 -> 5.9.1 mm/memory.c copy_present_page, mm/huge_memory.c copy_huge_pmd",
+)
+class ForkCopiesPinned(Policy):
     def fork_must_copy(
         self, k: Kernel, src: MmStruct, vma: VmArea, pfns: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:

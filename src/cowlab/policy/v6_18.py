@@ -1,28 +1,44 @@
-"""Linux 6.18, the kernel this machine runs: 6.15's decisions (no COW change found after 6.15,
-docs/verification-later.md), built as here — CONFIG_MM_ID=y, CONFIG_PAGE_MAPCOUNT=y and
-CONFIG_MEM_SOFT_DIRTY not set, so clear_refs 4 arms no write fault. khugepaged and
-MADV_COLLAPSE no longer need a writable PTE in the block (bracketed 6.14 -> 6.18)."""
+"""Linux 6.18, the kernel this machine runs: khugepaged no longer needs a writable PTE, the
+zero-page remap of a split keeps soft-dirty; and cowlab's 6.18 is built as here."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
 
-from cowlab.policy.v6_15 import V6_15
+
+@landed(
+    "6.18",
+    (),
+    "mm/khugepaged: remove the writable-PTE requirement (id unconfirmed; bracketed 6.14-6.18)",
+    "khugepaged and MADV_COLLAPSE collapse a block with no writable PTE",
+    "6.14.0 -> 6.18.2 mm/khugepaged.c hpage_collapse_scan_pmd, __collapse_huge_page_isolate "
+    "(bracketed)",
+)
+class CollapseReadOnly(Policy):
+    collapse_needs_writable = False
 
 
-class V6_18(V6_15):
-    id = "v6.18"
-    release = "6.18 (2025-11-30); this machine: 6.18.44"
-    commits: ClassVar[tuple[str, ...]] = ("1da190f4d0a6", "d23cb648e365")
-    summary = (
-        "as v6.15, and a same-size MREMAP_FIXED moves several VMAs (6.17); built without "
-        "CONFIG_MEM_SOFT_DIRTY like this machine's kernel"
-    )
-    soft_dirty_default = False
-    collapse_needs_writable = False  # gone from the scan and isolate steps (6.14 -> 6.18)
+@landed(
+    "6.18",
+    (),
+    "mm/huge_memory: preserve soft-dirty on the zero-page remap (Fixes: b1f202060afe; id "
+    "unconfirmed)",
+    "a subpage remapped to the zero page by a split keeps its PTE's soft-dirty bit",
+    "6.14.0 -> 6.18.2 mm/huge_memory.c try_to_map_unused_to_zeropage (bracketed)",
+)
+class ZeropageRemapSoftDirty(Policy):
     zeropage_remap_keeps_soft_dirty = True
 
-    def mremap_moves_vmas(self, old_len: int, new_len: int) -> bool:
-        """6.17, d23cb648e365 ("mm/mremap: permit mremap() move of multiple VMAs"): only a
-        move that keeps the size (vrm_move_only(): MREMAP_FIXED, old_len == new_len)."""
-        return old_len == new_len
+
+@landed(
+    "6.18",
+    (),
+    "this machine's build: CONFIG_MEM_SOFT_DIRTY is not set (not a kernel change)",
+    "soft-dirty tracking is off unless a scenario's config turns it on, so clear_refs 4 arms "
+    "no write fault",
+    "/boot/config of this machine's 6.18 kernel (docs/live.md)",
+    invisible="a build option, not a rule: a scenario sets soft_dirty in its config to choose",
+)
+class BuiltWithoutSoftDirty(Policy):
+    soft_dirty_default = False

@@ -174,9 +174,9 @@ def page_ref(runner: Runner, ref: str, step: Step) -> int | None:
     kind, name = ref.split(":", 1)
     if kind == "step":
         return runner.labels.get(name)
-    pin = runner.pins[name]
+    pin = runner.pins.get(name)  # a pin whose step failed (EFAULT, ...) names no page
     at = runner.addr(step.args["at"]) if "at" in step.args else None
-    if at is None:
+    if at is None or pin is None:
         return None
     index = (at & PAGE_MASK) - (pin.addr & PAGE_MASK)
     if not 0 <= index < len(pin.pages) * PAGE_SIZE:

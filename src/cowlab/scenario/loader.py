@@ -11,7 +11,7 @@ from typing import Any
 from cowlab.mm.constants import PAGE_SIZE
 from cowlab.mm.madvise import ADVICE
 from cowlab.mm.vmscan import STAGES
-from cowlab.policy import POLICIES
+from cowlab.policy import POLICIES, ReleaseError, resolve
 from cowlab.scenario.located import LList, LMap, Loc, YamlSyntaxError, load_located
 from cowlab.scenario.model import (
     FAULT_KINDS,
@@ -387,22 +387,50 @@ NEEDS_RESULT = ("data",)
 
 def parse_expectation(ctx: Context, what: str, value: Any, loc: Loc) -> Expectation:
     parse = EXPECT[what]
-    if isinstance(value, LMap) and value and set(value) <= set(POLICIES) | {"default"}:
+    if isinstance(value, LMap) and value and per_kernel_keys(ctx, value):
         per_kernel = {}
-        for kernel_id, v in value.items():
-            if kernel_id != "default" and kernel_id not in ctx.kernels:
-                raise ctx.fail(
-                    value.key_locs[kernel_id],
-                    f"expected a kernel this scenario runs on ({', '.join(ctx.kernels)}), "
-                    f"got {kernel_id!r}",
-                )
-            per_kernel[kernel_id] = parse(ctx, v, value.val_locs[kernel_id])
+        seen: dict[object, str] = {}
+        for key, v in value.items():
+            if key != "default":
+                point = kernel_point(ctx, key, value.key_locs[key])
+                if point in seen:
+                    raise ctx.fail(
+                        value.key_locs[key],
+                        f"expected one key per release, {seen[point]!r} and "
+                        f"{key!r} name the same one",
+                    )
+                seen[point] = key
+            # null: no expectation from this release on
+            per_kernel[key] = None if v is None else parse(ctx, v, value.val_locs[key])
         default = per_kernel.pop("default", None)
         return Expectation(what, default, per_kernel, loc)
-    if isinstance(value, LMap) and set(value) & set(POLICIES) and what != "data":
-        bad = sorted(set(value) - set(POLICIES) - {"default"})[0]
-        raise ctx.fail(value.key_locs[bad], f"expected a kernel id or default, got {bad!r}")
     return Expectation(what, parse(ctx, value, loc), {}, loc)
+
+
+KERNEL_KEY = re.compile(r"v?\d+\.\d+.*")
+NUMERIC_RELEASE = (
+    "expected a release as text, v{0} or '{0}' (YAML reads an unquoted 5.10 as the number 5.1)"
+)
+
+
+def per_kernel_keys(ctx: Context, value: LMap) -> bool:
+    """A mapping is per-kernel when its keys are `default` or kernels (6.6, v5.19, ...); one
+    that mixes them with other keys is an error on the first other key."""
+    kernelish = [k for k in value if k == "default" or KERNEL_KEY.fullmatch(str(k))]
+    if kernelish and len(kernelish) < len(value):
+        bad = next(k for k in value if k not in kernelish)
+        message = f"expected a release, a kernel id or default, got {bad!r}"
+        raise ctx.fail(value.key_locs[bad], message)
+    return bool(kernelish)
+
+
+def kernel_point(ctx: Context, key: str, loc: Loc) -> object:
+    """The release (or review version) a per-kernel key names; a clear error if none."""
+    try:
+        r = resolve(key)
+    except ReleaseError as e:
+        raise ctx.fail(loc, str(e)) from None
+    return key if r.review else r.release
 
 
 def parse_expect_block(ctx: Context, op: str, block: Any, loc: Loc) -> list[Expectation]:
@@ -524,12 +552,13 @@ def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
 
 def parse_kernels(ctx: Context, raw: Any, loc: Loc) -> tuple[str, ...]:
     if not isinstance(raw, LList) or not raw:
-        raise ctx.fail(loc, "expected kernels to be a list of kernel ids")
-    for kernel_id, item_loc in zip(raw, raw.item_locs, strict=True):
-        if not isinstance(kernel_id, str) or kernel_id not in POLICIES:
-            raise ctx.fail(
-                item_loc, f"expected a kernel id among {', '.join(POLICIES)}, got {kernel_id!r}"
-            )
+        raise ctx.fail(loc, "expected kernels to be a list of releases or kernel ids")
+    for kernel, item_loc in zip(raw, raw.item_locs, strict=True):
+        if isinstance(kernel, float | int):
+            raise ctx.fail(item_loc, NUMERIC_RELEASE.format(kernel))
+        if not isinstance(kernel, str):
+            raise ctx.fail(item_loc, f"expected a release such as v6.6 or v5.19, got {kernel!r}")
+        kernel_point(ctx, kernel, item_loc)
     return tuple(raw)
 
 

@@ -73,7 +73,8 @@ def _build(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlSyntaxError(_loc(key_node), "a mapping key must be a plain word")
-            key = str(_scalar(key_node, loader))
+            _scalar(key_node, loader)  # a bad scalar is still an error
+            key = key_node.value  # as written: `5.10` is release 5.10, not the number 5.1
             if key in out:
                 raise YamlSyntaxError(_loc(key_node), f"key {key!r} appears twice")
             out[key] = _build(value_node, loader)

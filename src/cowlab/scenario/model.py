@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cowlab.policy.timeline import pick_key
 from cowlab.scenario.located import Loc
 
 PROPERTIES = ("pin_coherence", "no_leak", "counters", "rmap")
@@ -30,18 +31,23 @@ class Address:
 
 @dataclass(frozen=True)
 class Expectation:
-    """One expected observation; ``per_kernel`` overrides ``value`` for the kernels it names."""
+    """One expected observation; ``per_kernel`` overrides ``value`` from each release it names
+    on (the newest such key at or before a kernel's release wins)."""
 
     what: str
     value: Any
     per_kernel: dict[str, Any]
     loc: Loc
 
-    def expected_for(self, kernel_id: str) -> Any:
-        return self.per_kernel.get(kernel_id, self.value)
+    def expected_for(self, kernel: str) -> Any:
+        """The value for `kernel`: its own key, else the newest release key at or before it
+        (policy.timeline.pick_key), else the default."""
+        key = pick_key(self.per_kernel, kernel)
+        return self.value if key is None else self.per_kernel[key]
 
-    def applies_to(self, kernel_id: str) -> bool:
-        return kernel_id in self.per_kernel or self.value is not None
+    def applies_to(self, kernel: str) -> bool:
+        """False where the value is null: "no expectation from this release on"."""
+        return self.expected_for(kernel) is not None
 
 
 @dataclass

@@ -8,6 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from cowlab.policy import resolve
 from cowlab.scenario.runner import ExpectResult, RunResult
 
 JSON_VERSION = 1
@@ -40,7 +41,8 @@ def show_expect(r: ExpectResult) -> str:
 
 def render_run(result: RunResult, console: Console) -> None:
     s = result.scenario
-    table = Table(title=f"{s.path} on {result.kernel_id}: {s.name}", box=box.SIMPLE_HEAD)
+    on = resolve(result.kernel_id).describe()
+    table = Table(title=f"{s.path} on {on}: {s.name}", box=box.SIMPLE_HEAD)
     table.add_column("#", justify="right")
     table.add_column("line", justify="right")
     table.add_column("step")
@@ -62,7 +64,8 @@ def render_run(result: RunResult, console: Console) -> None:
     held = sum(r.passed for r in explicit)
     tail = f", {len(surprises)} unexpected outcomes" if surprises else ""
     console.print(
-        f"{verdict} {s.path} on {result.kernel_id}: {held}/{len(explicit)} expectations hold{tail}"
+        f"{verdict} {s.path} on {resolve(result.kernel_id).describe()}: "
+        f"{held}/{len(explicit)} expectations hold{tail}"
     )
     if not result.listed:
         console.print(
@@ -100,6 +103,8 @@ def run_to_json(result: RunResult) -> dict[str, Any]:
         "file": s.path,
         "name": s.name,
         "kernel": result.kernel_id,
+        "release": str(resolve(result.kernel_id).release),
+        "policy": resolve(result.kernel_id).policy_id,
         "listed": result.listed,
         "not_applicable": result.not_applicable,
         "passed": result.passed,

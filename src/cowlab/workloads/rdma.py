@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cowlab.kernel import CowEvent, Kernel, Pin, Process
 from cowlab.mm.constants import HPAGE_PMD_SIZE, PAGE_SIZE
-from cowlab.policy import POLICIES
+from cowlab.policy import ReleaseError, resolve
 
 TRIGGERS = ("fork", "mprotect", "clear_refs", "numa")
 MAPPINGS = ("pmd", "pte")
@@ -200,6 +200,15 @@ def parse_size(text: str) -> int:
         ) from None
 
 
+def kernel_arg(text: str) -> str:
+    """--kernel: any release or policy id that resolves."""
+    try:
+        resolve(text)
+    except ReleaseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="The RDMA memory-region test of 6d0a07edd17c on a modelled kernel."
@@ -207,8 +216,9 @@ def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
     parser.add_argument(
         "--kernel",
         action="append",
-        choices=sorted(POLICIES),
-        help="kernel id; repeat to run several (default: v4.5)",
+        type=kernel_arg,
+        help="a release (4.5 .. 6.18, e.g. 4.5.5 or 5.10) or policy id; repeat to run several "
+        "(default: v4.5)",
     )
     parser.add_argument("--size", type=parse_size, default=512 * MIB, help="bytes per MR (512M)")
     parser.add_argument("--iterations", type=int, default=1000)

@@ -1,0 +1,46 @@
+"""One rule change of the kernel's history: the release it landed in, its commits, what it changes
+for cowlab, and where the sources show it. A change is a Policy subclass holding only the
+decisions it changed; `landed` attaches this record to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from cowlab.policy.release import Release, parse_release
+
+if TYPE_CHECKING:
+    from cowlab.policy.base import Policy
+
+P = TypeVar("P", bound="type[Policy]")
+
+
+@dataclass(frozen=True)
+class Landed:
+    release: Release
+    commits: tuple[str, ...]
+    title: str  # the commit's subject (or the series')
+    what: str  # one line, our words: what the model does differently from here on
+    evidence: str  # the release trees read, before and after (docs/verification-later.md)
+    invisible: str = ""  # why no scenario can tell the two sides apart, if none can
+    stable: tuple[tuple[str, str], ...] = ()  # (first stable release with it, stable commit)
+
+
+def landed(
+    release: str,
+    commits: tuple[str, ...],
+    title: str,
+    what: str,
+    evidence: str,
+    invisible: str = "",
+    stable: tuple[tuple[str, str], ...] = (),
+) -> Callable[[P], P]:
+    """Record on a change class the release it landed in and its provenance."""
+    record = Landed(parse_release(release), commits, title, what, evidence, invisible, stable)
+
+    def attach(cls: P) -> P:
+        cls.landed = record
+        return cls
+
+    return attach

@@ -1,0 +1,285 @@
+"""The kernel's history as a list of rule changes, and the policy of any release made from it.
+
+The policy of Linux x.y is every change that had landed by x.y; of a stable release x.y.z, that
+plus the changes backported to the x.y line by x.y.z; of a review version, its base release
+with that version of a patch. A policy is named after the release of its newest change
+(`v6.9` answers for 6.9 to 6.12); the names cowlab used before (`v4.14`, `v5.19`, ...) resolve
+as the releases they name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+from cowlab.policy import (
+    review,
+    v4_5,
+    v4_6,
+    v4_7,
+    v4_8,
+    v4_14,
+    v5_1,
+    v5_4,
+    v5_7,
+    v5_8,
+    v5_9,
+    v5_11,
+    v5_16,
+    v5_18,
+    v5_19,
+    v6_0,
+    v6_1,
+    v6_2,
+    v6_6,
+    v6_8,
+    v6_9,
+    v6_11,
+    v6_12,
+    v6_13,
+    v6_15,
+    v6_17,
+    v6_18,
+)
+from cowlab.policy.base import Policy
+from cowlab.policy.history import Landed
+from cowlab.policy.release import (
+    FIRST,
+    NEWEST,
+    Release,
+    ReleaseError,
+    mainline_releases,
+    parse_release,
+)
+
+# mainline, in the order the changes landed
+CHANGES: tuple[type[Policy], ...] = (
+    v4_5.Linux4_5,
+    v4_6.ThpMapcountOnWpFault,
+    v4_6.MoveAnonRmapRoundsAddress,
+    v4_7.MoveAnonRmapWithoutAddress,
+    v4_8.CollapseSwapsIn,
+    v4_14.ThpSwapCounts,
+    v5_1.ReuseKsmPage,
+    v5_4.MadvPageout,
+    v5_7.FollPinCounting,
+    v5_8.ThpCowSplits,
+    v5_8.GupBreaksCowOnRead,
+    v5_8.CollapseSharedPages,
+    v5_9.DoWpPageSimplification,
+    v5_9.GupNoForcedCow,
+    v5_9.ForkCopiesPinned,
+    v5_11.ClearRefsSkipsPinned,
+    v5_11.ReclaimSkipsPinned,
+    v5_16.MremapLooksUpVma,
+    v5_18.CowFixesPart1,
+    v5_18.DoSwapPageByRefcount,
+    v5_18.CollapseIgnoresSwapcache,
+    v5_19.AnonExclusive,
+    v6_0.MprotectDirtyExclusiveWritable,
+    v6_1.MadvCollapse,
+    v6_2.NoDoubleMap,
+    v6_2.MprotectExclusiveWritable,
+    v6_2.KsmUnmergeUnshares,
+    v6_6.CollapseUffdEbusy,
+    v6_8.AnonMthp,
+    v6_9.NoLargeFolioReuse,
+    v6_11.SwapinWritableOnRead,
+    v6_12.SplitMapsZeropage,
+    v6_12.KsmChecksumFirst,
+    v6_13.HugeZeroWpAllocates,
+    v6_15.LargeFolioReuse,
+    v6_17.MremapMovesVmas,
+    v6_18.CollapseReadOnly,
+    v6_18.ZeropageRemapSoftDirty,
+    v6_18.BuiltWithoutSoftDirty,
+)
+
+# review versions of a patch: name -> (the release whose place they take, the changes they add
+# to its mainline rules); a scenario's expectations for that release hold for them unless the
+# scenario names the version itself
+REVIEW_VERSIONS: dict[str, tuple[Release, tuple[type[Policy], ...]]] = {
+    "v4.5+6d0a07e-early": (
+        Release(4, 5, 5),
+        (v4_6.ThpMapcountOnWpFault, review.EarlyMovesAlways),
+    ),
+}
+
+# the names cowlab's policies had before the timeline, as the releases they meant
+ALIASES: dict[str, str] = {
+    "v4.5+6d0a07e": "4.5.5",
+}
+
+
+def landed_of(change: type[Policy]) -> Landed:
+    record = change.landed
+    assert record is not None, f"{change.__name__} has no @landed record"
+    return record
+
+
+def effective(change: type[Policy]) -> bool:
+    """Does the change override any decision (an invisible one may only document)?"""
+    return any(not name.startswith("_") and name != "landed" for name in vars(change))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A --kernel value resolved: the release asked for and the policy that answers for it."""
+
+    asked: str
+    release: Release
+    policy: type[Policy]
+    backports: tuple[tuple[type[Policy], str], ...] = ()  # (change, stable commit)
+    review: bool = False
+
+    @property
+    def policy_id(self) -> str:
+        return self.policy.id
+
+    def describe(self) -> str:
+        """`6.6 (policy v6.2)`; a name that is the policy's own id is said once."""
+        if self.asked == self.policy.id:
+            return self.asked
+        return f"{self.asked} (policy {self.policy.id})"
+
+
+def mainline_changes(release: Release) -> tuple[type[Policy], ...]:
+    return tuple(c for c in CHANGES if landed_of(c).release <= release.mainline)
+
+
+def stable_backports(release: Release) -> tuple[tuple[type[Policy], str], ...]:
+    """Changes of a later mainline release carried by this stable release of its line."""
+    out = []
+    for change in CHANGES:
+        record = landed_of(change)
+        if record.release <= release.mainline:
+            continue
+        for first, commit in record.stable:
+            first_release = parse_release(first)
+            if first_release.line == release.line and first_release <= release:
+                out.append((change, commit))
+    return tuple(out)
+
+
+def policy_id(
+    changes: tuple[type[Policy], ...], backports: tuple[tuple[type[Policy], str], ...]
+) -> str:
+    newest = max(landed_of(c).release for c in changes if effective(c))
+    base = f"v{newest}"
+    return base + "".join(f"+{landed_of(c).commits[0][:7]}" for c, _ in backports)
+
+
+@cache
+def compose(name: str, changes: tuple[type[Policy], ...], answers_for: str) -> type[Policy]:
+    """The policy made of `changes` (oldest first): newest first in the MRO."""
+    attrs = {
+        "id": name,
+        "release": answers_for,
+        "commits": tuple(sha for c in changes for sha in landed_of(c).commits),
+        "summary": "; ".join(landed_of(c).what for c in _newest(changes)),
+        "changes": changes,
+        "landed": None,
+    }
+    return type(name, tuple(reversed(changes)), attrs)
+
+
+def _newest(changes: tuple[type[Policy], ...]) -> list[type[Policy]]:
+    """The effective changes at the newest release among `changes`."""
+    newest = max(landed_of(c).release for c in changes if effective(c))
+    return [c for c in changes if effective(c) and landed_of(c).release == newest]
+
+
+def _releases_answered(first: Release) -> str:
+    """`6.9 .. 6.12`: from the release of a policy's newest change to the release before the
+    next effective change."""
+    later = [landed_of(c).release for c in CHANGES if effective(c) and landed_of(c).release > first]
+    before = [r for r in mainline_releases() if not later or r < min(later)][-1]
+    return str(first) if before == first else f"{first} .. {before}"
+
+
+# policies made outside the timeline (a proposed patch on top of a release's policy), by id:
+# resolve() answers their id with the Resolved stored here
+PATCHED: dict[str, Resolved] = {}
+
+
+def resolve(name: str) -> Resolved:
+    """A --kernel value (`6.6`, `v5.10`, `4.19.0`, `5.4.286`, a policy id, a review version)
+    -> the release and the policy that answers for it. ReleaseError names the range."""
+    text = name.strip()
+    if text in PATCHED:
+        return PATCHED[text]
+    if text in REVIEW_VERSIONS:
+        base, extra = REVIEW_VERSIONS[text]
+        changes = (*mainline_changes(base), *extra)
+        policy = compose(text, changes, f"never released (a review version, in place of {base})")
+        return Resolved(name, base, policy, review=True)
+    try:
+        release = parse_release(ALIASES.get(text, text))
+    except ReleaseError:
+        known = ", ".join([*ALIASES, *REVIEW_VERSIONS])
+        first = ".".join(map(str, FIRST))
+        newest = ".".join(map(str, NEWEST))
+        raise ReleaseError(
+            f"unknown kernel {name!r}: expected a release from {first} to {newest} "
+            f"(6.6, v5.10, 5.4.286) or one of {known}"
+        ) from None
+    return resolve_release(name, release)
+
+
+def resolve_release(asked: str, release: Release) -> Resolved:
+    changes = mainline_changes(release)
+    backports = stable_backports(release)
+    answers = _releases_answered(max(landed_of(c).release for c in changes if effective(c)))
+    if backports:
+        changes = (*changes, *(c for c, _ in backports))
+        answers = f"{release.line[0]}.{release.line[1]}.y from {release}"
+    pid = policy_id(mainline_changes(release), backports)
+    return Resolved(asked, release, compose(pid, changes, answers), backports)
+
+
+@cache
+def resolve_cached(name: str) -> Resolved:
+    return resolve(name)
+
+
+def pick_key(keys: Iterable[str], kernel: str) -> str | None:
+    """The key of a per-kernel value that speaks for `kernel`: the kernel's own name, else the
+    newest release key at or before its release (a stable key x.y.z only on its own x.y line;
+    a review version only by its name). None if no key does."""
+    names = list(keys)
+    if kernel in names:
+        return kernel
+    release = resolve_cached(kernel).release
+    best: tuple[Release, str] | None = None
+    for name in names:
+        key = resolve_cached(name)
+        if key.review or key.release > release:
+            continue
+        if key.release.sublevel and key.release.line != release.line:
+            continue
+        if best is None or key.release > best[0]:
+            best = (key.release, name)
+    return None if best is None else best[1]
+
+
+def all_policies() -> dict[str, type[Policy]]:
+    """Every distinct policy: one per release where an effective change landed, the stable
+    releases with a modelled backport, and the review versions."""
+    out: dict[str, type[Policy]] = {}
+    for change in CHANGES:
+        record = landed_of(change)
+        if effective(change):
+            p = resolve_release(f"v{record.release}", record.release).policy
+            out.setdefault(p.id, p)
+        for first, _ in record.stable:
+            p = resolve_release(first, parse_release(first)).policy
+            out.setdefault(p.id, p)
+    for name in REVIEW_VERSIONS:
+        out[name] = resolve(name).policy
+    return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(policy_name: str) -> tuple[Release, int]:
+    r = resolve(policy_name)
+    return (r.release, int(r.review) + len(r.backports))

@@ -1,0 +1,24 @@
+"""Linux 4.8: khugepaged swaps pages in to collapse them (mm/khugepaged.c split out)."""
+
+from __future__ import annotations
+
+from cowlab.mm.constants import HPAGE_PMD_NR
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "4.8",
+    (),
+    "mm: make optimistic check for swapin readahead (Ebru Akagunduz's series; ids unknown)",
+    "khugepaged allows up to max_ptes_swap swap PTEs in a block and swaps them in, but only with "
+    "at least 256 young pages",
+    "4.7.4 mm/huge_memory.c -> 4.9.0 mm/khugepaged.c khugepaged_scan_pmd, "
+    "__collapse_huge_page_swapin (bracketed, docs/sources-khugepaged.md)",
+)
+class CollapseSwapsIn(Policy):
+    collapse_swaps_in = True
+
+    def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
+        """4.8-5.7: the swap-in step refuses any collapse with fewer than 256 young pages."""
+        return referenced >= HPAGE_PMD_NR // 2

@@ -1,0 +1,28 @@
+"""Linux 5.11: soft-dirty clearing and reclaim leave pinned pages alone."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "5.11",
+    ("9348b73c2e1b",),
+    "mm: don't play games with pinned pages in clear_page_refs",
+    "clear_refs 4 leaves the PTE of a maybe-pinned page writable and soft-dirty",
+    "5.10.7 -> 5.11.0 fs/proc/task_mmu.c clear_soft_dirty, pte_is_pinned",
+)
+class ClearRefsSkipsPinned(Policy):
+    clear_refs_skips_pinned = True
+
+
+@landed(
+    "5.11",
+    ("feb889fb40fa",),
+    "mm: don't put pinned pages into the swap cache",
+    "reclaim keeps a maybe-pinned anonymous page (no swap slot, no unmapping)",
+    "5.10.7 -> 5.11.0 mm/vmscan.c shrink_page_list (docs/sources-swap.md)",
+)
+class ReclaimSkipsPinned(Policy):
+    reclaim_skips_pinned = True

@@ -1,0 +1,18 @@
+"""Linux 5.16: mremap looks the VMA up before anything else."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "5.16",
+    ("550a7d60bd5e",),
+    "mm, hugepages: add mremap() support for hugepage backed vma",
+    "sys_mremap looks the VMA up at the old address first: EFAULT with no VMA there, the "
+    "shrink included",
+    "5.15.55 -> 5.16.10 mm/mremap.c SYSCALL_DEFINE5(mremap)",
+)
+class MremapLooksUpVma(Policy):
+    mremap_looks_up_vma = True

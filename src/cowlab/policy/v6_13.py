@@ -1,0 +1,17 @@
+"""Linux 6.13: a write to the huge zero page allocates a THP again."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "6.13",
+    ("1ced09e0331f",),
+    "mm: allocate THP on hugezeropage wp-fault",
+    "a write fault on the huge zero PMD maps a fresh zeroed THP (5.8-6.12 split it)",
+    "6.12.0 -> 6.13.2 mm/huge_memory.c do_huge_pmd_wp_page, do_huge_zero_wp_pmd",
+)
+class HugeZeroWpAllocates(Policy):
+    huge_zero_wp_allocates = True

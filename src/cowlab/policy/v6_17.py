@@ -1,0 +1,19 @@
+"""Linux 6.17: mremap moves several VMAs at once."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "6.17",
+    ("d23cb648e365",),
+    "mm/mremap: permit mremap() move of multiple VMAs",
+    "an MREMAP_FIXED move that keeps the size may span several VMAs and the holes between them",
+    "6.14.0 -> 6.18.2 mm/mremap.c vrm_move_only, remap_move (bracketed)",
+)
+class MremapMovesVmas(Policy):
+    def mremap_moves_vmas(self, old_len: int, new_len: int) -> bool:
+        """Only a move that keeps the size (vrm_move_only(): MREMAP_FIXED, old == new)."""
+        return old_len == new_len

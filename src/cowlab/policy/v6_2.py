@@ -1,0 +1,57 @@
+"""Linux 6.2: no PG_double_map; mprotect maps clean exclusive PTEs and PMDs writable too; KSM
+unmerges by an unshare fault."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cowlab.mm.mm import PageAnonExclusive
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+    from cowlab.mm.mm_types import VmArea
+
+
+@landed(
+    "6.2",
+    ("cb67f4282bf9",),
+    "mm,thp,rmap: simplify compound page mapcount handling (id unconfirmed)",
+    "PG_double_map and its +1 offsets are gone: splitting a PMD adds 512 PTE mappings and drops "
+    "the PMD one",
+    "6.1.20 include/linux/page-flags.h PG_double_map -> 6.2.1 (none), mm/huge_memory.c "
+    "__split_huge_pmd_locked",
+)
+class NoDoubleMap(Policy):
+    double_map = False
+
+
+@landed(
+    "6.2",
+    (),
+    "mm/mprotect: allow clean exclusive anon pages to be writable; mm/huge_memory: PMDs too "
+    "(ids unconfirmed)",
+    "mprotect(RW) maps any exclusive anonymous PTE or PMD writable, dirty or clean",
+    "6.1.20 -> 6.2.1 mm/mprotect.c can_change_pte_writable, mm/huge_memory.c "
+    "can_change_pmd_writable",
+)
+class MprotectExclusiveWritable(Policy):
+    def mprotect_writable(
+        self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool, dirty: bool, pmd: bool
+    ) -> bool:
+        """can_change_pte_writable()/can_change_pmd_writable(): exclusive, and no soft-dirty
+        tracking waiting for a fault."""
+        tracking = self.soft_dirty_tracking(k, vma)
+        return PageAnonExclusive(k.frames, pfn) and not (tracking and not soft_dirty_pte)
+
+
+@landed(
+    "6.2",
+    (),
+    "mm/ksm: use FAULT_FLAG_UNSHARE when unmerging (ids unconfirmed)",
+    "MADV_UNMERGEABLE replaces a KSM page by an unshare fault: a read-only exclusive copy",
+    "6.1.20 mm/ksm.c break_ksm (write fault) -> 6.2.1 break_ksm_pmd_entry + UNSHARE",
+)
+class KsmUnmergeUnshares(Policy):
+    ksm_unmerge_unshares = True

@@ -1,0 +1,20 @@
+"""Linux 6.6: MADV_COLLAPSE reports a userfaultfd-armed hole as EBUSY."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "6.6",
+    (),
+    "mm/khugepaged: map SCAN_EXCEED_NONE_PTE to EBUSY for MADV_COLLAPSE (id unconfirmed)",
+    "madvise_collapse_errno: SCAN_EXCEED_NONE_PTE is EBUSY",
+    "6.2.1 -> 6.6.9 mm/khugepaged.c madvise_collapse_errno (bracketed)",
+    invisible="MADV_COLLAPSE reports SCAN_EXCEED_NONE_PTE only for a userfaultfd-armed range, "
+    "and cowlab has no userfaultfd",
+)
+class CollapseUffdEbusy(Policy):
+    def collapse_errno(self, code: str) -> str:
+        return "EBUSY" if code == "SCAN_EXCEED_NONE_PTE" else super().collapse_errno(code)

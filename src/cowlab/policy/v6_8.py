@@ -1,0 +1,18 @@
+"""Linux 6.8: anonymous multi-size THP."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "6.8",
+    ("19eaf44954df",),
+    "mm: thp: support allocation of anonymous multi-size THP",
+    "a first-touch fault may allocate a large folio of an order enabled in "
+    "hugepages-<size>kB/enabled, mapped by PTEs",
+    "6.6.9 -> 6.8.0 mm/memory.c do_anonymous_page, alloc_anon_folio (bracketed)",
+)
+class AnonMthp(Policy):
+    mthp = True

@@ -1,0 +1,129 @@
+"""The timeline: any release resolves to the policy of the changes landed by then; a change
+lands once, at its release; the issue's probe tells 6.8 from 6.9."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cowlab.cli import main
+from cowlab.policy import CHANGES, POLICIES, ReleaseError, resolve
+from cowlab.policy.release import LONG_TERM
+from cowlab.policy.timeline import landed_of, pick_key
+from cowlab.scenario import load_scenario
+from cowlab.scenario.runner import run_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ROOT / "examples" / "timeline" / "6.9_large_folio_reuse.yaml"
+
+
+@pytest.mark.parametrize(
+    ("asked", "policy"),
+    [
+        ("4.5", "v4.5"),
+        ("4.5.4", "v4.5"),
+        ("4.5.5", "v4.5+6d0a07e"),  # the seed's stable backport, 9d3320adf7ca
+        ("v4.5+6d0a07e", "v4.5+6d0a07e"),
+        ("4.6", "v4.6"),
+        ("4.19.0", "v4.8"),  # nothing modelled changed from 4.8 to 5.0
+        ("v4.14", "v4.8"),
+        ("5.4", "v5.4"),
+        ("v5.10", "v5.9"),
+        ("5.15", "v5.11"),
+        ("6.1", "v6.1"),
+        ("6.6", "v6.6"),
+        ("6.12", "v6.12"),
+        ("6.14", "v6.13"),
+        ("6.18.44", "v6.18"),
+    ],
+)
+def test_a_release_resolves_to_the_policy_in_force(asked: str, policy: str) -> None:
+    assert resolve(asked).policy_id == policy
+
+
+@pytest.mark.parametrize("bad", ["4.4", "7.0", "5.20", "4.21", "six", "v6", ""])
+def test_an_unknown_release_names_the_range(bad: str) -> None:
+    with pytest.raises(ReleaseError, match=r"4\.5 to 6\.18"):
+        resolve(bad)
+
+
+def test_changes_are_in_release_order_and_each_landed_once() -> None:
+    releases = [landed_of(c).release for c in CHANGES]
+    assert releases == sorted(releases)
+    assert len(set(CHANGES)) == len(CHANGES)
+
+
+def test_a_policy_is_the_changes_landed_by_its_release() -> None:
+    """v6.9 holds every change up to 6.9 and none after; its MRO puts the newest first."""
+    p = POLICIES["v6.9"]
+    assert all(
+        str(landed_of(c).release) <= "6.9" or landed_of(c).release.major < 6 for c in p.changes
+    )
+    assert [landed_of(c).release for c in p.changes] == sorted(
+        landed_of(c).release for c in p.changes
+    )
+    assert p.__mro__[1].__name__ == "NoLargeFolioReuse"
+    assert (
+        not p.huge_zero_wp_allocates and p.mthp and not p.folio_counters
+    )  # 5.8 .. 6.12; 6.8; 6.15
+
+
+def test_a_key_speaks_from_its_release_on() -> None:
+    keys = {"v4.5": 1, "v4.5+6d0a07e": 2, "v4.6": 3, "v5.9": 4}
+    assert pick_key(keys, "4.5.4") == "v4.5"
+    assert pick_key(keys, "4.5.5") == "v4.5+6d0a07e"  # a stable key on its own line
+    assert pick_key(keys, "4.8") == "v4.6"  # ... and not beyond it
+    assert pick_key(keys, "6.6") == "v5.9"
+    assert pick_key(keys, "v4.5+6d0a07e-early") == "v4.5+6d0a07e"  # stands in for 4.5.5
+    assert pick_key({"v5.1": 1}, "5.0") is None
+
+
+@pytest.mark.parametrize(
+    ("release", "fault"),
+    [("6.6", "reuse"), ("6.8", "reuse"), ("6.9", "copy"), ("6.12", "copy"), ("6.18", "copy")],
+)
+def test_the_probe_reuses_until_6_8_and_copies_from_6_9(release: str, fault: str) -> None:
+    """Issue 10's probe, derived from 6.6.9/6.8.0 do_wp_page and 6.9.0 wp_can_reuse_anon_folio."""
+    scenario = load_scenario(PROBE)
+    result = run_scenario(scenario, release)
+    assert result.passed
+    write = next(s for s in scenario.steps if s.op == "write" and s.expect and s.index > 3)
+    assert next(e for e in write.expect if e.what == "fault").expected_for(release) == fault
+
+
+def test_kernels_lists_every_release_and_marks_long_term(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["kernels", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    releases = {r["release"]: r for r in doc["releases"]}
+    assert len(releases) == 16 + 20 + 19  # 4.5-4.20, 5.0-5.19, 6.0-6.18
+    assert {r for r, row in releases.items() if row["long_term"]} == {
+        f"{a}.{b}" for a, b in LONG_TERM
+    }
+    assert releases["6.9"]["policy"] == "v6.9" and releases["6.10"]["policy"] == "v6.9"
+    assert [c["commits"] for c in releases["4.7"]["changes"]] == [["5a49973d7143"]]
+    (backport,) = doc["stable_backports"]
+    assert (backport["release"], backport["commit"]) == ("4.5.5", "9d3320adf7ca")
+    assert main(["kernels"]) == 0
+    text = capsys.readouterr().out
+    assert "6.6 LTS   v6.6" in text and "5.10 LTS  v5.9" in text
+
+
+def test_run_json_names_the_release_and_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(PROBE), "--kernel", "5.10", "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert (run["kernel"], run["release"], run["policy"]) == ("5.10", "5.10", "v5.9")
+
+
+def test_a_release_key_is_read_as_written(tmp_path: Path) -> None:
+    """`5.10:` is release 5.10 (YAML would read the number 5.1); in a list, where YAML gives the
+    number, an unquoted release is refused with the reason."""
+    path = tmp_path / "t.yaml"
+    path.write_text(PROBE.read_text().replace("v6.9: copy", "6.10: copy"))
+    assert main(["run", str(path), "--kernel", "6.9"]) == 1  # 6.9 is before the 6.10 key
+    assert main(["run", str(path), "--kernel", "6.10"]) == 0
+    path.write_text(PROBE.read_text().replace("kernels: [v6.8, v6.9]", "kernels: [6.10]"))
+    assert main(["run", str(path)]) == 2
