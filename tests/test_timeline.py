@@ -16,7 +16,7 @@ from cowlab.scenario import load_scenario
 from cowlab.scenario.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = ROOT / "examples" / "timeline" / "6.9_large_folio_reuse.yaml"
+PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
 
 
 @pytest.mark.parametrize(
