@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from cowlab.policy import POLICIES  # noqa: E402
-from cowlab.policy.timeline import pick_key  # noqa: E402
+from cowlab.policy.timeline import pick_key, resolve  # noqa: E402
 
 OUT = ROOT / "examples" / "cow"
 DOC = ROOT / "docs" / "kernels.md"
@@ -552,7 +553,34 @@ def write_doc(results: dict[tuple[str, str, str], tuple[str, bool]]) -> str:
             want = derivation().collapse[(case, kernel)].verdict
             cells.append(word if ok else f"{word} (derived {want})")
         lines.append(f"| {title} | with PTE-mapped THP | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + changes_between(results)
+
+
+def _successions() -> list[tuple[str, str]]:
+    mainline = [k for k in KERNELS if not (resolve(k).review or resolve(k).backports)]
+    extra = [(resolve(str(resolve(k).release.mainline)).policy_id, k) for k in KERNELS]
+    pairs = list(itertools.pairwise(mainline))
+    return pairs + [(b, k) for b, k in extra if k not in mainline]
+
+
+def changes_between(results: dict[tuple[str, str, str], tuple[str, bool]]) -> str:
+    """Where each policy's column differs from the policy before it (a stable release or review
+    version: from its x.y.0)."""
+    out = ["", "Where a column differs from the policy before it:", ""]
+    rows = [(c, b) for c in CASE_TITLES for b in BACKINGS] + [
+        (c, "collapse") for c in COLLAPSE_TITLES
+    ]
+    titles = CASE_TITLES | COLLAPSE_TITLES
+    for before, kernel in _successions():
+        moved = [
+            f"{titles[c]} / {BACKINGS[b][0] if b in BACKINGS else 'collapse'}: "
+            f"{_word(results[(c, b, before)][0])} -> {_word(results[(c, b, kernel)][0])}"
+            for c, b in rows
+            if results[(c, b, before)][0] != results[(c, b, kernel)][0]
+        ]
+        if moved:
+            out.append(f"- `{kernel}` (from `{before}`): " + "; ".join(moved))
+    return "\n".join(out) + "\n"
 
 
 def _word(verdict: str) -> str:

@@ -14,7 +14,7 @@ from rich.console import Console
 from cowlab.explain import diff, explain
 from cowlab.live.cli import add_live_command
 from cowlab.policy import ReleaseError, resolve
-from cowlab.policy.listing import render_timeline, timeline_rows
+from cowlab.policy.listing import policy_table, render_timeline, timeline_rows
 from cowlab.scenario import Scenario, ScenarioError, budget, load_scenario
 from cowlab.scenario.report import JSON_VERSION, render_run, run_to_json
 from cowlab.scenario.runner import run_scenario
@@ -45,6 +45,9 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     rows = timeline_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if args.markdown:
+        print(policy_table(), end="")
         return 0
     print(render_timeline(rows))
     return 0
@@ -123,6 +126,9 @@ def build_parser() -> Parser:
         "kernels", help="the timeline: each release 4.5-6.18, its policy and the rule changes"
     )
     kernels.add_argument("--json", action="store_true")
+    kernels.add_argument(
+        "--markdown", action="store_true", help="one row per policy (the table in docs/kernels.md)"
+    )
     kernels.set_defaults(func=cmd_kernels)
     run = sub.add_parser("run", help="run scenario files on the kernels they name")
     run.add_argument("files", nargs="+", metavar="FILE")

@@ -19,6 +19,7 @@ from cowlab.mm.constants import (
     VM_MAYREAD,
     VM_READ,
     VM_WRITE,
+    PG_dirty,
     PG_head,
 )
 from cowlab.mm.memory import handle_mm_fault
@@ -33,7 +34,6 @@ from cowlab.mm.mm import (
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
 from cowlab.mm.pgtable import (
-    PTE_DIRTY,
     PTE_MIGRATION,
     PTE_PROTNONE,
     PTE_SPECIAL,
@@ -60,7 +60,11 @@ def check_vma_flags(vma: VmArea, gup_flags: int) -> bool:
 
 
 def follow_page_mask(k: Kernel, mm: MmStruct, addr: int, gup_flags: int) -> int | None:
-    """follow_page_mask(): the page mapped at addr if the entry allows the access, else None."""
+    """follow_page_mask(): the page mapped at addr if the entry allows the access, else None.
+
+    FOLL_TOUCH: a PMD is made young and, for a write, dirty (touch_pmd); a PTE is not changed —
+    follow_page_pte dirties the page (set_page_dirty) and marks it accessed, which the model
+    keeps as the PTE's young bit (khugepaged counts either as referenced)."""
     entry = mm.pmds.get(pmd_index(addr))
     write = bool(gup_flags & FOLL_WRITE)
     if isinstance(entry, HugePmd):
@@ -79,7 +83,9 @@ def follow_page_mask(k: Kernel, mm: MmStruct, addr: int, gup_flags: int) -> int 
     if (gup_flags & FOLL_NUMA and bits & PTE_PROTNONE) or (write and not bits & PTE_WRITE):
         return None
     if gup_flags & FOLL_TOUCH:
-        entry.bits[i] = bits | PTE_YOUNG | (PTE_DIRTY if write else 0)
+        entry.bits[i] = bits | PTE_YOUNG
+        if write:
+            k.frames.flags[int(entry.pfn[i])] |= PG_dirty
     return int(entry.pfn[i])
 
 

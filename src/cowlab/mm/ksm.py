@@ -185,7 +185,8 @@ def _merge_with_stable(
 ) -> bool:
     """stable_tree_search(): a KSM page with these bytes and room for one more sharer."""
     for node in k.ksm.nodes.values():
-        if len(node.items) >= k.ksm_max_page_sharing or checksum(k, node.kpfn) != digest:
+        full = k.policy.ksm_max_page_sharing and len(node.items) >= k.ksm_max_page_sharing
+        if full or checksum(k, node.kpfn) != digest:
             continue
         if try_to_merge_one_page(k, vma, addr, pfn, node.kpfn):
             _append(k, node, item, vma)

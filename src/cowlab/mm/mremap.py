@@ -27,6 +27,9 @@ from cowlab.mm.rmap import anon_vma_clone
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
+# 5.16/5.17 return EFAULT without its minus sign: the C library hands it back as an address
+POSITIVE_EFAULT = 14
+
 
 def mremap_flags(may_move: bool, fixed_addr: int | None) -> int:
     """The flags a program passes: MREMAP_FIXED (to fixed_addr) always with MREMAP_MAYMOVE."""
@@ -65,6 +68,9 @@ def do_mremap(
     if k.policy.mremap_looks_up_vma:
         vma = mm.find_vma(old_addr)
         if vma is None or vma.vm_start > old_addr:
+            if k.policy.mremap_efault_positive:
+                k.event("sys_mremap", "fail", addr=old_addr, detail="returns +EFAULT (14)")
+                return POSITIVE_EFAULT
             raise SyscallError("EFAULT", f"mremap: no VMA at {old_addr:#x}")
     if not flags & MREMAP_FIXED and new_len <= old_len:
         # a shrink only unmaps the tail: no one-VMA check, holes do not matter

@@ -387,6 +387,10 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
     av = page_anon_vma(k, head)
     if av is None:
         return []
+    # the walk's length: what an anon_vma left on an older process costs (the seed's review)
+    k.vmstat["rmap_walk"] += 1
+    k.vmstat["rmap_walk_vmas"] += len(av.vmas)
+    k.event("rmap_walk_anon", pfn=head, detail=f"{av}: {len(av.vmas)} VMAs visited")
     nr = folio_nr_pages(k.frames, head)
     found: list[Mapping] = []
     for vma in sorted(av.vmas, key=lambda v: (v.mm.pid, v.vm_start)):

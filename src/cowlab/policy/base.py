@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from cowlab.mm.page_alloc import PageFrames
 
 
+# the knobs of 4.5 that scenarios set (thp_alloc_fail and numa_misplaced stand for conditions)
+KNOBS_4_5 = frozenset({"thp", "thp_alloc_fail", "numa_misplaced", "max_ptes_none"})
+
+
 class Policy(ABC):
     """The decisions of a kernel, with the values of Linux 4.5 before its own rules.
 
@@ -54,6 +58,7 @@ class Policy(ABC):
     mprotect_maps_exclusive_writable: ClassVar[bool] = False  # 6.2: RW maps PAE pages writable
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
     mremap_looks_up_vma: ClassVar[bool] = False  # 5.16: EFAULT if no VMA at the old address
+    mremap_efault_positive: ClassVar[bool] = False  # 5.16, 5.17: that EFAULT is +14
     soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
     # page_move_anon_rmap's VM_BUG_ON on page->index: "index" compares the passed page's index
     # with the faulting address (4.5), "pmd_rounded" first rounds the address to the PMD for a
@@ -83,6 +88,13 @@ class Policy(ABC):
     ksm_unmerge_unshares: ClassVar[bool] = False  # 6.2: break_ksm is an unshare fault
     ksm_checksum_before_stable: ClassVar[bool] = False  # 6.12 (bracketed 6.10-6.12)
     reuses_ksm_page: ClassVar[bool] = False  # 5.1-5.8: reuse_ksm_page() in do_wp_page
+    ksm_max_page_sharing: ClassVar[bool] = False  # 4.13: stable node chains, a sharing limit
+    # sysfs knobs (/sys/kernel/mm/...) a change adds; has_knob() looks through every change
+    new_knobs: ClassVar[frozenset[str]] = frozenset()
+
+    def has_knob(self, name: str) -> bool:
+        """Does this release have the sysfs knob (4.5's, or one a landed change added)?"""
+        return name in KNOBS_4_5 or any(name in c.new_knobs for c in self.changes)
 
     @abstractmethod
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:

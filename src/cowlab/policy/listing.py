@@ -9,6 +9,7 @@ from cowlab.policy.release import mainline_releases
 from cowlab.policy.timeline import (
     CHANGES,
     REVIEW_VERSIONS,
+    all_policies,
     effective,
     landed_of,
     resolve,
@@ -95,3 +96,35 @@ def render_timeline(rows: dict[str, Any]) -> str:
         for c in v["changes"]:
             out.append(f"  {v['name']:<24} in place of {v['in_place_of']}: {c['what']}")
     return "\n".join(out)
+
+
+def policy_table() -> str:
+    """A markdown table: each policy, the releases it answers for, and what changed there."""
+    lines = [
+        "| policy | answers for | what changed at its release (commits) |",
+        "|---|---|---|",
+    ]
+    for pid, policy in all_policies().items():
+        lines.append(f"| `{pid}` | {policy.release} | {_policy_news(policy)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _policy_news(policy: type[Policy]) -> str:
+    """What the policy's own changes do: its newest effective changes, or the extras of a
+    stable release or review version."""
+    resolved = resolve(policy.id)
+    if resolved.review or resolved.backports:
+        extra = policy.changes[-1]
+        what = landed_of(extra).what
+        if resolved.backports:
+            ((_, commit),) = resolved.backports
+            return (
+                f"{resolved.release.mainline}'s rules and the stable backport {commit} of: {what}"
+            )
+        return f"never released: {what}"
+    newest = max(landed_of(c).release for c in policy.changes if effective(c))
+    return "; ".join(
+        f"{landed_of(c).what} ({', '.join(landed_of(c).commits) or 'id not confirmed'})"
+        for c in policy.changes
+        if effective(c) and landed_of(c).release == newest
+    )

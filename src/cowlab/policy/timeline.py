@@ -19,6 +19,8 @@ from cowlab.policy import (
     v4_6,
     v4_7,
     v4_8,
+    v4_11,
+    v4_13,
     v4_14,
     v5_1,
     v5_4,
@@ -60,6 +62,8 @@ CHANGES: tuple[type[Policy], ...] = (
     v4_6.MoveAnonRmapRoundsAddress,
     v4_7.MoveAnonRmapWithoutAddress,
     v4_8.CollapseSwapsIn,
+    v4_11.KsmUseZeroPages,
+    v4_13.KsmMaxPageSharing,
     v4_14.ThpSwapCounts,
     v5_1.ReuseKsmPage,
     v5_4.MadvPageout,
@@ -76,6 +80,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v5_18.CowFixesPart1,
     v5_18.DoSwapPageByRefcount,
     v5_18.CollapseIgnoresSwapcache,
+    v5_18.MremapEfaultNegative,
     v5_19.AnonExclusive,
     v6_0.MprotectDirtyExclusiveWritable,
     v6_1.MadvCollapse,
@@ -103,6 +108,10 @@ REVIEW_VERSIONS: dict[str, tuple[Release, tuple[type[Policy], ...]]] = {
     "v4.5+6d0a07e-early": (
         Release(4, 5, 5),
         (v4_6.ThpMapcountOnWpFault, review.EarlyMovesAlways),
+    ),
+    "v4.5+6d0a07e-uninit": (
+        Release(4, 5, 5),
+        (v4_6.ThpMapcountOnWpFault, review.UninitTotalMapcount),
     ),
 }
 
@@ -209,6 +218,11 @@ def resolve(name: str) -> Resolved:
     text = name.strip()
     if text in PATCHED:
         return PATCHED[text]
+    return _resolve(name, text)
+
+
+@cache
+def _resolve(name: str, text: str) -> Resolved:
     if text in REVIEW_VERSIONS:
         base, extra = REVIEW_VERSIONS[text]
         changes = (*mainline_changes(base), *extra)
@@ -238,11 +252,6 @@ def resolve_release(asked: str, release: Release) -> Resolved:
     return Resolved(asked, release, compose(pid, changes, answers), backports)
 
 
-@cache
-def resolve_cached(name: str) -> Resolved:
-    return resolve(name)
-
-
 def pick_key(keys: Iterable[str], kernel: str) -> str | None:
     """The key of a per-kernel value that speaks for `kernel`: the kernel's own name, else the
     newest release key at or before its release (a stable key x.y.z only on its own x.y line;
@@ -250,10 +259,10 @@ def pick_key(keys: Iterable[str], kernel: str) -> str | None:
     names = list(keys)
     if kernel in names:
         return kernel
-    release = resolve_cached(kernel).release
+    release = resolve(kernel).release
     best: tuple[Release, str] | None = None
     for name in names:
-        key = resolve_cached(name)
+        key = resolve(name)
         if key.review or key.release > release:
             continue
         if key.release.sublevel and key.release.line != release.line:

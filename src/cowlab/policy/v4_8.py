@@ -18,6 +18,7 @@ from cowlab.policy.history import landed
 )
 class CollapseSwapsIn(Policy):
     collapse_swaps_in = True
+    new_knobs = frozenset({"max_ptes_swap"})
 
     def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
         """4.8-5.7: the swap-in step refuses any collapse with fewer than 256 young pages."""

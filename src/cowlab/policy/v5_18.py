@@ -70,6 +70,17 @@ class CollapseIgnoresSwapcache(Policy):
     collapse_checks_swapcache = False
 
 
+@landed(
+    "5.18",
+    (),
+    "mm/mremap: return -EFAULT when there is no VMA at the old address (id not found)",
+    "the VMA lookup's failure is -EFAULT again: the mremap call fails with EFAULT",
+    "5.17-rc5 (+EFAULT) -> 5.18.12 mm/mremap.c SYSCALL_DEFINE5(mremap) (bracketed)",
+)
+class MremapEfaultNegative(Policy):
+    mremap_efault_positive = False
+
+
 def only_reference(k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
     """do_wp_page() of 5.18+ (53a05ad9f21d): a swap-cache page with no other reference drops
     its swap-cache copy (try_to_free_swap); then reuse iff !PageKsm and page_count == 1."""

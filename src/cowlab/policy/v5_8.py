@@ -51,6 +51,7 @@ class GupBreaksCowOnRead(Policy):
 class CollapseSharedPages(Policy):
     collapse_pte_mapped_thp = True
     collapse_counts_shared = True
+    new_knobs = frozenset({"max_ptes_shared"})
 
     def collapse_referenced_ok(self, referenced: int, swapped: int) -> bool:
         """ffe945e633b5: one young page, and 256 only when there is something to swap in."""

@@ -26,6 +26,9 @@ class CollapseReadOnly(Policy):
     "unconfirmed)",
     "a subpage remapped to the zero page by a split keeps its PTE's soft-dirty bit",
     "6.14.0 -> 6.18.2 mm/huge_memory.c try_to_map_unused_to_zeropage (bracketed)",
+    invisible="no modelled decision reads the soft-dirty bit of a zero-page PTE (a write copies "
+    "the zero page either way, mprotect never maps it writable) and no expectation reads a "
+    "PTE's soft-dirty bit; only /proc/PID/pagemap would show it",
 )
 class ZeropageRemapSoftDirty(Policy):
     zeropage_remap_keeps_soft_dirty = True

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     "the PMD one",
     "6.1.20 include/linux/page-flags.h PG_double_map -> 6.2.1 (none), mm/huge_memory.c "
     "__split_huge_pmd_locked",
+    invisible="counters only: no decision reads PG_double_map (reuse is by PageAnonExclusive and "
+    "refcount since 5.19), and page_mapcount, total_mapcount and page_count come out the same "
+    "with and without the +1 offsets; the checker recomputes both forms from the page tables",
 )
 class NoDoubleMap(Policy):
     double_map = False

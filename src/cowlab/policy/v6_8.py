@@ -16,3 +16,4 @@ from cowlab.policy.history import landed
 )
 class AnonMthp(Policy):
     mthp = True
+    new_knobs = frozenset({"mthp"})

@@ -94,7 +94,12 @@ def actual(
     """What the model shows for one expectation."""
     f = runner.k.frames
     kernel_id = runner.kernel_id
-    direct = {"outcome": outcome, "data": result, "fault": fault}
+    direct = {
+        "outcome": outcome,
+        "data": result,
+        "fault": fault,
+        "rmap_walk_vmas": runner.rmap_walk_vmas,
+    }
     if e.what in direct:
         return direct[e.what]
     if e.what in ("holds", "breaks"):

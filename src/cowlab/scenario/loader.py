@@ -237,6 +237,28 @@ def parse_new_region(ctx: Context, value: Any, loc: Loc) -> str:
     return name
 
 
+MTHP_SIZES = {f"{kb}K": kb for kb in (16, 32, 64, 128, 256, 512)} | {"1M": 1024}
+
+
+def parse_mthp(ctx: Context, raw: Any, loc: Loc) -> tuple[tuple[int, str], ...]:
+    """{64K: always, 16K: madvise}: the hugepages-<size>kB/enabled knobs (6.8)."""
+    if not isinstance(raw, LMap):
+        raise ctx.fail(loc, "expected mthp to map sizes (16K..1M) to always/madvise/inherit/never")
+    out = []
+    for size, mode in raw.items():
+        if size not in MTHP_SIZES:
+            raise ctx.fail(
+                raw.key_locs[size], f"expected an mTHP size among {', '.join(MTHP_SIZES)}"
+            )
+        out.append(
+            (
+                MTHP_SIZES[size],
+                choice("always", "madvise", "inherit", "never")(ctx, mode, raw.val_locs[size]),
+            )
+        )
+    return tuple(out)
+
+
 OPS: dict[str, dict[str, Parser]] = {
     "spawn": {"proc": parse_new_proc},
     "mmap": {
@@ -310,6 +332,7 @@ OPS: dict[str, dict[str, Parser]] = {
         "max_ptes_shared?": parse_max_ptes,
         "ksm_max_page_sharing?": parse_page_sharing,
         "ksm_use_zero_pages?": parse_bool,
+        "mthp?": parse_mthp,
     },
 }
 
@@ -372,6 +395,7 @@ EXPECT: dict[str, Parser] = {
     "holds": parse_properties,
     "breaks": parse_properties,
     "outcome": parse_outcome,
+    "rmap_walk_vmas": parse_count,
 }
 NEEDS_ADDRESS = (
     "same_page",
@@ -505,28 +529,6 @@ def after_step(ctx: Context, op: str, args: dict[str, Any]) -> None:
         ctx.unpinned.add(args["pin"])
 
 
-MTHP_SIZES = {f"{kb}K": kb for kb in (16, 32, 64, 128, 256, 512)} | {"1M": 1024}
-
-
-def parse_mthp(ctx: Context, raw: Any, loc: Loc) -> tuple[tuple[int, str], ...]:
-    """{64K: always, 16K: madvise}: the hugepages-<size>kB/enabled knobs (6.8)."""
-    if not isinstance(raw, LMap):
-        raise ctx.fail(loc, "expected mthp to map sizes (16K..1M) to always/madvise/inherit/never")
-    out = []
-    for size, mode in raw.items():
-        if size not in MTHP_SIZES:
-            raise ctx.fail(
-                raw.key_locs[size], f"expected an mTHP size among {', '.join(MTHP_SIZES)}"
-            )
-        out.append(
-            (
-                MTHP_SIZES[size],
-                choice("always", "madvise", "inherit", "never")(ctx, mode, raw.val_locs[size]),
-            )
-        )
-    return tuple(out)
-
-
 def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
     if not isinstance(raw, LMap):
         raise ctx.fail(loc, "expected config to be a mapping (thp, use_zero_page, swap, ...)")
@@ -547,7 +549,7 @@ def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
             )
         attr, parse = fields[key]
         values[attr] = parse(ctx, value, raw.val_locs[key])
-    return ScenarioConfig(**values)
+    return ScenarioConfig(**values, locs=dict(raw.key_locs))
 
 
 def parse_kernels(ctx: Context, raw: Any, loc: Loc) -> tuple[str, ...]:

@@ -94,6 +94,7 @@ class ScenarioConfig:
     debug_vm: bool = False
     soft_dirty: bool | None = None
     mthp: tuple[tuple[int, str], ...] = ()  # (size in KiB, mode) for hugepages-<size>kB
+    locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)  # key -> where
 
 
 @dataclass

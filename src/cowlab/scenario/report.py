@@ -116,6 +116,7 @@ def run_to_json(result: RunResult) -> dict[str, Any]:
                 "step": sr.step.describe(),
                 "outcome": sr.outcome,
                 "happened": sr.happened,
+                "rmap_walk_vmas": sr.rmap_walk_vmas,
                 "pfn": sr.observed_pfn,
                 "expectations": [expect_to_json(r) for r in sr.results],
                 "events": [e.to_json() for e in sr.events],

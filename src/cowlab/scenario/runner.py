@@ -7,10 +7,12 @@ from typing import Any
 
 from cowlab.errors import KernelBug, Segfault, SyscallError
 from cowlab.kernel import Config, Kernel, Pin, Process
+from cowlab.mm.mremap import POSITIVE_EFAULT
 from cowlab.mm.trace import Event
 from cowlab.scenario import budget
 from cowlab.scenario.changes import counter_changes, counters_snapshot
 from cowlab.scenario.judge import judge
+from cowlab.scenario.loader import ScenarioError
 from cowlab.scenario.located import Loc
 from cowlab.scenario.model import Address, Scenario, Step
 from cowlab.scenario.oracle import LogicalMemory
@@ -35,6 +37,7 @@ class StepResult:
     events: list[Event] = field(default_factory=list)  # recorded when tracing
     changes: list[str] = field(default_factory=list)
     observed_pfn: int | None = None
+    rmap_walk_vmas: int = 0  # VMAs the step's rmap walks visited
 
     @property
     def passed(self) -> bool:
@@ -94,6 +97,13 @@ class Runner:
             soft_dirty=cfg.soft_dirty,
         )
         self.k = Kernel(kernel_id, config, tracing=tracing)
+        if cfg.mthp and not self.k.policy.has_knob("mthp"):
+            raise ScenarioError(
+                scenario.path,
+                cfg.locs["mthp"],
+                f"expected no mthp on {self.k.resolved.describe()}: hugepages-<size>kB/enabled "
+                "exists from 6.8 (19eaf44954df)",
+            )
         self.k.thp_enabled = cfg.thp
         self.k.mthp_enabled.update(cfg.mthp)
         self.k.thp_use_zero_page = cfg.use_zero_page
@@ -103,6 +113,7 @@ class Runner:
         self.regions: dict[str, int] = {}
         self.pins: dict[str, Pin] = {}
         self.labels: dict[str, int | None] = {}
+        self.rmap_walk_vmas = 0  # the VMAs the current step's rmap walks visited
         self.logical = LogicalMemory()
         self.broken: set[str] = set()
         self.crashed_at: int | None = None
@@ -127,6 +138,7 @@ class Runner:
         budget.check_step(self, step, self.max_memory)
         k = self.k
         cows, reuses, events_at = len(k.cow_log), reused(k), len(k.events)
+        walked = k.vmstat["rmap_walk_vmas"]
         before = counters_snapshot(k) if k.tracing else None
         outcome, result, note = "ok", None, ""
         try:
@@ -146,12 +158,22 @@ class Runner:
         if note:  # a kernel BUG, or the process a fatal signal killed
             happened.append(note)
         fault = "copy" if len(k.cow_log) > cows else "reuse" if reused(k) > reuses else "none"
+        self.rmap_walk_vmas = k.vmstat["rmap_walk_vmas"] - walked
         pfn = self.observe_pfn(step) if outcome == "ok" else None
         if step.label:
             self.labels[step.label] = pfn
         results = judge(self, step, outcome, result, fault, pfn)
         changes = counter_changes(k, before) if before is not None else []
-        return StepResult(step, outcome, happened, results, k.events[events_at:], changes, pfn)
+        return StepResult(
+            step,
+            outcome,
+            happened,
+            results,
+            k.events[events_at:],
+            changes,
+            pfn,
+            self.rmap_walk_vmas,
+        )
 
     def execute(self, step: Step) -> Any:
         a = step.args
@@ -237,6 +259,8 @@ class Runner:
         new_size = a.get("new_size", size)
         to = self.addr(a["to"]) if "to" in a else None
         new = p.mremap(at, size, new_size, may_move=a.get("may_move", False), fixed_addr=to)
+        if new == POSITIVE_EFAULT:  # 5.16/5.17: "succeeded" at 0xe, and changed nothing
+            return
         self.logical.move(name, at, new, min(size, new_size), size)
         if "name" in a:
             self.regions[a["name"]] = new
@@ -257,9 +281,16 @@ class Runner:
             return f"{k.ksmd(a.get('scans', 1))} pages merged"
         if op == "set":
             for key, value in a.items():
-                setattr(k, "thp_enabled" if key == "thp" else key, value)
+                if not k.policy.has_knob(key):
+                    raise SyscallError("ENOENT", f"{key}: no such sysfs file on this release")
+                if key == "mthp":
+                    k.mthp_enabled.update(value)
+                else:
+                    setattr(k, "thp_enabled" if key == "thp" else key, value)
             return None
-        pin = self.pins[a["pin"]]
+        pin = self.pins.get(a["pin"])
+        if pin is None:  # its pin step failed: the handle a driver would reject
+            raise SyscallError("EINVAL", f"pin {a['pin']} was never made: its pin step failed")
         if op == "unpin":
             k.unpin(pin)
             self.logical.unpin(a["pin"])
