@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import multiprocessing
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -506,7 +508,16 @@ def generate(out: Path = OUT) -> None:
 
 
 def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
-    """(case, backing, kernel) -> (the model's verdict, whether it matches the derivation)."""
+    """(case, backing, kernel) -> (the model's verdict, whether it matches the derivation); one
+    kernel per worker process, on every CPU (the runs are independent)."""
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(os.cpu_count() or 1) as pool:
+        columns = pool.map(run_column, KERNELS)
+    return {key: value for column in columns for key, value in column.items()}
+
+
+def run_column(kernel: str) -> dict[tuple[str, str, str], tuple[str, bool]]:
+    """Every case and backing on one kernel."""
     from cowlab.scenario import load_scenario
     from cowlab.scenario.runner import Runner
 
@@ -514,21 +525,19 @@ def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
     for case in CASE_TITLES:
         for backing in BACKINGS:
             sc = load_scenario(OUT / f"{case}__{backing}.yaml")
-            for kernel in KERNELS:
-                runner = Runner(sc, kernel)
-                for step in sc.steps:
-                    runner.run_step(step)
-                verdict = "F" if runner.logical.check(runner) else "P"
-                out[(case, backing, kernel)] = (verdict, verdict == expected(case, backing, kernel))
+            runner = Runner(sc, kernel)
+            for step in sc.steps:
+                runner.run_step(step)
+            verdict = "F" if runner.logical.check(runner) else "P"
+            out[(case, backing, kernel)] = (verdict, verdict == expected(case, backing, kernel))
     for case in COLLAPSE_TITLES:
         sc = load_scenario(OUT / f"{case}.yaml")
-        for kernel in KERNELS:
-            runner = Runner(sc, kernel)
-            outcomes = [runner.run_step(step).outcome for step in sc.steps]
-            failed = [o for o in outcomes if o != "ok"]
-            verdict = f"S {failed[0]}" if failed else "F" if runner.logical.check(runner) else "P"
-            want = derivation().collapse[(case, kernel)].verdict
-            out[(case, "collapse", kernel)] = (verdict, verdict == want)
+        runner = Runner(sc, kernel)
+        outcomes = [runner.run_step(step).outcome for step in sc.steps]
+        failed = [o for o in outcomes if o != "ok"]
+        verdict = f"S {failed[0]}" if failed else "F" if runner.logical.check(runner) else "P"
+        want = derivation().collapse[(case, kernel)].verdict
+        out[(case, "collapse", kernel)] = (verdict, verdict == want)
     return out
 
 
