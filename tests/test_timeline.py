@@ -4,15 +4,20 @@ lands once, at its release; the issue's probe tells 6.8 from 6.9."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from cowlab.cli import main
+from cowlab.kernel import Kernel
+from cowlab.mm.constants import PG_dirty
+from cowlab.mm.page_alloc import flags_without
+from cowlab.mm.pgtable import PTE_DIRTY, pte_without
 from cowlab.policy import CHANGES, POLICIES, ReleaseError, resolve
 from cowlab.policy.release import LONG_TERM
 from cowlab.policy.timeline import landed_of, pick_key
-from cowlab.scenario import load_scenario
+from cowlab.scenario import ScenarioError, load_scenario, parse_scenario
 from cowlab.scenario.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +167,49 @@ def test_the_policy_table_in_the_docs_is_the_timelines(capsys: pytest.CaptureFix
     start, end = "<!-- policies:start -->\n", "<!-- policies:end -->"
     assert doc[doc.index(start) + len(start) : doc.index(end)] == table
     assert table.count("\n") == len(POLICIES) + 2
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ("{v5.19: reuse, '5.19': copy}", "one key per release, 'v5.19' and '5.19'"),
+        ("{v5.19: reuse, sometimes: copy}", "expected a release, a kernel id or default"),
+        ("{v7.3: reuse}", "4.5 to 6.18"),
+    ],
+)
+def test_a_bad_per_release_key_is_one_located_line(keys: str, message: str) -> None:
+    text = PROBE.read_text().replace(
+        "{v4.5: copy, v4.5+6d0a07e: reuse, v4.6: reuse, v6.9: copy}", keys
+    )
+    with pytest.raises(ScenarioError, match=re.escape(message)) as info:
+        parse_scenario(text, "t.yaml")
+    assert str(info.value).startswith("t.yaml:") and "\n" not in str(info.value)
+
+
+def test_mthp_config_before_6_8_is_a_located_error() -> None:
+    """hugepages-<size>kB/enabled exists from 6.8 (19eaf44954df): a 6.7 machine cannot have it."""
+    text = PROBE.read_text().replace(
+        "processes: [P]", "config: {mthp: {64K: always}}\nprocesses: [P]"
+    )
+    scenario = parse_scenario(text, "t.yaml")
+    assert run_scenario(scenario, "6.8").steps
+    with pytest.raises(ScenarioError, match=r"^t\.yaml:\d+:\d+: expected no mthp on 6\.7"):
+        run_scenario(scenario, "6.7")
+
+
+@pytest.mark.parametrize("kernel", ["4.5", "6.1", "6.18"])
+def test_a_write_pin_dirties_the_page_not_the_pte(kernel: str) -> None:
+    """follow_page_pte() with FOLL_TOUCH|FOLL_WRITE calls set_page_dirty(page) and leaves the
+    PTE's dirty bit alone (4.5.0 and 6.1.20 mm/gup.c)."""
+    k = Kernel(kernel, selfcheck=True)
+    k.thp_enabled = "never"
+    p = k.spawn()
+    addr = p.mmap(4096)
+    p.write(addr, b"x")
+    table = p.mm.pmds[addr >> 21]
+    table.bits[(addr >> 12) & 511] &= pte_without(PTE_DIRTY)  # as after writeback: clean, writable
+    pfn = p.translate(addr)
+    k.frames.flags[pfn] &= flags_without(PG_dirty)
+    p.get_user_pages(addr, 4096, write=True)
+    assert not table.bits[(addr >> 12) & 511] & PTE_DIRTY
+    assert k.frames.flags[pfn] & PG_dirty

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cowlab.mm.mm import PageAnonExclusive
 from cowlab.policy.base import Policy
 from cowlab.policy.history import landed
 
@@ -43,10 +42,9 @@ class MprotectExclusiveWritable(Policy):
     def mprotect_writable(
         self, k: Kernel, vma: VmArea, pfn: int, soft_dirty_pte: bool, dirty: bool, pmd: bool
     ) -> bool:
-        """can_change_pte_writable()/can_change_pmd_writable(): exclusive, and no soft-dirty
-        tracking waiting for a fault."""
-        tracking = self.soft_dirty_tracking(k, vma)
-        return PageAnonExclusive(k.frames, pfn) and not (tracking and not soft_dirty_pte)
+        """can_change_pte_writable()/can_change_pmd_writable(): 6.0's test without its dirty
+        PTE and no-PMD requirements."""
+        return super().mprotect_writable(k, vma, pfn, soft_dirty_pte, True, False)
 
 
 @landed(
