@@ -149,8 +149,12 @@ class Kernel:
         config: Config | None = None,
         selfcheck: bool = False,
         tracing: bool = False,
+        range_ops: bool = True,
     ) -> None:
         self.kernel_id = kernel_id
+        # run a range access as array operations over pages taking the same path (False: page
+        # by page, the reference the range path is tested against)
+        self.range_ops = range_ops
         self.resolved = resolve(kernel_id)
         self.policy = self.resolved.policy()
         self.config = config or Config()
@@ -526,12 +530,27 @@ class Process:
         """Store bytes, faulting page by page as the CPU does."""
         self._copy(addr, len(data), data)
 
+    @_op("fill")
+    def fill(self, addr: int, length: int, value: int = 0) -> None:
+        """memset(addr, value, length): one store operation over the whole range."""
+        if not 0 <= value <= 255:
+            raise SyscallError("EINVAL", f"fill: value {value} is not a byte (0..255)")
+        self._copy(addr, length, value)
+
     @_op("read")
     def read(self, addr: int, n: int) -> bytes:
         """Load n bytes, faulting page by page (a read of untouched memory maps the zero page)."""
         return self._copy(addr, n, None)
 
-    def _copy(self, addr: int, n: int, data: bytes | None) -> bytes:
+    @_op("touch")
+    def touch(self, addr: int, length: int, write: bool = False) -> None:
+        """Fault every page of the range in for reading or writing, storing nothing
+        (MADV_POPULATE_READ/WRITE as a program sees it; the bytes stay as they are)."""
+        self._copy(addr, length, b"" if write else None, keep=True)
+
+    def _copy(self, addr: int, n: int, data: bytes | int | None, keep: bool = False) -> bytes:
+        """The CPU's access to [addr, addr + n): ``data`` bytes or a fill byte to store, None
+        to load; ``keep`` faults without loading or storing."""
         f = self.kernel.frames
         out = bytearray()
         done = 0
@@ -544,8 +563,12 @@ class Process:
             except Segfault as e:
                 self._fatal_signal()
                 raise Segfault(e.addr, e.access, done, killed=True) from None
-            if data is None:
+            if keep:
+                pass
+            elif data is None:
                 out += f.read(pfn, in_page, chunk)
+            elif isinstance(data, int):
+                f.write(pfn, in_page, bytes([data]) * chunk)
             else:
                 f.write(pfn, in_page, data[done : done + chunk])
             done += chunk
