@@ -205,6 +205,11 @@ class PageFrames:
         else:
             self.contents[dst] = bytearray(data)
 
+    def has_data(self, pfns: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of these frames hold any written byte (the others read as zeros)."""
+        with_data = np.fromiter(self.contents, dtype=np.int64, count=len(self.contents))
+        return np.isin(pfns, with_data)
+
     def page_bytes(self, pfn: int) -> bytes:
         return self.read(pfn, 0, PAGE_SIZE)
 

@@ -138,7 +138,7 @@ class LogicalMemory:
         """A pin page owed bytes, or one whose frame holds any: the rest are zeros on both sides."""
         f = runner.k.frames
         pfns = np.asarray(pin.pages, dtype=np.int64)
-        with_data = np.isin(pfns, np.fromiter(f.contents, dtype=np.int64, count=len(f.contents)))
+        with_data = f.has_data(pfns)
         owed = {i for (pin_name, i) in self.pin_pages if pin_name == name}
         for i in sorted(owed | set(np.flatnonzero(with_data).tolist())):
             if _differs(f.page_bytes(int(pfns[i])), self.pin_pages.get((name, i))):
