@@ -13,12 +13,11 @@ as ratios against baselines measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import resource
-import subprocess
-import sys
 import time
+
+from _common import GIB, emit, import_rss_mib
+from _common import run_child as run_script
 
 from cowlab.policy import POLICIES
 
@@ -27,11 +26,9 @@ WORKLOADS = {
     "rdma-pte": "RDMA program, 2 x 512 MiB, PTE-mapped THP, fork trigger, 1,000 iterations",
     "fork-write-thp": "1 GiB of THP: populate, fork, parent writes every 4 KiB page",
     "fork-write-4k": "1 GiB of 4 KiB pages: populate, fork, parent writes every page",
-    "baseline-import": "import cowlab only (memory baseline)",
     "baseline-loop": "a dict update and a NumPy store per 4 KiB page of 1 GiB (time baseline)",
 }
 KERNELS = list(POLICIES)
-GIB = 1 << 30
 
 
 def fork_write(kernel_id: str, size: int, thp: bool) -> dict[str, float]:
@@ -73,23 +70,13 @@ def child(name: str, kernel_id: str, quick: bool) -> None:
         out = {"faults": r.faults, "cow_copies": r.cow_copies, "compare_error": r.error is not None}
     elif name.startswith("fork-write"):
         out = fork_write(kernel_id, size, thp=name.endswith("thp"))
-    elif name == "baseline-loop":
-        out = baseline_loop(size)
     else:
-        import cowlab  # noqa: F401
-
-        out = {}
-    out["seconds"] = time.perf_counter() - start
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(out))
+        out = baseline_loop(size)
+    emit(out, start)
 
 
 def run_child(name: str, kernel_id: str, quick: bool) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", name, "--kernel", kernel_id]
-    cmd += ["--quick"] if quick else []
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_script(__file__, ["--child", name, "--kernel", kernel_id, *(["--quick"] * quick)])
 
 
 def main() -> None:
@@ -102,7 +89,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.kernel, args.quick)
         return
-    base_mem = run_child("baseline-import", "v4.5", args.quick)["peak_rss_mib"]
+    base_mem = import_rss_mib()
     base_loop = run_child("baseline-loop", "v4.5", args.quick)["seconds"]
     lines = [
         f"Machine: {platform.machine()}, Python {platform.python_version()}; "
