@@ -1,0 +1,837 @@
+"""The range path against the page-by-page path: the same random program runs on
+``Kernel(kid, range_ops=True)`` and ``Kernel(kid, range_ops=False)``, and after every operation
+the two must have the same outcome (return value, or exception type and message, a SIGSEGV's
+address, bytes done and kill included) and the same full state (tests/statecmp.py), on every
+policy. The range kernel self-checks its invariants after each operation.
+
+Programs lean on what a range path handles: writes, fills, reads and touches of up to a few MiB,
+page-unaligned at either end, crossing VMA ends and holes (SIGSEGV partway kills the process),
+over THPs, mTHPs, forked, pinned, swapped-out, read-only and KSM pages. See docs/testing.md.
+
+The second half shows the comparison can fail: one deliberate difference in each part of the
+state is reported, and every part of a rich state is hit by one of those differences.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import heapq
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from cowlab import Kernel, Process, Segfault, SyscallError
+from cowlab.errors import InvariantViolation
+from cowlab.kernel import OpRecord, Pin
+from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
+from cowlab.policy.timeline import all_policies
+
+from .statecmp import covers, describe, diff, frame_fields, leaves, reported, snapshot
+
+POLICY_IDS = list(all_policies())
+# the review version whose rmap bug the stateful test finds: its invariant break is an outcome
+# here (both kernels self-check), not a failure
+BREAKS_INVARIANTS = {"v4.5+6d0a07e-early"}
+PAGE = 4096
+MIB = 1 << 20
+ARENA = 0x600000000000  # MAP_FIXED mappings go here (auto ones sit below 0x7f0000000000)
+CI_PROGRAMS = 8
+MIN_STEPS = 10
+MAX_STEPS = 30
+
+
+# --- programs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operation, with addresses relative to the state it runs in: process ``who`` (index
+    among the live ones), its VMA ``vma`` (index), the range starting ``page`` pages into it
+    (page -1 is the page before it) plus ``sub`` bytes, ``length`` bytes long, or, with
+    ``to_end``, reaching the VMA's end plus ``length`` bytes; ``inside`` keeps the range inside
+    the VMA (start page modulo its size, length cut at its end), otherwise it may run off either
+    end into a hole or the next VMA."""
+
+    name: str
+    who: int = 0
+    vma: int = 0
+    page: int = 0
+    sub: int = 0
+    length: int = 0
+    to_end: bool = False
+    inside: bool = True
+    arg: Any = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A step resolved to one concrete call, the same for both kernels."""
+
+    kind: str
+    who: int = 0
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __str__(self) -> str:
+        shown = [_short(a) for a in self.args] + [f"{k}={_short(v)}" for k, v in self.kwargs]
+        return f"{self.kind}[proc {self.who}]({', '.join(shown)})"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= PAGE:
+        return hex(value)
+    return repr(value)
+
+
+who = st.integers(0, 3)
+vma_index = st.integers(0, 5)
+start_page = st.one_of(
+    st.sampled_from([0, 1, 2, 255, 256, 511, 512, 513, 767, 1023, 1024, 1025]),
+    st.integers(0, 1100),
+)
+sub_page = st.one_of(st.just(0), st.sampled_from([1, 8, 2048, 4095]), st.integers(1, 4095))
+# a third small (the range path takes accesses over 16 pages), the rest up to 4.3 MiB
+length = st.one_of(
+    st.integers(0, 3 * PAGE),
+    st.builds(
+        lambda n, d: max(0, n * PAGE + d),
+        st.sampled_from([1, 2, 3, 16, 17, 18, 64, 100, 255, 256, 511, 512, 513, 1024, 1100]),
+        st.sampled_from([0, 0, 0, -1, 1, -100, 2048]),
+    ),
+    st.integers(17 * PAGE, 4 * MIB + 100 * PAGE),
+)
+to_end_delta = st.sampled_from([-PAGE - 1, -PAGE, -1, 0, 0, 1, PAGE - 1, PAGE, 2 * PAGE])
+
+
+inside = st.sampled_from([True, True, True, False])
+
+
+def ranged(
+    name: str, arg: st.SearchStrategy[Any], aligned: bool = False
+) -> st.SearchStrategy[Step]:
+    """A step over a range of some process's VMA, either of a given length or to its end."""
+    sub = st.just(0) if aligned else sub_page
+    to_end = st.booleans()
+    return to_end.flatmap(
+        lambda end: st.builds(
+            Step,
+            st.just(name),
+            who,
+            vma_index,
+            start_page,
+            sub,
+            to_end_delta if end else length,
+            st.just(end),
+            inside,
+            arg,
+        )
+    )
+
+
+def weighted(*choices: tuple[int, st.SearchStrategy[Step]]) -> st.SearchStrategy[Step]:
+    """one_of with integer weights (each strategy listed that many times)."""
+    return st.one_of(*(strategy for weight, strategy in choices for _ in range(weight)))
+
+
+mmap_size = st.one_of(
+    st.sampled_from([1, 2, 16, 255, 256, 511, 512, 512, 513, 1024, 1024]), st.integers(1, 1024)
+)
+mmap_step = st.builds(
+    Step,
+    st.just("mmap"),
+    who,
+    page=mmap_size,
+    arg=st.tuples(
+        st.sampled_from([0, 2 * MIB]),  # align
+        st.one_of(st.none(), st.none(), st.integers(0, 2047)),  # MAP_FIXED page in ARENA
+        st.sampled_from(["rw", "rw", "rw", "rw", "rw", "rw", "r", "none"]),
+    ),
+)
+KERNEL_CALLS = (
+    "end_writeback",
+    "shrink_swapcache",
+    "khugepaged",
+    "ksmd",
+    "split_huge_pages",
+    "shrink_deferred_split",
+)
+
+
+# data: 0 writes zeros; other seeds a pattern that differs from page to page
+write_seed = st.sampled_from([0, 1, 2, 3, 0x5A])
+
+
+def step_strategy() -> st.SearchStrategy[Step]:
+    kernel_ops = st.sampled_from(KERNEL_CALLS)
+    # range accesses are about half of all steps
+    return weighted(
+        (5, ranged("write", write_seed)),
+        (4, ranged("fill", st.sampled_from([0, 1, 0x7F, 0xFF]))),
+        (3, ranged("read", st.none())),
+        (3, ranged("touch", st.booleans())),
+        (2, mmap_step),
+        (3, st.builds(Step, st.just("fork"), who)),
+        (1, st.builds(Step, st.just("exit"), who)),
+        (1, ranged("munmap", st.none(), aligned=True)),
+        (1, ranged("mprotect", st.sampled_from(["r", "rw", "rw", "none"]), aligned=True)),
+        (
+            2,
+            ranged(
+                "madvise",
+                st.sampled_from(["dontneed", "dontneed", "hugepage", "nohugepage", "mergeable"]),
+                aligned=True,
+            ),
+        ),
+        (
+            2,
+            ranged(
+                "pin",
+                st.tuples(
+                    st.sampled_from(["get", "pin", "longterm"]), st.booleans(), st.booleans()
+                ),
+            ),
+        ),
+        (1, st.builds(Step, st.just("unpin"), who)),
+        (2, ranged("swapout", st.sampled_from(["swapcache", "writeback", "written", "freed"]))),
+        (2, st.builds(Step, kernel_ops)),
+        (1, st.builds(Step, st.just("thp"), arg=st.sampled_from(["always", "madvise", "never"]))),
+        # a kernel without mTHP (policy.mthp) skips it
+        (
+            1,
+            st.builds(
+                Step,
+                st.just("mthp"),
+                arg=st.tuples(st.sampled_from([16, 64]), st.sampled_from(["always", "never"])),
+            ),
+        ),
+    )
+
+
+def programs() -> st.SearchStrategy[list[Step]]:
+    return st.builds(
+        lambda first, rest: [first, *rest],
+        mmap_step,
+        st.lists(step_strategy(), min_size=MIN_STEPS, max_size=MAX_STEPS),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def pattern(n: int, seed: int) -> bytes:
+    """n bytes of data: zeros for seed 0, else bytes that change every 64 and every 4096."""
+    if seed == 0:
+        return bytes(n)
+    page = ((np.arange(PAGE) // 64 * 37 + seed) % 256).astype(np.uint8)
+    step = (np.arange(-(-n // PAGE)) * 11 % 256).astype(np.uint8)
+    return (page[None, :] + step[:, None]).tobytes()[:n]
+
+
+# --- running a program on both kernels ----------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One kernel and the program's handles on it: live processes and pins held."""
+
+    k: Kernel
+    procs: list[Process] = field(default_factory=list)
+    pins: list[Pin] = field(default_factory=list)
+
+
+def boot(kernel_id: str, range_ops: bool, selfcheck: bool) -> Side:
+    k = Kernel(kernel_id, selfcheck=selfcheck, range_ops=range_ops)
+    return Side(k, [k.spawn()])
+
+
+def resolve(side: Side, step: Step) -> Call | None:
+    """The concrete call a step makes in this state (None: nothing to do). With no process
+    left the step spawns one; on a process without VMAs a range step maps one first."""
+    if step.name == "mthp" and not side.k.policy.mthp:
+        return None
+    if step.name in ("thp", "mthp") or step.name in KERNEL_CALLS:
+        return Call(step.name, 0, (step.arg,) if step.arg is not None else ())
+    if step.name == "unpin":
+        return Call("unpin", step.who % len(side.pins)) if side.pins else None
+    if not side.procs or step.name == "spawn":
+        return Call("spawn")
+    i = step.who % len(side.procs)
+    if step.name in ("fork", "exit"):
+        return Call(step.name, i)
+    if step.name == "mmap":
+        align, fixed, prot = step.arg
+        kwargs: dict[str, Any] = {"align": align}
+        if fixed is not None:
+            kwargs["addr"] = ARENA + fixed * PAGE
+            kwargs["align"] = 0 if (ARENA + fixed * PAGE) % max(align, PAGE) else align
+        return Call("mmap", i, (step.page * PAGE, prot), tuple(kwargs.items()))
+    vmas = side.procs[i].mm.vmas
+    if not vmas:
+        return Call("mmap", i, (min(max(step.length, PAGE), 4 * MIB), "rw"))
+    vma = vmas[step.vma % len(vmas)]
+    base, end = vma.vm_start, vma.vm_end
+    pages = (end - base) // PAGE
+    if step.inside:
+        start = base + (step.page % pages) * PAGE + min(step.sub, end - base - 1)
+        start = min(start, end - 1)
+    else:
+        start = base + (step.page % (pages + 2) - 1) * PAGE + step.sub
+    n = max(0, end - start + step.length) if step.to_end else step.length
+    if step.inside:
+        n = min(n, end - start)
+    if step.name == "write":
+        return Call("write", i, (start, pattern(n, step.arg)))
+    if step.name == "fill":
+        return Call("fill", i, (start, n, step.arg))
+    if step.name == "read":
+        return Call("read", i, (start, n))
+    if step.name == "touch":
+        return Call("touch", i, (start, n), (("write", step.arg),))
+    if step.name == "pin":
+        flavour, write, fast = step.arg
+        kwargs = {"write": write, "flavour": flavour, "fast": fast}
+        return Call("get_user_pages", i, (start, n), tuple(kwargs.items()))
+    if step.name == "swapout":
+        return Call("swapout", i, (start, n), (("until", step.arg),))
+    assert step.name in ("munmap", "mprotect", "madvise"), step
+    args = (start, n) if step.arg is None else (start, n, step.arg)
+    return Call(step.name, i, args)
+
+
+def perform(side: Side, call: Call, invariant_outcome: bool) -> tuple[Any, ...]:
+    """Run the call; its outcome as a comparable tuple. A syscall error and SIGSEGV are
+    outcomes; any other exception is kept with its traceback (the caller fails on it)."""
+    try:
+        value = _dispatch(side, call)
+    except Segfault as e:
+        outcome: tuple[Any, ...] = ("SIGSEGV", str(e), e.addr, e.access, e.done, e.killed)
+    except SyscallError as e:
+        outcome = ("error", e.errno, str(e))
+    except InvariantViolation as e:
+        if not invariant_outcome:
+            outcome = ("crash", repr(e), traceback.format_exc())
+        else:
+            outcome = ("invariant", str(e))
+    except Exception as e:
+        outcome = ("crash", repr(e), traceback.format_exc())
+    else:
+        outcome = ("ok", _value(value))
+    side.procs = [p for p in side.procs if p.alive]
+    return outcome
+
+
+def _dispatch(side: Side, call: Call) -> Any:
+    k = side.k
+    kwargs = dict(call.kwargs)
+    if call.kind in KERNEL_CALLS:
+        return getattr(k, call.kind)()
+    if call.kind == "thp":
+        k.thp_enabled = call.args[0]
+        return None
+    if call.kind == "mthp":
+        size, mode = call.args[0]
+        k.mthp_enabled[size] = mode
+        return None
+    if call.kind == "spawn":
+        side.procs.append(k.spawn())
+        return side.procs[-1]
+    if call.kind == "unpin":
+        pin = side.pins.pop(call.who)
+        k.unpin(pin)
+        return None
+    proc = side.procs[call.who]
+    if call.kind == "fork":
+        child = proc.fork()
+        side.procs.append(child)
+        return child
+    result = getattr(proc, call.kind)(*call.args, **kwargs)
+    if isinstance(result, Pin):
+        side.pins.append(result)
+    return result
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, Pin):
+        return ("pin", value.id, [int(p) for p in value.pages])
+    if isinstance(value, Process):
+        return ("pid", value.pid)
+    return value
+
+
+def run_both(kernel_id: str, program: list[Step]) -> None:
+    """Run the program on the range path (self-checking) and the page-by-page path; after
+    every step the outcomes and the states must be the same."""
+    expected_breaks = kernel_id in BREAKS_INVARIANTS
+    ranged_side = boot(kernel_id, range_ops=True, selfcheck=True)
+    ref = boot(kernel_id, range_ops=False, selfcheck=expected_breaks)
+    done: list[str] = []
+    for step in program:
+        call = resolve(ref, step)
+        if call is None:
+            continue
+        done.append(str(call))
+        got = perform(ranged_side, call, expected_breaks)
+        want = perform(ref, call, expected_breaks)
+        where = f"{kernel_id}, after:\n    " + "\n    ".join(done)
+        if got != want:
+            raise AssertionError(
+                f"outcomes differ on {where}\n"
+                f"  range_ops=True:  {_brief(got)}\n  range_ops=False: {_brief(want)}"
+                + (f"\n{got[2]}" if got[0] == "crash" else "")
+            )
+        if got[0] == "crash":
+            raise AssertionError(f"the model crashed on both paths, {where}\n{got[2]}")
+        a, b = snapshot(ranged_side.k), snapshot(ref.k)
+        if a != b:
+            raise AssertionError(
+                f"{where}\n{describe(a, b, ('range_ops=True', 'range_ops=False'))}"
+            )
+
+
+def _brief(outcome: tuple[Any, ...]) -> str:
+    return " ".join(_short(v) if not isinstance(v, str) else v.splitlines()[0] for v in outcome)
+
+
+def program_examples() -> int:
+    """A few fixed programs per policy in CI; the explore profile's own count otherwise."""
+    chosen = settings()
+    return CI_PROGRAMS if chosen.derandomize else chosen.max_examples
+
+
+# Hand-written programs every policy runs too: each reaches a case the range path must get right
+S = Step
+HAND_WRITTEN = [
+    # a THP-aligned 4 MiB region written whole, forked, then COW-written across the boundary of
+    # its two THPs with unaligned ends, read back whole, touched, and written on into the hole
+    # beyond its end (SIGSEGV partway)
+    [
+        S("mmap", page=1024, arg=(2 * MIB, None, "rw")),
+        S("fill", page=1, sub=0, length=4 * MIB, arg=0x11),
+        S("fork"),
+        S("write", page=400, sub=100, length=200 * PAGE + 5, arg=2),
+        S("read", who=1, page=0, sub=7, length=4 * MIB - 7),
+        S("touch", who=1, page=500, length=30 * PAGE, arg=True),
+        S("write", who=1, page=1000, sub=5, length=PAGE, to_end=True, inside=False, arg=3),
+    ],
+    # small pages (THP off), swapped out part by part, pinned, forked, then written over all
+    [
+        S("thp", arg="never"),
+        S("mmap", page=300, arg=(0, None, "rw")),
+        S("write", page=1, length=300 * PAGE, arg=1),
+        S("swapout", page=101, length=100 * PAGE, arg="freed"),
+        S("swapout", page=201, length=50 * PAGE, arg="writeback"),
+        S("pin", page=51, sub=9, length=150 * PAGE, arg=("longterm", False, False)),
+        S("pin", page=251, length=PAGE, arg=("get", True, True)),
+        S("fork"),
+        S("fill", page=1, length=0, to_end=True, arg=0),
+        S("touch", who=1, page=0, length=0, to_end=True, arg=True),
+        S("end_writeback"),
+        S("read", who=1, page=1, sub=1, length=0, to_end=True),
+        S("unpin"),
+        S("write", who=1, page=90, sub=4095, length=100 * PAGE, arg=2),
+    ],
+    # three adjacent VMAs (rw, r, none) and a child: a read through them to the PROT_NONE one
+    # kills the parent partway; the child makes the r one writable and writes on into none
+    [
+        S("mmap", page=64, arg=(0, 0, "rw")),
+        S("mmap", page=64, arg=(0, 64, "r")),
+        S("mmap", page=64, arg=(0, 128, "none")),
+        S("fill", vma=0, page=2, sub=17, length=0, to_end=True, arg=0x7F),
+        S("fork"),
+        S("read", vma=0, page=2, sub=9, length=130 * PAGE, inside=False),
+        S("mprotect", vma=1, page=0, length=64 * PAGE, arg="rw"),
+        S("write", vma=0, page=60, sub=3, length=200 * PAGE, inside=False, arg=5),
+    ],
+    # KSM pages under a range write, in the process that merged them and in a child
+    [
+        S("thp", arg="never"),
+        S("mmap", page=32, arg=(0, None, "rw")),
+        S("madvise", page=0, length=0, to_end=True, arg="mergeable"),
+        S("fill", page=0, length=0, to_end=True, arg=0x42),
+        S("ksmd"),
+        S("ksmd"),
+        S("fork"),
+        S("write", page=3, sub=1, length=20 * PAGE, arg=3),
+        S("fill", who=1, page=1, sub=5, length=0, to_end=True, arg=0),
+    ],
+    # khugepaged collapsing a sparsely written region, then a fork and range writes over the THP
+    [
+        S("thp", arg="never"),
+        S("mmap", page=512, arg=(2 * MIB, None, "rw")),
+        S("write", page=7, sub=3, length=40 * PAGE, arg=1),
+        S("madvise", page=0, length=0, to_end=True, arg="hugepage"),
+        S("thp", arg="madvise"),
+        S("khugepaged"),
+        S("fork"),
+        S("fill", page=100, sub=1, length=20 * PAGE, arg=0xFF),
+        S("touch", who=1, page=0, length=0, to_end=True, arg=False),
+        S("write", who=1, page=509, sub=1, length=0, to_end=True, arg=2),
+    ],
+]
+MTHP_PROGRAM = [
+    S("mthp", arg=(16, "always")),
+    S("mthp", arg=(64, "always")),
+    S("thp", arg="never"),
+    S("mmap", page=300, arg=(2 * MIB, None, "rw")),
+    S("write", page=3, sub=5, length=100 * PAGE, arg=1),
+    S("fork"),
+    S("fill", page=1, sub=1, length=0, to_end=True, arg=9),
+    S("munmap", who=1, page=21, length=8 * PAGE),
+    S("touch", who=1, page=1, length=0, to_end=True, arg=True),
+]
+
+
+def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
+    for program in [*HAND_WRITTEN, MTHP_PROGRAM]:
+        test = example(program=program)(test)
+    return test
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+@settings(max_examples=program_examples())
+@_with_examples
+@given(program=programs())
+def test_range_path_gives_the_page_by_page_state(kernel_id: str, program: list[Step]) -> None:
+    run_both(kernel_id, program)
+
+
+# --- the comparison can fail --------------------------------------------------------------
+
+
+def rich_kernel(kernel_id: str = "v6.18") -> Kernel:
+    """A state where every part of a snapshot holds something: huge and huge-zero PMDs, PTE
+    tables, written, forked, COW-copied, KSM-merged, pinned and swapped pages, a partly
+    unmapped THP on the deferred split queue, free frames."""
+    k = Kernel(kernel_id, range_ops=False)
+    p = k.spawn()
+    thp = p.mmap(4 * MIB, align=2 * MIB)
+    p.fill(thp, 4 * MIB, 0x11)
+    huge_zero = p.mmap(2 * MIB, align=2 * MIB)
+    p.read(huge_zero + 5, 10)
+    k.thp_enabled = "never"
+    small = p.mmap(64 * PAGE)
+    p.write(small + 3, pattern(64 * PAGE - 3, 1))
+    same = p.mmap(8 * PAGE)
+    p.madvise(same, 8 * PAGE, "mergeable")
+    p.fill(same, 8 * PAGE, 0x42)
+    k.ksmd()
+    k.ksmd()
+    p.swapout(small + 32 * PAGE, 8 * PAGE, until="writeback")
+    p.swapout(small + 40 * PAGE, 8 * PAGE, until="freed")
+    child = p.fork()
+    child.write(small + 5, b"x")
+    p.munmap(thp + 2 * MIB, 256 * PAGE)
+    p.get_user_pages(small, 4 * PAGE, flavour="pin", write=True)
+    p.munmap(small + 56 * PAGE, 4 * PAGE)
+    return k
+
+
+@pytest.fixture(scope="module")
+def rich() -> Kernel:
+    return rich_kernel()
+
+
+def _huge(k: Kernel) -> HugePmd:
+    mm = k.processes[1].mm
+    return next(e for e in mm.pmds.values() if isinstance(e, HugePmd) and not e.huge_zero)
+
+
+def _table(k: Kernel) -> PteTable:
+    return next(e for e in k.processes[1].mm.pmds.values() if isinstance(e, PteTable))
+
+
+def _child_anon_vma(k: Kernel) -> Any:
+    return next(av for av in k.anon_vmas.values() if av.parent is not None and av.parent is not av)
+
+
+def _data_pfn(k: Kernel) -> int:
+    pfns = k.frames.allocated()
+    return int(pfns[k.frames.has_data(pfns)][0])
+
+
+def _set_field(name: str) -> Callable[[Kernel], None]:
+    def mutate(k: Kernel) -> None:
+        arr = getattr(k.frames, name)
+        pfn = int(k.frames.allocated()[0])
+        if arr.ndim == 2:
+            arr[pfn, 1] += 1
+        else:
+            arr[pfn] += 1
+
+    return mutate
+
+
+def _swap_free_slot(k: Kernel) -> None:
+    heapq.heappush(k.swap._free, k.swap.nr + 5)
+
+
+def _reorder_free(k: Kernel) -> None:
+    free = k.frames.free[0]
+    free[0], free[1] = free[1], free[0]
+
+
+def _vma(k: Kernel) -> Any:
+    return k.processes[1].mm.vmas[0]
+
+
+def _rekey_anon_vma(k: Kernel) -> None:
+    key = next(iter(k.anon_vmas))
+    k.anon_vmas[key + 1000] = k.anon_vmas.pop(key)
+
+
+def _add_history(k: Kernel) -> None:
+    k.history.append(OpRecord("pid {}: nothing", 1))
+
+
+def _other_anon_vma(k: Kernel) -> None:
+    vma = _vma(k)
+    vma.anon_vma = next(av for av in k.anon_vmas.values() if av is not vma.anon_vma)
+
+
+def _cow_why(k: Kernel) -> None:
+    k.cow_log[0] = dataclasses.replace(k.cow_log[0], why="another reason")
+
+
+def _bump_vmstat(k: Kernel) -> None:
+    for key in list(k.vmstat):
+        k.vmstat[key] += 1
+
+
+def _pte_bits(k: Kernel) -> None:
+    table = _table(k)
+    i = int(np.flatnonzero(table.pfn >= 0)[0])
+    table.bits[i] ^= PTE_DIRTY
+
+
+def _pte_pfn(k: Kernel) -> None:
+    table = _table(k)
+    i = int(np.flatnonzero(table.pfn >= 0)[0])
+    table.pfn[i] += 1
+
+
+def _huge_field(name: str) -> Callable[[Kernel], None]:
+    def mutate(k: Kernel) -> None:
+        entry = _huge(k)
+        value = getattr(entry, name)
+        setattr(entry, name, value + 512 if name == "pfn" else not value)
+
+    return mutate
+
+
+def _huge_to_table(k: Kernel) -> None:
+    mm = k.processes[1].mm
+    idx = next(i for i, e in mm.pmds.items() if isinstance(e, HugePmd) and not e.huge_zero)
+    mm.pmds[idx] = PteTable()
+
+
+def _pin(k: Kernel) -> Pin:
+    return k.pins[1]
+
+
+def _pin_field(name: str) -> Callable[[Kernel], None]:
+    def mutate(k: Kernel) -> None:
+        setattr(_pin(k), name, 7)
+
+    return mutate
+
+
+def _set_pages(k: Kernel) -> None:
+    _pin(k).pages[1] += 1
+
+
+def _ksm_item(k: Kernel) -> None:
+    next(iter(k.ksm.items.values())).oldchecksum = b"changed!"
+
+
+def _ksm_node(k: Kernel) -> None:
+    next(iter(k.ksm.nodes.values())).kpfn += 1
+
+
+def _mthp(k: Kernel) -> None:
+    k.mthp_enabled[64] = "always"
+
+
+def _swap_data(k: Kernel) -> None:
+    slot = next(iter(k.swap.data))
+    k.swap.data[slot] = b"\x01" + bytes(k.swap.data[slot])[1:]
+
+
+MUTATIONS: dict[str, tuple[str, Callable[[Kernel], None]]] = {
+    # name: (the part the difference must be reported in, the deliberate difference)
+    **{f"field {name}": (f"frames.{name}", _set_field(name)) for name in frame_fields()},
+    "frames.nr": ("frames.nr", lambda k: setattr(k.frames, "nr", k.frames.nr + 1)),
+    "free list order": ("frames.free[]", _reorder_free),
+    "free list entry dropped": ("frames.free[]", lambda k: k.frames.free[0].pop()),
+    "nr_allocated": ("frames.nr_allocated", lambda k: setattr(k.frames, "nr_allocated", 1)),
+    "huge_zero_refcount": (
+        "frames.huge_zero_refcount",
+        lambda k: setattr(k.frames, "huge_zero_refcount", 9),
+    ),
+    "one byte more in a written page": (
+        "frames.bytes[]",
+        lambda k: k.frames.write(_data_pfn(k), 4000, b"\x01"),
+    ),
+    "a byte in a zero-filled page": (
+        "frames.bytes[]",
+        lambda k: k.frames.write(int(k.frames.free[0][0]), 7, b"\x01"),
+    ),
+    "process gone": ("processes", lambda k: k.processes.pop(2)),
+    "pid": ("proc[].pid", lambda k: setattr(k.processes[1], "pid", 7)),
+    "alive": ("proc[].alive", lambda k: setattr(k.processes[1], "alive", False)),
+    "mm.pid": ("proc[].mm.pid", lambda k: setattr(k.processes[1].mm, "pid", 7)),
+    "anon_rss": ("proc[].anon_rss", lambda k: setattr(k.processes[1].mm, "anon_rss", 1)),
+    "swapents": ("proc[].swapents", lambda k: setattr(k.processes[2].mm, "swapents", 1)),
+    "has_pinned": ("proc[].has_pinned", lambda k: setattr(k.processes[2].mm, "has_pinned", 1)),
+    "vma start": ("proc[].vmas[].start", lambda k: setattr(_vma(k), "vm_start", 0)),
+    "vma end": ("proc[].vmas[].end", lambda k: setattr(_vma(k), "vm_end", 0)),
+    "vma flags": ("proc[].vmas[].flags", lambda k: setattr(_vma(k), "vm_flags", 0)),
+    "vma pgoff": ("proc[].vmas[].pgoff", lambda k: setattr(_vma(k), "vm_pgoff", 0)),
+    "vma mm": ("proc[].vmas[].mm", lambda k: setattr(_vma(k), "mm", k.processes[2].mm)),
+    "vma anon_vma": ("proc[].vmas[].anon_vma", _other_anon_vma),
+    "vma chain": ("proc[].vmas[].chain", lambda k: _vma(k).anon_vma_chain.pop()),
+    "PTE bit": ("proc[].pmd[].bits", _pte_bits),
+    "PTE pfn": ("proc[].pmd[].pfn", _pte_pfn),
+    **{
+        f"huge PMD {f.name}": (f"proc[].pmd[].{f.name}", _huge_field(f.name))
+        for f in dataclasses.fields(HugePmd)
+    },
+    "huge PMD becomes a table": ("proc[].pmd[].huge", _huge_to_table),
+    "PMD entry gone": ("proc[].pmd[]", lambda k: k.processes[1].mm.pmds.popitem()),
+    "anon_vma root": ("anon_vmas[].root", lambda k: setattr(_child_anon_vma(k), "root", None)),
+    "anon_vma parent": (
+        "anon_vmas[].parent",
+        lambda k: setattr(_child_anon_vma(k), "parent", None),
+    ),
+    "anon_vma degree": ("anon_vmas[].degree", lambda k: setattr(_child_anon_vma(k), "degree", 9)),
+    "anon_vma vmas": ("anon_vmas[].vmas", lambda k: _child_anon_vma(k).vmas.clear()),
+    "anon_vma under another key": ("anon_vmas.keys", _rekey_anon_vma),
+    "deferred split": ("deferred_split", lambda k: k.deferred_split.add(4096)),
+    "vmstat": ("vmstat.", _bump_vmstat),
+    "cow_log entry dropped": ("cow_log", lambda k: k.cow_log.pop()),
+    "cow_log why": ("cow_log", _cow_why),
+    **{
+        f"pin {name}": (f"pins[].{name}", _pin_field(name))
+        for name in ("id", "pid", "addr", "length", "gup_flags")
+    },
+    "pin pages": ("pins[].pages", _set_pages),
+    "pin write": ("pins[].write", lambda k: setattr(_pin(k), "write", False)),
+    "pin flavour": ("pins[].flavour", lambda k: setattr(_pin(k), "flavour", "get")),
+    "swap nr": ("swap.nr", lambda k: setattr(k.swap, "nr", k.swap.nr + 1)),
+    "swap_map": ("swap.swap_map", lambda k: k.swap.swap_map.__setitem__(0, 5)),
+    "swap cache": ("swap.cache", lambda k: k.swap.cache.__setitem__(0, -1)),
+    "swap data": ("swap.data[]", _swap_data),
+    "swap free slot": ("swap.free", _swap_free_slot),
+    "swap slot beyond nr": (
+        "swap.beyond_nr",
+        lambda k: k.swap.swap_map.__setitem__(k.swap.nr, 1),
+    ),
+    "ksm item": ("ksm.items[]", _ksm_item),
+    "ksm node": ("ksm.nodes[]", _ksm_node),
+    "ksm next_id": ("ksm.next_id", lambda k: setattr(k.ksm, "next_id", 99)),
+    "ksm full_scans": ("ksm.full_scans", lambda k: setattr(k.ksm, "full_scans", 99)),
+    "thp_enabled": ("knobs.thp_enabled", lambda k: setattr(k, "thp_enabled", "always")),
+    "mthp_enabled": ("knobs.mthp_enabled[]", _mthp),
+    "thp_use_zero_page": ("knobs.thp_use_zero_page", lambda k: setattr(k, "thp_use_zero_page", 0)),
+    "thp_alloc_fail": ("knobs.thp_alloc_fail", lambda k: setattr(k, "thp_alloc_fail", True)),
+    "max_ptes_none": ("knobs.max_ptes", lambda k: setattr(k, "max_ptes_none", 0)),
+    "ksm_max_page_sharing": (
+        "knobs.ksm_max_page_sharing",
+        lambda k: setattr(k, "ksm_max_page_sharing", 2),
+    ),
+    "ksm_use_zero_pages": (
+        "knobs.ksm_use_zero_pages",
+        lambda k: setattr(k, "ksm_use_zero_pages", True),
+    ),
+    "numa_misplaced": ("knobs.numa_misplaced", lambda k: setattr(k, "numa_misplaced", False)),
+    "next anon_vma id": ("ids", lambda k: next(k._ids)),
+    "next pid": ("ids", lambda k: next(k._pids)),
+    "next pin id": ("ids", lambda k: next(k._pin_ids)),
+    "history record added": ("history", _add_history),
+    "history record changed": ("history", lambda k: k.history.__setitem__(3, OpRecord("x"))),
+}
+
+
+def full_diff(a: Kernel, b: Kernel) -> list[str]:
+    return diff(snapshot(a), snapshot(b), limit=10_000, per_part=10_000)
+
+
+def test_a_copy_of_a_state_compares_equal(rich: Kernel) -> None:
+    assert snapshot(copy.deepcopy(rich)) == snapshot(rich)
+    assert full_diff(rich, copy.deepcopy(rich)) == []
+
+
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_a_deliberate_difference_is_reported(rich: Kernel, name: str) -> None:
+    part, mutate = MUTATIONS[name]
+    other = copy.deepcopy(rich)
+    mutate(other)
+    a, b = snapshot(rich), snapshot(other)
+    assert a != b
+    lines = full_diff(rich, other)
+    assert any(path.startswith(part) for path in reported(lines)), lines[:10]
+    assert describe(a, b).count("\n") >= 1
+
+
+def test_every_part_of_the_snapshot_has_a_deliberate_difference(rich: Kernel) -> None:
+    """Each part of the rich state (normalised path) is reported by one of MUTATIONS, so no
+    part of the snapshot is compared by nobody."""
+    parts = leaves(snapshot(rich))
+    assert len(parts) > 60
+    found: set[str] = set()
+    for _, mutate in MUTATIONS.values():
+        other = copy.deepcopy(rich)
+        mutate(other)
+        found |= reported(full_diff(rich, other))
+    missed = sorted(leaf for leaf in parts if not any(covers(path, leaf) for path in found))
+    assert missed == []
+
+
+def test_the_rich_state_has_every_part(rich: Kernel) -> None:
+    snap = snapshot(rich).parts
+    pmds = [v for key, v in snap["proc[1]"].items() if key.startswith("pmd[")]
+    assert any(e.get("huge") and not e["huge_zero"] for e in pmds)
+    assert any(e.get("huge") and e["huge_zero"] for e in pmds)
+    assert any("bits" in e for e in pmds)
+    assert snap["proc[1]"]["swapents"] and snap["proc[1]"]["has_pinned"]
+    assert snap["cow_log"] and snap["pins"] and snap["deferred_split"]
+    assert snap["swap"]["data"] and (snap["swap"]["cache"] >= 0).any()
+    assert snap["ksm"]["nodes"] and snap["ksm"]["items"]
+    assert any(av["parent"] not in (None, key) for key, av in snap["anon_vmas"].items())
+    assert len(snap["frames.free"][0]) >= 2 and snap["frames.huge_zero_refcount"]
+
+
+def test_what_the_model_cannot_observe_is_no_difference(rich: Kernel) -> None:
+    """Zeros written into a zero-filled frame, a zero vmstat counter, page-table entries
+    inserted in another order: the same state."""
+    other = copy.deepcopy(rich)
+    other.frames.write(int(other.frames.free[0][0]), 100, bytes(64))
+    other.vmstat["thp_split_pmd"] += 0
+    mm = other.processes[1].mm
+    mm.pmds = dict(reversed(list(mm.pmds.items())))
+    assert full_diff(rich, other) == []
+
+
+def test_an_access_crossing_into_a_hole_is_an_outcome_with_bytes_done() -> None:
+    side = boot("v6.18", range_ops=False, selfcheck=True)
+    start = resolve(side, Step("mmap", page=4, arg=(0, 0, "rw")))
+    assert start is not None
+    perform(side, start, False)
+    call = Call("fill", 0, (ARENA + PAGE + 10, 8 * PAGE, 1))
+    outcome = perform(side, call, False)
+    assert outcome == (
+        "SIGSEGV",
+        "SIGSEGV: write at 0x600000004000",
+        ARENA + 4 * PAGE,
+        "write",
+        3 * PAGE - 10,
+        True,
+    )
+    assert side.procs == []
