@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from cowlab.errors import CowlabError, KernelBug, Segfault, SyscallError
 from cowlab.kernel import Process
 from cowlab.live.driver import LiveMachine, LiveProcess
 from cowlab.live.journal import SystemChanges
-from cowlab.live.model_observe import absent, model_snapshot, models_anon_exclusive
-from cowlab.live.observe import PAGE, PageObs, Snapshot
+from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
+from cowlab.live.observe import PAGE
+from cowlab.live.pages import LEVEL_PMD, NA, PageArrays, PageObs, Snapshot
 from cowlab.live.scenario import Limits, LiveScenario, StepOutcome, Unsupported, unsupported_reason
 from cowlab.live.system import THP_DIR, kernel_facts
 from cowlab.mm.trace import Event
@@ -160,30 +165,46 @@ def show_page(o: PageObs) -> str:
     return f"{o.folio}[{o.subpage}]/{o.nr} {o.level} mc={o.mapcount}{ex}{ksm}{shown}"
 
 
-def _differing_fields(a: PageObs, b: PageObs, excl: bool) -> list[str]:
-    names = [f for f in FIELDS if f != "anon_exclusive" or excl]
-    out = [f for f in names if getattr(a, f) != getattr(b, f)]
-    if a.digest != b.digest:
-        out.append("bytes")
-    return out
+# A page's differing fields as bits of one integer: FIELDS in order, then the bytes (digest).
+BYTES_BIT = len(FIELDS)
+
+
+def _differing(live: PageArrays, model: PageArrays, excl: bool) -> npt.NDArray[np.int64]:
+    """Per page of the common length, a bit per field that differs (FIELDS, then bytes)."""
+    n = min(len(live), len(model))
+    mask = np.zeros(n, np.int64)
+    for bit, name in enumerate(FIELDS):
+        if name != "anon_exclusive" or excl:
+            mask |= (getattr(live, name)[:n] != getattr(model, name)[:n]).astype(np.int64) << bit
+    mask |= (live.digest[:n] != model.digest[:n]).astype(np.int64) << BYTES_BIT
+    return mask
+
+
+def _field_names(mask: int) -> list[str]:
+    return [name for bit, name in enumerate((*FIELDS, "bytes")) if mask >> bit & 1]
 
 
 def diff_regions(live: Snapshot, model: Snapshot, excl: bool) -> list[Difference]:
-    """Runs of consecutive pages that differ in the same fields, per region."""
+    """Runs of consecutive pages that differ in the same fields, per region: an array
+    comparison, with a PageObs made only for the first page of each run."""
     out: list[Difference] = []
-    for name, lpages in live.regions.items():
-        mpages = model.regions.get(name, [])
-        run: Difference | None = None
-        for i, (lo, mo) in enumerate(zip(lpages, mpages, strict=False)):
-            fields = _differing_fields(lo, mo, excl)
-            if not fields:
-                run = None
-                continue
-            if run is not None and run.fields == fields and run.last == i - 1:
-                run.last = i
-                continue
-            run = Difference(name, i, i, fields, show_page(lo), show_page(mo))
-            out.append(run)
+    for name, larrays in live.arrays.items():
+        marrays = model.arrays.get(name)
+        if marrays is None:
+            continue
+        mask = _differing(larrays, marrays, excl)
+        pages = np.flatnonzero(mask)
+        if not len(pages):
+            continue
+        # A run starts where the pages stop being consecutive or the differing fields change.
+        starts = np.flatnonzero(
+            np.concatenate(([True], (np.diff(pages) != 1) | (np.diff(mask[pages]) != 0)))
+        )
+        ends = np.append(starts[1:], len(pages)) - 1
+        for first, last in zip(pages[starts].tolist(), pages[ends].tolist(), strict=True):
+            fields = _field_names(int(mask[first]))
+            lo, mo = larrays.page(first), marrays.page(first)
+            out.append(Difference(name, first, last, fields, show_page(lo), show_page(mo)))
     return out
 
 
@@ -336,7 +357,7 @@ class Attempt:
                 gone[view] = (la % PAGE + size + PAGE - 1) // PAGE
         live = self.live.machine.snapshot(live_spec)
         for view, pages in gone.items():
-            live.regions[view] = [absent() for _ in range(pages)]
+            live.arrays[view] = PageArrays.absent(pages)
         return live, model_snapshot(self.runner.k, model_spec, show_exclusive=self.excl)
 
     def _compare(
@@ -372,33 +393,46 @@ class Attempt:
 def noise(live: Snapshot, model: Snapshot, before: dict[str, int], after: dict[str, int]) -> str:
     """Why a difference may be the machine's doing (THP fallback, khugepaged, KSM), or ''."""
     delta = {k: after.get(k, 0) - v for k, v in before.items() if after.get(k, 0) != v}
-    pairs = [
-        (lo, mo)
-        for name, lpages in live.regions.items()
-        for lo, mo in zip(lpages, model.regions.get(name, []), strict=False)
-    ]
     if not live.stable:
         return "the live pages kept changing while they were observed (migration or collapse)"
-    if any(lo.ksm and not mo.ksm for lo, mo in pairs):
+    if _any_page(live, model, _ksm):
         return "a KSM merge the scenario did not ask for"
     fallback = sum(v for k, v in delta.items() if k.startswith(FALLBACKS))
-    if fallback and any(_smaller(lo, mo) for lo, mo in pairs):
+    if fallback and _any_page(live, model, _smaller):
         return f"the live kernel could not allocate a THP or mTHP (fallbacks +{fallback})"
     collapsed = sum(v for k, v in delta.items() if k.startswith("thp_collapse_alloc"))
-    if collapsed and any(_collapsed(lo, mo) for lo, mo in pairs):
+    if collapsed and _any_page(live, model, _collapsed):
         return f"khugepaged collapsed a range (thp_collapse_alloc +{collapsed})"
     return ""
 
 
-def _smaller(live: PageObs, model: PageObs) -> bool:
+PagePredicate = Callable[[PageArrays, PageArrays, int], npt.NDArray[np.bool_]]
+
+
+def _any_page(live: Snapshot, model: Snapshot, pred: PagePredicate) -> bool:
+    """Whether pred holds for some page of some region, live and model side by side."""
+    for name, larrays in live.arrays.items():
+        marrays = model.arrays.get(name)
+        if marrays is not None and pred(larrays, marrays, min(len(larrays), len(marrays))).any():
+            return True
+    return False
+
+
+def _ksm(live: PageArrays, model: PageArrays, n: int) -> npt.NDArray[np.bool_]:
+    """A KSM page live where the model has none."""
+    return live.ksm[:n] & ~model.ksm[:n]
+
+
+def _smaller(live: PageArrays, model: PageArrays, n: int) -> npt.NDArray[np.bool_]:
     """A fallback the model did not take: a smaller folio (or small pages) where it has a THP."""
-    return live.nr is not None and model.nr is not None and live.nr < model.nr
+    lnr, mnr = live.nr[:n], model.nr[:n]
+    return (lnr != NA) & (mnr != NA) & (lnr < mnr)
 
 
-def _collapsed(live: PageObs, model: PageObs) -> bool:
+def _collapsed(live: PageArrays, model: PageArrays, n: int) -> npt.NDArray[np.bool_]:
     """A collapse the model did not make: small pages, a PTE-mapped THP or (max_ptes_none)
     nothing at all, where the live side now has a PMD mapping."""
-    return live.level == "pmd" and model.level != "pmd"
+    return (live.level[:n] == LEVEL_PMD) & (model.level[:n] != LEVEL_PMD)
 
 
 def run_case(

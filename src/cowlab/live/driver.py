@@ -38,8 +38,20 @@ SYS_PIDFD_GETFD = 438
 
 PIN_KINDS = ("iouring", "vmsplice", "odirect")
 # Not "python -m cowlab.live.worker": the package __init__ imports worker first (runpy warns).
-ZYGOTE_MAIN = "from cowlab.live.worker import main; main()"
+# The zygote imports worker.py (standard library and ctypes only) without running the cowlab and
+# cowlab.live package __init__s, which pull in NumPy and the whole model: every worker is a fork
+# of the zygote, and a smaller process forks (and exits) faster.
+ZYGOTE_MAIN = """
+import sys, types
+for name, path in (("cowlab", sys.argv[2]), ("cowlab.live", sys.argv[2] + "/live")):
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+from cowlab.live.worker import main
+main()
+"""
 CRASH_SIGNALS = ("SIGSEGV", "SIGBUS")
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # src/cowlab
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -478,7 +490,7 @@ class LiveMachine:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-c", ZYGOTE_MAIN, str(theirs.fileno())],
+                [sys.executable, "-c", ZYGOTE_MAIN, str(theirs.fileno()), PACKAGE_DIR],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,

@@ -5,6 +5,11 @@ across the regions in the order given), subpage, folio size, level (pmd/pte/None
 /proc/kpagecount reports it, anon_exclusive where kpageflags shows it, KSM/zero/swap fields and a
 digest of the bytes. PFNs never leave this module.
 
+Each region is read as arrays: the PTE tables' pfn/bits slices and the huge PMDs of the range
+give one value per page, and the frames' flags and orders are indexed with the mapped PFNs all
+at once. Page bytes come only through PageFrames.page_bytes() and has_data(): only pages with
+data are read and digested, the others are ZERO_DIGEST.
+
 The mapcount is derived from the page tables of every live modelled mm, not from the model's
 struct page counters: kpagecount reports folio_precise_page_mapcount() (this page's PTE maps plus
 the folio's PMD maps), which is what the counters *should* say; whether they do is the model's own
@@ -13,13 +18,14 @@ self-check (cowlab.checker), and kernel generations keep those counters in diffe
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from cowlab.kernel import Kernel, Process
-from cowlab.live.observe import ZERO_DIGEST, PageObs, Snapshot
+from cowlab.live import pages as pg
+from cowlab.live.pages import FirstSight, PageArrays, PageObs, Snapshot
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
     PAGE_SIZE,
@@ -27,17 +33,14 @@ from cowlab.mm.constants import (
     PG_ksm,
     PG_swapcache,
 )
-from cowlab.mm.mm import compound_head, folio_nr_pages
+from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import pmd_index, pte_index
-from cowlab.mm.pgtable import (
-    PTE_MIGRATION,
-    PTE_SPECIAL,
-    HugePmd,
-    PteTable,
-    is_swap_pte,
-    pte_to_swp_offset,
-)
+from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd
 from cowlab.policy import resolve
+
+I64 = npt.NDArray[np.int64]
+# What maps a page, per page of a region (before the frames are looked at).
+NOTHING, BY_PTE, BY_PMD, BY_HUGE_ZERO = 0, 1, 2, 3
 
 
 def models_anon_exclusive(kernel_id: str) -> bool:
@@ -46,127 +49,144 @@ def models_anon_exclusive(kernel_id: str) -> bool:
     return resolve(kernel_id).policy.anon_exclusive
 
 
-def mapcounts(k: Kernel) -> tuple[dict[int, int], dict[int, int]]:
+class _Counts:
+    """How many times each key occurs, looked up for many keys at once (0 for absent keys)."""
+
+    def __init__(self, keys: I64) -> None:
+        self.keys, self.counts = np.unique(keys, return_counts=True)
+
+    def __getitem__(self, query: I64) -> I64:
+        at = np.minimum(np.searchsorted(self.keys, query), max(len(self.keys) - 1, 0))
+        if not len(self.keys):
+            return np.zeros(len(query), np.int64)
+        return np.where(self.keys[at] == query, self.counts[at], 0).astype(np.int64)
+
+
+def mapcounts(k: Kernel) -> tuple[_Counts, _Counts]:
     """(PTE maps per pfn, PMD maps per head pfn) over every live process's page tables."""
-    pte_pfns: list[np.ndarray] = []
-    pmd: dict[int, int] = {}
+    pte_pfns: list[I64] = []
+    pmd_heads: list[int] = []
     for proc in k.processes.values():
         for entry in proc.mm.pmds.values():
             if isinstance(entry, HugePmd):
                 if not entry.huge_zero:
-                    pmd[entry.pfn] = pmd.get(entry.pfn, 0) + 1
+                    pmd_heads.append(entry.pfn)
                 continue
             # The zero page is mapped special: kpagecount shows 0 for it, as the kernel counts.
             normal = (entry.pfn >= 0) & ((entry.bits & (PTE_SPECIAL | PTE_MIGRATION)) == 0)
             pte_pfns.append(entry.pfn[normal])
-    pte: dict[int, int] = {}
-    if pte_pfns:
-        values, counts = np.unique(np.concatenate(pte_pfns), return_counts=True)
-        pte = dict(zip(values.tolist(), counts.tolist(), strict=True))
-    return pte, pmd
+    pte = np.concatenate(pte_pfns) if pte_pfns else np.zeros(0, np.int64)
+    return _Counts(pte), _Counts(np.array(pmd_heads, dtype=np.int64))
 
 
 class _Observer:
-    """Labels and mapcounts shared by every region of one model snapshot."""
+    """Labels, mapcounts and digests shared by every region of one model snapshot."""
 
     def __init__(self, k: Kernel, show_exclusive: bool) -> None:
-        self.k = k
         self.f = k.frames
         self.show_exclusive = show_exclusive
-        self.labels: dict[int, str] = {}
-        self.swaps: dict[int, str] = {}  # swap slot -> "S0".., first sight, as observe.py labels
+        self.folios = FirstSight()
+        self.swaps = FirstSight()  # swap slot -> S<n>, first sight, as observe.py labels
         self.pte_maps, self.pmd_maps = mapcounts(k)
+        self.bytes: dict[int, tuple[int, int]] = {}  # pfn -> (digest, head) in this snapshot
 
-    def label(self, head: int) -> str:
-        return self.labels.setdefault(head, f"F{len(self.labels)}")
-
-    def digest(self, pfn: int) -> str:
-        """blake2b-48 of the page's bytes, as observe.py computes it for the live page."""
-        data = self.f.contents.get(pfn)
-        if data is None or not any(data):
-            return ZERO_DIGEST
-        return hashlib.blake2b(self.f.page_bytes(pfn), digest_size=6).hexdigest()
-
-    def page(self, entry: HugePmd | PteTable | None, va: int) -> PageObs:
-        """One page's canonical observation from the PMD slot that covers va."""
-        if isinstance(entry, HugePmd):
-            return self.pmd_page(entry, pte_index(va))
-        if entry is None:
-            return absent()
-        i = pte_index(va)
-        pfn, bits = int(entry.pfn[i]), int(entry.bits[i])
-        if is_swap_pte(pfn):
-            return swapped(self.swaps.setdefault(pte_to_swp_offset(pfn), f"S{len(self.swaps)}"))
-        if pfn < 0 or bits & PTE_MIGRATION:
-            return absent()
-        if bits & PTE_SPECIAL:
-            return zero_page("Z", 0, 1, "pte")
-        return self.mapped(pfn, "pte")
-
-    def pmd_page(self, entry: HugePmd, sub: int) -> PageObs:
-        if entry.huge_zero:
-            return zero_page("HZ", sub, HPAGE_PMD_NR, "pmd")
-        return self.mapped(entry.pfn + sub, "pmd")
-
-    def mapped(self, pfn: int, level: str) -> PageObs:
-        """A normal anonymous page (a subpage of a THP or an mTHP, or a small page) at level."""
-        flags = self.f.flags
-        head = compound_head(self.f, pfn)
-        nr = folio_nr_pages(self.f, head)
-        large = nr > 1
-        sub = pfn - head
-        count = self.pte_maps.get(pfn, 0) + self.pmd_maps.get(head, 0)
-        # kpageflags shows PG_anon_exclusive on a large folio's head only; a PMD mapping makes
-        # observe.py use the head's flag for every subpage (see observe._exclusive).
-        visible = self.show_exclusive and (not large or sub == 0 or level == "pmd")
-        excl = bool(flags[head] & PG_anon_exclusive) if visible else None
-        return PageObs(
-            folio=self.label(head),
-            subpage=sub,
-            nr=nr,
-            level=level,
-            mapcount=count,
-            anon_exclusive=excl,
-            ksm=bool(flags[head] & PG_ksm),
-            zero=False,
-            swapped=False,
-            swap=None,
-            swapcache=bool(flags[pfn] & PG_swapcache),
-            pm_exclusive=None,
-            digest=self.digest(pfn),
-            head=bytes(self.f.read(pfn, 0, 8)),
-        )
-
-    def region(self, proc: Process, addr: int, length: int) -> list[PageObs]:
+    def region(self, proc: Process, addr: int, length: int) -> PageArrays:
         first = addr - addr % PAGE_SIZE
         n = (addr + length - first + PAGE_SIZE - 1) // PAGE_SIZE
+        out = PageArrays.absent(n)
         if not proc.alive:
-            return [absent() for _ in range(n)]
+            return out
+        kind, value, bits = self._entries(proc, first, n)
+        sub = (first // PAGE_SIZE + np.arange(n, dtype=np.int64)) % HPAGE_PMD_NR
+        pte = kind == BY_PTE
+        swapped = pte & (value <= -2)  # is_swap_pte(): the value encodes the slot
+        out.swapped[:] = swapped
+        out.swap[swapped] = self.swaps.label(-2 - value[swapped])
+        ok = pte & (value >= 0) & ((bits & PTE_MIGRATION) == 0)  # a migration entry: absent
+        special = ok & ((bits & PTE_SPECIAL) != 0)  # the shared zero page
+        zero_values = {"mapcount": 0, "zero": True, "digest": pg.ZERO_DIGEST_INT, "has_head": True}
+        out.fill(special, folio=pg.FOLIO_Z, subpage=0, nr=1, level=pg.LEVEL_PTE, **zero_values)
+        hz = kind == BY_HUGE_ZERO
+        out.fill(hz, folio=pg.FOLIO_HZ, subpage=sub[hz], nr=HPAGE_PMD_NR, level=pg.LEVEL_PMD)
+        out.fill(hz, **zero_values)
+        self._mapped(out, ok & ~special, kind == BY_PMD, value)
+        return out
+
+    def _entries(
+        self, proc: Process, first: int, n: int
+    ) -> tuple[npt.NDArray[np.int8], I64, npt.NDArray[np.uint8]]:
+        """Per page: what maps it (NOTHING, BY_PTE ...), the PTE's pfn value or the PMD-mapped
+        subpage's pfn, and the PTE's bits; one slice per PMD slot of the range."""
+        kind = np.zeros(n, np.int8)
+        value = np.full(n, -1, np.int64)
+        bits = np.zeros(n, np.uint8)
         pmds = proc.mm.pmds
-        return [
-            self.page(pmds.get(pmd_index(first + i * PAGE_SIZE)), first + i * PAGE_SIZE)
-            for i in range(n)
-        ]
+        i = 0
+        while i < n:
+            va = first + i * PAGE_SIZE
+            s = pte_index(va)
+            take = min(HPAGE_PMD_NR - s, n - i)
+            entry = pmds.get(pmd_index(va))
+            if isinstance(entry, HugePmd):
+                kind[i : i + take] = BY_HUGE_ZERO if entry.huge_zero else BY_PMD
+                value[i : i + take] = entry.pfn + np.arange(s, s + take)
+            elif entry is not None:
+                kind[i : i + take] = BY_PTE
+                value[i : i + take] = entry.pfn[s : s + take]
+                bits[i : i + take] = entry.bits[s : s + take]
+            i += take
+        return kind, value, bits
+
+    def _mapped(
+        self,
+        out: PageArrays,
+        by_pte: npt.NDArray[np.bool_],
+        by_pmd: npt.NDArray[np.bool_],
+        value: I64,
+    ) -> None:
+        """Normal anonymous pages (subpages of a THP or an mTHP, or small pages), PTE- or
+        PMD-mapped."""
+        sel = by_pte | by_pmd
+        pfns = value[sel]
+        flags = self.f.flags
+        head = heads_of(self.f, pfns)
+        nr = np.left_shift(1, self.f.order[head].astype(np.int64))
+        sub = pfns - head
+        pmd = by_pmd[sel]
+        out.folio[sel] = self.folios.label(head)
+        out.subpage[sel] = sub
+        out.nr[sel] = nr
+        out.level[sel] = np.where(pmd, pg.LEVEL_PMD, pg.LEVEL_PTE)
+        out.mapcount[sel] = self.pte_maps[pfns] + self.pmd_maps[head]
+        if self.show_exclusive:
+            # kpageflags shows PG_anon_exclusive on a large folio's head only; a PMD mapping
+            # makes observe.py use the head's flag for every subpage (see observe.py).
+            visible = (nr == 1) | (sub == 0) | pmd
+            excl = (flags[head] & PG_anon_exclusive) != 0
+            out.anon_exclusive[np.flatnonzero(sel)[visible]] = excl[visible]
+        out.ksm[sel] = (flags[head] & PG_ksm) != 0
+        out.swapcache[sel] = (flags[pfns] & PG_swapcache) != 0
+        out.digest[sel], out.head[sel] = self._bytes(pfns)
+        out.has_head[sel] = True
+
+    def _bytes(self, pfns: I64) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """(digest, first 8 bytes) of each page: only frames with data are read, each once."""
+        digest = np.full(len(pfns), pg.ZERO_DIGEST_INT, np.uint64)
+        head = np.zeros(len(pfns), np.uint64)
+        with_data = np.flatnonzero(self.f.has_data(pfns))
+        for i, pfn in zip(with_data.tolist(), pfns[with_data].tolist(), strict=True):
+            got = self.bytes.get(pfn)
+            if got is None:
+                data = self.f.page_bytes(pfn)
+                got = self.bytes[pfn] = (pg.digest_int(data), int.from_bytes(data[:8], "little"))
+            digest[i], head[i] = got
+        return digest, head
 
 
 def absent() -> PageObs:
     """A page nothing maps (pagemap entry 0)."""
     return PageObs(
         None, None, None, None, None, None, False, False, False, None, False, None, None, None
-    )
-
-
-def swapped(label: str) -> PageObs:
-    """A swap PTE (pagemap PM_SWAP): no folio, the slot's first-sight label."""
-    return PageObs(
-        None, None, None, None, None, None, False, False, True, label, False, None, None, None
-    )
-
-
-def zero_page(label: str, sub: int, nr: int, level: str) -> PageObs:
-    """The shared zero page ("Z") or a subpage of the huge zero page ("HZ"): kpagecount 0."""
-    return PageObs(
-        label, sub, nr, level, 0, None, False, True, False, None, False, None, ZERO_DIGEST, bytes(8)
     )
 
 
@@ -181,4 +201,4 @@ def model_snapshot(
         show_exclusive = k.policy.anon_exclusive
     obs = _Observer(k, show_exclusive)
     out = {name: obs.region(proc, addr, length) for name, proc, addr, length in regions}
-    return Snapshot(out, {label: pfn for pfn, label in obs.labels.items()}, 0.0, True)
+    return Snapshot(out, obs.folios.by_label("F"), 0.0, True)

@@ -15,14 +15,26 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from cowlab.live.pages import (
+    FOLIO_HZ,
+    FOLIO_Z,
+    LEVEL_PMD,
+    LEVEL_PTE,
+    ZERO_DIGEST_INT,
+    FirstSight,
+    PageArrays,
+    Snapshot,
+    digest_int,
+)
+from cowlab.live.pages import ZERO_DIGEST as ZERO_DIGEST
+from cowlab.live.pages import PageObs as PageObs  # re-exported: observe's public names
 
 PAGE = 4096
 HPAGE_NR = 512
@@ -33,6 +45,7 @@ KPF_SWAPCACHE, KPF_ANON_EXCLUSIVE = 13, 34
 PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_HUGE = 1 << 3, 1 << 4, 1 << 5, 1 << 6
 PAGEMAP_SCAN = (3 << 30) | (96 << 16) | (ord("f") << 8) | 16  # _IOWR('f', 16, pm_scan_arg)
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 
 
 class PmScanArg(ctypes.Structure):
@@ -63,58 +76,6 @@ class PageRegion(ctypes.Structure):
     _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("cat", ctypes.c_uint64)]
 
 
-class PageObs(NamedTuple):
-    """One 4 KiB page of one process, as structure (no PFNs)."""
-
-    folio: str | None  # "F0".., "Z", "HZ", or None when nothing is mapped
-    subpage: int | None  # index of this page within its folio
-    nr: int | None  # pages in the folio
-    level: str | None  # "pmd" | "pte" | None (not present)
-    mapcount: int | None  # kpagecount: mappings of this page (not pins, not references)
-    anon_exclusive: bool | None  # PG_anon_exclusive where the kernel shows it, else None
-    ksm: bool
-    zero: bool
-    swapped: bool
-    swap: str | None  # "S0".. for a swap entry
-    swapcache: bool
-    pm_exclusive: bool | None  # pagemap bit 56, PTE-mapped pages only (wrong for PMD THPs)
-    digest: str | None  # blake2b of the page's bytes (present pages only)
-    head: bytes | None  # its first 8 bytes
-    data: bytes | None = None  # all 4096 bytes, with exact=True
-
-    def key(self) -> tuple[Any, ...]:
-        """The structural fields, for comparing with the model: no bytes."""
-        return (
-            self.folio,
-            self.subpage,
-            self.level,
-            self.mapcount,
-            self.anon_exclusive,
-            self.ksm,
-            self.zero,
-            self.swap,
-        )
-
-
-@dataclass
-class Snapshot:
-    """Pages of named regions, labelled consistently across them; plus what it cost."""
-
-    regions: dict[str, list[PageObs]]
-    pfns: dict[str, int] = field(repr=False)  # folio label -> head PFN (for debugging only)
-    elapsed_s: float = 0.0
-    pagemap_scan: bool = True
-    stable: bool = True  # the page tables did not change while they were read (snapshot())
-
-    def structure(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every page's key(): what two equivalent runs have in common."""
-        return {name: [p.key() for p in pages] for name, pages in self.regions.items()}
-
-    def folios(self, name: str) -> list[str | None]:
-        """The folio label of every page of one region."""
-        return [p.folio for p in self.regions[name]]
-
-
 # --- raw reads -------------------------------------------------------------------------------
 
 
@@ -130,9 +91,9 @@ def read_pagemap(pid: int, addr: int, n: int) -> U64:
 
 def scan_huge(pid: int, addr: int, n: int) -> npt.NDArray[np.bool_] | None:
     """PAGEMAP_SCAN: which pages are PMD-mapped (PAGE_IS_HUGE); None if the ioctl is missing."""
-    regions = (PageRegion * max(n, 1))()
+    vec = np.zeros((max(n, 1), 3), np.uint64)  # struct page_region[]: start, end, categories
     arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=addr, end=addr + n * PAGE)
-    arg.vec, arg.vec_len = ctypes.addressof(regions), n
+    arg.vec, arg.vec_len = vec.ctypes.data, n
     arg.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
     arg.return_mask = PAGE_IS_HUGE | PAGE_IS_PRESENT
     huge = np.zeros(n, dtype=bool)
@@ -140,9 +101,9 @@ def scan_huge(pid: int, addr: int, n: int) -> npt.NDArray[np.bool_] | None:
     try:
         while arg.start < arg.end:
             got = fcntl.ioctl(fd, PAGEMAP_SCAN, arg)
-            for r in regions[:got]:
-                if r.cat & PAGE_IS_HUGE:
-                    huge[(r.start - addr) // PAGE : (r.end - addr) // PAGE] = True
+            rows = vec[:got]
+            for start, end in rows[(rows[:, 2] & np.uint64(PAGE_IS_HUGE)) != 0, :2].tolist():
+                huge[(start - addr) // PAGE : (end - addr) // PAGE] = True
             if arg.walk_end <= arg.start or not got:
                 break
             arg.start = arg.walk_end
@@ -153,45 +114,124 @@ def scan_huge(pid: int, addr: int, n: int) -> npt.NDArray[np.bool_] | None:
     return huge
 
 
+BLOCK_READ_RUN = 64  # a run of this many consecutive PFNs is read as whole 512-blocks
+
+
+@dataclass
+class _PfnInfo:
+    """Per PFN (or per page) what kpageflags/kpagecount say: its flags, its folio head's flags,
+    its count, the head PFN (-1 if unknown), its index in the folio and the folio's pages."""
+
+    flags: U64
+    head_flags: U64
+    counts: U64
+    head_pfn: I64
+    index: I64
+    nr: I64
+
+    @classmethod
+    def empty(cls, n: int) -> _PfnInfo:
+        return cls(
+            np.zeros(n, np.uint64),
+            np.zeros(n, np.uint64),
+            np.zeros(n, np.uint64),
+            np.full(n, -1, np.int64),
+            np.full(n, -1, np.int64),
+            np.zeros(n, np.int64),
+        )
+
+    def put(self, sel: slice | npt.NDArray[np.bool_], other: _PfnInfo, at: I64 | slice) -> None:
+        """self[sel] = other[at], field by field."""
+        for name in ("flags", "head_flags", "counts", "head_pfn", "index", "nr"):
+            getattr(self, name)[sel] = getattr(other, name)[at]
+
+
 class PfnTable:
-    """kpageflags and kpagecount, read 512 PFNs (one aligned block) at a time and cached."""
+    """kpageflags and kpagecount of the PFNs a snapshot meets.
+
+    A run of consecutive PFNs is one pread per file. A PFN of a compound page needs its folio's
+    head and size, so its aligned 512-block is read whole (and cached): tail pages follow their
+    head contiguously and anonymous folios are at most PMD-sized and naturally aligned, so a
+    512-block holds every folio it intersects whole.
+    """
 
     def __init__(self) -> None:
         self.flags_fd = os.open("/proc/kpageflags", os.O_RDONLY)
         self.count_fd = os.open("/proc/kpagecount", os.O_RDONLY)
-        self.blocks: dict[int, tuple[U64, U64, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        self.blocks: dict[int, tuple[U64, U64, I64, I64]] = {}
 
     def close(self) -> None:
         os.close(self.flags_fd)
         os.close(self.count_fd)
 
-    def block(self, pfn: int) -> tuple[U64, U64, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def _read(self, fd: int, pfn: int, n: int) -> U64:
+        return np.frombuffer(os.pread(fd, n * 8, pfn * 8), dtype=np.uint64)
+
+    def block(self, pfn: int) -> tuple[U64, U64, I64, I64]:
         """(flags, counts, head index, folio pages) for pfn's aligned 512-block."""
         b = pfn // HPAGE_NR
         if b not in self.blocks:
-            off = b * HPAGE_NR * 8
-            flags = np.frombuffer(os.pread(self.flags_fd, HPAGE_NR * 8, off), dtype=np.uint64)
-            counts = np.frombuffer(os.pread(self.count_fd, HPAGE_NR * 8, off), dtype=np.uint64)
+            flags = self._read(self.flags_fd, b * HPAGE_NR, HPAGE_NR)
+            counts = self._read(self.count_fd, b * HPAGE_NR, HPAGE_NR)
             self.blocks[b] = (flags, counts, *_heads(flags))
         return self.blocks[b]
+
+    def lookup(self, pfns: I64) -> _PfnInfo:
+        """Every PFN of a sorted array without repeats, looked up run by run."""
+        n = len(pfns)
+        info = _PfnInfo.empty(n)
+        if not n:
+            return info
+        whole = np.zeros(n, dtype=bool)  # looked up through 512-blocks
+        breaks = (np.flatnonzero(np.diff(pfns) != 1) + 1).tolist()
+        for i, j in zip([0, *breaks], [*breaks, n], strict=True):
+            if j - i >= BLOCK_READ_RUN:
+                whole[i:j] = True
+                continue
+            flags = self._read(self.flags_fd, int(pfns[i]), j - i)
+            if (_bit(flags, KPF_HEAD) | _bit(flags, KPF_TAIL)).any():
+                whole[i:j] = True
+                continue
+            # Small pages only: each is its own head, a folio of one page.
+            info.flags[i:j] = info.head_flags[i:j] = flags
+            info.counts[i:j] = self._read(self.count_fd, int(pfns[i]), j - i)
+            info.head_pfn[i:j], info.index[i:j], info.nr[i:j] = pfns[i:j], 0, 1
+        blocks = pfns // HPAGE_NR
+        for b in np.unique(blocks[whole]).tolist():
+            sel = whole & (blocks == b)
+            pos = pfns[sel] % HPAGE_NR
+            flags, counts, heads, nrs = self.block(b * HPAGE_NR)
+            head = heads[pos]
+            info.flags[sel] = flags[pos]
+            info.counts[sel] = counts[pos]
+            info.head_flags[sel] = np.where(head >= 0, flags[np.maximum(head, 0)], 0)
+            # A head outside the block (a folio bigger than PMD size) is left unknown (-1).
+            info.head_pfn[sel] = np.where(head >= 0, b * HPAGE_NR + head, -1)
+            info.index[sel] = np.where(head >= 0, pos - head, -1)
+            info.nr[sel] = nrs[pos]
+        return info
 
 
 def _bit(values: U64, bit: int) -> npt.NDArray[np.bool_]:
     return (values >> np.uint64(bit)) & np.uint64(1) == 1
 
 
-def _heads(flags: U64) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Per block position: the index of its folio's head (-1 if before the block), folio size.
-
-    Tail pages follow their head contiguously and anonymous folios are at most PMD-sized and
-    naturally aligned, so a 512-block holds every folio it intersects whole.
-    """
+def _heads(flags: U64) -> tuple[I64, I64]:
+    """Per block position: the index of its folio's head (-1 if before the block), folio size."""
     idx = np.arange(HPAGE_NR, dtype=np.int64)
     starts = np.where(_bit(flags, KPF_TAIL), -1, idx)  # heads and small pages start a folio
     head = np.maximum.accumulate(starts)
     sizes = np.bincount(head[head >= 0], minlength=HPAGE_NR)
     nr = np.where(head >= 0, sizes[np.maximum(head, 0)], 0)
     return head, nr
+
+
+def _gather(pfn: U64, present: npt.NDArray[np.bool_], table: PfnTable) -> _PfnInfo:
+    """kpageflags/kpagecount for every present page of a region (each PFN looked up once)."""
+    info = _PfnInfo.empty(len(pfn))
+    want, inverse = np.unique(pfn[present].astype(np.int64), return_inverse=True)
+    info.put(present, table.lookup(want), inverse.reshape(-1))
+    return info
 
 
 # --- the canonical observation ----------------------------------------------------------------
@@ -201,14 +241,8 @@ def _heads(flags: U64) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
 class _Labels:
     """First-sight labels for folios and swap entries, shared by every region of a snapshot."""
 
-    folios: dict[int, str] = field(default_factory=dict)
-    swaps: dict[int, str] = field(default_factory=dict)
-
-    def folio(self, head_pfn: int) -> str:
-        return self.folios.setdefault(head_pfn, f"F{len(self.folios)}")
-
-    def swap(self, entry: int) -> str:
-        return self.swaps.setdefault(entry, f"S{len(self.swaps)}")
+    folios: FirstSight = field(default_factory=FirstSight)
+    swaps: FirstSight = field(default_factory=FirstSight)
 
 
 def _infer_huge(pm: U64, addr: int, table: PfnTable) -> npt.NDArray[np.bool_]:
@@ -228,17 +262,20 @@ def _infer_huge(pm: U64, addr: int, table: PfnTable) -> npt.NDArray[np.bool_]:
     return huge
 
 
-def _read_mem(pid: int, addr: int, present: npt.NDArray[np.bool_]) -> bytearray:
-    """The bytes of present pages via /proc/PID/mem (never touches a non-present page)."""
-    out = bytearray(len(present) * PAGE)
+def _read_mem(pid: int, addr: int, wanted: npt.NDArray[np.bool_]) -> bytearray:
+    """The bytes of the wanted (present) pages via /proc/PID/mem, one preadv per run of them
+    straight into the result (never touches a non-present page); the other pages are zeros."""
+    out = bytearray(len(wanted) * PAGE)
+    view = memoryview(out)
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
-        for i, j in _runs(present):
+        for i, j in _runs(wanted):
             # A failed read (e.g. an unreadable PFN map) leaves zeros; digests say so below.
             with contextlib.suppress(OSError):
-                out[i * PAGE : j * PAGE] = os.pread(fd, (j - i) * PAGE, addr + i * PAGE)
+                os.preadv(fd, [view[i * PAGE : j * PAGE]], addr + i * PAGE)
     finally:
         os.close(fd)
+        view.release()
     return out
 
 
@@ -248,148 +285,60 @@ def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-ZERO_DIGEST = hashlib.blake2b(bytes(PAGE), digest_size=6).hexdigest()
+def _fill_bytes(
+    out: PageArrays, raw: bytearray, present: npt.NDArray[np.bool_], exact: bool
+) -> None:
+    """digest, head (and data) of present pages: blake2b of each page with a nonzero byte (found
+    by numpy), the precomputed ZERO_DIGEST for the others."""
+    words = np.frombuffer(raw, dtype=np.uint64).reshape(len(present), PAGE // 8)
+    out.digest[present] = ZERO_DIGEST_INT
+    view = memoryview(raw)
+    nonzero = np.flatnonzero(present & words.any(axis=1)).tolist()
+    out.digest[nonzero] = [digest_int(view[i * PAGE : (i + 1) * PAGE]) for i in nonzero]
+    view.release()
+    out.head[present] = words[present, 0]
+    out.has_head[:] = present
+    if exact:
+        out.data = bytes(raw)
 
 
-def _digests(raw: bytearray, present: npt.NDArray[np.bool_]) -> list[str | None]:
-    """blake2b per present page; all-zero pages (found by numpy) share one precomputed digest."""
-    words = np.frombuffer(bytes(raw), dtype=np.uint64).reshape(len(present), PAGE // 8)
-    nonzero: list[bool] = np.any(words, axis=1).astype(bool).tolist()
-    out: list[str | None] = []
-    for i, (p, nz) in enumerate(zip(present.tolist(), nonzero, strict=True)):
-        if not p:
-            out.append(None)
-        elif nz:
-            out.append(hashlib.blake2b(raw[i * PAGE : (i + 1) * PAGE], digest_size=6).hexdigest())
-        else:
-            out.append(ZERO_DIGEST)
-    return out
-
-
-@dataclass
-class _PfnInfo:
-    """Per-page arrays gathered from kpageflags/kpagecount for the PFNs a region maps."""
-
-    flags: U64
-    head_flags: U64
-    counts: U64
-    head_pfn: npt.NDArray[np.int64]
-    index: npt.NDArray[np.int64]
-    nr: npt.NDArray[np.int64]
-
-
-def _gather(pfn: U64, present: npt.NDArray[np.bool_], table: PfnTable) -> _PfnInfo:
-    """Look every present PFN up, one cached 512-block at a time."""
-    n = len(pfn)
-    info = _PfnInfo(
-        np.zeros(n, np.uint64),
-        np.zeros(n, np.uint64),
-        np.zeros(n, np.uint64),
-        np.full(n, -1, np.int64),
-        np.full(n, -1, np.int64),
-        np.zeros(n, np.int64),
-    )
-    blocks = pfn // np.uint64(HPAGE_NR)
-    for b in np.unique(blocks[present]).tolist():
-        sel = present & (blocks == b)
-        pos = (pfn[sel] % np.uint64(HPAGE_NR)).astype(np.int64)
-        flags, counts, heads, nrs = table.block(b * HPAGE_NR)
-        head = heads[pos]
-        info.flags[sel] = flags[pos]
-        info.counts[sel] = counts[pos]
-        info.head_flags[sel] = np.where(head >= 0, flags[np.maximum(head, 0)], 0)
-        # A head outside the block (a folio bigger than PMD size) is left unknown (-1).
-        info.head_pfn[sel] = np.where(head >= 0, b * HPAGE_NR + head, -1)
-        info.index[sel] = np.where(head >= 0, pos - head, -1)
-        info.nr[sel] = nrs[pos]
-    return info
-
-
-def _labels_for(
-    info: _PfnInfo, present: npt.NDArray[np.bool_], labels: _Labels
-) -> list[str | None]:
-    """Folio labels in first-sight order; the zero pages get Z (4 KiB) and HZ (huge)."""
-    zero = _bit(info.flags, KPF_ZERO).tolist()
-    compound = (_bit(info.flags, KPF_HEAD) | _bit(info.flags, KPF_TAIL)).tolist()
-    out: list[str | None] = []
-    for p, z, c, h in zip(present.tolist(), zero, compound, info.head_pfn.tolist(), strict=True):
-        if not p:
-            out.append(None)
-        elif z:
-            out.append("HZ" if c else "Z")
-        else:
-            out.append(labels.folio(h) if h >= 0 else None)
-    return out
-
-
-def _exclusive(info: _PfnInfo, huge: npt.NDArray[np.bool_]) -> list[bool | None]:
-    """PG_anon_exclusive: shown on small folios, and on a large folio's head page only.
-
-    A PMD mapping uses the head's flag for every subpage; a PTE-mapped tail's own flag is not
-    visible, so it is None.
-    """
-    anon = _bit(info.head_flags, KPF_ANON) & ~_bit(info.flags, KPF_ZERO)
-    visible = anon & ((info.nr == 1) | (info.index == 0) | huge)
-    value = _bit(info.head_flags, KPF_ANON_EXCLUSIVE)
-    return [v if ok else None for v, ok in zip(value.tolist(), visible.tolist(), strict=True)]
-
-
-def _swap_labels(pm: U64, labels: _Labels) -> list[str | None]:
-    swapped = _bit(pm, PM_SWAP).tolist()
-    entries = (pm & np.uint64(PM_PFN_MASK)).tolist()
-    return [labels.swap(e) if s else None for s, e in zip(swapped, entries, strict=True)]
-
-
-def _region_pages(
+def _region_arrays(
     pm: U64,
     huge: npt.NDArray[np.bool_],
-    table: PfnTable,
+    info: _PfnInfo,
     labels: _Labels,
     raw: bytearray | None,
     exact: bool,
-) -> list[PageObs]:
-    """Every page of one region, field by field as numpy arrays, then zipped into PageObs."""
-    n = len(pm)
+) -> PageArrays:
+    """Every page of one region, field by field, from its pagemap entries and PFN lookups."""
+    out = PageArrays.absent(len(pm))
     present = _bit(pm, PM_PRESENT)
-    info = _gather(pm & np.uint64(PM_PFN_MASK), present, table)
-    pres = present.tolist()
-    level = [
-        ("pmd" if h else "pte") if p else None for p, h in zip(pres, huge.tolist(), strict=True)
-    ]
-    none: list[Any] = [None] * n
-    digests = _digests(raw, present) if raw is not None else none
-    heads = (
-        [raw[i * PAGE : i * PAGE + 8] if d else None for i, d in enumerate(digests)]
-        if raw is not None
-        else none
-    )
-    datas = (
-        [bytes(raw[i * PAGE : (i + 1) * PAGE]) if d else None for i, d in enumerate(digests)]
-        if raw is not None and exact
-        else none
-    )
-    pm_excl = _bit(pm, PM_EXCLUSIVE) & present & ~huge
-    columns = (
-        _labels_for(info, present, labels),
-        [i if p else None for p, i in zip(pres, info.index.tolist(), strict=True)],
-        [k if p else None for p, k in zip(pres, info.nr.tolist(), strict=True)],
-        level,
-        [c if p else None for p, c in zip(pres, info.counts.tolist(), strict=True)],
-        _exclusive(info, huge),
-        (_bit(info.flags, KPF_KSM) & present).tolist(),
-        (_bit(info.flags, KPF_ZERO) & present).tolist(),
-        _bit(pm, PM_SWAP).tolist(),
-        _swap_labels(pm, labels),
-        (_bit(info.head_flags, KPF_SWAPCACHE) & present).tolist(),
-        [
-            e if p and not h else None
-            for p, h, e in zip(pres, huge.tolist(), pm_excl.tolist(), strict=True)
-        ],
-        digests,
-        [bytes(h) if h is not None else None for h in heads],
-        datas,
-    )
-    return [PageObs(*row) for row in zip(*columns, strict=True)]
+    zero = _bit(info.flags, KPF_ZERO) & present
+    compound = _bit(info.flags, KPF_HEAD) | _bit(info.flags, KPF_TAIL)
+    out.folio[zero] = np.where(compound[zero], FOLIO_HZ, FOLIO_Z)
+    named = present & ~zero & (info.head_pfn >= 0)  # a head outside its block stays None
+    out.folio[named] = labels.folios.label(info.head_pfn[named])
+    out.subpage[present] = info.index[present]
+    out.nr[present] = info.nr[present]
+    out.level[present] = np.where(huge[present], LEVEL_PMD, LEVEL_PTE)
+    out.mapcount[present] = info.counts[present].astype(np.int64)
+    # PG_anon_exclusive: shown on small folios, and on a large folio's head page only. A PMD
+    # mapping uses the head's flag for every subpage; a PTE-mapped tail's own flag is not
+    # visible, so it is None.
+    anon = _bit(info.head_flags, KPF_ANON) & ~_bit(info.flags, KPF_ZERO)
+    visible = anon & ((info.nr == 1) | (info.index == 0) | huge)
+    out.anon_exclusive[visible] = _bit(info.head_flags, KPF_ANON_EXCLUSIVE)[visible]
+    out.ksm[:] = _bit(info.flags, KPF_KSM) & present
+    out.zero[:] = zero
+    swapped = _bit(pm, PM_SWAP)
+    out.swapped[:] = swapped
+    out.swap[swapped] = labels.swaps.label((pm[swapped] & np.uint64(PM_PFN_MASK)).astype(np.int64))
+    out.swapcache[:] = _bit(info.head_flags, KPF_SWAPCACHE) & present
+    pte = present & ~huge
+    out.pm_exclusive[pte] = _bit(pm, PM_EXCLUSIVE)[pte]
+    if raw is not None:
+        _fill_bytes(out, raw, present, exact)
+    return out
 
 
 def _span(addr: int, length: int) -> tuple[int, int]:
@@ -407,17 +356,25 @@ def observe_region(
     *,
     exact: bool = False,
     read_bytes: bool = True,
-) -> tuple[list[PageObs], bool, U64]:
+) -> tuple[PageArrays, bool, U64]:
     """Every page of [addr, addr+length) of pid; whether PAGEMAP_SCAN told the levels; and the
-    pagemap entries everything else was looked up from."""
+    pagemap entries everything else was looked up from.
+
+    Reads: the pagemap (one pread), PAGEMAP_SCAN, kpageflags/kpagecount of the PFNs it gave (a
+    pread per run), the bytes of present pages other than the zero pages (a preadv per run).
+    """
     first, n = _span(addr, length)
     pm = read_pagemap(pid, first, n)
     huge = scan_huge(pid, first, n)
     scanned = huge is not None
     if huge is None:
         huge = _infer_huge(pm, first, table)
-    raw = _read_mem(pid, first, _bit(pm, PM_PRESENT)) if read_bytes else None
-    return _region_pages(pm, huge, table, labels, raw, exact), scanned, pm
+    present = _bit(pm, PM_PRESENT)
+    info = _gather(pm & np.uint64(PM_PFN_MASK), present, table)
+    raw = None
+    if read_bytes:  # the zero pages hold zeros: no need to read them
+        raw = _read_mem(pid, first, present & ~_bit(info.flags, KPF_ZERO))
+    return _region_arrays(pm, huge, info, labels, raw, exact), scanned, pm
 
 
 STABLE_TRIES = 5
@@ -447,10 +404,10 @@ def snapshot(
 
 def _snapshot_once(
     regions: list[tuple[str, int, int, int]], exact: bool, read_bytes: bool
-) -> tuple[dict[str, list[PageObs]], dict[str, int], bool, list[U64]]:
+) -> tuple[dict[str, PageArrays], dict[str, int], bool, list[U64]]:
     table = PfnTable()
     labels = _Labels()
-    out: dict[str, list[PageObs]] = {}
+    out: dict[str, PageArrays] = {}
     entries: list[U64] = []
     all_scanned = True
     try:
@@ -463,5 +420,4 @@ def _snapshot_once(
             all_scanned &= scanned
     finally:
         table.close()
-    pfns = {label: pfn for pfn, label in labels.folios.items()}
-    return out, pfns, all_scanned, entries
+    return out, labels.folios.by_label("F"), all_scanned, entries
