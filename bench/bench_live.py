@@ -379,9 +379,10 @@ def mem_available() -> int:
 class Runner:
     """Runs the measurements (each in its own process) and keeps every repetition's result."""
 
-    def __init__(self, args: argparse.Namespace, binary: Path | None) -> None:
+    def __init__(self, args: argparse.Namespace, binary: Path | None, base_mib: float) -> None:
         self.args = args
         self.binary = binary
+        self.base_mib = base_mib
         self.results: dict[Key, list[dict[str, float]]] = {}
         self.skipped: dict[Key, str] = {}
 
@@ -395,6 +396,24 @@ class Runner:
             have = mem_available()
             if need > have:
                 return f"needs {need / GIB:.1f} GiB, {have / GIB:.1f} GiB available"
+        if side == "model":
+            # the memory a modelled page took at the largest smaller size already measured
+            smaller = [
+                (s, run)
+                for (sd, s, t, k, pa), runs in self.results.items()
+                if (sd, t, k, pa) == key[:1] + key[2:] and s < size
+                for run in runs
+            ]
+            if smaller:
+                s, run = max(smaller, key=lambda item: item[0])
+                per_page = (run["peak_rss_mib"] - self.base_mib) * MIB / (s // PAGE)
+                need = int(per_page * (size // PAGE) + self.base_mib * MIB)
+                have = mem_available()
+                if need > have:
+                    return (
+                        f"would need about {need / GIB:.1f} GiB ({per_page:,.0f} B a page at "
+                        f"{fmt_size(s)}), {have / GIB:.1f} GiB available"
+                    )
         return None
 
     def run(self, key: Key) -> None:
@@ -674,7 +693,7 @@ def plan(args: argparse.Namespace) -> list[Key]:
     keys: list[Key] = []
     table = [(args.size, path) for path in args.paths]
     scaling = [(size, "range") for size in args.sizes]
-    for size in dict.fromkeys([args.size, *args.sizes]):
+    for size in sorted({args.size, *args.sizes}):  # smaller first: they bound the memory
         for mode in args.thp:
             thp = THP_CHOICES[mode]
             paths = [path for s, path in table + scaling if s == size]
@@ -739,7 +758,7 @@ def run(args: argparse.Namespace) -> str:
             if binary
             else "ctypes (libc mmap/memset/fork/waitpid)"
         )
-        runner = Runner(args, binary)
+        runner = Runner(args, binary, base_mib)
         keys = plan(args)
         for rep in range(args.reps):
             for i, key in enumerate(keys, 1):
