@@ -40,11 +40,24 @@ def emit(result: Mapping[str, float], start: float) -> None:
     print(json.dumps(out), flush=True)
 
 
+def run_reaped(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(cmd), capturing output, but on any exception here (Ctrl-C included) the
+    child is killed and waited for to the end (subprocess.run gives it only 0.25 s on Ctrl-C)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_child(script: str, args: list[str]) -> dict[str, float]:
-    """Run ``python script *args`` in a fresh interpreter and return the dict it emitted. The
-    child is killed and reaped if this process is interrupted (subprocess.run does that)."""
+    """Run ``python script *args`` in a fresh interpreter and return the dict it emitted (the
+    child is killed and reaped if this process is interrupted)."""
     cmd = [sys.executable, script, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = run_reaped(cmd)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise RuntimeError(f"{' '.join(cmd[1:])}: {tail[0]}")

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from _common import GIB, MIB, emit, import_rss_mib, peak_rss_mib, run_child
+from _common import GIB, MIB, emit, import_rss_mib, peak_rss_mib, run_child, run_reaped
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -175,11 +175,9 @@ def parse_live_output(text: str) -> dict[str, int]:
 
 
 def live_compiled(binary: Path, size: int, thp: bool) -> dict[str, int]:
-    # subprocess.run kills and reaps the program if this process is interrupted; the program's
-    # own child dies with it (PR_SET_PDEATHSIG, and its pipe closes)
-    done = subprocess.run(
-        [str(binary), str(size), "1" if thp else "0"], capture_output=True, text=True, check=False
-    )
+    # the program is killed and reaped if this process is interrupted; its own child dies with
+    # it (PR_SET_PDEATHSIG, and the pipe's write end closes)
+    done = run_reaped([str(binary), str(size), "1" if thp else "0"])
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
         raise RuntimeError(first)
