@@ -150,6 +150,26 @@ def test_mapped_page_marked_free(kernel_id: str) -> None:
     assert check_invariants(s.k) == [f"pfn {s.pfn:#x} is mapped or pinned but free"]
 
 
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])
+def test_free_frame_with_a_field_set(kernel_id: str) -> None:
+    """Allocation does not reset a frame: one on a free list must already hold the free values."""
+    s = small_page(kernel_id)
+    s.p.munmap(s.addr, PAGE)
+    assert s.k.check() == [] and s.pfn in s.k.frames.free[0]
+    s.k.frames.index[s.pfn] = 7
+    assert check_invariants(s.k) == [f"pfn {s.pfn:#x} is on a free list with index set"]
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])
+def test_content_reference_lost(kernel_id: str) -> None:
+    """Two frames share the written bytes' string; the store must count both."""
+    s = small_page(kernel_id)
+    blob = int(s.k.frames.content[s.pfn])
+    assert blob and s.k.frames.blobs.refs[blob] == 4  # the four pages hold the same bytes
+    s.k.frames.blobs.refs[blob] -= 1
+    assert check_invariants(s.k) == [f"content {blob}: 3 references, 4 frames"]
+
+
 @pytest.mark.parametrize("kernel_id", ["v4.5", "v5.8", "v6.18"])
 def test_pinned_page_marked_free(kernel_id: str) -> None:
     """Unmapped, but the device still holds it: it must not be free."""

@@ -32,6 +32,7 @@ from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
 from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
+from cowlab.mm.trace import CowEvent, CowLog
 from cowlab.policy.timeline import all_policies
 
 from .statecmp import covers, describe, diff, frame_fields, leaves, reported, snapshot
@@ -596,8 +597,19 @@ def _other_anon_vma(k: Kernel) -> None:
     vma.anon_vma = next(av for av in k.anon_vmas.values() if av is not vma.anon_vma)
 
 
+def _rewrite_cow_log(k: Kernel, change: Callable[[list[CowEvent]], None]) -> None:
+    events = list(k.cow_log)
+    change(events)
+    k.cow_log = CowLog()
+    for event in events:
+        k.cow_log.append(event)
+
+
 def _cow_why(k: Kernel) -> None:
-    k.cow_log[0] = dataclasses.replace(k.cow_log[0], why="another reason")
+    def other_reason(events: list[CowEvent]) -> None:
+        events[0] = dataclasses.replace(events[0], reason="another reason")
+
+    _rewrite_cow_log(k, other_reason)
 
 
 def _bump_vmstat(k: Kernel) -> None:
@@ -715,7 +727,7 @@ MUTATIONS: dict[str, tuple[str, Callable[[Kernel], None]]] = {
     "anon_vma under another key": ("anon_vmas.keys", _rekey_anon_vma),
     "deferred split": ("deferred_split", lambda k: k.deferred_split.add(4096)),
     "vmstat": ("vmstat.", _bump_vmstat),
-    "cow_log entry dropped": ("cow_log", lambda k: k.cow_log.pop()),
+    "cow_log entry dropped": ("cow_log", lambda k: _rewrite_cow_log(k, list.pop)),
     "cow_log why": ("cow_log", _cow_why),
     **{
         f"pin {name}": (f"pins[].{name}", _pin_field(name))

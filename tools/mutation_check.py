@@ -65,6 +65,8 @@ CHECKER_INVARIANTS = (
     "swap.swap_map",
     "swap.cache_flag",
     "swap.cache_private",
+    "frames.free_fields",
+    "frames.content_refs",
     "ksm.stable_node",
     "ksm.rmap",
     "rmap.not_anonymous",

@@ -45,6 +45,7 @@ from cowlab.mm.mm import (
     is_zero_pfn,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
+from cowlab.mm.page_alloc import FIELDS
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_NONE, PTE_SPECIAL, HugePmd
 from cowlab.mm.rmap import ENTIRELY_MAPPED
 
@@ -169,7 +170,32 @@ def check_counters(k: Kernel) -> list[str]:
             problems += _check_folio(k, head, r)
     if k.policy.anon_exclusive:
         problems += _check_exclusive(k, r)
-    return problems + _check_swap(k, r)
+    return problems + _check_swap(k, r) + _check_frames(k)
+
+
+def _check_frames(k: Kernel) -> list[str]:
+    """The allocator hands out frames as they lie on its free lists (no reset on allocation),
+    and each page-content string is held by exactly the frames that show its id."""
+    f = k.frames
+    out: list[str] = []
+    free = [
+        np.arange(head, head + (1 << order)) for order, heads in f.free.items() for head in heads
+    ]
+    pfns = np.concatenate(free) if free else np.zeros(0, dtype=np.int64)
+    for name, value in FIELDS.items():
+        differs = getattr(f, name)[pfns] != value
+        dirty = pfns[differs.any(axis=1) if differs.ndim > 1 else differs]
+        # invariant: frames.free_fields
+        if dirty.size:
+            out.append(f"pfn {int(dirty[0]):#x} is on a free list with {name} set")
+    held = np.bincount(f.content[: f.nr], minlength=len(f.blobs.refs))
+    held[0] = 0
+    wrong = np.flatnonzero(held != np.asarray(f.blobs.refs))
+    # invariant: frames.content_refs
+    if wrong.size:
+        blob = int(wrong[0])
+        out.append(f"content {blob}: {f.blobs.refs[blob]} references, {int(held[blob])} frames")
+    return out
 
 
 def _check_swap(k: Kernel, r: Recount) -> list[str]:

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
+import numpy as np
+
 from cowlab import checker
 from cowlab.errors import InvariantViolation, KernelBug, Segfault, SyscallError
 from cowlab.mm import (
@@ -36,10 +38,7 @@ from cowlab.mm.constants import (
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
-    VM_EXEC,
     VM_FAULT_SIGSEGV,
-    VM_READ,
-    VM_WRITE,
 )
 from cowlab.mm.fork import dup_mmap
 from cowlab.mm.gup import effective_gup_flags, get_user_pages, release_pages
@@ -48,7 +47,7 @@ from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.migrate import change_prot_numa
 from cowlab.mm.mm import set_page_dirty
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
-from cowlab.mm.page_alloc import PageFrames
+from cowlab.mm.page_alloc import IntArray, PageFrames
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
@@ -60,8 +59,10 @@ from cowlab.mm.pgtable import (
     is_swap_pte,
     pte_to_swp_offset,
 )
+from cowlab.mm.range_fault import NONE as NO_PAGES
+from cowlab.mm.range_fault import access_permitted, fault_in_range
 from cowlab.mm.swapfile import SwapInfo
-from cowlab.mm.trace import Event, Reads
+from cowlab.mm.trace import CowEvent, CowLog, Event, Reads
 from cowlab.policy import resolve
 
 P = ParamSpec("P")
@@ -72,6 +73,8 @@ MTHP_MODES = ("always", "madvise", "inherit", "never")
 MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024)
 GUP_FLAVOURS = {"get": 0, "pin": FOLL_PIN, "longterm": FOLL_PIN | FOLL_LONGTERM}
 MAX_FAULT_RETRIES = 8
+# an access shorter than this runs page by page: a run costs more to set up than a few faults
+RANGE_MIN_BYTES = 16 * PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -82,29 +85,6 @@ class Config:
     thp: bool = True
     debug_vm: bool = False
     soft_dirty: bool | None = None  # CONFIG_MEM_SOFT_DIRTY; None: the generation's usual build
-
-
-@dataclass(frozen=True)
-class CowEvent:
-    """A write fault that copied instead of reusing: which function, which page, and why."""
-
-    seq: int
-    operation: object  # the OpRecord (or "(setup)"), formatted only when described
-    function: str
-    pid: int
-    addr: int
-    old: int | None
-    new: int
-    nr: int
-    why: str
-
-    def describe(self) -> str:
-        what = "the zero page" if self.old is None else f"pfn {self.old:#x}"
-        size = f"{self.nr * 4} KiB" if self.nr > 1 else "4 KiB"
-        return (
-            f"op {self.seq} ({self.operation}): {self.function} in pid {self.pid} at "
-            f"{self.addr:#x} copied {what} ({size}) to pfn {self.new:#x} because {self.why}"
-        )
 
 
 class OpRecord:
@@ -167,7 +147,7 @@ class Kernel:
         self.processes: dict[int, Process] = {}
         self.pins: dict[int, Pin] = {}
         self.vmstat: Counter[str] = Counter()
-        self.cow_log: list[CowEvent] = []
+        self.cow_log = CowLog()
         self.events: list[Event] = []
         self.history: list[OpRecord] = []
         self._thp_enabled = "always"
@@ -236,12 +216,17 @@ class Kernel:
         addr: int,
         old: int | None,
         new: int,
-        why: str,
+        why: object,
         nr: int = 1,
     ) -> None:
-        op: object = self.history[-1] if self.history else "(setup)"
-        event = CowEvent(len(self.history), op, function, vma.mm.pid, addr, old, new, nr, why)
+        """One copy; ``why`` is the decision (or a text), rendered only when read."""
+        event = CowEvent(
+            len(self.history), self.current_op(), function, vma.mm.pid, addr, old, new, nr, why
+        )
         self.cow_log.append(event)
+
+    def current_op(self) -> object:
+        return self.history[-1] if self.history else "(setup)"
 
     @contextmanager
     def operation(self, fmt: str, *args: object) -> Iterator[None]:
@@ -550,27 +535,25 @@ class Process:
 
     def _copy(self, addr: int, n: int, data: bytes | int | None, keep: bool = False) -> bytes:
         """The CPU's access to [addr, addr + n): ``data`` bytes or a fill byte to store, None
-        to load; ``keep`` faults without loading or storing."""
-        f = self.kernel.frames
+        to load; ``keep`` faults without loading or storing. Runs of pages go through the range
+        path (mm/range_fault.py) unless it is off or every event is traced."""
+        k = self.kernel
+        write = data is not None
+        batch = k.range_ops and not k.tracing and n > RANGE_MIN_BYTES
         out = bytearray()
         done = 0
         while done < n:
             va = addr + done
-            in_page = va % PAGE_SIZE
-            chunk = min(n - done, PAGE_SIZE - in_page)
-            try:
-                pfn = self._access(va, write=data is not None)
-            except Segfault as e:
-                self._fatal_signal()
-                raise Segfault(e.addr, e.access, done, killed=True) from None
-            if keep:
-                pass
-            elif data is None:
-                out += f.read(pfn, in_page, chunk)
-            elif isinstance(data, int):
-                f.write(pfn, in_page, bytes([data]) * chunk)
-            else:
-                f.write(pfn, in_page, data[done : done + chunk])
+            pfns = fault_in_range(k, self.mm, va, addr + n, write) if batch else NO_PAGES
+            if not pfns.size:
+                try:
+                    pfns = np.array([self._access(va, write)], dtype=np.int64)
+                except Segfault as e:
+                    self._fatal_signal()
+                    raise Segfault(e.addr, e.access, done, killed=True) from None
+            chunk = min(n - done, pfns.size * PAGE_SIZE - va % PAGE_SIZE)
+            if not keep:
+                out += store(k.frames, pfns, va % PAGE_SIZE, chunk, data, done)
             done += chunk
         return bytes(out)
 
@@ -646,11 +629,38 @@ class Process:
         return pin
 
 
-def access_permitted(vma: VmArea, write: bool) -> bool:
-    """access_error() of the x86 fault handler: writes need VM_WRITE, reads any permission."""
-    if write:
-        return bool(vma.vm_flags & VM_WRITE)
-    return bool(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))
+def store(
+    f: PageFrames, pfns: IntArray, offset: int, n: int, data: bytes | int | None, at: int
+) -> bytes:
+    """The bytes of one access to consecutive pages (frames pfns, from offset in the first):
+    a load returns n bytes, a store writes data[at : at + n] or n fill bytes."""
+    if isinstance(data, int):
+        fill(f, pfns, offset, n, data)
+        return b""
+    out = bytearray()
+    pos = 0
+    for pfn in pfns.tolist():
+        chunk = min(n - pos, PAGE_SIZE - offset)
+        if data is None:
+            out += f.read(pfn, offset, chunk)
+        else:
+            f.write(pfn, offset, data[at + pos : at + pos + chunk])
+        pos += chunk
+        offset = 0
+    return bytes(out)
+
+
+def fill(f: PageFrames, pfns: IntArray, offset: int, n: int, value: int) -> None:
+    """memset over consecutive pages: whole pages share one string, the edges are written."""
+    i = 0
+    if offset:
+        head = min(n, PAGE_SIZE - offset)
+        f.write(int(pfns[0]), offset, bytes([value]) * head)
+        n, i = n - head, 1
+    whole = n // PAGE_SIZE
+    f.fill_pages(pfns[i : i + whole], value)
+    if n % PAGE_SIZE:
+        f.write(int(pfns[i + whole]), 0, bytes([value]) * (n % PAGE_SIZE))
 
 
 def mmu_walk(mm: MmStruct, addr: int, write: bool) -> int | None:

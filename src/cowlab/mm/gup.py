@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from cowlab.errors import SyscallError
 from cowlab.mm.constants import (
     FOLL_FORCE,
@@ -14,6 +17,7 @@ from cowlab.mm.constants import (
     FOLL_TOUCH,
     FOLL_WRITE,
     PAGE_SIZE,
+    PMD_SHIFT,
     VM_FAULT_SIGSEGV,
     VM_FAULT_WRITE,
     VM_MAYREAD,
@@ -21,6 +25,7 @@ from cowlab.mm.constants import (
     VM_WRITE,
     PG_dirty,
     PG_head,
+    PG_reserved,
 )
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.mm import (
@@ -29,10 +34,12 @@ from cowlab.mm.mm import (
     PageAnonExclusive,
     compound_head,
     get_page,
+    heads_of,
     is_zero_pfn,
-    put_page,
+    put_pages,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
+from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.pgtable import (
     PTE_MIGRATION,
     PTE_PROTNONE,
@@ -41,6 +48,9 @@ from cowlab.mm.pgtable import (
     PTE_YOUNG,
     HugePmd,
 )
+
+Ints = npt.NDArray[np.int64]
+NO_PAGES: Ints = np.zeros(0, dtype=np.int64)
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -104,12 +114,29 @@ def get_user_pages(
     if not gup_flags & FOLL_FORCE:
         gup_flags |= FOLL_NUMA
     pages: list[int] = []
+    batch = k.range_ops and not k.tracing and not must_unshare_any(k, gup_flags)
     try:
-        for n in range(nr_pages):
-            addr = start + n * PAGE_SIZE
+        while len(pages) < nr_pages:
+            addr = start + len(pages) * PAGE_SIZE
             vma = mm.find_vma(addr)
             if vma is None or not check_vma_flags(vma, gup_flags):
                 raise SyscallError("EFAULT", f"get_user_pages: {addr:#x} cannot be accessed so")
+            end = min(start + nr_pages * PAGE_SIZE, vma.vm_end)
+            run = (
+                follow_range(
+                    k,
+                    vma,
+                    addr,
+                    end,
+                    _fast_flags(k, gup_flags) if fast else _slow_flags(k, vma, gup_flags),
+                )
+                if batch
+                else NO_PAGES
+            )
+            if run.size:
+                try_grab_pages(k, mm, run, gup_flags)
+                pages += run.tolist()
+                continue
             pfn = gup_fast_one(k, vma, addr, gup_flags) if fast else None
             if pfn is None:
                 pfn = _faultin_and_follow(k, vma, addr, gup_flags)
@@ -119,6 +146,54 @@ def get_user_pages(
         release_pages(k, pages, gup_flags)  # the caller (ib_umem_get) drops a partial result
         raise
     return pages
+
+
+def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints:
+    """follow_page_mask() for the pages from addr (below end, in addr's PMD) that need no
+    fault, as the range path takes them; empty when addr's page needs one."""
+    mm = vma.mm
+    idx = pmd_index(addr)
+    first = pte_index(addr)
+    last = pte_index(min(end, (idx + 1) << PMD_SHIFT) - 1) + 1
+    entry = mm.pmds.get(idx)
+    write = bool(foll & FOLL_WRITE)
+    if isinstance(entry, HugePmd):
+        return (
+            NO_PAGES
+            if follow_page_mask(k, mm, addr, foll) is None
+            else entry.pfn + np.arange(first, last, dtype=np.int64)
+        )
+    if entry is None:
+        return NO_PAGES
+    pfn, bits = entry.pfn[first:last], entry.bits[first:last]
+    blocked = (
+        PTE_MIGRATION | (PTE_PROTNONE if foll & FOLL_NUMA else 0) | (PTE_WRITE if write else 0)
+    )
+    ok = (pfn >= 0) & ((bits & blocked) == (PTE_WRITE if write else 0))
+    n = int(ok.size if ok.all() else np.argmin(ok))
+    pages = pfn[:n].copy()
+    if foll & FOLL_TOUCH:
+        entry.bits[first : first + n] |= PTE_YOUNG
+        if write:
+            k.frames.flags[pages] |= PG_dirty
+    return pages
+
+
+def must_unshare_any(k: Kernel, gup_flags: int) -> bool:
+    """Could gup_must_unshare() hold for some page (a R/O FOLL_PIN on 5.19+)?"""
+    return bool(
+        k.policy.gup_unshares_ro_pins and gup_flags & FOLL_PIN and not gup_flags & FOLL_WRITE
+    )
+
+
+def _fast_flags(k: Kernel, gup_flags: int) -> int:
+    return gup_flags | (FOLL_WRITE if k.policy.gup_breaks_cow_on_read else 0)
+
+
+def _slow_flags(k: Kernel, vma: VmArea, gup_flags: int) -> int:
+    if k.policy.gup_breaks_cow_on_read and is_cow_mapping(vma.vm_flags):
+        return gup_flags | FOLL_WRITE  # should_force_cow_break(): fault as a write even to read
+    return gup_flags
 
 
 def effective_gup_flags(k: Kernel, flags: int) -> int:
@@ -146,20 +221,42 @@ def try_grab_page(k: Kernel, mm: MmStruct, pfn: int, gup_flags: int) -> None:
         get_page(f, head, GUP_PIN_COUNTING_BIAS)
 
 
-def release_pages(k: Kernel, pages: list[int], gup_flags: int) -> None:
-    """put_page()/unpin_user_page() on every page GUP returned (zero pages are not counted)."""
+def try_grab_pages(k: Kernel, mm: MmStruct, pfns: Ints, gup_flags: int) -> None:
+    """try_grab_page() of many pages at once."""
     f = k.frames
-    for pfn in pages:
-        if is_zero_pfn(f, pfn):
-            continue
-        head = compound_head(f, pfn)
-        if not gup_flags & FOLL_PIN:
-            put_page(k, pfn)
-        elif f.flags[head] & PG_head:
-            f._pincount[head] -= 1
-            put_page(k, head)
-        else:
-            put_page(k, head, GUP_PIN_COUNTING_BIAS)
+    heads, nrs, compound = _grabbed(f, pfns)
+    if not heads.size:
+        return
+    if gup_flags & FOLL_PIN:
+        mm.has_pinned = True
+        f._pincount[heads[compound]] += nrs[compound]
+        nrs = np.where(compound, nrs, nrs * GUP_PIN_COUNTING_BIAS)
+    f._count[heads] += nrs
+
+
+def release_pages(k: Kernel, pages: list[int], gup_flags: int) -> None:
+    """put_page()/unpin_user_page() on every page GUP returned (zero pages are not counted),
+    in order: a page is freed when its last reference in the list goes."""
+    f = k.frames
+    heads, nrs, compound = _grabbed(f, np.asarray(pages, dtype=np.int64), by_last=True)
+    if gup_flags & FOLL_PIN:
+        f._pincount[heads[compound]] -= nrs[compound]
+        nrs = np.where(compound, nrs, nrs * GUP_PIN_COUNTING_BIAS)
+    put_pages(k, heads, nrs)
+
+
+def _grabbed(
+    f: PageFrames, pfns: Ints, by_last: bool = False
+) -> tuple[Ints, Ints, npt.NDArray[np.bool_]]:
+    """The heads of the non-zero pages among pfns, how many of the pages each has, and which
+    are compound; ordered by first (or last) appearance."""
+    pfns = pfns[(f.flags[pfns] & PG_reserved) == 0]
+    heads = heads_of(f, pfns)
+    order = heads[::-1] if by_last else heads
+    uniq, at, nrs = np.unique(order, return_index=True, return_counts=True)
+    by_seen = np.argsort(-at if by_last else at, kind="stable")
+    uniq, nrs = uniq[by_seen], nrs[by_seen]
+    return uniq, nrs.astype(np.int64), (f.flags[uniq] & PG_head) != 0
 
 
 def must_unshare(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> bool:
@@ -184,16 +281,13 @@ def must_unshare(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> bool:
 
 def gup_fast_one(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int | None:
     """The lockless GUP-fast walk: the page if no fault is needed, else None (slow GUP)."""
-    foll = gup_flags | (FOLL_WRITE if k.policy.gup_breaks_cow_on_read else 0)
     if must_unshare(k, vma, addr, gup_flags):
         return None
-    return follow_page_mask(k, vma.mm, addr, foll)
+    return follow_page_mask(k, vma.mm, addr, _fast_flags(k, gup_flags))
 
 
 def _faultin_and_follow(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int:
-    foll = gup_flags
-    if k.policy.gup_breaks_cow_on_read and is_cow_mapping(vma.vm_flags):
-        foll |= FOLL_WRITE  # should_force_cow_break(): fault as a write even to read
+    foll = _slow_flags(k, vma, gup_flags)
     for _ in range(MAX_FAULT_RETRIES):
         pfn = None if must_unshare(k, vma, addr, foll) else follow_page_mask(k, vma.mm, addr, foll)
         if pfn is not None:

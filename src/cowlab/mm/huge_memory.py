@@ -230,8 +230,7 @@ def do_huge_pmd_wp_page(
     k.vmstat["thp_fault_alloc"] += 1
     f = k.frames
     if page is not None:
-        for i in range(HPAGE_PMD_NR):
-            f.copy_page(new + i, page + i)
+        f.copy_pages(new + SUBPAGES, page + SUBPAGES)
     vma.mm.pmds[pmd_index(haddr)] = HugePmd(new, bool(vma.vm_flags & VM_WRITE), True)
     page_add_new_anon_rmap(k, new, vma, haddr, compound=True)
     if page is None:
@@ -506,7 +505,7 @@ def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
     f = k.frames
     for mm, table, i in frozen:
         pfn = int(table.pfn[i])
-        if zero_unused and not any(f.contents.get(pfn, b"")):
+        if zero_unused and not f.content[pfn]:
             try_to_map_unused_to_zeropage(k, mm, table, i)
             continue
         dirty = PTE_DIRTY if f.flags[pfn] & PG_dirty else 0

@@ -168,7 +168,7 @@ def cmp_and_merge_page(
         return 0
     if not stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
         return 1
-    if k.ksm_use_zero_pages and not any(f.contents.get(pfn, b"")):
+    if k.ksm_use_zero_pages and not f.content[pfn]:
         return int(_merge_with_zero_page(k, vma, addr, pfn))
     other = unstable.get(digest)
     if other is None or not _still_there(k, other, digest):

@@ -10,6 +10,7 @@ import numpy.typing as npt
 from cowlab.mm import huge_memory, migrate
 from cowlab.mm.constants import (
     HPAGE_PMD_SIZE,
+    PAGE_SHIFT,
     PMD_SHIFT,
     VM_FAULT_FALLBACK,
     VM_FAULT_WRITE,
@@ -25,6 +26,7 @@ from cowlab.mm.mm import (
     heads_of,
     page_maybe_dma_pinned,
     put_page,
+    put_pages,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, flags_without
@@ -49,6 +51,7 @@ from cowlab.mm.rmap import (
     page_add_new_anon_rmap,
     page_move_anon_rmap,
     page_remove_rmap,
+    pages_add_new_anon_rmap,
     rmap_add_ptes,
     rmap_remove_ptes,
 )
@@ -60,6 +63,7 @@ from cowlab.mm.swapfile import (
     swap_free,
     try_to_free_swap,
 )
+from cowlab.mm.trace import CowCopies
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -230,7 +234,7 @@ def wp_copy_traced(
     unshare: bool,
 ) -> int:
     k.event("do_wp_page", "copy", addr=addr, pfn=old, read=d.read, rule=d.rule)
-    ret = wp_page_copy(k, vma, addr, table, old, d.why, unshare)
+    ret = wp_page_copy(k, vma, addr, table, old, d, unshare)
     if k.tracing:
         new = int(table.pfn[pte_index(addr)])
         k.event("wp_page_copy", addr=addr, pfn=old, detail=f"copied to a new page, pfn {new:#x}")
@@ -251,11 +255,11 @@ def wp_page_copy(
     addr: int,
     table: PteTable,
     old: int | None,
-    why: str,
+    why: object,
     unshare: bool = False,
 ) -> int:
     """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old here;
-    an unshare maps the copy read-only."""
+    an unshare maps the copy read-only. ``why`` is the decision, for the COW log."""
     i = pte_index(addr)
     f = k.frames
     anon_vma_prepare(k, vma)
@@ -317,8 +321,9 @@ def copy_pte_range(
     normal_mask = present & ((table.bits[sl] & PTE_SPECIAL) == 0)
     must_copy = np.zeros(pfns.size, dtype=bool)
     must_copy[normal_mask] = k.policy.fork_must_copy(k, src.mm, src, pfns[normal_mask])
-    for j in np.flatnonzero(must_copy).tolist():
-        copy_present_page(k, dst, child, (idx << PMD_SHIFT) + ((sl.start + j) << 12), int(pfns[j]))
+    if must_copy.any():
+        at = np.flatnonzero(must_copy)
+        copy_present_pages(k, dst, child, idx, sl.start + at, pfns[at])
     present &= ~must_copy
     if is_cow_mapping(src.vm_flags):
         table.bits[sl] = np.where(present, table.bits[sl] & pte_without(PTE_WRITE), table.bits[sl])
@@ -349,24 +354,50 @@ def copy_swap_ptes(
     dst.mm.swapents += int(idx.size)
 
 
-def copy_present_page(k: Kernel, dst: VmArea, child: PteTable, addr: int, pfn: int) -> None:
-    """copy_present_page() (5.9): the child gets its own copy of a maybe-pinned page at fork;
-    the parent keeps its PTE and page as they are."""
+def copy_present_pages(
+    k: Kernel,
+    dst: VmArea,
+    child: PteTable,
+    idx: int,
+    ptes: npt.NDArray[np.int64],
+    olds: npt.NDArray[np.int64],
+) -> None:
+    """copy_present_page() (5.9) at each of these PTEs, in order: the child gets its own copy
+    of a maybe-pinned page at fork; the parent keeps its PTE and page as they are."""
     f = k.frames
-    new = f.alloc_page()
-    f.copy_page(new, pfn)
-    i = pte_index(addr)
-    child.pfn[i] = new
-    child.bits[i] = new_pte_bits(dst)
-    page_add_new_anon_rmap(k, new, dst, addr, compound=False)
-    dst.mm.anon_rss += 1
-    k.record_cow("copy_present_page", dst, addr, pfn, new, "maybe DMA-pinned at fork")
+    news = f.alloc_pages(ptes.size)
+    f.copy_pages(news, olds)
+    child.pfn[ptes] = news
+    child.bits[ptes] = new_pte_bits(dst)
+    addrs = (idx << PMD_SHIFT) + (ptes << PAGE_SHIFT)
+    pages_add_new_anon_rmap(k, news, dst, addrs)
+    dst.mm.anon_rss += int(ptes.size)
+    which = np.zeros(ptes.size, dtype=np.int64)
+    copies = CowCopies(
+        len(k.history),
+        k.current_op(),
+        "copy_present_page",
+        dst.mm.pid,
+        addrs,
+        olds,
+        news,
+        ["maybe DMA-pinned at fork"],
+        which,
+    )
+    k.cow_log.extend_copies(copies)
     if k.tracing:
-        read = (("page_maybe_dma_pinned", int(page_maybe_dma_pinned(f, pfn))),)
-        rule, detail = "copy a maybe-pinned page for the child", f"the child gets pfn {new:#x}"
-        k.event(
-            "copy_present_page", "copy", addr=addr, pfn=pfn, read=read, rule=rule, detail=detail
-        )
+        for addr, old, new in zip(addrs.tolist(), olds.tolist(), news.tolist(), strict=True):
+            read = (("page_maybe_dma_pinned", int(page_maybe_dma_pinned(f, old))),)
+            rule, detail = "copy a maybe-pinned page for the child", f"the child gets pfn {new:#x}"
+            k.event(
+                "copy_present_page",
+                "copy",
+                addr=addr,
+                pfn=old,
+                read=read,
+                rule=rule,
+                detail=detail,
+            )
 
 
 # --- zap ------------------------------------------------------------------------------------
@@ -414,5 +445,4 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     if k.tracing:
         k.event("zap_pte_range", detail=f"pid {mm.pid}: {normal.size} PTEs unmapped")
     heads, counts = np.unique(heads_of(k.frames, normal), return_counts=True)
-    for head, nr in zip(heads.tolist(), counts.tolist(), strict=True):
-        put_page(k, head, nr)
+    put_pages(k, heads, counts)

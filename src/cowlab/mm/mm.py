@@ -108,6 +108,13 @@ def page_maybe_dma_pinned(f: PageFrames, pfn: int) -> bool:
     return bool(f._count[head] >= GUP_PIN_COUNTING_BIAS)
 
 
+def pages_maybe_dma_pinned(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """page_maybe_dma_pinned() of many pages at once."""
+    heads = heads_of(f, pfns)
+    compound = (f.flags[heads] & PG_head) != 0
+    return np.where(compound, f._pincount[heads] > 0, f._count[heads] >= GUP_PIN_COUNTING_BIAS)
+
+
 def folio_large_mapcount(f: PageFrames, head: int) -> int:
     """folio_large_mapcount() (6.x): every PTE and PMD mapping of the large folio."""
     return int(f._large_mapcount[head]) + 1
@@ -143,6 +150,23 @@ def put_page(k: Kernel, pfn: int, nr: int = 1) -> None:
     f._count[head] = count
     if count == 0:
         __put_page(k, head)
+
+
+def put_pages(k: Kernel, heads: npt.NDArray[np.int64], nrs: npt.NDArray[np.int64]) -> None:
+    """put_page() nrs[i] times on each head, in order; small pages whose last reference goes
+    are freed together."""
+    f = k.frames
+    counts = f._count[heads] - nrs
+    if (counts < 0).any():
+        head = int(heads[np.argmax(counts < 0)])
+        raise KernelBug(f"put_page: _count of pfn {head:#x} went negative")
+    f._count[heads] = counts
+    dead = heads[counts == 0]
+    if not ((f.flags[dead] & (PG_head | PG_ksm)) == 0).all():
+        for head in dead.tolist():
+            __put_page(k, head)
+    elif dead.size:
+        f.free_pages(dead)
 
 
 def __put_page(k: Kernel, head: int) -> None:

@@ -3,8 +3,12 @@
 4.5's fields for anonymous memory, one array element per 4 KiB frame (pfn):
 ``flags``, ``_mapcount`` (every page, starts at -1), ``_count`` (meaningful on heads and small
 pages; tails stay 0), ``compound_mapcount`` (read at head+1, starts at -1), ``mapping`` (the
-anon_vma id, 0 for none), ``index`` (page->index) and ``private`` (swap entry). Page contents are
-stored sparsely: a frame holds a bytearray trimmed after its last written byte, or nothing (zeros).
+anon_vma id, 0 for none), ``index`` (page->index) and ``private`` (swap entry).
+
+Page contents are the model's, not struct page's: ``content`` holds, per frame, the id of an
+interned, reference-counted byte string (trimmed after its last nonzero byte; id 0 is all
+zeros). Frames with equal bytes share one string, so a fill pattern or a forked page costs
+4 bytes per frame, not 4 KiB.
 
 pfn 0 is the shared zero page and pfns 512..1023 the huge zero page, as reserved frames.
 """
@@ -47,6 +51,7 @@ FIELDS = {  # every per-frame field and the value a free frame holds
     "_nr_pages_mapped": 0,
     "mm_id": 0,
     "mm_id_mapcount": -1,
+    "content": 0,
 }
 
 
@@ -76,10 +81,11 @@ class PageFrames:
         self.mm_id = np.zeros((0, 2), dtype=np.int32)
         self.mm_id_mapcount = np.zeros((0, 2), dtype=np.int32)
         self.order = np.zeros(0, dtype=np.int8)  # folio order, on every page of the folio
+        self.content = np.zeros(0, dtype=np.int32)  # the model's: id of the frame's bytes
         self._grow(max(capacity, FIRST_FREE_PFN))
         self.nr = FIRST_FREE_PFN
         self.free: dict[int, list[int]] = {o: [] for o in range(HPAGE_PMD_ORDER + 1)}
-        self.contents: dict[int, bytearray] = {}
+        self.blobs = ContentStore()
         self.nr_allocated = 0
         self.flags[ZERO_PFN] = PG_reserved
         self.flags[HUGE_ZERO_PFN] = PG_reserved | PG_head
@@ -101,9 +107,11 @@ class PageFrames:
     # --- allocation (mm/page_alloc.c) ------------------------------------------------------
 
     def _reset(self, first: int, nr: int) -> None:
-        sl = slice(first, first + nr)
+        self._reset_at(slice(first, first + nr))
+
+    def _reset_at(self, where: slice | IntArray) -> None:
         for name, fill in FIELDS.items():
-            getattr(self, name)[sl] = fill
+            getattr(self, name)[where] = fill
 
     def _block(self) -> int:
         """A free 2 MiB-aligned block of 512 frames (a free THP, or new memory)."""
@@ -127,11 +135,35 @@ class PageFrames:
             pfn = self.nr
             self._grow(pfn + 1)
             self.nr += 1
-        self._reset(pfn, 1)
         self.flags[pfn] = PG_allocated | PG_uptodate | PG_swapbacked
         self._count[pfn] = 1
         self.nr_allocated += 1
         return pfn
+
+    def alloc_pages(self, n: int) -> IntArray:
+        """n alloc_page() calls at once: the same frames, in the order they would come."""
+        out = np.empty(n, dtype=np.int64)
+        got = 0
+        small = self.free[0]
+        while got < n:
+            if small:
+                take = min(n - got, len(small))
+                out[got : got + take] = small[len(small) - take :][::-1]
+                del small[len(small) - take :]
+            elif self.free[HPAGE_PMD_ORDER]:
+                block = self.free[HPAGE_PMD_ORDER].pop()
+                small.extend(range(block + HPAGE_PMD_NR - 1, block, -1))
+                out[got], take = block, 1
+            else:
+                take = n - got
+                self._grow(self.nr + take)
+                out[got:] = np.arange(self.nr, self.nr + take)
+                self.nr += take
+            got += take
+        self.flags[out] = PG_allocated | PG_uptodate | PG_swapbacked
+        self._count[out] = 1
+        self.nr_allocated += n
+        return out
 
     def alloc_folio(self, order: int) -> int:
         """folio_alloc(): a compound page of 2**order frames (order 1..9), head _count 1.
@@ -144,7 +176,6 @@ class PageFrames:
         else:
             head = self._block()
             self.free[order].extend(range(head + HPAGE_PMD_NR - nr, head, -nr))
-        self._reset(head, nr)
         base = PG_allocated | PG_uptodate | PG_swapbacked
         self.flags[head] = base | PG_head
         self.flags[head + 1 : head + nr] = base | PG_tail
@@ -163,56 +194,124 @@ class PageFrames:
             getattr(self, name)[head] = FIELDS[name]
 
     def free_page(self, pfn: int) -> None:
-        """__free_pages of an order-0 page whose _count reached zero."""
-        self.contents.pop(pfn, None)
+        """__free_pages of an order-0 page whose _count reached zero: its fields go back to
+        the free values, so allocation need not reset them."""
+        self.blobs.put(int(self.content[pfn]))
         self._reset(pfn, 1)
         self.free[0].append(pfn)
         self.nr_allocated -= 1
+
+    def free_pages(self, pfns: IntArray) -> None:
+        """free_page() of many order-0 pages, in order."""
+        self.blobs.put_many(self.content[pfns])
+        self._reset_at(pfns)
+        self.free[0].extend(pfns.tolist())
+        self.nr_allocated -= int(pfns.size)
 
     def free_folio(self, head: int) -> None:
         """free_transhuge_page()/folio_put(): the caller took it off the deferred split queue."""
         order = int(self.order[head])
         nr = 1 << order
-        for pfn in range(head, head + nr):
-            self.contents.pop(pfn, None)
+        self.blobs.put_many(self.content[head : head + nr])
         self._reset(head, nr)
         self.free[order].append(head)
         self.nr_allocated -= nr
 
     # --- contents ------------------------------------------------------------------------
 
+    def page_data(self, pfn: int) -> bytes:
+        """The frame's bytes trimmed after the last nonzero one (b"" for a zero-filled frame)."""
+        return self.blobs.data[int(self.content[pfn])]
+
     def read(self, pfn: int, offset: int, n: int) -> bytes:
-        data = self.contents.get(pfn)
-        if data is None:
-            return bytes(n)
-        chunk = bytes(data[offset : offset + n])
+        chunk = self.page_data(pfn)[offset : offset + n]
         return chunk + bytes(n - len(chunk))
 
     def write(self, pfn: int, offset: int, payload: bytes) -> None:
-        data = self.contents.get(pfn)
-        if data is None:
-            data = self.contents[pfn] = bytearray()
+        buf = bytearray(self.page_data(pfn))
         end = offset + len(payload)
-        if len(data) < end:
-            data.extend(bytes(end - len(data)))
-        data[offset:end] = payload
+        if len(buf) < end:
+            buf.extend(bytes(end - len(buf)))
+        buf[offset:end] = payload
+        self._set(pfn, self.blobs.get(bytes(buf)))
+
+    def _set(self, pfn: int, blob: int) -> None:
+        self.blobs.put(int(self.content[pfn]))
+        self.content[pfn] = blob
 
     def copy_page(self, dst: int, src: int) -> None:
         """copy_user_highpage: dst gets src's bytes."""
-        data = self.contents.get(src)
-        if data is None:
-            self.contents.pop(dst, None)
-        else:
-            self.contents[dst] = bytearray(data)
+        self._set(dst, self.blobs.hold(int(self.content[src])))
 
-    def has_data(self, pfns: IntArray) -> npt.NDArray[np.bool_]:
-        """Which of these frames hold any written byte (the others read as zeros)."""
-        with_data = np.fromiter(self.contents, dtype=np.int64, count=len(self.contents))
-        return np.isin(pfns, with_data)
+    def copy_pages(self, dst: IntArray, src: IntArray) -> None:
+        """copy_user_highpage for many pages (dst frames hold nothing yet)."""
+        ids = self.content[src]
+        self.blobs.hold_many(ids)
+        self.content[dst] = ids
+
+    def fill_pages(self, pfns: IntArray, value: int) -> None:
+        """memset of whole frames to one byte: all of them share one string."""
+        if not pfns.size:
+            return
+        self.blobs.put_many(self.content[pfns])
+        blob = self.blobs.get(bytes([value]) * PAGE_SIZE if value else b"")
+        self.blobs.hold(blob, pfns.size - 1)
+        self.content[pfns] = blob
 
     def page_bytes(self, pfn: int) -> bytes:
         return self.read(pfn, 0, PAGE_SIZE)
 
+    def has_data(self, pfns: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of these frames hold a nonzero byte (the others read as zeros)."""
+        return self.content[pfns] != 0
+
     def allocated(self) -> IntArray:
         """Every frame handed out by the allocator and not freed since."""
         return np.flatnonzero(self.flags[: self.nr] & PG_allocated).astype(np.int64)
+
+
+class ContentStore:
+    """Interned page contents with reference counts: ``data[id]`` is a byte string trimmed
+    after its last nonzero byte, id 0 the zero-filled page (never freed)."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = [b""]
+        self.refs: list[int] = [0]
+        self.ids: dict[bytes, int] = {b"": 0}
+        self.free_ids: list[int] = []
+
+    def get(self, data: bytes) -> int:
+        """A reference to the id holding data (trimmed here)."""
+        data = data.rstrip(b"\0")
+        blob = self.ids.get(data)
+        if blob is None:
+            blob = self.free_ids.pop() if self.free_ids else len(self.data)
+            if blob == len(self.data):
+                self.data.append(data)
+                self.refs.append(0)
+            else:
+                self.data[blob] = data
+            self.ids[data] = blob
+        return self.hold(blob)
+
+    def hold(self, blob: int, nr: int = 1) -> int:
+        if blob:
+            self.refs[blob] += nr
+        return blob
+
+    def hold_many(self, ids: npt.NDArray[np.int32]) -> None:
+        for blob, nr in zip(*np.unique(ids[ids != 0], return_counts=True), strict=True):
+            self.refs[int(blob)] += int(nr)
+
+    def put(self, blob: int, nr: int = 1) -> None:
+        if not blob:
+            return
+        self.refs[blob] -= nr
+        if self.refs[blob] == 0:
+            del self.ids[self.data[blob]]
+            self.data[blob] = b""
+            self.free_ids.append(blob)
+
+    def put_many(self, ids: npt.NDArray[np.int32]) -> None:
+        for blob, nr in zip(*np.unique(ids[ids != 0], return_counts=True), strict=True):
+            self.put(int(blob), int(nr))

@@ -12,6 +12,7 @@ from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
     HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
+    PAGE_SHIFT,
     PG_anon_exclusive,
     PG_dirty,
     PG_double_map,
@@ -163,8 +164,20 @@ def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound
     if compound:
         rmap_add_pmd(k, vma.mm, pfn)
     else:
-        rmap_add_ptes(k, vma.mm, np.array([pfn], dtype=np.int64))
+        f._mapcount[pfn] += 1  # a new small page: no folio counters
     __page_set_anon_rmap(k, pfn, vma, addr, exclusive=True)
+
+
+def pages_add_new_anon_rmap(
+    k: Kernel, pfns: npt.NDArray[np.int64], vma: VmArea, addrs: npt.NDArray[np.int64]
+) -> None:
+    """page_add_new_anon_rmap() of many new small pages, each mapped once at its address."""
+    f = k.frames
+    f.flags[pfns] |= PG_swapbacked | (PG_anon_exclusive if k.policy.anon_exclusive else 0)
+    f._mapcount[pfns] += 1
+    assert vma.anon_vma is not None
+    f.mapping[pfns] = vma.anon_vma.id
+    f.index[pfns] = ((addrs - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
 
 
 def folio_add_new_anon_rmap_ptes(k: Kernel, head: int, nr: int, vma: VmArea, addr: int) -> None:
@@ -205,8 +218,20 @@ def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
     """page_remove_rmap(): -1 mapping; a THP subpage reaching -1 queues the THP for splitting."""
     if compound:
         rmap_remove_pmd(k, mm, pfn)
-    else:
-        rmap_remove_ptes(k, mm, np.array([pfn], dtype=np.int64))
+        return
+    f = k.frames
+    mapcount = int(f._mapcount[pfn]) - 1
+    if mapcount < -1:
+        raise KernelBug("page_remove_rmap: _mapcount below -1")
+    f._mapcount[pfn] = mapcount
+    if not f.flags[pfn] & (PG_head | PG_tail):
+        return
+    head = compound_head(f, pfn)
+    if mapcount == -1:
+        deferred_split_huge_page(k, head)
+    if k.policy.folio_counters:
+        f._nr_pages_mapped[head] -= mapcount == -1
+        _folio_remove(k, mm, head, 1)
 
 
 def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:

@@ -8,8 +8,13 @@ their text is rendered from them only when shown.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, overload
+
+import numpy as np
+import numpy.typing as npt
 
 from cowlab.mm.decision import Reads, show_reads
 
@@ -63,3 +68,105 @@ class Event:
             "policy": self.policy or None,
             "detail": self.detail or None,
         }
+
+
+@dataclass(frozen=True)
+class CowEvent:
+    """A write fault that copied instead of reusing: which function, which page, and why."""
+
+    seq: int
+    operation: object  # the OpRecord (or "(setup)"), formatted only when described
+    function: str
+    pid: int
+    addr: int
+    old: int | None
+    new: int
+    nr: int
+    reason: object  # a WpDecision (its reads and rule) or a text, rendered only when read
+
+    @property
+    def why(self) -> str:
+        return str(getattr(self.reason, "why", self.reason))
+
+    def describe(self) -> str:
+        what = "the zero page" if self.old is None else f"pfn {self.old:#x}"
+        size = f"{self.nr * 4} KiB" if self.nr > 1 else "4 KiB"
+        return (
+            f"op {self.seq} ({self.operation}): {self.function} in pid {self.pid} at "
+            f"{self.addr:#x} copied {what} ({size}) to pfn {self.new:#x} because {self.why}"
+        )
+
+
+class CowCopies(NamedTuple):
+    """Many copies by one function in one operation, as arrays (old -1: the zero page)."""
+
+    seq: int
+    operation: object
+    function: str
+    pid: int
+    addrs: npt.NDArray[np.int64]
+    olds: npt.NDArray[np.int64]
+    news: npt.NDArray[np.int64]
+    reasons: list[object]  # the reason of each copy, by index into ``which``
+    which: npt.NDArray[np.int64]
+
+    def event(self, i: int) -> CowEvent:
+        old = int(self.olds[i])
+        return CowEvent(
+            self.seq,
+            self.operation,
+            self.function,
+            self.pid,
+            int(self.addrs[i]),
+            None if old < 0 else old,
+            int(self.news[i]),
+            1,
+            self.reasons[int(self.which[i])],
+        )
+
+
+class CowLog(Sequence[CowEvent]):
+    """Every copy so far, in order: single events, and runs of copies stored as arrays (a 1 GiB
+    range write copies 262,144 pages without 262,144 objects)."""
+
+    def __init__(self) -> None:
+        self._parts: list[CowEvent | CowCopies] = []
+        self._ends: list[int] = []  # the number of copies up to and including each part
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _add(self, part: CowEvent | CowCopies, nr: int) -> None:
+        self._parts.append(part)
+        self._ends.append(len(self) + nr)
+
+    def append(self, event: CowEvent) -> None:
+        self._add(event, 1)
+
+    def extend_copies(self, copies: CowCopies) -> None:
+        if copies.news.size:
+            self._add(copies, int(copies.news.size))
+
+    @overload
+    def __getitem__(self, i: int) -> CowEvent: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[CowEvent]: ...
+    def __getitem__(self, i: int | slice) -> CowEvent | list[CowEvent]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part_no = bisect.bisect_right(self._ends, i)
+        part = self._parts[part_no]
+        if isinstance(part, CowEvent):
+            return part
+        return part.event(i - (self._ends[part_no] - int(part.news.size)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CowLog | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]

@@ -174,9 +174,9 @@ def pageout(k: Kernel, pfn: int) -> bool:
         return False
     offset = int(f.private[pfn])
     f.flags[pfn] = (f.flags[pfn] & flags_without(PG_dirty)) | PG_writeback
-    data = f.contents.get(pfn)
-    if data and any(data):
-        k.swap.data[offset] = bytes(data).rstrip(b"\0")
+    data = f.page_data(pfn)
+    if data:
+        k.swap.data[offset] = data
     else:
         k.swap.data.pop(offset, None)
     k.vmstat["pswpout"] += 1

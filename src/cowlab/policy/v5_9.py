@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from cowlab.mm.mm import PageKsm, page_count, page_mapcount, page_maybe_dma_pinned
+from cowlab.mm.mm import (
+    PageKsm,
+    page_count,
+    page_mapcount,
+    page_maybe_dma_pinned,
+    pages_maybe_dma_pinned,
+)
 from cowlab.mm.mm_types import is_cow_mapping
 from cowlab.policy.base import Policy, WpDecision
 from cowlab.policy.history import landed
@@ -65,7 +71,7 @@ class ForkCopiesPinned(Policy):
         """copy_present_page(): a COW mapping of an mm that pinned, and the page may be pinned."""
         if not (is_cow_mapping(vma.vm_flags) and src.has_pinned):
             return np.zeros(pfns.size, dtype=bool)
-        return np.array([page_maybe_dma_pinned(k.frames, int(p)) for p in pfns], dtype=bool)
+        return pages_maybe_dma_pinned(k.frames, pfns)
 
     def fork_pmd_must_split(self, k: Kernel, src: MmStruct, vma: VmArea, head: int) -> bool:
         return (

@@ -1,0 +1,313 @@
+"""The model's range path: a CPU access to many pages as array operations.
+
+The kernel takes one fault per page, and so does the model page by page (Process._copy with
+``range_ops`` off, the reference). The range path takes a run of consecutive pages of one VMA
+and one page table that follow the same kernel path at once:
+
+- pages the MMU lets through (present, permitted): accessed and dirty bits only;
+- pte_none pages a write fills with new small pages (do_anonymous_page), or a read maps to the
+  zero page — when neither a THP nor an mTHP could be allocated there;
+- read-only PTEs a write sends through do_wp_page, for the zero page and for small anonymous
+  pages outside KSM and the swap cache. The generation decides once per distinct value of what
+  its rule reads for such a page (flags, _mapcount, _count, mapping); every page with those
+  values gets that verdict, as it would page by page.
+
+Anything else (a THP or mTHP fault, a swap entry, a NUMA hint, a KSM or swap-cache or large-folio
+page, CONFIG_DEBUG_VM's checks, tracing) is left to handle_mm_fault for one page. The result must
+be the per-page path's, frame for frame and event for event: tests/test_range_ops.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from cowlab.mm import huge_memory
+from cowlab.mm.constants import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    VM_EXEC,
+    VM_READ,
+    VM_WRITE,
+    PG_anon_exclusive,
+    PG_head,
+    PG_ksm,
+    PG_swapcache,
+    PG_tail,
+)
+from cowlab.mm.decision import WpDecision
+from cowlab.mm.memory import new_pte_bits
+from cowlab.mm.mm import compound_head, heads_of
+from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
+from cowlab.mm.page_alloc import ZERO_PFN
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_NONE,
+    PTE_PROTNONE,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    PTE_YOUNG,
+    HugePmd,
+    PteTable,
+)
+from cowlab.mm.rmap import (
+    anon_vma_prepare,
+    page_remove_rmap,
+    pages_add_new_anon_rmap,
+    rmap_remove_ptes,
+)
+from cowlab.mm.trace import CowCopies
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
+Ints = npt.NDArray[np.int64]
+NONE: Ints = np.zeros(0, dtype=np.int64)
+ZERO_PAGE_COPY = WpDecision(False, False, False, (), "the zero page is never reused")
+# what a small page's wp_reuse reads, beside the VMA: the same values give the same verdict
+KEY_FIELDS = ("flags", "_mapcount", "_count", "mapping")
+
+
+def access_permitted(vma: VmArea, write: bool) -> bool:
+    """access_error() of the x86 fault handler: writes need VM_WRITE, reads any permission."""
+    if write:
+        return bool(vma.vm_flags & VM_WRITE)
+    return bool(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))
+
+
+def fault_in_range(k: Kernel, mm: MmStruct, va: int, end: int, write: bool) -> Ints:
+    """The frames of the pages from va's page on that one run settles (the MMU then lets the
+    access through), in address order; empty when va's page needs handle_mm_fault alone."""
+    vma = mm.find_vma(va)
+    if vma is None or not access_permitted(vma, write) or k.config.debug_vm:
+        return NONE
+    idx = pmd_index(va)
+    stop = min(end, vma.vm_end, (idx + 1) << PMD_SHIFT)
+    first, last = pte_index(va), pte_index(stop - 1) + 1
+    entry = mm.pmds.get(idx)
+    if isinstance(entry, HugePmd):
+        if entry.protnone or (write and not entry.write):
+            return NONE
+        entry.young = True
+        entry.dirty |= write
+        return entry.pfn + np.arange(first, last, dtype=np.int64)
+    if entry is not None:
+        return _pte_run(k, vma, entry, idx << PMD_SHIFT, first, last, write, va)
+    if huge_memory.transparent_hugepage_enabled(k, vma):
+        return NONE
+    table = mm.pmds[idx] = PteTable()  # what the first page's fault makes
+    pfns = _pte_run(k, vma, table, idx << PMD_SHIFT, first, last, write, va)
+    if not pfns.size:
+        del mm.pmds[idx]
+    return pfns
+
+
+def _leading(mask: npt.NDArray[np.bool_]) -> int:
+    """How many entries at the start of mask are true."""
+    return int(mask.size if mask.all() else np.argmin(mask))
+
+
+def _pte_run(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    base: int,
+    first: int,
+    last: int,
+    write: bool,
+    start: int,
+) -> Ints:
+    """The run from PTE ``first`` of the table mapping [base, base + 2 MiB); the access
+    faults at ``start`` in that first page (the address the COW log records)."""
+    pfn, bits = table.pfn[first:last], table.bits[first:last]
+    blocked = PTE_PROTNONE | PTE_MIGRATION | (PTE_WRITE if write else 0)
+    ok = (pfn >= 0) & ((bits & blocked) == (PTE_WRITE if write else 0))
+    n = _leading(ok)
+    if n:
+        table.bits[first : first + n] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
+        return table.pfn[first : first + n].copy()
+    if pfn[0] == PTE_NONE:
+        n = _leading(pfn == PTE_NONE)
+        if not write:
+            return _zero_page_run(k, table, first, n)
+        if k.policy.mthp and any(
+            huge_memory.thp_vma_allowable_order(k, vma, o) for o in huge_memory.MTHP_ORDERS
+        ):
+            return NONE
+        return _anonymous_run(k, vma, table, base, first, n)
+    if write and pfn[0] >= 0 and not bits[0] & (PTE_PROTNONE | PTE_MIGRATION):
+        return _wp_run(k, vma, table, first, last, start)
+    return NONE
+
+
+def _zero_page_run(k: Kernel, table: PteTable, first: int, n: int) -> Ints:
+    """do_anonymous_page() read faults: the zero page, special, at every PTE."""
+    table.pfn[first : first + n] = ZERO_PFN
+    table.bits[first : first + n] = PTE_SPECIAL | PTE_YOUNG
+    k.vmstat["pgfault"] += n
+    return np.full(n, ZERO_PFN, dtype=np.int64)
+
+
+def _anonymous_run(k: Kernel, vma: VmArea, table: PteTable, base: int, first: int, n: int) -> Ints:
+    """do_anonymous_page() write faults: a new zeroed small page at every PTE."""
+    anon_vma_prepare(k, vma)
+    pfns = k.frames.alloc_pages(n)
+    table.pfn[first : first + n] = pfns
+    table.bits[first : first + n] = new_pte_bits(vma) | PTE_YOUNG | PTE_DIRTY
+    pages_add_new_anon_rmap(k, pfns, vma, base + (np.arange(first, first + n) << PAGE_SHIFT))
+    vma.mm.anon_rss += n
+    k.vmstat["pgfault"] += n
+    return pfns
+
+
+def _wp_run(k: Kernel, vma: VmArea, table: PteTable, first: int, last: int, start: int) -> Ints:
+    """do_wp_page() for the read-only PTEs from ``first`` on that map the zero page, or small
+    anonymous pages (one verdict per distinct key) none of which a copy would free."""
+    pfn, bits = table.pfn[first:last], table.bits[first:last]
+    present_ro = (pfn >= 0) & ((bits & (PTE_WRITE | PTE_PROTNONE | PTE_MIGRATION)) == 0)
+    special = (bits & PTE_SPECIAL) != 0
+    if special[0]:
+        n = _leading(present_ro & special)
+        olds = np.full(n, -1, dtype=np.int64)
+        zero = np.zeros(n, np.int64)
+        return _apply(k, vma, table, start, first, olds, [ZERO_PAGE_COPY], zero)
+    f = k.frames
+    pages = pfn[: _leading(present_ro & ~special)].copy()  # the PTEs change below
+    heads = heads_of(f, pages)
+    odd = (f.flags[pages] | f.flags[heads]) & (PG_ksm | PG_swapcache)
+    pages = pages[: _leading((odd == 0) & (f.mapping[heads] > 0))]
+    if not pages.size:
+        return NONE
+    large = (f.flags[pages] & (PG_head | PG_tail)) != 0
+    if large[0]:
+        return _wp_large_run(k, vma, table, start, first, pages[: _leading(large)])
+    pages = pages[: _leading(~large)]
+    keys = np.stack([getattr(f, name)[pages].astype(np.int64) for name in KEY_FIELDS], axis=1)
+    _, first_of, which = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    which = which.reshape(-1)
+    decisions = [k.policy.wp_reuse(k, vma, int(pages[i])) for i in first_of.tolist()]
+    copy = ~np.array([d.reuse for d in decisions])[which]
+    # a copy that drops the last reference would free the old frame for the next copy to take
+    freed = copy & (f._count[pages] <= 1)
+    n = _leading(~freed)
+    if not n:
+        return NONE
+    return _apply(k, vma, table, start, first, pages[:n], decisions, which[:n])
+
+
+def _wp_large_run(
+    k: Kernel, vma: VmArea, table: PteTable, start: int, first: int, pages: Ints
+) -> Ints:
+    """do_wp_page() for PTE-mapped pages of large folios: every copy changes the folio's
+    counters the next verdict reads, so each page is decided in turn and loses its mapping and
+    reference before the next is asked; the run ends at a reuse or a last reference."""
+    f = k.frames
+    decisions: list[WpDecision] = []
+    for pfn in pages.tolist():
+        d = k.policy.wp_reuse(k, vma, pfn)
+        head = compound_head(f, pfn)
+        if d.reuse or f._count[head] <= 1:
+            break
+        page_remove_rmap(k, vma.mm, pfn, compound=False)
+        f._count[head] -= 1  # put_page(), not the last reference
+        decisions.append(d)
+    n = len(decisions)
+    if not n:
+        return NONE
+    which = np.arange(n, dtype=np.int64)
+    return _apply(k, vma, table, start, first, pages[:n], decisions, which, removed=True)
+
+
+def _apply(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    start: int,
+    first: int,
+    olds: Ints,
+    decisions: list[WpDecision],
+    which: Ints,
+    removed: bool = False,
+) -> Ints:
+    """Carry out each page's verdict: wp_page_reuse in place, wp_page_copy into new frames
+    allocated in address order (old -1: the zero page; ``removed``: the old pages already
+    lost this mapping and reference)."""
+    n = olds.size
+    reuse = np.array([d.reuse for d in decisions])[which]
+    pos = first + np.arange(n)
+    _reuse(k, vma, table, pos[reuse], olds[reuse], decisions, which[reuse])
+    copy = ~reuse
+    if copy.any():
+        _copy(k, vma, table, start, pos[copy], olds[copy], decisions, which[copy], removed)
+    k.vmstat["pgfault"] += n
+    return table.pfn[first : first + n].copy()
+
+
+def _reuse(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    pos: Ints,
+    pages: Ints,
+    decisions: list[WpDecision],
+    which: Ints,
+) -> None:
+    """wp_page_reuse(), after page_move_anon_rmap() and PG_anon_exclusive where decided."""
+    if not pages.size:
+        return
+    f = k.frames
+    assert vma.anon_vma is not None
+    move = np.array([d.move_anon_vma for d in decisions])[which]
+    f.mapping[pages[move]] = vma.anon_vma.id
+    exclusive = np.array([d.set_exclusive for d in decisions])[which]
+    f.flags[pages[exclusive]] |= PG_anon_exclusive
+    table.bits[pos] |= new_pte_bits(vma) | PTE_YOUNG | PTE_DIRTY
+    k.vmstat["pgreuse"] += int(pages.size)
+
+
+def _copy(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    start: int,
+    pos: Ints,
+    olds: Ints,
+    decisions: list[WpDecision],
+    which: Ints,
+    removed: bool = False,
+) -> None:
+    """wp_page_copy() for each page: a new frame with the old bytes (zeros for the zero page),
+    mapped writable; the old page loses this mapping and its reference (already, if
+    ``removed``)."""
+    f = k.frames
+    anon_vma_prepare(k, vma)
+    news = f.alloc_pages(pos.size)
+    real = olds >= 0
+    f.copy_pages(news[real], olds[real])
+    table.pfn[pos] = news
+    table.bits[pos] = new_pte_bits(vma) | PTE_YOUNG | PTE_DIRTY
+    page = start & ~(PAGE_SIZE - 1)
+    addrs = page + ((pos - pte_index(page)) << PAGE_SHIFT)
+    addrs[addrs == page] = start  # the first page faults where the access began
+    pages_add_new_anon_rmap(k, news, vma, addrs)
+    vma.mm.anon_rss += int((~real).sum())
+    if real.any() and not removed:
+        rmap_remove_ptes(k, vma.mm, olds[real])
+        f._count[olds[real]] -= 1  # put_page(): never the last reference (the caller checks)
+    k.cow_log.extend_copies(
+        CowCopies(
+            len(k.history),
+            k.current_op(),
+            "wp_page_copy",
+            vma.mm.pid,
+            addrs,
+            olds,
+            news,
+            list(decisions),
+            which,
+        )
+    )
