@@ -6,7 +6,7 @@ import pytest
 
 from cowlab.live.compare import Regions, render_runs
 from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
-from cowlab.live.randomprog import generate, minimise, to_scenario
+from cowlab.live.randomprog import generate, minimise, parse_ops, to_scenario, to_yaml
 from cowlab.policy import POLICIES, Release, Resolved
 from cowlab.policy.timeline import PATCHED
 from cowlab.scenario import parse_scenario
@@ -99,3 +99,16 @@ def test_anon_exclusive_follows_the_policy_not_the_id(monkeypatch: pytest.Monkey
     ]
     pages = model_snapshot(runner.k, spec).regions["P:buf"]
     assert {pg.anon_exclusive for pg in pages} == {None}
+
+
+def test_steps_are_written_as_safe_dump_writes_them() -> None:
+    """to_yaml's fast emitter (libyaml, when PyYAML has it) writes what safe_dump writes."""
+    import random
+
+    import yaml
+
+    rng = random.Random(5)
+    for _ in range(300):
+        for step in generate(rng, parse_ops(None)):
+            want = yaml.safe_dump(step, default_flow_style=True, sort_keys=False, width=10**6)
+            assert f"  - {want.strip()}\n" in to_yaml("r", [step])

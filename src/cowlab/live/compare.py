@@ -10,6 +10,7 @@ first step where they differ is the report. Differences the live kernel can prod
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -264,13 +265,22 @@ def read_vmstat() -> dict[str, int]:
         key, _, value = line.partition(" ")
         if key.startswith(VMSTAT_NOISE):
             out[key] = int(value)
-    for stat in sorted(THP_DIR.glob("hugepages-*kB/stats/anon_fault_fallback*")):
-        size = stat.parent.parent.name.removeprefix("hugepages-")
+    for key, stat in _fallback_stats(THP_DIR):
         with contextlib.suppress(OSError, ValueError):
-            out[f"mthp_fault_fallback_{size}{stat.name.removeprefix('anon_fault_fallback')}"] = int(
-                stat.read_text()
-            )
+            out[key] = int(stat.read_text())
     return out
+
+
+@functools.cache
+def _fallback_stats(thp_dir: Path) -> tuple[tuple[str, Path], ...]:
+    """(vmstat-style key, sysfs file) of every mTHP size's anon_fault_fallback* counter: the
+    sizes are the running kernel's, so they are listed once."""
+    out = []
+    for stat in sorted(thp_dir.glob("hugepages-*kB/stats/anon_fault_fallback*")):
+        size = stat.parent.parent.name.removeprefix("hugepages-")
+        which = stat.name.removeprefix("anon_fault_fallback")
+        out.append((f"mthp_fault_fallback_{size}{which}", stat))
+    return tuple(out)
 
 
 # --- a case -----------------------------------------------------------------------------------

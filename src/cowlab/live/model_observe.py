@@ -41,6 +41,8 @@ from cowlab.policy import resolve
 I64 = npt.NDArray[np.int64]
 # What maps a page, per page of a region (before the frames are looked at).
 NOTHING, BY_PTE, BY_PMD, BY_HUGE_ZERO = 0, 1, 2, 3
+# A subpage of the zero page or the huge zero page: kpagecount 0, zeros.
+ZERO_PAGE = {"mapcount": 0, "zero": True, "digest": pg.ZERO_DIGEST_INT, "has_head": True}
 
 
 def models_anon_exclusive(kernel_id: str) -> bool:
@@ -97,19 +99,28 @@ class _Observer:
         if not proc.alive:
             return out
         kind, value, bits = self._entries(proc, first, n)
-        sub = (first // PAGE_SIZE + np.arange(n, dtype=np.int64)) % HPAGE_PMD_NR
+        normal = np.zeros(n, dtype=bool)
         pte = kind == BY_PTE
-        swapped = pte & (value <= -2)  # is_swap_pte(): the value encodes the slot
-        out.swapped[:] = swapped
-        out.swap[swapped] = self.swaps.label(-2 - value[swapped])
-        ok = pte & (value >= 0) & ((bits & PTE_MIGRATION) == 0)  # a migration entry: absent
-        special = ok & ((bits & PTE_SPECIAL) != 0)  # the shared zero page
-        zero_values = {"mapcount": 0, "zero": True, "digest": pg.ZERO_DIGEST_INT, "has_head": True}
-        out.fill(special, folio=pg.FOLIO_Z, subpage=0, nr=1, level=pg.LEVEL_PTE, **zero_values)
+        if pte.any():
+            swapped = pte & (value <= -2)  # is_swap_pte(): the value encodes the slot
+            if swapped.any():
+                out.swapped[:] = swapped
+                out.swap[swapped] = self.swaps.label(-2 - value[swapped])
+            normal = pte & (value >= 0) & ((bits & PTE_MIGRATION) == 0)  # migrating: absent
+            special = normal & ((bits & PTE_SPECIAL) != 0)  # the shared zero page
+            if special.any():
+                out.fill(special, folio=pg.FOLIO_Z, subpage=0, nr=1, level=pg.LEVEL_PTE)
+                out.fill(special, **ZERO_PAGE)
+                normal &= ~special
         hz = kind == BY_HUGE_ZERO
-        out.fill(hz, folio=pg.FOLIO_HZ, subpage=sub[hz], nr=HPAGE_PMD_NR, level=pg.LEVEL_PMD)
-        out.fill(hz, **zero_values)
-        self._mapped(out, ok & ~special, kind == BY_PMD, value)
+        if hz.any():
+            sub = (first // PAGE_SIZE + np.flatnonzero(hz)) % HPAGE_PMD_NR
+            out.fill(hz, folio=pg.FOLIO_HZ, subpage=sub, nr=HPAGE_PMD_NR, level=pg.LEVEL_PMD)
+            out.fill(hz, **ZERO_PAGE)
+        by_pmd = kind == BY_PMD
+        normal |= by_pmd
+        if normal.any():
+            self._mapped(out, normal, by_pmd, value)
         return out
 
     def _entries(
@@ -138,15 +149,10 @@ class _Observer:
         return kind, value, bits
 
     def _mapped(
-        self,
-        out: PageArrays,
-        by_pte: npt.NDArray[np.bool_],
-        by_pmd: npt.NDArray[np.bool_],
-        value: I64,
+        self, out: PageArrays, sel: npt.NDArray[np.bool_], by_pmd: npt.NDArray[np.bool_], value: I64
     ) -> None:
-        """Normal anonymous pages (subpages of a THP or an mTHP, or small pages), PTE- or
-        PMD-mapped."""
-        sel = by_pte | by_pmd
+        """The selected pages: normal anonymous pages (subpages of a THP or an mTHP, or small
+        pages), PMD-mapped where by_pmd says so, else PTE-mapped."""
         pfns = value[sel]
         flags = self.f.flags
         head = heads_of(self.f, pfns)

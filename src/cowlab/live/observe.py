@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -115,6 +117,7 @@ def scan_huge(pid: int, addr: int, n: int) -> npt.NDArray[np.bool_] | None:
 
 
 BLOCK_READ_RUN = 64  # a run of this many consecutive PFNs is read as whole 512-blocks
+COMPOUND = np.uint64(1 << KPF_HEAD | 1 << KPF_TAIL)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class _PfnInfo:
     head_pfn: I64
     index: I64
     nr: I64
+    FIELDS: ClassVar = ("flags", "head_flags", "counts", "head_pfn", "index", "nr")
 
     @classmethod
     def empty(cls, n: int) -> _PfnInfo:
@@ -139,11 +143,6 @@ class _PfnInfo:
             np.full(n, -1, np.int64),
             np.zeros(n, np.int64),
         )
-
-    def put(self, sel: slice | npt.NDArray[np.bool_], other: _PfnInfo, at: I64 | slice) -> None:
-        """self[sel] = other[at], field by field."""
-        for name in ("flags", "head_flags", "counts", "head_pfn", "index", "nr"):
-            getattr(self, name)[sel] = getattr(other, name)[at]
 
 
 class PfnTable:
@@ -167,6 +166,13 @@ class PfnTable:
     def _read(self, fd: int, pfn: int, n: int) -> U64:
         return np.frombuffer(os.pread(fd, n * 8, pfn * 8), dtype=np.uint64)
 
+    def _read_runs(self, fd: int, runs: list[tuple[int, int]], starts: list[int]) -> U64:
+        """The entries of several runs, one pread each, end to end."""
+        parts = [
+            os.pread(fd, (j - i) * 8, pfn * 8) for (i, j), pfn in zip(runs, starts, strict=True)
+        ]
+        return np.frombuffer(b"".join(parts), dtype=np.uint64)
+
     def block(self, pfn: int) -> tuple[U64, U64, I64, I64]:
         """(flags, counts, head index, folio pages) for pfn's aligned 512-block."""
         b = pfn // HPAGE_NR
@@ -176,26 +182,38 @@ class PfnTable:
             self.blocks[b] = (flags, counts, *_heads(flags))
         return self.blocks[b]
 
+    def _small_pages(self, pfns: I64, runs: list[tuple[int, int]], info: _PfnInfo) -> I64:
+        """Read the flags of these runs of pfns; fill in info for the runs that hold small pages
+        only (each its own head, a folio of one page) and return their indices."""
+        starts = pfns[[i for i, _j in runs]].tolist()
+        flags = self._read_runs(self.flags_fd, runs, starts)
+        offsets = np.cumsum([0] + [j - i for i, j in runs[:-1]]).tolist()
+        compound = np.logical_or.reduceat((flags & COMPOUND) != 0, offsets).tolist()
+        small = [k for k, c in enumerate(compound) if not c]
+        if not small:
+            return np.zeros(0, np.int64)
+        at = np.concatenate([np.arange(*runs[k]) for k in small])
+        mine = np.concatenate([np.arange(offsets[k], offsets[k] + runs[k][1] - runs[k][0])
+                               for k in small])  # fmt: skip
+        info.flags[at] = info.head_flags[at] = flags[mine]
+        kept = [runs[k] for k in small]
+        info.counts[at] = self._read_runs(self.count_fd, kept, [starts[k] for k in small])
+        info.head_pfn[at], info.index[at], info.nr[at] = pfns[at], 0, 1
+        return at
+
     def lookup(self, pfns: I64) -> _PfnInfo:
-        """Every PFN of a sorted array without repeats, looked up run by run."""
+        """Every PFN of a sorted array without repeats: runs of consecutive PFNs shorter than
+        BLOCK_READ_RUN are read as they are, and kept if they hold small pages only; long runs
+        and runs with a compound page go through their 512-blocks."""
         n = len(pfns)
         info = _PfnInfo.empty(n)
         if not n:
             return info
-        whole = np.zeros(n, dtype=bool)  # looked up through 512-blocks
-        breaks = (np.flatnonzero(np.diff(pfns) != 1) + 1).tolist()
-        for i, j in zip([0, *breaks], [*breaks, n], strict=True):
-            if j - i >= BLOCK_READ_RUN:
-                whole[i:j] = True
-                continue
-            flags = self._read(self.flags_fd, int(pfns[i]), j - i)
-            if (_bit(flags, KPF_HEAD) | _bit(flags, KPF_TAIL)).any():
-                whole[i:j] = True
-                continue
-            # Small pages only: each is its own head, a folio of one page.
-            info.flags[i:j] = info.head_flags[i:j] = flags
-            info.counts[i:j] = self._read(self.count_fd, int(pfns[i]), j - i)
-            info.head_pfn[i:j], info.index[i:j], info.nr[i:j] = pfns[i:j], 0, 1
+        bounds = [0, *(np.flatnonzero(np.diff(pfns) != 1) + 1).tolist(), n]
+        runs = [(i, j) for i, j in itertools.pairwise(bounds) if j - i < BLOCK_READ_RUN]
+        whole = np.ones(n, dtype=bool)  # looked up through 512-blocks
+        if runs:
+            whole[self._small_pages(pfns, runs, info)] = False
         blocks = pfns // HPAGE_NR
         for b in np.unique(blocks[whole]).tolist():
             sel = whole & (blocks == b)
@@ -212,8 +230,11 @@ class PfnTable:
         return info
 
 
+_MASKS = [np.uint64(1 << bit) for bit in range(64)]
+
+
 def _bit(values: U64, bit: int) -> npt.NDArray[np.bool_]:
-    return (values >> np.uint64(bit)) & np.uint64(1) == 1
+    return (values & _MASKS[bit]) != 0
 
 
 def _heads(flags: U64) -> tuple[I64, I64]:
@@ -226,12 +247,12 @@ def _heads(flags: U64) -> tuple[I64, I64]:
     return head, nr
 
 
-def _gather(pfn: U64, present: npt.NDArray[np.bool_], table: PfnTable) -> _PfnInfo:
-    """kpageflags/kpagecount for every present page of a region (each PFN looked up once)."""
-    info = _PfnInfo.empty(len(pfn))
-    want, inverse = np.unique(pfn[present].astype(np.int64), return_inverse=True)
-    info.put(present, table.lookup(want), inverse.reshape(-1))
-    return info
+def _gather(pfn: U64, table: PfnTable) -> _PfnInfo:
+    """kpageflags/kpagecount for each of these (present) PFNs, each distinct one looked up once."""
+    want, inverse = np.unique(pfn.astype(np.int64), return_inverse=True)
+    info = table.lookup(want)
+    at = inverse.reshape(-1)
+    return _PfnInfo(*(getattr(info, name)[at] for name in _PfnInfo.FIELDS))
 
 
 # --- the canonical observation ----------------------------------------------------------------
@@ -262,20 +283,35 @@ def _infer_huge(pm: U64, addr: int, table: PfnTable) -> npt.NDArray[np.bool_]:
     return huge
 
 
-def _read_mem(pid: int, addr: int, wanted: npt.NDArray[np.bool_]) -> bytearray:
+class _MemBuffer:
+    """One buffer for the bytes of a region, kept from region to region (and snapshot to
+    snapshot): reading 2 MiB into fresh memory costs page faults that reading into this does not."""
+
+    def __init__(self) -> None:
+        self.buf = np.zeros(0, np.uint8)
+
+    def get(self, nbytes: int) -> npt.NDArray[np.uint8]:
+        if len(self.buf) < nbytes:
+            self.buf = np.zeros(nbytes, np.uint8)
+        return self.buf[:nbytes]
+
+
+_MEM = _MemBuffer()
+
+
+def _read_mem(pid: int, addr: int, wanted: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     """The bytes of the wanted (present) pages via /proc/PID/mem, one preadv per run of them
-    straight into the result (never touches a non-present page); the other pages are zeros."""
-    out = bytearray(len(wanted) * PAGE)
-    view = memoryview(out)
+    straight into the buffer (never touches a non-present page); the other pages are zeros."""
+    out = _MEM.get(len(wanted) * PAGE)
+    out[:] = 0
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
         for i, j in _runs(wanted):
             # A failed read (e.g. an unreadable PFN map) leaves zeros; digests say so below.
             with contextlib.suppress(OSError):
-                os.preadv(fd, [view[i * PAGE : j * PAGE]], addr + i * PAGE)
+                os.preadv(fd, [out[i * PAGE : j * PAGE].data], addr + i * PAGE)
     finally:
         os.close(fd)
-        view.release()
     return out
 
 
@@ -285,21 +321,23 @@ def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def _fill_bytes(
-    out: PageArrays, raw: bytearray, present: npt.NDArray[np.bool_], exact: bool
-) -> None:
-    """digest, head (and data) of present pages: blake2b of each page with a nonzero byte (found
-    by numpy), the precomputed ZERO_DIGEST for the others."""
-    words = np.frombuffer(raw, dtype=np.uint64).reshape(len(present), PAGE // 8)
-    out.digest[present] = ZERO_DIGEST_INT
-    view = memoryview(raw)
-    nonzero = np.flatnonzero(present & words.any(axis=1)).tolist()
-    out.digest[nonzero] = [digest_int(view[i * PAGE : (i + 1) * PAGE]) for i in nonzero]
-    view.release()
-    out.head[present] = words[present, 0]
-    out.has_head[:] = present
+def _bits(values: U64, *bits: int) -> npt.NDArray[np.bool_]:
+    """One row per bit: whether it is set in each value."""
+    shifts = np.array(bits, dtype=np.uint64)[:, None]
+    return ((values[None, :] >> shifts) & np.uint64(1)).astype(bool)
+
+
+def _fill_bytes(out: PageArrays, raw: npt.NDArray[np.uint8], pres: I64, exact: bool) -> None:
+    """digest, head (and data) of the present pages: blake2b of each page with a nonzero byte
+    (found by numpy), the precomputed ZERO_DIGEST for the others."""
+    words = raw.view(np.uint64).reshape(len(out), PAGE // 8)
+    out.digest[pres] = ZERO_DIGEST_INT
+    nonzero = pres[(np.bitwise_or.reduce(words, axis=1) != 0)[pres]].tolist()
+    out.digest[nonzero] = [digest_int(raw[i * PAGE : (i + 1) * PAGE].data) for i in nonzero]
+    out.head[pres] = words[pres, 0]
+    out.has_head[pres] = True
     if exact:
-        out.data = bytes(raw)
+        out.data = raw.tobytes()
 
 
 def _region_arrays(
@@ -307,37 +345,39 @@ def _region_arrays(
     huge: npt.NDArray[np.bool_],
     info: _PfnInfo,
     labels: _Labels,
-    raw: bytearray | None,
+    raw: npt.NDArray[np.uint8] | None,
     exact: bool,
 ) -> PageArrays:
-    """Every page of one region, field by field, from its pagemap entries and PFN lookups."""
+    """Every page of one region, field by field, from its pagemap entries and the PFN lookups
+    of its present pages (info: one entry per present page, in order)."""
     out = PageArrays.absent(len(pm))
-    present = _bit(pm, PM_PRESENT)
-    zero = _bit(info.flags, KPF_ZERO) & present
-    compound = _bit(info.flags, KPF_HEAD) | _bit(info.flags, KPF_TAIL)
-    out.folio[zero] = np.where(compound[zero], FOLIO_HZ, FOLIO_Z)
-    named = present & ~zero & (info.head_pfn >= 0)  # a head outside its block stays None
-    out.folio[named] = labels.folios.label(info.head_pfn[named])
-    out.subpage[present] = info.index[present]
-    out.nr[present] = info.nr[present]
-    out.level[present] = np.where(huge[present], LEVEL_PMD, LEVEL_PTE)
-    out.mapcount[present] = info.counts[present].astype(np.int64)
+    present, swapped, pm_excl = _bits(pm, PM_PRESENT, PM_SWAP, PM_EXCLUSIVE)
+    out.swapped[:] = swapped
+    out.swap[swapped] = labels.swaps.label((pm[swapped] & np.uint64(PM_PFN_MASK)).astype(np.int64))
+    pres = np.flatnonzero(present)
+    if not len(pres):
+        return out
+    zero, head, tail, ksm = _bits(info.flags, KPF_ZERO, KPF_HEAD, KPF_TAIL, KPF_KSM)
+    anon, excl, swapcache = _bits(info.head_flags, KPF_ANON, KPF_ANON_EXCLUSIVE, KPF_SWAPCACHE)
+    on_pmd = huge[pres]
+    out.folio[pres[zero]] = np.where(head[zero] | tail[zero], FOLIO_HZ, FOLIO_Z)
+    named = ~zero & (info.head_pfn >= 0)  # a head outside its block stays None
+    out.folio[pres[named]] = labels.folios.label(info.head_pfn[named])
+    out.subpage[pres] = info.index
+    out.nr[pres] = info.nr
+    out.level[pres] = np.where(on_pmd, LEVEL_PMD, LEVEL_PTE)
+    out.mapcount[pres] = info.counts.astype(np.int64)
     # PG_anon_exclusive: shown on small folios, and on a large folio's head page only. A PMD
     # mapping uses the head's flag for every subpage; a PTE-mapped tail's own flag is not
     # visible, so it is None.
-    anon = _bit(info.head_flags, KPF_ANON) & ~_bit(info.flags, KPF_ZERO)
-    visible = anon & ((info.nr == 1) | (info.index == 0) | huge)
-    out.anon_exclusive[visible] = _bit(info.head_flags, KPF_ANON_EXCLUSIVE)[visible]
-    out.ksm[:] = _bit(info.flags, KPF_KSM) & present
-    out.zero[:] = zero
-    swapped = _bit(pm, PM_SWAP)
-    out.swapped[:] = swapped
-    out.swap[swapped] = labels.swaps.label((pm[swapped] & np.uint64(PM_PFN_MASK)).astype(np.int64))
-    out.swapcache[:] = _bit(info.head_flags, KPF_SWAPCACHE) & present
-    pte = present & ~huge
-    out.pm_exclusive[pte] = _bit(pm, PM_EXCLUSIVE)[pte]
+    visible = anon & ~zero & ((info.nr == 1) | (info.index == 0) | on_pmd)
+    out.anon_exclusive[pres[visible]] = excl[visible]
+    out.ksm[pres] = ksm
+    out.zero[pres] = zero
+    out.swapcache[pres] = swapcache
+    out.pm_exclusive[pres[~on_pmd]] = pm_excl[pres[~on_pmd]]
     if raw is not None:
-        _fill_bytes(out, raw, present, exact)
+        _fill_bytes(out, raw, pres, exact)
     return out
 
 
@@ -370,10 +410,12 @@ def observe_region(
     if huge is None:
         huge = _infer_huge(pm, first, table)
     present = _bit(pm, PM_PRESENT)
-    info = _gather(pm & np.uint64(PM_PFN_MASK), present, table)
+    info = _gather(pm[present] & np.uint64(PM_PFN_MASK), table)
     raw = None
     if read_bytes:  # the zero pages hold zeros: no need to read them
-        raw = _read_mem(pid, first, present & ~_bit(info.flags, KPF_ZERO))
+        wanted = present.copy()
+        wanted[present] = ~_bit(info.flags, KPF_ZERO)
+        raw = _read_mem(pid, first, wanted)
     return _region_arrays(pm, huge, info, labels, raw, exact), scanned, pm
 
 

@@ -210,13 +210,16 @@ def _label_number(label: str, prefix: str) -> int:
 class FirstSight:
     """Labels F0, F1 ... (or S0 ...) numbered in order of first sight, shared across regions."""
 
+    SMALL = 32
+
     def __init__(self) -> None:
         self.numbers: dict[int, int] = {}
 
     def label(self, keys: I64) -> I64:
         """The number of each key, giving new numbers to new keys in the order they come."""
-        if not len(keys):
-            return np.zeros(0, np.int64)
+        if len(keys) <= self.SMALL:  # a dict is quicker than np.unique for a few keys
+            seen = self.numbers
+            return np.array([seen.setdefault(k, len(seen)) for k in keys.tolist()], np.int64)
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         for key in uniq[np.argsort(first, kind="stable")].tolist():
             self.numbers.setdefault(key, len(self.numbers))

@@ -306,6 +306,11 @@ def generate(rng: random.Random, ops: tuple[str, ...], max_ops: int = 12) -> lis
 # --- scenario text ----------------------------------------------------------------------------
 
 
+# libyaml's emitter when PyYAML has it: for the steps the generator makes (names, numbers and
+# short strings) it writes the same text as safe_dump, several times faster.
+STEP_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def to_yaml(name: str, steps: list[Step], description: str = "") -> str:
     """A scenario file: one flow-style line per step."""
     head = {"name": name}
@@ -313,10 +318,9 @@ def to_yaml(name: str, steps: list[Step], description: str = "") -> str:
         head["description"] = description
     lines = [yaml.safe_dump(head, sort_keys=False, width=100).rstrip(), "processes: [P]", "steps:"]
     for step in steps:
-        lines.append(
-            "  - "
-            + yaml.safe_dump(step, default_flow_style=True, sort_keys=False, width=10**6).strip()
-        )
+        flow = yaml.dump(step, Dumper=STEP_DUMPER, default_flow_style=True, sort_keys=False,
+                         width=10**6)  # fmt: skip
+        lines.append("  - " + flow.strip())
     return "\n".join(lines) + "\n"
 
 
