@@ -10,9 +10,13 @@ import jsonschema
 import pytest
 import yaml
 
+from cowlab import checker
 from cowlab.cli import main
-from cowlab.scenario import ScenarioError, load_scenario, parse_scenario
+from cowlab.scenario import ScenarioError, load_scenario, located, parse_scenario
 from cowlab.scenario.loader import EXPECT, OPS
+from cowlab.scenario.located import LList, LMap
+from cowlab.scenario.oracle import LogicalMemory
+from cowlab.scenario.report import shown_happened
 from cowlab.scenario.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +114,7 @@ def test_yaml_syntax_and_shape_errors() -> None:
         ("name: t\nsteps: [\n", "t.yaml:3:1: invalid YAML"),
         ("- 1\n- 2\n", "t.yaml:1:1: expected a scenario"),
         ("name: t\nname: u\nsteps: []\n", "t.yaml:2:1: key 'name' appears twice"),
+        ("name: t\nsteps: [" + "1" * 5000 + "]\n", "t.yaml:2:9: invalid value: Exceeds the limit"),
     ]:
         with pytest.raises(ScenarioError) as info:
             parse_scenario(text, "t.yaml")
@@ -163,3 +168,66 @@ def test_json_output_is_documented_shape(capsys: pytest.CaptureFixture[str]) -> 
         "column": 14,
         "implicit": False,
     }
+
+
+def located_tree(value: object) -> object:
+    """A loaded document with every position in it, for comparing two loads."""
+    if isinstance(value, LMap):
+        return (
+            value.loc,
+            [(k, value.key_locs[k], value.val_locs[k], located_tree(v)) for k, v in value.items()],
+        )
+    if isinstance(value, LList):
+        return (value.loc, value.item_locs, [located_tree(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.skipif(located.FAST_LOADER is None, reason="PyYAML without libyaml")
+def test_libyaml_and_python_load_every_example_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = sorted((ROOT / "examples").rglob("*.yaml"))
+    fast = [located_tree(located.load_located(p.read_text())) for p in paths]
+    monkeypatch.setattr(located, "FAST_LOADER", None)
+    assert fast == [located_tree(located.load_located(p.read_text())) for p in paths]
+
+
+def test_errors_are_the_python_loaders_with_libyaml_too() -> None:
+    """Text libyaml refuses is loaded again by the Python loader, whose message is quoted; a
+    character the Python reader refuses never reaches libyaml."""
+    for text, expected in [
+        ("name: t\nsteps: [\n", "t.yaml:3:1: invalid YAML: expected the node content"),
+        ("name: t\x07\nsteps: []\n", "t.yaml:1:8: invalid YAML: character 7 is not allowed"),
+    ]:
+        with pytest.raises(ScenarioError) as info:
+            parse_scenario(text, "t.yaml")
+        assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_long_what_happened_cell_shows_its_ends() -> None:
+    """Ten lines: the first three, how many are left out (five), the last two; six or fewer
+    lines are shown whole."""
+    lines = [f"line {i}" for i in range(10)]
+    assert shown_happened(lines).split("\n") == [
+        "line 0",
+        "line 1",
+        "line 2",
+        "... 5 more lines (cowlab run --json has them all)",
+        "line 8",
+        "line 9",
+    ]
+    assert shown_happened(lines[:6]) == "\n".join(lines[:6])
+    assert shown_happened([]) == "-"
+
+
+def test_an_observing_step_reuses_the_properties_found_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mmap, write, then two checks: the counters are recounted after mmap and write only;
+    no_leak, first asked for by the first check, is computed there and reused by the second."""
+    counted: list[int] = []
+    leaks: list[int] = []
+    count, leak = checker.check_counters, LogicalMemory.check
+    monkeypatch.setattr(checker, "check_counters", lambda k: counted.append(1) or count(k))
+    monkeypatch.setattr(LogicalMemory, "check", lambda lm, r: leaks.append(1) or leak(lm, r))
+    check = "  - {op: check, proc: P, at: buf, expect: {holds: no_leak}}\n"
+    result = run_scenario(parse_scenario(GOOD + check + check, "t.yaml"), "v6.18")
+    assert result.passed and len(counted) == 2 and len(leaks) == 1

@@ -23,7 +23,8 @@ PER_THP_PAGE = 256
 PER_SMALL_PAGE = 1024
 PER_PIN_PAGE = 64
 PER_PTE = 16
-FAULTING_OPS = ("write", "read", "pin")
+PER_OWED_PAGE = 128  # the no-leak oracle's entry for a page a fill stores (the page is shared)
+FAULTING_OPS = ("write", "read", "touch", "pin")
 
 
 def memory_available() -> int:
@@ -83,10 +84,12 @@ def step_cost(runner: Runner, step: Step) -> int:
     """Bytes the model may newly hold after this step (an upper estimate)."""
     a: dict[str, Any] = step.args
     if step.op in FAULTING_OPS and a.get("proc") in runner.procs and "at" in a:
-        size = len(a["data"]) if step.op == "write" else int(a.get("size", 0))
+        size = len(a["data"]) if "data" in a else int(a.get("size", 0))
         cost = _fault_cost(runner, a["proc"], runner.addr(a["at"]), size)
-        if step.op == "write":
+        if "data" in a:
             cost += 2 * size  # the page contents and the oracle's copy
+        elif "fill" in a:  # whole pages share one content (the oracle's too), 2 partial ones
+            cost += 3 * PAGE_SIZE + PER_OWED_PAGE * (size // PAGE_SIZE + 2)
         if step.op == "pin":
             cost += PER_PIN_PAGE * (size // PAGE_SIZE + 1)
         return cost

@@ -136,13 +136,18 @@ def parse_data(ctx: Context, value: Any, loc: Loc) -> bytes:
         except ValueError:
             raise ctx.fail(value.val_locs["hex"], "expected hex digits in pairs") from None
     if isinstance(value, LMap) and set(value) == {"fill", "size"}:
-        fill = value["fill"]
-        if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
-            raise ctx.fail(value.val_locs["fill"], f"expected a byte 0..255, got {fill!r}")
+        fill = parse_byte(ctx, value["fill"], value.val_locs["fill"])
         return bytes([fill]) * parse_size(ctx, value["size"], value.val_locs["size"])
     raise ctx.fail(
         loc, f"expected data: a string, {{hex: ...}} or {{fill: N, size: N}}, got {value!r}"
     )
+
+
+def parse_byte(ctx: Context, value: Any, loc: Loc) -> int:
+    """A fill byte: an integer 0..255 (0x61 is one too)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ctx.fail(loc, f"expected a byte 0..255, got {value!r}")
+    return value
 
 
 def choice(*options: str) -> Parser:
@@ -293,8 +298,21 @@ OPS: dict[str, dict[str, Parser]] = {
     },
     "fork": {"proc": parse_proc, "child": parse_new_proc},
     "exit": {"proc": parse_proc},
-    "write": {"proc": parse_proc, "at": parse_address, "data": parse_data},
+    # data, or size and fill (a memset: never materialised); check_write_args says which
+    "write": {
+        "proc": parse_proc,
+        "at": parse_address,
+        "data?": parse_data,
+        "size?": parse_positive_size,
+        "fill?": parse_byte,
+    },
     "read": {"proc": parse_proc, "at": parse_address, "size": parse_positive_size},
+    "touch": {
+        "proc": parse_proc,
+        "at": parse_address,
+        "size": parse_positive_size,
+        "write?": parse_bool,
+    },
     "check": {"proc": parse_proc, "at": parse_address},
     "clear_refs": {"proc": parse_proc, "value?": parse_clear_refs},
     "numa_balance": {"proc": parse_proc, "at": parse_aligned_address, "size": parse_positive_size},
@@ -336,7 +354,7 @@ OPS: dict[str, dict[str, Parser]] = {
     },
 }
 
-ADDRESSED_OPS = ("write", "read", "check", "pin", "mmap")
+ADDRESSED_OPS = ("write", "read", "touch", "check", "pin", "mmap")
 STEP_KEYS = ("op", "label", "expect", "note")
 
 
@@ -503,6 +521,8 @@ def parse_step(ctx: Context, index: int, raw: Any, loc: Loc) -> Step:
                 raise ctx.fail(raw.loc, f"expected {op} to have a {name} key")
             continue
         args[name] = parse(ctx, raw[name], raw.val_locs[name])
+    if op == "write":
+        check_write_args(ctx, raw)
     after_step(ctx, op, args)
     label = None
     if "label" in raw:
@@ -519,6 +539,25 @@ def parse_step(ctx: Context, index: int, raw: Any, loc: Loc) -> Step:
     if "note" in raw and not isinstance(raw["note"], str):
         raise ctx.fail(raw.val_locs["note"], "expected a note as text")
     return Step(index, op, args, expect, label, raw.loc)
+
+
+def check_write_args(ctx: Context, raw: LMap) -> None:
+    """A write stores data, or fills size bytes with fill: exactly one of the two forms."""
+    fill_keys = [key for key in raw if key in ("size", "fill")]
+    if "data" in raw and fill_keys:
+        raise ctx.fail(
+            raw.key_locs[fill_keys[0]],
+            f"expected data or size and fill in a write, not both (got data and {fill_keys[0]})",
+        )
+    if "data" in raw or len(fill_keys) == 2:
+        return
+    if not fill_keys:
+        raise ctx.fail(raw.loc, "expected write to have data, or size and fill")
+    other = "fill" if fill_keys[0] == "size" else "size"
+    raise ctx.fail(
+        raw.key_locs[fill_keys[0]],
+        f"expected {other} with {fill_keys[0]} in a write (data, or size and fill)",
+    )
 
 
 def after_step(ctx: Context, op: str, args: dict[str, Any]) -> None:

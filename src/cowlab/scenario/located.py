@@ -46,8 +46,21 @@ def _loc(node: yaml.Node) -> Loc:
     return Loc(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# libyaml's composer, when PyYAML has it: the same nodes, tags and positions as the Python one
+# (checked on every example), ten times faster. Text it refuses, or with characters the Python
+# reader refuses, is composed again by the Python loader, whose messages the errors quote.
+FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+
+
 def load_located(text: str) -> Any:
     """Parse one YAML document into LMap/LList/scalars; YamlSyntaxError on anything else."""
+    if FAST_LOADER is not None and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+        try:
+            node = yaml.compose(text, Loader=FAST_LOADER)
+        except yaml.YAMLError:
+            pass  # the Python loader says why, below
+        else:
+            return None if node is None else _build(node, yaml.SafeLoader(""))
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
@@ -97,3 +110,5 @@ def _scalar(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e)
         raise YamlSyntaxError(_loc(node), f"invalid value: {problem}") from None
+    except ValueError as e:  # an integer of more digits than int() takes
+        raise YamlSyntaxError(_loc(node), f"invalid value: {e}") from None

@@ -76,6 +76,8 @@ def _show(key: str, value: Any) -> str:
         return repr(value) if len(value) <= 16 else f"<{len(value)} bytes>"
     if isinstance(value, bool) or not isinstance(value, int):
         return str(value)
+    if key == "fill":
+        return f"{value:#04x}"
     if key in ("size", "new_size", "align", "offset"):
         for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
             if value and value % (1 << shift) == 0:

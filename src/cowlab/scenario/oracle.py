@@ -3,12 +3,18 @@
 It knows nothing of page tables, counters or policies: fork copies, a write stays in its process,
 a device's DMA lands in the process that registered the buffer, a pin sees that process's writes.
 `LogicalMemory.check` compares every byte the model lets a process or a pin see with that.
+
+Pages are immutable ``bytes`` of PAGE_SIZE, shared wherever they are equal by construction: a
+fill's whole pages are one object, fork and pin share the parent's pages, a write makes a new
+page only where it stores. A 1 GiB fill is one dictionary entry per page, not 1 GiB of bytes.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +26,10 @@ if TYPE_CHECKING:
     from cowlab.scenario.runner import Runner
 
 PAGE_MASK = ~(PAGE_SIZE - 1)
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+# (offset into the store, length) -> the bytes stored there
+Chunks = Callable[[int, int], bytes]
 
 
 @dataclass
@@ -30,90 +40,165 @@ class PinView:
     proc: str
     target: npt.NDArray[np.int64]
 
-    def indices_of(self, va: int) -> list[int]:
-        first = int(self.target[0]) if self.target.size else -1
-        i = (va - first) // PAGE_SIZE
-        if first >= 0 and 0 <= i < self.target.size and self.target[i] == va:
-            return [i]  # the pin still mirrors the range it was taken on
-        return np.flatnonzero(self.target == va).tolist()
+    def indices_in(self, start: int, end: int) -> list[int]:
+        """The pin pages mirroring a page of [start, end)."""
+        return np.flatnonzero((self.target >= start) & (self.target < end)).tolist()
 
 
 class LogicalMemory:
     """The POSIX meaning of the program: fork copies, writes stay in their process, a device's
     DMA lands in the process that registered the buffer, a pin sees that process's writes.
 
-    Bytes are kept only where something was written: an absent page is owed zeros."""
+    ``pages[proc][va]`` and ``pin_pages[pin][i]`` are kept only where something was written:
+    an absent page is owed zeros."""
 
     def __init__(self) -> None:
-        self.pages: dict[tuple[str, int], bytearray] = {}
-        self.pin_pages: dict[tuple[str, int], bytearray] = {}
+        self.pages: dict[str, dict[int, bytes]] = {}
+        self.pin_pages: dict[str, dict[int, bytes]] = {}
         self.pins: dict[str, PinView] = {}
+        self._filled: dict[int, bytes] = {}  # fill byte -> the page of it, shared
 
-    def _page(self, table: dict[Any, bytearray], key: Any) -> bytearray:
-        page = table.get(key)
-        if page is None:
-            page = table[key] = bytearray(PAGE_SIZE)
-        return page
+    def owed(self, proc: str, va: int) -> bytes:
+        """The page at va (page-aligned) that proc is owed."""
+        return self.pages.get(proc, {}).get(va, ZERO_PAGE)
+
+    def owed_pin(self, name: str, i: int) -> bytes:
+        """Page i of the pin, as the device is owed it."""
+        return self.pin_pages.get(name, {}).get(i, ZERO_PAGE)
+
+    # --- the program's stores ---------------------------------------------------------------
 
     def write(self, proc: str, addr: int, data: bytes) -> None:
-        for va, off, chunk in _pieces(addr, data):
-            page = self._page(self.pages, (proc, va))
-            page[off : off + len(chunk)] = chunk
-            for name, view in self.pins.items():
-                if view.proc == proc:
-                    for i in view.indices_of(va):
-                        self.pin_pages[(name, i)] = bytearray(page)
+        self._store(proc, addr, len(data), lambda done, n: data[done : done + n])
+
+    def fill(self, proc: str, addr: int, length: int, value: int) -> None:
+        """memset: every whole page of the range is one shared page of `value`."""
+        page = self._filled.get(value)
+        if page is None:
+            page = self._filled[value] = bytes([value]) * PAGE_SIZE
+        end = addr + length
+        whole, tail = -(-addr // PAGE_SIZE) * PAGE_SIZE, end & PAGE_MASK
+        if whole >= tail:  # within one page, or across one page boundary
+            self._store(proc, addr, length, lambda _done, n: page[:n])
+            return
+        pages = self.pages.setdefault(proc, {})
+        pages.update(dict.fromkeys(range(whole, tail, PAGE_SIZE), page))
+        self._mirror(proc, whole, tail)
+        self._store(proc, addr, whole - addr, lambda _done, n: page[:n])
+        self._store(proc, tail, end - tail, lambda _done, n: page[:n])
+
+    def _store(self, proc: str, addr: int, length: int, chunk: Chunks) -> None:
+        """Store `length` bytes at addr, `chunk(done, n)` giving the n bytes after `done`; the
+        pins mirroring those pages see them."""
+        if length <= 0:
+            return
+        pages = self.pages.setdefault(proc, {})
+        end = addr + length
+        first = addr & PAGE_MASK
+        for va in range(first, end, PAGE_SIZE):
+            lo, hi = max(addr, va), min(end, va + PAGE_SIZE)
+            piece = chunk(lo - addr, hi - lo)
+            if hi - lo < PAGE_SIZE:
+                piece = _patched(pages.get(va, ZERO_PAGE), lo - va, piece)
+            pages[va] = piece
+        self._mirror(proc, first, end)
+
+    def _mirror(self, proc: str, start: int, end: int) -> None:
+        """The pins of proc see its pages of [start, end) as they are now."""
+        for name, view in self._views_of(proc):
+            self._refresh(name, view, view.indices_in(start, end))
+
+    def _refresh(self, name: str, view: PinView, indices: list[int]) -> None:
+        """Pin pages `indices` see their process's pages as they are now."""
+        pages = self.pages.get(view.proc, {})
+        mirror = self.pin_pages.setdefault(name, {})
+        for i in indices:
+            page = pages.get(int(view.target[i]))
+            if page is None:
+                mirror.pop(i, None)  # owed zeros
+            else:
+                mirror[i] = page
+
+    # --- address-space changes ---------------------------------------------------------------
 
     def fork(self, parent: str, child: str, child_proc: Process) -> None:
-        for (proc, va), page in list(self.pages.items()):
-            if proc == parent and child_proc.mm.find_vma(va) is not None:
-                self.pages[(child, va)] = bytearray(page)
+        """The child is owed the parent's pages wherever it maps them (not MADV_DONTFORK)."""
+        vmas = [(vma.vm_start, vma.vm_end) for vma in child_proc.mm.vmas]
+        starts = [start for start, _end in vmas]
+        owed = {}
+        for va, page in self.pages.get(parent, {}).items():
+            i = bisect_right(starts, va) - 1
+            if i >= 0 and va < vmas[i][1]:
+                owed[va] = page  # pages are immutable: shared, not copied
+        self.pages[child] = owed
 
     def drop(self, proc: str, start: int, end: int) -> None:
-        for key in [k for k in self.pages if k[0] == proc and start <= k[1] < end]:
-            del self.pages[key]
-        for view in self._views_of(proc):
+        pages = self.pages.get(proc, {})
+        first = -(-start // PAGE_SIZE) * PAGE_SIZE
+        if (end - first) // PAGE_SIZE < len(pages):
+            for va in range(first, end, PAGE_SIZE):
+                pages.pop(va, None)
+        else:
+            for va in [va for va in pages if start <= va < end]:
+                del pages[va]
+        for _name, view in self._views_of(proc):
             view.target[(view.target >= start) & (view.target < end)] = -1
 
     def move(self, proc: str, old: int, new: int, keep: int, size: int) -> None:
+        pages = self.pages.get(proc, {})
         moved = {}
-        for key in [k for k in self.pages if k[0] == proc and old <= k[1] < old + size]:
-            page = self.pages.pop(key)
-            if key[1] < old + keep:
-                moved[(proc, key[1] - old + new)] = page
-        self.pages.update(moved)
-        for view in self._views_of(proc):
+        for va in [va for va in pages if old <= va < old + size]:
+            page = pages.pop(va)
+            if va < old + keep:
+                moved[va - old + new] = page
+        pages.update(moved)
+        for _name, view in self._views_of(proc):
             t = view.target
             inside = (t >= old) & (t < old + keep)
             t[(t >= old + keep) & (t < old + size)] = -1
             t[inside] += new - old
 
-    def _views_of(self, proc: str) -> list[PinView]:
-        return [view for view in self.pins.values() if view.proc == proc]
+    def _views_of(self, proc: str) -> list[tuple[str, PinView]]:
+        return [(name, view) for name, view in self.pins.items() if view.proc == proc]
+
+    # --- pins and the device -----------------------------------------------------------------
 
     def pin(self, name: str, proc: str, pin: Pin) -> None:
         first = pin.addr & PAGE_MASK
-        target = first + PAGE_SIZE * np.arange(len(pin.pages), dtype=np.int64)
-        self.pins[name] = PinView(proc, target)
-        end = first + len(pin.pages) * PAGE_SIZE
-        for (owner, va), page in self.pages.items():
-            if owner == proc and first <= va < end:
-                self.pin_pages[(name, (va - first) // PAGE_SIZE)] = bytearray(page)
+        nr = len(pin.pages)
+        view = self.pins[name] = PinView(proc, first + PAGE_SIZE * np.arange(nr, dtype=np.int64))
+        self.pin_pages[name] = {}
+        self._refresh(name, view, list(range(nr)))
 
     def unpin(self, name: str) -> None:
         del self.pins[name]
-        for key in [k for k in self.pin_pages if k[0] == name]:
-            del self.pin_pages[key]
+        self.pin_pages.pop(name, None)
 
     def dma_write(self, name: str, pin: Pin, offset: int, data: bytes) -> None:
+        """The device's bytes land in the pin's pages and, where the pin is still attached, in
+        its process's pages (which every pin of that process mirrors)."""
         base = pin.addr & PAGE_MASK
         view = self.pins[name]
-        for va, off, chunk in _pieces(pin.addr + offset, data):
+        mine = self.pin_pages.setdefault(name, {})
+        start = pin.addr + offset
+        landed = []  # the process's pages the device wrote
+        for va in range(start & PAGE_MASK, start + len(data), PAGE_SIZE):
+            lo, hi = max(start, va), min(start + len(data), va + PAGE_SIZE)
+            chunk = data[lo - start : hi - start]
             i = (va - base) // PAGE_SIZE
-            self._page(self.pin_pages, (name, i))[off : off + len(chunk)] = chunk
+            mine[i] = _patched(mine.get(i, ZERO_PAGE), lo - va, chunk)
             target = int(view.target[i])
             if target >= 0:
-                self._page(self.pages, (view.proc, target))[off : off + len(chunk)] = chunk
+                pages = self.pages.setdefault(view.proc, {})
+                pages[target] = _patched(pages.get(target, ZERO_PAGE), lo - va, chunk)
+                landed.append(target)
+        for other, seeing in self._views_of(view.proc):  # the other pins of that process
+            if other != name and landed:
+                self._refresh(
+                    other, seeing, np.flatnonzero(np.isin(seeing.target, landed)).tolist()
+                )
+
+    # --- the check -----------------------------------------------------------------------------
 
     def check(self, runner: Runner) -> list[str]:
         """Every byte a process or a pin can see now, against what it is owed."""
@@ -121,11 +206,10 @@ class LogicalMemory:
         for name, proc in runner.procs.items():
             if not proc.alive:
                 continue
+            owed = self.pages.get(name, {})
             for vma in proc.mm.vmas:
                 for va in range(vma.vm_start, vma.vm_end, PAGE_SIZE):
-                    owed = self.pages.get((name, va))
-                    seen = proc.peek(va)
-                    if _differs(seen, owed):
+                    if _differs(proc.peek(va), owed.get(va)):
                         problems.append(f"{name} sees other bytes than it wrote at {va:#x}")
                         break
         for pin_name in self.pins:
@@ -138,27 +222,19 @@ class LogicalMemory:
         """A pin page owed bytes, or one whose frame holds any: the rest are zeros on both sides."""
         f = runner.k.frames
         pfns = np.asarray(pin.pages, dtype=np.int64)
-        with_data = f.has_data(pfns)
-        owed = {i for (pin_name, i) in self.pin_pages if pin_name == name}
-        for i in sorted(owed | set(np.flatnonzero(with_data).tolist())):
-            if _differs(f.page_bytes(int(pfns[i])), self.pin_pages.get((name, i))):
+        owed = self.pin_pages.get(name, {})
+        with_data = set(np.flatnonzero(f.has_data(pfns)).tolist())
+        for i in sorted(with_data | set(owed)):
+            if _differs(f.page_bytes(int(pfns[i])), owed.get(i)):
                 return [f"pin {name} page {i} holds other bytes than it is owed"]
         return []
 
 
-def _differs(seen: bytes | None, owed: bytearray | None) -> bool:
-    if seen is None:
-        return owed is not None and any(owed)
-    return seen != (bytes(owed) if owed is not None else bytes(PAGE_SIZE))
+def _differs(seen: bytes | None, owed: bytes | None) -> bool:
+    """Whether the page seen (None: nothing there, read as zeros) is not the page owed (None:
+    nothing written, zeros)."""
+    return (seen or ZERO_PAGE) != (owed or ZERO_PAGE)
 
 
-def _pieces(addr: int, data: bytes) -> list[tuple[int, int, bytes]]:
-    out = []
-    done = 0
-    while done < len(data):
-        va = (addr + done) & PAGE_MASK
-        off = (addr + done) - va
-        n = min(len(data) - done, PAGE_SIZE - off)
-        out.append((va, off, data[done : done + n]))
-        done += n
-    return out
+def _patched(page: bytes, offset: int, chunk: bytes) -> bytes:
+    return page[:offset] + chunk + page[offset + len(chunk) :]

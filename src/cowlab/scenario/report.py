@@ -39,6 +39,25 @@ def show_expect(r: ExpectResult) -> str:
     return text
 
 
+SHOWN_FIRST, SHOWN_LAST = 3, 2  # lines of a long "what happened" a table row shows
+
+
+def shown_happened(happened: list[str]) -> str:
+    """A step's "what happened" for a table cell. A 2 MiB write after fork is 512 copies of one
+    line each: the cell shows the first lines and the last (the result, outcome or kill come
+    last) and how many are left out; --json has them all."""
+    if len(happened) <= SHOWN_FIRST + SHOWN_LAST + 1:
+        return "\n".join(happened) or "-"
+    left_out = len(happened) - SHOWN_FIRST - SHOWN_LAST
+    return "\n".join(
+        [
+            *happened[:SHOWN_FIRST],
+            f"... {left_out} more lines (cowlab run --json has them all)",
+            *happened[-SHOWN_LAST:],
+        ]
+    )
+
+
 def render_run(result: RunResult, console: Console) -> None:
     s = result.scenario
     on = resolve(result.kernel_id).describe()
@@ -54,7 +73,7 @@ def render_run(result: RunResult, console: Console) -> None:
             str(sr.step.index),
             str(sr.step.loc.line),
             sr.step.describe(),
-            "\n".join(sr.happened) or "-",
+            shown_happened(sr.happened),
             "\n".join(shown) or "-",
         )
     console.print(table)

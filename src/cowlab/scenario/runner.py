@@ -116,6 +116,7 @@ class Runner:
         self.rmap_walk_vmas = 0  # the VMAs the current step's rmap walks visited
         self.logical = LogicalMemory()
         self.broken: set[str] = set()
+        self.properties_seen: dict[str, list[str]] = {}  # judge: the last step's violations
         self.crashed_at: int | None = None
         self.max_memory = budget.limit()
         for name in scenario.processes:
@@ -194,7 +195,7 @@ class Runner:
 
     def process_op(self, p: Process, name: str, op: str, a: dict[str, Any]) -> Any:
         at = self.addr(a["at"]) if "at" in a else 0
-        if op in ("write", "read"):
+        if op in ("write", "read", "touch"):
             return self.access(p, name, op, at, a)
         elif op == "fork":
             child = p.fork()
@@ -223,19 +224,33 @@ class Runner:
         return None
 
     def access(self, p: Process, name: str, op: str, at: int, a: dict[str, Any]) -> Any:
-        """A CPU store or load; a fatal SIGSEGV kills the process after the bytes before it."""
+        """A CPU store (data, or a fill of size bytes), load or touch of every page; a fatal
+        SIGSEGV kills the process after the bytes before it."""
         try:
             if op == "read":
                 return p.read(at, a["size"])
-            p.write(at, a["data"])
-            self.logical.write(name, at, a["data"])
+            if op == "touch":
+                p.touch(at, a["size"], write=a.get("write", False))
+            elif "data" in a:
+                p.write(at, a["data"])
+            else:
+                p.fill(at, a["size"], a["fill"])
         except Segfault as e:
             if op == "write":
-                self.logical.write(name, at, a["data"][: e.done])
+                self.stored(name, at, a, e.done)
             if e.killed:
                 self.logical.drop(name, 0, 1 << 64)
             raise
+        if op == "write":
+            self.stored(name, at, a, a["size"] if "fill" in a else len(a["data"]))
         return None
+
+    def stored(self, name: str, at: int, a: dict[str, Any], n: int) -> None:
+        """The oracle learns the first n bytes of a write step (all, or those before SIGSEGV)."""
+        if "fill" in a:
+            self.logical.fill(name, at, n, a["fill"])
+        else:
+            self.logical.write(name, at, a["data"][:n])
 
     def range_op(self, p: Process, name: str, op: str, at: int, a: dict[str, Any]) -> Any:
         size = a["size"]
