@@ -235,3 +235,9 @@ def test_live_arrays_agree_with_a_reading_page_by_page(machine: LiveMachine) -> 
         "C:thp": {"pte"},
         "C:small": {"pte", None},
     }
+
+
+@needs_live_kernel
+def test_a_snapshot_of_no_regions_is_empty() -> None:
+    snap = observe.snapshot([])
+    assert snap.stable and snap.regions == {} and snap.pfns == {}

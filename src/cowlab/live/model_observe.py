@@ -92,14 +92,20 @@ class _Observer:
         self.pte_maps, self.pmd_maps = mapcounts(k)
         self.bytes: dict[int, tuple[int, int]] = {}  # pfn -> (digest, head) in this snapshot
 
-    def region(self, proc: Process, addr: int, length: int) -> PageArrays:
-        first = addr - addr % PAGE_SIZE
-        n = (addr + length - first + PAGE_SIZE - 1) // PAGE_SIZE
-        out = PageArrays.absent(n)
-        if not proc.alive:
-            return out
-        kind, value, bits = self._entries(proc, first, n)
-        normal = np.zeros(n, dtype=bool)
+    def regions(self, regions: Sequence[tuple[str, Process, int, int]]) -> dict[str, PageArrays]:
+        """(name, process, addr, length) regions: their entries laid end to end, every field
+        computed for all of them at once, then cut into one PageArrays per region."""
+        spans = [_span(addr, length) for _name, _proc, addr, length in regions]
+        offsets = np.cumsum([0] + [n for _first, n in spans]).tolist()
+        total = offsets[-1]
+        kind = np.zeros(total, np.int8)
+        value = np.full(total, -1, np.int64)
+        bits = np.zeros(total, np.uint8)
+        for (_name, proc, _a, _l), (first, n), off in zip(regions, spans, offsets, strict=False):
+            if proc.alive:  # a dead process maps nothing
+                self._entries(proc, first, n, kind[off:], value[off:], bits[off:])
+        out = PageArrays.absent(total)
+        normal = np.zeros(total, dtype=bool)
         pte = kind == BY_PTE
         if pte.any():
             swapped = pte & (value <= -2)  # is_swap_pte(): the value encodes the slot
@@ -114,23 +120,29 @@ class _Observer:
                 normal &= ~special
         hz = kind == BY_HUGE_ZERO
         if hz.any():
-            sub = (first // PAGE_SIZE + np.flatnonzero(hz)) % HPAGE_PMD_NR
-            out.fill(hz, folio=pg.FOLIO_HZ, subpage=sub, nr=HPAGE_PMD_NR, level=pg.LEVEL_PMD)
+            out.fill(hz, folio=pg.FOLIO_HZ, subpage=value[hz], nr=HPAGE_PMD_NR, level=pg.LEVEL_PMD)
             out.fill(hz, **ZERO_PAGE)
         by_pmd = kind == BY_PMD
         normal |= by_pmd
         if normal.any():
             self._mapped(out, normal, by_pmd, value)
-        return out
+        return {
+            name: out.cut(lo, hi)
+            for (name, _p, _a, _l), lo, hi in zip(regions, offsets, offsets[1:], strict=False)
+        }
 
     def _entries(
-        self, proc: Process, first: int, n: int
-    ) -> tuple[npt.NDArray[np.int8], I64, npt.NDArray[np.uint8]]:
-        """Per page: what maps it (NOTHING, BY_PTE ...), the PTE's pfn value or the PMD-mapped
-        subpage's pfn, and the PTE's bits; one slice per PMD slot of the range."""
-        kind = np.zeros(n, np.int8)
-        value = np.full(n, -1, np.int64)
-        bits = np.zeros(n, np.uint8)
+        self,
+        proc: Process,
+        first: int,
+        n: int,
+        kind: npt.NDArray[np.int8],
+        value: I64,
+        bits: npt.NDArray[np.uint8],
+    ) -> None:
+        """Per page of [first, first + n pages): what maps it (NOTHING, BY_PTE ...), the PTE's
+        pfn value or the PMD-mapped subpage's pfn (the huge zero page: the subpage's index), and
+        the PTE's bits, written to the start of kind, value and bits; a slice per PMD slot."""
         pmds = proc.mm.pmds
         i = 0
         while i < n:
@@ -140,13 +152,13 @@ class _Observer:
             entry = pmds.get(pmd_index(va))
             if isinstance(entry, HugePmd):
                 kind[i : i + take] = BY_HUGE_ZERO if entry.huge_zero else BY_PMD
-                value[i : i + take] = entry.pfn + np.arange(s, s + take)
+                # a subpage's pfn; for the huge zero page, the subpage's index
+                value[i : i + take] = np.arange(s, s + take) + (0 if entry.huge_zero else entry.pfn)
             elif entry is not None:
                 kind[i : i + take] = BY_PTE
                 value[i : i + take] = entry.pfn[s : s + take]
                 bits[i : i + take] = entry.bits[s : s + take]
             i += take
-        return kind, value, bits
 
     def _mapped(
         self, out: PageArrays, sel: npt.NDArray[np.bool_], by_pmd: npt.NDArray[np.bool_], value: I64
@@ -206,5 +218,11 @@ def model_snapshot(
     if show_exclusive is None:
         show_exclusive = k.policy.anon_exclusive
     obs = _Observer(k, show_exclusive)
-    out = {name: obs.region(proc, addr, length) for name, proc, addr, length in regions}
+    out = obs.regions(regions)
     return Snapshot(out, obs.folios.by_label("F"), 0.0, True)
+
+
+def _span(addr: int, length: int) -> tuple[int, int]:
+    """The first page and the number of pages of [addr, addr+length)."""
+    first = addr - addr % PAGE_SIZE
+    return first, (addr + length - first + PAGE_SIZE - 1) // PAGE_SIZE

@@ -12,7 +12,6 @@ whose PTEs happen to map it whole.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import itertools
@@ -299,20 +298,36 @@ class _MemBuffer:
 _MEM = _MemBuffer()
 
 
-def _read_mem(pid: int, addr: int, wanted: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """The bytes of the wanted (present) pages via /proc/PID/mem, one preadv per run of them
-    straight into the buffer (never touches a non-present page); the other pages are zeros."""
+def _read_mem(
+    procs: list[tuple[int, int, int]], wanted: npt.NDArray[np.bool_], exact: bool
+) -> tuple[npt.NDArray[np.uint8], list[tuple[int, int]]]:
+    """The bytes of the wanted (present) pages of regions laid end to end, each region
+    (pid, first address, its first page in the layout) through /proc/PID/mem with one preadv
+    per run of wanted pages straight into the buffer (never touching a non-present page); and
+    those runs. The buffer is reused: only the wanted pages are meaningful, unless exact (then
+    the others are zeros)."""
     out = _MEM.get(len(wanted) * PAGE)
-    out[:] = 0
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    try:
-        for i, j in _runs(wanted):
-            # A failed read (e.g. an unreadable PFN map) leaves zeros; digests say so below.
-            with contextlib.suppress(OSError):
-                os.preadv(fd, [out[i * PAGE : j * PAGE].data], addr + i * PAGE)
-    finally:
-        os.close(fd)
-    return out
+    if exact:
+        out[:] = 0
+    ends = [off for _pid, _addr, off in procs[1:]] + [len(wanted)]
+    done: list[tuple[int, int]] = []
+    for (pid, addr, off), end in zip(procs, ends, strict=False):  # no regions: ends == [0]
+        runs = [(off + i, off + j) for i, j in _runs(wanted[off:end])]
+        if not runs:
+            continue
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+        try:
+            for i, j in runs:
+                try:
+                    got = os.preadv(fd, [out[i * PAGE : j * PAGE].data], addr + (i - off) * PAGE)
+                except OSError:
+                    got = 0
+                # A failed read (e.g. an unreadable PFN map) leaves zeros; digests say so below.
+                out[i * PAGE + got : j * PAGE] = 0
+        finally:
+            os.close(fd)
+        done += runs
+    return out, done
 
 
 def _runs(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
@@ -327,15 +342,19 @@ def _bits(values: U64, *bits: int) -> npt.NDArray[np.bool_]:
     return ((values[None, :] >> shifts) & np.uint64(1)).astype(bool)
 
 
-def _fill_bytes(out: PageArrays, raw: npt.NDArray[np.uint8], pres: I64, exact: bool) -> None:
-    """digest, head (and data) of the present pages: blake2b of each page with a nonzero byte
-    (found by numpy), the precomputed ZERO_DIGEST for the others."""
+def _fill_bytes(
+    out: PageArrays, raw: npt.NDArray[np.uint8], runs: list[tuple[int, int]], pres: I64, exact: bool
+) -> None:
+    """digest, head (and data) of the present pages: blake2b of each page read (runs) with a
+    nonzero byte (found by numpy), the precomputed ZERO_DIGEST and zeros for the others."""
     words = raw.view(np.uint64).reshape(len(out), PAGE // 8)
     out.digest[pres] = ZERO_DIGEST_INT
-    nonzero = pres[(np.bitwise_or.reduce(words, axis=1) != 0)[pres]].tolist()
-    out.digest[nonzero] = [digest_int(raw[i * PAGE : (i + 1) * PAGE].data) for i in nonzero]
-    out.head[pres] = words[pres, 0]
+    out.head[pres] = 0
     out.has_head[pres] = True
+    for i, j in runs:
+        nonzero = (i + np.flatnonzero(np.bitwise_or.reduce(words[i:j], axis=1))).tolist()
+        out.digest[nonzero] = [digest_int(raw[k * PAGE : (k + 1) * PAGE].data) for k in nonzero]
+        out.head[i:j] = words[i:j, 0]
     if exact:
         out.data = raw.tobytes()
 
@@ -345,7 +364,7 @@ def _region_arrays(
     huge: npt.NDArray[np.bool_],
     info: _PfnInfo,
     labels: _Labels,
-    raw: npt.NDArray[np.uint8] | None,
+    raw: tuple[npt.NDArray[np.uint8], list[tuple[int, int]]] | None,
     exact: bool,
 ) -> PageArrays:
     """Every page of one region, field by field, from its pagemap entries and the PFN lookups
@@ -377,7 +396,7 @@ def _region_arrays(
     out.swapcache[pres] = swapcache
     out.pm_exclusive[pres[~on_pmd]] = pm_excl[pres[~on_pmd]]
     if raw is not None:
-        _fill_bytes(out, raw, pres, exact)
+        _fill_bytes(out, *raw, pres, exact)
     return out
 
 
@@ -385,38 +404,6 @@ def _span(addr: int, length: int) -> tuple[int, int]:
     """The first page and the number of pages of [addr, addr+length)."""
     first = addr - addr % PAGE
     return first, (addr + length - first + PAGE - 1) // PAGE
-
-
-def observe_region(
-    pid: int,
-    addr: int,
-    length: int,
-    table: PfnTable,
-    labels: _Labels,
-    *,
-    exact: bool = False,
-    read_bytes: bool = True,
-) -> tuple[PageArrays, bool, U64]:
-    """Every page of [addr, addr+length) of pid; whether PAGEMAP_SCAN told the levels; and the
-    pagemap entries everything else was looked up from.
-
-    Reads: the pagemap (one pread), PAGEMAP_SCAN, kpageflags/kpagecount of the PFNs it gave (a
-    pread per run), the bytes of present pages other than the zero pages (a preadv per run).
-    """
-    first, n = _span(addr, length)
-    pm = read_pagemap(pid, first, n)
-    huge = scan_huge(pid, first, n)
-    scanned = huge is not None
-    if huge is None:
-        huge = _infer_huge(pm, first, table)
-    present = _bit(pm, PM_PRESENT)
-    info = _gather(pm[present] & np.uint64(PM_PFN_MASK), table)
-    raw = None
-    if read_bytes:  # the zero pages hold zeros: no need to read them
-        wanted = present.copy()
-        wanted[present] = ~_bit(info.flags, KPF_ZERO)
-        raw = _read_mem(pid, first, wanted)
-    return _region_arrays(pm, huge, info, labels, raw, exact), scanned, pm
 
 
 STABLE_TRIES = 5
@@ -447,19 +434,64 @@ def snapshot(
 def _snapshot_once(
     regions: list[tuple[str, int, int, int]], exact: bool, read_bytes: bool
 ) -> tuple[dict[str, PageArrays], dict[str, int], bool, list[U64]]:
+    """One attempt: every region's pagemap (one pread) and PAGEMAP_SCAN; then, for the regions
+    laid end to end, kpageflags/kpagecount of each distinct PFN (a pread per run) and the bytes
+    of each distinct present page but the zero pages (a preadv per run; a page that several
+    regions map, as a fork shares them, is read once: one physical page has one content, and
+    nothing writes while the processes under test are idle); then every field as arrays for
+    all regions at once, cut into one PageArrays per region."""
+    spans = [_span(addr, length) for _name, _pid, addr, length in regions]
+    entries = [
+        read_pagemap(pid, first, n)
+        for (_name, pid, _a, _l), (first, n) in zip(regions, spans, strict=True)
+    ]
     table = PfnTable()
-    labels = _Labels()
-    out: dict[str, PageArrays] = {}
-    entries: list[U64] = []
-    all_scanned = True
     try:
-        for name, pid, addr, length in regions:
-            pages, scanned, pm = observe_region(
-                pid, addr, length, table, labels, exact=exact, read_bytes=read_bytes
-            )
-            out[name] = pages
-            entries.append(pm)
-            all_scanned &= scanned
+        huges = []
+        all_scanned = True
+        for (_name, pid, _a, _l), (first, n), pm in zip(regions, spans, entries, strict=True):
+            huge = scan_huge(pid, first, n)
+            if huge is None:
+                all_scanned = False
+                huge = _infer_huge(pm, first, table)
+            huges.append(huge)
+        pm = np.concatenate(entries) if entries else np.zeros(0, np.uint64)
+        present = _bit(pm, PM_PRESENT)
+        pfns = pm[present] & np.uint64(PM_PFN_MASK)
+        info = _gather(pfns, table)
     finally:
         table.close()
+    offsets = np.cumsum([0] + [n for _first, n in spans]).tolist()
+    raw, source = None, None
+    if read_bytes:
+        read, source = _distinct(pfns, ~_bit(info.flags, KPF_ZERO), exact)
+        wanted = np.zeros(len(pm), dtype=bool)
+        wanted[np.flatnonzero(present)[read]] = True
+        procs = [(pid, first, off) for (_n, pid, _a, _l), (first, _n2), off in
+                 zip(regions, spans, offsets, strict=False)]  # fmt: skip
+        raw = _read_mem(procs, wanted, exact)
+    labels = _Labels()
+    huge = np.concatenate(huges) if huges else np.zeros(0, dtype=bool)
+    pages = _region_arrays(pm, huge, info, labels, raw, exact)
+    if raw is not None and source is not None:  # pages read once, for every region that maps them
+        pres = np.flatnonzero(present)
+        pages.digest[pres] = pages.digest[pres[source]]
+        pages.head[pres] = pages.head[pres[source]]
+    out = {
+        name: pages.cut(lo, hi)
+        for (name, _pid, _a, _l), lo, hi in zip(regions, offsets, offsets[1:], strict=False)
+    }
     return out, labels.folios.by_label("F"), all_scanned, entries
+
+
+def _distinct(
+    pfns: U64, readable: npt.NDArray[np.bool_], exact: bool
+) -> tuple[npt.NDArray[np.bool_], I64 | None]:
+    """Which present pages to read (readable ones; the first of each PFN unless exact, where
+    every page keeps its own bytes), and for each present page the one whose bytes it has."""
+    if exact:
+        return readable, None
+    _uniq, first, inverse = np.unique(pfns, return_index=True, return_inverse=True)
+    source = first[inverse.reshape(-1)]
+    read = readable & (source == np.arange(len(pfns)))
+    return read, source

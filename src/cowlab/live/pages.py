@@ -172,6 +172,13 @@ class PageArrays:
             out.data = b"".join(o.data or bytes(PAGE) for o in pages)
         return out
 
+    def cut(self, lo: int, hi: int) -> PageArrays:
+        """Pages lo..hi-1 (views of these arrays)."""
+        out = PageArrays(*(getattr(self, name)[lo:hi] for name in ARRAY_FIELDS))
+        if self.data is not None:
+            out.data = self.data[lo * PAGE : hi * PAGE]
+        return out
+
     def fill(self, sel: slice | Bools | I64, **values: Any) -> None:
         """Set fields of the selected pages (a value is a scalar or one per selected page)."""
         for name, value in values.items():
