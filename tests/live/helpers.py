@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from cowlab.live.compare import Regions
 from cowlab.live.driver import LiveProcess
 from cowlab.live.system import preflight
+from cowlab.scenario import parse_scenario
+from cowlab.scenario.runner import Runner
 
 MISSING = preflight()
 needs_live_kernel = pytest.mark.skipif(
@@ -35,3 +38,15 @@ def small_pages(proc: LiveProcess, n: int) -> int:
     addr = proc.mmap(n * PAGE)
     proc.madvise(addr, n * PAGE, "nohugepage")
     return addr
+
+
+def run_model(text: str, kernel: str = "v4.5+6d0a07e") -> tuple[Runner, Regions]:
+    """A scenario run on the model, and the regions a live comparison would observe."""
+    scenario = parse_scenario(text)
+    runner, regions = Runner(scenario, kernel), Regions()
+    for name in scenario.processes:
+        regions.add_proc(name)
+    for step in scenario.steps:
+        runner.run_step(step)
+        regions.after(step, True)
+    return runner, regions

@@ -18,26 +18,22 @@ from cowlab.live.driver import LiveMachine
 from cowlab.live.model_observe import model_snapshot
 from cowlab.live.pages import PageArrays, PageObs, Snapshot
 from cowlab.mm.mm import compound_head, folio_nr_pages
-from cowlab.scenario import parse_scenario
 from cowlab.scenario.runner import Runner
-from tests.live.helpers import HPAGE, PAGE, needs_live_kernel, pmd_thp, small_pages
+from tests.live.helpers import HPAGE, PAGE, needs_live_kernel, pmd_thp, run_model, small_pages
+from tests.live.test_model_observe import THP
 
-SCENARIO = """
-name: arrays
-processes: [P]
-steps:
-  - {op: mmap, proc: P, name: buf, size: 2M, align: 2M}
-  - {op: madvise, proc: P, at: buf, size: 2M, advice: hugepage}
-  - {op: write, proc: P, at: buf+0x3000, data: "thp"}
-  - {op: mmap, proc: P, name: small, size: 16K}
-  - {op: madvise, proc: P, at: small, size: 16K, advice: nohugepage}
-  - {op: read, proc: P, at: small, size: 1}
-  - {op: write, proc: P, at: small+0x1000, data: "one"}
-  - {op: write, proc: P, at: small+0x2000, data: "two"}
-  - {op: fork, proc: P, child: C}
-  - {op: write, proc: C, at: small+0x2000, data: "child"}
-  - {op: write, proc: C, at: buf+0x5000, data: "cow"}
-"""
+# THP, then: P's 8 KiB region gets a written page next to its zero page, a 16 KiB region with
+# one written page and three never touched, and C writes into the THP they share.
+SCENARIO = THP + "".join(
+    f"  - {step}\n"
+    for step in [
+        '{op: write, proc: P, at: small+0x1000, data: "one"}',
+        "{op: mmap, proc: P, name: more, size: 16K}",
+        "{op: madvise, proc: P, at: more, size: 16K, advice: nohugepage}",
+        '{op: write, proc: P, at: more+0x2000, data: "two"}',
+        '{op: write, proc: C, at: buf+0x5000, data: "cow"}',
+    ]
+)
 
 
 def _digest(data: bytes) -> str:
@@ -48,13 +44,7 @@ def _digest(data: bytes) -> str:
 
 
 def _model() -> tuple[Runner, list[tuple[str, str, str]], Regions]:
-    scenario = parse_scenario(SCENARIO)
-    runner, regions = Runner(scenario, "v6.18"), Regions()
-    for name in scenario.processes:
-        regions.add_proc(name)
-    for step in scenario.steps:
-        runner.run_step(step)
-        regions.after(step, True)
+    runner, regions = run_model(SCENARIO, "v6.18")
     return runner, regions.observed(), regions
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from cowlab.live.compare import Regions, render_runs
+from cowlab.live.compare import render_runs
 from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
 from cowlab.live.randomprog import generate, minimise, parse_ops, to_scenario, to_yaml
 from cowlab.policy import POLICIES, Release, Resolved
 from cowlab.policy.timeline import PATCHED
-from cowlab.scenario import parse_scenario
-from cowlab.scenario.runner import Runner
+from tests.live.helpers import run_model
 
 THP = """
 name: thp
@@ -25,19 +24,8 @@ steps:
 """
 
 
-def _run(text: str, kernel: str = "v4.5+6d0a07e") -> tuple[Runner, Regions]:
-    scenario = parse_scenario(text)
-    runner, regions = Runner(scenario, kernel), Regions()
-    for name in scenario.processes:
-        regions.add_proc(name)
-    for step in scenario.steps:
-        runner.run_step(step)
-        regions.after(step, True)
-    return runner, regions
-
-
 def test_thp_after_fork_and_the_zero_page() -> None:
-    runner, regions = _run(THP)
+    runner, regions = run_model(THP)
     spec = [
         (view, runner.procs[p], runner.regions[r], regions.size[r])
         for view, p, r in regions.observed()
@@ -92,7 +80,7 @@ def test_anon_exclusive_follows_the_policy_not_the_id(monkeypatch: pytest.Monkey
 
     monkeypatch.setitem(PATCHED, NoFlag.id, Resolved(NoFlag.id, Release(6, 18), NoFlag))
     assert not models_anon_exclusive(NoFlag.id)  # a "v9.9" without the flag: not shown
-    runner, regions = _run(THP, NoFlag.id)
+    runner, regions = run_model(THP, NoFlag.id)
     spec = [
         (view, runner.procs[p], runner.regions[r], regions.size[r])
         for view, p, r in regions.observed()
@@ -108,7 +96,9 @@ def test_steps_are_written_as_safe_dump_writes_them() -> None:
     import yaml
 
     rng = random.Random(5)
-    for _ in range(300):
+    for i in range(300):
+        name = f"random-s5-{i:04d}"
+        assert to_yaml(name, []).startswith(yaml.safe_dump({"name": name}, width=100))
         for step in generate(rng, parse_ops(None)):
             want = yaml.safe_dump(step, default_flow_style=True, sort_keys=False, width=10**6)
-            assert f"  - {want.strip()}\n" in to_yaml("r", [step])
+            assert f"  - {want.strip()}\n" in to_yaml(name, [step])

@@ -306,8 +306,8 @@ def generate(rng: random.Random, ops: tuple[str, ...], max_ops: int = 12) -> lis
 # --- scenario text ----------------------------------------------------------------------------
 
 
-# libyaml's emitter when PyYAML has it: for the steps the generator makes (names, numbers and
-# short strings) it writes the same text as safe_dump, several times faster.
+# libyaml's emitter when PyYAML has it: for the names and steps the generator makes (names,
+# numbers and short strings) it writes the same text as safe_dump, several times faster.
 STEP_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -316,7 +316,10 @@ def to_yaml(name: str, steps: list[Step], description: str = "") -> str:
     head = {"name": name}
     if description:
         head["description"] = description
-    lines = [yaml.safe_dump(head, sort_keys=False, width=100).rstrip(), "processes: [P]", "steps:"]
+    # a description (prose, folded at 100 columns) is written by safe_dump itself
+    dumper = yaml.SafeDumper if description else STEP_DUMPER
+    text = yaml.dump(head, Dumper=dumper, sort_keys=False, width=100)
+    lines = [text.rstrip(), "processes: [P]", "steps:"]
     for step in steps:
         flow = yaml.dump(step, Dumper=STEP_DUMPER, default_flow_style=True, sort_keys=False,
                          width=10**6)  # fmt: skip
