@@ -81,6 +81,10 @@ def snapshot(k: Kernel) -> Snapshot:
         (e.seq, e.function, e.pid, e.addr, e.old, e.new, e.nr, e.why, str(e.operation))
         for e in k.cow_log
     ]
+    parts["events"] = [
+        (e.op, e.function, e.verdict, e.addr, e.pfn, e.read, e.rule, e.policy, e.detail)
+        for e in k.events
+    ]
     parts["pins"] = {
         pin_id: {
             "id": pin.id,

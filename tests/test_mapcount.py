@@ -182,7 +182,7 @@ def test_s0_plus_gup_pins(kid: str, pinned: tuple[int, int]) -> None:
     first, n = pinned
     s = fresh_thp(kid)
     pin = s.parent.get_user_pages(s.base + first * PAGE, n * PAGE, write=True)
-    assert pin.pages == [s.head + first + i for i in range(n)]
+    assert pin.pages.tolist() == [s.head + first + i for i in range(n)]
     assert_thp(s.k, s.head, Expect(C=1, DM=0, m=0, ref=1 + n, page_mapcount=1, total=1, ptm=1))
     s.k.unpin(pin)  # put_page on every pinned subpage: back to S0
     assert_thp(s.k, s.head, TABLE["S0"])

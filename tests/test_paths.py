@@ -1039,7 +1039,7 @@ def test_clear_refs_pinned_pte_mapped_thp(kid: str) -> None:
     split_own_pmd(t.p, t.base)
     addr = t.base + 5 * PAGE
     pin = t.p.get_user_pages(addr, PAGE)
-    assert pin.pages == [t.head + 5]
+    assert pin.pages.tolist() == [t.head + 5]
     t.p.clear_refs(4)
     t.p.write(addr, b"cpu")
     if kid == "v4.5":
@@ -1139,7 +1139,7 @@ def test_numa_pte_mapped_thp_not_migrated(kid: str) -> None:
 def test_gup_write_on_writable_thp_takes_references_only(kid: str) -> None:
     t = thp(kid)
     pin = t.p.get_user_pages(t.base + 10 * PAGE, 3 * PAGE)
-    assert pin.pages == [t.head + 10, t.head + 11, t.head + 12]
+    assert pin.pages.tolist() == [t.head + 10, t.head + 11, t.head + 12]
     assert page_count(t.k.frames, t.head) == 4 and huge(t.p, t.base).pfn == t.head
     assert t.k.cow_log == []
 
@@ -1157,7 +1157,7 @@ def test_gup_force_on_read_only_vma_cow_then_read_pin(kid: str) -> None:
     c = p.fork()
     pin = p.get_user_pages(a, PAGE, write=True, force=True)
     new = p.translate(a)
-    assert new not in (None, old) and pin.pages == [new]
+    assert new not in (None, old) and pin.pages.tolist() == [new]
     bits = pte_bits(p, a)
     assert not bits & PTE_WRITE and bits & PTE_DIRTY
     f = k.frames
@@ -1176,7 +1176,7 @@ def test_gup_force_on_read_only_zero_page(kid: str) -> None:
     p.read(a, 1)
     pin = p.get_user_pages(a, PAGE, write=True, force=True)
     new = p.translate(a)
-    assert new not in (None, ZERO_PFN) and pin.pages == [new]
+    assert new not in (None, ZERO_PFN) and pin.pages.tolist() == [new]
     assert not pte_bits(p, a) & PTE_WRITE
     assert page_count(k.frames, new) == 2
     assert [(e.function, e.old) for e in k.cow_log] == [("wp_page_copy", None)]
@@ -1195,7 +1195,7 @@ def test_gup_read_untouched_pins_zero_page(kid: str) -> None:
     """A read GUP faults as a read: the zero page is mapped and is what gets pinned."""
     k, p, a = small(kid)
     pin = p.get_user_pages(a, 2 * PAGE, write=False)
-    assert pin.pages == [ZERO_PFN, ZERO_PFN]
+    assert pin.pages.tolist() == [ZERO_PFN, ZERO_PFN]
     assert p.translate(a) == ZERO_PFN and k.frames.nr_allocated == 0
 
 
@@ -1205,7 +1205,7 @@ def test_gup_read_untouched_thp_range_pins_huge_zero_page(kid: str) -> None:
     p = k.spawn()
     base = p.mmap(4 * MiB, align=2 * MiB)
     pin = p.get_user_pages(base + 4 * PAGE, 2 * PAGE, write=False)
-    assert pin.pages == [HUGE_ZERO_PFN + 4, HUGE_ZERO_PFN + 5]
+    assert pin.pages.tolist() == [HUGE_ZERO_PFN + 4, HUGE_ZERO_PFN + 5]
     assert huge(p, base).huge_zero and k.frames.nr_allocated == 0
 
 
@@ -1218,7 +1218,7 @@ def test_gup_write_untouched_thp_range_allocates_and_pins(kid: str) -> None:
     base = p.mmap(4 * MiB, align=2 * MiB)
     pin = p.get_user_pages(base + PAGE, 2 * PAGE)
     head = huge(p, base).pfn
-    assert pin.pages == [head + 1, head + 2]
+    assert pin.pages.tolist() == [head + 1, head + 2]
     assert (compound_mapcount(k.frames, head), page_count(k.frames, head)) == (1, 3)
     assert page_mapcount(k.frames, head + 1) == 1
 
@@ -1232,7 +1232,7 @@ def test_gup_write_on_cow_shared_thp_copies_before_pinning(kid: str) -> None:
     c = t.p.fork()
     pin = t.p.get_user_pages(t.base, 2 * PAGE)
     new = huge(t.p, t.base).pfn
-    assert new != t.head and pin.pages == [new, new + 1]
+    assert new != t.head and pin.pages.tolist() == [new, new + 1]
     assert page_count(t.k.frames, new) == 1 + 2
     assert (compound_mapcount(t.k.frames, t.head), page_count(t.k.frames, t.head)) == (1, 1)
     assert huge(c, t.base).pfn == t.head

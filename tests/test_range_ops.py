@@ -249,7 +249,7 @@ class Side:
 
 
 def boot(kernel_id: str, range_ops: bool, selfcheck: bool) -> Side:
-    k = Kernel(kernel_id, selfcheck=selfcheck, range_ops=range_ops)
+    k = Kernel(kernel_id, selfcheck=selfcheck, range_ops=range_ops, tracing=True)
     return Side(k, [k.spawn()])
 
 
@@ -511,7 +511,7 @@ def rich_kernel(kernel_id: str = "v6.18") -> Kernel:
     """A state where every part of a snapshot holds something: huge and huge-zero PMDs, PTE
     tables, written, forked, COW-copied, KSM-merged, pinned and swapped pages, a partly
     unmapped THP on the deferred split queue, free frames."""
-    k = Kernel(kernel_id, range_ops=False)
+    k = Kernel(kernel_id, range_ops=False, tracing=True)
     p = k.spawn()
     thp = p.mmap(4 * MIB, align=2 * MIB)
     p.fill(thp, 4 * MIB, 0x11)
@@ -728,6 +728,7 @@ MUTATIONS: dict[str, tuple[str, Callable[[Kernel], None]]] = {
     "deferred split": ("deferred_split", lambda k: k.deferred_split.add(4096)),
     "vmstat": ("vmstat.", _bump_vmstat),
     "cow_log entry dropped": ("cow_log", lambda k: _rewrite_cow_log(k, list.pop)),
+    "event dropped": ("events", lambda k: k.events.pop()),
     "cow_log why": ("cow_log", _cow_why),
     **{
         f"pin {name}": (f"pins[].{name}", _pin_field(name))

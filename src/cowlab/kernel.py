@@ -7,7 +7,7 @@ program uses (mmap, fork, write, ...); ``Pin`` is what a device holds after get_
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +73,7 @@ MTHP_MODES = ("always", "madvise", "inherit", "never")
 MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024)
 GUP_FLAVOURS = {"get": 0, "pin": FOLL_PIN, "longterm": FOLL_PIN | FOLL_LONGTERM}
 MAX_FAULT_RETRIES = 8
+HISTORY_KEPT = 4096
 # an access shorter than this runs page by page: a run costs more to set up than a few faults
 RANGE_MIN_BYTES = 16 * PAGE_SIZE
 
@@ -98,6 +99,39 @@ class OpRecord:
 
     def __str__(self) -> str:
         return self.fmt.format(*(_fmt_arg(a) for a in self.args))
+
+
+class History:
+    """The operations so far: how many, and the last HISTORY_KEPT records (the COW log keeps
+    the record of each copy's operation; a program of millions of operations would otherwise
+    cost more in history than in pages)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.recent: deque[OpRecord] = deque(maxlen=HISTORY_KEPT)
+
+    def append(self, record: OpRecord) -> None:
+        self.count += 1
+        self.recent.append(record)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[OpRecord]:
+        return iter(self.recent)
+
+    def _index(self, i: int) -> int:
+        """Where operation i (or -n, from the end) is in ``recent``."""
+        at = (i if i >= 0 else self.count + i) - (self.count - len(self.recent))
+        if not 0 <= at < len(self.recent):
+            raise IndexError(f"operation {i} is not kept (the last {HISTORY_KEPT} are)")
+        return at
+
+    def __getitem__(self, i: int) -> OpRecord:
+        return self.recent[self._index(i)]
+
+    def __setitem__(self, i: int, record: OpRecord) -> None:
+        self.recent[self._index(i)] = record
 
 
 def parse_prot(prot: str | int) -> int:
@@ -149,7 +183,7 @@ class Kernel:
         self.vmstat: Counter[str] = Counter()
         self.cow_log = CowLog()
         self.events: list[Event] = []
-        self.history: list[OpRecord] = []
+        self.history = History()
         self._thp_enabled = "always"
         self.thp_use_zero_page = True
         # /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled for 16..1024 KiB (6.8)
@@ -231,14 +265,18 @@ class Kernel:
     @contextmanager
     def operation(self, fmt: str, *args: object) -> Iterator[None]:
         """One program-visible operation (str.format of fmt and args); self-checking follows it."""
-        record = OpRecord(fmt, *args)
-        self.history.append(record)
+        record = self.begin(fmt, *args)
         try:
             yield
         except (SyscallError, Segfault):
             self._selfcheck(record)
             raise
         self._selfcheck(record)
+
+    def begin(self, fmt: str, *args: object) -> OpRecord:
+        record = OpRecord(fmt, *args)
+        self.history.append(record)
+        return record
 
     def _selfcheck(self, record: OpRecord) -> None:
         if self.selfcheck:
@@ -265,7 +303,7 @@ class Kernel:
         with self.operation("unpin {}", pin.id):
             del self.pins[pin.id]
             if pin.write:  # unpin_user_pages_dirty_lock(): the device may have written
-                for pfn in pin.pages:
+                for pfn in pin.pages.tolist():
                     set_page_dirty(self.frames, pfn)
             release_pages(self, pin.pages, pin.gup_flags)
 
@@ -307,14 +345,22 @@ class Kernel:
 def _op(fmt: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a Process method as one kernel operation described by fmt (formatted with its args)."""
 
+    op_fmt = "pid {}: " + fmt + "({})"
+
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             self = args[0]
             assert isinstance(self, Process)
             self._require_alive()
-            call = CallArgs(args[1:], kwargs)
-            with self.kernel.operation("pid {}: " + fmt + "({})", self.pid, call):
-                return fn(*args, **kwargs)
+            k = self.kernel
+            record = k.begin(op_fmt, self.pid, CallArgs(args[1:], kwargs))
+            try:
+                result = fn(*args, **kwargs)
+            except (SyscallError, Segfault):
+                k._selfcheck(record)
+                raise
+            k._selfcheck(record)
+            return result
 
         inner.__doc__ = fn.__doc__
         inner.__name__ = fn.__name__
@@ -357,7 +403,7 @@ class Pin:
     pid: int
     addr: int
     length: int
-    pages: list[int]
+    pages: IntArray  # the pfn of each 4 KiB page, in order
     write: bool
     flavour: str = "longterm"
     gup_flags: int = 0
@@ -374,7 +420,7 @@ class Pin:
         while done < n:
             page, in_page = divmod(pos + done, PAGE_SIZE)
             chunk = min(n - done, PAGE_SIZE - in_page)
-            yield self.pages[page], in_page, done, chunk
+            yield int(self.pages[page]), in_page, done, chunk
             done += chunk
 
     def dma_write(self, offset: int, data: bytes) -> None:
@@ -539,19 +585,21 @@ class Process:
         path (mm/range_fault.py) unless it is off or every event is traced."""
         k = self.kernel
         write = data is not None
-        batch = k.range_ops and not k.tracing and n > RANGE_MIN_BYTES
+        batch = k.range_ops and n > RANGE_MIN_BYTES
         out = bytearray()
         done = 0
         while done < n:
             va = addr + done
-            pfns = fault_in_range(k, self.mm, va, addr + n, write) if batch else NO_PAGES
-            if not pfns.size:
+            pfns: IntArray | list[int] = (
+                fault_in_range(k, self.mm, va, addr + n, write) if batch else NO_PAGES
+            )
+            if not len(pfns):
                 try:
-                    pfns = np.array([self._access(va, write)], dtype=np.int64)
+                    pfns = [self._access(va, write)]
                 except Segfault as e:
                     self._fatal_signal()
                     raise Segfault(e.addr, e.access, done, killed=True) from None
-            chunk = min(n - done, pfns.size * PAGE_SIZE - va % PAGE_SIZE)
+            chunk = min(n - done, len(pfns) * PAGE_SIZE - va % PAGE_SIZE)
             if not keep:
                 out += store(k.frames, pfns, va % PAGE_SIZE, chunk, data, done)
             done += chunk
@@ -630,16 +678,21 @@ class Process:
 
 
 def store(
-    f: PageFrames, pfns: IntArray, offset: int, n: int, data: bytes | int | None, at: int
+    f: PageFrames,
+    pfns: IntArray | list[int],
+    offset: int,
+    n: int,
+    data: bytes | int | None,
+    at: int,
 ) -> bytes:
     """The bytes of one access to consecutive pages (frames pfns, from offset in the first):
     a load returns n bytes, a store writes data[at : at + n] or n fill bytes."""
     if isinstance(data, int):
-        fill(f, pfns, offset, n, data)
+        fill(f, np.asarray(pfns, dtype=np.int64), offset, n, data)
         return b""
     out = bytearray()
     pos = 0
-    for pfn in pfns.tolist():
+    for pfn in pfns if isinstance(pfns, list) else pfns.tolist():
         chunk = min(n - pos, PAGE_SIZE - offset)
         if data is None:
             out += f.read(pfn, offset, chunk)

@@ -120,7 +120,7 @@ def snapshot(runner: Runner, title: str) -> MemoryView:
             for idx, entry in sorted(proc.mm.pmds.items()):
                 _entry(k, folios, zero, view, idx << PMD_SHIFT, entry)
     for pin in k.pins.values():
-        for pfn in pin.pages:
+        for pfn in pin.pages.tolist():
             if pfn >= HUGE_ZERO_PFN + HPAGE_PMD_NR:
                 folio = _folio(k, folios, compound_head(k.frames, pfn))
                 folio.pinned[pfn - folio.head] += 1

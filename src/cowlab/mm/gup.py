@@ -101,7 +101,7 @@ def follow_page_mask(k: Kernel, mm: MmStruct, addr: int, gup_flags: int) -> int 
 
 def get_user_pages(
     k: Kernel, mm: MmStruct, start: int, nr_pages: int, flags: int, fast: bool = False
-) -> list[int]:
+) -> Ints:
     """__get_user_pages() (or GUP-fast first): one reference or pin per 4 KiB page, faulting
     as a write when FOLL_WRITE.
 
@@ -113,11 +113,12 @@ def get_user_pages(
     gup_flags = effective_gup_flags(k, flags) | FOLL_TOUCH
     if not gup_flags & FOLL_FORCE:
         gup_flags |= FOLL_NUMA
-    pages: list[int] = []
-    batch = k.range_ops and not k.tracing and not must_unshare_any(k, gup_flags)
+    pages = np.empty(nr_pages, dtype=np.int64)
+    got = 0
+    batch = k.range_ops and not must_unshare_any(k, gup_flags)
     try:
-        while len(pages) < nr_pages:
-            addr = start + len(pages) * PAGE_SIZE
+        while got < nr_pages:
+            addr = start + got * PAGE_SIZE
             vma = mm.find_vma(addr)
             if vma is None or not check_vma_flags(vma, gup_flags):
                 raise SyscallError("EFAULT", f"get_user_pages: {addr:#x} cannot be accessed so")
@@ -135,15 +136,17 @@ def get_user_pages(
             )
             if run.size:
                 try_grab_pages(k, mm, run, gup_flags)
-                pages += run.tolist()
+                pages[got : got + run.size] = run
+                got += run.size
                 continue
             pfn = gup_fast_one(k, vma, addr, gup_flags) if fast else None
             if pfn is None:
                 pfn = _faultin_and_follow(k, vma, addr, gup_flags)
             try_grab_page(k, mm, pfn, gup_flags)
-            pages.append(pfn)
+            pages[got] = pfn
+            got += 1
     except SyscallError:
-        release_pages(k, pages, gup_flags)  # the caller (ib_umem_get) drops a partial result
+        release_pages(k, pages[:got], gup_flags)  # ib_umem_get drops a partial result
         raise
     return pages
 
@@ -234,11 +237,11 @@ def try_grab_pages(k: Kernel, mm: MmStruct, pfns: Ints, gup_flags: int) -> None:
     f._count[heads] += nrs
 
 
-def release_pages(k: Kernel, pages: list[int], gup_flags: int) -> None:
+def release_pages(k: Kernel, pages: Ints, gup_flags: int) -> None:
     """put_page()/unpin_user_page() on every page GUP returned (zero pages are not counted),
     in order: a page is freed when its last reference in the list goes."""
     f = k.frames
-    heads, nrs, compound = _grabbed(f, np.asarray(pages, dtype=np.int64), by_last=True)
+    heads, nrs, compound = _grabbed(f, pages, by_last=True)
     if gup_flags & FOLL_PIN:
         f._pincount[heads[compound]] -= nrs[compound]
         nrs = np.where(compound, nrs, nrs * GUP_PIN_COUNTING_BIAS)

@@ -167,6 +167,8 @@ def thp_vma_allowable_order(k: Kernel, vma: VmArea, order: int) -> bool:
 def do_anonymous_mthp(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> bool:
     """alloc_anon_folio() (6.8): the largest enabled mTHP whose aligned range lies in the VMA
     and has no PTE yet; all its pages mapped at once. False: fall back to a small page."""
+    if all(mode == "never" for mode in k.mthp_enabled.values()):
+        return False
     for order in MTHP_ORDERS:
         nr = 1 << order
         start = addr & ~((nr << 12) - 1)

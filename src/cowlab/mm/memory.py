@@ -86,8 +86,7 @@ def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool, unshare: boo
     """
     k.vmstat["pgfault"] += 1
     if k.tracing:
-        kind = "unshare" if unshare else "write" if write else "read"
-        k.event("handle_mm_fault", addr=addr, detail=f"{kind} fault in pid {vma.mm.pid}")
+        trace_fault(k, vma, addr, "unshare" if unshare else "write" if write else "read")
     mm = vma.mm
     idx = pmd_index(addr)
     entry = mm.pmds.get(idx)
@@ -141,7 +140,7 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
         table.pfn[i] = ZERO_PFN
         table.bits[i] = PTE_SPECIAL | PTE_YOUNG
         if k.tracing:
-            k.event("do_anonymous_page", addr=addr, detail="read fault maps the zero page")
+            trace_anonymous(k, addr, None)
         return 0
     anon_vma_prepare(k, vma)
     if k.policy.mthp and huge_memory.do_anonymous_mthp(k, vma, addr, table):
@@ -152,7 +151,7 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
     page_add_new_anon_rmap(k, pfn, vma, addr, compound=False)
     vma.mm.anon_rss += 1
     if k.tracing:
-        k.event("do_anonymous_page", addr=addr, pfn=pfn, detail="write fault maps a new page")
+        trace_anonymous(k, addr, pfn)
     return 0
 
 
@@ -236,9 +235,24 @@ def wp_copy_traced(
     k.event("do_wp_page", "copy", addr=addr, pfn=old, read=d.read, rule=d.rule)
     ret = wp_page_copy(k, vma, addr, table, old, d, unshare)
     if k.tracing:
-        new = int(table.pfn[pte_index(addr)])
-        k.event("wp_page_copy", addr=addr, pfn=old, detail=f"copied to a new page, pfn {new:#x}")
+        trace_copied(k, addr, old, int(table.pfn[pte_index(addr)]))
     return ret
+
+
+def trace_fault(k: Kernel, vma: VmArea, addr: int, kind: str) -> None:
+    k.event("handle_mm_fault", addr=addr, detail=f"{kind} fault in pid {vma.mm.pid}")
+
+
+def trace_anonymous(k: Kernel, addr: int, pfn: int | None) -> None:
+    """do_anonymous_page()'s event: the zero page (pfn None) or a new page mapped."""
+    if pfn is None:
+        k.event("do_anonymous_page", addr=addr, detail="read fault maps the zero page")
+    else:
+        k.event("do_anonymous_page", addr=addr, pfn=pfn, detail="write fault maps a new page")
+
+
+def trace_copied(k: Kernel, addr: int, old: int | None, new: int) -> None:
+    k.event("wp_page_copy", addr=addr, pfn=old, detail=f"copied to a new page, pfn {new:#x}")
 
 
 def wp_page_reuse(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:

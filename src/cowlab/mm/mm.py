@@ -125,6 +125,11 @@ def folio_maybe_mapped_shared(f: PageFrames, head: int) -> bool:
     return bool(f.flags[head] & PG_mm_ids_shared)
 
 
+def folio_ref_count(f: PageFrames, head: int) -> int:
+    """folio_ref_count(): the folio's references, on its head."""
+    return int(f._count[head])
+
+
 def page_count(f: PageFrames, pfn: int) -> int:
     """page_count(): the head's _count (tails carry no references since 4.5's ddc58f27f9ee)."""
     return int(f._count[compound_head(f, pfn)])

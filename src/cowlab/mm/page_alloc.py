@@ -97,12 +97,17 @@ class PageFrames:
         old = len(self.flags)
         if need <= old:
             return
-        size = max(need, 2 * old)
+        size = max(need, old + old // 4)  # a quarter more: the arrays are most of the model
         for name, fill in FIELDS.items():
-            arr = getattr(self, name)
-            new = np.full((size, *arr.shape[1:]), fill, dtype=arr.dtype)
-            new[:old] = arr
-            setattr(self, name, new)
+            shape = (size, *getattr(self, name).shape[1:])
+            try:  # in place (realloc: no copy, no second array) when no view of it is held
+                getattr(self, name).resize(shape, refcheck=True)
+            except ValueError:
+                arr = getattr(self, name)
+                new = np.empty(shape, dtype=arr.dtype)
+                new[:old] = arr
+                setattr(self, name, new)
+            getattr(self, name)[old:] = fill
 
     # --- allocation (mm/page_alloc.c) ------------------------------------------------------
 

@@ -13,8 +13,9 @@ and one page table that follow the same kernel path at once:
   values gets that verdict, as it would page by page.
 
 Anything else (a THP or mTHP fault, a swap entry, a NUMA hint, a KSM or swap-cache or large-folio
-page, CONFIG_DEBUG_VM's checks, tracing) is left to handle_mm_fault for one page. The result must
-be the per-page path's, frame for frame and event for event: tests/test_range_ops.py.
+page, CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one page. With tracing on, each
+page's events are recorded as the per-page path records them. The result must be the per-page
+path's, frame for frame and event for event: tests/test_range_ops.py.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from cowlab.mm.constants import (
     PG_tail,
 )
 from cowlab.mm.decision import WpDecision
-from cowlab.mm.memory import new_pte_bits
-from cowlab.mm.mm import compound_head, heads_of
+from cowlab.mm.memory import new_pte_bits, trace_anonymous, trace_copied, trace_fault
+from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN
 from cowlab.mm.pgtable import (
@@ -56,11 +57,11 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.mm.rmap import (
     anon_vma_prepare,
-    page_remove_rmap,
+    page_remove_folio_pte,
     pages_add_new_anon_rmap,
     rmap_remove_ptes,
 )
-from cowlab.mm.trace import CowCopies
+from cowlab.mm.trace import CowCopies, Decisions
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -133,34 +134,51 @@ def _pte_run(
     if pfn[0] == PTE_NONE:
         n = _leading(pfn == PTE_NONE)
         if not write:
-            return _zero_page_run(k, table, first, n)
+            return _zero_page_run(k, vma, table, first, n, start)
         if k.policy.mthp and any(
             huge_memory.thp_vma_allowable_order(k, vma, o) for o in huge_memory.MTHP_ORDERS
         ):
             return NONE
-        return _anonymous_run(k, vma, table, base, first, n)
+        return _anonymous_run(k, vma, table, first, n, start)
     if write and pfn[0] >= 0 and not bits[0] & (PTE_PROTNONE | PTE_MIGRATION):
         return _wp_run(k, vma, table, first, last, start)
     return NONE
 
 
-def _zero_page_run(k: Kernel, table: PteTable, first: int, n: int) -> Ints:
+def fault_addrs(start: int, n: int) -> Ints:
+    """The addresses n faults from ``start``'s page on are taken at: where the access began,
+    then the start of each following page."""
+    addrs = (start & ~(PAGE_SIZE - 1)) + (np.arange(n, dtype=np.int64) << PAGE_SHIFT)
+    addrs[0] = start
+    return addrs
+
+
+def _zero_page_run(k: Kernel, vma: VmArea, table: PteTable, first: int, n: int, start: int) -> Ints:
     """do_anonymous_page() read faults: the zero page, special, at every PTE."""
     table.pfn[first : first + n] = ZERO_PFN
     table.bits[first : first + n] = PTE_SPECIAL | PTE_YOUNG
     k.vmstat["pgfault"] += n
+    if k.tracing:
+        for addr in fault_addrs(start, n).tolist():
+            trace_fault(k, vma, addr, "read")
+            trace_anonymous(k, addr, None)
     return np.full(n, ZERO_PFN, dtype=np.int64)
 
 
-def _anonymous_run(k: Kernel, vma: VmArea, table: PteTable, base: int, first: int, n: int) -> Ints:
+def _anonymous_run(k: Kernel, vma: VmArea, table: PteTable, first: int, n: int, start: int) -> Ints:
     """do_anonymous_page() write faults: a new zeroed small page at every PTE."""
     anon_vma_prepare(k, vma)
     pfns = k.frames.alloc_pages(n)
     table.pfn[first : first + n] = pfns
     table.bits[first : first + n] = new_pte_bits(vma) | PTE_YOUNG | PTE_DIRTY
-    pages_add_new_anon_rmap(k, pfns, vma, base + (np.arange(first, first + n) << PAGE_SHIFT))
+    addrs = fault_addrs(start, n)
+    pages_add_new_anon_rmap(k, pfns, vma, addrs)
     vma.mm.anon_rss += n
     k.vmstat["pgfault"] += n
+    if k.tracing:
+        for addr, pfn in zip(addrs.tolist(), pfns.tolist(), strict=True):
+            trace_fault(k, vma, addr, "write")
+            trace_anonymous(k, addr, pfn)
     return pfns
 
 
@@ -207,13 +225,13 @@ def _wp_large_run(
     reference before the next is asked; the run ends at a reuse or a last reference."""
     f = k.frames
     decisions: list[WpDecision] = []
-    for pfn in pages.tolist():
-        d = k.policy.wp_reuse(k, vma, pfn)
-        head = compound_head(f, pfn)
-        if d.reuse or f._count[head] <= 1:
+    wp_reuse, count = k.policy.wp_reuse, f._count
+    for pfn, head in zip(pages.tolist(), heads_of(f, pages).tolist(), strict=True):
+        d = wp_reuse(k, vma, pfn)
+        if d.reuse or count[head] <= 1:
             break
-        page_remove_rmap(k, vma.mm, pfn, compound=False)
-        f._count[head] -= 1  # put_page(), not the last reference
+        page_remove_folio_pte(k, vma.mm, pfn, head)
+        count[head] -= 1  # put_page(), not the last reference
         decisions.append(d)
     n = len(decisions)
     if not n:
@@ -244,7 +262,27 @@ def _apply(
     if copy.any():
         _copy(k, vma, table, start, pos[copy], olds[copy], decisions, which[copy], removed)
     k.vmstat["pgfault"] += n
-    return table.pfn[first : first + n].copy()
+    news = table.pfn[first : first + n].copy()
+    if k.tracing:
+        _trace_wp(k, vma, fault_addrs(start, n), olds, news, [decisions[i] for i in which])
+    return news
+
+
+def _trace_wp(
+    k: Kernel, vma: VmArea, addrs: Ints, olds: Ints, news: Ints, decided: list[WpDecision]
+) -> None:
+    """The events do_wp_page() records page by page, in address order."""
+    for addr, old_pfn, new, d in zip(
+        addrs.tolist(), olds.tolist(), news.tolist(), decided, strict=True
+    ):
+        old = None if old_pfn < 0 else old_pfn
+        trace_fault(k, vma, addr, "write")
+        verdict = "reuse" if d.reuse else "copy"
+        k.event("do_wp_page", verdict, addr=addr, pfn=old, read=d.read, rule=d.rule)
+        if d.reuse and d.move_anon_vma:
+            k.event("page_move_anon_rmap", "move", pfn=old, detail=f"to {vma.anon_vma}")
+        elif not d.reuse:
+            trace_copied(k, addr, old, new)
 
 
 def _reuse(
@@ -290,9 +328,7 @@ def _copy(
     f.copy_pages(news[real], olds[real])
     table.pfn[pos] = news
     table.bits[pos] = new_pte_bits(vma) | PTE_YOUNG | PTE_DIRTY
-    page = start & ~(PAGE_SIZE - 1)
-    addrs = page + ((pos - pte_index(page)) << PAGE_SHIFT)
-    addrs[addrs == page] = start  # the first page faults where the access began
+    addrs = fault_addrs(start, int(pos[-1]) - pte_index(start) + 1)[pos - pte_index(start)]
     pages_add_new_anon_rmap(k, news, vma, addrs)
     vma.mm.anon_rss += int((~real).sum())
     if real.any() and not removed:
@@ -307,7 +343,7 @@ def _copy(
             addrs,
             olds,
             news,
-            list(decisions),
+            Decisions(decisions),
             which,
         )
     )

@@ -220,13 +220,22 @@ def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
         rmap_remove_pmd(k, mm, pfn)
         return
     f = k.frames
+    if f.flags[pfn] & (PG_head | PG_tail):
+        page_remove_folio_pte(k, mm, pfn, compound_head(f, pfn))
+        return
     mapcount = int(f._mapcount[pfn]) - 1
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     f._mapcount[pfn] = mapcount
-    if not f.flags[pfn] & (PG_head | PG_tail):
-        return
-    head = compound_head(f, pfn)
+
+
+def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
+    """page_remove_rmap() of one PTE of a large folio whose head the caller knows."""
+    f = k.frames
+    mapcount = int(f._mapcount[pfn]) - 1
+    if mapcount < -1:
+        raise KernelBug("page_remove_rmap: _mapcount below -1")
+    f._mapcount[pfn] = mapcount
     if mapcount == -1:
         deferred_split_huge_page(k, head)
     if k.policy.folio_counters:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, overload
 import numpy as np
 import numpy.typing as npt
 
-from cowlab.mm.decision import Reads, show_reads
+from cowlab.mm.decision import Reads, WpDecision, show_reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,50 @@ class CowEvent:
         )
 
 
+class Decisions(Sequence[object]):
+    """The decisions behind a run of copies: WpDecisions that differ only in the values their
+    rule read are kept as one template and an array of values (a THP's 512 copies each read
+    another _large_mapcount); anything else as a list."""
+
+    def __init__(self, items: Sequence[object]) -> None:
+        self.items: Sequence[object] = items
+        self.values: npt.NDArray[np.int64] | None = None
+        first = items[0] if items else None
+        if isinstance(first, WpDecision) and len(items) > 1:
+            names = tuple(name for name, _ in first.read)
+            shape = (first.reuse, first.move_anon_vma, first.set_exclusive, first.rule, names)
+            same = all(
+                isinstance(d, WpDecision)
+                and (d.reuse, d.move_anon_vma, d.set_exclusive, d.rule) == shape[:4]
+                and tuple(name for name, _ in d.read) == names
+                for d in items
+            )
+            if same:
+                self.values = np.array(
+                    [[v for _, v in d.read] for d in items if isinstance(d, WpDecision)],
+                    dtype=np.int64,
+                ).reshape(len(items), len(names))
+                self.items = [first]
+
+    def __len__(self) -> int:
+        return len(self.items) if self.values is None else int(self.values.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> object: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[object]: ...
+    def __getitem__(self, i: int | slice) -> object | Sequence[object]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self.values is None:
+            return self.items[i]
+        template = self.items[0]
+        assert isinstance(template, WpDecision)
+        names = [name for name, _ in template.read]
+        read = tuple(zip(names, self.values[i].tolist(), strict=True))
+        return template._replace(read=read)
+
+
 class CowCopies(NamedTuple):
     """Many copies by one function in one operation, as arrays (old -1: the zero page)."""
 
@@ -107,7 +151,7 @@ class CowCopies(NamedTuple):
     addrs: npt.NDArray[np.int64]
     olds: npt.NDArray[np.int64]
     news: npt.NDArray[np.int64]
-    reasons: list[object]  # the reason of each copy, by index into ``which``
+    reasons: Sequence[object]  # the reason of each copy, by index into ``which``
     which: npt.NDArray[np.int64]
 
     def event(self, i: int) -> CowEvent:

@@ -11,7 +11,7 @@ from cowlab.mm.mm import (
     compound_head,
     folio_large_mapcount,
     folio_maybe_mapped_shared,
-    page_count,
+    folio_ref_count,
 )
 from cowlab.policy.base import Policy, Reads, WpDecision
 from cowlab.policy.history import landed
@@ -39,7 +39,7 @@ class LargeFolioReuse(Policy):
         if PageAnonExclusive(f, pfn) or not PageTransCompound(f, pfn):
             return super().wp_reuse(k, vma, pfn)
         head = compound_head(f, pfn)
-        large, refs = folio_large_mapcount(f, head), page_count(f, head)
+        large, refs = folio_large_mapcount(f, head), folio_ref_count(f, head)
         rule = "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1"
         read: Reads = (("_large_mapcount", large),)
         if large <= 1:  # the last mapping: copy, and the folio is freed

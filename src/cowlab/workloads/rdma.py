@@ -81,7 +81,7 @@ def write_protect(p: Process, regions: list[int], size: int, trigger: str) -> No
 def explain(k: Kernel, p: Process, pin: Pin, region: int, addr: int) -> list[str]:
     """Which physical page addr maps, which one the NIC uses, and the fault that parted them."""
     page = (addr - region) // PAGE_SIZE
-    pinned = pin.pages[page]
+    pinned = int(pin.pages[page])
     now = p.translate(addr)
     lines = [
         f"{addr:#x} maps pfn {now:#x}, but the NIC uses the pinned pfn {pinned:#x}"

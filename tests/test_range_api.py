@@ -1,0 +1,106 @@
+"""Range operations as a program sees them (Process.fill, touch, write, read over many pages),
+with the counts derived by hand from the kernel's rules: one fault per page first touched, one
+zero-page mapping per page read, one copy per shared page written after fork. That the range
+path gives exactly the page-by-page state is tests/test_range_ops.py's job."""
+
+from __future__ import annotations
+
+import pytest
+
+from cowlab import Kernel, SyscallError
+from cowlab.kernel import HISTORY_KEPT
+from cowlab.mm.page_alloc import ZERO_PFN
+
+PAGE = 4096
+NR = 64
+
+
+def small_pages(kernel_id: str, range_ops: bool = True) -> tuple[Kernel, int]:
+    k = Kernel(kernel_id, range_ops=range_ops)
+    k.thp_enabled = "never"
+    p = k.spawn()
+    return k, p.mmap(NR * PAGE)
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.8", "v6.18"])
+def test_fill_faults_each_page_once_and_stores_the_byte(kernel_id: str) -> None:
+    k, addr = small_pages(kernel_id)
+    p = k.processes[1]
+    p.fill(addr + 100, 40 * PAGE, 0x61)  # pages 0..40: 41 pages, both ends partial
+    assert k.vmstat["pgfault"] == 41 and p.mm.anon_rss == 41
+    assert p.read(addr + 98, 4) == b"\0\0aa"
+    end = addr + 100 + 40 * PAGE
+    assert p.read(end - 2, 4) == b"aa\0\0"
+    assert p.translate(addr + 41 * PAGE) is None
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])
+def test_read_touch_maps_the_zero_page_everywhere(kernel_id: str) -> None:
+    k, addr = small_pages(kernel_id)
+    p = k.processes[1]
+    before = k.frames.nr_allocated
+    p.touch(addr, NR * PAGE)
+    assert [p.translate(addr + i * PAGE) for i in range(NR)] == [ZERO_PFN] * NR
+    assert k.vmstat["pgfault"] == NR and k.frames.nr_allocated == before
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])
+def test_write_touch_allocates_zeroed_pages(kernel_id: str) -> None:
+    k, addr = small_pages(kernel_id)
+    p = k.processes[1]
+    p.touch(addr, NR * PAGE)
+    p.touch(addr, NR * PAGE, write=True)  # each zero page is copied: a COW of the zero page
+    assert len(k.cow_log) == NR and all(e.old is None for e in k.cow_log)
+    assert p.mm.anon_rss == NR and p.read(addr, PAGE) == bytes(PAGE)
+
+
+@pytest.mark.parametrize(
+    ("kernel_id", "range_ops"), [("v4.5", True), ("v6.18", True), ("v6.18", False)]
+)
+def test_fill_after_fork_copies_every_shared_page(kernel_id: str, range_ops: bool) -> None:
+    """After fork each page is mapped twice: every generation copies on the parent's write."""
+    k, addr = small_pages(kernel_id, range_ops)
+    p = k.processes[1]
+    p.fill(addr, NR * PAGE, 0x61)
+    child = p.fork()
+    p.fill(addr, NR * PAGE, 0x62)
+    assert len(k.cow_log) == NR
+    events = list(k.cow_log)
+    assert [e.addr for e in events] == [addr + i * PAGE for i in range(NR)]
+    assert [e.old for e in events] == [child.translate(addr + i * PAGE) for i in range(NR)]
+    assert k.cow_log[-1] == events[-1] and k.cow_log[2:4] == events[2:4]
+    assert child.read(addr, 2) == b"aa" and p.read(addr + (NR - 1) * PAGE, 2) == b"bb"
+
+
+def test_a_fill_shares_one_content_string() -> None:
+    """Equal page contents are stored once: 64 pages of 'a' are one string, 64 references."""
+    k, addr = small_pages("v6.18")
+    p = k.processes[1]
+    p.fill(addr, NR * PAGE, 0x61)
+    f = k.frames
+    ids = {int(f.content[p.translate(addr + i * PAGE)]) for i in range(NR)}
+    assert len(ids) == 1
+    (blob,) = ids
+    assert f.blobs.refs[blob] == NR and f.blobs.data[blob] == b"a" * PAGE
+    p.exit()
+    assert f.blobs.refs[blob] == 0 and len(f.blobs.ids) == 1  # only the zero page's b""
+    assert k.check() == []
+
+
+def test_fill_of_a_non_byte_is_einval() -> None:
+    k, addr = small_pages("v6.18")
+    with pytest.raises(SyscallError, match="EINVAL"):
+        k.processes[1].fill(addr, PAGE, 256)
+
+
+def test_history_keeps_the_count_and_the_recent_records() -> None:
+    k, addr = small_pages("v4.5")
+    p = k.processes[1]
+    for _ in range(HISTORY_KEPT + 10):
+        p.read(addr, 1)
+    total = HISTORY_KEPT + 10 + 2  # spawn and mmap first
+    assert len(k.history) == total and len(list(k.history)) == HISTORY_KEPT
+    assert str(k.history[-1]) == f"pid 1: read({addr:#x}, 1)"
+    assert str(k.history[total - 1]) == str(k.history[-1])
+    with pytest.raises(IndexError):
+        k.history[0]
