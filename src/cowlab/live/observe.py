@@ -18,7 +18,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -246,12 +246,26 @@ def _heads(flags: U64) -> tuple[I64, I64]:
     return head, nr
 
 
-def _gather(pfn: U64, table: PfnTable) -> _PfnInfo:
-    """kpageflags/kpagecount for each of these (present) PFNs, each distinct one looked up once."""
-    want, inverse = np.unique(pfn.astype(np.int64), return_inverse=True)
-    info = table.lookup(want)
-    at = inverse.reshape(-1)
-    return _PfnInfo(*(getattr(info, name)[at] for name in _PfnInfo.FIELDS))
+class _Distinct(NamedTuple):
+    """The distinct PFNs of the present pages (sorted), where each page's PFN is among them,
+    and the first page that maps each."""
+
+    pfns: I64
+    inverse: I64
+    first: I64
+
+    @classmethod
+    def of(cls, pfns: U64) -> _Distinct:
+        uniq, first, inverse = np.unique(
+            pfns.astype(np.int64), return_index=True, return_inverse=True
+        )
+        return cls(uniq, inverse.reshape(-1), first)
+
+
+def _gather(distinct: _Distinct, table: PfnTable) -> _PfnInfo:
+    """kpageflags/kpagecount for each present page, each distinct PFN looked up once."""
+    info = table.lookup(distinct.pfns)
+    return _PfnInfo(*(getattr(info, name)[distinct.inverse] for name in _PfnInfo.FIELDS))
 
 
 # --- the canonical observation ----------------------------------------------------------------
@@ -458,13 +472,14 @@ def _snapshot_once(
         pm = np.concatenate(entries) if entries else np.zeros(0, np.uint64)
         present = _bit(pm, PM_PRESENT)
         pfns = pm[present] & np.uint64(PM_PFN_MASK)
-        info = _gather(pfns, table)
+        distinct = _Distinct.of(pfns)
+        info = _gather(distinct, table)
     finally:
         table.close()
     offsets = np.cumsum([0] + [n for _first, n in spans]).tolist()
     raw, source = None, None
     if read_bytes:
-        read, source = _distinct(pfns, ~_bit(info.flags, KPF_ZERO), exact)
+        read, source = _to_read(distinct, ~_bit(info.flags, KPF_ZERO), exact)
         wanted = np.zeros(len(pm), dtype=bool)
         wanted[np.flatnonzero(present)[read]] = True
         procs = [(pid, first, off) for (_n, pid, _a, _l), (first, _n2), off in
@@ -484,14 +499,13 @@ def _snapshot_once(
     return out, labels.folios.by_label("F"), all_scanned, entries
 
 
-def _distinct(
-    pfns: U64, readable: npt.NDArray[np.bool_], exact: bool
+def _to_read(
+    distinct: _Distinct, readable: npt.NDArray[np.bool_], exact: bool
 ) -> tuple[npt.NDArray[np.bool_], I64 | None]:
     """Which present pages to read (readable ones; the first of each PFN unless exact, where
     every page keeps its own bytes), and for each present page the one whose bytes it has."""
     if exact:
         return readable, None
-    _uniq, first, inverse = np.unique(pfns, return_index=True, return_inverse=True)
-    source = first[inverse.reshape(-1)]
-    read = readable & (source == np.arange(len(pfns)))
+    source = distinct.first[distinct.inverse]
+    read = readable & (source == np.arange(len(source)))
     return read, source
