@@ -178,8 +178,10 @@ def _check_frames(k: Kernel) -> list[str]:
     and each page-content string is held by exactly the frames that show its id."""
     f = k.frames
     out: list[str] = []
-    free = [
-        np.arange(head, head + (1 << order)) for order, heads in f.free.items() for head in heads
+    free = [  # every frame of every free block, block by block
+        np.add.outer(np.asarray(heads, dtype=np.int64), np.arange(1 << order)).ravel()
+        for order, heads in f.free.items()
+        if heads
     ]
     pfns = np.concatenate(free) if free else np.zeros(0, dtype=np.int64)
     for name, value in FIELDS.items():
@@ -318,28 +320,36 @@ def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
 
 
 def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
-    """PG_anon_exclusive: an exclusive page (or THP, by its head) is mapped by one MM only."""
+    """PG_anon_exclusive: an exclusive page (or THP, by its head) is mapped by one MM only.
+
+    All exclusive pages at once: an MM maps a page's span (the page, or all of a PMD-mapped
+    THP whose head carries the bit) when its PTE counts over the span are nonzero, or when it
+    maps the large folio by PMD; the first page with two such MMs is reported."""
     f = k.frames
     n = f.nr
     exclusive = np.flatnonzero(f.flags[:n] & PG_anon_exclusive)
-    if not exclusive.size:
+    if not exclusive.size or not r.pte_by_mm:
         return []
     heads = heads_of(f, exclusive)
-    out = []
-    for pfn, head in zip(exclusive.tolist(), heads.tolist(), strict=True):
-        nr = folio_nr_pages(f, head)
-        # a PMD-mapped THP's bit lives on its head and speaks for all of it
-        span = slice(head, head + nr) if pfn == head and r.pmd_maps[head] else slice(pfn, pfn + 1)
-        owners = [
-            pid
-            for pid, ptes in r.pte_by_mm.items()
-            if ptes[span].any() or (nr > 1 and r.pmd_by_mm[pid][head])
-        ]
-        # invariant: exclusive.anon_exclusive
-        if len(owners) > 1:
-            out.append(f"pfn {pfn:#x} is PG_anon_exclusive but mapped by pids {owners}")
-            break
-    return out
+    nr = np.left_shift(1, f.order[heads].astype(np.int64))
+    # a PMD-mapped THP's bit lives on its head and speaks for all of it
+    whole = (exclusive == heads) & (r.pmd_maps[heads] > 0)
+    pids = list(r.pte_by_mm)
+    ptes = [r.pte_by_mm[pid][:n] > 0 for pid in pids]
+    if whole.any():
+        end = np.where(whole, heads + nr, exclusive + 1)
+        spans = [np.concatenate(([0], np.cumsum(m))) for m in ptes]
+        mapped = np.stack([c[end] - c[exclusive] > 0 for c in spans])
+    else:
+        mapped = np.stack([m[exclusive] for m in ptes])
+    mapped |= np.stack([r.pmd_by_mm[pid][heads] > 0 for pid in pids]) & (nr > 1)
+    shared = np.flatnonzero(mapped.sum(axis=0) > 1)
+    # invariant: exclusive.anon_exclusive
+    if shared.size:
+        i = int(shared[0])
+        owners = [pid for pid, mine in zip(pids, mapped[:, i].tolist(), strict=True) if mine]
+        return [f"pfn {int(exclusive[i]):#x} is PG_anon_exclusive but mapped by pids {owners}"]
+    return []
 
 
 def _mappings_outside_vmas(mm: MmStruct) -> list[str]:
