@@ -231,3 +231,20 @@ def test_live_arrays_agree_with_a_reading_page_by_page(machine: LiveMachine) -> 
 def test_a_snapshot_of_no_regions_is_empty() -> None:
     snap = observe.snapshot([])
     assert snap.stable and snap.regions == {} and snap.pfns == {}
+
+
+@needs_live_kernel
+def test_a_snapshot_too_large_to_keep_its_buffer_reads_the_same(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = machine.spawn()
+    thp = pmd_thp(p, b"big")
+    small = small_pages(p, 2)
+    p.write(small + PAGE, b"s")
+    regions = {"thp": (p, thp, HPAGE), "small": (p, small, 2 * PAGE)}
+    kept = [machine.snapshot(regions, exact=exact) for exact in (False, True)]
+    monkeypatch.setattr(observe._MEM, "KEEP", PAGE)  # every snapshot gets a buffer of its own
+    own = [machine.snapshot(regions, exact=exact) for exact in (False, True)]
+    assert [s.regions for s in own] == [s.regions for s in kept]
+    assert own[1].regions["thp"][0].data == b"big" + bytes(PAGE - 3)
+    assert own[1].regions["small"][1].data == b"s" + bytes(PAGE - 1)

@@ -297,13 +297,18 @@ def _infer_huge(pm: U64, addr: int, table: PfnTable) -> npt.NDArray[np.bool_]:
 
 
 class _MemBuffer:
-    """One buffer for the bytes of a region, kept from region to region (and snapshot to
-    snapshot): reading 2 MiB into fresh memory costs page faults that reading into this does not."""
+    """One buffer for the bytes of a snapshot, kept from snapshot to snapshot: reading into
+    fresh memory costs page faults that reading into this does not. A snapshot larger than KEEP
+    gets a buffer of its own, so that one large case does not leave the driver holding it."""
+
+    KEEP = 32 << 20
 
     def __init__(self) -> None:
         self.buf = np.zeros(0, np.uint8)
 
     def get(self, nbytes: int) -> npt.NDArray[np.uint8]:
+        if nbytes > self.KEEP:
+            return np.zeros(nbytes, np.uint8)
         if len(self.buf) < nbytes:
             self.buf = np.zeros(nbytes, np.uint8)
         return self.buf[:nbytes]
