@@ -143,6 +143,32 @@ def test_a_process_killed_by_sigsegv_is_dead_on_both_sides(machine: LiveMachine)
     assert result.status == "agree", (result.status, result.reason, result.step, shown)
 
 
+FAILED_PIN = """
+name: a pin of unmapped memory fails; using its handle is EINVAL on both sides
+steps:
+  - {op: spawn, proc: P}
+  - {op: mmap, proc: P, name: a, size: 8K}
+  - {op: munmap, proc: P, at: a, size: 8K}
+  - {op: pin, proc: P, name: M, at: a, size: 4K}
+  - {op: dma_read, pin: M, size: 1}
+  - {op: dma_write, pin: M, data: "x"}
+  - {op: unpin, pin: M}
+"""
+
+
+def test_a_failed_pins_handle_is_einval_live_as_in_the_model(machine: LiveMachine) -> None:
+    """The pin step fails (EFAULT: nothing is mapped); every use of its name is then EINVAL,
+    which is what the model's runner answers (found by cowlab live --random 100)."""
+    scenario = parse_scenario(FAILED_PIN)
+    live = LiveScenario(machine, scenario)
+    live.start()
+    try:
+        outcomes = [live.run_step(step).outcome for step in scenario.steps]
+    finally:
+        live.close()
+    assert outcomes[3] == "EFAULT" and outcomes[4:] == ["EINVAL"] * 3
+
+
 @needs_matched_model
 def test_a_process_dead_on_one_side_only_is_a_difference(machine: LiveMachine) -> None:
     """If the live process died and the model's did not, its regions differ: nothing live."""

@@ -394,7 +394,9 @@ class LiveScenario:
         return p.get_user_pages(at, size, write=False, pin_kind="vmsplice")
 
     def pin_op(self, op: str, a: dict[str, Any]) -> Any:
-        pin = self.pins[a["pin"]]
+        pin = self.pins.get(a["pin"])
+        if pin is None:  # as the model's runner: the handle a driver rejects
+            raise SyscallError("EINVAL", f"pin {a['pin']} was never made: its pin step failed")
         if op == "unpin":
             pin.unpin()
             return None
