@@ -33,6 +33,7 @@ from cowlab.mm.constants import (
     PG_double_map,
     PG_head,
     PG_ksm,
+    PG_reserved,
     PG_swapcache,
     PG_tail,
 )
@@ -42,7 +43,6 @@ from cowlab.mm.mm import (
     folio_maybe_mapped_shared,
     folio_nr_pages,
     heads_of,
-    is_zero_pfn,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
 from cowlab.mm.page_alloc import FIELDS
@@ -141,9 +141,8 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
         problems += _mappings_outside_vmas(mm)
     for pin in k.pins.values():
         counted = r.pins if pin.gup_flags & FOLL_PIN and k.policy.foll_pin else r.refs
-        for pfn in pin.pages:
-            if not is_zero_pfn(f, pfn):
-                counted[pfn] += 1
+        pages = pin.pages[(f.flags[pin.pages] & PG_reserved) == 0]
+        np.add.at(counted, pages, 1)
     return r
 
 
@@ -438,7 +437,7 @@ def check_pin_coherence(k: Kernel) -> list[str]:
         if proc is None:
             continue
         first = pin.addr & ~0xFFF
-        for i, pfn in enumerate(pin.pages):
+        for i, pfn in enumerate(pin.pages.tolist()):
             now = proc.translate(first + i * 4096)
             # invariant: pin_coherence
             if now is not None and now != pfn:

@@ -418,11 +418,13 @@ def copy_present_pages(
 
 
 def zap_page_range(k: Kernel, vma: VmArea, start: int, end: int) -> None:
-    """zap_page_range()/unmap_vmas(): unmap [start, end) of one VMA, splitting partial PMDs."""
+    """zap_page_range()/unmap_vmas(): unmap [start, end) of one VMA, splitting partial PMDs.
+    With the range path, page tables without swap entries are zapped together."""
     mm = vma.mm
     start, end = max(start, vma.vm_start), min(end, vma.vm_end)
     if start >= end:
         return
+    batch: list[tuple[int, PteTable, slice]] = []
     for idx in range(pmd_index(start), pmd_index(end - 1) + 1):
         entry = mm.pmds.get(idx)
         if entry is None:
@@ -436,14 +438,45 @@ def zap_page_range(k: Kernel, vma: VmArea, start: int, end: int) -> None:
             huge_memory.split_huge_pmd(k, vma, base)
             entry = mm.pmds[idx]
         assert isinstance(entry, PteTable)
-        zap_pte_range(k, mm, entry, pte_index(lo), pte_index(hi - 1) + 1)
-        if entry.empty():
+        sl = slice(pte_index(lo), pte_index(hi - 1) + 1)
+        if k.range_ops and not (entry.pfn[sl] <= -2).any():
+            batch.append((idx, entry, sl))
+            continue
+        zap_tables(k, mm, batch)  # a swap entry may free a page: keep the frees in order
+        batch = []
+        zap_tables(k, mm, [(idx, entry, sl)])
+    zap_tables(k, mm, batch)
+
+
+def zap_tables(k: Kernel, mm: MmStruct, tables: list[tuple[int, PteTable, slice]]) -> None:
+    """zap_pte_range() of each slice in turn, the tables freed when empty; several tables'
+    pages are released together when no folio has pages in two of them."""
+    parts = [zap_pte_range(k, mm, table, sl) for _, table, sl in tables]
+    for idx, table, _ in tables:
+        if table.empty():
             del mm.pmds[idx]
+    sizes = [part.size for part in parts]
+    if not sum(sizes):
+        return
+    f = k.frames
+    normal = np.concatenate(parts)
+    table_no = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+    keys, counts = np.unique((table_no << 40) | heads_of(f, normal), return_counts=True)
+    heads = keys & ((1 << 40) - 1)
+    ordered = np.sort(heads)
+    if not (ordered[1:] == ordered[:-1]).any():
+        rmap_remove_ptes(k, mm, normal)
+        put_pages(k, heads, counts)
+        return
+    for part in parts:  # a folio (KSM, or moved by mremap) in two tables: one table at a time
+        if part.size:
+            rmap_remove_ptes(k, mm, part)
+            put_pages(k, *np.unique(heads_of(f, part), return_counts=True))
 
 
-def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) -> None:
-    """zap_pte_range(): page_remove_rmap + put_page for every normal page in the slice."""
-    sl = slice(lo, hi)
+def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, sl: slice) -> npt.NDArray[np.int64]:
+    """zap_pte_range(): clear the slice's PTEs, free its swap entries; returns the normal pages
+    it mapped, for page_remove_rmap + put_page (zap_tables)."""
     pfns = table.pfn[sl]
     normal = pfns[(pfns >= 0) & ((table.bits[sl] & PTE_SPECIAL) == 0)]
     swapped = pfns[pfns <= -2]
@@ -452,11 +485,7 @@ def zap_pte_range(k: Kernel, mm: MmStruct, table: PteTable, lo: int, hi: int) ->
     for offset in (-2 - swapped).tolist():
         free_swap_and_cache(k, offset)
     mm.swapents -= int(swapped.size)
-    if normal.size == 0:
-        return
-    rmap_remove_ptes(k, mm, normal)
     mm.anon_rss -= int(normal.size)
-    if k.tracing:
+    if k.tracing and normal.size:
         k.event("zap_pte_range", detail=f"pid {mm.pid}: {normal.size} PTEs unmapped")
-    heads, counts = np.unique(heads_of(k.frames, normal), return_counts=True)
-    put_pages(k, heads, counts)
+    return normal
