@@ -19,7 +19,7 @@ import time
 from _common import GIB, emit, import_rss_mib
 from _common import run_child as run_script
 
-from cowlab.policy import POLICIES
+from cowlab.policy import ReleaseError, resolve
 
 WORKLOADS = {
     "rdma-pmd": "RDMA program, 2 x 512 MiB, PMD-mapped THP, fork trigger, 1,000 iterations",
@@ -28,7 +28,8 @@ WORKLOADS = {
     "fork-write-4k": "1 GiB of 4 KiB pages: populate, fork, parent writes every page",
     "baseline-loop": "a dict update and a NumPy store per 4 KiB page of 1 GiB (time baseline)",
 }
-KERNELS = list(POLICIES)
+# the table's kernels: the seed's versions and one per generation whose rules change the work
+KERNELS = "v4.5,v4.5+6d0a07e,v4.5+6d0a07e-early,v4.14,v5.8,v5.9,v5.18,v5.19,v6.15,v6.18"
 
 
 def fork_write(kernel_id: str, size: int, thp: bool) -> dict[str, float]:
@@ -85,10 +86,16 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--kernel", default="v4.5")
     parser.add_argument("--out")
+    parser.add_argument("--kernels", default=KERNELS, help=f"comma-separated ({KERNELS})")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.kernel, args.quick)
         return
+    for kernel_id in args.kernels.split(","):
+        try:
+            resolve(kernel_id)
+        except ReleaseError as e:
+            parser.error(f"--kernels: {e}")
     base_mem = import_rss_mib()
     base_loop = run_child("baseline-loop", "v4.5", args.quick)["seconds"]
     lines = [
@@ -100,7 +107,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ("rdma-pmd", "rdma-pte", "fork-write-thp", "fork-write-4k"):
-        for kernel_id in KERNELS:
+        for kernel_id in args.kernels.split(","):
             r = run_child(name, kernel_id, args.quick)
             faults = int(r["faults"])
             rate = f"{faults / r['seconds']:,.0f}" if faults > 0 else "-"
