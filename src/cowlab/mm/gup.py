@@ -48,6 +48,7 @@ from cowlab.mm.pgtable import (
     PTE_YOUNG,
     HugePmd,
 )
+from cowlab.mm.range_fault import fault_in_range
 
 Ints = npt.NDArray[np.int64]
 NO_PAGES: Ints = np.zeros(0, dtype=np.int64)
@@ -123,17 +124,7 @@ def get_user_pages(
             if vma is None or not check_vma_flags(vma, gup_flags):
                 raise SyscallError("EFAULT", f"get_user_pages: {addr:#x} cannot be accessed so")
             end = min(start + nr_pages * PAGE_SIZE, vma.vm_end)
-            run = (
-                follow_range(
-                    k,
-                    vma,
-                    addr,
-                    end,
-                    _fast_flags(k, gup_flags) if fast else _slow_flags(k, vma, gup_flags),
-                )
-                if batch
-                else NO_PAGES
-            )
+            run = _gup_run(k, vma, addr, end, gup_flags, fast) if batch else NO_PAGES
             if run.size:
                 try_grab_pages(k, mm, run, gup_flags)
                 pages[got : got + run.size] = run
@@ -149,6 +140,18 @@ def get_user_pages(
         release_pages(k, pages[:got], gup_flags)  # ib_umem_get drops a partial result
         raise
     return pages
+
+
+def _gup_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: bool) -> Ints:
+    """The pages from addr on that follow without a fault; when addr's page needs one (slow
+    GUP, no FOLL_FORCE), faultin_page() for the run it starts, then those pages followed."""
+    slow = _slow_flags(k, vma, gup_flags)
+    run = follow_range(k, vma, addr, end, _fast_flags(k, gup_flags) if fast else slow)
+    if run.size or fast or gup_flags & FOLL_FORCE:
+        return run
+    if fault_in_range(k, vma.mm, addr, end, bool(slow & FOLL_WRITE), small_only=True).size:
+        return follow_range(k, vma, addr, end, slow)
+    return NO_PAGES
 
 
 def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints:

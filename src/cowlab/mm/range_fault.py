@@ -80,9 +80,13 @@ def access_permitted(vma: VmArea, write: bool) -> bool:
     return bool(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))
 
 
-def fault_in_range(k: Kernel, mm: MmStruct, va: int, end: int, write: bool) -> Ints:
+def fault_in_range(
+    k: Kernel, mm: MmStruct, va: int, end: int, write: bool, small_only: bool = False
+) -> Ints:
     """The frames of the pages from va's page on that one run settles (the MMU then lets the
-    access through), in address order; empty when va's page needs handle_mm_fault alone."""
+    access through), in address order; empty when va's page needs handle_mm_fault alone.
+    ``small_only`` leaves pages of large folios to handle_mm_fault (GUP: a reference taken
+    between two faults of one folio changes the second's decision)."""
     vma = mm.find_vma(va)
     if vma is None or not access_permitted(vma, write) or k.config.debug_vm:
         return NONE
@@ -97,11 +101,11 @@ def fault_in_range(k: Kernel, mm: MmStruct, va: int, end: int, write: bool) -> I
         entry.dirty |= write
         return entry.pfn + np.arange(first, last, dtype=np.int64)
     if entry is not None:
-        return _pte_run(k, vma, entry, idx << PMD_SHIFT, first, last, write, va)
+        return _pte_run(k, vma, entry, idx << PMD_SHIFT, first, last, write, va, small_only)
     if huge_memory.transparent_hugepage_enabled(k, vma):
         return NONE
     table = mm.pmds[idx] = PteTable()  # what the first page's fault makes
-    pfns = _pte_run(k, vma, table, idx << PMD_SHIFT, first, last, write, va)
+    pfns = _pte_run(k, vma, table, idx << PMD_SHIFT, first, last, write, va, small_only)
     if not pfns.size:
         del mm.pmds[idx]
     return pfns
@@ -121,6 +125,7 @@ def _pte_run(
     last: int,
     write: bool,
     start: int,
+    small_only: bool = False,
 ) -> Ints:
     """The run from PTE ``first`` of the table mapping [base, base + 2 MiB); the access
     faults at ``start`` in that first page (the address the COW log records)."""
@@ -141,7 +146,7 @@ def _pte_run(
             return NONE
         return _anonymous_run(k, vma, table, first, n, start)
     if write and pfn[0] >= 0 and not bits[0] & (PTE_PROTNONE | PTE_MIGRATION):
-        return _wp_run(k, vma, table, first, last, start)
+        return _wp_run(k, vma, table, first, last, start, small_only)
     return NONE
 
 
@@ -182,7 +187,15 @@ def _anonymous_run(k: Kernel, vma: VmArea, table: PteTable, first: int, n: int, 
     return pfns
 
 
-def _wp_run(k: Kernel, vma: VmArea, table: PteTable, first: int, last: int, start: int) -> Ints:
+def _wp_run(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    first: int,
+    last: int,
+    start: int,
+    small_only: bool = False,
+) -> Ints:
     """do_wp_page() for the read-only PTEs from ``first`` on that map the zero page, or small
     anonymous pages (one verdict per distinct key) none of which a copy would free."""
     pfn, bits = table.pfn[first:last], table.bits[first:last]
@@ -202,6 +215,8 @@ def _wp_run(k: Kernel, vma: VmArea, table: PteTable, first: int, last: int, star
         return NONE
     large = (f.flags[pages] & (PG_head | PG_tail)) != 0
     if large[0]:
+        if small_only:
+            return NONE
         return _wp_large_run(k, vma, table, start, first, pages[: _leading(large)])
     pages = pages[: _leading(~large)]
     keys = np.stack([getattr(f, name)[pages].astype(np.int64) for name in KEY_FIELDS], axis=1)
