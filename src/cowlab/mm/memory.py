@@ -417,6 +417,9 @@ def copy_present_pages(
 # --- zap ------------------------------------------------------------------------------------
 
 
+ZAP_TABLES = 32  # page tables zapped together: 64 MiB, a few MiB of temporaries
+
+
 def zap_page_range(k: Kernel, vma: VmArea, start: int, end: int) -> None:
     """zap_page_range()/unmap_vmas(): unmap [start, end) of one VMA, splitting partial PMDs.
     With the range path, page tables without swap entries are zapped together."""
@@ -441,6 +444,9 @@ def zap_page_range(k: Kernel, vma: VmArea, start: int, end: int) -> None:
         sl = slice(pte_index(lo), pte_index(hi - 1) + 1)
         if k.range_ops and not (entry.pfn[sl] <= -2).any():
             batch.append((idx, entry, sl))
+            if len(batch) == ZAP_TABLES:
+                zap_tables(k, mm, batch)
+                batch = []
             continue
         zap_tables(k, mm, batch)  # a swap entry may free a page: keep the frees in order
         batch = []
