@@ -305,8 +305,8 @@ class ContentStore:
         return blob
 
     def hold_many(self, ids: npt.NDArray[np.int32]) -> None:
-        for blob, nr in zip(*np.unique(ids[ids != 0], return_counts=True), strict=True):
-            self.refs[int(blob)] += int(nr)
+        for blob, nr in _counted(ids):
+            self.refs[blob] += nr
 
     def put(self, blob: int, nr: int = 1) -> None:
         if not blob:
@@ -318,5 +318,17 @@ class ContentStore:
             self.free_ids.append(blob)
 
     def put_many(self, ids: npt.NDArray[np.int32]) -> None:
-        for blob, nr in zip(*np.unique(ids[ids != 0], return_counts=True), strict=True):
-            self.put(int(blob), int(nr))
+        for blob, nr in _counted(ids):
+            self.put(blob, nr)
+
+
+def _counted(ids: npt.NDArray[np.int32]) -> list[tuple[int, int]]:
+    """(id, how many times) for the nonzero ids; one pass when they are all one string (a
+    filled THP, a forked run)."""
+    ids = ids[ids != 0]
+    if not ids.size:
+        return []
+    if (ids == ids[0]).all():
+        return [(int(ids[0]), int(ids.size))]
+    uniq, counts = np.unique(ids, return_counts=True)
+    return list(zip(uniq.tolist(), counts.tolist(), strict=True))
