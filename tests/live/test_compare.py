@@ -16,6 +16,7 @@ from cowlab.live.compare import Attempt, Options, diff_regions, model_step, run_
 from cowlab.live.driver import LiveMachine
 from cowlab.live.scenario import SPLIT_HUGE_PAGES, Limits, LiveScenario
 from cowlab.scenario import load_scenario, parse_scenario
+from cowlab.scenario.model import Scenario
 from tests.live.helpers import needs_live_kernel
 
 pytestmark = needs_live_kernel
@@ -124,18 +125,23 @@ steps:
 """
 
 
+def live_outcomes(machine: LiveMachine, scenario: Scenario) -> list[str]:
+    """Each step's outcome on the live kernel."""
+    live = LiveScenario(machine, scenario)
+    live.start()
+    try:
+        return [live.run_step(step).outcome for step in scenario.steps]
+    finally:
+        live.close()
+
+
 @needs_matched_model
 def test_a_process_killed_by_sigsegv_is_dead_on_both_sides(machine: LiveMachine) -> None:
     """C has no VMA at a: its write takes SIGSEGV, whose default action kills it (exit_mmap
     unmaps the page of b it shared with P); every later step of C is ESRCH."""
     assert MATCHED is not None
     scenario = parse_scenario(KILLED)
-    live = LiveScenario(machine, scenario)
-    live.start()
-    try:
-        outcomes = [live.run_step(step).outcome for step in scenario.steps]
-    finally:
-        live.close()
+    outcomes = live_outcomes(machine, scenario)
     assert outcomes[7:11] == ["SIGSEGV", "ESRCH", "ESRCH", "ESRCH"]
     assert set(outcomes[:7] + outcomes[11:]) == {"ok"}
     result = run_case(scenario, Options(MATCHED), machine, None)
@@ -159,13 +165,7 @@ steps:
 def test_a_failed_pins_handle_is_einval_live_as_in_the_model(machine: LiveMachine) -> None:
     """The pin step fails (EFAULT: nothing is mapped); every use of its name is then EINVAL,
     which is what the model's runner answers (found by cowlab live --random 100)."""
-    scenario = parse_scenario(FAILED_PIN)
-    live = LiveScenario(machine, scenario)
-    live.start()
-    try:
-        outcomes = [live.run_step(step).outcome for step in scenario.steps]
-    finally:
-        live.close()
+    outcomes = live_outcomes(machine, parse_scenario(FAILED_PIN))
     assert outcomes[3] == "EFAULT" and outcomes[4:] == ["EINVAL"] * 3
 
 
