@@ -1,10 +1,12 @@
 """Mutation check: each invariant, disabled on its own, must make the breaking tests fail.
 
 For every registered mutant the script copies src/ to a scratch directory, removes that one check
-there and runs tests/test_checker_breaks.py and tests/test_oracle.py against the copy
+there and runs tests/test_checker_breaks.py, tests/test_oracle.py and tests/test_properties.py
+against the copy
 (PYTHONPATH at the scratch src). A check is removed by replacing its statement with `pass`:
 
-* in src/cowlab/checker.py, the statement right after its `# invariant: NAME` comment;
+* in src/cowlab/checker.py and src/cowlab/check/properties.py, the statement right after its
+  `# invariant: NAME` comment;
 * in the no-leak oracle (src/cowlab/scenario/oracle.py), the innermost statement of a named
   function whose source contains a given text (the message the check reports).
 
@@ -38,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHECKER = "src/cowlab/checker.py"
 ORACLE = "src/cowlab/scenario/oracle.py"
-TESTS = ("tests/test_checker_breaks.py", "tests/test_oracle.py")
+TESTS = ("tests/test_checker_breaks.py", "tests/test_oracle.py", "tests/test_properties.py")
 MARKER = re.compile(r"^\s*# invariant: (\S+)\s*$")
 
 # the `# invariant: NAME` markers of checker.py, one per check
@@ -73,6 +75,14 @@ CHECKER_INVARIANTS = (
     "rmap.anon_vma_tree",
     "rmap.page_index",
     "pin_coherence",
+)
+# the `# invariant: NAME` markers of the searched properties (check/properties.py)
+PROPERTIES = "src/cowlab/check/properties.py"
+PROPERTY_INVARIANTS = (
+    "cow_isolation",
+    "consistency.bug",
+    "no_page_leak",
+    "no_unnecessary_copy",
 )
 
 
@@ -152,6 +162,7 @@ def find_function(tree: ast.Module, qualname: str) -> ast.FunctionDef | None:
 
 MUTANTS = (
     *(Mutant(name, CHECKER) for name in CHECKER_INVARIANTS),
+    *(Mutant(name, PROPERTIES) for name in PROPERTY_INVARIANTS),
     Mutant("no_leak.process", ORACLE, "LogicalMemory.check", "sees other bytes than it wrote"),
     Mutant("no_leak.pin", ORACLE, "LogicalMemory._check_pin", "holds other bytes than it is"),
 )

@@ -9,7 +9,8 @@ Invariants (must hold on every kernel, or the model â€” or the modelled kernel â
   rmap      every mapping of an anonymous page is reachable from the page's anon_vma, at the
             address its page->index gives (what rmap_walk_anon relies on).
 Properties (what a program is owed; some kernels break them on purpose):
-  pin coherence   a pinned virtual page still maps the pinned physical page.
+  pin coherence   a pinned virtual page still maps the pinned physical page (check/properties.py
+                  holds it and the other properties `cowlab check` searches).
 
 Each check is the statement after a `# invariant: NAME` comment. tools/mutation_check.py removes
 them one at a time and requires tests/test_checker_breaks.py to fail each time; a new check gets
@@ -50,7 +51,7 @@ from cowlab.mm.pgtable import PTE_MIGRATION, PTE_NONE, PTE_SPECIAL, HugePmd
 from cowlab.mm.rmap import ENTIRELY_MAPPED
 
 if TYPE_CHECKING:
-    from cowlab.kernel import Kernel
+    from cowlab.kernel import Kernel, Pin, Process
 
 Ints = npt.NDArray[np.int64]
 
@@ -434,15 +435,29 @@ def check_pin_coherence(k: Kernel) -> list[str]:
     problems: list[str] = []
     for pin in k.pins.values():
         proc = k.processes.get(pin.pid)
-        if proc is None:
-            continue
-        first = pin.addr & ~0xFFF
-        for i, pfn in enumerate(pin.pages.tolist()):
-            now = proc.translate(first + i * 4096)
-            # invariant: pin_coherence
-            if now is not None and now != pfn:
-                problems.append(
-                    f"pin {pin.id}: {first + i * 4096:#x} in pid {pin.pid} maps pfn {now:#x}, "
-                    f"the device holds pfn {pfn:#x}"
-                )
+        if proc is not None:
+            first = pin.addr & ~0xFFF
+            targets = first + 4096 * np.arange(len(pin.pages), dtype=np.int64)
+            problems += pin_incoherence(k, proc, pin, targets, f"pid {pin.pid}", f"{pin.id}")
+    return problems
+
+
+def pin_incoherence(
+    k: Kernel, proc: Process, pin: Pin, targets: Ints, who: str, name: str
+) -> list[str]:
+    """The pages of `pin` whose address (targets[i], -1: none) in proc maps another page than
+    the pinned one; two zero pages (the 4 KiB one, a page of the huge one) are the same bytes
+    for ever, so a split of the huge zero PMD that pinned one is no loss."""
+    f = k.frames
+    problems = []
+    for i, target in enumerate(targets.tolist()):
+        now = proc.translate(target) if target >= 0 else None
+        pinned = int(pin.pages[i])
+        both_zero = now is not None and f.flags[now] & f.flags[pinned] & PG_reserved
+        # invariant: pin_coherence
+        if now is not None and now != pinned and not both_zero:
+            problems.append(
+                f"pin {name}: {target:#x} in {who} maps pfn {now:#x}, "
+                f"the device holds pfn {pinned:#x}"
+            )
     return problems

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from cowlab.check.cli import add_check_command
 from cowlab.explain import diff, explain
 from cowlab.live.cli import add_live_command
 from cowlab.policy import ReleaseError, resolve
@@ -169,6 +170,7 @@ def build_parser() -> Parser:
             "holds plus 80%% of the machine's available memory)",
         )
     add_live_command(sub)
+    add_check_command(sub)
     sub.add_parser(
         "rdma",
         help="the RDMA memory-region test of 6d0a07edd17c (see `cowlab rdma --help`)",

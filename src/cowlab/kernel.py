@@ -117,6 +117,13 @@ class History:
     def __len__(self) -> int:
         return self.count
 
+    def __deepcopy__(self, memo: dict[int, object]) -> History:
+        """A copy of the machine shares the records: they are never changed once kept."""
+        copied = History()
+        copied.count = self.count
+        copied.recent.extend(self.recent)
+        return copied
+
     def __iter__(self) -> Iterator[OpRecord]:
         return iter(self.recent)
 

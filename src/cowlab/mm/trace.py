@@ -180,6 +180,13 @@ class CowLog(Sequence[CowEvent]):
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
+    def __deepcopy__(self, memo: dict[int, object]) -> CowLog:
+        """A copy of the machine shares the events: they are never changed once logged."""
+        copied = CowLog()
+        copied._parts = list(self._parts)
+        copied._ends = list(self._ends)
+        return copied
+
     def _add(self, part: CowEvent | CowCopies, nr: int) -> None:
         self._parts.append(part)
         self._ends.append(len(self) + nr)

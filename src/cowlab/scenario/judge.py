@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cowlab import checker
+from cowlab.check.properties import PROPERTIES
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE, PG_swapcache, PG_writeback
 from cowlab.mm.huge_memory import total_mapcount
 from cowlab.mm.mm import (
@@ -41,12 +43,13 @@ OBSERVING_OPS = ("check", "dma_read")
 
 
 def properties(runner: Runner) -> dict[str, Callable[[], list[str]]]:
-    """Every property a scenario may expect by name, each returning its violations."""
+    """Every property a scenario may expect by name, each returning its violations: the two
+    invariants, and the properties `cowlab check` searches (check/properties.py)."""
+    named = {name: partial(p.check, runner) for name, p in PROPERTIES.items()}
     return {
         "counters": lambda: checker.check_counters(runner.k),
         "rmap": lambda: checker.check_rmap(runner.k),
-        "pin_coherence": lambda: checker.check_pin_coherence(runner.k),
-        "no_leak": lambda: runner.logical.check(runner),
+        **named,
     }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cowlab.check.properties import PROPERTIES as SEARCHED
 from cowlab.policy.timeline import pick_key
 from cowlab.scenario.located import Loc
 
-PROPERTIES = ("pin_coherence", "no_leak", "counters", "rmap")
+# what `holds:`/`breaks:` may name: the two invariants and check/properties.py's properties
+PROPERTIES = ("counters", "rmap", *SEARCHED)
 FAULT_KINDS = ("copy", "reuse", "none")
 MAPPED_KINDS = ("pmd", "pte", "none", "zero", "huge_zero", "swap")
 # what a step's address shows of the page there, mapped or swapped out (judge.page_view)

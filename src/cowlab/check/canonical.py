@@ -1,0 +1,235 @@
+"""Canonical states for the exhaustive search: two runs whose machines differ only in the names
+of things — which pfn, swap slot, anon_vma or content id the allocator happened to hand out,
+which process was created first — hash the same, so the search visits each state once.
+
+Pfns are renamed by where the page tables, pins and swap cache first reach them (processes in a
+pid-free order); the subpages of a folio keep their order, so a THP is one run of 512 names and
+512 subpages in the same situation cost what one does. Page contents are renamed by the bytes
+they hold, so the byte a write stores only matters where two stores meet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cowlab.mm.constants import PG_swapcache
+from cowlab.mm.mm import heads_of
+from cowlab.mm.mm_types import AnonVma, MmStruct
+from cowlab.mm.page_alloc import FIELDS
+from cowlab.mm.pgtable import HugePmd, PteTable
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Process
+    from cowlab.scenario.runner import Runner
+
+Ints = npt.NDArray[np.int64]
+RENAMED = ("mapping", "private", "content")  # frame fields holding names, renamed below
+
+
+class Names:
+    """First-appearance numbering of one kind of name (anon_vmas, contents)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[object, int] = {}
+
+    def __call__(self, key: object) -> int:
+        return self.ids.setdefault(key, len(self.ids) + 1)
+
+
+def state_key(runner: Runner, base: int) -> bytes:
+    """The canonical form of the runner's machine and its oracle, as a 16-byte digest
+    (addresses relative to `base`, the start of the searched region)."""
+    h = hashlib.blake2b(digest_size=16)
+    procs = _ordered(runner)
+    order = _frame_order(runner, procs)
+    rename = np.full(runner.k.frames.nr, -1, dtype=np.int64)
+    rename[order] = np.arange(order.size)
+    slots = _slot_order(runner, procs)
+    contents = Names()
+    anon_vmas = Names()
+    for _name, proc in procs:
+        h.update(_process(proc, base, rename, slots, anon_vmas))
+    h.update(_frames(runner, order, rename, slots, contents, anon_vmas))
+    h.update(_pins(runner, procs, rename, base))
+    h.update(_oracle(runner, procs, base, contents))
+    h.update(repr(sorted(runner.broken)).encode())
+    h.update(repr(runner.crashed_at is None).encode())
+    return h.digest()
+
+
+def _ordered(runner: Runner) -> list[tuple[str, Process]]:
+    """The live processes, in an order that does not depend on pids or creation order."""
+    live = [(name, p) for name, p in runner.procs.items() if p.alive]
+    return sorted(live, key=lambda item: _shape(item[1].mm))
+
+
+def _shape(mm: MmStruct) -> bytes:
+    """What a process maps, without the names of the pages (ties keep creation order)."""
+    h = hashlib.blake2b(digest_size=8)
+    for vma in mm.vmas:
+        h.update(repr((vma.vm_start, vma.vm_end, vma.vm_flags)).encode())
+    for idx in sorted(mm.pmds):
+        entry = mm.pmds[idx]
+        if isinstance(entry, HugePmd):
+            h.update(repr((idx, entry.write, entry.dirty, entry.huge_zero)).encode())
+        else:
+            h.update(idx.to_bytes(8, "little"))
+            h.update((entry.pfn >= 0).tobytes() + (entry.pfn <= -2).tobytes())
+            h.update(entry.bits.tobytes())
+    return h.digest()
+
+
+def _reached(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
+    """Every pfn the page tables, pins and swap cache reach, in traversal order (repeats kept)."""
+    parts: list[Ints] = []
+    for _name, proc in procs:
+        for idx in sorted(proc.mm.pmds):
+            entry = proc.mm.pmds[idx]
+            if isinstance(entry, HugePmd):
+                parts.append(np.array([entry.pfn], dtype=np.int64))
+            else:
+                parts.append(entry.pfn[entry.pfn >= 0])
+    parts += [np.asarray(pin.pages, dtype=np.int64) for pin in runner.pins.values()]
+    cached = runner.k.swap.cache[: runner.k.swap.nr]
+    parts.append(cached[cached >= 0])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _first_seen(values: Ints) -> Ints:
+    """The distinct values, in the order they first appear."""
+    uniq, first = np.unique(values, return_index=True)
+    return uniq[np.argsort(first, kind="stable")]
+
+
+def _frame_order(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
+    """Every frame the state holds, whole folios, in canonical order: the folios reached
+    first come first, then the allocated frames nothing reaches (a leak), by pfn."""
+    f = runner.k.frames
+    reached = _reached(runner, procs)
+    heads = _first_seen(heads_of(f, reached)) if reached.size else reached
+    rest = np.setdiff1d(heads_of(f, f.allocated()), heads)
+    heads = np.concatenate([heads, rest])
+    sizes = 1 << f.order[heads].astype(np.int64)
+    starts = np.repeat(heads, sizes)
+    offsets = np.arange(starts.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return (starts + offsets).astype(np.int64)
+
+
+def _slot_order(runner: Runner, procs: list[tuple[str, Process]]) -> dict[int, int]:
+    """Swap slots renamed by where the swap PTEs, then the swap cache, first reach them."""
+    parts: list[Ints] = []
+    for _name, proc in procs:
+        for idx in sorted(proc.mm.pmds):
+            entry = proc.mm.pmds[idx]
+            if isinstance(entry, PteTable):
+                parts.append(-2 - entry.pfn[entry.pfn <= -2])
+    swap = runner.k.swap
+    parts.append(np.flatnonzero(swap.cache[: swap.nr] >= 0))
+    slots = _first_seen(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    return {int(s): i for i, s in enumerate(slots.tolist())}
+
+
+def _process(
+    proc: Process, base: int, rename: Ints, slots: dict[int, int], anon_vmas: Names
+) -> bytes:
+    mm = proc.mm
+    out = [repr((mm.anon_rss, mm.swapents, mm.has_pinned)).encode()]
+    for vma in mm.vmas:
+        chain = tuple(_anon_vma(a, anon_vmas) for a in vma.anon_vma_chain)
+        av = None if vma.anon_vma is None else _anon_vma(vma.anon_vma, anon_vmas)
+        out.append(repr((vma.vm_start - base, vma.vm_end - base, vma.vm_flags)).encode())
+        out.append(repr((av, chain)).encode())
+    for idx in sorted(mm.pmds):
+        entry = mm.pmds[idx]
+        if isinstance(entry, HugePmd):
+            fields = (entry.write, entry.dirty, entry.young, entry.soft_dirty, entry.protnone)
+            head = -1 if entry.huge_zero else int(rename[entry.pfn])
+            out.append(repr((idx - (base >> 21), "pmd", head, entry.huge_zero, fields)).encode())
+            continue
+        pfns = entry.pfn.copy()
+        present = pfns >= 0
+        pfns[present] = rename[pfns[present]]
+        swapped = pfns <= -2
+        pfns[swapped] = [-2 - slots[int(-2 - v)] for v in pfns[swapped].tolist()]
+        out.append(repr(idx - (base >> 21)).encode() + pfns.tobytes() + entry.bits.tobytes())
+    return b"".join(out)
+
+
+def _anon_vma(av: AnonVma, names: Names) -> tuple[int, int, int, int]:
+    root = av.root if av.root is not None else av
+    parent = av.parent if av.parent is not None else av
+    return names(av.id), names(root.id), names(parent.id), av.degree
+
+
+def _frames(
+    runner: Runner,
+    order: Ints,
+    rename: Ints,
+    slots: dict[int, int],
+    contents: Names,
+    anon_vmas: Names,
+) -> bytes:
+    """Every field of every held frame, in canonical order, names renamed."""
+    f = runner.k.frames
+    out = [getattr(f, name)[order].tobytes() for name in FIELDS if name not in RENAMED]
+    known = runner.k.anon_vmas
+    mapping = _renamed(f.mapping[order], lambda m: anon_vmas(m) if m in known else -m)
+    cached = (f.flags[order] & PG_swapcache) != 0
+    private = f.private[order].copy()
+    private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
+    blobs = _renamed(f.content[order], lambda c: contents(f.blobs.data[c]))
+    deferred = sorted(int(rename[p]) for p in runner.k.deferred_split)
+    out += [mapping.tobytes(), private.tobytes(), blobs.tobytes()]
+    out.append(repr((deferred, f.huge_zero_refcount)).encode())
+    return b"".join(out)
+
+
+def _renamed(values: npt.NDArray[Any], name_of: Callable[[int], int]) -> Ints:
+    """values with each distinct value v replaced by name_of(v), called in the order the
+    values first appear (so first-appearance names come out canonical)."""
+    uniq, first, where = np.unique(values, return_index=True, return_inverse=True)
+    named = np.zeros(uniq.size, dtype=np.int64)
+    for i in np.argsort(first, kind="stable").tolist():
+        named[i] = name_of(int(uniq[i]))
+    return named[where]
+
+
+def _pins(runner: Runner, procs: list[tuple[str, Process]], rename: Ints, base: int) -> bytes:
+    rank = {p.pid: i for i, (_name, p) in enumerate(procs)}
+    out = []
+    for pin in runner.pins.values():
+        held = pin.id in runner.k.pins
+        pages = rename[np.asarray(pin.pages, dtype=np.int64)].tolist() if held else []
+        who = (rank.get(pin.pid, -1), pin.flavour, pin.write, pin.gup_flags)
+        out.append(repr((who, pin.addr - base, pin.length, held, pages)).encode())
+    return b"".join(out)
+
+
+def _oracle(runner: Runner, procs: list[tuple[str, Process]], base: int, contents: Names) -> bytes:
+    """What each process and pin is owed, contents renamed as the frames' are."""
+    logical = runner.logical
+    out = []
+    for name, _proc in procs:
+        owed = logical.pages.get(name, {})
+        out.append(repr([(va - base, contents(_trim(owed[va]))) for va in sorted(owed)]).encode())
+    for name in runner.pins:
+        view = logical.pins.get(name)
+        mirror = logical.pin_pages.get(name, {})
+        target = (
+            [] if view is None else [(t - base if t >= 0 else -1) for t in view.target.tolist()]
+        )
+        pages = [(i, contents(_trim(mirror[i]))) for i in sorted(mirror)]
+        lags = logical.lagging.get(name, {})
+        lagging = [(i, sorted(contents(b) for b in lags[i])) for i in sorted(lags)]
+        out.append(repr((target, pages, lagging)).encode())
+    return b"".join(out)
+
+
+def _trim(page: bytes) -> bytes:
+    """A page as the content store keeps it: without its trailing zeros."""
+    return page.rstrip(b"\0")

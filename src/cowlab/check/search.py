@@ -1,0 +1,183 @@
+"""Exhaustive bounded search: breadth-first over the programs of the alphabet, each distinct
+canonical state visited once, so the first program that breaks a property is a shortest one.
+
+A frontier keeps programs, not machines: expanding a state replays its program once and copies
+the machine for each letter (a copy costs what a few steps do, and a frontier of thousands of
+machines would not fit). A state where a correctness property broke is a finding and is not
+expanded further: its shortest program is what is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from cowlab.check.alphabet import REGION, Letter, YamlStep, letters, roots, to_step
+from cowlab.check.canonical import state_key
+from cowlab.check.properties import PROPERTIES
+from cowlab.scenario.model import Scenario, ScenarioConfig
+from cowlab.scenario.runner import Runner
+
+SCENARIO = Scenario("<search>", "cowlab check search", "", (), ScenarioConfig(), ["P"])
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program of the search: its letters' names and their steps, names filled in."""
+
+    names: tuple[str, ...]
+    steps: tuple[YamlStep, ...]
+    children: int = 0  # processes forked so far (C1, C2, ...)
+    pins: tuple[tuple[str, bool], ...] = ()  # live pins (name, write)
+    made: int = 0  # pins taken so far (p1, p2, ...)
+
+    def then(self, letter: Letter) -> Program:
+        """This program followed by `letter`, its new names and its stored bytes filled in."""
+        children, pins, made = self.children, list(self.pins), self.made
+        steps = []
+        tag = chr(ord("A") + len(self.names) % 26)
+        for raw in letter.steps:
+            step = dict(raw)
+            if step.get("child") == "":
+                children += 1
+                step["child"] = f"C{children}"
+            if step.get("name") == "" and step["op"] == "pin":
+                made += 1
+                step["name"] = f"p{made}"
+                pins.append((step["name"], bool(step["write"])))
+            if step.get("data") == "":
+                step["data"] = tag
+            if step["op"] == "unpin":
+                pins = [p for p in pins if p[0] != step["pin"]]
+            steps.append(step)
+        return Program(
+            (*self.names, letter.name), (*self.steps, *steps), children, tuple(pins), made
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    kernel: str
+    prop: str
+    program: Program
+    problem: str  # the property's first violation
+    signature: tuple[object, ...]  # what tells two findings apart (see signature())
+
+
+@dataclass
+class Stats:
+    states: int = 0  # distinct states visited
+    runs: int = 0  # letters applied (edges)
+    seconds: float = 0.0
+    depth_states: list[int] = field(default_factory=list)  # new states per depth
+
+
+@dataclass
+class Outcome:
+    findings: list[Finding]  # one per signature, the shortest program first found
+    stats: Stats
+
+
+def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
+    """The property and the decision that broke it: the last letter (without its process)
+    and the decisions the kernel took in it (function, verdict, rule). Two programs that
+    break a property the same way share it; the search keeps the shortest of each."""
+    decisions = tuple(
+        dict.fromkeys((e.function, e.verdict, e.rule) for e in runner.k.events if e.verdict)
+    )
+    return (prop, letter.kind, decisions)
+
+
+def run_program(kernel: str, program: Program) -> Runner:
+    """A fresh machine after `program` (a frontier state, replayed)."""
+    runner = Runner(SCENARIO, kernel)
+    for i, raw in enumerate(program.steps):
+        runner.run_step(to_step(raw, i), judging=False)
+    return runner
+
+
+def clone(runner: Runner) -> Runner:
+    """A copy of the machine and its oracle; what never changes (the scenario, the policy,
+    the build) is shared, not copied."""
+    k = runner.k
+    memo: dict[int, object] = {id(o): o for o in (runner.scenario, k.resolved, k.policy, k.config)}
+    return copy.deepcopy(runner, memo)
+
+
+def _live(runner: Runner) -> list[str]:
+    return [name for name, p in runner.procs.items() if p.alive]
+
+
+def violations(runner: Runner, wanted: tuple[str, ...]) -> dict[str, str]:
+    """The first violation of each wanted property that the runner's state breaks."""
+    out = {}
+    for name in wanted:
+        problems = PROPERTIES[name].check(runner)
+        if problems:
+            out[name] = problems[0]
+    return out
+
+
+def search(
+    kernel: str,
+    depth: int,
+    alphabet: str = "cow",
+    wanted: tuple[str, ...] = tuple(PROPERTIES),
+    canonical: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Every program of up to `depth` letters after the root, breadth first, on `kernel`."""
+    started = time.perf_counter()
+    stats = Stats()
+    findings: dict[tuple[object, ...], Finding] = {}
+    seen: set[bytes] = set()
+    frontier = [Program((), ()).then(first) for first in roots()]
+    for _ in range(depth):
+        frontier = list(
+            _expand(kernel, frontier, alphabet, wanted, canonical, seen, findings, stats)
+        )
+        stats.depth_states.append(len(frontier))
+        if progress is not None:
+            progress(len(frontier))
+        if not frontier:
+            break
+    stats.seconds = time.perf_counter() - started
+    return Outcome(list(findings.values()), stats)
+
+
+def _expand(
+    kernel: str,
+    frontier: list[Program],
+    alphabet: str,
+    wanted: tuple[str, ...],
+    canonical: bool,
+    seen: set[bytes],
+    findings: dict[tuple[object, ...], Finding],
+    stats: Stats,
+) -> Iterator[Program]:
+    for program in frontier:
+        base = run_program(kernel, program)
+        start = base.regions[REGION]
+        for letter in letters(_live(base), list(program.pins), alphabet):
+            longer = program.then(letter)
+            runner = clone(base)
+            runner.k.tracing = True  # the decisions of the last letter make the signature
+            for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
+                runner.run_step(to_step(raw, i), judging=False)
+            stats.runs += 1
+            broken = violations(runner, wanted)
+            for name, problem in broken.items():
+                sig = signature(name, letter, runner)
+                if sig not in findings:
+                    findings[sig] = Finding(kernel, name, longer, problem, sig)
+            if any(PROPERTIES[n].kind == "correctness" for n in broken):
+                continue
+            if canonical:
+                key = state_key(runner, start)
+                if key in seen:
+                    continue
+                seen.add(key)
+            stats.states += 1
+            yield longer
