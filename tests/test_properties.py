@@ -9,6 +9,9 @@ from the model's output.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from cowlab.check.properties import PROPERTIES
@@ -16,6 +19,7 @@ from cowlab.mm.constants import PG_swapcache
 from cowlab.mm.mm_types import pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_WRITE, PteTable
 from cowlab.scenario.loader import parse_scenario
+from cowlab.scenario.model import PROPERTIES as SCENARIO_PROPERTIES
 from cowlab.scenario.runner import Runner
 
 THP_REGION = """
@@ -280,3 +284,23 @@ def test_no_unnecessary_copy_a_copy_after_fork_is_needed() -> None:
 def test_properties_have_docs_and_kinds() -> None:
     assert {p.kind for p in PROPERTIES.values()} == {"correctness", "performance"}
     assert all(p.doc for p in PROPERTIES.values())
+
+
+def test_the_scenario_schema_knows_every_property() -> None:
+    """docs/scenario.schema.json's holds/breaks lists name exactly the properties the loader
+    accepts."""
+    schema = json.loads((Path(__file__).parent.parent / "docs/scenario.schema.json").read_text())
+    enums: list[list[str]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "pin_coherence" in node.get("enum", []):
+                enums.append(node["enum"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert enums and all(e == list(SCENARIO_PROPERTIES) for e in enums)
