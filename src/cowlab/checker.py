@@ -431,7 +431,8 @@ def _check_ksm_rmap(k: Kernel, mm: MmStruct, vma: VmArea, addrs: Ints, pfns: Int
 
 
 def check_pin_coherence(k: Kernel) -> list[str]:
-    """Every pinned page still mapped by its process maps the pinned physical page."""
+    """Every pinned page still mapped by its process maps the pinned physical page, where the
+    pin is owed that (Pin.coherence_owed)."""
     problems: list[str] = []
     for pin in k.pins.values():
         proc = k.processes.get(pin.pid)
@@ -455,7 +456,7 @@ def pin_incoherence(
         pinned = int(pin.pages[i])
         both_zero = now is not None and f.flags[now] & f.flags[pinned] & PG_reserved
         # invariant: pin_coherence
-        if now is not None and now != pinned and not both_zero:
+        if now is not None and now != pinned and not both_zero and pin.coherence_owed(pinned):
             problems.append(
                 f"pin {name}: {target:#x} in {who} maps pfn {now:#x}, "
                 f"the device holds pfn {pinned:#x}"

@@ -45,7 +45,7 @@ from cowlab.mm.gup import effective_gup_flags, get_user_pages, release_pages
 from cowlab.mm.ksm import KsmState
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.migrate import change_prot_numa
-from cowlab.mm.mm import set_page_dirty
+from cowlab.mm.mm import is_zero_pfn, set_page_dirty
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import IntArray, PageFrames
 from cowlab.mm.pgtable import (
@@ -418,6 +418,16 @@ class Pin:
 
     def __post_init__(self) -> None:
         self.offset = self.addr % PAGE_SIZE
+
+    def coherence_owed(self, pfn: int) -> bool:
+        """Whether the pin, holding frame pfn, must go on seeing its process's later stores
+        there: a DMA pin (FOLL_PIN, or the GUP reference a pre-5.7 driver took for one), but
+        not a FOLL_GET reference (vmsplice: never promised) nor a short-term R/O pin of the
+        shared zero page (6.2's 84209e87c696: such a pin need not observe later changes; 5.19
+        made R/O pins of anonymous pages reliable)."""
+        if self.flavour == "get":
+            return False
+        return self.write or self.flavour == "longterm" or not is_zero_pfn(self.kernel.frames, pfn)
 
     def _chunks(self, offset: int, n: int) -> Iterator[tuple[int, int, int, int]]:
         if offset < 0 or n < 0 or offset + n > self.length:

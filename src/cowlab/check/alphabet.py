@@ -22,8 +22,9 @@ REGION = "buf"
 REGION_SIZE = 2 << 20
 PIN_SIZE = 8 << 10
 # (flavour, write) of the pins a letter takes: an RDMA/VFIO/io_uring registration, its R/O
-# form, and vmsplice's R/O FOLL_GET reference (CVE-2020-29374)
-PIN_KINDS = (("longterm", True), ("longterm", False), ("get", False))
+# form, O_DIRECT's short-term FOLL_PIN of a buffer a read from a file fills, and vmsplice's
+# R/O FOLL_GET reference (CVE-2020-29374)
+PIN_KINDS = (("longterm", True), ("longterm", False), ("pin", True), ("get", False))
 ALPHABETS = ("cow", "full")
 
 YamlStep = dict[str, Any]

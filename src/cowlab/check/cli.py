@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from cowlab.check.alphabet import ALPHABETS
 from cowlab.check.corpus import CorpusResult, run_corpus
 from cowlab.check.counterexample import group, write_all
 from cowlab.check.properties import PROPERTIES
-from cowlab.check.search import Finding, Outcome, search
+from cowlab.check.search import Finding, Outcome, policy_differences, search
 from cowlab.policy.timeline import all_policies
 
 DEFAULT_DEPTH = 3
@@ -119,24 +119,69 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
-    """The bounded search on every kernel, `jobs` at a time, with a progress bar."""
-    wanted = tuple(result.props)
+    """The bounded search on every kernel, `jobs` at a time, with a progress bar. A kernel
+    whose policy differs from an already searched one only in attributes that search never
+    read takes every decision the same way: its outcome is that one's (search.policy_differences).
+    """
     with Progress(transient=True, disable=quiet) as bar:
         task = bar.add_task("searching", total=len(result.kernels))
-        if jobs == 1:
-            for kernel in result.kernels:
-                result.outcomes[kernel] = search(kernel, result.depth, result.alphabet, wanted)
-                bar.advance(task)
-            return
+        plan = Plan(result, jobs)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {
-                pool.submit(search, k, result.depth, result.alphabet, wanted): k
-                for k in result.kernels
-            }
+            running: dict[Future[Outcome], str] = {}
             try:
-                for future in as_completed(futures):
-                    result.outcomes[futures[future]] = future.result()
-                    bar.advance(task)
+                while plan.pending or running:
+                    bar.update(task, completed=len(result.outcomes))
+                    for kernel in plan.to_start(list(running.values())):
+                        r = result
+                        job = pool.submit(search, kernel, r.depth, r.alphabet, tuple(r.props))
+                        running[job] = kernel
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        plan.finished(running.pop(future), future.result())
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+
+
+class Plan:
+    """Which kernels to search, which to take from another's search, in timeline order."""
+
+    def __init__(self, result: CheckResult, jobs: int) -> None:
+        self.result = result
+        self.jobs = jobs
+        self.pending = list(result.kernels)
+        self.reads_seen: set[str] | None = None  # every name read by a finished search
+
+    def finished(self, kernel: str, outcome: Outcome) -> None:
+        self.result.outcomes[kernel] = outcome
+        self.reads_seen = set(outcome.reads) | (self.reads_seen or set())
+        self._reuse()
+
+    def _reuse(self) -> None:
+        for kernel in list(self.pending):
+            for done, outcome in self.result.outcomes.items():
+                if not policy_differences(done, kernel) & outcome.reads:
+                    self.result.outcomes[kernel] = outcome.reuse_for(kernel)
+                    self.pending.remove(kernel)
+                    break
+
+    def to_start(self, running: list[str]) -> list[str]:
+        """Kernels to search now: while a worker is free, the next pending kernel that no
+        running search is likely to answer for (it differs from each in a name searches read;
+        before any search finished, in any name)."""
+        self._reuse()
+        out: list[str] = []
+        for kernel in self.pending:
+            if len(running) + len(out) >= self.jobs:
+                break
+            if all(self._likely_differs(kernel, other) for other in running + out):
+                out.append(kernel)
+        for kernel in out:
+            self.pending.remove(kernel)
+        if not out and not running and self.pending:  # nothing else can answer: search one
+            out.append(self.pending.pop(0))
+        return out
+
+    def _likely_differs(self, kernel: str, other: str) -> bool:
+        differences = policy_differences(other, kernel)
+        return bool(differences if self.reads_seen is None else differences & self.reads_seen)

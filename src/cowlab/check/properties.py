@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     from cowlab.scenario.runner import Runner
 
 Ints = npt.NDArray[np.int64]
-# the pin flavours a program takes for DMA (FOLL_PIN; RDMA, VFIO, O_DIRECT, io_uring): owed
-# coherence on every kernel, also before 5.7 made them FOLL_PIN. A FOLL_GET reference
-# (vmsplice) is owed isolation only: the kernel never promised it follows later COW.
-DMA_FLAVOURS = ("pin", "longterm")
 
 
 @dataclass(frozen=True)
@@ -49,14 +45,15 @@ class Property:
 
 
 def pin_coherence(runner: Runner) -> list[str]:
-    """A DMA pin (FOLL_PIN, or the GUP reference a pre-5.7 driver took for it) sees what its
-    process sees: every pinned page still attached to its address (not unmapped, discarded or
-    moved by the program since) is the page the process maps there, if it maps one."""
+    """A DMA pin (FOLL_PIN, or the GUP reference a pre-5.7 driver took for one) sees what its
+    process sees, where it is owed that (Pin.coherence_owed):
+    every pinned page still attached to its address (not unmapped, discarded or moved by the
+    program since) is the page the process maps there, if it maps one."""
     problems: list[str] = []
     for name, pin in runner.pins.items():
         view = runner.logical.pins.get(name)
         proc = runner.procs.get(view.proc) if view is not None else None
-        if view is None or proc is None or not proc.alive or pin.flavour not in DMA_FLAVOURS:
+        if view is None or proc is None or not proc.alive:
             continue
         problems += checker.pin_incoherence(runner.k, proc, pin, view.target, view.proc, name)
     return problems

@@ -12,11 +12,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cowlab.check.alphabet import REGION, Letter, YamlStep, letters, roots, to_step
 from cowlab.check.canonical import state_key
 from cowlab.check.properties import PROPERTIES
+from cowlab.policy.base import Policy
+from cowlab.policy.timeline import resolve
 from cowlab.scenario.model import Scenario, ScenarioConfig
 from cowlab.scenario.runner import Runner
 
@@ -78,6 +81,14 @@ class Stats:
 class Outcome:
     findings: list[Finding]  # one per signature, the shortest program first found
     stats: Stats
+    # every policy attribute the search read: a kernel whose policy differs from this one's
+    # in none of them would take every decision of this search the same way (reuse_for)
+    reads: frozenset[str] = frozenset()
+
+    def reuse_for(self, kernel: str) -> Outcome:
+        """This outcome as the search on `kernel` would have found it."""
+        findings = [replace(f, kernel=kernel) for f in self.findings]
+        return Outcome(findings, self.stats, self.reads)
 
 
 def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
@@ -90,12 +101,35 @@ def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
     return (prop, letter.kind, decisions)
 
 
-def run_program(kernel: str, program: Program) -> Runner:
-    """A fresh machine after `program` (a frontier state, replayed)."""
+def run_program(kernel: str, program: Program, reads: set[str] | None = None) -> Runner:
+    """A fresh machine after `program` (a frontier state, replayed); the names of the policy
+    attributes its decisions read are added to `reads`."""
     runner = Runner(SCENARIO, kernel)
+    if reads is not None:
+        runner.k.policy = recording(runner.k.policy, reads)
     for i, raw in enumerate(program.steps):
         runner.run_step(to_step(raw, i), judging=False)
     return runner
+
+
+def recording(policy: Policy, reads: set[str]) -> Policy:
+    """The policy, noting the name of every attribute read of it (its decisions, knobs)."""
+
+    def note(self: Policy, name: str) -> Any:
+        reads.add(name)
+        return object.__getattribute__(self, name)
+
+    cls = type(policy)
+    return type(cls.__name__, (cls,), {"__getattribute__": note})()
+
+
+def policy_differences(a: str, b: str) -> set[str]:
+    """The policy attributes two kernels' policies resolve differently: the names the rule
+    changes define where the two take another definition."""
+    pa, pb = resolve(a).policy, resolve(b).policy
+    names = {n for change in (*pa.changes, *pb.changes) for n in vars(change)}
+    names = {n for n in names if not n.startswith("_") and n != "landed"}
+    return {n for n in names if getattr(pa, n, None) is not getattr(pb, n, None)}
 
 
 def clone(runner: Runner) -> Runner:
@@ -133,10 +167,11 @@ def search(
     stats = Stats()
     findings: dict[tuple[object, ...], Finding] = {}
     seen: set[bytes] = set()
+    reads: set[str] = set()
     frontier = [Program((), ()).then(first) for first in roots()]
     for _ in range(depth):
         frontier = list(
-            _expand(kernel, frontier, alphabet, wanted, canonical, seen, findings, stats)
+            _expand(kernel, frontier, alphabet, wanted, canonical, seen, findings, stats, reads)
         )
         stats.depth_states.append(len(frontier))
         if progress is not None:
@@ -144,7 +179,7 @@ def search(
         if not frontier:
             break
     stats.seconds = time.perf_counter() - started
-    return Outcome(list(findings.values()), stats)
+    return Outcome(list(findings.values()), stats, frozenset(reads))
 
 
 def _expand(
@@ -156,9 +191,10 @@ def _expand(
     seen: set[bytes],
     findings: dict[tuple[object, ...], Finding],
     stats: Stats,
+    reads: set[str],
 ) -> Iterator[Program]:
     for program in frontier:
-        base = run_program(kernel, program)
+        base = run_program(kernel, program, reads)
         start = base.regions[REGION]
         for letter in letters(_live(base), list(program.pins), alphabet):
             longer = program.then(letter)
