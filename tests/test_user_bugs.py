@@ -103,7 +103,7 @@ def test_run_reports_the_unlisted_kernel(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0 and "v5.9 is not in the scenario's kernels" in out
     # same_page is keyed null from 5.9 on: no expectation there
     code, out, _ = _cli(["run", "examples/ksm/merge_then_write.yaml", "--kernel", "6.1"], capsys)
-    assert code == 0 and "on 6.1 (policy v6.1)" in out
+    assert code == 0 and "on 6.1 (6.1.0, policy v6.1)" in out
     assert "1 expectations keyed by other kernels not applicable" in out
 
 

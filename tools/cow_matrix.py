@@ -563,7 +563,45 @@ def leaks(runner: Any) -> bool:
 
 
 def write_doc(results: dict[tuple[str, str, str], tuple[str, bool]]) -> str:
-    return matrix_table(results, KERNELS) + changes_between(results)
+    return matrix_table(results, KERNELS) + changes_between(results) + long_term(results)
+
+
+def long_term(results: dict[tuple[str, str, str], tuple[str, bool]]) -> str:
+    """Each long-term line's x.y.0 beside the newest stable release cowlab knows of it: the
+    policy answering for each (x.y.0 plus the line's modelled backports), and the cells in which
+    the two differ, read off the matrix above."""
+    from cowlab.policy.release import LONG_TERM, newest_stable
+
+    out = [
+        "",
+        "Long-term lines, x.y.0 beside the newest stable release known (its column is the "
+        "policy answering for it: x.y.0 plus the modelled stable backports of its line):",
+        "",
+        "| line | x.y.0 | newest stable | cells that differ |",
+        "|---|---|---|---|",
+    ]
+    rows = [(c, b) for c in CASE_TITLES for b in BACKINGS] + [
+        (c, "collapse") for c in COLLAPSE_TITLES
+    ]
+    titles = CASE_TITLES | COLLAPSE_TITLES
+    for line in LONG_TERM:
+        base, newest = f"{line[0]}.{line[1]}", newest_stable(line)
+        old, new = resolve(base).policy_id, resolve(str(newest)).policy_id
+        changed: dict[tuple[str, str, str], int] = {}
+        for c, b in rows:
+            was, now = _word(results[(c, b, old)][0]), _word(results[(c, b, new)][0])
+            if was != now:
+                changed[(titles[c], was, now)] = changed.get((titles[c], was, now), 0) + 1
+        moved = [
+            f"{title}: {was} -> {now} ({n} backing{'s' if n > 1 else ''})"
+            for (title, was, now), n in changed.items()
+        ]
+        out.append(
+            f"| {base} | {base}.0: `{old}` | {newest}: `{new}` | "
+            + ("; ".join(moved) or ("none" if new != old else "none (no modelled backport)"))
+            + " |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def matrix_table(results: dict[tuple[str, str, str], tuple[str, bool]], kernels: list[str]) -> str:

@@ -137,7 +137,9 @@ def build_parser() -> Parser:
         "--kernel",
         action="append",
         help="run on this kernel instead of the file's list: a release 4.5-6.18 (6.6 means "
-        "6.6.0; 5.4.286 a stable release), a policy id (v5.19) or a review version (repeatable)",
+        "mainline 6.6.0; a stable release such as 5.4.286 is its x.y.0 plus the modelled "
+        "backports its line had by then, listed by `cowlab kernels`), a policy id (v5.19) or a "
+        "review version (repeatable)",
     )
     run.add_argument("--json", action="store_true", help="a JSON document instead of tables")
     run.add_argument("--width", type=int, default=160, help="table width in columns (160)")

@@ -25,6 +25,7 @@ class Landed:
     evidence: str  # the release trees read, before and after (docs/verification-later.md)
     invisible: str = ""  # why no scenario can tell the two sides apart, if none can
     stable: tuple[tuple[str, str], ...] = ()  # (first stable release with it, stable commit)
+    stable_evidence: str = ""  # the stable trees read, and how a backport differs from upstream
 
 
 def landed(
@@ -35,9 +36,13 @@ def landed(
     evidence: str,
     invisible: str = "",
     stable: tuple[tuple[str, str], ...] = (),
+    stable_evidence: str = "",
 ) -> Callable[[P], P]:
-    """Record on a change class the release it landed in and its provenance."""
-    record = Landed(parse_release(release), commits, title, what, evidence, invisible, stable)
+    """Record on a change class the release it landed in, its provenance, and the stable
+    releases that carry it (docs/timeline-sources.md, "Stable backports")."""
+    record = Landed(
+        parse_release(release), commits, title, what, evidence, invisible, stable, stable_evidence
+    )
 
     def attach(cls: P) -> P:
         cls.landed = record

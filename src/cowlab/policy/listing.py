@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cowlab.policy.base import Policy
-from cowlab.policy.release import mainline_releases
+from cowlab.policy.release import LONG_TERM, mainline_releases, newest_stable, parse_release
 from cowlab.policy.timeline import (
     CHANGES,
     REVIEW_VERSIONS,
@@ -29,6 +29,7 @@ def change_row(change: type[Policy]) -> dict[str, Any]:
         "invisible": record.invisible or None,
         "decides": effective(change),
         "stable": [{"release": r, "commit": c} for r, c in record.stable],
+        "stable_evidence": record.stable_evidence or None,
     }
 
 
@@ -49,15 +50,49 @@ def timeline_rows() -> dict[str, Any]:
             }
         )
     backports = [
-        {"release": first, "commit": commit, "upstream": change_row(c), "policy": policy_of(first)}
-        for c in CHANGES
-        for first, commit in landed_of(c).stable
+        {
+            "line": str(parse_release(first).mainline),
+            "release": first,
+            "commit": commit,
+            "upstream": change_row(c),
+            "policy": policy_of(first),
+        }
+        for first, commit, c in sorted(
+            ((f, commit, c) for c in CHANGES for f, commit in landed_of(c).stable),
+            key=lambda t: (parse_release(t[0]), landed_of(t[2]).commits),
+        )
     ]
     reviews = [
         {"name": name, "in_place_of": str(base), "changes": [change_row(c) for c in extra]}
         for name, (base, extra) in REVIEW_VERSIONS.items()
     ]
-    return {"releases": releases, "stable_backports": backports, "review_versions": reviews}
+    return {
+        "releases": releases,
+        "stable_backports": backports,
+        "stable_lines": stable_lines(backports),
+        "review_versions": reviews,
+    }
+
+
+def stable_lines(backports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each long-term line (and each other line with a recorded backport): its x.y.0 policy, the
+    newest stable release cowlab knows and its policy, and the backports, oldest first."""
+    lines = sorted({*LONG_TERM, *(parse_release(b["release"]).line for b in backports)})
+    out = []
+    for line in lines:
+        name = f"{line[0]}.{line[1]}"
+        newest = newest_stable(line)
+        out.append(
+            {
+                "line": name,
+                "long_term": line in LONG_TERM,
+                "mainline_policy": policy_of(name),
+                "newest": None if newest is None else str(newest),
+                "newest_policy": None if newest is None else policy_of(str(newest)),
+                "backports": [b for b in backports if b["line"] == name],
+            }
+        )
+    return out
 
 
 def policy_of(release: str) -> str:
@@ -82,14 +117,27 @@ def render_timeline(rows: dict[str, Any]) -> str:
                 out.append(f"{'':<26}  (no scenario tells it apart: {c['invisible']})")
     out.append("")
     out.append(
-        "stable backports (release -> policy): a stable x.y.z carries them from that release"
+        "stable backports, per stable line: a release x.y alone is x.y.0; x.y.z adds every "
+        "backport its line had by z"
     )
-    for b in rows["stable_backports"]:
-        up = b["upstream"]
-        out.append(
-            f"  {b['release']:<9} {b['policy']:<15} {b['commit']} = {', '.join(up['commits'])} "
-            f"({up['release']}): {up['title']}"
+    out.append("  first     stable commit  upstream (release)     policy from there    rule change")
+    for line in rows["stable_lines"]:
+        newest = (
+            f"newest known {line['newest']}, policy {line['newest_policy']}"
+            if line["newest"]
+            else "no newest release recorded"
         )
+        mark = " LTS" if line["long_term"] else ""
+        out.append(f"  {line['line']}.y{mark}: x.y.0 policy {line['mainline_policy']}; {newest}")
+        if not line["backports"]:
+            out.append("    (no modelled change recorded as backported)")
+        for b in line["backports"]:
+            up = b["upstream"]
+            upstream = f"{', '.join(up['commits'])} ({up['release']})"
+            out.append(
+                f"    {b['release']:<9} {b['commit']:<14} {upstream:<22} {b['policy']:<20} "
+                f"{up['title']}"
+            )
     out.append("")
     out.append("review versions (never released):")
     for v in rows["review_versions"]:
@@ -113,15 +161,15 @@ def _policy_news(policy: type[Policy]) -> str:
     """What the policy's own changes do: its newest effective changes, or the extras of a
     stable release or review version."""
     resolved = resolve(policy.id)
-    if resolved.review or resolved.backports:
-        extra = policy.changes[-1]
-        what = landed_of(extra).what
-        if resolved.backports:
-            ((_, commit),) = resolved.backports
-            return (
-                f"{resolved.release.mainline}'s rules and the stable backport {commit} of: {what}"
-            )
-        return f"never released: {what}"
+    if resolved.backports:
+        ports = "; ".join(
+            f"{commit} of {landed_of(c).commits[0]}: {landed_of(c).what}"
+            for c, commit in resolved.backports
+        )
+        several = "s" if len(resolved.backports) > 1 else ""
+        return f"{resolved.release.mainline}'s rules and the stable backport{several} {ports}"
+    if resolved.review:
+        return f"never released: {landed_of(policy.changes[-1]).what}"
     newest = max(landed_of(c).release for c in policy.changes if effective(c))
     return "; ".join(
         f"{landed_of(c).what} ({', '.join(landed_of(c).commits) or 'id not confirmed'})"

@@ -1,5 +1,5 @@
-"""Linux release numbers: parsing `6.6`, `v5.10`, `4.19.0`, `5.4.286`, their order, and the range
-cowlab models (4.5 to 6.18)."""
+"""Linux release numbers: parsing `6.6`, `v5.10`, `4.19.0`, `5.4.286`, their order, the range
+cowlab models (4.5 to 6.18), and the newest stable release known on each long-term line."""
 
 from __future__ import annotations
 
@@ -12,11 +12,31 @@ FIRST = (4, 5)
 NEWEST = (6, 18)
 LONG_TERM = ((4, 9), (4, 14), (4, 19), (5, 4), (5, 10), (5, 15), (6, 1), (6, 6), (6, 12))
 
+# the newest stable release of each long-term line, as the stable announcements on
+# stable@vger.kernel.org show it (docs/timeline-sources.md, "Stable backports"): 4.9, 4.14, 4.19
+# and 5.4 are end of life (their last release); the others as of the newest announcement read,
+# 4 Jul 2026. A later x.y.z of these lines is refused: cowlab cannot know what it carries.
+NEWEST_STABLE: dict[tuple[int, int], int] = {
+    (4, 9): 337,  # 7 Jan 2023, the last 4.9.y
+    (4, 14): 336,  # 10 Jan 2024, the last 4.14.y
+    (4, 19): 325,  # 5 Dec 2024, the last 4.19.y
+    (5, 4): 302,  # 3 Dec 2025, "the LAST 5.4.y release"
+    (5, 10): 260,  # 4 Jul 2026
+    (5, 15): 211,  # 4 Jul 2026
+    (6, 1): 177,  # 4 Jul 2026
+    (6, 6): 144,  # 4 Jul 2026
+    (6, 12): 95,  # 4 Jul 2026
+}
+
 _RELEASE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 class ReleaseError(ValueError):
     """A text that is not a release cowlab models; the message names the range."""
+
+
+class UnknownStableError(ReleaseError):
+    """x.y.z beyond the newest stable release known on a long-term line; the message names it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -53,7 +73,19 @@ def parse_release(text: str) -> Release:
     if not exists(release.line):
         first, newest = ".".join(map(str, FIRST)), ".".join(map(str, NEWEST))
         raise ReleaseError(f"Linux {release.mainline} is not a release from {first} to {newest}")
+    last = NEWEST_STABLE.get(release.line)
+    if last is not None and release.sublevel > last:
+        raise UnknownStableError(
+            f"Linux {release} is not a known release: the newest {release.mainline}.y cowlab "
+            f"knows is {release.mainline}.{last}"
+        )
     return release
+
+
+def newest_stable(line: tuple[int, int]) -> Release | None:
+    """The newest known stable release of a long-term line (None for other lines)."""
+    last = NEWEST_STABLE.get(line)
+    return None if last is None else Release(*line, last)
 
 
 def exists(line: tuple[int, int]) -> bool:

@@ -9,6 +9,7 @@ as the releases they name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -51,6 +52,7 @@ from cowlab.policy.release import (
     NEWEST,
     Release,
     ReleaseError,
+    UnknownStableError,
     mainline_releases,
     parse_release,
 )
@@ -147,10 +149,25 @@ class Resolved:
         return self.policy.id
 
     def describe(self) -> str:
-        """`6.6 (policy v6.2)`; a name that is the policy's own id is said once."""
+        """`6.6 (6.6.0, policy v6.6)`: a bare x.y is the mainline x.y.0; `5.4.286 (policy
+        v5.4+1783985: 5.4.0 with stable 1027dc04f557)`, the stable commits applied; a name that
+        is the policy's own id is said once."""
         if self.asked == self.policy.id:
             return self.asked
-        return f"{self.asked} (policy {self.policy.id})"
+        said = f"policy {self.policy.id}"
+        if self.backports:
+            stable = ", ".join(commit for _, commit in self.backports)
+            said += f": {self.release.mainline}.0 with stable {stable}"
+        elif self.release.sublevel and not self.review:
+            said += f": {self.release.mainline}.0, no modelled stable backport"
+        if not self.review and _bare_release(self.asked):
+            said = f"{self.release.mainline}.0, {said}"
+        return f"{self.asked} ({said})"
+
+
+def _bare_release(name: str) -> bool:
+    """`6.6` or `v5.10`: a release given without its stable sublevel."""
+    return bool(re.fullmatch(r"v?\d+\.\d+", name.strip()))
 
 
 def mainline_changes(release: Release) -> tuple[type[Policy], ...]:
@@ -172,11 +189,27 @@ def stable_backports(release: Release) -> tuple[tuple[type[Policy], str], ...]:
 
 
 def policy_id(
-    changes: tuple[type[Policy], ...], backports: tuple[tuple[type[Policy], str], ...]
+    changes: tuple[type[Policy], ...],
+    backports: tuple[tuple[type[Policy], str], ...],
+    line: tuple[int, int] | None = None,
 ) -> str:
+    """`v6.9`: the release of the newest change. A stable release with backports is named after
+    its own x.y line and the upstream commits it adds (`v4.19+1783985`), so that two lines whose
+    x.y.0 share a policy (4.14, 4.19: `v4.13`) keep apart."""
     newest = max(landed_of(c).release for c in changes if effective(c))
-    base = f"v{newest}"
+    base = f"v{newest}" if not backports or line is None else f"v{line[0]}.{line[1]}"
     return base + "".join(f"+{landed_of(c).commits[0][:7]}" for c, _ in backports)
+
+
+def first_with(release: Release, backports: tuple[tuple[type[Policy], str], ...]) -> Release:
+    """The first stable release of `release`'s line that carries all of `backports`."""
+    firsts = [
+        parse_release(first)
+        for change, _ in backports
+        for first, _commit in landed_of(change).stable
+        if parse_release(first).line == release.line
+    ]
+    return max(firsts)
 
 
 @cache
@@ -229,7 +262,9 @@ def _resolve(name: str, text: str) -> Resolved:
         policy = compose(text, changes, f"never released (a review version, in place of {base})")
         return Resolved(name, base, policy, review=True)
     try:
-        release = parse_release(ALIASES.get(text, text))
+        release = parse_release(ALIASES.get(text) or stable_policy_ids().get(text) or text)
+    except UnknownStableError as e:
+        raise ReleaseError(f"unknown kernel {name!r}: {e}") from None
     except ReleaseError:
         known = ", ".join([*ALIASES, *REVIEW_VERSIONS])
         first = ".".join(map(str, FIRST))
@@ -247,9 +282,20 @@ def resolve_release(asked: str, release: Release) -> Resolved:
     answers = _releases_answered(max(landed_of(c).release for c in changes if effective(c)))
     if backports:
         changes = (*changes, *(c for c, _ in backports))
-        answers = f"{release.line[0]}.{release.line[1]}.y from {release}"
-    pid = policy_id(mainline_changes(release), backports)
+        answers = f"{release.line[0]}.{release.line[1]}.y from {first_with(release, backports)}"
+    pid = policy_id(mainline_changes(release), backports, release.line)
     return Resolved(asked, release, compose(pid, changes, answers), backports)
+
+
+@cache
+def stable_policy_ids() -> dict[str, str]:
+    """The id of each stable policy (`v5.4+1783985`) -> the first release it answers for, so
+    that the id resolves as that release (as `v4.5+6d0a07e` is 4.5.5)."""
+    out: dict[str, str] = {}
+    for change in CHANGES:
+        for first, _ in landed_of(change).stable:
+            out.setdefault(resolve_release(first, parse_release(first)).policy_id, first)
+    return out
 
 
 def pick_key(keys: Iterable[str], kernel: str) -> str | None:

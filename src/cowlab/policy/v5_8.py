@@ -35,6 +35,17 @@ class ThpCowSplits(Policy):
     "every GUP on a COW mapping, read pins included, faults as a write first (FOLL_WRITE forced)",
     "5.6.4 -> 5.8.1 mm/gup.c __get_user_pages, mm/huge_memory.c (bracketed; 5.7.14 carries the "
     "stable backport)",
+    stable=(
+        ("4.9.287", "9bbd42e79720"),
+        ("4.14.232", "407faed92b4a"),
+        ("4.19.189", "5e24029791e8"),
+        ("5.4.47", "1027dc04f557"),
+    ),
+    stable_evidence="mm/gup.c should_force_cow_break in __get_user_pages: absent in 4.9.0, "
+    "4.9.229, 4.14.177, 4.19.1, 4.19.124, 5.4.6, 5.4.38; present in 4.9.337, 4.14.280, "
+    "4.19.222, 5.4.49, 5.4.59, 5.4.286. FOLL_GET-only backports (no FOLL_PIN before 5.6), the "
+    "same decision; 4.9.287's (Suren Baghdasaryan) forced only the generic GUP-fast, not x86's, "
+    "and was reverted and redone by Ben Hutchings in 4.9.298 (that commit's id not found)",
 )
 class GupBreaksCowOnRead(Policy):
     gup_breaks_cow_on_read = True
