@@ -174,3 +174,13 @@ def test_kernels_lists_the_backports_per_line(capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert "5.4.y LTS: x.y.0 policy v5.4; newest known 5.4.302, policy v5.4+1783985" in text
     assert "5.4.47    1027dc04f557   17839856fd58 (5.8)" in text
+
+
+def test_run_json_names_the_backports(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(CVE), "--kernel", "4.19.222", "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert (run["release"], run["policy"]) == ("4.19.222", "v4.19+1783985")
+    assert run["backports"] == [{"stable_commit": "5e24029791e8", "upstream": "17839856fd58"}]
+    assert main(["run", str(CVE), "--kernel", "4.19", "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert (run["release"], run["policy"], run["backports"]) == ("4.19", "v4.13", [])

@@ -16,6 +16,7 @@ from rich.console import Console, JustifyMethod, OverflowMethod
 from rich.text import Text
 
 from cowlab.policy import resolve
+from cowlab.policy.timeline import landed_of
 from cowlab.scenario.runner import ExpectResult, RunResult
 
 JSON_VERSION = 1
@@ -249,6 +250,10 @@ def run_to_json(result: RunResult) -> dict[str, Any]:
         "kernel": result.kernel_id,
         "release": str(resolve(result.kernel_id).release),
         "policy": resolve(result.kernel_id).policy_id,
+        "backports": [
+            {"stable_commit": commit, "upstream": landed_of(change).commits[0]}
+            for change, commit in resolve(result.kernel_id).backports
+        ],
         "listed": result.listed,
         "not_applicable": result.not_applicable,
         "passed": result.passed,
