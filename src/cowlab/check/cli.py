@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -19,11 +20,14 @@ from rich.progress import Progress
 
 from cowlab.check import report
 from cowlab.check.alphabet import ALPHABETS
-from cowlab.check.corpus import CorpusResult, run_corpus
-from cowlab.check.counterexample import group, write_all
+from cowlab.check.campaign import DEFAULT_LENGTH, campaign_into, campaign_of
+from cowlab.check.corpus import CorpusResult, run_corpus, scenario_files
+from cowlab.check.counterexample import Counterexample, group, write_all
+from cowlab.check.patch import Patch, PatchError, changed_scenarios, register
 from cowlab.check.properties import PROPERTIES
 from cowlab.check.search import Finding, Outcome, policy_differences, search
-from cowlab.policy.timeline import all_policies
+from cowlab.policy.timeline import all_policies, resolve
+from cowlab.scenario.loader import load_scenario
 
 DEFAULT_DEPTH = 3
 
@@ -38,6 +42,18 @@ class CheckResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+    patch: Patch | None = None
+    patch_changes: list[str] = field(default_factory=list)  # scenarios it changes
+
+    def patch_breaks(self) -> list[str]:
+        """With a patch: the correctness properties it breaks that its base keeps."""
+        if self.patch is None:
+            return []
+        base, patched = self.kernels
+        broken = {k: {f.prop for f in self.findings if f.kernel == k} for k in self.kernels}
+        return sorted(
+            p for p in broken[patched] - broken[base] if PROPERTIES[p].kind == "correctness"
+        )
 
     @property
     def findings(self) -> list[Finding]:
@@ -55,6 +71,8 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
+        if self.patch is not None:  # the base's known bugs are not the patch's doing
+            return not self.patch_breaks() and not self.interrupted
         return not self.unexpected() and not self.corpus.failed and not self.interrupted
 
 
@@ -82,31 +100,82 @@ def add_check_command(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="a JSON document instead of the table")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     p.add_argument("--tap", action="store_true", help="TAP (kselftest style) instead of the table")
+    p.add_argument(
+        "--campaign", type=int, default=0, metavar="N", help="random programs per kernel (0)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the campaign's seed (0)")
+    p.add_argument(
+        "--length", type=int, default=DEFAULT_LENGTH, help=f"campaign letters ({DEFAULT_LENGTH})"
+    )
+    p.add_argument("--journal", metavar="FILE", help="(default OUT/campaign.sqlite)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the campaign on Dask there")
+    p.add_argument(
+        "--policy",
+        metavar="FILE.py:NAME",
+        help="a proposed patch: the Policy subclass NAME in FILE.py, on top of --base",
+    )
+    p.add_argument("--base", metavar="KERNEL", help="the release a --policy patch applies to")
+    p.add_argument(
+        "--no-live",
+        action="store_true",
+        help="with --policy on the running kernel's release: skip the live comparison",
+    )
     p.set_defaults(func=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from cowlab.cli import UsageError, kernel_ids
+    from cowlab.cli import UsageError
 
-    kernels = kernel_ids(args.kernel) or list(all_policies())
-    if args.depth < 0:
-        raise UsageError(f"cowlab check: --depth must be 0 or more, got {args.depth}")
-    if args.jobs < 1:
-        raise UsageError(f"cowlab check: --jobs must be 1 or more, got {args.jobs}")
-    corpus_dir = Path(args.corpus)
-    if not args.no_corpus and not corpus_dir.is_dir():
-        raise UsageError(f"cowlab check: no corpus directory {args.corpus} (or --no-corpus)")
-    props = args.property or list(PROPERTIES)
+    try:
+        result = _prepare(args)
+    except PatchError as e:
+        raise UsageError(f"cowlab check: {e}") from None
+    campaign = campaign_of(args)
     started = time.perf_counter()
-    corpus = CorpusResult() if args.no_corpus else run_corpus(corpus_dir, kernels)
-    result = CheckResult(kernels, props, args.depth, args.alphabet, corpus)
+    if not args.no_corpus:
+        result.corpus = run_corpus(Path(args.corpus), result.kernels)
     try:
         _search_all(result, args.jobs, quiet=args.json or args.tap)
     except KeyboardInterrupt:
         result.interrupted = True
+    if campaign is not None and not result.interrupted:
+        campaign_into(result, campaign, quiet=args.json or args.tap)
+    if result.patch is not None and not args.no_corpus:
+        scenarios = [load_scenario(p) for p in scenario_files(Path(args.corpus))]
+        result.patch_changes = changed_scenarios(scenarios, *result.kernels)
     result.seconds = time.perf_counter() - started
     examples = group(result.findings)
     write_all(Path(args.out), examples, args.depth, args.alphabet)
+    _print(result, examples, args)
+    if result.patch is not None and result.patch_changes and not args.no_live:
+        live_base(result.kernels[0], result.patch_changes)
+    return 0 if result.passed else 1
+
+
+def _prepare(args: argparse.Namespace) -> CheckResult:
+    """The selection the arguments make, checked: kernels, properties, the patch."""
+    from cowlab.cli import UsageError, kernel_ids
+
+    if args.depth < 0:
+        raise UsageError(f"cowlab check: --depth must be 0 or more, got {args.depth}")
+    if args.jobs < 1:
+        raise UsageError(f"cowlab check: --jobs must be 1 or more, got {args.jobs}")
+    if not args.no_corpus and not Path(args.corpus).is_dir():
+        raise UsageError(f"cowlab check: no corpus directory {args.corpus} (or --no-corpus)")
+    if bool(args.policy) != bool(args.base):
+        raise UsageError("cowlab check: --policy and --base go together")
+    patch = None
+    if args.policy:
+        kernel_ids([args.base])
+        patch = Patch(args.policy, args.base)
+        kernels = [resolve(args.base).policy_id, register(patch)]
+    else:
+        kernels = kernel_ids(args.kernel) or list(all_policies())
+    props = args.property or list(PROPERTIES)
+    return CheckResult(kernels, props, args.depth, args.alphabet, CorpusResult(), patch=patch)
+
+
+def _print(result: CheckResult, examples: list[Counterexample], args: argparse.Namespace) -> None:
     if args.junit:
         Path(args.junit).write_text(report.junit(result, examples))
     if args.json:
@@ -115,7 +184,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(report.tap(result, examples), end="")
     else:
         print(report.table(result, examples, args.out), end="")
-    return 0 if result.passed else 1
+
+
+def live_base(base: str, files: list[str]) -> None:
+    """The scenarios a patch changes, run on this machine's kernel beside the base's model,
+    when the base is the running kernel (and cowlab may run live here)."""
+    from cowlab.cli import main
+    from cowlab.live.cli import match_kernel
+
+    if match_kernel(platform.release()) != base or os.geteuid() != 0:
+        return
+    print(f"\nlive: the scenarios the patch changes, on this machine ({platform.release()}):")
+    main(["live", *files, "--kernel", base])
 
 
 def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
@@ -126,7 +206,9 @@ def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
     with Progress(transient=True, disable=quiet) as bar:
         task = bar.add_task("searching", total=len(result.kernels))
         plan = Plan(result, jobs)
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs, initializer=_worker_start, initargs=(result.patch,)
+        ) as pool:
             running: dict[Future[Outcome], str] = {}
             try:
                 while plan.pending or running:
@@ -141,6 +223,12 @@ def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+
+
+def _worker_start(patch: Patch | None) -> None:
+    """A worker knows the patched policy too (the kernel id it answers to is the parent's)."""
+    if patch is not None:
+        register(patch)
 
 
 class Plan:

@@ -34,12 +34,20 @@ def expected_breaks(scenario: Scenario, kernels: list[str]) -> dict[tuple[str, s
     out: dict[tuple[str, str], str] = {}
     for step in scenario.steps:
         for e in step.expect:
-            if e.what != "breaks":
-                continue
             for kernel in kernels:
-                for prop in e.expected_for(kernel) or ():
+                for prop in _broken_by(e.what, e.expected_for(kernel)):
                     out.setdefault((kernel, prop), scenario.path)
     return out
+
+
+def _broken_by(what: str, expected: object) -> list[str]:
+    """The properties an expectation says break: `breaks:` names them; an invariant broken
+    (counters, rmap) or an expected kernel BUG is `consistency` broken."""
+    if what == "outcome":
+        return ["consistency"] if expected == "BUG" else []
+    if what != "breaks" or not isinstance(expected, (list, tuple)):
+        return []
+    return [*expected, *(["consistency"] if {"counters", "rmap"} & set(expected) else [])]
 
 
 def run_corpus(root: Path, kernels: list[str]) -> CorpusResult:

@@ -78,12 +78,27 @@ def _summary(result: CheckResult, examples: list[Counterexample]) -> list[str]:
         f"search: depth {result.depth}, alphabet {result.alphabet}: {states} distinct states, "
         f"{runs} programs run, {len(examples)} counterexamples, {result.seconds:.1f} s",
     ]
-    for f in result.unexpected():
-        out.append(f"UNEXPECTED: {f.prop} on {f.kernel}: {'; '.join(f.program.names)}")
+    if result.patch is not None:
+        out += _patch_lines(result)
+    else:
+        for f in result.unexpected():
+            out.append(f"UNEXPECTED: {f.prop} on {f.kernel}: {'; '.join(f.program.names)}")
     if result.interrupted:
         out.append("interrupted: what was found so far")
     out.append("PASS" if result.passed else "FAIL")
     return out
+
+
+def _patch_lines(result: CheckResult) -> list[str]:
+    base = result.kernels[0]
+    breaks = result.patch_breaks()
+    out = [
+        f"the patch breaks what {base} keeps: {', '.join(breaks)}"
+        if breaks
+        else f"the patch breaks nothing {base} keeps (depth {result.depth})",
+        f"scenarios whose outcome the patch changes: {len(result.patch_changes)}",
+    ]
+    return out + [f"  {path}" for path in result.patch_changes]
 
 
 def to_json(result: CheckResult, examples: list[Counterexample], out: str) -> dict[str, Any]:
@@ -115,6 +130,15 @@ def to_json(result: CheckResult, examples: list[Counterexample], out: str) -> di
             }
             for c in examples
         ],
+        "patch": None
+        if result.patch is None
+        else {
+            "policy": result.patch.spec,
+            "base": result.kernels[0],
+            "kernel": result.kernels[1],
+            "breaks": result.patch_breaks(),
+            "changes_scenarios": result.patch_changes,
+        },
         "corpus": {
             "runs": result.corpus.runs,
             "failed": [{"file": p, "kernel": k} for p, k in result.corpus.failed],

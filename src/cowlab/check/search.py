@@ -3,8 +3,9 @@ canonical state visited once, so the first program that breaks a property is a s
 
 A frontier keeps programs, not machines: expanding a state replays its program once and copies
 the machine for each letter (a copy costs what a few steps do, and a frontier of thousands of
-machines would not fit). A state where a correctness property broke is a finding and is not
-expanded further: its shortest program is what is reported.
+machines would not fit). A program whose last letter newly breaks a property is a finding
+(the first of its signature, so a shortest one); its state is still expanded, for what later
+letters may break, unless the kernel's own consistency broke.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Program:
     children: int = 0  # processes forked so far (C1, C2, ...)
     pins: tuple[tuple[str, bool], ...] = ()  # live pins (name, write)
     made: int = 0  # pins taken so far (p1, p2, ...)
+    broken: frozenset[str] = frozenset()  # the properties its state breaks
 
     def then(self, letter: Letter) -> Program:
         """This program followed by `letter`, its new names and its stored bytes filled in."""
@@ -55,9 +57,8 @@ class Program:
             if step["op"] == "unpin":
                 pins = [p for p in pins if p[0] != step["pin"]]
             steps.append(step)
-        return Program(
-            (*self.names, letter.name), (*self.steps, *steps), children, tuple(pins), made
-        )
+        names, all_steps = (*self.names, letter.name), (*self.steps, *steps)
+        return Program(names, all_steps, children, tuple(pins), made, self.broken)
 
 
 @dataclass(frozen=True)
@@ -206,12 +207,13 @@ def _expand(
             broken = violations(runner, wanted)
             for name, problem in broken.items():
                 sig = signature(name, letter, runner)
-                if sig not in findings:
+                if name not in program.broken and sig not in findings:
                     findings[sig] = Finding(kernel, name, longer, problem, sig)
-            if any(PROPERTIES[n].kind == "correctness" for n in broken):
-                continue
+            if "consistency" in broken:
+                continue  # a corrupt kernel: what follows would not be the kernel's doing
+            longer = replace(longer, broken=frozenset(broken))
             if canonical:
-                key = state_key(runner, start)
+                key = state_key(runner, start) + repr(sorted(broken)).encode()
                 if key in seen:
                     continue
                 seen.add(key)
