@@ -1,0 +1,410 @@
+"""Random deep campaigns: long random programs of the search's alphabet at full 512-subpage
+fidelity, each failure minimised by delta debugging and deduplicated by signature.
+
+Program i of a campaign is drawn from its own generator, seeded by (seed, i), letter by letter
+from what the alphabet offers in the state the program has reached; so a program, its findings
+and their minimised forms depend on nothing but the campaign's parameters and i, and a campaign
+gives the same findings on one core, on many, on a Dask cluster, or killed and resumed
+(journal.py keeps what finished). Of two programs whose findings share a signature, the lower
+index is the one kept: that too is independent of which finished first.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.progress import Progress
+
+from cowlab.check.alphabet import Letter, letters, roots, to_step
+from cowlab.check.properties import PROPERTIES
+from cowlab.check.search import SCENARIO, Finding, Program, signature, violations
+from cowlab.scenario.runner import Runner
+
+if TYPE_CHECKING:
+    from cowlab.check.cli import CheckResult
+    from cowlab.check.journal import Journal
+
+DEFAULT_LENGTH = 30
+Signature = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Params:
+    """What defines a campaign's programs and their verdicts (not how many it runs)."""
+
+    seed: int
+    length: int  # letters after the first (the root)
+    alphabet: str
+    props: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Move:
+    """A letter a program took, by name, and the names of what it created (a child, a pin) in
+    that program's numbering, so a shorter program can rename what later letters refer to."""
+
+    name: str
+    made: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Found:
+    """A finding of one program, minimised (program None: a lower-indexed program had already
+    reported its signature, so it was not minimised again)."""
+
+    prop: str
+    signature: Signature
+    problem: str
+    raw_letters: int  # the letters the random program ran up to the violation
+    program: Program | None
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What program `index` of a campaign did on `kernel`."""
+
+    kernel: str
+    index: int
+    letters: int
+    found: tuple[Found, ...]
+
+    @property
+    def outcome(self) -> str:
+        broken = sorted({f.prop for f in self.found})
+        return f"{self.letters} letters" + (f", broke {', '.join(broken)}" if broken else "")
+
+
+class Play:
+    """A program being run letter by letter on a fresh machine."""
+
+    def __init__(self, kernel: str, alphabet: str) -> None:
+        self.runner = Runner(SCENARIO, kernel)
+        self.runner.k.tracing = True  # any letter may be the last: its decisions sign a finding
+        self.program = Program((), ())
+        self.alphabet = alphabet
+        self.live: list[str] = ["P"]
+
+    def offered(self) -> dict[str, Letter]:
+        """The letters the alphabet offers next, by name."""
+        if not self.program.names:
+            return {x.name: x for x in roots()}
+        options = letters(self.live, list(self.program.pins), self.alphabet)
+        return {x.name: x for x in options}
+
+    def apply(self, letter: Letter) -> tuple[str, ...]:
+        """Run the letter; the names of the processes and pins it created."""
+        before = self.program
+        self.program = before.then(letter)
+        self.runner.k.events.clear()  # the signature reads this letter's decisions only
+        for i, raw in enumerate(self.program.steps[len(before.steps) :], len(before.steps)):
+            self.runner.run_step(to_step(raw, i), judging=False)
+        self.live = [name for name, p in self.runner.procs.items() if p.alive]
+        children = range(before.children + 1, self.program.children + 1)
+        pins = range(before.made + 1, self.program.made + 1)
+        return (*(f"C{c}" for c in children), *(f"p{p}" for p in pins))
+
+
+_PIN_NAME = re.compile(r"\bp\d+\b")
+
+
+def normalised(sig: Signature) -> Signature:
+    """A signature with pin names dropped from the letter's kind ("unpin p3" -> "unpin pN"):
+    pins are numbered in the order a program takes them, so a minimised program may give the
+    same pin another number."""
+    prop, kind, *rest = sig
+    return (prop, _PIN_NAME.sub("pN", str(kind)), *rest)
+
+
+def letter_signature(prop: str, letter: Letter, runner: Runner) -> Signature:
+    return normalised(signature(prop, letter, runner))
+
+
+def generator(params: Params, index: int) -> random.Random:
+    """Program `index`'s own generator: a str seed is hashed by SHA-512, the same in every
+    process and run (unlike hash(), which PYTHONHASHSEED salts)."""
+    return random.Random(f"cowlab-campaign:{params.seed}:{index}")
+
+
+def run_one(kernel: str, params: Params, index: int, known: frozenset[Signature]) -> Ran:
+    """Program `index` on `kernel`: random letters until `params.length` after the root or a
+    correctness property breaks; each new signature minimised unless `known` (reported by a
+    lower-indexed program) already has it. A broken performance property is recorded and the
+    program goes on, as the search expands such a state."""
+    rng = generator(params, index)
+    play = Play(kernel, params.alphabet)
+    moves: list[Move] = []
+    raw: dict[Signature, tuple[str, str, int]] = {}  # signature -> property, problem, letters
+    for _ in range(params.length + 1):
+        offered = play.offered()
+        letter = offered[rng.choice(sorted(offered))]
+        moves.append(Move(letter.name, play.apply(letter)))
+        broken = violations(play.runner, params.props)
+        for prop, problem in broken.items():
+            raw.setdefault(letter_signature(prop, letter, play.runner), (prop, problem, len(moves)))
+        if any(PROPERTIES[p].kind == "correctness" for p in broken):
+            break
+    found = tuple(
+        _found(kernel, params, moves[:n], prop, sig, problem, known)
+        for sig, (prop, problem, n) in raw.items()
+    )
+    return Ran(kernel, index, len(moves), found)
+
+
+def _found(
+    kernel: str,
+    params: Params,
+    moves: list[Move],
+    prop: str,
+    sig: Signature,
+    problem: str,
+    known: frozenset[Signature],
+) -> Found:
+    if sig in known:
+        return Found(prop, sig, problem, len(moves), None)
+    program, problem = minimise(kernel, params.alphabet, moves, prop, sig)
+    return Found(prop, sig, problem, len(moves), program)
+
+
+# --- minimisation ----------------------------------------------------------------------------
+
+_NAME = re.compile(r"P|C\d+|p\d+")
+
+
+def rebind(name: str, names: dict[str, str]) -> str | None:
+    """A letter's name with the processes and pins it refers to renamed as a shorter program
+    numbers them; None when one of them is no longer created."""
+    words = name.split()
+    if any(_NAME.fullmatch(w) and w not in names for w in words):
+        return None
+    return " ".join(names[w] if _NAME.fullmatch(w) else w for w in words)
+
+
+def replay(
+    kernel: str, alphabet: str, moves: list[Move], prop: str, sig: Signature
+) -> tuple[list[int], Program, str] | None:
+    """Run the moves, renamed, up to the first letter that breaks `prop` with signature `sig`:
+    the indices of the moves that ran, the program and the violation; None if none does. A
+    move the alphabet does not offer there (its process exited, its pin was never taken) is
+    skipped, so what runs is always a program the alphabet could have drawn."""
+    play = Play(kernel, alphabet)
+    names = {"P": "P"}
+    ran: list[int] = []
+    for i, move in enumerate(moves):
+        name = rebind(move.name, names)
+        letter = play.offered().get(name) if name is not None else None
+        if letter is None:
+            continue
+        names.update(zip(move.made, play.apply(letter), strict=True))
+        ran.append(i)
+        problem = violations(play.runner, (prop,)).get(prop)
+        if problem is not None and letter_signature(prop, letter, play.runner) == sig:
+            return ran, play.program, problem
+    return None
+
+
+def minimise(
+    kernel: str, alphabet: str, moves: list[Move], prop: str, sig: Signature
+) -> tuple[Program, str]:
+    """A shortest program found by delta debugging over the letters after the root that still
+    breaks `prop` with signature `sig` at its last letter, and its violation."""
+    root, rest = moves[0], moves[1:]
+
+    def attempt(keep: list[int]) -> tuple[list[int], Program, str] | None:
+        return replay(kernel, alphabet, [root, *(rest[i] for i in keep)], prop, sig)
+
+    def test(keep: list[int]) -> list[int] | None:
+        done = attempt(keep)
+        return None if done is None else [keep[i - 1] for i in done[0][1:]]
+
+    kept = ddmin(list(range(len(rest))), test)
+    done = attempt(kept)
+    if done is None:  # ddmin only keeps what passed the test: the full program always does
+        raise AssertionError(f"{prop} on {kernel}: the minimised program no longer breaks it")
+    return done[1], done[2]
+
+
+def ddmin(items: list[int], test: Callable[[list[int]], list[int] | None]) -> list[int]:
+    """Zeller's ddmin: a 1-minimal subsequence of `items` that passes `test`, which answers
+    with the part of its input that was needed (a subsequence) or None; `items` passes."""
+    cache: dict[tuple[int, ...], list[int] | None] = {}
+
+    def passes(candidate: list[int]) -> list[int] | None:
+        key = tuple(candidate)
+        if key not in cache:
+            cache[key] = test(candidate)
+        return cache[key]
+
+    items = passes(items) or items
+    n = 2
+    while len(items) >= 2:
+        chunks = [items[len(items) * j // n : len(items) * (j + 1) // n] for j in range(n)]
+        complements = [[x for c in chunks[:j] + chunks[j + 1 :] for x in c] for j in range(n)]
+        smaller = next((r for c in chunks if (r := passes(c)) is not None), None)
+        if smaller is not None:
+            items, n = smaller, 2
+            continue
+        smaller = next((r for c in complements if (r := passes(c)) is not None), None)
+        if smaller is not None:
+            items, n = smaller, max(n - 1, 2)
+        elif n >= len(items):
+            break
+        else:
+            n = min(2 * n, len(items))
+    if len(items) == 1 and passes([]) is not None:
+        return []
+    return items
+
+
+# --- the campaign ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A campaign as the command line asks for it."""
+
+    params: Params
+    programs: int  # per kernel
+    journal: Path
+    jobs: int
+    scheduler: str | None = None
+
+
+@dataclass
+class CampaignResult:
+    findings: list[Finding]  # one per kernel and signature, from the lowest program index
+    programs: int  # programs finished (this run and the journal's earlier ones)
+    seconds: float
+    interrupted: bool = False
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the whole process group: the parent stops the campaign cleanly, workers
+    # killed mid-program would only print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def executor(jobs: int, scheduler: str | None) -> Iterator[tuple[Executor, int]]:
+    """A process pool of `jobs`, or the workers of the Dask scheduler at `scheduler`; and how
+    many programs to keep in flight."""
+    if scheduler is None:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+        try:
+            yield pool, 2 * jobs
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return
+    from distributed import Client
+
+    with Client(scheduler) as client:
+        cores = sum(client.nthreads().values()) or 1
+        # pure=False: Dask would otherwise key tasks by their arguments' hash and cache them
+        yield client.get_executor(pure=False), 2 * cores
+
+
+def run_campaign(
+    kernels: list[str],
+    campaign: Campaign,
+    journal: Journal,
+    progress: Callable[[int, int], None] | None = None,
+) -> CampaignResult:
+    """The campaign's programs not yet in the journal, each recorded as it finishes; Ctrl-C
+    stops it with what the journal holds."""
+    started = time.perf_counter()
+    wanted = [(k, i) for k in kernels for i in range(campaign.programs)]
+    todo = deque(x for x in wanted if x not in journal.done)
+    finished = len(wanted) - len(todo)
+    interrupted = False
+    with executor(campaign.jobs, campaign.scheduler) as (pool, window):
+        running: dict[Future[Ran], tuple[str, int]] = {}
+        try:
+            while todo or running:
+                while todo and len(running) < window:
+                    k, i = todo.popleft()
+                    known = journal.known(k, i)
+                    running[pool.submit(run_one, k, campaign.params, i, known)] = (k, i)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    del running[future]
+                    journal.record(future.result())
+                    finished += 1
+                    if progress is not None:
+                        progress(finished, len(wanted))
+        except KeyboardInterrupt:
+            for future in running:
+                future.cancel()
+            interrupted = True
+    findings = journal.findings(kernels)
+    return CampaignResult(findings, finished, time.perf_counter() - started, interrupted)
+
+
+# --- `cowlab check --campaign` ---------------------------------------------------------------
+
+
+def campaign_of(args: Any) -> Campaign | None:
+    """The campaign `cowlab check`'s options ask for, None for none; bad options are a
+    UsageError (one line, exit status 2)."""
+    from cowlab.cli import UsageError
+
+    if args.campaign < 0:
+        raise UsageError(f"cowlab check: --campaign must be 0 or more, got {args.campaign}")
+    if args.length < 1:
+        raise UsageError(f"cowlab check: --length must be 1 or more, got {args.length}")
+    if args.campaign == 0:
+        return None
+    journal = Path(args.journal) if args.journal else Path(args.out) / "campaign.sqlite"
+    if args.journal and not journal.parent.is_dir():
+        raise UsageError(f"cowlab check: no directory {journal.parent} for --journal {journal}")
+    if args.scheduler:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "cowlab check: --scheduler needs Dask: pip install 'cowlab[dask]'"
+            ) from None
+    props = tuple(args.property or PROPERTIES)
+    params = Params(args.seed, args.length, args.alphabet, props)
+    _open_journal(journal, params).close()  # a journal it cannot use fails before any search
+    return Campaign(params, args.campaign, journal, args.jobs, args.scheduler)
+
+
+def _open_journal(path: Path, params: Params) -> Journal:
+    from cowlab.check.journal import Journal, JournalError
+    from cowlab.cli import UsageError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Journal(path, params)
+    except JournalError as e:
+        raise UsageError(f"cowlab check: {e}") from None
+
+
+def campaign_into(result: CheckResult, campaign: Campaign, quiet: bool) -> None:
+    """Run the campaign on the result's kernels and add its findings to their outcomes, but
+    for a signature the bounded search found already (its program is a shortest one)."""
+    with (
+        _open_journal(campaign.journal, campaign.params) as journal,
+        Progress(transient=True, disable=quiet) as bar,
+    ):
+        task = bar.add_task("campaign", total=None)
+        done = run_campaign(
+            result.kernels, campaign, journal, lambda n, of: bar.update(task, completed=n, total=of)
+        )
+    result.interrupted |= done.interrupted
+    for kernel in result.kernels:
+        outcome = result.outcomes.get(kernel)
+        if outcome is None:
+            continue
+        searched = {normalised(f.signature) for f in outcome.findings}
+        extra = [f for f in done.findings if f.kernel == kernel and f.signature not in searched]
+        result.outcomes[kernel] = replace(outcome, findings=[*outcome.findings, *extra])
