@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import Progress
 
 from cowlab.check.alphabet import Letter, letters, roots, to_step
+from cowlab.check.patch import Patch, register
 from cowlab.check.properties import PROPERTIES
 from cowlab.check.search import SCENARIO, Finding, Program, signature, violations
 from cowlab.scenario.runner import Runner
@@ -135,11 +136,20 @@ def generator(params: Params, index: int) -> random.Random:
     return random.Random(f"cowlab-campaign:{params.seed}:{index}")
 
 
-def run_one(kernel: str, params: Params, index: int, known: frozenset[Signature]) -> Ran:
+def run_one(
+    kernel: str,
+    params: Params,
+    index: int,
+    known: frozenset[Signature],
+    patch: Patch | None = None,
+) -> Ran:
     """Program `index` on `kernel`: random letters until `params.length` after the root or a
     correctness property breaks; each new signature minimised unless `known` (reported by a
     lower-indexed program) already has it. A broken performance property is recorded and the
-    program goes on, as the search expands such a state."""
+    program goes on, as the search expands such a state. A worker learns the `patch` policy
+    here: it may not be a fork of the process that loaded it (a Dask worker)."""
+    if patch is not None:
+        register(patch)
     rng = generator(params, index)
     play = Play(kernel, params.alphabet)
     moves: list[Move] = []
@@ -277,6 +287,7 @@ class Campaign:
     journal: Path
     jobs: int
     scheduler: str | None = None
+    patch: Patch | None = None  # a --policy patch: one of the kernels is BASE+NAME
 
 
 @dataclass
@@ -331,12 +342,12 @@ def run_campaign(
             while todo or running:
                 while todo and len(running) < window:
                     k, i = todo.popleft()
-                    known = journal.known(k, i)
-                    running[pool.submit(run_one, k, campaign.params, i, known)] = (k, i)
+                    args = (k, campaign.params, i, journal.known(k, i), campaign.patch)
+                    running[pool.submit(run_one, *args)] = (k, i)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    del running[future]
-                    journal.record(future.result())
+                    kernel, index = running.pop(future)
+                    journal.record(_result(future, kernel, index, campaign.params))
                     finished += 1
                     if progress is not None:
                         progress(finished, len(wanted))
@@ -346,6 +357,15 @@ def run_campaign(
             interrupted = True
     findings = journal.findings(kernels)
     return CampaignResult(findings, finished, time.perf_counter() - started, interrupted)
+
+
+def _result(future: Future[Ran], kernel: str, index: int, params: Params) -> Ran:
+    """The program's outcome; a model error says which program to replay to see it again."""
+    try:
+        return future.result()
+    except Exception as e:
+        e.add_note(f"cowlab check campaign: program {index} on {kernel}, {params}")
+        raise
 
 
 # --- `cowlab check --campaign` ---------------------------------------------------------------
@@ -398,7 +418,10 @@ def campaign_into(result: CheckResult, campaign: Campaign, quiet: bool) -> None:
     ):
         task = bar.add_task("campaign", total=None)
         done = run_campaign(
-            result.kernels, campaign, journal, lambda n, of: bar.update(task, completed=n, total=of)
+            result.kernels,
+            replace(campaign, patch=result.patch),
+            journal,
+            lambda n, of: bar.update(task, completed=n, total=of),
         )
     result.interrupted |= done.interrupted
     for kernel in result.kernels:

@@ -118,9 +118,14 @@ class Journal:
 
 
 def _signature(text: str) -> Signature:
-    """A signature as signature() builds it, from its JSON (lists back to tuples)."""
-    prop, kind, decisions = json.loads(text)
-    return (prop, kind, tuple(tuple(d) for d in decisions))
+    """A signature as signature() builds it (tuples all the way down), from its JSON."""
+    sig = _tuples(json.loads(text))
+    assert isinstance(sig, tuple)
+    return sig
+
+
+def _tuples(value: object) -> object:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _program_json(program: Program) -> str:
