@@ -12,7 +12,7 @@ import pytest
 from cowlab.cli import main
 from cowlab.policy import CHANGES, ReleaseError, resolve
 from cowlab.policy.release import LONG_TERM, NEWEST_STABLE, Release, parse_release
-from cowlab.policy.timeline import landed_of
+from cowlab.policy.timeline import STABLE_ONLY, landed_of
 from cowlab.scenario import load_scenario
 from cowlab.scenario.runner import run_scenario
 
@@ -24,23 +24,27 @@ CVE = ROOT / "examples" / "timeline" / "5.8_gup_breaks_cow_on_read.yaml"
 # stable release notes (docs/timeline-sources.md, "Stable backports")
 RECORDED = {
     ("4.5.5", "9d3320adf7ca", "6d0a07edd17c"),
-    ("4.9.287", "9bbd42e79720", "17839856fd58"),
+    ("4.9.287", "9bbd42e79720", "17839856fd58"),  # x86 GUP-fast not forced: its own class
+    ("4.9.298", "0c29640bdeca", "17839856fd58"),  # Ben Hutchings' redo, after reverting it
     ("4.14.232", "407faed92b4a", "17839856fd58"),
     ("4.19.189", "5e24029791e8", "17839856fd58"),
     ("5.4.47", "1027dc04f557", "17839856fd58"),
     ("5.10.9", "1eea108995a2", "9348b73c2e1b"),
     ("5.10.9", "72c5ce89427f", "feb889fb40fa"),
 }
+WITH_STABLE_ONLY = (*CHANGES, *STABLE_ONLY)
 BACKPORTS = sorted(
     (first, commit, change)
-    for change in CHANGES
+    for change in WITH_STABLE_ONLY
     for first, commit in landed_of(change).stable
     if first != "4.5.5"  # the seed's own story: examples/timeline/4.6_thp_mapcount_on_wp_fault
 )
 
 
 def test_the_recorded_backports_are_the_verified_ones() -> None:
-    found = {(f, c, landed_of(ch).commits[0]) for ch in CHANGES for f, c in landed_of(ch).stable}
+    found = {
+        (f, c, landed_of(ch).commits[0]) for ch in WITH_STABLE_ONLY for f, c in landed_of(ch).stable
+    }
     assert found == RECORDED
 
 
@@ -49,7 +53,9 @@ def test_the_recorded_backports_are_the_verified_ones() -> None:
     [
         ("4.9", "v4.8"),  # x.y alone is x.y.0
         ("4.9.286", "v4.8"),
-        ("4.9.287", "v4.9+1783985"),
+        ("4.9.287", "v4.9+9bbd42e"),  # 4.9.287's form: slow GUP only on x86
+        ("4.9.297", "v4.9+9bbd42e"),
+        ("4.9.298", "v4.9+1783985"),  # reverted and redone: GUP-fast too
         ("4.9.337", "v4.9+1783985"),
         ("4.14.231", "v4.13"),
         ("4.14.232", "v4.14+1783985"),
@@ -184,3 +190,12 @@ def test_run_json_names_the_backports(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["run", str(CVE), "--kernel", "4.19", "--json"]) == 0
     (run,) = json.loads(capsys.readouterr().out)["runs"]
     assert (run["release"], run["policy"], run["backports"]) == ("4.19", "v4.13", [])
+
+
+def test_4_9_287s_form_forces_slow_gup_only() -> None:
+    """9bbd42e79720 set FOLL_WRITE in __get_user_pages but not in x86's GUP-fast; 4.9.298's redo
+    (0c29640bdeca) replaces it, and is the mainline form."""
+    early, redo = resolve("4.9.290").policy, resolve("4.9.300").policy
+    assert early.gup_breaks_cow_on_read and early.gup_fast_breaks_cow_on_read is False
+    assert redo.gup_breaks_cow_on_read and redo.gup_fast_breaks_cow_on_read is None
+    assert [c.__name__ for c, _ in resolve("4.9.300").backports] == ["GupBreaksCowOnRead"]

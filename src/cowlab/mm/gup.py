@@ -193,7 +193,11 @@ def must_unshare_any(k: Kernel, gup_flags: int) -> bool:
 
 
 def _fast_flags(k: Kernel, gup_flags: int) -> int:
-    return gup_flags | (FOLL_WRITE if k.policy.gup_breaks_cow_on_read else 0)
+    """GUP-fast asks for a writable entry where the policy breaks COW in GUP (17839856fd58); x86
+    4.9.287-4.9.297 forced it in the slow path only (gup_fast_breaks_cow_on_read)."""
+    fast = k.policy.gup_fast_breaks_cow_on_read
+    forced = k.policy.gup_breaks_cow_on_read if fast is None else fast
+    return gup_flags | (FOLL_WRITE if forced else 0)
 
 
 def _slow_flags(k: Kernel, vma: VmArea, gup_flags: int) -> int:

@@ -53,6 +53,8 @@ class Policy(ABC):
     huge_zero_wp_allocates: ClassVar[bool] = True  # a write to the huge zero PMD gets a THP
     # (4.x; 5.8 split it instead; 6.13 "mm: Allocate THP on hugezeropage wp-fault" again)
     gup_breaks_cow_on_read: ClassVar[bool] = False  # every GUP on a COW mapping faults as a write
+    # GUP-fast's own answer where it differs (x86 4.9.287-4.9.297); None: gup_breaks_cow_on_read
+    gup_fast_breaks_cow_on_read: ClassVar[bool | None] = None
     gup_unshares_ro_pins: ClassVar[bool] = False  # R/O FOLL_PIN of a shared anon page unshares
     clear_refs_skips_pinned: ClassVar[bool] = False  # 5.11: soft-dirty clearing skips pins
     mprotect_maps_exclusive_writable: ClassVar[bool] = False  # 6.2: RW maps PAE pages writable

@@ -9,6 +9,7 @@ from cowlab.policy.release import LONG_TERM, mainline_releases, newest_stable, p
 from cowlab.policy.timeline import (
     CHANGES,
     REVIEW_VERSIONS,
+    STABLE_ONLY,
     all_policies,
     effective,
     landed_of,
@@ -58,7 +59,7 @@ def timeline_rows() -> dict[str, Any]:
             "policy": policy_of(first),
         }
         for first, commit, c in sorted(
-            ((f, commit, c) for c in CHANGES for f, commit in landed_of(c).stable),
+            ((f, commit, c) for c in (*CHANGES, *STABLE_ONLY) for f, commit in landed_of(c).stable),
             key=lambda t: (parse_release(t[0]), landed_of(t[2]).commits),
         )
     ]

@@ -103,6 +103,10 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_18.BuiltWithoutSoftDirty,
 )
 
+# stable-only forms of a change: a backport that decides differently from the mainline change
+# (its @landed names the upstream commit; its stable= the releases that carry this form)
+STABLE_ONLY: tuple[type[Policy], ...] = (v5_8.GupBreaksCowOnReadSlowOnly,)
+
 # review versions of a patch: name -> (the release whose place they take, the changes they add
 # to its mainline rules); a scenario's expectations for that release hold for them unless the
 # scenario names the version itself
@@ -175,17 +179,23 @@ def mainline_changes(release: Release) -> tuple[type[Policy], ...]:
 
 
 def stable_backports(release: Release) -> tuple[tuple[type[Policy], str], ...]:
-    """Changes of a later mainline release carried by this stable release of its line."""
-    out = []
-    for change in CHANGES:
+    """Changes of a later mainline release carried by this stable release of its line, oldest
+    backport first; a later backport of the same upstream commit replaces an earlier one (4.9.298
+    reverted 4.9.287's form of 17839856fd58 and redid it)."""
+    found: dict[str, tuple[Release, type[Policy], str]] = {}
+    for change in (*CHANGES, *STABLE_ONLY):
         record = landed_of(change)
         if record.release <= release.mainline:
             continue
         for first, commit in record.stable:
             first_release = parse_release(first)
-            if first_release.line == release.line and first_release <= release:
-                out.append((change, commit))
-    return tuple(out)
+            if first_release.line != release.line or first_release > release:
+                continue
+            upstream = record.commits[0]
+            if upstream not in found or found[upstream][0] < first_release:
+                found[upstream] = (first_release, change, commit)
+    ordered = sorted(found.values(), key=lambda f: (f[0], landed_of(f[1]).commits))
+    return tuple((change, commit) for _, change, commit in ordered)
 
 
 def policy_id(
@@ -198,16 +208,22 @@ def policy_id(
     x.y.0 share a policy (4.14, 4.19: `v4.13`) keep apart."""
     newest = max(landed_of(c).release for c in changes if effective(c))
     base = f"v{newest}" if not backports or line is None else f"v{line[0]}.{line[1]}"
-    return base + "".join(f"+{landed_of(c).commits[0][:7]}" for c, _ in backports)
+    return base + "".join(f"+{_tag(c, commit)}" for c, commit in backports)
+
+
+def _tag(change: type[Policy], commit: str) -> str:
+    """A backport's part of a policy id: the upstream commit, or for a stable-only form the
+    stable commit (`v4.9+9bbd42e`, 4.9.287's form of 17839856fd58)."""
+    return (commit if change in STABLE_ONLY else landed_of(change).commits[0])[:7]
 
 
 def first_with(release: Release, backports: tuple[tuple[type[Policy], str], ...]) -> Release:
     """The first stable release of `release`'s line that carries all of `backports`."""
     firsts = [
         parse_release(first)
-        for change, _ in backports
-        for first, _commit in landed_of(change).stable
-        if parse_release(first).line == release.line
+        for change, commit in backports
+        for first, stable in landed_of(change).stable
+        if parse_release(first).line == release.line and stable == commit
     ]
     return max(firsts)
 
@@ -292,7 +308,7 @@ def stable_policy_ids() -> dict[str, str]:
     """The id of each stable policy (`v5.4+1783985`) -> the first release it answers for, so
     that the id resolves as that release (as `v4.5+6d0a07e` is 4.5.5)."""
     out: dict[str, str] = {}
-    for change in CHANGES:
+    for change in (*CHANGES, *STABLE_ONLY):
         for first, _ in landed_of(change).stable:
             out.setdefault(resolve_release(first, parse_release(first)).policy_id, first)
     return out
@@ -322,9 +338,9 @@ def all_policies() -> dict[str, type[Policy]]:
     """Every distinct policy: one per release where an effective change landed, the stable
     releases with a modelled backport, and the review versions."""
     out: dict[str, type[Policy]] = {}
-    for change in CHANGES:
+    for change in (*CHANGES, *STABLE_ONLY):
         record = landed_of(change)
-        if effective(change):
+        if effective(change) and change not in STABLE_ONLY:
             p = resolve_release(f"v{record.release}", record.release).policy
             out.setdefault(p.id, p)
         for first, _ in record.stable:

@@ -36,7 +36,7 @@ class ThpCowSplits(Policy):
     "5.6.4 -> 5.8.1 mm/gup.c __get_user_pages, mm/huge_memory.c (bracketed; 5.7.14 carries the "
     "stable backport)",
     stable=(
-        ("4.9.287", "9bbd42e79720"),
+        ("4.9.298", "0c29640bdeca"),
         ("4.14.232", "407faed92b4a"),
         ("4.19.189", "5e24029791e8"),
         ("5.4.47", "1027dc04f557"),
@@ -44,11 +44,33 @@ class ThpCowSplits(Policy):
     stable_evidence="mm/gup.c should_force_cow_break in __get_user_pages: absent in 4.9.0, "
     "4.9.229, 4.14.177, 4.19.1, 4.19.124, 5.4.6, 5.4.38; present in 4.9.337, 4.14.280, "
     "4.19.222, 5.4.49, 5.4.59, 5.4.286. FOLL_GET-only backports (no FOLL_PIN before 5.6), the "
-    "same decision; 4.9.287's (Suren Baghdasaryan) forced only the generic GUP-fast, not x86's, "
-    "and was reverted and redone by Ben Hutchings in 4.9.298 (that commit's id not found)",
+    "same decision. 4.9.298's is Ben Hutchings' redo (after reverting 4.9.287's, 6fbb8383884f), "
+    "which forces the write flag in x86's own GUP-fast too (4.9.337 arch/x86/mm/gup.c)",
 )
 class GupBreaksCowOnRead(Policy):
     gup_breaks_cow_on_read = True
+
+
+@landed(
+    "5.8",
+    ("17839856fd58",),
+    "gup: document and work around 'COW can break either way' issue (4.9.287's backport)",
+    "slow GUP on a COW mapping faults as a write first, but x86's GUP-fast still takes a "
+    "read-only entry as it is (the backport forced only the generic GUP-fast walk)",
+    "a stable-only form, not a mainline change: docs/timeline-sources.md, 'Stable backports'",
+    stable=(("4.9.287", "9bbd42e79720"),),
+    stable_evidence="Suren Baghdasaryan's 4.9 backport: should_force_cow_break in mm/gup.c "
+    "__get_user_pages, and the write flag in the generic RCU GUP-fast of arm, arm64 and powerpc "
+    "(and, wrongly, __get_user_pages_fast), but not in arch/x86/mm/gup.c; reverted in 4.9.298 "
+    "(6fbb8383884f) and redone there (0c29640bdeca, GupBreaksCowOnRead), as Ben Hutchings' "
+    "revert explains. Tree: 4.9.229 (neither) -> 4.9.337 (the redo: arch/x86/mm/gup.c forces "
+    "the write flag); no tree of 4.9.287-4.9.297 was found",
+)
+class GupBreaksCowOnReadSlowOnly(Policy):
+    """x86 4.9.287-4.9.297 (9bbd42e79720): __get_user_pages breaks COW, x86 GUP-fast does not."""
+
+    gup_breaks_cow_on_read = True
+    gup_fast_breaks_cow_on_read = False
 
 
 @landed(
