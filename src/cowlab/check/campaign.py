@@ -60,8 +60,8 @@ class Move:
 
 @dataclass(frozen=True)
 class Found:
-    """A finding of one program, minimised (program None: a lower-indexed program had already
-    reported its signature, so it was not minimised again)."""
+    """A finding of one program, minimised (program None: a lower-indexed program of the
+    kernel met its signature, so it was not minimised again)."""
 
     prop: str
     signature: Signature
@@ -136,53 +136,59 @@ def generator(params: Params, index: int) -> random.Random:
     return random.Random(f"cowlab-campaign:{params.seed}:{index}")
 
 
-def run_one(
-    kernel: str,
-    params: Params,
-    index: int,
-    known: frozenset[Signature],
-    patch: Patch | None = None,
-) -> Ran:
+@dataclass(frozen=True)
+class Raw:
+    """A violation as a random program met it, before minimisation."""
+
+    prop: str
+    signature: Signature
+    problem: str
+    moves: tuple[Move, ...]  # the program up to the letter that broke the property
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """Program `index` of a campaign on `kernel`, run: its letters and what it broke."""
+
+    kernel: str
+    index: int
+    letters: int
+    raw: tuple[Raw, ...]
+
+
+def draw(kernel: str, params: Params, index: int, patch: Patch | None = None) -> Drawn:
     """Program `index` on `kernel`: random letters until `params.length` after the root or a
-    correctness property breaks; each new signature minimised unless `known` (reported by a
-    lower-indexed program) already has it. A broken performance property is recorded and the
-    program goes on, as the search expands such a state. A worker learns the `patch` policy
-    here: it may not be a fork of the process that loaded it (a Dask worker)."""
-    if patch is not None:
-        register(patch)
+    correctness property breaks, each signature met kept once. A broken performance property
+    is recorded and the program goes on, as the search expands such a state."""
+    _learn(patch)
     rng = generator(params, index)
     play = Play(kernel, params.alphabet)
     moves: list[Move] = []
-    raw: dict[Signature, tuple[str, str, int]] = {}  # signature -> property, problem, letters
+    raw: dict[Signature, Raw] = {}
     for _ in range(params.length + 1):
         offered = play.offered()
         letter = offered[rng.choice(sorted(offered))]
         moves.append(Move(letter.name, play.apply(letter)))
         broken = violations(play.runner, params.props)
         for prop, problem in broken.items():
-            raw.setdefault(letter_signature(prop, letter, play.runner), (prop, problem, len(moves)))
+            sig = letter_signature(prop, letter, play.runner)
+            raw.setdefault(sig, Raw(prop, sig, problem, tuple(moves)))
         if any(PROPERTIES[p].kind == "correctness" for p in broken):
             break
-    found = tuple(
-        _found(kernel, params, moves[:n], prop, sig, problem, known)
-        for sig, (prop, problem, n) in raw.items()
-    )
-    return Ran(kernel, index, len(moves), found)
+    return Drawn(kernel, index, len(moves), tuple(raw.values()))
 
 
-def _found(
-    kernel: str,
-    params: Params,
-    moves: list[Move],
-    prop: str,
-    sig: Signature,
-    problem: str,
-    known: frozenset[Signature],
-) -> Found:
-    if sig in known:
-        return Found(prop, sig, problem, len(moves), None)
-    program, problem = minimise(kernel, params.alphabet, moves, prop, sig)
-    return Found(prop, sig, problem, len(moves), program)
+def shrink(kernel: str, alphabet: str, raw: Raw, patch: Patch | None = None) -> tuple[Program, str]:
+    """The raw finding minimised (minimise()), as a task of its own: a worker may take it."""
+    _learn(patch)
+    return minimise(kernel, alphabet, list(raw.moves), raw.prop, raw.signature)
+
+
+def _learn(patch: Patch | None) -> None:
+    # a worker learns the --policy patch here: it may be no fork of the process that loaded
+    # it (a Dask worker)
+    if patch is not None:
+        register(patch)
 
 
 # --- minimisation ----------------------------------------------------------------------------
@@ -323,44 +329,124 @@ def executor(jobs: int, scheduler: str | None) -> Iterator[tuple[Executor, int]]
         yield client.get_executor(pure=False), 2 * cores
 
 
+Key = tuple[str, int]  # (kernel, program index)
+
+
+class Driver:
+    """The campaign's bookkeeping in the parent process. Programs are drawn by workers in
+    index order; once every lower-indexed program of its kernel has been drawn, a program's
+    signatures that none of them met are minimised (each exactly once, however many workers
+    run), and a program is written to the journal, findings and all, once it and every
+    lower-indexed program of its kernel are complete: the journal holds a prefix of each
+    kernel's programs, so a kill loses only what was not yet written."""
+
+    def __init__(self, kernels: list[str], campaign: Campaign, journal: Journal) -> None:
+        self.campaign, self.journal = campaign, journal
+        n = campaign.programs
+        self.order = {k: [i for i in range(n) if (k, i) not in journal.done] for k in kernels}
+        self.total = sum(len(o) for o in self.order.values())
+        self.draws = deque((k, i) for i in range(n) for k in kernels if (k, i) not in journal.done)
+        self.decide_at = dict.fromkeys(kernels, 0)  # in order[k]: the next to decide
+        self.write_at = dict.fromkeys(kernels, 0)  # in order[k]: the next to write
+        self.met: dict[str, set[Signature]] = {k: set() for k in kernels}  # by decided ones
+        self.drawn: dict[Key, Drawn] = {}  # drawn, not yet written
+        self.waiting: dict[Key, set[Signature]] = {}  # decided: signatures being minimised
+        self.minimised: dict[tuple[str, int, Signature], tuple[Program, str]] = {}
+        self.shrinks: deque[tuple[Key, Raw]] = deque()
+        self.written = 0
+
+    def next_task(self, ahead: int) -> tuple[Callable[..., Any], tuple[Any, ...], Any] | None:
+        """The next task to submit (function, arguments, tag): a minimisation first, as
+        writes wait for it; a draw while fewer than `ahead` programs wait to be written."""
+        c = self.campaign
+        if self.shrinks:
+            (k, i), raw = self.shrinks.popleft()
+            return shrink, (k, c.params.alphabet, raw, c.patch), (k, i, raw.signature)
+        if self.draws and len(self.drawn) < ahead:
+            k, i = self.draws.popleft()
+            return draw, (k, c.params, i, c.patch), (k, i, None)
+        return None
+
+    def done(self, tag: tuple[str, int, Signature | None], value: Any) -> None:
+        k, i, sig = tag
+        if sig is None:
+            self.drawn[(k, i)] = value
+            self._decide()
+        else:
+            self.minimised[(k, i, sig)] = value
+            self.waiting[(k, i)].discard(sig)
+        self._write()
+
+    def _decide(self) -> None:
+        for k, order in self.order.items():
+            while self.decide_at[k] < len(order) and (k, order[self.decide_at[k]]) in self.drawn:
+                i = order[self.decide_at[k]]
+                known = self.journal.known(k, i) | self.met[k]
+                new = [r for r in self.drawn[(k, i)].raw if r.signature not in known]
+                self.waiting[(k, i)] = {r.signature for r in new}
+                self.shrinks.extend(((k, i), r) for r in new)
+                self.met[k] |= {r.signature for r in self.drawn[(k, i)].raw}
+                self.decide_at[k] += 1
+
+    def _write(self) -> None:
+        for k, order in self.order.items():
+            while self.write_at[k] < self.decide_at[k]:
+                i = order[self.write_at[k]]
+                if self.waiting[(k, i)]:
+                    break
+                del self.waiting[(k, i)]
+                self.journal.record(self._ran(self.drawn.pop((k, i))))
+                self.write_at[k] += 1
+                self.written += 1
+
+    def _ran(self, drawn: Drawn) -> Ran:
+        """The program as the journal records it: each finding minimised or left to the
+        lower-indexed program that met its signature first."""
+        found = []
+        for r in drawn.raw:
+            key = (drawn.kernel, drawn.index, r.signature)
+            program, problem = (
+                self.minimised.pop(key) if key in self.minimised else (None, r.problem)
+            )
+            found.append(Found(r.prop, r.signature, problem, len(r.moves), program))
+        return Ran(drawn.kernel, drawn.index, drawn.letters, tuple(found))
+
+
 def run_campaign(
     kernels: list[str],
     campaign: Campaign,
     journal: Journal,
     progress: Callable[[int, int], None] | None = None,
 ) -> CampaignResult:
-    """The campaign's programs not yet in the journal, each recorded as it finishes; Ctrl-C
+    """The campaign's programs not yet in the journal, each recorded as it completes; Ctrl-C
     stops it with what the journal holds."""
     started = time.perf_counter()
-    wanted = [(k, i) for k in kernels for i in range(campaign.programs)]
-    todo = deque(x for x in wanted if x not in journal.done)
-    finished = len(wanted) - len(todo)
+    driver = Driver(kernels, campaign, journal)
     interrupted = False
     with executor(campaign.jobs, campaign.scheduler) as (pool, window):
-        running: dict[Future[Ran], tuple[str, int]] = {}
+        running: dict[Future[Any], tuple[str, int, Signature | None]] = {}
         try:
-            while todo or running:
-                while todo and len(running) < window:
-                    k, i = todo.popleft()
-                    args = (k, campaign.params, i, journal.known(k, i), campaign.patch)
-                    running[pool.submit(run_one, *args)] = (k, i)
+            while driver.written < driver.total:
+                while len(running) < window and (task := driver.next_task(4 * window)):
+                    function, args, tag = task
+                    running[pool.submit(function, *args)] = tag
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    kernel, index = running.pop(future)
-                    journal.record(_result(future, kernel, index, campaign.params))
-                    finished += 1
-                    if progress is not None:
-                        progress(finished, len(wanted))
+                    tag = running.pop(future)
+                    driver.done(tag, _result(future, tag[0], tag[1], campaign.params))
+                if progress is not None:
+                    progress(driver.written, driver.total)
         except KeyboardInterrupt:
             for future in running:
                 future.cancel()
             interrupted = True
     findings = journal.findings(kernels)
-    return CampaignResult(findings, finished, time.perf_counter() - started, interrupted)
+    programs = campaign.programs * len(kernels) - driver.total + driver.written
+    return CampaignResult(findings, programs, time.perf_counter() - started, interrupted)
 
 
-def _result(future: Future[Ran], kernel: str, index: int, params: Params) -> Ran:
-    """The program's outcome; a model error says which program to replay to see it again."""
+def _result(future: Future[Any], kernel: str, index: int, params: Params) -> Any:
+    """A task's result; a model error says which program to replay to see it again."""
     try:
         return future.result()
     except Exception as e:
