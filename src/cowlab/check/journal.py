@@ -41,6 +41,9 @@ class Journal:
         try:
             self.db = sqlite3.connect(path)
             self.db.execute("PRAGMA journal_mode=WAL")
+            # a commit survives the process's death (kill -9) without an fsync each: only a
+            # power loss could take back the last programs, which a resume then runs again
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise JournalError(f"journal {path}: {e}") from None
