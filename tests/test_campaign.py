@@ -155,7 +155,7 @@ def test_minimise_renames_the_processes_of_a_shorter_program() -> None:
     """CVE-2020-29374 on 4.5 (tests/test_properties.py): the child's R/O reference, its
     mapping dropped; the parent's write reuses the page. A first child that writes and exits
     is noise; without its fork, the second child is C1."""
-    noise: list[Spec] = [FORK, ("C1", "write", {}), ("C1", "exit", {})]
+    noise: list[Spec] = [FORK, ("C1", "write", {"at": "buf"}), ("C1", "exit", {})]
     second = [FORK, ("C2", "pin", {"flavour": "get"})]
     second.append(("C2", "madvise", {"advice": "dontneed", "at": "buf"}))
     moves, sig = play_story("v4.5", CVE_ROOT, [*noise, *second, WRITE], "cow_isolation")
