@@ -5,18 +5,22 @@ anonymous memory, THP on (MADV_HUGEPAGE) or off (MADV_NOHUGEPAGE): the two roots
 one thing a program does — a store, a fork, a pin, a protection change — as one or two steps of
 the scenario format, so a counterexample is a scenario file that `cowlab run` replays.
 
-Addresses are chosen to reach every situation of a THP with few letters: page 0 (the head),
-page 1 (a tail), the lower and the upper half (a partial unmap splits the PMD), a one-page
-mprotect (cow.c's way of PTE-mapping a THP) and the whole region.
+Addresses are chosen to reach every situation of a THP with few letters: page 0 (stores,
+loads, a one-page mprotect: cow.c's way of PTE-mapping a THP, which leaves that PTE
+read-only), pages 0-1 (pins), the lower and the upper half (a partial unmap splits the PMD)
+and the whole region (write-protection).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cowlab.scenario.located import Loc
 from cowlab.scenario.model import Address, Step
+
+if TYPE_CHECKING:
+    from cowlab.scenario.runner import Runner
 
 REGION = "buf"
 REGION_SIZE = 2 << 20
@@ -45,9 +49,10 @@ class Letter:
 
 
 def roots() -> list[Letter]:
-    """The first letters: map the region, THP on or off, and maybe store to pages 0-1 (the
-    pinned pages) first, so the stories that start from populated memory are a letter
-    shorter."""
+    """The first letters: map the region, THP on or off; then maybe store to pages 0-1 (the
+    pinned pages), and maybe fork: the three places COW stories start from (untouched memory
+    and the zero page, a process's own memory, memory fork shared), so no story spends its
+    letters getting there."""
     out = []
     for thp in (True, False):
         advice = "hugepage" if thp else "nohugepage"
@@ -57,9 +62,17 @@ def roots() -> list[Letter]:
         )
         name = "map THP" if thp else "map 4K"
         out.append(Letter(name, steps))
-        fill = {"op": "write", "proc": "P", "at": REGION, "size": "8K", "fill": 1}
-        out.append(Letter(f"{name}, write pages 0-1", (*steps, fill)))
+        steps += ({"op": "write", "proc": "P", "at": REGION, "size": "8K", "fill": 1},)
+        out.append(Letter(f"{name}, write pages 0-1", steps))
+        steps += ({"op": "fork", "proc": "P", "child": ""},)
+        out.append(Letter(f"{name}, write pages 0-1, fork", steps))
     return out
+
+
+# bounds on what a program holds at once: every story of the kernel's history needs at most
+# two processes and one pin, and each more multiplies the states to visit
+MAX_PROCS = 2
+MAX_PINS = 1
 
 
 def letters(procs: list[str], pins: list[tuple[str, bool]], alphabet: str) -> list[Letter]:
@@ -67,7 +80,7 @@ def letters(procs: list[str], pins: list[tuple[str, bool]], alphabet: str) -> li
     New processes are named C1, C2, ... and pins p1, p2, ... by the caller's counters."""
     out: list[Letter] = []
     for p in procs:
-        out += _process_letters(p, len(procs) > 1, alphabet)
+        out += _process_letters(p, len(procs), len(pins), alphabet)
     for name, write in pins:
         out.append(Letter(f"unpin {name}", ({"op": "unpin", "pin": name},)))
         if write:
@@ -79,17 +92,15 @@ def letters(procs: list[str], pins: list[tuple[str, bool]], alphabet: str) -> li
     return out
 
 
-def _process_letters(p: str, others: bool, alphabet: str) -> list[Letter]:
-    return [Letter(x.name, x.steps, p) for x in _letters_of(p, others, alphabet)]
+def _process_letters(p: str, procs: int, pins: int, alphabet: str) -> list[Letter]:
+    return [Letter(x.name, x.steps, p) for x in _letters_of(p, procs, pins, alphabet)]
 
 
-def _letters_of(p: str, others: bool, alphabet: str) -> list[Letter]:
-    at0, at1, upper = REGION, f"{REGION}+4K", f"{REGION}+1M"
+def _letters_of(p: str, procs: int, pins: int, alphabet: str) -> list[Letter]:
+    at0, upper = REGION, f"{REGION}+1M"
     out = [
         Letter(f"{p} writes page 0", ({"op": "write", "proc": p, "at": at0, "data": ""},)),
-        Letter(f"{p} writes page 1", ({"op": "write", "proc": p, "at": at1, "data": ""},)),
         Letter(f"{p} reads page 0", ({"op": "read", "proc": p, "at": at0, "size": 1},)),
-        Letter(f"fork {p}", ({"op": "fork", "proc": p, "child": ""},)),
         Letter(
             f"{p} write-protects all",
             (
@@ -100,19 +111,21 @@ def _letters_of(p: str, others: bool, alphabet: str) -> list[Letter]:
         Letter(
             f"{p} PTE-maps",
             (
-                {"op": "mprotect", "proc": p, "at": at1, "size": "4K", "prot": "r"},
-                {"op": "mprotect", "proc": p, "at": at1, "size": "4K", "prot": "rw"},
+                {"op": "mprotect", "proc": p, "at": at0, "size": "4K", "prot": "r"},
+                {"op": "mprotect", "proc": p, "at": at0, "size": "4K", "prot": "rw"},
             ),
         ),
         Letter(f"{p} drops the lower half", (_dontneed(p, at0),)),
         Letter(f"{p} drops the upper half", (_dontneed(p, upper),)),
     ]
-    for flavour, write in PIN_KINDS:
+    if procs < MAX_PROCS:
+        out.append(Letter(f"{p} forks", ({"op": "fork", "proc": p, "child": ""},)))
+    for flavour, write in PIN_KINDS if pins < MAX_PINS else ():
         kind = f"{'R/W' if write else 'R/O'} {flavour}"
         step: YamlStep = {"op": "pin", "proc": p, "name": "", "at": at0, "size": "8K"}
         step |= {"flavour": flavour, "write": write}
         out.append(Letter(f"{p} pins pages 0-1 {kind}", (step,)))
-    if others:
+    if procs > 1:
         out.append(Letter(f"{p} exits", ({"op": "exit", "proc": p},)))
     if alphabet == "full":
         swapout = {"op": "swapout", "proc": p, "at": at0, "size": "2M"}
@@ -120,6 +133,15 @@ def _letters_of(p: str, others: bool, alphabet: str) -> list[Letter]:
         merge = {"op": "madvise", "proc": p, "at": at0, "size": "2M", "advice": "mergeable"}
         out.append(Letter(f"{p} marks mergeable", (merge,)))
     return out
+
+
+def idle(letter: Letter, runner: Runner, alphabet: str) -> bool:
+    """A letter that would change nothing a story of the alphabet reads: a load of a page the
+    process maps (only the PTE's accessed bit, which only khugepaged reads: the full
+    alphabet's)."""
+    if alphabet != "cow" or letter.kind != "reads page 0":
+        return False
+    return runner.procs[letter.proc].translate(runner.regions[REGION]) is not None
 
 
 def _dontneed(p: str, at: str) -> YamlStep:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import Progress
 
 from cowlab.check import report
@@ -203,7 +204,7 @@ def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
     whose policy differs from an already searched one only in attributes that search never
     read takes every decision the same way: its outcome is that one's (search.policy_differences).
     """
-    with Progress(transient=True, disable=quiet) as bar:
+    with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
         task = bar.add_task("searching", total=len(result.kernels))
         plan = Plan(result, jobs)
         with ProcessPoolExecutor(

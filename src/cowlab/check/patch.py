@@ -27,10 +27,6 @@ class Patch:
     spec: str  # FILE.py:NAME
     base: str  # the --base kernel
 
-    @property
-    def kernel(self) -> str:
-        return f"{resolve(self.base).policy_id}+{self.spec.rsplit(':', 1)[1]}"
-
 
 def load_change(spec: str) -> type[Policy]:
     """The Policy subclass NAME defined in FILE.py."""
@@ -56,11 +52,11 @@ def load_change(spec: str) -> type[Policy]:
 
 
 def register(patch: Patch) -> str:
-    """Make the patched policy answer to patch.kernel here; return that id."""
-    kernel = patch.kernel
+    """Make the patched policy answer to BASE+NAME here; return that id."""
+    change = load_change(patch.spec)
+    base = resolve(patch.base)
+    kernel = f"{base.policy_id}+{change.__name__}"
     if kernel not in PATCHED:
-        base = resolve(patch.base)
-        change = load_change(patch.spec)
         what = inspect.getdoc(change) or inspect.getdoc(sys.modules[change.__module__]) or ""
         change.landed = Landed(
             base.release, (), f"proposed patch {patch.spec}", what.split("\n")[0], "unreleased"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cowlab.check.alphabet import REGION, Letter, YamlStep, letters, roots, to_step
+from cowlab.check.alphabet import REGION, Letter, YamlStep, idle, letters, roots, to_step
 from cowlab.check.canonical import state_key
 from cowlab.check.properties import PROPERTIES
 from cowlab.policy.base import Policy
@@ -93,13 +93,20 @@ class Outcome:
 
 
 def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
-    """The property and the decision that broke it: the last letter (without its process)
-    and the decisions the kernel took in it (function, verdict, rule). Two programs that
-    break a property the same way share it; the search keeps the shortest of each."""
+    """The property and the decision that broke it: the last letter (without its process),
+    the decisions the kernel took in it (function, verdict, rule, and each value the rule read
+    as 0, 1 or more: a copy at page_mapcount 1 is another bug than one at 2), the kinds of
+    pins held and how many processes live. Two programs that break a property the same way
+    share it; the search keeps the shortest."""
     decisions = tuple(
-        dict.fromkeys((e.function, e.verdict, e.rule) for e in runner.k.events if e.verdict)
+        dict.fromkeys(
+            (e.function, e.verdict, e.rule, tuple((n, min(int(v), 2)) for n, v in e.read))
+            for e in runner.k.events
+            if e.verdict
+        )
     )
-    return (prop, letter.kind, decisions)
+    pins = tuple(sorted((p.flavour, p.write) for p in runner.pins.values()))
+    return (prop, letter.kind, decisions, pins, len(_live(runner)))
 
 
 def run_program(kernel: str, program: Program, reads: set[str] | None = None) -> Runner:
@@ -167,7 +174,7 @@ def search(
     started = time.perf_counter()
     stats = Stats()
     findings: dict[tuple[object, ...], Finding] = {}
-    seen: set[bytes] = set()
+    seen: dict[bytes, dict[str, str]] = {}  # canonical state -> what it breaks
     reads: set[str] = set()
     frontier = [Program((), ()).then(first) for first in roots()]
     for _ in range(depth):
@@ -189,33 +196,38 @@ def _expand(
     alphabet: str,
     wanted: tuple[str, ...],
     canonical: bool,
-    seen: set[bytes],
+    seen: dict[bytes, dict[str, str]],
     findings: dict[tuple[object, ...], Finding],
     stats: Stats,
     reads: set[str],
 ) -> Iterator[Program]:
+    # what a state breaks depends on the state alone, except an unnecessary copy: on the letter
+    of_letter = tuple(p for p in wanted if p == "no_unnecessary_copy")
+    of_state = tuple(p for p in wanted if p not in of_letter)
     for program in frontier:
         base = run_program(kernel, program, reads)
         start = base.regions[REGION]
         for letter in letters(_live(base), list(program.pins), alphabet):
+            if idle(letter, base, alphabet):
+                continue
             longer = program.then(letter)
             runner = clone(base)
             runner.k.tracing = True  # the decisions of the last letter make the signature
             for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
                 runner.run_step(to_step(raw, i), judging=False)
             stats.runs += 1
-            broken = violations(runner, wanted)
+            key = state_key(runner, start) if canonical else None
+            known = seen.get(key) if key is not None else None
+            state_broken = violations(runner, of_state) if known is None else known
+            broken = state_broken | violations(runner, of_letter)
             for name, problem in broken.items():
                 sig = signature(name, letter, runner)
                 if name not in program.broken and sig not in findings:
                     findings[sig] = Finding(kernel, name, longer, problem, sig)
-            if "consistency" in broken:
-                continue  # a corrupt kernel: what follows would not be the kernel's doing
-            longer = replace(longer, broken=frozenset(broken))
-            if canonical:
-                key = state_key(runner, start) + repr(sorted(broken)).encode()
-                if key in seen:
-                    continue
-                seen.add(key)
+            if "consistency" in broken or known is not None:
+                continue  # a corrupt kernel (what follows is not the kernel's doing), or seen
+            if key is not None:
+                seen[key] = state_broken
+            longer = replace(longer, broken=frozenset(state_broken))
             stats.states += 1
             yield longer

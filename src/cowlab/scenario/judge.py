@@ -79,8 +79,8 @@ def judge(
     expected_breaks: set[str] = set()
     for e in mine:
         want = e.expected_for(kernel_id)
-        if e.what == "breaks":
-            expected_breaks |= set(want)
+        if e.what == "breaks":  # consistency is the invariants (and no BUG) together
+            expected_breaks |= set(want) | (set(INVARIANTS) if "consistency" in want else set())
         got = actual(runner, e, step, outcome, result, fault, pfn, violated)
         out.append(ExpectResult(e.what, want, got, matches(e.what, want, got), e.loc))
     for name in sorted(newly - expected_breaks):
