@@ -376,6 +376,7 @@ def test_campaign_findings_are_in_the_output_and_replay(tmp_path: Path) -> None:
         (["--campaign", "-1"], "--campaign must be 0 or more, got -1"),
         (["--campaign", "1", "--length", "0"], "--length must be 1 or more, got 0"),
         (["--campaign", "1", "--journal", "/nonexistent/j.sqlite"], "no directory /nonexistent"),
+        (["--campaign", "1", "--scheduler", "nonsense::"], "--scheduler nonsense::: invalid"),
     ],
 )
 def test_bad_campaign_options_are_one_line_exit_2(

@@ -473,16 +473,28 @@ def campaign_of(args: Any) -> Campaign | None:
     if args.journal and not journal.parent.is_dir():
         raise UsageError(f"cowlab check: no directory {journal.parent} for --journal {journal}")
     if args.scheduler:
-        try:
-            import distributed  # noqa: F401
-        except ImportError:
-            raise UsageError(
-                "cowlab check: --scheduler needs Dask: pip install 'cowlab[dask]'"
-            ) from None
+        _reach(args.scheduler)
     props = tuple(args.property or PROPERTIES)
     params = Params(args.seed, args.length, args.alphabet, props)
     _open_journal(journal, params).close()  # a journal it cannot use fails before any search
     return Campaign(params, args.campaign, journal, args.jobs, args.scheduler)
+
+
+def _reach(address: str) -> None:
+    """A scheduler that cannot be reached is one line before any search, not a traceback
+    after it."""
+    from cowlab.cli import UsageError
+
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError(
+            "cowlab check: --scheduler needs Dask: pip install 'cowlab[dask]'"
+        ) from None
+    try:
+        Client(address, timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cowlab check: --scheduler {address}: {str(e).splitlines()[0]}") from None
 
 
 def _open_journal(path: Path, params: Params) -> Journal:
