@@ -263,6 +263,22 @@ def test_a_journal_of_another_campaign_is_refused(tmp_path: Path) -> None:
         Journal(path, Params(1, 10, "cow", ALL))
 
 
+def test_a_smaller_campaign_on_a_larger_ones_journal(tmp_path: Path) -> None:
+    """The first 4 programs of a journal of 8 are a campaign of 4: the same findings as a
+    campaign of 4 from a fresh journal, with nothing run again."""
+
+    def findings(name: str, programs: int) -> tuple[list[Finding], int]:
+        campaign = Campaign(BUSY, programs, tmp_path / name, 2)
+        with Journal(campaign.journal, BUSY) as journal:
+            done = run_campaign(["v4.5"], campaign, journal)
+            return done.findings, len(journal.done)
+
+    large, ran = findings("large.sqlite", 8)
+    small, again = findings("large.sqlite", 4)
+    assert small == findings("small.sqlite", 4)[0] and ran == again == 8
+    assert len(large) > len(small)  # programs 4-7 met a signature 0-3 did not
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cowlab.cli", "check", "--no-corpus", "--depth", "0", *args]
 
@@ -309,7 +325,7 @@ def test_killed_and_resumed_finds_what_an_uninterrupted_run_finds(tmp_path: Path
     with Journal(whole.journal, params) as j:
         expected = run_campaign(["v4.5"], whole, j).findings
     with Journal(journal, params) as j:
-        assert j.findings(["v4.5"]) == expected
+        assert j.findings(["v4.5"], n) == expected
     doc = json.loads(resumed.stdout)
     assert {tuple(c["program"]) for c in doc["counterexamples"]} == {
         f.program.names for f in expected
@@ -342,7 +358,7 @@ def test_ctrl_c_prints_what_was_found_so_far(tmp_path: Path) -> None:
     assert command.returncode == 1 and "Traceback" not in err, err
     assert "interrupted: what was found so far" in out
     with Journal(journal, Params(2, 20, "cow", ALL)) as j:
-        findings = j.findings(["v4.5"])
+        findings = j.findings(["v4.5"], 500)
         assert findings and len(j.done) < 500
     correct = [f for f in findings if PROPERTIES[f.prop].kind == "correctness"]
     assert all("; ".join(f.program.names) in out for f in correct)  # its UNEXPECTED: lines
@@ -361,7 +377,7 @@ def test_campaign_findings_are_in_the_output_and_replay(tmp_path: Path) -> None:
     doc = json.loads(done.stdout)
     params = Params(0, 12, "cow", ALL)
     with Journal(out / "campaign.sqlite", params) as j:
-        found = j.findings(["v4.5"])
+        found = j.findings(["v4.5"], 6)
     assert found
     assert {(c["property"], tuple(c["program"])) for c in doc["counterexamples"]} == {
         (f.prop, f.program.names) for f in found

@@ -441,7 +441,7 @@ def run_campaign(
             for future in running:
                 future.cancel()
             interrupted = True
-    findings = journal.findings(kernels)
+    findings = journal.findings(kernels, campaign.programs)
     programs = campaign.programs * len(kernels) - driver.total + driver.written
     return CampaignResult(findings, programs, time.perf_counter() - started, interrupted)
 

@@ -92,12 +92,14 @@ class Journal:
         for f in ran.found:
             self._note(ran.kernel, ran.index, f.signature)
 
-    def findings(self, kernels: list[str]) -> list[Finding]:
-        """One finding per kernel and signature: the lowest-indexed program's, minimised; by
-        kernel, index, property and signature (an order that no schedule changes)."""
+    def findings(self, kernels: list[str], programs: int) -> list[Finding]:
+        """One finding per kernel and signature met by the first `programs` programs (a
+        journal may hold more, of a larger campaign of the same seed): the lowest-indexed
+        program's, minimised; by kernel, index, property and signature (an order that no
+        schedule changes)."""
         out = []
         for kernel in kernels:
-            first = self.first.get(kernel, {})
+            first = {s: i for s, i in self.first.get(kernel, {}).items() if i < programs}
             for sig in sorted(first, key=lambda s: (first[s], s[0], json.dumps(s))):
                 idx = first[sig]
                 prop, problem, program = self.db.execute(
