@@ -134,7 +134,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     campaign = campaign_of(args)
     started = time.perf_counter()
     if not args.no_corpus:
-        result.corpus = run_corpus(Path(args.corpus), result.kernels)
+        result.corpus = run_corpus(Path(args.corpus), result.kernels, args.jobs)
     try:
         _search_all(result, args.jobs, quiet=args.json or args.tap)
     except KeyboardInterrupt:

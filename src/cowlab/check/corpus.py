@@ -7,6 +7,7 @@ finding the corpus does not expect - a new bug, or a model change that made one.
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,19 +51,27 @@ def _broken_by(what: str, expected: object) -> list[str]:
     return [*expected, *(["consistency"] if {"counters", "rmap"} & set(expected) else [])]
 
 
-def run_corpus(root: Path, kernels: list[str]) -> CorpusResult:
-    """Every scenario on each kernel it lists whose policy is one of `kernels`'; what each
-    expects broken on each of `kernels`."""
+def run_corpus(root: Path, kernels: list[str], jobs: int = 1) -> CorpusResult:
+    """Every scenario on each kernel it lists whose policy is one of `kernels`', `jobs`
+    scenario files at a time; what each expects broken on each of `kernels`."""
     result = CorpusResult()
-    policies = {resolve(k).policy_id for k in kernels}
-    for path in scenario_files(root):
-        scenario = load_scenario(path)
-        for key, where in expected_breaks(scenario, kernels).items():
-            result.expected.setdefault(key, where)
-        for kernel in scenario.kernels:
-            if resolve(kernel).policy_id not in policies:
-                continue
-            result.runs += 1
-            if not run_scenario(scenario, kernel).passed:
-                result.failed.append((scenario.path, kernel))
+    policies = frozenset(resolve(k).policy_id for k in kernels)
+    paths = scenario_files(root)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        done = pool.map(_run_file, paths, [policies] * len(paths), [kernels] * len(paths))
+        for runs, failed, expected in done:
+            result.runs += runs
+            result.failed += failed
+            for key, where in expected.items():
+                result.expected.setdefault(key, where)
     return result
+
+
+def _run_file(
+    path: Path, policies: frozenset[str], kernels: list[str]
+) -> tuple[int, list[tuple[str, str]], dict[tuple[str, str], str]]:
+    """One scenario file: (runs, the kernels it failed on, what it expects broken)."""
+    scenario = load_scenario(path)
+    mine = [k for k in scenario.kernels if resolve(k).policy_id in policies]
+    failed = [(scenario.path, k) for k in mine if not run_scenario(scenario, k).passed]
+    return len(mine), failed, expected_breaks(scenario, kernels)
