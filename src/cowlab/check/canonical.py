@@ -213,6 +213,7 @@ def _pins(runner: Runner, procs: list[tuple[str, Process]], rename: Ints, base: 
 def _oracle(runner: Runner, procs: list[tuple[str, Process]], base: int, contents: Names) -> bytes:
     """What each process and pin is owed, contents renamed as the frames' are."""
     logical = runner.logical
+    detached = Names()  # which detached pin pages are one page: a name per identity
     out = []
     for name, _proc in procs:
         owed = logical.pages.get(name, {})
@@ -226,7 +227,8 @@ def _oracle(runner: Runner, procs: list[tuple[str, Process]], base: int, content
         pages = [(i, contents(_trim(mirror[i]))) for i in sorted(mirror)]
         lags = logical.lagging.get(name, {})
         lagging = [(i, sorted(contents(b) for b in lags[i])) for i in sorted(lags)]
-        out.append(repr((target, pages, lagging)).encode())
+        aliases = [(i, detached(same)) for (pin, i), same in logical.aliases.items() if pin == name]
+        out.append(repr((target, pages, lagging, sorted(aliases))).encode())
     return b"".join(out)
 
 

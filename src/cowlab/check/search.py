@@ -105,7 +105,7 @@ def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
             if e.verdict
         )
     )
-    pins = tuple(sorted((p.flavour, p.write) for p in runner.pins.values()))
+    pins = tuple(sorted((p.flavour, p.write) for p in runner.k.pins.values()))  # the held
     return (prop, letter.kind, decisions, pins, len(_live(runner)))
 
 

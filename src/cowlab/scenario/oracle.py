@@ -60,6 +60,10 @@ class LogicalMemory:
         # kernel never promised it follows them - but it may not show bytes its process never
         # had while it was attached: per such pin and page, the contents it may still show
         self.lagging: dict[str, dict[int, set[bytes]]] = {}
+        # (pin, page) -> (process, address, detach number) of a pin page whose mapping went
+        # away: pin pages with one identity hold one physical page (_detach)
+        self.aliases: dict[tuple[str, int], tuple[str, int, int]] = {}
+        self.detached = 0
         self.pins: dict[str, PinView] = {}
         self._filled: dict[int, bytes] = {}  # fill byte -> the page of it, shared
 
@@ -149,8 +153,18 @@ class LogicalMemory:
         else:
             for va in [va for va in pages if start <= va < end]:
                 del pages[va]
-        for _name, view in self._views_of(proc):
-            view.target[(view.target >= start) & (view.target < end)] = -1
+        self.detached += 1
+        for name, view in self._views_of(proc):
+            self._detach(name, view, (view.target >= start) & (view.target < end))
+
+    def _detach(self, name: str, view: PinView, gone: npt.NDArray[np.bool_]) -> None:
+        """The pin pages whose mapping went away keep what they saw; pins that saw the same
+        page of the process when it went away hold one physical page, so a DMA write through
+        either is seen through both (the detached page's identity: process, address, and the
+        number of the drop or move that detached it)."""
+        for i in np.flatnonzero(gone).tolist():
+            self.aliases[(name, i)] = (view.proc, int(view.target[i]), self.detached)
+        view.target[gone] = -1
 
     def move(self, proc: str, old: int, new: int, keep: int, size: int) -> None:
         pages = self.pages.get(proc, {})
@@ -160,10 +174,11 @@ class LogicalMemory:
             if va < old + keep:
                 moved[va - old + new] = page
         pages.update(moved)
-        for _name, view in self._views_of(proc):
+        self.detached += 1
+        for name, view in self._views_of(proc):
             t = view.target
             inside = (t >= old) & (t < old + keep)
-            t[(t >= old + keep) & (t < old + size)] = -1
+            self._detach(name, view, (t >= old + keep) & (t < old + size))
             t[inside] += new - old
 
     def _views_of(self, proc: str) -> list[tuple[str, PinView]]:
@@ -184,6 +199,8 @@ class LogicalMemory:
         del self.pins[name]
         self.pin_pages.pop(name, None)
         self.lagging.pop(name, None)
+        for key in [key for key in self.aliases if key[0] == name]:
+            del self.aliases[key]
 
     def dma_write(self, name: str, pin: Pin, offset: int, data: bytes) -> None:
         """The device's bytes land in the pin's pages and, where the pin is still attached, in
@@ -203,11 +220,21 @@ class LogicalMemory:
                 pages = self.pages.setdefault(view.proc, {})
                 pages[target] = _patched(pages.get(target, ZERO_PAGE), lo - va, chunk)
                 landed.append(target)
+            else:
+                self._dma_aliases(name, i, lo - va, chunk)
         for other, seeing in self._views_of(view.proc):  # the other pins of that process
             if other != name and landed:
                 self._refresh(
                     other, seeing, np.flatnonzero(np.isin(seeing.target, landed)).tolist()
                 )
+
+    def _dma_aliases(self, name: str, i: int, offset: int, chunk: bytes) -> None:
+        """A DMA write into a detached pin page, as the other pins holding that page see it."""
+        identity = self.aliases.get((name, i))
+        for (other, j), same in self.aliases.items():
+            if same == identity and (other, j) != (name, i) and other in self.pins:
+                theirs = self.pin_pages.setdefault(other, {})
+                theirs[j] = _patched(theirs.get(j, ZERO_PAGE), offset, chunk)
 
     # --- the check -----------------------------------------------------------------------------
 
