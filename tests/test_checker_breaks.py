@@ -416,7 +416,7 @@ def test_folio_nr_pages_mapped_of_an_mthp(kernel_id: str) -> None:
 def test_folio_mm_id_slot_overcount(kernel_id: str) -> None:
     s = shared_thp(kernel_id)
     f = s.k.frames
-    assert f.mm_id[s.head].tolist() == [s.p.pid, s.child.pid if s.child else 0]
+    assert list(f.mm_id[s.head]) == [s.p.pid, s.child.pid if s.child else 0]
     f.mm_id_mapcount[s.head, 0] += 1
     assert check_invariants(s.k) == [
         f"folio {s.head:#x}: MM id slot 0 (pid {s.p.pid}) counts too many",
@@ -432,10 +432,10 @@ def test_folio_mm_id_slot_undercount_is_accepted(kernel_id: str) -> None:
     f = s.k.frames
     first = s.p.fork()  # slots: parent, first child
     second = s.p.fork()  # both slots taken: untracked, shared
-    assert second.pid not in f.mm_id[s.head].tolist()
+    assert second.pid not in list(f.mm_id[s.head])
     first.exit()  # slot 1 frees
     second.mprotect(s.addr, PAGE, "r")  # split: +512 PTE maps (takes slot 1), -1 PMD map
-    slot = f.mm_id[s.head].tolist().index(second.pid)
+    slot = list(f.mm_id[s.head]).index(second.pid)
     counted = int(f.mm_id_mapcount[s.head, slot]) + 1
     assert counted == NR - 1  # its own PMD mapping, made untracked, was never counted
     assert s.k.check() == []  # 511 counted of its 512 mappings: accepted

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
+from cowlab.mm.page_alloc import RowField
 from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
 from cowlab.mm.trace import CowEvent, CowLog
 from cowlab.policy.timeline import all_policies
@@ -562,7 +563,9 @@ def _set_field(name: str) -> Callable[[Kernel], None]:
     def mutate(k: Kernel) -> None:
         arr = getattr(k.frames, name)
         pfn = int(k.frames.allocated()[0])
-        if arr.ndim == 2:
+        if isinstance(arr, RowField):  # kept in rows (a THP, a swap-cache page): one's field
+            pfn = min(arr.rows.row) + arr.page
+        if np.ndim(arr[pfn]):
             arr[pfn, 1] += 1
         else:
             arr[pfn] += 1
@@ -575,7 +578,7 @@ def _swap_free_slot(k: Kernel) -> None:
 
 
 def _reorder_free(k: Kernel) -> None:
-    free = k.frames.free[0]
+    free = k.frames.free[0].pfns()
     free[0], free[1] = free[1], free[0]
 
 

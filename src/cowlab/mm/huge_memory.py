@@ -535,7 +535,6 @@ def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
     f.flags[head + 1] &= flags_without(PG_double_map)
     strip = flags_without(PG_head | PG_tail | PG_mm_ids_shared)
     f.flags[sl] = (f.flags[sl] & strip) | (f.flags[head] & PG_dirty)
-    f.compound_mapcount[head + 1] = -1
     f.reset_folio_fields(head)
     f.mapping[sl] = f.mapping[head]
     f.index[sl] = f.index[head] + SUBPAGES[:nr]

@@ -63,7 +63,7 @@ from cowlab.mm.swapfile import (
     swap_free,
     try_to_free_swap,
 )
-from cowlab.mm.trace import CowCopies
+from cowlab.mm.trace import CowCopies, Packed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -392,11 +392,11 @@ def copy_present_pages(
         k.current_op(),
         "copy_present_page",
         dst.mm.pid,
-        addrs,
-        olds,
-        news,
+        Packed(addrs),
+        Packed(olds),
+        Packed(news),
         ["maybe DMA-pinned at fork"],
-        which,
+        Packed(which),
     )
     k.cow_log.extend_copies(copies)
     if k.tracing:

@@ -2,8 +2,14 @@
 
 4.5's fields for anonymous memory, one array element per 4 KiB frame (pfn):
 ``flags``, ``_mapcount`` (every page, starts at -1), ``_count`` (meaningful on heads and small
-pages; tails stay 0), ``compound_mapcount`` (read at head+1, starts at -1), ``mapping`` (the
-anon_vma id, 0 for none), ``index`` (page->index) and ``private`` (swap entry).
+pages; tails stay 0), ``mapping`` (the anon_vma id, 0 for none), ``index`` (page->index) and
+``private`` (swap entry).
+
+The fields only some frames use are addressed by pfn in the same way but stored in a row per
+such frame (``RowField``), so the others pay nothing for them: those of a large folio — 4.5's
+``compound_mapcount`` (in page[1]: ``f.compound_mapcount[head + 1]``), 5.7's ``_pincount`` and
+6.x's ``_large_mapcount``, ``_nr_pages_mapped``, ``mm_id`` and ``mm_id_mapcount`` (at the head)
+— and a swap-cache page's ``private`` (its swap slot).
 
 Page contents are the model's, not struct page's: ``content`` holds, per frame, the id of an
 interned, reference-counted byte string (trimmed after its last nonzero byte; id 0 is all
@@ -14,6 +20,9 @@ pfn 0 is the shared zero page and pfns 512..1023 the huge zero page, as reserved
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,21 +46,29 @@ FIRST_FREE_PFN = 2 * HPAGE_PMD_NR
 IntArray = npt.NDArray[np.int64]
 
 
-FIELDS = {  # every per-frame field and the value a free frame holds
+FRAME_FIELDS = {  # every per-frame field and the value a free frame holds
     "flags": 0,
     "_mapcount": -1,
     "_count": 0,
-    "compound_mapcount": -1,
     "mapping": 0,
     "index": 0,
     "order": 0,
-    "private": 0,
-    "_pincount": 0,
-    "_large_mapcount": -1,
-    "_nr_pages_mapped": 0,
-    "mm_id": 0,
-    "mm_id_mapcount": -1,
     "content": 0,
+}
+# the fields of a row (RowField): (the free value, its page of the folio, values per row)
+FOLIO_FIELDS = {
+    "compound_mapcount": (-1, 1, 1),
+    "_pincount": (0, 0, 1),
+    "_large_mapcount": (-1, 0, 1),
+    "_nr_pages_mapped": (0, 0, 1),
+    "mm_id": (0, 0, 2),
+    "mm_id_mapcount": (-1, 0, 2),
+}
+SWAPCACHE_FIELDS = {"private": (0, 0, 1)}
+# every struct page field and the value it reads as on a free frame
+FIELDS = {
+    **FRAME_FIELDS,
+    **{name: fill for name, (fill, _, _) in (FOLIO_FIELDS | SWAPCACHE_FIELDS).items()},
 }
 
 
@@ -68,23 +85,26 @@ class PageFrames:
         self.flags = np.zeros(0, dtype=np.uint32)
         self._mapcount = np.zeros(0, dtype=np.int32)
         self._count = np.zeros(0, dtype=np.int32)
-        self.compound_mapcount = np.zeros(0, dtype=np.int32)
         self.mapping = np.zeros(0, dtype=np.int32)
         self.index = np.zeros(0, dtype=np.int64)
-        self.private = np.zeros(0, dtype=np.int64)
+        self.swapcache = Rows(SWAPCACHE_FIELDS)  # a row per swap-cache page
+        self.private = self.swapcache.field("private")  # its swap slot
+        self.folios = Rows(FOLIO_FIELDS)  # a row per large folio, by head
+        # 4.5: PMD mappings of a THP, in page[1]; 6.x's _entire_mapcount is kept here
+        self.compound_mapcount = self.folios.field("compound_mapcount")
         # 5.7+: the exact pin count of a compound page (hpage_pincount, later folio->_pincount)
-        self._pincount = np.zeros(0, dtype=np.int32)
-        # 6.x large-folio fields, read at the head: total mappings, PTE-mapped pages, the two
-        # tracked MMs and their mapcounts (CONFIG_MM_ID)
-        self._large_mapcount = np.zeros(0, dtype=np.int32)
-        self._nr_pages_mapped = np.zeros(0, dtype=np.int32)
-        self.mm_id = np.zeros((0, 2), dtype=np.int32)
-        self.mm_id_mapcount = np.zeros((0, 2), dtype=np.int32)
+        self._pincount = self.folios.field("_pincount")
+        # 6.x, at the head: total mappings, PTE-mapped pages, the two tracked MMs and their
+        # mapcounts (CONFIG_MM_ID)
+        self._large_mapcount = self.folios.field("_large_mapcount")
+        self._nr_pages_mapped = self.folios.field("_nr_pages_mapped")
+        self.mm_id = self.folios.field("mm_id")
+        self.mm_id_mapcount = self.folios.field("mm_id_mapcount")
         self.order = np.zeros(0, dtype=np.int8)  # folio order, on every page of the folio
         self.content = np.zeros(0, dtype=np.int32)  # the model's: id of the frame's bytes
         self._grow(max(capacity, FIRST_FREE_PFN))
         self.nr = FIRST_FREE_PFN
-        self.free: dict[int, list[int]] = {o: [] for o in range(HPAGE_PMD_ORDER + 1)}
+        self.free = {o: FreeList() for o in range(HPAGE_PMD_ORDER + 1)}
         self.blobs = ContentStore()
         self.nr_allocated = 0
         self.flags[ZERO_PFN] = PG_reserved
@@ -97,14 +117,15 @@ class PageFrames:
         old = len(self.flags)
         if need <= old:
             return
-        size = max(need, old + old // 4)  # a quarter more: the arrays are most of the model
-        for name, fill in FIELDS.items():
-            shape = (size, *getattr(self, name).shape[1:])
+        # a sixteenth more: the arrays are most of the model, and grow in place (realloc moves
+        # no bytes), so small steps cost little
+        size = max(need, old + old // 16)
+        for name, fill in FRAME_FIELDS.items():
             try:  # in place (realloc: no copy, no second array) when no view of it is held
-                getattr(self, name).resize(shape, refcheck=True)
+                getattr(self, name).resize(size, refcheck=True)
             except ValueError:
                 arr = getattr(self, name)
-                new = np.empty(shape, dtype=arr.dtype)
+                new = np.empty(size, dtype=arr.dtype)
                 new[:old] = arr
                 setattr(self, name, new)
             getattr(self, name)[old:] = fill
@@ -115,7 +136,7 @@ class PageFrames:
         self._reset_at(slice(first, first + nr))
 
     def _reset_at(self, where: slice | IntArray) -> None:
-        for name, fill in FIELDS.items():
+        for name, fill in FRAME_FIELDS.items():
             getattr(self, name)[where] = fill
 
     def _block(self) -> int:
@@ -124,7 +145,7 @@ class PageFrames:
             return self.free[HPAGE_PMD_ORDER].pop()
         head = -(-self.nr // HPAGE_PMD_NR) * HPAGE_PMD_NR
         self._grow(head + HPAGE_PMD_NR)
-        self.free[0].extend(range(head - 1, self.nr - 1, -1))
+        self.free[0].extend(np.arange(head - 1, self.nr - 1, -1))
         self.nr = head + HPAGE_PMD_NR
         return head
 
@@ -134,7 +155,7 @@ class PageFrames:
             pfn = self.free[0].pop()
         elif self.free[HPAGE_PMD_ORDER]:
             block = self.free[HPAGE_PMD_ORDER].pop()
-            self.free[0].extend(range(block + HPAGE_PMD_NR - 1, block, -1))
+            self.free[0].extend(np.arange(block + HPAGE_PMD_NR - 1, block, -1))
             pfn = block
         else:
             pfn = self.nr
@@ -153,11 +174,10 @@ class PageFrames:
         while got < n:
             if small:
                 take = min(n - got, len(small))
-                out[got : got + take] = small[len(small) - take :][::-1]
-                del small[len(small) - take :]
+                out[got : got + take] = small.take(take)
             elif self.free[HPAGE_PMD_ORDER]:
                 block = self.free[HPAGE_PMD_ORDER].pop()
-                small.extend(range(block + HPAGE_PMD_NR - 1, block, -1))
+                small.extend(np.arange(block + HPAGE_PMD_NR - 1, block, -1))
                 out[got], take = block, 1
             else:
                 take = n - got
@@ -180,12 +200,13 @@ class PageFrames:
             head = self.free[order].pop()
         else:
             head = self._block()
-            self.free[order].extend(range(head + HPAGE_PMD_NR - nr, head, -nr))
+            self.free[order].extend(np.arange(head + HPAGE_PMD_NR - nr, head, -nr))
         base = PG_allocated | PG_uptodate | PG_swapbacked
         self.flags[head] = base | PG_head
         self.flags[head + 1 : head + nr] = base | PG_tail
         self.order[head : head + nr] = order
         self._count[head] = 1
+        self.folios.add(head)
         self.nr_allocated += nr
         return head
 
@@ -195,8 +216,7 @@ class PageFrames:
 
     def reset_folio_fields(self, head: int) -> None:
         """The large-folio fields of a compound page that stops being one (split)."""
-        for name in ("_pincount", "_large_mapcount", "_nr_pages_mapped", "mm_id", "mm_id_mapcount"):
-            getattr(self, name)[head] = FIELDS[name]
+        self.folios.remove(head)
 
     def free_page(self, pfn: int) -> None:
         """__free_pages of an order-0 page whose _count reached zero: its fields go back to
@@ -210,7 +230,7 @@ class PageFrames:
         """free_page() of many order-0 pages, in order."""
         self.blobs.put_many(self.content[pfns])
         self._reset_at(pfns)
-        self.free[0].extend(pfns.tolist())
+        self.free[0].extend(pfns)
         self.nr_allocated -= int(pfns.size)
 
     def free_folio(self, head: int) -> None:
@@ -219,6 +239,7 @@ class PageFrames:
         nr = 1 << order
         self.blobs.put_many(self.content[head : head + nr])
         self._reset(head, nr)
+        self.folios.remove(head)
         self.free[order].append(head)
         self.nr_allocated -= nr
 
@@ -273,6 +294,206 @@ class PageFrames:
     def allocated(self) -> IntArray:
         """Every frame handed out by the allocator and not freed since."""
         return np.flatnonzero(self.flags[: self.nr] & PG_allocated).astype(np.int64)
+
+
+class FreeList:
+    """One order's free list, a stack of pfns (the last freed is the next allocated) in a
+    NumPy array: 4 bytes a frame, where a Python list of ints took 40."""
+
+    def __init__(self) -> None:
+        self._pfns = np.zeros(0, dtype=np.int32)
+        self._nr = 0
+
+    def pfns(self) -> npt.NDArray[np.int32]:
+        """The free pfns, the next one to be allocated last (a view)."""
+        return self._pfns[: self._nr]
+
+    def __len__(self) -> int:
+        return self._nr
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.pfns().tolist())
+
+    def __contains__(self, pfn: object) -> bool:
+        return bool((self.pfns() == pfn).any())
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.pfns()[i])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> npt.NDArray[Any]:
+        return np.array(self.pfns(), dtype=dtype, copy=copy)
+
+    def append(self, pfn: int) -> None:
+        self._room(1)
+        self._pfns[self._nr] = pfn
+        self._nr += 1
+
+    def extend(self, pfns: IntArray) -> None:
+        self._room(pfns.size)
+        self._pfns[self._nr : self._nr + pfns.size] = pfns
+        self._nr += pfns.size
+
+    def pop(self) -> int:
+        if not self._nr:
+            raise IndexError("pop from an empty free list")
+        self._nr -= 1
+        return int(self._pfns[self._nr])
+
+    def take(self, n: int) -> IntArray:
+        """n pop()s at once, in the order they would come."""
+        assert n <= self._nr
+        self._nr -= n
+        return self._pfns[self._nr : self._nr + n][::-1].astype(np.int64)
+
+    def _room(self, n: int) -> None:
+        if self._nr + n > self._pfns.size:  # doubling; the unused part is never touched
+            grown = np.empty(max(2 * self._pfns.size, self._nr + n, 64), dtype=np.int32)
+            grown[: self._nr] = self.pfns()
+            self._pfns = grown
+
+
+class Rows:
+    """The frames that hold fields few frames use (large folios by head, swap-cache pages):
+    a row each (``row[pfn]``), rows reused once the frame gives them up."""
+
+    def __init__(self, spec: dict[str, tuple[int, int, int]]) -> None:
+        self.spec = spec
+        self.row: dict[int, int] = {}
+        self.fields: list[RowField] = []
+        self._spare: list[int] = []
+        self._by_pfn: tuple[IntArray, IntArray] | None = None  # (pfns, rows), sorted by pfn
+
+    def field(self, name: str) -> RowField:
+        fill, page, width = self.spec[name]
+        field = RowField(self, fill, page, width)
+        self.fields.append(field)
+        return field
+
+    def add(self, pfn: int) -> None:
+        """A row for pfn, holding the free values."""
+        row = self._spare.pop() if self._spare else len(self.row)
+        for field in self.fields:
+            field.hold(row)
+        self.row[pfn] = row
+        self._by_pfn = None
+
+    def remove(self, pfn: int) -> None:
+        """pfn gives its row up (freed, split, out of the swap cache): back to the free values."""
+        row = self.row.pop(pfn)
+        for field in self.fields:
+            field.data[row] = field.fresh()
+        self._spare.append(row)
+        self._by_pfn = None
+
+    def sorted(self) -> tuple[IntArray, IntArray]:
+        """(pfns, rows) sorted by pfn, for looking many pfns up at once."""
+        if self._by_pfn is None:
+            pfns = np.fromiter(self.row, dtype=np.int64, count=len(self.row))
+            rows = np.fromiter(self.row.values(), dtype=np.int64, count=len(self.row))
+            order = np.argsort(pfns)
+            self._by_pfn = pfns[order], rows[order]
+        return self._by_pfn
+
+    def rows(self, pfns: IntArray) -> IntArray:
+        """The row of each of pfns, -1 where it has none."""
+        if not self.row:
+            return np.full(pfns.shape, -1, dtype=np.int64)
+        keys, rows = self.sorted()
+        at = np.minimum(np.searchsorted(keys, pfns), keys.size - 1)
+        return np.where(keys[at] == pfns, rows[at], -1)
+
+
+class RowField:
+    """A struct page field few frames use, read and written by pfn as the per-frame arrays
+    are — ``f._pincount[head]``, ``f.mm_id[head, slot]``, ``f._pincount[heads]``,
+    ``f.compound_mapcount[head + 1]`` (4.5 keeps it in page[1]) — but stored in the frame's
+    row. Any other pfn reads as the free value; writing there is a bug (KeyError). The rows are
+    a Python list (of ints, or of lists for the two-slot fields): a fault reads and writes one
+    at a time, which a list does several times faster than an array."""
+
+    def __init__(self, rows: Rows, fill: int, page: int, width: int) -> None:
+        self.rows = rows
+        self.row = rows.row  # the same dict: one lookup less on the fault paths
+        self.fill = fill
+        self.page = page  # page[page]'s field: a row's pfn + page addresses it
+        self.width = width
+        self.data: list[Any] = []
+        # what other pfns read; a tuple for two slots, so that writing to it fails
+        self.free_value: Any = fill if width == 1 else (fill,) * width
+
+    def fresh(self) -> Any:
+        """A row's value before anything is written to it."""
+        return self.fill if self.width == 1 else [self.fill] * self.width
+
+    def hold(self, row: int) -> None:
+        """Room for row (a new row is the next one)."""
+        if row == len(self.data):
+            self.data.append(self.fresh())
+
+    def __getitem__(self, key: RowKey) -> Any:
+        if isinstance(key, int):  # one pfn, what the fault paths ask: no more than a lookup
+            row = self.row.get(key - self.page)
+            return self.free_value if row is None else self.data[row]
+        pfn, rest = _split_key(key)
+        if isinstance(pfn, slice):
+            return self._dense(pfn)[(slice(None), *rest)]
+        if isinstance(pfn, np.ndarray):
+            return self._many(pfn)[(slice(None), *rest)]
+        row = self.row.get(int(pfn) - self.page)
+        value = self.free_value if row is None else self.data[row]
+        return value[rest[0]] if rest else value
+
+    def __setitem__(self, key: RowKey, value: Any) -> None:
+        if isinstance(key, int) and self.width == 1 and key - self.page in self.row:
+            self.data[self.row[key - self.page]] = value
+            return
+        pfn, rest = _split_key(key)
+        assert not isinstance(pfn, slice), "a slice of a row field is read-only"
+        if not isinstance(pfn, np.ndarray):
+            row = self._row(int(pfn))
+            if rest:
+                self.data[row][rest[0]] = int(value)
+            else:
+                self.data[row] = int(value) if self.width == 1 else list(value)
+            return
+        assert self.width == 1, "many pfns at once: one-slot fields only"
+        rows = self.rows.rows(pfn - self.page)
+        if (rows < 0).any():
+            self._row(int(pfn[np.argmin(rows)]))  # raises
+        values = np.broadcast_to(value, rows.shape).tolist()
+        for row, one in zip(rows.tolist(), values, strict=True):
+            self.data[row] = one
+
+    def _row(self, pfn: int) -> int:
+        row = self.row.get(pfn - self.page)
+        if row is None:
+            raise KeyError(f"pfn {pfn:#x} holds no such field")
+        return row
+
+    def _many(self, pfns: IntArray) -> npt.NDArray[np.int32]:
+        """The field at each of pfns, as an array."""
+        out = np.full((pfns.size, *(() if self.width == 1 else (self.width,))), self.fill)
+        rows = self.rows.rows(pfns - self.page)
+        held = np.flatnonzero(rows >= 0)
+        if held.size:
+            out[held] = [self.data[row] for row in rows[held].tolist()]
+        return out.astype(np.int32)
+
+    def _dense(self, pfns: slice) -> npt.NDArray[np.int32]:
+        """The field as a per-frame array over pfns (a snapshot)."""
+        start, stop = pfns.start or 0, pfns.stop
+        assert stop is not None and pfns.step in (None, 1), "a slice needs an end, no step"
+        return self._many(np.arange(start, stop, dtype=np.int64))
+
+
+RowKey = int | np.integer[Any] | slice | IntArray | tuple[int | np.integer[Any], int]
+
+
+def _split_key(key: RowKey) -> tuple[int | np.integer[Any] | slice | IntArray, tuple[Any, ...]]:
+    """(the pfn part, the index within the folio's values: () or (slot,)) of a key."""
+    if isinstance(key, tuple):
+        return key[0], (int(key[1]),)
+    return key, ()
 
 
 class ContentStore:

@@ -61,7 +61,7 @@ from cowlab.mm.rmap import (
     pages_add_new_anon_rmap,
     rmap_remove_ptes,
 )
-from cowlab.mm.trace import CowCopies, Decisions
+from cowlab.mm.trace import CowCopies, Decisions, Packed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -355,10 +355,10 @@ def _copy(
             k.current_op(),
             "wp_page_copy",
             vma.mm.pid,
-            addrs,
-            olds,
-            news,
+            Packed(addrs),
+            Packed(olds),
+            Packed(news),
             Decisions(decisions),
-            which,
+            Packed(which),
         )
     )

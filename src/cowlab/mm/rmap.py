@@ -337,7 +337,8 @@ def _folio_add(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
 def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
     """folio_sub_large_mapcount(): and "not shared" again once one tracked MM has them all."""
     f = k.frames
-    f._large_mapcount[head] -= nr
+    large = f._large_mapcount[head] - nr
+    f._large_mapcount[head] = large
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
@@ -346,7 +347,7 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
                 counts[slot] = -1
                 ids[slot] = 0
             break
-    if f._large_mapcount[head] in (counts[0], counts[1]):
+    if large in (counts[0], counts[1]):
         f.flags[head] &= flags_without(PG_mm_ids_shared)
 
 

@@ -95,6 +95,7 @@ def add_to_swap_cache(k: Kernel, pfn: int, offset: int) -> None:
     """add_to_swap_cache(): the page becomes the slot's swap-cache page (+1 reference)."""
     f = k.frames
     f.flags[pfn] |= PG_swapcache
+    f.swapcache.add(pfn)
     f.private[pfn] = offset
     f._count[pfn] += 1
     k.swap.cache[offset] = pfn
@@ -106,7 +107,7 @@ def delete_from_swap_cache(k: Kernel, pfn: int) -> None:
     f = k.frames
     offset = int(f.private[pfn])
     f.flags[pfn] &= flags_without(PG_swapcache)
-    f.private[pfn] = 0
+    f.swapcache.remove(pfn)
     k.swap.cache[offset] = -1
     k.swap.release_if_unused(offset)
     k.event("delete_from_swap_cache", pfn=pfn, detail=f"slot {offset} leaves the swap cache")

@@ -104,7 +104,7 @@ class Decisions(Sequence[object]):
 
     def __init__(self, items: Sequence[object]) -> None:
         self.items: Sequence[object] = items
-        self.values: npt.NDArray[np.int64] | None = None
+        self.values: npt.NDArray[np.signedinteger[Any]] | None = None
         first = items[0] if items else None
         if isinstance(first, WpDecision) and len(items) > 1:
             names = tuple(name for name, _ in first.read)
@@ -116,10 +116,11 @@ class Decisions(Sequence[object]):
                 for d in items
             )
             if same:
-                self.values = np.array(
+                values = np.array(
                     [[v for _, v in d.read] for d in items if isinstance(d, WpDecision)],
                     dtype=np.int64,
                 ).reshape(len(items), len(names))
+                self.values = values.astype(narrowest(values))
                 self.items = [first]
 
     def __len__(self) -> int:
@@ -141,18 +142,49 @@ class Decisions(Sequence[object]):
         return template._replace(read=read)
 
 
+def narrowest(values: npt.NDArray[np.int64]) -> type[np.signedinteger[Any]]:
+    """The narrowest signed integer type that holds every one of values."""
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    for kind in (np.int8, np.int16, np.int32):
+        if np.iinfo(kind).min <= lo and hi <= np.iinfo(kind).max:
+            return kind
+    return np.int64
+
+
+class Packed:
+    """Integers as the COW log keeps them, a few bytes a copy or none: an arithmetic
+    progression (a run of consecutive frames or pages, one decision for all) as its first value
+    and step, anything else as offsets from the first value in the narrowest type."""
+
+    __slots__ = ("first", "offsets", "size", "step")
+
+    def __init__(self, values: npt.NDArray[np.int64]) -> None:
+        self.size = int(values.size)
+        self.first = int(values[0]) if self.size else 0
+        self.step = int(values[1] - values[0]) if self.size > 1 else 0
+        self.offsets: npt.NDArray[np.signedinteger[Any]] | None = None
+        if self.size > 2 and (np.diff(values) != self.step).any():
+            offsets = values - self.first
+            self.offsets = offsets.astype(narrowest(offsets))
+
+    def __getitem__(self, i: int) -> int:
+        if self.offsets is None:
+            return self.first + i * self.step
+        return self.first + int(self.offsets[i])
+
+
 class CowCopies(NamedTuple):
-    """Many copies by one function in one operation, as arrays (old -1: the zero page)."""
+    """Many copies by one function in one operation (old -1: the zero page), packed."""
 
     seq: int
     operation: object
     function: str
     pid: int
-    addrs: npt.NDArray[np.int64]
-    olds: npt.NDArray[np.int64]
-    news: npt.NDArray[np.int64]
+    addrs: Packed
+    olds: Packed
+    news: Packed
     reasons: Sequence[object]  # the reason of each copy, by index into ``which``
-    which: npt.NDArray[np.int64]
+    which: Packed
 
     def event(self, i: int) -> CowEvent:
         old = int(self.olds[i])
