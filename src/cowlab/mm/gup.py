@@ -27,6 +27,7 @@ from cowlab.mm.constants import (
     PG_head,
     PG_reserved,
 )
+from cowlab.mm.decision import Reads
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.mm import (
     GUP_PIN_COUNTING_BIAS,
@@ -52,6 +53,7 @@ from cowlab.mm.range_fault import fault_in_range
 
 Ints = npt.NDArray[np.int64]
 NO_PAGES: Ints = np.zeros(0, dtype=np.int64)
+NO_UNSHARE: tuple[bool, Reads, str] = (False, (), "")
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
@@ -109,7 +111,8 @@ def get_user_pages(
     4.5 has no FOLL_COW: after a forced write fault on a read-only VMA returns VM_FAULT_WRITE,
     FOLL_WRITE is dropped and the page now mapped (the COW copy) is looked up as a read. 5.8
     faults every GUP on a COW mapping as a write (17839856fd58); 5.19 unshares a shared
-    anonymous page before a read-only FOLL_PIN (FAULT_FLAG_UNSHARE).
+    anonymous page before a read-only FOLL_PIN (FAULT_FLAG_UNSHARE), 6.2 the zero page before a
+    read-only long-term one.
     """
     gup_flags = effective_gup_flags(k, flags) | FOLL_TOUCH
     if not gup_flags & FOLL_FORCE:
@@ -270,23 +273,37 @@ def _grabbed(
 
 
 def must_unshare(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> bool:
-    """gup_must_unshare() (5.19): a R/O FOLL_PIN of a read-only mapped, not exclusive anon page."""
+    """gup_must_unshare()'s answer, without the values it read."""
+    return unshare_decision(k, vma, addr, gup_flags)[0]
+
+
+def unshare_decision(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> tuple[bool, Reads, str]:
+    """gup_must_unshare() (5.19): a R/O FOLL_PIN of a read-only mapped, not exclusive anon page;
+    the zero page and the huge zero page as the policy says (6.2: long-term pins, 84209e87c696)."""
     if not (k.policy.gup_unshares_ro_pins and gup_flags & FOLL_PIN) or gup_flags & FOLL_WRITE:
-        return False
+        return NO_UNSHARE
     entry = vma.mm.pmds.get(pmd_index(addr))
     if isinstance(entry, HugePmd):
-        if entry.write or entry.huge_zero:
-            return False
+        if entry.write:
+            return NO_UNSHARE
+        if entry.huge_zero:
+            return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
         pfn = entry.pfn
     elif entry is not None and entry.pfn[pte_index(addr)] >= 0:
         i = pte_index(addr)
-        if entry.bits[i] & (PTE_WRITE | PTE_SPECIAL):
-            return False
+        if entry.bits[i] & PTE_WRITE:
+            return NO_UNSHARE
+        if entry.bits[i] & PTE_SPECIAL:
+            return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
         pfn = int(entry.pfn[i])
     else:
-        return False
+        return NO_UNSHARE
     f = k.frames
-    return PageAnon(f, pfn) and not PageAnonExclusive(f, pfn)
+    if not PageAnon(f, pfn):
+        return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
+    exclusive = PageAnonExclusive(f, pfn)
+    read = (("PageAnon", 1), ("PageAnonExclusive", int(exclusive)))
+    return not exclusive, read, "PageAnon: !PageAnonExclusive"
 
 
 def gup_fast_one(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int | None:
@@ -302,7 +319,9 @@ def _faultin_and_follow(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> in
         pfn = None if must_unshare(k, vma, addr, foll) else follow_page_mask(k, vma.mm, addr, foll)
         if pfn is not None:
             return pfn
-        unshare = must_unshare(k, vma, addr, foll)
+        unshare, read, rule = unshare_decision(k, vma, addr, foll)
+        if unshare:
+            k.event("gup_must_unshare", "unshare", addr=addr, read=read, rule=rule)
         write = bool(foll & FOLL_WRITE) and not unshare
         ret = handle_mm_fault(k, vma, addr, write=write, unshare=unshare)  # faultin_page()
         if ret & VM_FAULT_SIGSEGV:

@@ -204,7 +204,8 @@ def do_huge_pmd_wp_page(
     k: Kernel, vma: VmArea, addr: int, entry: HugePmd, unshare: bool = False
 ) -> int:
     """do_huge_pmd_wp_page(): reuse the THP; else copy 2 MiB or 512 small pages (to 5.7), or
-    split the PMD and let the PTE fault copy 4 KiB (5.8, 3917c80280c9)."""
+    split the PMD and let the PTE fault copy 4 KiB (5.8, 3917c80280c9). An unshare splits a THP
+    it cannot reuse; the huge zero PMD (an unshare from 6.2) is handled as a write."""
     haddr = addr & HPAGE_PMD_MASK
     page: int | None = None if entry.huge_zero else entry.pfn
     if page is not None:
@@ -217,7 +218,7 @@ def do_huge_pmd_wp_page(
     else:
         why = "the huge zero page is never reused"
     zero_gets_thp = page is None and k.policy.huge_zero_wp_allocates
-    if (k.policy.pmd_cow_splits and not zero_gets_thp) or unshare:
+    if (k.policy.pmd_cow_splits and not zero_gets_thp) or (unshare and page is not None):
         split_huge_pmd(k, vma, haddr)
         return VM_FAULT_FALLBACK
     new = alloc_hugepage(k) if transparent_hugepage_enabled(k, vma) else None

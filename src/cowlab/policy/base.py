@@ -123,6 +123,13 @@ class Policy(ABC):
         count = page_mapcount(k.frames, pfn)
         return count != 1, (("page_mapcount", count),), "MADV_PAGEOUT: page_mapcount == 1"
 
+    def gup_unshares_non_anon(
+        self, k: Kernel, vma: VmArea, gup_flags: int
+    ) -> tuple[bool, Reads, str]:
+        """gup_must_unshare() for a R/O FOLL_PIN of a page that is not anonymous (the shared or
+        the huge zero page): taken as mapped until 6.2."""
+        return False, (("PageAnon", 0),), "!PageAnon: never"
+
     def try_to_unmap_refuses(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
         """try_to_unmap_one(): keep this mapping (5.19: an exclusive page that may be pinned)?"""
         return False, (), ""

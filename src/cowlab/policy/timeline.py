@@ -89,6 +89,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_2.NoDoubleMap,
     v6_2.MprotectExclusiveWritable,
     v6_2.KsmUnmergeUnshares,
+    v6_2.LongtermRoPinUnsharesZeroPage,
     v6_6.CollapseUffdEbusy,
     v6_8.AnonMthp,
     v6_9.NoLargeFolioReuse,

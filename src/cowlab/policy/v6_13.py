@@ -10,7 +10,8 @@ from cowlab.policy.history import landed
     "6.13",
     ("1ced09e0331f",),
     "mm: allocate THP on hugezeropage wp-fault",
-    "a write fault on the huge zero PMD maps a fresh zeroed THP (5.8-6.12 split it)",
+    "a write fault on the huge zero PMD maps a fresh zeroed THP (5.8-6.12 split it), and so "
+    "does the unshare fault of a read-only long-term pin (6.2-6.12 split it)",
     "6.12.0 -> 6.13.2 mm/huge_memory.c do_huge_pmd_wp_page, do_huge_zero_wp_pmd",
 )
 class HugeZeroWpAllocates(Policy):

@@ -1,11 +1,13 @@
 """Linux 6.2: no PG_double_map; mprotect maps clean exclusive PTEs and PMDs writable too; KSM
-unmerges by an unshare fault."""
+unmerges by an unshare fault; a R/O long-term pin unshares the zero page."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cowlab.policy.base import Policy
+from cowlab.mm.constants import FOLL_LONGTERM
+from cowlab.mm.mm_types import is_cow_mapping
+from cowlab.policy.base import Policy, Reads
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
@@ -56,3 +58,26 @@ class MprotectExclusiveWritable(Policy):
 )
 class KsmUnmergeUnshares(Policy):
     ksm_unmerge_unshares = True
+
+
+@landed(
+    "6.2",
+    ("84209e87c696", "8d6a0ac09a16"),
+    "mm/gup: reliable R/O long-term pinning in COW mappings; mm: extend FAULT_FLAG_UNSHARE "
+    "support to anything in a COW mapping",
+    "a read-only long-term FOLL_PIN of the zero page or the huge zero page in a private mapping "
+    "unshares it: the huge zero PMD is split and each pinned 4 KiB gets a new exclusive page "
+    "mapped read-only (a short-term read-only pin still takes the zero page)",
+    "6.1.20 -> 6.2.1 include/linux/mm.h gup_must_unshare (non-anonymous page: never -> "
+    "FOLL_LONGTERM in a COW mapping), mm/memory.c do_wp_page (unshare of the zero page: nothing "
+    "to do -> wp_page_copy), mm/huge_memory.c do_huge_pmd_wp_page (huge zero PMD: split, both)",
+)
+class LongtermRoPinUnsharesZeroPage(Policy):
+    def gup_unshares_non_anon(
+        self, k: Kernel, vma: VmArea, gup_flags: int
+    ) -> tuple[bool, Reads, str]:
+        """gup_must_unshare() (6.2, 84209e87c696): a long-term pin in a COW mapping must not hold
+        a page a later write would replace; a short-term one may."""
+        longterm, cow = bool(gup_flags & FOLL_LONGTERM), is_cow_mapping(vma.vm_flags)
+        read = (("PageAnon", 0), ("FOLL_LONGTERM", int(longterm)), ("is_cow_mapping", int(cow)))
+        return longterm and cow, read, "!PageAnon: FOLL_LONGTERM && is_cow_mapping"
