@@ -280,7 +280,7 @@ def test_a_device_write_reaches_every_pin_of_the_page() -> None:
 
     class FakePin:
         def __init__(self, addr: int) -> None:
-            self.addr, self.pages = addr, [1]
+            self.addr, self.pages, self.flavour = addr, [1], "longterm"
 
     lm = LogicalMemory()
     base = 0x7F0000000000

@@ -27,7 +27,8 @@ from cowlab.mm.pgtable import (
     is_swap_pte,
     pte_to_swp_offset,
 )
-from cowlab.policy import POLICIES
+from cowlab.policy import POLICIES, resolve
+from cowlab.policy.v5_11 import ReclaimSkipsPinned
 from tests.releases import since
 
 PAGE = 4096
@@ -271,7 +272,8 @@ def test_pinned_page_under_reclaim(kernel_id: str) -> None:
     p.write(addr, b"x")
     pin = p.get_user_pages(addr, PAGE)
     p.swapout(addr, PAGE)
-    skips = since(kernel_id, "5.11")  # feb889fb40fa
+    # feb889fb40fa: 5.11, and 5.10.9's backport of it
+    skips = ReclaimSkipsPinned in resolve(kernel_id).policy.changes
     assert (p.translate(addr) == pin.pages[0]) == skips
     assert bool(k.frames.flags[pin.pages[0]] & PG_swapcache) == (not skips)
     p.write(addr, b"y")
