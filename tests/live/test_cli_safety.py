@@ -37,7 +37,9 @@ def test_match_kernel_resolves_the_release() -> None:
     assert match_kernel("6.18.44-fc-v669") == "v6.18"
     assert match_kernel("4.5.0") == "v4.5"
     assert match_kernel("4.5.5-custom") == "v4.5+6d0a07e"
-    assert match_kernel("6.1.0") == "v6.1" and match_kernel("5.10.200") == "v5.9"
+    assert match_kernel("6.1.0") == "v6.1" and match_kernel("5.10.0") == "v5.9"
+    # 5.10.9 took 9348b73c2e1b and feb889fb40fa (docs/timeline-sources.md, stable backports)
+    assert match_kernel("5.10.200") == "v5.10+9348b73+feb889f"
     assert match_kernel("6.180.1") is None and match_kernel("4.4.0") is None
     assert match_kernel("weird") is None
 
