@@ -1,0 +1,261 @@
+"""`cowlab check` finds the historical COW bugs by itself, on the kernels that had them and not
+on those that fixed them, each with a shortest counterexample that replays as a scenario.
+
+What each bug is and where it lives is from the kernel's history (the issue's list, the
+commits cited in examples/ and docs/kernels.md); the programs are the search's own. A search
+result is cached per (kernel, depth): each kernel is searched once for the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from cowlab.check.counterexample import group, to_yaml
+from cowlab.check.search import Finding, Outcome, policy_differences, search
+from cowlab.cli import main
+from cowlab.scenario.loader import parse_scenario
+from cowlab.scenario.runner import run_scenario
+
+CORRECTNESS = ("pin_coherence", "cow_isolation", "no_leak", "consistency", "no_page_leak")
+
+
+@cache
+def searched(kernel: str, depth: int) -> Outcome:
+    return search(kernel, depth)
+
+
+def found(kernel: str, depth: int, prop: str, *letters: str) -> list[Finding]:
+    """The findings of `prop` whose program has letters containing each of `letters`."""
+    return [
+        f
+        for f in searched(kernel, depth).findings
+        if f.prop == prop and all(any(x in name for name in f.program.names) for x in letters)
+    ]
+
+
+def replays(finding: Finding) -> bool:
+    """The counterexample, written as a scenario file, passes `cowlab run` on its kernel: the
+    property breaks at its last step there."""
+    (ce,) = group([finding])
+    scenario = parse_scenario(to_yaml(ce, 0, "cow"), "<counterexample>")
+    return run_scenario(scenario, finding.kernel).passed
+
+
+# --- the seed: RDMA memory registered on a THP, write-protected, then written ---------------
+
+
+def test_seed_pmd_mapped_thp_loses_pin_coherence_on_4_5_only() -> None:
+    """4.5.0 copies a PMD-mapped THP whose page_count the pin raised (do_huge_pmd_wp_page);
+    6d0a07edd17c reuses it (page_trans_huge_mapcount 1)."""
+    bad = found("v4.5", 3, "pin_coherence", "R/W longterm", "write-protects", "writes")
+    assert bad and replays(bad[0])
+    assert any("do_huge_pmd_wp_page" in str(f.signature) for f in bad)
+    assert not found("v4.5+6d0a07e", 3, "pin_coherence", "R/W longterm", "write-protects")
+
+
+def test_seed_pte_mapped_thp_loses_pin_coherence_on_4_5_only() -> None:
+    """4.5.0's reuse_swap_page refuses every THP subpage: a PTE-mapped THP's pinned subpage is
+    copied on write; the fix reuses it."""
+    bad = found("v4.5", 3, "pin_coherence", "R/W longterm", "PTE-maps", "writes")
+    assert bad and replays(bad[0])
+    assert not found("v4.5+6d0a07e", 3, "pin_coherence", "R/W longterm", "PTE-maps")
+
+
+# --- a pinned page and fork ------------------------------------------------------------------
+
+
+def letter_before(f: Finding, first: str, then: str) -> bool:
+    """Whether the program has a letter containing `first` before one containing `then`."""
+    names = f.program.names
+    at = [i for i, name in enumerate(names) if first in name]
+    return bool(at) and any(then in name for name in names[at[0] + 1 :])
+
+
+@pytest.mark.parametrize(("kernel", "has_it"), [("v4.5", True), ("v5.8", True), ("v5.9", False)])
+def test_fork_while_pinned_until_5_9(kernel: str, has_it: bool) -> None:
+    """Until 5.9's 70e806e4e645 fork shares a pinned page with the child (cow_isolation) and
+    the parent's next store copies it away from the pin (pin_coherence)."""
+    shared = [
+        f for f in found(kernel, 3, "cow_isolation") if letter_before(f, "R/W longterm", "forks")
+    ]
+    moved = [
+        f
+        for f in found(kernel, 3, "pin_coherence", "writes")
+        if letter_before(f, "R/W longterm", "forks")
+    ]
+    assert bool(shared) == has_it and bool(moved) == has_it
+    if has_it:
+        assert replays(shared[0]) and replays(moved[0])
+
+
+# --- read-only pins: 5.9-5.18 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "has_it"), [("v5.8", False), ("v5.9", True), ("v5.18", True), ("v5.19", False)]
+)
+def test_ro_pin_of_a_page_fork_shared(kernel: str, has_it: bool) -> None:
+    """A R/O long-term pin of a page fork shared, then the process writes: 5.8 broke COW when
+    pinning (17839856fd58); 5.9-5.18 copy on the write (page_count) and the pin keeps the old
+    page; 5.19 unshares when pinning (PageAnonExclusive, COW fixes part 2)."""
+    bad = [
+        f
+        for f in found(kernel, 3, "pin_coherence", "R/O longterm", "writes")
+        if f.program.names[0].endswith("write pages 0-1, fork")  # an anonymous page, shared
+    ]
+    assert bool(bad) == has_it
+    if has_it:
+        assert replays(bad[0])
+
+
+@pytest.mark.parametrize(("kernel", "has_it"), [("v5.9", True), ("v5.18", True), ("v5.19", False)])
+def test_write_protected_pinned_page_5_9_to_5_18(kernel: str, has_it: bool) -> None:
+    """The seed's loss again (O_DIRECT and RDMA alike): a pinned page write-protected by
+    mprotect is copied by 5.9-5.18's page_count rule, reused by 5.19 (still exclusive)."""
+    bad = found(kernel, 3, "pin_coherence", "R/W", "write-protects", "writes")
+    assert bool(bad) == has_it
+
+
+# --- from fork: Kirill's anon_vma case and CVE-2020-29374 ---------------------------------
+
+
+def test_kirill_anon_vma_case_on_the_early_review_version_only() -> None:
+    """The early version of 6d0a07edd17c moves a THP whose halves parent and child map to the
+    child's anon_vma: the rmap walk loses the parent (consistency)."""
+    bad = found("v4.5+6d0a07e-early", 3, "consistency", "fork", "drops", "writes")
+    assert bad and replays(bad[0])
+    assert not found("v4.5+6d0a07e", 3, "consistency")
+
+
+def reused_under_a_ro_reference(kernel: str, root: str) -> list[Finding]:
+    """cow_isolation findings from `root` where a page was reused for a write while a R/O
+    GUP reference (a vmsplice FOLL_GET or a R/O pin) of another process still held it."""
+    return [
+        f
+        for f in found(kernel, 3, "cow_isolation", "R/O", "writes")
+        if f.program.names[0].startswith(root)
+        and any(verdict == "reuse" for _fn, verdict, *_ in f.signature[2])  # type: ignore[misc]
+    ]
+
+
+@pytest.mark.parametrize(("kernel", "has_it"), [("v4.5", True), ("v5.8", False), ("v5.9", False)])
+def test_cve_2020_29374(kernel: str, has_it: bool) -> None:
+    """A process's R/O GUP reference sees another's later write (CVE-2020-29374: the child's
+    vmsplice reference and the parent's write; the search finds both directions): 4.5-5.7
+    reuse the page at page_mapcount 1; 5.8 breaks COW when the reference is taken, 5.9
+    copies at page_count 2."""
+    bad = reused_under_a_ro_reference(kernel, "map 4K")
+    assert bool(bad) == has_it
+    if has_it:
+        assert any("R/O get" in " ".join(f.program.names) for f in bad)
+        assert replays(bad[0])
+
+
+@pytest.mark.parametrize(
+    ("kernel", "has_it"),
+    [("v4.5", False), ("v4.6", True), ("v5.8", False), ("v5.9", True), ("v5.18", False)],
+)
+def test_cve_2020_29374_thp(kernel: str, has_it: bool) -> None:
+    """The THP variant: do_huge_pmd_wp_page reused a PMD-mapped THP by mapcount alone
+    (page_trans_huge_mapcount, 6d0a07edd17c) whatever GUP references it had, until 5.18's
+    3bff7e3f1f16 made it count references; 4.5.0 wanted page_count 1, and 5.8 broke COW
+    when the reference was taken."""
+    bad = reused_under_a_ro_reference(kernel, "map THP")
+    assert bool(bad) == has_it
+    if has_it:
+        assert replays(bad[0])
+
+
+def test_nothing_of_these_on_6_18() -> None:
+    assert [f for f in searched("v6.18", 3).findings if f.prop in CORRECTNESS] == []
+
+
+# --- the search itself --------------------------------------------------------------------------
+
+
+def test_canonical_states_visit_fewer_states_for_the_same_findings() -> None:
+    plain, canonical = search("v4.5", 2, canonical=False), searched("v4.5", 2)
+    assert canonical.stats.states < plain.stats.states
+    assert {f.signature for f in plain.findings} == {f.signature for f in canonical.findings}
+
+
+def test_findings_are_shortest_first() -> None:
+    """Breadth first: no finding of a signature is longer than a program that breaks the same
+    property the same way at a smaller depth."""
+    shallow = {f.signature: len(f.program.names) for f in searched("v4.5", 2).findings}
+    for f in searched("v4.5", 3).findings:
+        if f.signature in shallow:
+            assert len(f.program.names) == shallow[f.signature]
+
+
+def test_policy_differences() -> None:
+    assert policy_differences("v4.5", "v4.5") == set()
+    assert "gup_breaks_cow_on_read" in policy_differences("v5.7", "v5.8")
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--depth", "-1"], "--depth must be 0 or more"),
+        (["--jobs", "0"], "--jobs must be 1 or more"),
+        (["--policy", "x.py:Y"], "--policy and --base go together"),
+        (["--policy", "nothing.py:Y", "--base", "6.18"], "no file nothing.py"),
+        (["--policy", "examples/policies/exclusive_first.py", "--base", "6.18"], "FILE.py:NAME"),
+        (["--kernel", "9.9"], "unknown kernel"),
+        (["--corpus", "no-such-dir"], "no corpus directory"),
+    ],
+)
+def test_bad_arguments_one_line_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_check_a_kernel_table_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Depth 2 on 4.5: the fork-while-pinned break is found and expected by the corpus
+    (examples/check/fork_while_pinned.yaml), so the run passes; its file replays."""
+    out = tmp_path / "out"
+    code = main(["check", "--kernel", "v4.5", "--depth", "2", "--out", str(out), "--jobs", "1"])
+    text = capsys.readouterr().out
+    assert text.startswith("kernel ") and "cow_isolation" in text.splitlines()[0]
+    row = next(line for line in text.splitlines() if line.startswith("v4.5 "))
+    assert "!" not in row and code == 0
+    files = sorted(out.glob("cow_isolation-*.yaml"))
+    assert files and main(["run", str(files[0]), "--kernel", "v4.5"]) == 0
+
+
+# --- a proposed patch ---------------------------------------------------------------------------
+
+PATCHES = Path(__file__).resolve().parent.parent / "examples" / "policies"
+
+
+def test_a_patch_that_brings_cve_2020_29374_back_is_caught(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """do_wp_page trusting the mapcount on 6.18: a process's R/O GUP reference sees another's
+    write again (cow_isolation, no_leak), which 6.18 keeps."""
+    spec = f"{PATCHES / 'reuse_by_mapcount.py'}:ReuseByMapcount"
+    argv = ["check", "--policy", spec, "--base", "6.18", "--no-corpus", "--no-live"]
+    code = main([*argv, "--out", str(tmp_path), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert {"cow_isolation", "no_leak"} <= set(doc["patch"]["breaks"])
+    assert doc["kernels"]["v6.18"]["cow_isolation"]["verdict"] == "holds"
+
+
+def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = f"{PATCHES / 'exclusive_first.py'}:ExclusiveFirst"
+    argv = ["check", "--policy", spec, "--base", "6.18", "--no-live", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "the patch breaks nothing v6.18 keeps" in out
+    assert "scenarios whose outcome the patch changes: 0" in out
