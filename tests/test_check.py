@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cowlab.check.corpus import Verdicts
 from cowlab.check.counterexample import group, to_yaml
 from cowlab.check.search import Finding, Outcome, policy_differences, search
 from cowlab.cli import main
@@ -259,3 +260,28 @@ def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "the patch breaks nothing v6.18 keeps" in out
     assert "scenarios whose outcome the patch changes: 0" in out
+
+
+def test_corpus_shares_a_run_only_where_no_decision_could_differ() -> None:
+    """One expectation on two kernels: 5.8 and 5.9 differ in fork's copying of pinned pages,
+    which the run reads (5.8's fork shares the pinned page: P's store copies; 5.9's fork copies
+    it for the child: P's store takes no fault); 4.11 and 4.13 differ only in KSM knobs, which
+    a program without KSM never reads, so 4.13 takes 4.11's verdict without running."""
+    text = """name: t
+kernels: [v5.8, v5.9, v4.11, v4.13]
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 4K}
+  - {op: write, proc: P, at: buf, data: x}
+  - {op: pin, proc: P, name: mr, at: buf, size: 4K}
+  - {op: fork, proc: P, child: C}
+  - {op: write, proc: P, at: buf, data: y, expect: {fault: copy}}
+"""
+    verdicts = Verdicts(parse_scenario(text))
+    assert [verdicts.passes(k) for k in ("v5.8", "v5.9", "v4.11", "v4.13")] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert [run[0] for run in verdicts.runs] == ["v5.8", "v5.9", "v4.11"]
