@@ -99,6 +99,11 @@ def where(text: str, token: str) -> str:
             "copy",
         ),
         ("name: t\nsteps:\n  - {op: write, proc: Q, at: 0x1000, data: x}\n", "Q,", "process"),
+        (
+            GOOD.replace("processes: [P]", "config: {swap_device: nvme}\nprocesses: [P]"),
+            "nvme",
+            "expected one of file, hdd, ssd, zram, got 'nvme'",
+        ),
     ],
 )
 def test_bad_input_is_one_located_line(text: str, token: str, message: str) -> None:

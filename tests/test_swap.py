@@ -29,6 +29,8 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.policy import POLICIES, resolve
 from cowlab.policy.v5_11 import ReclaimSkipsPinned
+from cowlab.scenario.loader import parse_scenario
+from cowlab.scenario.runner import Runner
 from tests.releases import since
 
 PAGE = 4096
@@ -374,3 +376,23 @@ def test_a_pinned_page_is_not_written(kernel_id: str) -> None:
     assert p.translate(addr) is None
     assert k.frames.flags[pfn] & PG_swapcache and k.frames.flags[pfn] & PG_dirty
     assert k.vmstat["pswpout"] == 0
+
+
+# --- the swap device ----------------------------------------------------------------------
+
+
+def test_swap_device_kinds() -> None:
+    """Config(swap_device=...) takes the four kinds of area; the default is the swap file."""
+    assert Kernel("v6.18").swap.device == "file"
+    for kind in ("file", "hdd", "ssd", "zram"):
+        assert Kernel("v6.18", Config(swap_device=kind)).swap.device == kind
+    with pytest.raises(ValueError, match="expected one of file, hdd, ssd, zram"):
+        Config(swap_device="nvme")
+
+
+def test_scenario_config_swap_device_reaches_the_kernel() -> None:
+    text = (
+        "name: t\nconfig: {swap_device: zram}\nprocesses: [P]\nsteps:\n  - {op: spawn, proc: Q}\n"
+    )
+    runner = Runner(parse_scenario(text, "t.yaml"), "v6.18")
+    assert runner.k.swap.device == "zram"

@@ -61,7 +61,7 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.mm.range_fault import NONE as NO_PAGES
 from cowlab.mm.range_fault import access_permitted, fault_in_range
-from cowlab.mm.swapfile import SwapInfo
+from cowlab.mm.swapfile import SWAP_DEVICES, SwapInfo
 from cowlab.mm.trace import CowEvent, CowLog, Event, Reads
 from cowlab.policy import resolve
 
@@ -86,6 +86,14 @@ class Config:
     thp: bool = True
     debug_vm: bool = False
     soft_dirty: bool | None = None  # CONFIG_MEM_SOFT_DIRTY; None: the generation's usual build
+    # the swap area (not a build option): a swap file on a rotational disk ("file"), a rotational
+    # ("hdd") or non-rotational ("ssd") block device, or zram (synchronous, stable writes)
+    swap_device: str = "file"
+
+    def __post_init__(self) -> None:
+        if self.swap_device not in SWAP_DEVICES:
+            kinds = ", ".join(SWAP_DEVICES)
+            raise ValueError(f"swap_device {self.swap_device!r}: expected one of {kinds}")
 
 
 class OpRecord:
@@ -182,7 +190,7 @@ class Kernel:
         self.selfcheck = selfcheck
         self.tracing = tracing
         self.frames = PageFrames()
-        self.swap = SwapInfo()
+        self.swap = SwapInfo(self.config.swap_device)
         self.anon_vmas: dict[int, AnonVma] = {}
         self.deferred_split: set[int] = set()
         self.processes: dict[int, Process] = {}

@@ -30,11 +30,18 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 
+# the swap areas a machine may have (Config.swap_device): a swap file on a rotational disk, a
+# rotational or non-rotational block device (a partition), zram
+SWAP_DEVICES = ("file", "hdd", "ssd", "zram")
+
+
 class SwapInfo:
     """struct swap_info_struct: swap_map (swap PTEs per slot), the swap cache (the page of each
-    slot, -1 for none: SWAP_HAS_CACHE) and what the device holds for the slots written."""
+    slot, -1 for none: SWAP_HAS_CACHE) and what the device holds for the slots written.
+    ``device`` is the kind of area (SWAP_DEVICES)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "file") -> None:
+        self.device = device
         self.swap_map: npt.NDArray[np.int32] = np.zeros(1024, dtype=np.int32)
         self.cache: npt.NDArray[np.int64] = np.full(1024, -1, dtype=np.int64)
         self.data: dict[int, bytes] = {}  # slot -> bytes written (trimmed after the last nonzero)

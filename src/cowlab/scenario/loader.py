@@ -10,6 +10,7 @@ from typing import Any
 
 from cowlab.mm.constants import PAGE_SIZE
 from cowlab.mm.madvise import ADVICE
+from cowlab.mm.swapfile import SWAP_DEVICES
 from cowlab.mm.vmscan import STAGES
 from cowlab.policy import POLICIES, ReleaseError, resolve
 from cowlab.scenario.located import LList, LMap, Loc, YamlSyntaxError, load_located
@@ -579,6 +580,7 @@ def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
         "debug_vm": ("debug_vm", parse_bool),
         "soft_dirty": ("soft_dirty", parse_bool),
         "mthp": ("mthp", parse_mthp),
+        "swap_device": ("swap_device", choice(*SWAP_DEVICES)),
     }
     values = {}
     for key, value in raw.items():

@@ -98,6 +98,7 @@ class ScenarioConfig:
     debug_vm: bool = False
     soft_dirty: bool | None = None
     mthp: tuple[tuple[int, str], ...] = ()  # (size in KiB, mode) for hugepages-<size>kB
+    swap_device: str = "file"  # the swap area: file, hdd, ssd, zram (mm/swapfile.SWAP_DEVICES)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)  # key -> where
 
 

@@ -95,6 +95,7 @@ class Runner:
             thp=cfg.config_thp,
             debug_vm=cfg.debug_vm,
             soft_dirty=cfg.soft_dirty,
+            swap_device=cfg.swap_device,
         )
         self.k = Kernel(kernel_id, config, tracing=tracing)
         if cfg.mthp and not self.k.policy.has_knob("mthp"):
