@@ -384,6 +384,14 @@ def test_campaign_findings_are_in_the_output_and_replay(tmp_path: Path) -> None:
     }
     for c in doc["counterexamples"]:
         assert main(["run", c["file"], "--kernel", "v4.5"]) == 0
+    # the files and the JSON say the campaign found them, not a search at depth 0
+    origins = {c["found_by"] for c in doc["counterexamples"]}
+    assert all(o.startswith("campaign seed 0, random program ") for o in origins), origins
+    assert all("depth" not in Path(c["file"]).read_text() for c in doc["counterexamples"])
+    summary = doc["campaign"]
+    assert (summary["programs"], summary["kernels"]) == (6, 1)
+    assert summary["findings"] == summary["beyond_search"] == len(found)
+    assert summary["params"] == {"seed": 0, "length": 12, "alphabet": "cow", "props": list(ALL)}
 
 
 @pytest.mark.parametrize(

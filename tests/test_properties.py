@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.check.properties import PROPERTIES
+from cowlab.check.properties import PROPERTIES, implied_breaks
 from cowlab.mm.constants import PG_swapcache
 from cowlab.mm.mm_types import pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_WRITE, PteTable
@@ -212,6 +212,22 @@ def test_consistency_breaks_on_the_early_review_version() -> None:
 
 def test_consistency_holds_with_the_released_fix() -> None:
     assert broken(run("v4.5+6d0a07e", THP_REGION, KIRILL, True), "consistency") == []
+
+
+@pytest.mark.parametrize(
+    ("said", "implied"),
+    [
+        (["consistency"], {"consistency", "counters", "rmap"}),
+        (["rmap"], {"rmap", "consistency"}),
+        (["counters", "pin_coherence"], {"counters", "consistency", "pin_coherence"}),
+        (["pin_coherence"], {"pin_coherence"}),
+        ("consistency", set()),  # not a list: a malformed expectation names nothing
+    ],
+)
+def test_consistency_is_the_invariants_together(said: object, implied: set[str]) -> None:
+    """consistency = counters + rmap + no BUG (its docstring): the judge and the corpus read
+    an expected break of one as a break of the other through this one rule."""
+    assert implied_breaks(said) == implied
 
 
 # --- no_page_leak ----------------------------------------------------------------------------

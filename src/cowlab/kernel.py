@@ -430,11 +430,13 @@ class Pin:
     def coherence_owed(self, pfn: int) -> bool:
         """Whether the pin, holding frame pfn, must go on seeing its process's later stores
         there: a DMA pin (FOLL_PIN, or the GUP reference a pre-5.7 driver took for one), but
-        not a FOLL_GET reference (vmsplice: never promised) nor a short-term R/O pin of the
-        shared zero page (6.2's 84209e87c696: such a pin need not observe later changes; 5.19
-        made R/O pins of anonymous pages reliable)."""
-        if self.flavour == "get":
-            return False
+        not a FOLL_GET reference (vmsplice: never promised; it may lag, not leak)."""
+        return self.flavour != "get" and self.follows_stores(pfn)
+
+    def follows_stores(self, pfn: int) -> bool:
+        """Whether the pin's page pfn is owed its process's later stores at all, now or late:
+        not a short-term R/O pin of the shared zero page (6.2's 84209e87c696: such a pin need
+        not observe later changes; 5.19 made R/O pins of anonymous pages reliable)."""
         return self.write or self.flavour == "longterm" or not is_zero_pfn(self.kernel.frames, pfn)
 
     def _chunks(self, offset: int, n: int) -> Iterator[tuple[int, int, int, int]]:

@@ -72,12 +72,18 @@ class Found:
 
 
 @dataclass(frozen=True)
-class Ran:
-    """What program `index` of a campaign did on `kernel`."""
+class Played:
+    """Program `index` of a campaign, run on `kernel` for `letters` letters."""
 
     kernel: str
     index: int
     letters: int
+
+
+@dataclass(frozen=True)
+class Ran(Played):
+    """A program as the journal records it: its findings minimised."""
+
     found: tuple[Found, ...]
 
     @property
@@ -148,12 +154,9 @@ class Raw:
 
 
 @dataclass(frozen=True)
-class Drawn:
-    """Program `index` of a campaign on `kernel`, run: its letters and what it broke."""
+class Drawn(Played):
+    """A program as a worker ran it: what it broke, before minimisation."""
 
-    kernel: str
-    index: int
-    letters: int
     raw: tuple[Raw, ...]
 
 
@@ -303,6 +306,26 @@ class CampaignResult:
     programs: int  # programs finished (this run and the journal's earlier ones)
     seconds: float
     interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    """What a campaign added to `cowlab check`'s result: the table's and the JSON's line."""
+
+    params: Params
+    programs: int  # finished, on all kernels together
+    kernels: int
+    findings: int  # (kernel, signature) pairs the campaign met
+    beyond_search: int  # of those, ones the bounded search had not found
+    seconds: float
+
+    def line(self) -> str:
+        p = self.params
+        return (
+            f"campaign: seed {p.seed}, {self.programs} random programs of {p.length + 1} "
+            f"letters on {self.kernels} kernels: {self.findings} findings, "
+            f"{self.beyond_search} beyond the search, {self.seconds:.1f} s"
+        )
 
 
 def _ignore_sigint() -> None:
@@ -524,6 +547,7 @@ def campaign_into(result: CheckResult, campaign: Campaign, quiet: bool) -> None:
             lambda n, of: bar.update(task, completed=n, total=of),
         )
     result.interrupted |= done.interrupted
+    beyond = 0
     for kernel in result.kernels:
         outcome = result.outcomes.get(kernel)
         if outcome is None:
@@ -531,3 +555,12 @@ def campaign_into(result: CheckResult, campaign: Campaign, quiet: bool) -> None:
         searched = {normalised(f.signature) for f in outcome.findings}
         extra = [f for f in done.findings if f.kernel == kernel and f.signature not in searched]
         result.outcomes[kernel] = replace(outcome, findings=[*outcome.findings, *extra])
+        beyond += len(extra)
+    result.campaign = CampaignSummary(
+        campaign.params,
+        done.programs,
+        len(result.kernels),
+        len(done.findings),
+        beyond,
+        done.seconds,
+    )

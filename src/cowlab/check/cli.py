@@ -21,7 +21,12 @@ from rich.progress import Progress
 
 from cowlab.check import report
 from cowlab.check.alphabet import ALPHABETS
-from cowlab.check.campaign import DEFAULT_LENGTH, campaign_into, campaign_of
+from cowlab.check.campaign import (
+    DEFAULT_LENGTH,
+    CampaignSummary,
+    campaign_into,
+    campaign_of,
+)
 from cowlab.check.corpus import CorpusResult, run_corpus, scenario_files
 from cowlab.check.counterexample import Counterexample, group, write_all
 from cowlab.check.patch import Patch, PatchError, changed_scenarios, register
@@ -45,6 +50,7 @@ class CheckResult:
     interrupted: bool = False
     patch: Patch | None = None
     patch_changes: list[str] = field(default_factory=list)  # scenarios it changes
+    campaign: CampaignSummary | None = None
 
     def patch_breaks(self) -> list[str]:
         """With a patch: the correctness properties it breaks that its base keeps."""

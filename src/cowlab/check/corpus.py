@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cowlab.check.properties import implied_breaks
 from cowlab.check.search import policy_differences, recording
 from cowlab.policy.timeline import resolve
 from cowlab.scenario.loader import load_scenario
@@ -47,9 +48,7 @@ def _broken_by(what: str, expected: object) -> list[str]:
     (counters, rmap) or an expected kernel BUG is `consistency` broken."""
     if what == "outcome":
         return ["consistency"] if expected == "BUG" else []
-    if what != "breaks" or not isinstance(expected, (list, tuple)):
-        return []
-    return [*expected, *(["consistency"] if {"counters", "rmap"} & set(expected) else [])]
+    return sorted(implied_breaks(expected)) if what == "breaks" else []
 
 
 def run_corpus(root: Path, kernels: list[str], jobs: int = 1) -> CorpusResult:

@@ -23,6 +23,7 @@ class Counterexample:
     steps: tuple[dict[str, object], ...]
     kernels: list[str]
     problem: str
+    origin: str | None  # Finding.origin of the first finding: None for the bounded search
 
     @property
     def file_name(self) -> str:
@@ -38,7 +39,7 @@ def group(findings: list[Finding]) -> list[Counterexample]:
         ce = by_program.get(key)
         if ce is None:
             by_program[key] = Counterexample(
-                "", f.prop, f.program.names, f.program.steps, [f.kernel], f.problem
+                "", f.prop, f.program.names, f.program.steps, [f.kernel], f.problem, f.origin
             )
         elif f.kernel not in ce.kernels:
             ce.kernels.append(f.kernel)
@@ -50,13 +51,18 @@ def group(findings: list[Finding]) -> list[Counterexample]:
     return out
 
 
+def found_by(ce: Counterexample, depth: int) -> str:
+    """Which part of `cowlab check` found the program: the search to a depth, or a campaign."""
+    return ce.origin or f"the search to depth {depth}"
+
+
 def to_yaml(ce: Counterexample, depth: int, alphabet: str) -> str:
     steps = [dict(s) for s in ce.steps]
     steps[-1]["expect"] = {"breaks": [ce.prop]}
     doc = {
         "name": f"cowlab check: {ce.prop} ({ce.ident})",
         "description": (
-            f"Found by `cowlab check` (depth {depth}, alphabet {alphabet}): "
+            f"Found by `cowlab check` ({found_by(ce, depth)}, alphabet {alphabet}): "
             f"{'; '.join(ce.names)}. {PROPERTIES[ce.prop].doc} The first violation: "
             f"{ce.problem}. Replay: cowlab run {ce.file_name}"
         ),

@@ -48,6 +48,7 @@ class Journal:
         except sqlite3.DatabaseError as e:
             raise JournalError(f"journal {path}: {e}") from None
         self._claim(path, params)
+        self.params = params
         self.done: set[tuple[str, int]] = set(self.db.execute("SELECT kernel, idx FROM programs"))
         # kernel -> signature -> the lowest index that reported it
         self.first: dict[str, dict[Signature, int]] = {}
@@ -107,7 +108,11 @@ class Journal:
                     "WHERE kernel = ? AND idx = ? AND signature = ?",
                     (kernel, idx, json.dumps(sig)),
                 ).fetchone()
-                out.append(Finding(kernel, prop, _program(program), problem, sig))
+                origin = (
+                    f"campaign seed {self.params.seed}, random program {idx} of "
+                    f"{self.params.length + 1} letters, minimised"
+                )
+                out.append(Finding(kernel, prop, _program(program), problem, sig, origin))
         return out
 
     def close(self) -> None:

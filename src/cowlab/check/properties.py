@@ -30,6 +30,18 @@ if TYPE_CHECKING:
     from cowlab.scenario.runner import Runner
 
 Ints = npt.NDArray[np.int64]
+INVARIANTS = ("counters", "rmap")  # the kernel's own consistency: owed on every kernel
+
+
+def implied_breaks(names: object) -> set[str]:
+    """The properties a `breaks:` list says break: `consistency` is the invariants and no BUG
+    together, so naming it breaks the invariants, and naming an invariant breaks it."""
+    said = set(names) if isinstance(names, (list, tuple, set, frozenset)) else set()
+    if "consistency" in said:
+        said |= set(INVARIANTS)
+    if said & set(INVARIANTS):
+        said.add("consistency")
+    return said
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,15 @@ kselftest-style TAP."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from cowlab.check.counterexample import Counterexample, found_by
 from cowlab.check.properties import PROPERTIES
 
 if TYPE_CHECKING:
     from cowlab.check.cli import CheckResult
-    from cowlab.check.counterexample import Counterexample
 
 JSON_VERSION = 1
 
@@ -77,6 +78,7 @@ def _summary(result: CheckResult, examples: list[Counterexample]) -> list[str]:
         + "".join(f"\n  FAIL {path} on {kernel}" for path, kernel in c.failed),
         f"search: depth {result.depth}, alphabet {result.alphabet}: {states} distinct states, "
         f"{runs} programs run, {len(examples)} counterexamples, {result.seconds:.1f} s",
+        *([result.campaign.line()] if result.campaign is not None else []),
     ]
     if result.patch is not None:
         out += _patch_lines(result)
@@ -127,9 +129,13 @@ def to_json(result: CheckResult, examples: list[Counterexample], out: str) -> di
                 "kernels": c.kernels,
                 "program": list(c.names),
                 "violation": c.problem,
+                "found_by": found_by(c, result.depth),
             }
             for c in examples
         ],
+        "campaign": None
+        if result.campaign is None
+        else {**asdict(result.campaign), "seconds": round(result.campaign.seconds, 3)},
         "patch": None
         if result.patch is None
         else {

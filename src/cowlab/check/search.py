@@ -68,6 +68,7 @@ class Finding:
     program: Program
     problem: str  # the property's first violation
     signature: tuple[object, ...]  # what tells two findings apart (see signature())
+    origin: str | None = None  # how a campaign found it; None: the bounded search
 
 
 @dataclass

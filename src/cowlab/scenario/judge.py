@@ -7,7 +7,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cowlab import checker
-from cowlab.check.properties import PROPERTIES
+from cowlab.check.properties import INVARIANTS, PROPERTIES, implied_breaks
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE, PG_swapcache, PG_writeback
 from cowlab.mm.huge_memory import total_mapcount
 from cowlab.mm.mm import (
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from cowlab.scenario.runner import ExpectResult, Runner
 
 PAGE_MASK = ~(PAGE_SIZE - 1)
-INVARIANTS = ("counters", "rmap")  # the kernel's own consistency: owed on every kernel
 # steps that change nothing a property reads: after one, the properties found after the step
 # before still hold (or break) as they did, and are not computed again
 OBSERVING_OPS = ("check", "dma_read")
@@ -79,8 +78,8 @@ def judge(
     expected_breaks: set[str] = set()
     for e in mine:
         want = e.expected_for(kernel_id)
-        if e.what == "breaks":  # consistency is the invariants (and no BUG) together
-            expected_breaks |= set(want) | (set(INVARIANTS) if "consistency" in want else set())
+        if e.what == "breaks":
+            expected_breaks |= implied_breaks(want)
         got = actual(runner, e, step, outcome, result, fault, pfn, violated)
         out.append(ExpectResult(e.what, want, got, matches(e.what, want, got), e.loc))
     for name in sorted(newly - expected_breaks):

@@ -264,8 +264,8 @@ class LogicalMemory:
         with_data = set(np.flatnonzero(f.has_data(pfns)).tolist())
         for i in sorted(with_data | set(owed)):
             seen = f.page_data(int(pfns[i]))
-            if pin.flavour != "get" and not pin.coherence_owed(int(pfns[i])):
-                continue  # a short-term R/O pin of the zero page: owed no later store
+            if not pin.follows_stores(int(pfns[i])):
+                continue
             if _differs(seen, owed.get(i)) and seen not in lagging.get(i, ()):
                 return [f"pin {name} page {i} holds other bytes than it is owed"]
         return []
