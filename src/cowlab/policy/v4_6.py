@@ -48,7 +48,9 @@ class ThpMapcountOnWpFault(Policy):
     "mm: thp: avoid false positive VM_BUG_ON_PAGE in page_move_anon_rmap()",
     "with CONFIG_DEBUG_VM, page_move_anon_rmap rounds the address to the PMD for a THP head "
     "before comparing it with the head's index",
-    "4.5.0 -> 4.6.2 mm/rmap.c page_move_anon_rmap (docs/timeline-sources.md 4.7)",
+    "4.5.0 -> 4.6.2 mm/rmap.c page_move_anon_rmap (docs/timeline-sources.md 4.7); upstream it "
+    "is a v4.7-rc1 commit (27 May 2016, after 4.6) carried by stable 4.5.7 and 4.6.2, so 4.6.0 "
+    "lacks it: labelled 4.6 until the 4.6.y stable commit is found",
 )
 class MoveAnonRmapRoundsAddress(Policy):
     move_anon_rmap_check = "pmd_rounded"

@@ -10,11 +10,13 @@ from cowlab.policy.history import landed
 @landed(
     "4.8",
     (),
-    "mm: make optimistic check for swapin readahead (Ebru Akagunduz's series; ids unknown)",
+    "mm: make optimistic check for swapin readahead (Ebru Akagunduz's series; mainline ids not "
+    "found)",
     "khugepaged allows up to max_ptes_swap swap PTEs in a block and swaps them in, but only with "
     "at least 256 young pages",
     "4.7.4 mm/huge_memory.c -> 4.9.0 mm/khugepaged.c khugepaged_scan_pmd, "
-    "__collapse_huge_page_swapin (bracketed, docs/sources-khugepaged.md)",
+    "__collapse_huge_page_swapin (bracketed, docs/sources-khugepaged.md); 4.8: mmotm "
+    "2016-06-06 (on 4.7-rc2) still queues the series for the next merge window",
 )
 class CollapseSwapsIn(Policy):
     collapse_swaps_in = True

@@ -72,10 +72,12 @@ class CollapseIgnoresSwapcache(Policy):
 
 @landed(
     "5.18",
-    (),
-    "mm/mremap: return -EFAULT when there is no VMA at the old address (id not found)",
+    ("7d1e64966162",),
+    "mm: mremap: fix sign for EFAULT error return value",
     "the VMA lookup's failure is -EFAULT again: the mremap call fails with EFAULT",
-    "5.17-rc5 (+EFAULT) -> 5.18.12 mm/mremap.c SYSCALL_DEFINE5(mremap) (bracketed)",
+    "5.17-rc5 (+EFAULT) -> 5.18.12 mm/mremap.c SYSCALL_DEFINE5(mremap) (bracketed); id: the "
+    "5.17-stable review (16 May 2022) says 'commit 7d1e64966162 upstream', Fixes: 550a7d60bd5e; "
+    "a 5.18-rc7 hotfix",
 )
 class MremapEfaultNegative(Policy):
     mremap_efault_positive = False

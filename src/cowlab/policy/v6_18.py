@@ -10,7 +10,7 @@ from cowlab.policy.history import landed
 @landed(
     "6.18",
     (),
-    "mm/khugepaged: remove the writable-PTE requirement (id unconfirmed; bracketed 6.14-6.18)",
+    "mm: enable khugepaged to operate on non-writable VMAs (Dev Jain, Sep 2025; id not found)",
     "khugepaged and MADV_COLLAPSE collapse a block with no writable PTE",
     "6.14.0 -> 6.18.2 mm/khugepaged.c hpage_collapse_scan_pmd, __collapse_huge_page_isolate "
     "(bracketed)",
@@ -21,11 +21,12 @@ class CollapseReadOnly(Policy):
 
 @landed(
     "6.18",
-    (),
-    "mm/huge_memory: preserve soft-dirty on the zero-page remap (Fixes: b1f202060afe; id "
-    "unconfirmed)",
+    ("9658d698a8a8",),
+    "mm/rmap: fix soft-dirty and uffd-wp bit loss when remapping zero-filled mTHP subpage to "
+    "shared zeropage",
     "a subpage remapped to the zero page by a split keeps its PTE's soft-dirty bit",
-    "6.14.0 -> 6.18.2 mm/huge_memory.c try_to_map_unused_to_zeropage (bracketed)",
+    "6.14.0 -> 6.18.2 mm/huge_memory.c try_to_map_unused_to_zeropage (bracketed); id: "
+    "ChangeLog-6.17.4 'commit 9658d698a8a8 upstream'; posted 30 Sep 2025, after 6.17",
     invisible="no modelled decision reads the soft-dirty bit of a zero-page PTE (a write copies "
     "the zero page either way, mprotect never maps it writable) and no expectation reads a "
     "PTE's soft-dirty bit; only /proc/PID/pagemap would show it",

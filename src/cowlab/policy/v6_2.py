@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 @landed(
     "6.2",
     ("cb67f4282bf9",),
-    "mm,thp,rmap: simplify compound page mapcount handling (id unconfirmed)",
+    "mm,thp,rmap: simplify compound page mapcount handling",
     "PG_double_map and its +1 offsets are gone: splitting a PMD adds 512 PTE mappings and drops "
     "the PMD one",
     "6.1.20 include/linux/page-flags.h PG_double_map -> 6.2.1 (none), mm/huge_memory.c "
-    "__split_huge_pmd_locked",
+    "__split_huge_pmd_locked; id: Greg KH's 6.1-stable dependency list (Aug 2023) and the "
+    "mainline merge of mm-stable-2022-12-13 (e2ca6ba6ba01)",
     invisible="counters only: no decision reads PG_double_map (reuse is by PageAnonExclusive and "
     "refcount since 5.19), and page_mapcount, total_mapcount and page_count come out the same "
     "with and without the +1 offsets; the checker recomputes both forms from the page tables",
@@ -33,12 +34,12 @@ class NoDoubleMap(Policy):
 
 @landed(
     "6.2",
-    (),
-    "mm/mprotect: allow clean exclusive anon pages to be writable; mm/huge_memory: PMDs too "
-    "(ids unconfirmed)",
+    ("d84887739d5c", "c27f479ef542"),
+    "mm/mprotect: allow clean exclusive anon pages to be writable; mm/huge_memory: try avoiding "
+    "write faults when changing PMD protection",
     "mprotect(RW) maps any exclusive anonymous PTE or PMD writable, dirty or clean",
     "6.1.20 -> 6.2.1 mm/mprotect.c can_change_pte_writable, mm/huge_memory.c "
-    "can_change_pmd_writable",
+    "can_change_pmd_writable; ids: the mainline merge of mm-stable-2022-12-13 (e2ca6ba6ba01)",
 )
 class MprotectExclusiveWritable(Policy):
     def mprotect_writable(
@@ -51,10 +52,12 @@ class MprotectExclusiveWritable(Policy):
 
 @landed(
     "6.2",
-    (),
-    "mm/ksm: use FAULT_FLAG_UNSHARE when unmerging (ids unconfirmed)",
+    ("6cce3314b928", "d7c0e68dab98"),
+    "mm/ksm: fix KSM COW breaking with userfaultfd-wp via FAULT_FLAG_UNSHARE; mm/ksm: convert "
+    "break_ksm() to use walk_page_range_vma()",
     "MADV_UNMERGEABLE replaces a KSM page by an unshare fault: a read-only exclusive copy",
-    "6.1.20 mm/ksm.c break_ksm (write fault) -> 6.2.1 break_ksm_pmd_entry + UNSHARE",
+    "6.1.20 mm/ksm.c break_ksm (write fault) -> 6.2.1 break_ksm_pmd_entry + UNSHARE; ids: the "
+    "mainline merge of mm-stable-2022-12-13 (e2ca6ba6ba01)",
 )
 class KsmUnmergeUnshares(Policy):
     ksm_unmerge_unshares = True

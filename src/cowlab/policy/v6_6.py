@@ -8,10 +8,12 @@ from cowlab.policy.history import landed
 
 @landed(
     "6.6",
-    (),
-    "mm/khugepaged: map SCAN_EXCEED_NONE_PTE to EBUSY for MADV_COLLAPSE (id unconfirmed)",
+    ("ac492b9c70ca",),
+    "mm/khugepaged: skip shmem with userfaultfd",
     "madvise_collapse_errno: SCAN_EXCEED_NONE_PTE is EBUSY",
-    "6.2.1 -> 6.6.9 mm/khugepaged.c madvise_collapse_errno (bracketed)",
+    "6.2.1 -> 6.6.9 mm/khugepaged.c madvise_collapse_errno (bracketed); upstream 6.4: "
+    "ac492b9c70ca is in mm-stable-2023-04-27, merged for 6.4-rc1 (7fa8a8ee9400); kept at 6.6 "
+    "until a 6.4 or 6.5 tree is read",
     invisible="MADV_COLLAPSE reports SCAN_EXCEED_NONE_PTE only for a userfaultfd-armed range, "
     "and cowlab has no userfaultfd",
 )

@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 
 @landed(
     "6.9",
-    (),
-    "mm: prohibit the last subpage from reusing the entire large folio (Barry Song; id not found)",
+    ("cd197c3a2040",),
+    "mm: prohibit the last subpage from reusing the entire large folio",
     "do_wp_page copies a page of a large folio that is not PageAnonExclusive, even at "
     "page_count == 1",
-    "6.8.0 -> 6.9.0 mm/memory.c wp_can_reuse_anon_folio",
+    "6.8.0 -> 6.9.0 mm/memory.c wp_can_reuse_anon_folio; id: kernel.org push logs of trees on "
+    "mainline after the 6.9-rc1 MM merge (Mar 2024), whose pull lists the title",
 )
 class NoLargeFolioReuse(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
