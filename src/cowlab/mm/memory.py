@@ -272,8 +272,13 @@ def wp_page_copy(
     why: object,
     unshare: bool = False,
 ) -> int:
-    """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old here;
-    an unshare maps the copy read-only. ``why`` is the decision, for the COW log."""
+    """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old here.
+    ``why`` is the decision, for the COW log.
+
+    A write maps the copy dirty and soft-dirty, writable where the VMA allows. An unshare
+    (c89357e27f20, 5.19) maps it from vm_page_prot alone: read-only, clean, soft-dirty only if
+    the old PTE was, and not young (pte_sw_mkyoung does nothing on x86; the next access sets
+    it) — the same in every tree read from 5.19.0 to 6.18.2 (docs/kernels.md)."""
     i = pte_index(addr)
     f = k.frames
     anon_vma_prepare(k, vma)
@@ -281,8 +286,7 @@ def wp_page_copy(
     if old is not None:
         f.copy_page(new, old)
     table.pfn[i] = new
-    bits = new_pte_bits(vma)
-    table.bits[i] = bits & pte_without(PTE_WRITE) if unshare else bits
+    table.bits[i] = int(table.bits[i]) & PTE_SOFT_DIRTY if unshare else new_pte_bits(vma)
     page_add_new_anon_rmap(k, new, vma, addr, compound=False)
     if old is None:
         vma.mm.anon_rss += 1
