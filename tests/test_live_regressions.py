@@ -189,3 +189,26 @@ def test_mprotect_from_a_hole_changes_nothing(kid: str) -> None:
         p.mprotect(a, 3 * PAGE, "r")
     assert e.value.errno == "ENOMEM"
     p.write(a + PAGE, b"still writable")
+
+
+# --- a write to the huge zero PMD of a VMA that no longer wants THPs ---------------------------
+# 4.5 do_huge_pmd_wp_page() allocates only if transparent_hugepage_enabled(vma) (else the zero
+# page fallback: one 4 KiB page, zero PTEs for the rest); 6.13's do_huge_zero_wp_pmd()
+# (1ced09e0331f) calls vma_alloc_anon_folio_pmd() without asking (6.13.2 and 6.18.2 alike):
+# after MADV_NOHUGEPAGE the write still gets a PMD-mapped THP. Live case random-s4242-0039
+# (docs/fidelity.md, K2).
+
+
+@pytest.mark.parametrize(("kid", "thp"), [("v4.5", False), ("v6.13", True), ("v6.18", True)])
+def test_write_to_the_huge_zero_pmd_after_nohugepage(kid: str, thp: bool) -> None:
+    k = Kernel(kid, selfcheck=True)
+    p = k.spawn()
+    a = p.mmap(2 << 20, "rw", align=2 << 20)
+    p.madvise(a, 2 << 20, "hugepage")
+    assert p.read(a + 0x140000, 1) == b"\0"  # the huge zero PMD
+    p.madvise(a, 2 << 20, "nohugepage")
+    p.write(a + 0x128000, b"kP")
+    pfn = p.translate(a + 0x128000)
+    assert pfn is not None
+    assert bool(k.frames.order[pfn]) == thp
+    assert p.read(a + 0x128000, 2) == b"kP" and p.read(a, 1) == b"\0"

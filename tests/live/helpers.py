@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from cowlab.live.compare import Regions
@@ -14,6 +18,7 @@ MISSING = preflight()
 needs_live_kernel = pytest.mark.skipif(
     bool(MISSING), reason="live kernel unavailable: " + " ".join(MISSING)
 )
+ROOT = Path(__file__).resolve().parents[2]
 HPAGE = 2 << 20
 PAGE = 4096
 THP_TRIES = 3
@@ -50,3 +55,26 @@ def run_model(text: str, kernel: str = "v4.5+6d0a07e") -> tuple[Runner, Regions]
         runner.run_step(step)
         regions.after(step, True)
     return runner, regions
+
+
+def kill_when_ready(script: str, *args: str) -> None:
+    """Run script in a child interpreter, wait for its "ready" line, then SIGKILL it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.kill()
+    child.wait()
+
+
+def restore_command(journal: Path) -> str:
+    """`cowlab live --restore --journal JOURNAL` must succeed; its standard output."""
+    run = subprocess.run(
+        [sys.executable, "-m", "cowlab.cli", "live", "--restore", "--journal", str(journal)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout

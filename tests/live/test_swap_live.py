@@ -1,13 +1,11 @@
-"""The lifecycle on the live kernel: the swap, collapse and KSM stories agree with the model (or
-are unsupported for the reason given); the swap file cowlab makes is journalled and gone
-afterwards — on exit, after a SIGKILL and via `cowlab live --restore`."""
+"""The lifecycle on the live kernel: the swap, collapse (a forced khugepaged scan included) and KSM
+stories agree with the model (or are unsupported for the reason given); the swap file cowlab
+makes is journalled and gone afterwards — on exit, after a SIGKILL and via `cowlab live
+--restore` — and ksmd's and khugepaged's knobs are as before."""
 
 from __future__ import annotations
 
 import platform
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +15,13 @@ from cowlab.live.cli import match_kernel
 from cowlab.live.compare import Options, run_case
 from cowlab.live.driver import LiveMachine
 from cowlab.live.journal import SystemChangeRefused, SystemChanges, restore_from_journal
+from cowlab.live.khugepaged import knob_paths
 from cowlab.live.observe import PM_SWAP, read_pagemap
 from cowlab.live.scenario import Limits
 from cowlab.live.swapdev import SWAPFILE, active_swaps, swapfile_problem
+from cowlab.live.system import read_knob
 from cowlab.scenario import load_scenario
-from tests.live.helpers import needs_live_kernel, small_pages
+from tests.live.helpers import kill_when_ready, needs_live_kernel, restore_command, small_pages
 
 pytestmark = needs_live_kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,6 @@ MATCHED = match_kernel(platform.release())
 # the stories that cannot run live, and the reason the report gives
 UNSUPPORTED = {
     "write_under_writeback.yaml": "until writeback: on the live swap file",
-    "isolate_swapcache.yaml": "a full khugepaged pass cannot yet be forced",
 }
 PAGE = 4096
 
@@ -49,11 +48,12 @@ with SystemChanges(allow_system_changes=True, journal=sys.argv[1]) as changes:
 KSM_KNOBS = ("run", "pages_to_scan", "sleep_millisecs", "pages_shared", "pages_sharing")
 
 
-def machine_swap_state() -> tuple[list[str], bool, list[str]]:
-    """What must be the same before and after: the active swap areas, no swap file left, and
-    ksmd's knobs and counters."""
+def machine_swap_state() -> tuple[list[str], bool, list[str], list[str]]:
+    """What must be the same before and after: the active swap areas, no swap file left,
+    ksmd's knobs and counters, and khugepaged's knobs."""
     ksm = [(Path("/sys/kernel/mm/ksm") / k).read_text().strip() for k in KSM_KNOBS]
-    return active_swaps(), Path(SWAPFILE).exists(), ksm
+    khugepaged = [read_knob(k) for k in knob_paths()]
+    return active_swaps(), Path(SWAPFILE).exists(), ksm, khugepaged
 
 
 @pytest.fixture
@@ -114,12 +114,7 @@ def test_swap_needs_permission(tmp_path: Path, untouched: None) -> None:
 
 def test_swap_device_undone_after_sigkill(tmp_path: Path, untouched: None) -> None:
     journal = tmp_path / "j.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(journal)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_ready(CHILD, str(journal))
     assert SWAPFILE in active_swaps() and journal.exists()
     undone = restore_from_journal(journal)
     assert [e["kind"] for e in undone] == ["swapfile"] and not journal.exists()
@@ -128,18 +123,6 @@ def test_swap_device_undone_after_sigkill(tmp_path: Path, untouched: None) -> No
 
 def test_restore_command_undoes_the_swap_device(tmp_path: Path, untouched: None) -> None:
     journal = tmp_path / "j.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(journal)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    proc.kill()
-    proc.wait()
-    run = subprocess.run(
-        [sys.executable, "-m", "cowlab.cli", "live", "--restore", "--journal", str(journal)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert run.returncode == 0, run.stderr
+    kill_when_ready(CHILD, str(journal))
+    restore_command(journal)
     assert SWAPFILE not in active_swaps() and not Path(SWAPFILE).exists()

@@ -334,6 +334,8 @@ class Attempt:
     def _steps(self, before: dict[str, int]) -> CaseResult:
         for n, step in enumerate(self.scenario.steps, 1):
             events_at = len(self.runner.k.events)
+            if step.op == "khugepaged" and self.runner.crashed_at is None:
+                self._prepare_khugepaged(step)
             mine = model_step(self.runner, step)
             theirs = self.live.run_step(step)
             self.regions.after(step, mine.outcome == "ok" and theirs.outcome == "ok")
@@ -346,6 +348,12 @@ class Attempt:
         result = self._result("agree")
         result.steps_run = len(self.scenario.steps)
         return result
+
+    def _prepare_khugepaged(self, step: Step) -> None:
+        try:
+            self.live.prepare_khugepaged(self.runner.k)
+        except Unsupported as e:
+            raise Unsupported(f"step {step.index} (khugepaged): {e}") from None
 
     def observe(self) -> tuple[Snapshot, Snapshot]:
         """Both sides' canonical observations of the same named regions."""
@@ -394,7 +402,10 @@ class Attempt:
         self, found: CaseResult, live: Snapshot, model: Snapshot, before: dict[str, int]
     ) -> CaseResult:
         """A disagreement, unless the live kernel did something the scenario did not ask for."""
-        why = noise(live, model, before, read_vmstat())
+        # the collapses of forced khugepaged scans were asked for
+        caused = self.live.caused
+        expected = {k: v + caused.get(k, 0) for k, v in before.items()}
+        why = noise(live, model, expected, read_vmstat())
         if why:
             found.status, found.reason = "inconclusive", why
         return found
@@ -410,9 +421,12 @@ def noise(live: Snapshot, model: Snapshot, before: dict[str, int], after: dict[s
     fallback = sum(v for k, v in delta.items() if k.startswith(FALLBACKS))
     if fallback and _any_page(live, model, _smaller):
         return f"the live kernel could not allocate a THP or mTHP (fallbacks +{fallback})"
-    collapsed = sum(v for k, v in delta.items() if k.startswith("thp_collapse_alloc"))
+    collapsed = delta.get("thp_collapse_alloc", 0)
     if collapsed and _any_page(live, model, _collapsed):
         return f"khugepaged collapsed a range (thp_collapse_alloc +{collapsed})"
+    failed = delta.get("thp_collapse_alloc_failed", 0)
+    if failed and _any_page(live, model, _not_collapsed):
+        return f"khugepaged could not allocate a THP (thp_collapse_alloc_failed +{failed})"
     return ""
 
 
@@ -443,6 +457,11 @@ def _collapsed(live: PageArrays, model: PageArrays, n: int) -> npt.NDArray[np.bo
     """A collapse the model did not make: small pages, a PTE-mapped THP or (max_ptes_none)
     nothing at all, where the live side now has a PMD mapping."""
     return (live.level[:n] == LEVEL_PMD) & (model.level[:n] != LEVEL_PMD)
+
+
+def _not_collapsed(live: PageArrays, model: PageArrays, n: int) -> npt.NDArray[np.bool_]:
+    """A collapse the model made and the live kernel did not."""
+    return (live.level[:n] != LEVEL_PMD) & (model.level[:n] == LEVEL_PMD)
 
 
 def run_case(

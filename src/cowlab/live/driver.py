@@ -429,6 +429,16 @@ class LiveProcess:
         """A pin of [addr, addr+length): io_uring fixed buffer, vmsplice refs, or O_DIRECT."""
         return self.machine._pin(self, addr, length, write, force, pin_kind)
 
+    # --- khugepaged ----------------------------------------------------------------------
+
+    def open_fence(self) -> None:
+        """Let khugepaged scan this process until close_fence() (worker.khugepaged_fence)."""
+        self._call("open_fence")
+
+    def close_fence(self) -> None:
+        """Any command raises the fence again when it ends; a collapse under way ends first."""
+        self._call("ping")
+
     # --- observation ---------------------------------------------------------------------
 
     def snapshot(self, addr: int, length: int, *, exact: bool = False) -> observe.Snapshot:

@@ -23,10 +23,10 @@ PAGE = 4096
 HPAGE = 2 << 20
 ALPHABET = (
     "fork", "exit", "write", "read", "mprotect", "munmap", "mremap", "madvise", "pin", "unpin",
-    "dma", "swapout", "ksm",
+    "dma", "swapout", "ksm", "khugepaged",
 )  # fmt: skip
-# a swap file is made and ksmd driven only with --allow-system-changes
-NEEDS_SYSTEM_CHANGES = ("swapout", "ksm")
+# a swap file is made and ksmd and khugepaged driven only with --allow-system-changes
+NEEDS_SYSTEM_CHANGES = ("swapout", "ksm", "khugepaged")
 MAX_PROCS = 4
 Step = dict[str, Any]
 
@@ -125,7 +125,7 @@ class Generator:
             "fork": self.fork, "exit": self.exit, "write": self.write, "read": self.read,
             "mprotect": self.mprotect, "munmap": self.munmap, "mremap": self.mremap,
             "madvise": self.madvise, "pin": self.pin, "unpin": self.unpin, "dma": self.dma,
-            "swapout": self.swapout, "ksm": self.ksm,
+            "swapout": self.swapout, "ksm": self.ksm, "khugepaged": self.khugepaged,
         }  # fmt: skip
         weights = {"write": 4, "read": 2, "fork": 2, "pin": 2, "dma": 2}
         names = list(self.ops)
@@ -248,6 +248,25 @@ class Generator:
         step = {"op": "madvise", "proc": proc, "at": self.at(region, off), "size": size}
         self.steps.append(dict(step, advice="mergeable"))
         self.steps.append({"op": "ksmd", "scans": self.rng.choice([1, 2, 2])})
+        return True
+
+    def khugepaged(self) -> bool:
+        """On a 2 MiB region: maybe a few pages written under MADV_NOHUGEPAGE (small pages), then
+        MADV_HUGEPAGE on all of it, which makes them khugepaged's work; then one full khugepaged
+        pass over every process."""
+        proc = self.pick_proc()
+        huge = [r for r in self.procs[proc] if self.sizes[r] == HPAGE]
+        if huge:
+            region = self.rng.choice(huge)
+            step = {"op": "madvise", "proc": proc, "at": region, "size": HPAGE}
+            if self.rng.random() < 0.5:  # a few small pages, written while NOHUGEPAGE
+                self.steps.append(dict(step, advice="nohugepage"))
+                for _ in range(self.rng.randint(1, 3)):
+                    at = self.at(region, PAGE * self.rng.randrange(HPAGE // PAGE))
+                    data = f"{proc}{len(self.steps)}"  # distinct bytes, as write() writes
+                    self.steps.append({"op": "write", "proc": proc, "at": at, "data": data})
+            self.steps.append(dict(step, advice="hugepage"))
+        self.steps.append({"op": "khugepaged"})
         return True
 
     def pin(self) -> bool:

@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
 from cowlab.live.journal import SystemChanges
+from cowlab.live.khugepaged import LIMITS as KHUGEPAGED_LIMITS
+from cowlab.live.khugepaged import PASS_TIMEOUT_S as KHUGEPAGED_TIMEOUT_S
+from cowlab.live.khugepaged import khugepaged_passes, model_limits, pass_reason
 from cowlab.live.ksmd import PASS_TIMEOUT_S, ksm_reset, ksmd_passes, registered_with_ksm
 from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, read_pagemap
 from cowlab.live.swapdev import SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
@@ -28,15 +31,23 @@ from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
 from cowlab.scenario.model import Address, Scenario, ScenarioConfig, Step
 
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
+
 SPLIT_HUGE_PAGES = Path("/sys/kernel/debug/split_huge_pages")
 PAUSE_ENV = "COWLAB_LIVE_PAUSE_AFTER_CHANGE"  # seconds to wait after each knob change (tests)
 NO_LIVE_OP = {
     "numa_balance": "NUMA hinting faults cannot be triggered on demand from user space",
     "shrink": "the deferred-split shrinker runs only under real memory pressure",
     "shrink_swapcache": "swap-cache pages are reclaimed only under real memory pressure",
-    "khugepaged": "a full khugepaged pass cannot yet be forced and waited for on the live kernel",
 }
 NEEDS_KSM_KNOBS = "ksmd is driven through /sys/kernel/mm/ksm: pass --allow-system-changes"
+NEEDS_KHUGEPAGED_KNOBS = (
+    "a khugepaged scan is forced through /sys/kernel/mm/transparent_hugepage/khugepaged: "
+    "pass --allow-system-changes"
+)
+# `set` keys with a live knob: thp at once, the khugepaged limits at the next khugepaged step
+LIVE_SET_KEYS = ("thp", *KHUGEPAGED_LIMITS)
 SHORT_PIN_OK = frozenset({"read", "write", "check", "dma_read", "dma_write", "unpin", "pin"})
 FLAVOURS = ("longterm", "pin", "get")
 PMD_MTHP_SIZE = f"{HPAGE_PMD_NR * PAGE_SIZE >> 10}kB"  # the model's PMD THP follows `enabled`
@@ -144,11 +155,11 @@ def _step_reason(step: Step, limits: Limits) -> str | None:
     if any(addr.region is None for addr in _addresses(step)):
         return "absolute addresses differ between the model and this machine"
     if step.op == "set":
-        other = sorted(k for k in a if k != "thp")
+        other = sorted(k for k in a if k not in LIVE_SET_KEYS)
         if other:
             return f"set {', '.join(other)} has no live knob"
         if not limits.allow_system_changes:
-            return "set thp changes a system knob: pass --allow-system-changes"
+            return f"set {', '.join(a)} changes a system knob: pass --allow-system-changes"
     if step.op == "split_huge_pages" and not SPLIT_HUGE_PAGES.exists():
         return f"{SPLIT_HUGE_PAGES} is missing (debugfs not mounted, or no CONFIG_DEBUG_FS)"
     if step.op == "pin":
@@ -157,6 +168,8 @@ def _step_reason(step: Step, limits: Limits) -> str | None:
         return _swapout_reason(a, limits)
     if step.op == "ksmd" and not limits.allow_system_changes:
         return NEEDS_KSM_KNOBS
+    if step.op == "khugepaged" and not limits.allow_system_changes:
+        return NEEDS_KHUGEPAGED_KNOBS
     return None
 
 
@@ -227,6 +240,8 @@ class LiveScenario:
     regions: dict[str, int] = field(default_factory=dict)
     pins: dict[str, LivePin] = field(default_factory=dict)
     ksm_used: bool = False
+    khugepaged_limits: dict[str, int] = field(default_factory=dict)
+    caused: dict[str, int] = field(default_factory=dict)  # vmstat counts of forced scans
 
     def start(self) -> None:
         """Knobs as the scenario's config says (journalled), then its initial processes."""
@@ -268,6 +283,34 @@ class LiveScenario:
         if not ksmd_passes(self.changes, scans):
             raise Unsupported(f"a ksmd pass did not end within {PASS_TIMEOUT_S:.0f} s")
 
+    def prepare_khugepaged(self, model: Kernel) -> None:
+        """Before the model's pass: is the live one faithful (khugepaged.pass_reason), and the
+        model's max_ptes_* for it."""
+        reason = pass_reason(model)
+        if reason:
+            raise Unsupported(reason)
+        self.khugepaged_limits = model_limits(model)
+
+    def khugepaged(self) -> None:
+        """Forced khugepaged passes (cowlab.live.khugepaged) with the case's fences open; the
+        collapses they count in /proc/vmstat are the scenario's, not noise."""
+        if self.changes is None:
+            raise Unsupported(NEEDS_KHUGEPAGED_KNOBS)
+        procs = [p for p in self.procs.values() if p.alive]
+        before = collapse_counts()
+        try:
+            for p in procs:
+                p.open_fence()
+            ok = khugepaged_passes(self.changes, self.khugepaged_limits)
+        finally:
+            for p in procs:
+                if p.alive:
+                    p.close_fence()
+        for key, value in collapse_counts().items():
+            self.caused[key] = self.caused.get(key, 0) + value - before.get(key, 0)
+        if not ok:
+            raise Unsupported(f"a khugepaged pass did not end within {KHUGEPAGED_TIMEOUT_S:.0f} s")
+
     def addr(self, a: Address) -> int:
         if a.region is None:
             raise Unsupported("absolute addresses differ between the model and this machine")
@@ -302,8 +345,11 @@ class LiveScenario:
             return None
         if op == "ksmd":
             return self.ksmd(a.get("scans", 1))
-        if op == "set":
-            self.set_knob("enabled", a["thp"])
+        if op == "khugepaged":
+            return self.khugepaged()
+        if op == "set":  # the khugepaged limits are the model's at the next khugepaged step
+            if "thp" in a:
+                self.set_knob("enabled", a["thp"])
             return None
         return self.process_op(self.procs[a["proc"]], op, a)
 
@@ -453,6 +499,16 @@ def _fully_mapped(pid: int, addr: int, size: int) -> bool:
             if pos >= end:
                 return True
     return pos >= end
+
+
+def collapse_counts() -> dict[str, int]:
+    """/proc/vmstat's thp_collapse_alloc and thp_collapse_alloc_failed."""
+    out = {}
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key.startswith("thp_collapse_alloc"):
+            out[key] = int(value)
+    return out
 
 
 def present_pfns(pid: int, addr: int, size: int) -> list[int]:

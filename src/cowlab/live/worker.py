@@ -387,6 +387,10 @@ class Worker:
     def ping(self) -> int:
         return os.getpid()
 
+    def open_fence(self) -> None:
+        """Nothing to do: serve() leaves the khugepaged fence down after this command, until the
+        next one (a forced khugepaged scan runs in between)."""
+
     def fork_child(self, fds: list[int]) -> int:
         """fork(): the child serves the socket that came with the command."""
         pid = os.fork()
@@ -442,6 +446,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
         "reap",
         "reap_all",
         "ping",
+        "open_fence",
     ]
 }
 
@@ -503,7 +508,8 @@ def serve(worker: Worker, announce: bool = False) -> None:
             return
         khugepaged_fence(False)
         reply = _run(worker, cmd, args, fds)
-        khugepaged_fence(True)
+        if cmd != "open_fence":
+            khugepaged_fence(True)
         send_msg(worker.sock, reply)
         if reply[0] == "segv":
             die_of_sigsegv()

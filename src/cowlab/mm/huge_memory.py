@@ -221,7 +221,10 @@ def do_huge_pmd_wp_page(
     if (k.policy.pmd_cow_splits and not zero_gets_thp) or (unshare and page is not None):
         split_huge_pmd(k, vma, haddr)
         return VM_FAULT_FALLBACK
-    new = alloc_hugepage(k) if transparent_hugepage_enabled(k, vma) else None
+    wanted = transparent_hugepage_enabled(k, vma) or (
+        page is None and not k.policy.huge_zero_wp_checks_vma
+    )
+    new = alloc_hugepage(k) if wanted else None
     if new is None:
         k.vmstat["thp_fault_fallback"] += 1
         if page is None:

@@ -251,14 +251,20 @@ def collapse_block(k: Kernel, vma: VmArea, haddr: int, khugepaged: bool) -> str:
 
 
 def khugepaged_scan(k: Kernel) -> int:
-    """One full khugepaged pass: every process, every VMA it may collapse, every block."""
-    collapsed = 0
-    for proc in sorted(k.processes.values(), key=lambda p: p.pid):
-        for vma in list(proc.mm.vmas):
-            if vma not in proc.mm.vmas or hugepage_vma_check(k, vma, khugepaged=True):
-                continue
-            for haddr in blocks(vma, vma.vm_start, vma.vm_end):
-                collapsed += collapse_block(k, vma, haddr, khugepaged=True) == SUCCEED
+    """One full khugepaged pass: every process by pid, every VMA it may collapse, every block."""
+    procs = sorted(k.processes.values(), key=lambda p: p.pid)
+    return sum(len(khugepaged_scan_mm(k, p.mm)) for p in procs)
+
+
+def khugepaged_scan_mm(k: Kernel, mm: MmStruct) -> list[int]:
+    """khugepaged_scan_mm_slot() over one whole mm: the blocks it collapsed."""
+    collapsed = []
+    for vma in list(mm.vmas):
+        if vma not in mm.vmas or hugepage_vma_check(k, vma, khugepaged=True):
+            continue
+        for haddr in blocks(vma, vma.vm_start, vma.vm_end):
+            if collapse_block(k, vma, haddr, khugepaged=True) == SUCCEED:
+                collapsed.append(haddr)
     return collapsed
 
 

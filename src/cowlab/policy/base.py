@@ -52,6 +52,9 @@ class Policy(ABC):
     pmd_cow_splits: ClassVar[bool] = False  # a PMD that is not reused is split, 4 KiB COW (5.8)
     huge_zero_wp_allocates: ClassVar[bool] = True  # a write to the huge zero PMD gets a THP
     # (4.x; 5.8 split it instead; 6.13 "mm: Allocate THP on hugezeropage wp-fault" again)
+    # ... only where THP is wanted for the VMA (4.5 do_huge_pmd_wp_page asks
+    # transparent_hugepage_enabled(); 6.13's do_huge_zero_wp_pmd allocates whatever the VMA says)
+    huge_zero_wp_checks_vma: ClassVar[bool] = True
     gup_breaks_cow_on_read: ClassVar[bool] = False  # every GUP on a COW mapping faults as a write
     # GUP-fast's own answer where it differs (x86 4.9.287-4.9.297); None: gup_breaks_cow_on_read
     gup_fast_breaks_cow_on_read: ClassVar[bool | None] = None
