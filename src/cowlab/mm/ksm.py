@@ -149,7 +149,7 @@ def _scan_vma(k: Kernel, vma: VmArea, unstable: dict[bytes, RmapItem]) -> int:
 def cmp_and_merge_page(
     k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, unstable: dict[bytes, RmapItem]
 ) -> int:
-    """cmp_and_merge_page(): join a KSM page with the same bytes (6.12+: only once the page is
+    """cmp_and_merge_page(): join a KSM page with the same bytes (6.11+: only once the page is
     unchanged for a pass), else merge with an unchanged page of the unstable tree, else go
     into it. Returns 1 for a page merged."""
     f = k.frames

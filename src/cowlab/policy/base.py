@@ -91,7 +91,7 @@ class Policy(ABC):
     collapse_no_table_code: ClassVar[str] = "SCAN_PMD_NULL"  # 6.1: SCAN_PMD_NONE
     # KSM (docs/sources-ksm.md)
     ksm_unmerge_unshares: ClassVar[bool] = False  # 6.2: break_ksm is an unshare fault
-    ksm_checksum_before_stable: ClassVar[bool] = False  # 6.12 (bracketed 6.10-6.12)
+    ksm_checksum_before_stable: ClassVar[bool] = False  # 6.11 d58a361b0350
     reuses_ksm_page: ClassVar[bool] = False  # 5.1-5.8: reuse_ksm_page() in do_wp_page
     ksm_max_page_sharing: ClassVar[bool] = False  # 4.13: stable node chains, a sharing limit
     # sysfs knobs (/sys/kernel/mm/...) a change adds; has_knob() looks through every change

@@ -1,4 +1,5 @@
-"""Linux 6.11: an exclusive page swapped in by a read fault is mapped writable."""
+"""Linux 6.11: an exclusive page swapped in by a read fault is mapped writable; ksmd checksums a
+page before searching the stable tree."""
 
 from __future__ import annotations
 
@@ -16,3 +17,17 @@ from cowlab.policy.history import landed
 )
 class SwapinWritableOnRead(Policy):
     swapin_maps_writable_on_read = True
+
+
+@landed(
+    "6.11",
+    ("d58a361b0350",),
+    "mm/ksm: don't waste time searching stable tree for fast changing page",
+    "a page not yet KSM must be unchanged for one pass (checksum) before it can join a stable "
+    "KSM page too",
+    "6.9.0 -> 6.11.11 mm/ksm.c cmp_and_merge_page (bracketed: no 6.10 or 6.11.0 tree; 6.11 "
+    "from the merge window: a tree rebased on mainline after the 6.11 merge, pushed 26 Jul "
+    "2024, lists d58a361b0350)",
+)
+class KsmChecksumFirst(Policy):
+    ksm_checksum_before_stable = True
