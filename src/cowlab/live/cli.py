@@ -119,7 +119,7 @@ def _kernel(requested: str | None) -> str:
 
 
 def _restore(journal: Path) -> int:
-    from cowlab.live.journal import JournalBusy, restore_from_journal
+    from cowlab.live.journal import JournalBusy, describe_entry, restore_from_journal
 
     try:
         undone = restore_from_journal(journal)
@@ -128,10 +128,7 @@ def _restore(journal: Path) -> int:
     except OSError as e:
         raise LiveUsageError(f"cannot restore from {journal}: {e}") from None
     for entry in undone:
-        if entry["kind"] == "swapfile":
-            print(f"restored {entry['path']}: swapped off and deleted")
-        else:
-            print(f"restored {entry['path']} = {entry['old']!r}")
+        print(describe_entry(entry))
     if not undone:
         print(f"nothing to restore ({journal} does not exist)")
     return 0

@@ -1,4 +1,4 @@
-"""A journal of system changes (sysfs knobs, a swap device) that are undone on every way out.
+"""A journal of system changes (sysfs knobs, a swap area) that are undone on every way out.
 
 The old value is written to the journal file *before* a knob changes, so that a run killed with
 SIGKILL can still be undone afterwards by restore_from_journal().
@@ -19,10 +19,20 @@ from cowlab.live.swapdev import (
     DEFAULT_SIZE as DEFAULT_SWAP_SIZE,
 )
 from cowlab.live.swapdev import (
+    LOOP_FILE,
     SWAPFILE,
+    ZRAM,
+    ZRAM_ALGORITHM,
+    free_loop_device,
+    make_loop_swap,
     make_swapfile,
+    make_zram_swap,
+    rotational_knob,
     swapfile_problem,
+    undo_loop_swap,
     undo_swapfile,
+    undo_zram_swap,
+    zram_problem,
 )
 from cowlab.live.system import read_knob
 
@@ -55,14 +65,35 @@ def _write_knob(path: str, value: str) -> None:
         f.write(value)
 
 
+SWAP_KINDS = ("swapfile", "loopswap", "zram")  # the journal entries of a swap area
+
+
 def undo_entry(entry: dict[str, str]) -> None:
-    """Undo one journal entry: write the old knob value back."""
+    """Undo one journal entry: write the old knob value back, or take a swap area away."""
     if entry["kind"] == "sysfs":
         _write_knob(entry["path"], entry["old"])
     elif entry["kind"] == "swapfile":
         undo_swapfile(entry["path"])
+    elif entry["kind"] == "loopswap":
+        undo_loop_swap(entry["loop"], entry["old_rotational"], entry["path"])
+    elif entry["kind"] == "zram":
+        undo_zram_swap()
     else:
         raise ValueError(f"unknown journal entry kind {entry['kind']!r}")
+
+
+def describe_entry(entry: dict[str, str]) -> str:
+    """What undoing the entry did, for `cowlab live --restore`."""
+    if entry["kind"] == "swapfile":
+        return f"restored {entry['path']}: swapped off and deleted"
+    if entry["kind"] == "loopswap":
+        return (
+            f"restored /dev/{entry['loop']}: swapped off, detached from {entry['path']} (deleted),"
+            f" queue/rotational {entry['old_rotational']}"
+        )
+    if entry["kind"] == "zram":
+        return "restored /dev/zram0: swapped off and reset"
+    return f"restored {entry['path']} = {entry['old']!r}"
 
 
 def _undo_all(entries: list[dict[str, str]]) -> list[str]:
@@ -167,17 +198,36 @@ class SystemChanges:
         _write_knob(path, str(value))
         return old
 
-    def enable_swap(self, size: int = DEFAULT_SWAP_SIZE) -> None:
-        """A swap file of `size` bytes for the run, journalled before it is made; idempotent.
-        Raises SystemChangeRefused without permission, OSError when it cannot be made."""
-        if any(e["kind"] == "swapfile" for e in self.entries):
+    def enable_swap(self, device: str = "file", size: int = DEFAULT_SWAP_SIZE) -> None:
+        """A swap area of `size` bytes for the run, of the kind `device` (file, hdd, ssd, zram:
+        cowlab.live.swapdev), journalled before it is made; idempotent. One area at a time: one
+        of another kind made earlier in the run is taken away first. Raises SystemChangeRefused
+        without permission, OSError when it cannot be made."""
+        current = next((e for e in self.entries if e["kind"] in SWAP_KINDS), None)
+        if current is not None and current.get("device", "file") == device:
             return
-        self._refuse_unless_allowed(f"swap ({SWAPFILE})")
-        problem = swapfile_problem()
+        self._refuse_unless_allowed(f"swap ({device})")
+        if current is not None:
+            undo_entry(current)
+            self.entries.remove(current)
+            _write_journal(self.journal, os.getpid(), self.entries)
+        problem = zram_problem() if device == "zram" else None
+        problem = problem or swapfile_problem(SWAPFILE if device == "file" else LOOP_FILE)
         if problem:
             raise OSError(problem)
-        self._journal_then({"kind": "swapfile", "path": SWAPFILE})
-        make_swapfile(size=size)
+        if device == "file":
+            self._journal_then({"kind": "swapfile", "path": SWAPFILE, "device": device})
+            make_swapfile(size=size)
+        elif device == "zram":
+            self.set(ZRAM / "comp_algorithm", ZRAM_ALGORITHM)
+            self._journal_then({"kind": "zram", "path": str(ZRAM), "device": device})
+            make_zram_swap(size)
+        else:
+            loop = free_loop_device()
+            old = read_knob(rotational_knob(loop))
+            entry = {"kind": "loopswap", "path": LOOP_FILE, "device": device, "loop": loop}
+            self._journal_then(dict(entry, old_rotational=old))
+            make_loop_swap(loop, device == "hdd", LOOP_FILE, size)
 
     def get(self, path: str | Path) -> str:
         """The knob's current value (the [selected] word of a choice list)."""

@@ -26,7 +26,7 @@ from cowlab.live.khugepaged import PASS_TIMEOUT_S as KHUGEPAGED_TIMEOUT_S
 from cowlab.live.khugepaged import khugepaged_passes, model_limits, pass_reason
 from cowlab.live.ksmd import PASS_TIMEOUT_S, ksm_reset, ksmd_passes, registered_with_ksm
 from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, read_pagemap
-from cowlab.live.swapdev import SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
+from cowlab.live.swapdev import LOOP_FILE, SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
 from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
 from cowlab.scenario.model import Address, Scenario, ScenarioConfig, Step
@@ -41,6 +41,15 @@ NO_LIVE_OP = {
     "shrink": "the deferred-split shrinker runs only under real memory pressure",
     "shrink_swapcache": "swap-cache pages are reclaimed only under real memory pressure",
 }
+# the swap area of each `config: swap_device` (cowlab.live.swapdev), and the swap-out stage
+# (`until`) it reproduces
+SWAP_AREA = {
+    "file": f"swap file ({SWAPFILE})",
+    "hdd": f"rotational loop device (over {LOOP_FILE})",
+    "ssd": f"non-rotational loop device (over {LOOP_FILE})",
+    "zram": "zram0 swap device",
+}
+SWAP_STAGE = {"file": "written", "hdd": "written", "ssd": "written", "zram": "freed"}
 NEEDS_KSM_KNOBS = "ksmd is driven through /sys/kernel/mm/ksm: pass --allow-system-changes"
 NEEDS_KHUGEPAGED_KNOBS = (
     "a khugepaged scan is forced through /sys/kernel/mm/transparent_hugepage/khugepaged: "
@@ -88,7 +97,7 @@ def unsupported_reason(scenario: Scenario, facts: KernelFacts, limits: Limits) -
         if reason:
             return reason
     for step in scenario.steps:
-        reason = _step_reason(step, limits)
+        reason = _step_reason(step, limits, scenario.config.swap_device)
         if reason:
             return f"step {step.index} ({step.op}): {reason}"
     return None
@@ -148,7 +157,7 @@ def _addresses(step: Step) -> list[Address]:
     return [v for v in step.args.values() if isinstance(v, Address)]
 
 
-def _step_reason(step: Step, limits: Limits) -> str | None:
+def _step_reason(step: Step, limits: Limits, swap_device: str) -> str | None:
     a = step.args
     if step.op in NO_LIVE_OP:
         return NO_LIVE_OP[step.op]
@@ -165,7 +174,7 @@ def _step_reason(step: Step, limits: Limits) -> str | None:
     if step.op == "pin":
         return _pin_reason(a)
     if step.op == "swapout":
-        return _swapout_reason(a, limits)
+        return _swapout_reason(a, limits, swap_device)
     if step.op == "ksmd" and not limits.allow_system_changes:
         return NEEDS_KSM_KNOBS
     if step.op == "khugepaged" and not limits.allow_system_changes:
@@ -173,19 +182,27 @@ def _step_reason(step: Step, limits: Limits) -> str | None:
     return None
 
 
-def _swapout_reason(a: dict[str, Any], limits: Limits) -> str | None:
-    """The live swap device is a swap file: a swap-out is MADV_PAGEOUT, then its writes are
-    waited for: the model's `until: written`."""
-    until = a.get("until", "freed")
-    if until != "written":
-        return (
-            f"until {until}: on the live swap file MADV_PAGEOUT leaves dirty pages in the swap "
-            "cache until memory pressure frees them, and its writes cannot be stopped part-way; "
-            "only `until: written` is reproducible"
+def _swapout_reason(a: dict[str, Any], limits: Limits, device: str) -> str | None:
+    """A swap-out is MADV_PAGEOUT on the live swap area of the scenario's kind, then a wait for
+    its writes (cowlab.live.swapdev): the model's `until: written` on the asynchronous devices,
+    `until: freed` on zram, which writes and frees the page in the same pass."""
+    until, stage = a.get("until", "freed"), SWAP_STAGE[device]
+    if until != stage:
+        why = (
+            "zram writes synchronously, so MADV_PAGEOUT writes the page and frees it in the "
+            "same pass"
+            if device == "zram"
+            else f"on the live {SWAP_AREA[device]} MADV_PAGEOUT leaves dirty pages in the swap "
+            "cache until memory pressure frees them, and its writes cannot be stopped part-way"
         )
+        return f"until {until}: {why}; only `until: {stage}` is reproducible"
     if not limits.allow_system_changes:
-        return f"a swap-out needs a swap file ({SWAPFILE}): pass --allow-system-changes"
+        return _needs_swap(device)
     return None
+
+
+def _needs_swap(device: str) -> str:
+    return f"a swap-out needs a {SWAP_AREA[device]}: pass --allow-system-changes"
 
 
 def _pin_reason(a: dict[str, Any]) -> str | None:
@@ -384,14 +401,13 @@ class LiveScenario:
         return None
 
     def swapout(self, p: LiveProcess, at: int, size: int) -> None:
-        """MADV_PAGEOUT on the range with the run's swap file made first (journalled), then a
-        wait until none of the range's pages is under writeback."""
+        """MADV_PAGEOUT on the range with the run's swap area of the scenario's kind made first
+        (journalled), then a wait until none of the range's pages is under writeback."""
+        device = self.scenario.config.swap_device
         if self.changes is None:
-            raise Unsupported(
-                f"a swap-out needs a swap file ({SWAPFILE}): pass --allow-system-changes"
-            )
+            raise Unsupported(_needs_swap(device))
         try:
-            self.changes.enable_swap()
+            self.changes.enable_swap(device)
         except OSError as e:
             raise Unsupported(str(e)) from None
         pfns = present_pfns(p.pid, at, size)

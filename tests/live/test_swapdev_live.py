@@ -1,0 +1,182 @@
+"""The live swap areas of `config: swap_device` (cowlab.live.swapdev): each kind is made, swaps a
+THP out the way 6.18 does on such a device, and is taken away again — at the end of the run,
+when another kind replaces it, and by `cowlab live --restore` after a SIGKILL — leaving the swaps,
+loop devices, zram0 and their knobs exactly as they were."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cowlab.live.driver import LiveMachine
+from cowlab.live.journal import SystemChangeRefused, SystemChanges
+from cowlab.live.observe import PM_PFN_MASK, PM_SWAP, read_pagemap
+from cowlab.live.scenario import Limits, unsupported_reason
+from cowlab.live.swapdev import (
+    LOOP_FILE,
+    SWAPFILE,
+    ZRAM,
+    active_swaps,
+    loop_backing,
+    rotational_knob,
+    swapfile_problem,
+    wait_for_writeback,
+    zram_problem,
+)
+from cowlab.live.system import kernel_facts, read_knob
+from cowlab.scenario import parse_scenario
+from tests.live.helpers import (
+    HPAGE,
+    kill_when_ready,
+    needs_live_kernel,
+    pmd_thp,
+    restore_command,
+)
+
+pytestmark = needs_live_kernel
+KINDS = ("file", "hdd", "ssd", "zram")
+KPF_SWAPCACHE, KPF_THP = 13, 22
+
+CHILD = """
+import sys, time
+from cowlab.live.journal import SystemChanges
+with SystemChanges(allow_system_changes=True, journal=sys.argv[1]) as changes:
+    changes.enable_swap(sys.argv[2])
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+
+
+def machine_state() -> tuple[object, ...]:
+    """Swaps, every loop device's backing file and queue/rotational, zram0's disksize and
+    compressor, and cowlab's files."""
+    loops = {
+        d.name: (loop_backing(d.name), read_knob(rotational_knob(d.name)))
+        for d in sorted(Path("/sys/block").glob("loop*"))
+    }
+    zram = (read_knob(ZRAM / "disksize"), read_knob(ZRAM / "comp_algorithm"))
+    return active_swaps(), loops, zram, os.path.exists(SWAPFILE), os.path.exists(LOOP_FILE)
+
+
+@pytest.fixture
+def untouched() -> Iterator[None]:
+    """No swap area of cowlab's before (else the test would leave it alone), and the machine as
+    it was afterwards."""
+    problem = swapfile_problem(SWAPFILE) or swapfile_problem(LOOP_FILE) or zram_problem()
+    if problem:
+        pytest.skip(problem)
+    before = machine_state()
+    yield
+    assert machine_state() == before
+
+
+def vmstat(*keys: str) -> list[int]:
+    values = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+    return [int(values[k]) for k in keys]
+
+
+def kpageflags(pfn: int) -> int:
+    with open("/proc/kpageflags", "rb") as f:
+        return int.from_bytes(os.pread(f.fileno(), 8, pfn * 8), "little")
+
+
+def the_area(kind: str) -> str:
+    """What /proc/swaps lists for the kind, and that its knobs are as asked."""
+    (area,) = active_swaps()
+    if kind == "file":
+        assert area == SWAPFILE
+    elif kind == "zram":
+        assert area == "/dev/zram0" and int(read_knob(ZRAM / "disksize")) > 0
+    else:
+        loop = area.removeprefix("/dev/")
+        assert loop_backing(loop) == LOOP_FILE
+        assert read_knob(rotational_knob(loop)) == ("1" if kind == "hdd" else "0")
+    return area
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_thp_swapped_out_on_each_kind(kind: str, tmp_path: Path, untouched: None) -> None:
+    """6.18 cluster_alloc_swap_entry() gives a large folio slots only on a block device
+    (SWP_BLKDEV): on the file the THP is split first (thp_swpout_fallback) and its
+    zero-filled subpages are mapped to the zero page by the split (b1f202060afe), so the one
+    written page is swapped; on a loop device or zram it is swapped whole (thp_swpout, 512 swap
+    entries). After the writes a loop device's THP is still in the swap cache, whole; zram wrote
+    it synchronously, so shrink_folio_list() freed it in the same pass."""
+    with (
+        LiveMachine() as m,
+        SystemChanges(allow_system_changes=True, journal=tmp_path / "j.json") as changes,
+    ):
+        changes.enable_swap(kind)
+        the_area(kind)
+        p = m.spawn()
+        addr = pmd_thp(p, b"swapped")
+        head = int(read_pagemap(p.pid, addr, 1)[0]) & PM_PFN_MASK
+        before = vmstat("thp_swpout", "thp_swpout_fallback")
+        p.madvise(addr, HPAGE, "pageout")
+        assert wait_for_writeback(range(head, head + 512))
+        after = vmstat("thp_swpout", "thp_swpout_fallback")
+        whole, split = (a - b for a, b in zip(after, before, strict=True))
+        swapped = [e >> PM_SWAP & 1 for e in read_pagemap(p.pid, addr, 512).tolist()]
+        flags = kpageflags(head)
+        if kind == "file":
+            assert (whole, split, sum(swapped)) == (0, 1, 1)
+        else:
+            assert (whole, split, sum(swapped)) == (1, 0, 512)
+        in_cache = bool(flags >> KPF_SWAPCACHE & 1) and bool(flags >> KPF_THP & 1)
+        assert in_cache == (kind in ("hdd", "ssd"))
+        assert p.read(addr, 7) == b"swapped"
+        m.reset()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_undone_by_restore_after_a_sigkill(kind: str, tmp_path: Path, untouched: None) -> None:
+    journal = tmp_path / "j.json"
+    kill_when_ready(CHILD, str(journal), kind)
+    the_area(kind)
+    assert journal.exists()
+    assert "restored" in restore_command(journal)
+    assert not journal.exists()
+
+
+def test_one_area_at_a_time(tmp_path: Path, untouched: None) -> None:
+    """A run whose cases ask for different kinds has one of cowlab's areas on at a time."""
+    with SystemChanges(allow_system_changes=True, journal=tmp_path / "j.json") as changes:
+        for kind in ("zram", "ssd", "hdd", "file", "zram"):
+            changes.enable_swap(kind)
+            the_area(kind)
+
+
+def test_needs_permission(tmp_path: Path, untouched: None) -> None:
+    with (
+        SystemChanges(journal=tmp_path / "j.json") as changes,
+        pytest.raises(SystemChangeRefused, match="zram"),
+    ):
+        changes.enable_swap("zram")
+
+
+@pytest.mark.parametrize(
+    ("kind", "until", "reason"),
+    [
+        ("file", "freed", "only `until: written` is reproducible"),
+        ("ssd", "freed", "on the live non-rotational loop device"),
+        ("zram", "written", "zram writes synchronously"),
+        ("zram", "freed", None),
+        ("hdd", "written", None),
+    ],
+)
+def test_which_stage_each_kind_reproduces(kind: str, until: str, reason: str | None) -> None:
+    text = f"""
+name: t
+config: {{swap_device: {kind}}}
+processes: [P]
+steps:
+  - {{op: mmap, proc: P, name: buf, size: 4K}}
+  - {{op: write, proc: P, at: buf, data: x}}
+  - {{op: swapout, proc: P, at: buf, size: 4K, until: {until}}}
+"""
+    limits = Limits(allow_system_changes=True)
+    got = unsupported_reason(parse_scenario(text), kernel_facts(), limits)
+    assert got == reason if reason is None else (got is not None and reason in got)
