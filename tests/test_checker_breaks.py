@@ -161,6 +161,24 @@ def test_free_frame_with_a_field_set(kernel_id: str) -> None:
 
 
 @pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])
+def test_free_thp_with_a_folio_field_set(kernel_id: str) -> None:
+    """The same for a field only a large folio has (a row per folio, page_alloc.RowField): a
+    freed THP whose row came back with a value set; compound_mapcount lives in page[1]."""
+    s = pmd_thp(kernel_id)
+    s.p.munmap(s.addr, 2 * MiB)
+    f = s.k.frames
+    assert s.k.check() == [] and s.head in f.free[9]
+    f.folios.add(s.head)
+    assert s.k.check() == []  # a row holding the free values is no field set
+    f._pincount[s.head] = 3
+    f.compound_mapcount[s.head + 1] = 0
+    assert check_invariants(s.k) == [
+        f"pfn {s.head + 1:#x} is on a free list with compound_mapcount set",
+        f"pfn {s.head:#x} is on a free list with _pincount set",
+    ]
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])
 def test_content_reference_lost(kernel_id: str) -> None:
     """Two frames share the written bytes' string; the store must count both."""
     s = small_page(kernel_id)

@@ -20,7 +20,7 @@ a marker, an entry in that tool's list and a test that breaks it (docs/model.md)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +46,7 @@ from cowlab.mm.mm import (
     heads_of,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
-from cowlab.mm.page_alloc import FIELDS
+from cowlab.mm.page_alloc import FIELDS, RowField
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_NONE, PTE_SPECIAL, HugePmd
 from cowlab.mm.rmap import ENTIRELY_MAPPED
 
@@ -184,12 +184,13 @@ def _check_frames(k: Kernel) -> list[str]:
         if heads
     ]
     pfns = np.concatenate(free) if free else np.zeros(0, dtype=np.int64)
+    is_free = np.zeros(f.nr, dtype=bool)
+    is_free[pfns] = True
     for name, value in FIELDS.items():
-        differs = getattr(f, name)[pfns] != value
-        dirty = pfns[differs.any(axis=1) if differs.ndim > 1 else differs]
+        dirty = _first_set(getattr(f, name), value, pfns, is_free)
         # invariant: frames.free_fields
-        if dirty.size:
-            out.append(f"pfn {int(dirty[0]):#x} is on a free list with {name} set")
+        if dirty is not None:
+            out.append(f"pfn {dirty:#x} is on a free list with {name} set")
     held = np.bincount(f.content[: f.nr], minlength=len(f.blobs.refs))
     held[0] = 0
     wrong = np.flatnonzero(held != np.asarray(f.blobs.refs))
@@ -198,6 +199,22 @@ def _check_frames(k: Kernel) -> list[str]:
         blob = int(wrong[0])
         out.append(f"content {blob}: {f.blobs.refs[blob]} references, {int(held[blob])} frames")
     return out
+
+
+def _first_set(
+    field: npt.NDArray[Any] | RowField, value: int, pfns: Ints, is_free: npt.NDArray[np.bool_]
+) -> int | None:
+    """The first of the free frames `pfns` (free-list order) whose field is not `value`, the
+    free value; a row field's from its rows (few frames hold one)."""
+    if isinstance(field, RowField):
+        fresh = field.fresh()
+        held = [pfn + field.page for pfn, row in field.row.items() if field.data[row] != fresh]
+        dirty = [pfn for pfn in held if pfn < is_free.size and is_free[pfn]]
+        return min(dirty, key=lambda pfn: int((pfns == pfn).argmax()), default=None)
+    differs = field[pfns] != value
+    if differs.ndim > 1:
+        differs = differs.any(axis=1)
+    return int(pfns[differs.argmax()]) if differs.any() else None
 
 
 def _check_swap(k: Kernel, r: Recount) -> list[str]:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from cowlab.mm.constants import PG_swapcache
 from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import AnonVma, MmStruct
-from cowlab.mm.page_alloc import FIELDS
+from cowlab.mm.page_alloc import FIELDS, RowField
 from cowlab.mm.pgtable import HugePmd, PteTable
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Names:
 def state_key(runner: Runner, base: int) -> bytes:
     """The canonical form of the runner's machine and its oracle, as a 16-byte digest
     (addresses relative to `base`, the start of the searched region)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()  # 2x blake2b on this machine (its CPU has the SHA extensions)
     procs = _ordered(runner)
     order = _frame_order(runner, procs)
     rename = np.full(runner.k.frames.nr, -1, dtype=np.int64)
@@ -59,7 +59,7 @@ def state_key(runner: Runner, base: int) -> bytes:
     h.update(_oracle(runner, procs, base, contents))
     h.update(repr(sorted(runner.broken)).encode())
     h.update(repr(runner.crashed_at is None).encode())
-    return h.digest()
+    return h.digest()[:16]
 
 
 def _ordered(runner: Runner) -> list[tuple[str, Process]]:
@@ -100,10 +100,18 @@ def _reached(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def _runs(values: npt.NDArray[Any]) -> tuple[list[int], Ints]:
+    """values as runs of one value: (each run's value, its length). A THP's 512 frames are
+    mostly one run, so what is done per run costs what a few pages do."""
+    if not values.size:
+        return [], np.zeros(0, np.int64)
+    bounds = np.concatenate(([0], (values[1:] != values[:-1]).nonzero()[0] + 1, [values.size]))
+    return values[bounds[:-1]].tolist(), bounds[1:] - bounds[:-1]
+
+
 def _first_seen(values: Ints) -> Ints:
     """The distinct values, in the order they first appear."""
-    uniq, first = np.unique(values, return_index=True)
-    return uniq[np.argsort(first, kind="stable")]
+    return np.array(list(dict.fromkeys(_runs(values)[0])), dtype=np.int64)
 
 
 def _frame_order(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
@@ -112,8 +120,10 @@ def _frame_order(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
     f = runner.k.frames
     reached = _reached(runner, procs)
     heads = _first_seen(heads_of(f, reached)) if reached.size else reached
-    rest = np.setdiff1d(heads_of(f, f.allocated()), heads)
-    heads = np.concatenate([heads, rest])
+    unreached = np.zeros(f.nr, dtype=bool)
+    unreached[heads_of(f, f.allocated())] = True
+    unreached[heads] = False
+    heads = np.concatenate([heads, unreached.nonzero()[0]])
     sizes = 1 << f.order[heads].astype(np.int64)
     starts = np.repeat(heads, sizes)
     offsets = np.arange(starts.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -176,27 +186,37 @@ def _frames(
 ) -> bytes:
     """Every field of every held frame, in canonical order, names renamed."""
     f = runner.k.frames
-    out = [getattr(f, name)[order].tobytes() for name in FIELDS if name not in RENAMED]
+    held = {name: _gather(getattr(f, name), order, rename) for name in FIELDS}
+    out = [held[name].tobytes() for name in FIELDS if name not in RENAMED]
     known = runner.k.anon_vmas
-    mapping = _renamed(f.mapping[order], lambda m: anon_vmas(m) if m in known else -m)
-    cached = (f.flags[order] & PG_swapcache) != 0
-    private = f.private[order].copy()
+    mapping = _renamed(held["mapping"], lambda m: anon_vmas(m) if m in known else -m)
+    cached = (held["flags"] & PG_swapcache) != 0
+    private = held["private"]
     private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
-    blobs = _renamed(f.content[order], lambda c: contents(f.blobs.data[c]))
+    blobs = _renamed(held["content"], lambda c: contents(f.blobs.data[c]))
     deferred = sorted(int(rename[p]) for p in runner.k.deferred_split)
     out += [mapping.tobytes(), private.tobytes(), blobs.tobytes()]
     out.append(repr((deferred, f.huge_zero_refcount)).encode())
     return b"".join(out)
 
 
+def _gather(field: npt.NDArray[Any] | RowField, order: Ints, rename: Ints) -> npt.NDArray[Any]:
+    """field[order]; a row field from its rows alone (few frames hold one: a lookup of every
+    held frame would cost more)."""
+    if isinstance(field, RowField):
+        return field.scattered(rename, order.size)
+    return field[order]
+
+
 def _renamed(values: npt.NDArray[Any], name_of: Callable[[int], int]) -> Ints:
     """values with each distinct value v replaced by name_of(v), called in the order the
     values first appear (so first-appearance names come out canonical)."""
-    uniq, first, where = np.unique(values, return_index=True, return_inverse=True)
-    named = np.zeros(uniq.size, dtype=np.int64)
-    for i in np.argsort(first, kind="stable").tolist():
-        named[i] = name_of(int(uniq[i]))
-    return named[where]
+    runs, lengths = _runs(values)
+    names: dict[int, int] = {}
+    for v in runs:
+        if v not in names:
+            names[v] = name_of(v)
+    return np.repeat(np.array([names[v] for v in runs], dtype=np.int64), lengths)
 
 
 def _pins(runner: Runner, procs: list[tuple[str, Process]], rename: Ints, base: int) -> bytes:

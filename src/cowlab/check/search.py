@@ -2,15 +2,15 @@
 canonical state visited once, so the first program that breaks a property is a shortest one.
 
 A frontier keeps programs, not machines: expanding a state replays its program once and copies
-the machine for each letter (a copy costs what a few steps do, and a frontier of thousands of
-machines would not fit). A program whose last letter newly breaks a property is a finding
-(the first of its signature, so a shortest one); its state is still expanded, for what later
-letters may break, unless the kernel's own consistency broke.
+the machine for each letter but the last, which takes the replay itself (a copy,
+check/clone.py, costs what a step does, and a frontier of thousands of machines would not
+fit). A program whose last letter newly breaks a property is a finding (the first of its
+signature, so a shortest one); its state is still expanded, for what later letters may break,
+unless the kernel's own consistency broke.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -18,6 +18,7 @@ from typing import Any
 
 from cowlab.check.alphabet import REGION, Letter, YamlStep, idle, letters, roots, to_step
 from cowlab.check.canonical import state_key
+from cowlab.check.clone import deep_copy
 from cowlab.check.properties import PROPERTIES
 from cowlab.policy.base import Policy
 from cowlab.policy.timeline import resolve
@@ -146,7 +147,7 @@ def clone(runner: Runner) -> Runner:
     the build) is shared, not copied."""
     k = runner.k
     memo: dict[int, object] = {id(o): o for o in (runner.scenario, k.resolved, k.policy, k.config)}
-    return copy.deepcopy(runner, memo)
+    return deep_copy(runner, memo)
 
 
 def _live(runner: Runner) -> list[str]:
@@ -208,11 +209,11 @@ def _expand(
     for program in frontier:
         base = run_program(kernel, program, reads)
         start = base.regions[REGION]
-        for letter in letters(_live(base), list(program.pins), alphabet):
-            if idle(letter, base, alphabet):
-                continue
+        offered = letters(_live(base), list(program.pins), alphabet)
+        options = [x for x in offered if not idle(x, base, alphabet)]
+        for n, letter in enumerate(options, 1):
             longer = program.then(letter)
-            runner = clone(base)
+            runner = base if n == len(options) else clone(base)  # the last needs no copy
             runner.k.tracing = True  # the decisions of the last letter make the signature
             for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
                 runner.run_step(to_step(raw, i), judging=False)

@@ -293,7 +293,7 @@ class PageFrames:
 
     def allocated(self) -> IntArray:
         """Every frame handed out by the allocator and not freed since."""
-        return np.flatnonzero(self.flags[: self.nr] & PG_allocated).astype(np.int64)
+        return (self.flags[: self.nr] & PG_allocated).nonzero()[0].astype(np.int64, copy=False)
 
 
 class FreeList:
@@ -470,6 +470,18 @@ class RowField:
             raise KeyError(f"pfn {pfn:#x} holds no such field")
         return row
 
+    def scattered(self, position: IntArray, n: int) -> npt.NDArray[np.int32]:
+        """The field at n frames, frame pfn at index position[pfn] (negative, or past the
+        end of position: not one of them), from the rows alone: a lookup per frame costs
+        more where few frames hold a row."""
+        out = np.full((n, *(() if self.width == 1 else (self.width,))), self.fill, np.int32)
+        for pfn, row in self.row.items():
+            if pfn + self.page < position.size:
+                at = position[pfn + self.page]
+                if at >= 0:
+                    out[at] = self.data[row]
+        return out
+
     def _many(self, pfns: IntArray) -> npt.NDArray[np.int32]:
         """The field at each of pfns, as an array."""
         out = np.full((pfns.size, *(() if self.width == 1 else (self.width,))), self.fill)
@@ -483,7 +495,8 @@ class RowField:
         """The field as a per-frame array over pfns (a snapshot)."""
         start, stop = pfns.start or 0, pfns.stop
         assert stop is not None and pfns.step in (None, 1), "a slice needs an end, no step"
-        return self._many(np.arange(start, stop, dtype=np.int64))
+        position = np.arange(-start, stop - start, dtype=np.int64)
+        return self.scattered(position, stop - start)
 
 
 RowKey = int | np.integer[Any] | slice | IntArray | tuple[int | np.integer[Any], int]

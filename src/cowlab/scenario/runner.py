@@ -136,7 +136,8 @@ class Runner:
 
     def run_step(self, step: Step, judging: bool = True) -> StepResult:
         """Run one step; `judging` False (the search: it judges whole letters itself) skips
-        the observation and the expectations."""
+        the account of what happened (but a BUG or a fatal signal), the observation and the
+        expectations."""
         if self.crashed_at is not None:
             why = f"not run: the kernel hit BUG() at step {self.crashed_at}"
             return StepResult(step, "not run", [why], [])
@@ -145,7 +146,7 @@ class Runner:
         cows, reuses, events_at = len(k.cow_log), reused(k), len(k.events)
         self.cows_at = cows
         walked = k.vmstat["rmap_walk_vmas"]
-        before = counters_snapshot(k) if k.tracing else None
+        before = counters_snapshot(k) if k.tracing and judging else None
         outcome, result, note = "ok", None, ""
         try:
             result = self.execute(step)
@@ -160,11 +161,11 @@ class Runner:
             self.crashed_at = step.index
             note = f"kernel BUG: {e}"
             k.event("BUG", "BUG", detail=str(e))
+        if not judging:
+            return StepResult(step, outcome, [note] if note else [], [])
         happened = self.describe(step, outcome, result, cows)
         if note:  # a kernel BUG, or the process a fatal signal killed
             happened.append(note)
-        if not judging:
-            return StepResult(step, outcome, happened, [])
         fault = "copy" if len(k.cow_log) > cows else "reuse" if reused(k) > reuses else "none"
         self.rmap_walk_vmas = k.vmstat["rmap_walk_vmas"] - walked
         pfn = self.observe_pfn(step) if outcome == "ok" else None
