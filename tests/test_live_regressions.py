@@ -10,6 +10,9 @@ import pytest
 
 from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.mm.constants import VM_WRITE
+from cowlab.mm.mm import PageKsm
+from cowlab.scenario import parse_scenario
+from cowlab.scenario.runner import Runner
 
 PAGE = 4096
 NEW = ("v5.18", "v5.19", "v6.15", "v6.18")  # 550a7d60bd5e (5.16): VMA lookup at old_addr
@@ -212,3 +215,38 @@ def test_write_to_the_huge_zero_pmd_after_nohugepage(kid: str, thp: bool) -> Non
     assert pfn is not None
     assert bool(k.frames.order[pfn]) == thp
     assert p.read(a + 0x128000, 2) == b"kP" and p.read(a, 1) == b"\0"
+
+
+# --- ksmd: a stale node of the unstable tree ends the search -------------------------------------
+# 6.18 unstable_tree_search_insert() returns NULL, inserting nothing, at the first node whose page
+# get_mergeable_page() no longer finds. Two equal pages (59, 481) of a THP that khugepaged made:
+# ksmd's first pass only takes checksums; in the second, page 0 (zeros) goes into the tree, page 1
+# meets it and the THP is split (cmp_and_merge_page: the first split fails on the shared folio's
+# extra reference, the second succeeds), which maps every zero-filled subpage, page 0 included, to
+# the shared zero page (6.12 b1f202060afe). Page 0's node stays at the root, so pages 59 and 481
+# find nothing and go nowhere in that pass; the third pass merges them. Live case
+# random-s4242-0075 of a first version of the khugepaged op (docs/fidelity.md, K3).
+K3 = """
+name: k3
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: r, size: 2M, align: 2M}
+  - {op: write, proc: P, at: r+0x3b000, data: kP}
+  - {op: write, proc: P, at: r+0x1e1000, data: kP}
+  - {op: madvise, proc: P, at: r, size: 2M, advice: hugepage}
+  - {op: khugepaged}
+  - {op: madvise, proc: P, at: r, size: 2M, advice: mergeable}
+"""
+
+
+@pytest.mark.parametrize(("passes", "merged"), [(2, False), (3, True)])
+def test_a_stale_unstable_node_ends_the_search(passes: int, merged: bool) -> None:
+    text = K3 + f"  - {{op: ksmd, scans: {passes}}}\n"
+    scenario = parse_scenario(text)
+    runner = Runner(scenario, "v6.18")
+    for step in scenario.steps:
+        runner.run_step(step)
+    p, base = runner.procs["P"], runner.regions["r"]
+    a, b = p.translate(base + 0x3B000), p.translate(base + 0x1E1000)
+    assert a is not None and b is not None
+    assert (a == b) == merged and PageKsm(runner.k.frames, a) == merged

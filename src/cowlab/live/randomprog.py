@@ -263,7 +263,7 @@ class Generator:
                 self.steps.append(dict(step, advice="nohugepage"))
                 for _ in range(self.rng.randint(1, 3)):
                     at = self.at(region, PAGE * self.rng.randrange(HPAGE // PAGE))
-                    data = f"{proc}{len(self.steps)}"  # distinct bytes, as write() writes
+                    data = f"k{proc}"  # the same bytes each time: pages KSM may merge
                     self.steps.append({"op": "write", "proc": proc, "at": at, "data": data})
             self.steps.append(dict(step, advice="hugepage"))
         self.steps.append({"op": "khugepaged"})

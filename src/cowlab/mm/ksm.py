@@ -4,7 +4,8 @@ read-only KSM pages (docs/sources-ksm.md).
 A KSM page is a small anonymous page with PG_ksm whose page->mapping is its stable node (the
 model stores -node id, so PageAnon() still holds). The stable node lists the rmap_items (mm,
 address, anon_vma) merged into it; rmap_walk_ksm finds every mapping through those anon_vmas,
-forked children included. The unstable tree (pages unchanged for one pass) is rebuilt each pass.
+forked children included. The unstable tree (pages unchanged for one pass) is rebuilt each pass;
+it is a red-black tree ordered by the pages' bytes (ksm_tree.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cowlab.mm.constants import (
     PG_ksm,
     PG_swapcache,
 )
+from cowlab.mm.ksm_tree import RbTree
 from cowlab.mm.memory import handle_mm_fault
 from cowlab.mm.mm import PageAnon, PageKsm, compound_head, get_page, page_count, put_page
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
@@ -125,7 +127,7 @@ def ksm_do_scan(k: Kernel, scans: int = 1) -> int:
     """ksmd: `scans` full passes over every mergeable VMA; returns the pages merged."""
     merged = 0
     for _ in range(scans):
-        unstable: dict[bytes, RmapItem] = {}  # emptied at the start of every pass
+        unstable: RbTree[RmapItem] = RbTree()  # emptied at the start of every pass
         _prune(k)
         for proc in sorted(k.processes.values(), key=lambda p: p.pid):
             for vma in list(proc.mm.vmas):
@@ -135,7 +137,7 @@ def ksm_do_scan(k: Kernel, scans: int = 1) -> int:
     return merged
 
 
-def _scan_vma(k: Kernel, vma: VmArea, unstable: dict[bytes, RmapItem]) -> int:
+def _scan_vma(k: Kernel, vma: VmArea, unstable: RbTree[RmapItem]) -> int:
     merged = 0
     for addr in range(vma.vm_start, vma.vm_end, PAGE_SIZE):
         pfn = _mapped_page(vma.mm, addr)
@@ -147,7 +149,7 @@ def _scan_vma(k: Kernel, vma: VmArea, unstable: dict[bytes, RmapItem]) -> int:
 
 
 def cmp_and_merge_page(
-    k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, unstable: dict[bytes, RmapItem]
+    k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, unstable: RbTree[RmapItem]
 ) -> int:
     """cmp_and_merge_page(): join a KSM page with the same bytes (6.11+: only once the page is
     unchanged for a pass), else merge with an unchanged page of the unstable tree, else go
@@ -170,14 +172,45 @@ def cmp_and_merge_page(
         return 1
     if k.ksm_use_zero_pages and not f.content[pfn]:
         return int(_merge_with_zero_page(k, vma, addr, pfn))
-    other = unstable.get(digest)
-    if other is None or not _still_there(k, other, digest):
-        unstable[digest] = item
+    other = unstable_tree_search_insert(k, unstable, item, pfn)
+    if other is None:
         return 0
-    if _page_of(k, other) == pfn:
-        return 0  # unstable_tree_search_insert(): a forked page is not merged with itself
-    del unstable[digest]
-    return try_to_merge_two_pages(k, vma, addr, pfn, item, other)
+    return try_to_merge_two_pages(k, vma, addr, pfn, item, other, unstable)
+
+
+def unstable_tree_search_insert(
+    k: Kernel, tree: RbTree[RmapItem], item: RmapItem, pfn: int
+) -> RmapItem | None:
+    """unstable_tree_search_insert(): the rmap_item of a page with the same bytes, found by
+    memcmp from the root (ksm_tree.py); else the page goes into the tree where the search
+    ended. A node whose page get_mergeable_page() no longer finds, or that is this very page
+    (forked), ends the search with nothing found and nothing inserted."""
+    data = k.frames.page_bytes(pfn)
+    ended = ""
+
+    def compare(node: RmapItem) -> int | None:
+        nonlocal ended
+        tree_pfn = get_mergeable_page(k, node)
+        if tree_pfn is None or tree_pfn == pfn:
+            ended = "a page no longer there" if tree_pfn is None else "this page (forked)"
+            return None
+        other = k.frames.page_bytes(tree_pfn)
+        return (data > other) - (data < other)
+
+    found, parent, side = tree.walk(compare)
+    if found is not None:
+        return found.item
+    if ended:
+        k.event("unstable_tree_search_insert", "stop", pfn=pfn, rule=f"the search met {ended}")
+        return None
+    tree.insert(item, parent, side)
+    return None
+
+
+def get_mergeable_page(k: Kernel, item: RmapItem) -> int | None:
+    """get_mergeable_page(): the anonymous page mapped at the rmap_item's address now."""
+    pfn = _page_of(k, item)
+    return pfn if pfn is not None and PageAnon(k.frames, pfn) else None
 
 
 def _merge_with_stable(
@@ -196,10 +229,16 @@ def _merge_with_stable(
 
 
 def try_to_merge_two_pages(
-    k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, other: RmapItem
+    k: Kernel,
+    vma: VmArea,
+    addr: int,
+    pfn: int,
+    item: RmapItem,
+    other: RmapItem,
+    unstable: RbTree[RmapItem],
 ) -> int:
     """try_to_merge_two_pages(): the scanned page becomes the KSM page, the unstable tree's page
-    is replaced by it; if that fails, break_cow undoes the first."""
+    is replaced by it and leaves the tree; if that fails, break_cow undoes the first."""
     if not try_to_merge_one_page(k, vma, addr, pfn, None):
         return 0
     pfn = _page_of(k, item) or pfn  # a THP was split (the same frame, now a small page)
@@ -209,6 +248,7 @@ def try_to_merge_two_pages(
     other_vma = k.processes[other.pid].mm.find_vma(other.addr)
     other_pfn = _page_of(k, other)
     if other_vma and other_pfn and try_to_merge_one_page(k, other_vma, other.addr, other_pfn, pfn):
+        unstable.erase(other)  # try_to_merge_with_ksm_page -> remove_rmap_item_from_tree
         k.ksm.nodes[node.id] = node
         _append(k, node, item, vma)
         _append(k, node, other, other_vma)
@@ -329,12 +369,6 @@ def _prune(k: Kernel) -> None:
             del k.ksm.items[key]
         elif node is not None and node.kpfn != pfn:
             _leave(k, item)
-
-
-def _still_there(k: Kernel, item: RmapItem, digest: bytes) -> bool:
-    """An unstable-tree entry is only a hint: its page must still be there, unchanged, not KSM."""
-    pfn = _page_of(k, item)
-    return pfn is not None and not PageKsm(k.frames, pfn) and checksum(k, pfn) == digest
 
 
 def _page_of(k: Kernel, item: RmapItem) -> int | None:
