@@ -19,12 +19,12 @@ second pass changes nothing: pass_reason() checks it on copies of the model kern
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cowlab.check.clone import deep_copy
 from cowlab.live.journal import SystemChanges
 from cowlab.live.system import THP_DIR, read_knob
 from cowlab.mm.khugepaged import hugepage_vma_check, khugepaged_scan_mm
@@ -105,7 +105,7 @@ def _scannable_mms(k: Kernel) -> list[MmStruct]:
 
 def _collapsed_in_order(k: Kernel, order: tuple[int, ...]) -> frozenset[tuple[int, int]]:
     """(position by pid, block) of every collapse of one pass, on a copy, in the given order."""
-    kc = copy.deepcopy(k)
+    kc = deep_copy(k, {})  # copy.deepcopy's copy, faster
     mms = _scannable_mms(kc)
     return frozenset((i, haddr) for i in order for haddr in khugepaged_scan_mm(kc, mms[i]))
 
