@@ -6,6 +6,9 @@ loop devices, zram0 and their knobs exactly as they were."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +142,30 @@ def test_undone_by_restore_after_a_sigkill(kind: str, tmp_path: Path, untouched:
     assert journal.exists()
     assert "restored" in restore_command(journal)
     assert not journal.exists()
+
+
+@pytest.mark.parametrize("kind", ("ssd", "zram"))
+def test_undone_on_sigterm(kind: str, tmp_path: Path, untouched: None) -> None:
+    """The journal's SIGTERM handler undoes the area, then the signal ends the process."""
+    journal = tmp_path / "j.json"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(journal), kind], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    the_area(kind)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == -signal.SIGTERM
+    assert not journal.exists()
+
+
+def test_undone_on_an_exception(tmp_path: Path, untouched: None) -> None:
+    with (
+        pytest.raises(RuntimeError),
+        SystemChanges(allow_system_changes=True, journal=tmp_path / "j.json") as changes,
+    ):
+        changes.enable_swap("hdd")
+        the_area("hdd")
+        raise RuntimeError("a case failed")
 
 
 def test_one_area_at_a_time(tmp_path: Path, untouched: None) -> None:
