@@ -35,7 +35,9 @@ NR = 512
 
 ALL = list(POLICIES)
 DOUBLE_MAP = [k for k, p in POLICIES.items() if p.double_map]  # 4.5 .. 6.1
-FOLIO = [k for k, p in POLICIES.items() if p.folio_counters]  # 6.x
+NO_DOUBLE_MAP = [k for k, p in POLICIES.items() if not p.double_map]  # 6.2+
+NR_PAGES_MAPPED = [k for k, p in POLICIES.items() if p.nr_pages_mapped]  # 6.2+
+FOLIO = [k for k, p in POLICIES.items() if p.folio_counters]  # the model's 6.15+
 FOLL_PIN = [k for k, p in POLICIES.items() if p.foll_pin]  # 5.7+
 NO_FOLL_PIN = [k for k, p in POLICIES.items() if not p.foll_pin]
 EXCLUSIVE = [k for k, p in POLICIES.items() if p.anon_exclusive]  # 5.19+
@@ -277,7 +279,7 @@ def test_double_map_real_state_is_clean(kernel_id: str) -> None:
     assert s.k.frames.flags[s.head + 1] & PG_double_map
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", NO_DOUBLE_MAP)
 def test_double_map_in_a_kernel_without_it(kernel_id: str) -> None:
     """6.2 removed PG_double_map: a PMD plus PTE mappings carry no offset."""
     s = shared_thp(kernel_id)
@@ -355,7 +357,7 @@ def test_folio_large_mapcount(kernel_id: str) -> None:
     assert check_invariants(s.k) == [f"folio {s.head:#x}: _large_mapcount 512, maps 513"]
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", NR_PAGES_MAPPED)
 def test_folio_nr_pages_mapped_pmd(kernel_id: str) -> None:
     """A PMD-mapped folio whose _nr_pages_mapped lost ENTIRELY_MAPPED."""
     s = pmd_thp(kernel_id)
@@ -367,7 +369,7 @@ def test_folio_nr_pages_mapped_pmd(kernel_id: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", NR_PAGES_MAPPED)
 def test_folio_nr_pages_mapped_ptes(kernel_id: str) -> None:
     s = pte_thp(kernel_id)
     f = s.k.frames
@@ -378,7 +380,7 @@ def test_folio_nr_pages_mapped_ptes(kernel_id: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", NR_PAGES_MAPPED)
 def test_folio_nr_pages_mapped_is_independent_of_mapcount(kernel_id: str) -> None:
     """_nr_pages_mapped is its own counter: a subpage _mapcount that wrongly says "mapped" breaks
     the _mapcount check only, and _nr_pages_mapped is checked against the page tables."""
@@ -393,9 +395,10 @@ def test_folio_nr_pages_mapped_is_independent_of_mapcount(kernel_id: str) -> Non
     ]
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", NR_PAGES_MAPPED)
 def test_folio_nr_pages_mapped_is_kept_incrementally(kernel_id: str) -> None:
-    """Hand-derived values along one history (6.15/6.18 __folio_add_rmap/__folio_remove_rmap):
+    """Hand-derived values along one history (6.2.1 page_add_anon_rmap/page_remove_rmap, 6.15 and
+    6.18 __folio_add_rmap/__folio_remove_rmap):
     pages mapped by PTE, plus ENTIRELY_MAPPED while a PMD maps the folio."""
     s = pmd_thp(kernel_id)
     f = s.k.frames
@@ -412,7 +415,7 @@ def test_folio_nr_pages_mapped_is_kept_incrementally(kernel_id: str) -> None:
     assert s.k.check() == []
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", [k for k in NR_PAGES_MAPPED if POLICIES[k].mthp])
 def test_folio_nr_pages_mapped_of_an_mthp(kernel_id: str) -> None:
     """A 64 KiB folio mapped by 16 PTEs, then one unmapped."""
     k = Kernel(kernel_id)

@@ -536,9 +536,9 @@ def rich_kernel(kernel_id: str = "v6.18") -> Kernel:
     k.ksmd()
     p.swapout(small + 32 * PAGE, 8 * PAGE, until="writeback")
     p.swapout(small + 40 * PAGE, 8 * PAGE, until="freed")
+    p.munmap(thp + 2 * MIB, 256 * PAGE)  # before the fork: no PMD maps that THP any more (6.2+)
     child = p.fork()
     child.write(small + 5, b"x")
-    p.munmap(thp + 2 * MIB, 256 * PAGE)
     p.get_user_pages(small, 4 * PAGE, flavour="pin", write=True)
     p.munmap(small + 56 * PAGE, 4 * PAGE)
     return k

@@ -4,8 +4,8 @@ Invariants (must hold on every kernel, or the model â€” or the modelled kernel â
   counters  _mapcount, compound_mapcount, PG_double_map and _count agree with the mappings and
             pins in the page tables (4.5: every mapping and every GUP reference holds one _count
             on the head; tails hold none); MM_ANONPAGES agrees with the mapped pages; 5.7+
-            _pincount, 5.19+ PG_anon_exclusive, 6.x _large_mapcount, _nr_pages_mapped and the
-            MM-id slots agree with them too.
+            _pincount, 5.19+ PG_anon_exclusive, 6.2+ _nr_pages_mapped, the model's 6.15+
+            _large_mapcount and MM-id slots agree with them too.
   rmap      every mapping of an anonymous page is reachable from the page's anon_vma, at the
             address its page->index gives (what rmap_walk_anon relies on).
 Properties (what a program is owed; some kernels break them on purpose):
@@ -166,6 +166,8 @@ def check_counters(k: Kernel) -> list[str]:
     _compare(problems, "_count", small, f._count[:n], want)
     for head in np.flatnonzero(allocated & ((flags & PG_head) != 0)).tolist():
         problems += _check_thp(k, head, r)
+        if k.policy.nr_pages_mapped:
+            problems += _check_nr_pages_mapped(k, head, r)
         if k.policy.folio_counters:
             problems += _check_folio(k, head, r)
     if k.policy.anon_exclusive:
@@ -295,13 +297,24 @@ def _check_thp(k: Kernel, head: int, r: Recount) -> list[str]:
     return out
 
 
-def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
-    """6.x large-folio fields: _large_mapcount, _nr_pages_mapped, the MM ids and shared bit.
+def _check_nr_pages_mapped(k: Kernel, head: int, r: Recount) -> list[str]:
+    """_nr_pages_mapped (6.2's subpages_mapcount), recounted from the page tables as
+    page_add_anon_rmap (6.2.1) and __folio_add_rmap (6.8.0 .. 6.18.2, CONFIG_PAGE_MAPCOUNT) keep
+    it: the pages mapped by at least one PTE, plus ENTIRELY_MAPPED while a PMD maps the folio."""
+    f = k.frames
+    sl = slice(head, head + folio_nr_pages(f, head))
+    mapped = int((r.pte_maps[sl] > 0).sum()) + (ENTIRELY_MAPPED if r.pmd_maps[head] else 0)
+    # invariant: folio.nr_pages_mapped
+    if int(f._nr_pages_mapped[head]) != mapped:
+        return [
+            f"folio {head:#x}: _nr_pages_mapped {int(f._nr_pages_mapped[head]):#x}, "
+            f"page tables {mapped:#x}"
+        ]
+    return []
 
-    _nr_pages_mapped is recounted from the page tables as __folio_add_rmap keeps it in 6.15 and
-    6.18 (CONFIG_PAGE_MAPCOUNT): the pages mapped by at least one PTE, plus ENTIRELY_MAPPED while
-    a PMD maps the folio.
-    """
+
+def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
+    """The model's 6.15 large-folio fields: _large_mapcount, the MM ids and shared bit."""
     f = k.frames
     sl = slice(head, head + folio_nr_pages(f, head))
     out = []
@@ -310,13 +323,6 @@ def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
     if folio_large_mapcount(f, head) != total:
         out.append(
             f"folio {head:#x}: _large_mapcount {folio_large_mapcount(f, head)}, maps {total}"
-        )
-    mapped = int((r.pte_maps[sl] > 0).sum()) + (ENTIRELY_MAPPED if r.pmd_maps[head] else 0)
-    # invariant: folio.nr_pages_mapped
-    if int(f._nr_pages_mapped[head]) != mapped:
-        out.append(
-            f"folio {head:#x}: _nr_pages_mapped {int(f._nr_pages_mapped[head]):#x}, "
-            f"page tables {mapped:#x}"
         )
     mappers = {
         pid: int(m[sl].sum() + r.pmd_by_mm[pid][head])

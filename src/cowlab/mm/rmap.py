@@ -129,16 +129,19 @@ def page_anon_vma(k: Kernel, pfn: int) -> AnonVma | None:
 #
 # Every mapping added or removed goes through rmap_add/rmap_remove, which keep the counters of
 # the running generation: per-page _mapcount and compound_mapcount (with PG_double_map offsets
-# up to 6.1), and from 6.x the large-folio fields _large_mapcount, _nr_pages_mapped and the
-# two tracked MM ids (folio_add_rmap_ptes/pmd, folio_remove_rmap_ptes/pmd). In 6.x the model's
-# compound_mapcount is the folio's _entire_mapcount (the same count of PMD mappings, -1 based).
+# up to 6.1), from 6.2 the large folio's _nr_pages_mapped (6.2's subpages_mapcount, renamed in
+# 6.3), and in the model from 6.15 _large_mapcount and the two tracked MM ids
+# (folio_add_rmap_ptes/pmd, folio_remove_rmap_ptes/pmd). In 6.x the model's compound_mapcount
+# is the folio's _entire_mapcount (the same count of PMD mappings, -1 based).
 #
-# _nr_pages_mapped is kept incrementally as __folio_add_rmap/__folio_remove_rmap (mm/rmap.c,
-# 6.15 and 6.18 built with CONFIG_PAGE_MAPCOUNT, as the v6.15/v6.18 policies are) keep it: +1/-1
-# for each page whose _mapcount goes -1 -> 0 / 0 -> -1 (pages mapped by PTE), +/-ENTIRELY_MAPPED
-# when _entire_mapcount goes -1 -> 0 / 0 -> -1. Nothing recomputes it from _mapcount, so the
-# checker, which recounts it from the page tables, checks an independent counter.
-# CONFIG_NO_PAGE_MAPCOUNT (749492229e3b, 6.15) drops the field; no modelled kernel sets it.
+# _nr_pages_mapped is kept incrementally as page_add_anon_rmap/page_remove_rmap (6.2.1, 6.6.9)
+# and __folio_add_rmap/__folio_remove_rmap (6.8.0 .. 6.18.2 with CONFIG_PAGE_MAPCOUNT, as every
+# modelled build) keep it: +1/-1 for each page whose _mapcount goes -1 -> 0 / 0 -> -1 (pages
+# mapped by PTE), +/-ENTIRELY_MAPPED (6.2: COMPOUND_MAPPED, the same bit) when _entire_mapcount
+# goes -1 -> 0 / 0 -> -1; the deferred-split queue is decided by it. Nothing recomputes it from
+# _mapcount, so the checker, which recounts it from the page tables, checks an independent
+# counter. CONFIG_NO_PAGE_MAPCOUNT (749492229e3b, 6.15) drops the field; no modelled kernel
+# sets it.
 
 ENTIRELY_MAPPED = 0x800000  # mm/internal.h: the PMD-mapped flag inside _nr_pages_mapped
 
@@ -236,10 +239,9 @@ def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     f._mapcount[pfn] = mapcount
-    if mapcount == -1:
+    if _pte_unmap_queues(k, head, int(mapcount == -1)):
         deferred_split_huge_page(k, head)
     if k.policy.folio_counters:
-        f._nr_pages_mapped[head] -= mapcount == -1
         _folio_remove(k, mm, head, 1)
 
 
@@ -248,56 +250,76 @@ def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
     fields in 6.x."""
     f = k.frames
     np.add.at(f._mapcount, pfns, 1)
-    if k.policy.folio_counters:
+    if k.policy.nr_pages_mapped:
         for head, nr, first in _large_heads(k, pfns, edge=0):
             f._nr_pages_mapped[head] += first
-            _folio_add(k, mm, head, nr)
+            if k.policy.folio_counters:
+                _folio_add(k, mm, head, nr)
 
 
 def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
-    """-1 PTE mapping per entry of pfns; a THP subpage left unmapped queues the THP for
-    splitting."""
+    """-1 PTE mapping per entry of pfns; a THP left with a page no PTE maps is queued for
+    splitting (6.2+: unless a PMD still maps it)."""
     f = k.frames
     np.subtract.at(f._mapcount, pfns, 1)
     if (f._mapcount[pfns] < -1).any():
         raise KernelBug("page_remove_rmap: _mapcount below -1")
-    compound = (f.flags[pfns] & (PG_head | PG_tail)) != 0
-    emptied = pfns[compound & (f._mapcount[pfns] == -1)]
-    for head in np.unique(heads_of(f, emptied)).tolist():
-        deferred_split_huge_page(k, head)
-    if k.policy.folio_counters:
-        for head, nr, last in _large_heads(k, pfns, edge=-1):
-            f._nr_pages_mapped[head] -= last
+    for head, nr, last in _large_heads(k, pfns, edge=-1):
+        if _pte_unmap_queues(k, head, last):
+            deferred_split_huge_page(k, head)
+        if k.policy.folio_counters:
             _folio_remove(k, mm, head, nr)
+
+
+def _pte_unmap_queues(k: Kernel, head: int, last: int) -> bool:
+    """page_remove_rmap() after `last` pages of the THP lost their last PTE mapping: queue it?
+    4.5 .. 6.1: whenever one did (a PMD mapping elsewhere keeps the pages' _mapcount at 0 or
+    more through the DoubleMap offset). 6.2 (6.2.1 .. 6.18.2 mm/rmap.c): subpages_mapcount
+    (_nr_pages_mapped) drops by `last`, and the THP is queued only if it is not also mapped
+    by a PMD (the COMPOUND_MAPPED / ENTIRELY_MAPPED bit)."""
+    if not k.policy.nr_pages_mapped:
+        return last > 0
+    f = k.frames
+    f._nr_pages_mapped[head] -= last
+    return last > 0 and int(f._nr_pages_mapped[head]) < ENTIRELY_MAPPED
 
 
 def rmap_add_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     """+1 PMD mapping: compound_mapcount (6.x: _entire_mapcount), and the folio fields in 6.x."""
     f = k.frames
     f.compound_mapcount[head + 1] += 1
+    if k.policy.nr_pages_mapped and f.compound_mapcount[head + 1] == 0:  # the first PMD map
+        f._nr_pages_mapped[head] += ENTIRELY_MAPPED
     if k.policy.folio_counters:
-        if f.compound_mapcount[head + 1] == 0:  # the first PMD mapping
-            f._nr_pages_mapped[head] += ENTIRELY_MAPPED
         _folio_add(k, mm, head, 1)
 
 
 def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
-    """page_remove_anon_compound_rmap(): -1 PMD map; the last one undoes the DoubleMap offset."""
+    """page_remove_anon_compound_rmap(): -1 PMD map; the last one undoes the DoubleMap offset
+    (4.5 .. 6.1) or the ENTIRELY_MAPPED bit (6.2+) and may queue the THP for splitting."""
     f = k.frames
     f.compound_mapcount[head + 1] -= 1
     if k.policy.folio_counters:
-        if f.compound_mapcount[head + 1] == -1:  # the last PMD mapping
-            f._nr_pages_mapped[head] -= ENTIRELY_MAPPED
         _folio_remove(k, mm, head, 1)
     if f.compound_mapcount[head + 1] >= 0:
         return
-    nr = HPAGE_PMD_NR
-    if PageDoubleMap(f, head):
-        f.flags[head + 1] &= flags_without(PG_double_map)
-        f._mapcount[head : head + HPAGE_PMD_NR] -= 1
-        nr = int((f._mapcount[head : head + HPAGE_PMD_NR] == -1).sum())
-    if nr:
+    if _last_pmd_unmap_queues(k, head):
         deferred_split_huge_page(k, head)
+
+
+def _last_pmd_unmap_queues(k: Kernel, head: int) -> bool:
+    """The last PMD mapping went: queue the THP? 4.5 .. 6.1: if any page is left with no PTE
+    mapping (all of them when no DoubleMap offset was set). 6.2 (6.2.1 .. 6.18.2 page_remove_rmap,
+    __folio_remove_rmap): only if it is partly PTE-mapped, some pages mapped and some not."""
+    f = k.frames
+    if k.policy.nr_pages_mapped:
+        f._nr_pages_mapped[head] -= ENTIRELY_MAPPED
+        return 0 < int(f._nr_pages_mapped[head]) < HPAGE_PMD_NR
+    if not PageDoubleMap(f, head):
+        return True
+    f.flags[head + 1] &= flags_without(PG_double_map)
+    f._mapcount[head : head + HPAGE_PMD_NR] -= 1
+    return bool((f._mapcount[head : head + HPAGE_PMD_NR] == -1).any())
 
 
 def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64], edge: int) -> list[tuple[int, int, int]]:

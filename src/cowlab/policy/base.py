@@ -46,7 +46,8 @@ class Policy(ABC):
     changes: ClassVar[tuple[type[Policy], ...]] = ()  # a composed policy's changes, oldest first
 
     double_map: ClassVar[bool] = True  # PG_double_map offsets (4.5 .. 6.1)
-    folio_counters: ClassVar[bool] = False  # _large_mapcount, _nr_pages_mapped, MM ids (6.x)
+    nr_pages_mapped: ClassVar[bool] = False  # 6.2 subpages_mapcount (6.3: _nr_pages_mapped)
+    folio_counters: ClassVar[bool] = False  # _large_mapcount and the MM ids (6.15)
     foll_pin: ClassVar[bool] = False  # FOLL_PIN: GUP_PIN_COUNTING_BIAS and _pincount (5.7)
     anon_exclusive: ClassVar[bool] = False  # PG_anon_exclusive (5.19)
     pmd_cow_splits: ClassVar[bool] = False  # a PMD that is not reused is split, 4 KiB COW (5.8)

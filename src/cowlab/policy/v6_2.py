@@ -20,16 +20,25 @@ if TYPE_CHECKING:
     ("cb67f4282bf9",),
     "mm,thp,rmap: simplify compound page mapcount handling",
     "PG_double_map and its +1 offsets are gone: splitting a PMD adds 512 PTE mappings and drops "
-    "the PMD one",
+    "the PMD one; subpages_mapcount (6.3: _nr_pages_mapped) counts the PTE-mapped pages, plus "
+    "COMPOUND_MAPPED while a PMD maps the THP, and page_remove_rmap queues the THP for the "
+    "deferred split by it",
     "6.1.20 include/linux/page-flags.h PG_double_map -> 6.2.1 (none), mm/huge_memory.c "
-    "__split_huge_pmd_locked; id: Greg KH's 6.1-stable dependency list (Aug 2023) and the "
-    "mainline merge of mm-stable-2022-12-13 (e2ca6ba6ba01)",
+    "__split_huge_pmd_locked, include/linux/mm_types.h subpages_mapcount, include/linux/mm.h "
+    "COMPOUND_MAPPED, mm/rmap.c page_add_anon_rmap, page_remove_rmap; id: Greg KH's 6.1-stable "
+    "dependency list (Aug 2023) and the mainline merge of mm-stable-2022-12-13 (e2ca6ba6ba01)",
     invisible="counters only: no decision reads PG_double_map (reuse is by PageAnonExclusive and "
     "refcount since 5.19), and page_mapcount, total_mapcount and page_count come out the same "
-    "with and without the +1 offsets; the checker recomputes both forms from the page tables",
+    "with and without the +1 offsets. The deferred-split queue, which 6.1 decided by the offsets "
+    "and 6.2 by subpages_mapcount, comes out the same: a PTE unmap while a PMD still maps the THP "
+    "queues nothing, the last PMD unmap queues it when some of its pages are PTE-mapped and some "
+    "not; 6.2 no longer queues a THP left mapped by nothing, which is then freed or, held by a "
+    "pin or reference, cannot be split either way. The checker recomputes the counters of both "
+    "forms from the page tables",
 )
 class NoDoubleMap(Policy):
     double_map = False
+    nr_pages_mapped = True
 
 
 @landed(
