@@ -14,6 +14,7 @@ import pytest
 
 from cowlab import InvariantViolation, Kernel, Process
 from cowlab.checker import check_counters, check_invariants, check_pin_coherence, check_rmap
+from cowlab.kernel import Config
 from cowlab.mm.constants import (
     PMD_SHIFT,
     PG_allocated,
@@ -672,6 +673,26 @@ def test_swap_cache_reference_counted(kernel_id: str) -> None:
     s = swapped_page(kernel_id, "written")
     s.k.frames._count[s.pfn] -= 1
     assert check_invariants(s.k) == [f"pfn {s.pfn:#x}: _count says 0, page tables say 1"]
+
+
+WHOLE_THP_SWAP = [k for k, p in POLICIES.items() if p.thp_swap_devices]  # 4.14+
+
+
+@pytest.mark.parametrize("kernel_id", WHOLE_THP_SWAP)
+def test_thp_in_the_swap_cache_out_of_order(kernel_id: str) -> None:
+    """A THP swapped out whole to an SSD (4.14+), left in the swap cache; its first two pages'
+    slots swapped, each page still naming the slot that holds it."""
+    k = Kernel(kernel_id, Config(swap_device="ssd"))
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 * MiB, align=2 * MiB)
+    p.write(addr, b"x")
+    head = p.translate(addr)
+    assert head is not None and p.swapout(addr, 2 * MiB, until="written") == NR
+    assert int(k.swap.cache[0]) == head and k.check() == []
+    k.swap.cache[0:2] = [head + 1, head]
+    k.frames.private[head], k.frames.private[head + 1] = 1, 0
+    assert check_invariants(k) == [f"folio {head:#x} in the swap cache: not slots 1.. + i, aligned"]
 
 
 # --- KSM ----------------------------------------------------------------------------------

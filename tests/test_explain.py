@@ -125,3 +125,26 @@ def test_the_decision_names_what_its_rule_read(
     (decision,) = [e for e in step10["events"] if e["verdict"]]
     assert (decision["function"], decision["verdict"]) == ("do_wp_page", "copy")
     assert decision["rule"] == rule and decision["read"] == read
+
+
+def test_whole_thp_swapout_and_its_reuse_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """4.14 on an SSD: reclaim keeps the PMD-mapped THP whole (bd4c82c22c36), and the write to
+    the page read back counts map + swap per subpage (ba3c4ce6def4): 1, with 511 slots still
+    held by swap PTEs and none by page 3's."""
+    name = "timeline/4.14_thp_swap_counts.yaml"
+    out = explained(capsys, name, "v4.14", 4)
+    assert "folio_order = 9, a run of slots on this area = 1, compound_mapcount = 1 -> whole" in out
+    assert "get_swap_pages() on a non-rotational block device" in out
+    out = explained(capsys, name, "v4.14", 6)
+    assert "page_trans_huge_map_swapcount = 1, total_swapcount = 511" in out
+    assert "page_swapcount = 0 -> reuse" in out
+    out = explained(capsys, name, "v6.10", 5)
+    assert "folio_nr_pages = 512 -> whole folio" in out
+
+
+def test_zram_swapin_names_the_bypass_and_the_order(capsys: pytest.CaptureFixture[str]) -> None:
+    """6.12 on zram: the slot's count is 1, so the swap cache is bypassed (0bcac06f27d7), and
+    alloc_swap_folio picks the 64 KiB order (242d12c98174)."""
+    out = explained(capsys, "timeline/6.12_large_folio_swapin.yaml", "v6.12", 6)
+    assert "SWP_SYNCHRONOUS_IO = 1, __swap_count = 1 -> bypass" in out
+    assert "alloc_swap_folio: 0x7efffffe2000: order = 4 -> order 4" in out

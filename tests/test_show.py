@@ -97,3 +97,18 @@ def test_html_is_self_contained() -> None:
     html = render_html(memory_at(load_scenario(RDMA), "v4.5+6d0a07e", 7))
     assert html.startswith("<!DOCTYPE html>") and "<link" not in html and "src=" not in html
     assert html.count('class="folio"') == 1
+
+
+def test_text_view_of_a_thp_in_the_swap_cache() -> None:
+    """5.19, an SSD: the THP is in the swap cache whole (slots 0..511, 4.14+) and the read of
+    page 3 mapped only that page (before 6.10): one line for its 512 slots, 511 of them still
+    held by a swap PTE, and the THP drawn once with its slot range."""
+    scenario = load_scenario(ROOT / "examples" / "timeline" / "4.14_thp_swap_counts.yaml")
+    view = memory_at(scenario, "v5.19", 5)
+    assert view.swap == [
+        "swap slots 0..511: swap PTEs 0 on 1 slot, 1 on 511 slots, swap cache pfn "
+        f"{view.folios[0].head:#x} (512-page folio, whole)"
+    ]
+    (thp,) = view.folios
+    assert thp.nr == 512 and thp.swapcache == "slots 0..511" and thp.pte_by == ["P"]
+    assert "511 swapped out" in render_text(view)

@@ -57,10 +57,10 @@ def test_the_recorded_backports_are_the_verified_ones() -> None:
         ("4.9.297", "v4.9+9bbd42e"),
         ("4.9.298", "v4.9+1783985"),  # reverted and redone: GUP-fast too
         ("4.9.337", "v4.9+1783985"),
-        ("4.14.231", "v4.13"),
+        ("4.14.231", "v4.14"),
         ("4.14.232", "v4.14+1783985"),
-        ("4.19.1", "v4.13"),
-        ("4.19.188", "v4.13"),
+        ("4.19.1", "v4.15"),
+        ("4.19.188", "v4.15"),
         ("4.19.189", "v4.19+1783985"),
         ("4.19.222", "v4.19+1783985"),
         ("5.4.6", "v5.4"),
@@ -189,7 +189,7 @@ def test_run_json_names_the_backports(capsys: pytest.CaptureFixture[str]) -> Non
     assert run["backports"] == [{"stable_commit": "5e24029791e8", "upstream": "17839856fd58"}]
     assert main(["run", str(CVE), "--kernel", "4.19", "--json"]) == 0
     (run,) = json.loads(capsys.readouterr().out)["runs"]
-    assert (run["release"], run["policy"], run["backports"]) == ("4.19", "v4.13", [])
+    assert (run["release"], run["policy"], run["backports"]) == ("4.19", "v4.15", [])
 
 
 def test_4_9_287s_form_forces_slow_gup_only() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from cowlab import Kernel, Process
@@ -396,3 +397,100 @@ def test_scenario_config_swap_device_reaches_the_kernel() -> None:
     )
     runner = Runner(parse_scenario(text, "t.yaml"), "v6.18")
     assert runner.k.swap.device == "zram"
+
+
+# --- a THP swapped out whole (docs/sources-swap.md §1a; 4.14+ on an SSD or zram) -------------
+
+WHOLE = ["v4.14", "v5.9", "v5.19", "v6.10", "v6.18"]
+MiB = 1 << 20
+
+
+def whole_thp(kernel_id: str, device: str, until: str) -> Swapped:
+    """A PMD-mapped THP (bytes in page 0) swapped out; pfn is its head."""
+    k = Kernel(kernel_id, Config(swap_device=device), selfcheck=True)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 * MiB, align=2 * MiB)
+    p.write(addr, b"head")
+    head = p.translate(addr)
+    assert head is not None
+    assert p.swapout(addr, 2 * MiB, until=until) == 512
+    return Swapped(k, p, addr, head)
+
+
+@pytest.mark.parametrize("kernel_id", WHOLE)
+def test_thp_swapped_out_whole_to_an_ssd(kernel_id: str) -> None:
+    """shrink_page_list of 4.14+ (bd4c82c22c36): one cluster, slots 0..511, page i in slot i;
+    the PMD split into 512 swap PTEs; written, clean, kept in the swap cache with its 512
+    references (__add_to_swap_cache, one per page)."""
+    s = whole_thp(kernel_id, "ssd", "written")
+    f, swap = s.k.frames, s.k.swap
+    table = s.p.mm.pmds[s.addr >> PMD_SHIFT]
+    assert isinstance(table, PteTable)
+    assert (table.pfn == -2 - np.arange(512)).all()
+    assert (swap.swap_map[:512] == 1).all() and (swap.cache[:512] == s.pfn + np.arange(512)).all()
+    assert page_count(f, s.pfn) == 512 and int(f.compound_mapcount[s.pfn + 1]) == -1
+    assert int(f.flags[s.pfn]) & (PG_swapcache | PG_dirty | PG_writeback) == PG_swapcache
+    assert (s.p.mm.anon_rss, s.p.mm.swapents) == (0, 512)
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.13", "v4.14", "v6.13", "v6.14", "v6.18"])
+@pytest.mark.parametrize("device", ["file", "hdd"])
+def test_rotational_areas_split_until_6_14(kernel_id: str, device: str) -> None:
+    """A swap file (every release) and an HDD partition (until 6.14) have no clusters: the THP
+    is split first, each page in its own slot (6.12+: the zero-filled ones mapped to the zero
+    page instead, so only page 0 is swapped)."""
+    k = Kernel(kernel_id, Config(swap_device=device), selfcheck=True)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 * MiB, align=2 * MiB)
+    p.write(addr, b"head")
+    whole = device == "hdd" and kernel_id in ("v6.14", "v6.18")
+    zero_remap = kernel_id in ("v6.13", "v6.14", "v6.18")
+    assert p.swapout(addr, 2 * MiB, until="written") == (512 if whole or not zero_remap else 1)
+    head = int(k.swap.cache[0])
+    assert (k.frames.order[head] == 9) == whole
+
+
+@pytest.mark.parametrize("kernel_id", WHOLE)
+def test_thp_on_zram_is_written_and_freed_in_one_pass(kernel_id: str) -> None:
+    """zram ends each write inside swap_writepage; the pass then frees the clean THP from the
+    swap cache (__remove_mapping at refcount 512): only the swap PTEs and the bytes remain."""
+    s = whole_thp(kernel_id, "zram", "written")
+    assert (s.k.swap.cache[:512] == -1).all() and (s.k.swap.swap_map[:512] == 1).all()
+    assert s.k.frames.nr_allocated == 0 and s.k.swap.data[0] == b"head"
+
+
+@pytest.mark.parametrize("kernel_id", WHOLE)
+def test_munmap_of_part_of_a_cached_thp(kernel_id: str) -> None:
+    """free_swap_and_cache with swap_page_trans_huge_swapped (4.14): unmapping one page's swap
+    PTE leaves the THP in the swap cache while other slots are referenced; unmapping the rest
+    frees it (unmapped, not under writeback)."""
+    s = whole_thp(kernel_id, "ssd", "written")
+    s.p.munmap(s.addr, PAGE)
+    assert int(s.k.swap.cache[0]) == s.pfn and int(s.k.swap.swap_map[0]) == 0
+    s.p.munmap(s.addr + PAGE, 2 * MiB - PAGE)
+    assert (s.k.swap.cache[:512] == -1).all() and s.k.frames.nr_allocated == 0
+
+
+@pytest.mark.parametrize("kernel_id", WHOLE)
+def test_splitting_a_thp_in_the_swap_cache(kernel_id: str) -> None:
+    """split_huge_page of a clean THP in the swap cache (can_split_huge_page counts the cache's
+    references): 512 small swap-cache pages, page i keeping slot i and one reference."""
+    s = whole_thp(kernel_id, "ssd", "written")
+    assert s.k.split_huge_pages() == 1
+    f = s.k.frames
+    assert int(f.order[s.pfn]) == 0 and (f._count[s.pfn : s.pfn + 512] == 1).all()
+    assert (f.private[s.pfn : s.pfn + 512] == np.arange(512)).all()
+
+
+@pytest.mark.parametrize("kernel_id", ["v6.12", "v6.18"])
+def test_a_freed_thp_comes_back_as_small_pages(kernel_id: str) -> None:
+    """alloc_swap_folio (6.12) tries only orders below PMD size, and none is enabled here: the
+    bypass reads one small page, outside the swap cache, exclusive."""
+    s = whole_thp(kernel_id, "zram", "freed")
+    s.p.read(s.addr + 3 * PAGE, 1)
+    pfn = s.p.translate(s.addr + 3 * PAGE)
+    assert pfn is not None and int(s.k.frames.order[pfn]) == 0
+    assert not s.k.frames.flags[pfn] & PG_swapcache and int(s.k.swap.swap_map[3]) == 0
+    assert s.k.frames.flags[pfn] & PG_anon_exclusive

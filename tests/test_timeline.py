@@ -32,8 +32,9 @@ PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
         ("4.5.5", "v4.5+6d0a07e"),  # the seed's stable backport, 9d3320adf7ca
         ("v4.5+6d0a07e", "v4.5+6d0a07e"),
         ("4.6", "v4.6"),
-        ("4.19.0", "v4.13"),  # nothing modelled changed from 4.13 to 5.0
-        ("v4.14", "v4.13"),
+        ("4.19.0", "v4.15"),  # nothing modelled changed from 4.15 to 5.0
+        ("v4.14", "v4.14"),
+        ("4.13", "v4.13"),
         ("5.4", "v5.4"),
         ("v5.10", "v5.9"),
         ("5.15", "v5.11"),
@@ -42,7 +43,7 @@ PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
         ("6.4", "v6.4"),  # ac492b9c70ca: 6.3.8 lacks it, 6.4.0 has it
         ("6.6", "v6.4"),
         ("6.12", "v6.12"),
-        ("6.14", "v6.13"),
+        ("6.14", "v6.14"),
         ("6.18.44", "v6.18"),
     ],
 )
@@ -110,7 +111,7 @@ def test_kernels_lists_every_release_and_marks_long_term(
     assert {r for r, row in releases.items() if row["long_term"]} == {
         f"{a}.{b}" for a, b in LONG_TERM
     }
-    assert releases["6.9"]["policy"] == "v6.9" and releases["6.10"]["policy"] == "v6.9"
+    assert releases["6.9"]["policy"] == "v6.9" and releases["6.10"]["policy"] == "v6.10"
     assert [c["commits"] for c in releases["4.7"]["changes"]] == [["5a49973d7143"]]
     first = doc["stable_backports"][0]  # the seed's; the rest: tests/test_stable.py
     assert (first["release"], first["commit"]) == ("4.5.5", "9d3320adf7ca")

@@ -67,6 +67,7 @@ CHECKER_INVARIANTS = (
     "swap.swap_map",
     "swap.cache_flag",
     "swap.cache_private",
+    "swap.folio_whole",
     "frames.free_fields",
     "frames.content_refs",
     "ksm.stable_node",

@@ -244,6 +244,22 @@ def _check_swap(k: Kernel, r: Recount) -> list[str]:
     if wrong.size:
         slot = int(wrong[0])
         out.append(f"swap slot {slot}: its page's private is {int(f.private[cached[slot]])}")
+    return out + _check_swap_folios(k, flagged)
+
+
+def _check_swap_folios(k: Kernel, flagged: Ints) -> list[str]:
+    """A large folio is in the swap cache whole: page i holds slot first + i, first a multiple
+    of the folio's size (the run get_swap_pages gave it)."""
+    f = k.frames
+    out: list[str] = []
+    heads = flagged[(f.flags[flagged] & PG_head) != 0]
+    for head in heads.tolist():
+        nr = folio_nr_pages(f, head)
+        first = int(f.private[head])
+        held = k.swap.cache[first : first + nr]
+        # invariant: swap.folio_whole
+        if first % nr or held.size != nr or (held != head + np.arange(nr)).any():
+            out.append(f"folio {head:#x} in the swap cache: not slots {first}.. + i, aligned")
     return out
 
 

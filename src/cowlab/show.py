@@ -130,23 +130,45 @@ def snapshot(runner: Runner, title: str) -> MemoryView:
 
 
 def _swap_slots(k: Kernel, folios: dict[int, FolioView]) -> list[str]:
-    """Every swap slot in use: its swap PTEs, and its swap-cache page or "on the device"."""
+    """Every swap slot in use: its swap PTEs, and its swap-cache page or "on the device"; the
+    slots of a large folio in the swap cache as one line."""
     out = []
     f = k.frames
     for slot in k.swap.in_use().tolist():
         page = int(k.swap.cache[slot])
-        where = "on the device only"
-        if page >= 0:
-            state = [
-                n
-                for bit, n in ((PG_writeback, "writeback"), (PG_dirty, "dirty"))
-                if f.flags[page] & bit
-            ]
-            folio = _folio(k, folios, compound_head(f, page))
-            folio.swapcache = ", ".join([f"slot {slot}", *state])
-            where = f"swap cache pfn {page:#x}" + "".join(f", {n}" for n in state)
-        out.append(f"swap slot {slot}: {int(k.swap.swap_map[slot])} swap PTEs, {where}")
+        if page < 0:
+            out.append(
+                f"swap slot {slot}: {int(k.swap.swap_map[slot])} swap PTEs, on the device only"
+            )
+            continue
+        head = compound_head(f, page)
+        first, nr = int(f.private[head]), folio_nr_pages(f, head)
+        if slot != first:
+            continue  # a later slot of a large folio: said with its first
+        state = [
+            n
+            for bit, n in ((PG_writeback, "writeback"), (PG_dirty, "dirty"))
+            if f.flags[head] & bit
+        ]
+        slots = f"slot {slot}" if nr == 1 else f"slots {slot}..{slot + nr - 1}"
+        _folio(k, folios, head).swapcache = ", ".join([slots, *state])
+        where = f"swap cache pfn {head:#x}" + ("" if nr == 1 else f" ({nr}-page folio, whole)")
+        out.append(
+            f"swap {slots}: {_swap_ptes(k, slot, nr)}, {where}" + "".join(f", {n}" for n in state)
+        )
     return out
+
+
+def _swap_ptes(k: Kernel, first: int, nr: int) -> str:
+    """`1 swap PTEs`, or for a run of slots how many slots have each count."""
+    counts = k.swap.swap_map[first : first + nr]
+    if nr == 1:
+        return f"{int(counts[0])} swap PTEs"
+    values, many = np.unique(counts, return_counts=True)
+    return "swap PTEs " + ", ".join(
+        f"{int(v)} on {int(n)} slot{'s' if n > 1 else ''}"
+        for v, n in zip(values.tolist(), many.tolist(), strict=True)
+    )
 
 
 def _entry(

@@ -24,11 +24,14 @@ from cowlab.mm.constants import (
     PG_double_map,
     PG_head,
     PG_mm_ids_shared,
+    PG_swapcache,
     PG_tail,
+    PG_writeback,
 )
 from cowlab.mm.decision import Reads
 from cowlab.mm.mm import (
     PageDoubleMap,
+    PageSwapCache,
     PageTransCompound,
     compound_head,
     compound_mapcount,
@@ -441,17 +444,20 @@ def vma_adjust_trans_huge(k: Kernel, vma: VmArea, addr: int) -> None:
 
 
 def split_huge_page(k: Kernel, head: int) -> int:
-    """split_huge_page(): make 512 small pages of a THP; -EBUSY while anything else holds it.
+    """split_huge_page(): make 512 small pages of a THP; -EBUSY while anything else holds it
+    (the swap cache's references of a THP in it excepted: each page keeps its slot), or while
+    it is under writeback.
 
     The caller's reference is taken and dropped here. Mappings are found by the rmap walk from
     the page's anon_vma: one it misses stays frozen, which 4.5 turns into BUG() (DEBUG_VM).
     """
     f = k.frames
-    if page_anon_vma(k, head) is None:
+    if page_anon_vma(k, head) is None or f.flags[head] & PG_writeback:
         return EBUSY
+    cached = folio_nr_pages(f, head) if PageSwapCache(f, head) else 0  # the swap cache's refs
     get_page(f, head)
     try:
-        extra = page_count(f, head) - 1 - total_mapcount(f, head)
+        extra = page_count(f, head) - 1 - cached - total_mapcount(f, head)
         if extra:
             read = (("extra references", extra),)
             rule = "page_count - 1 == total_mapcount (no extra references)"
@@ -459,7 +465,7 @@ def split_huge_page(k: Kernel, head: int) -> int:
             return EBUSY
         frozen = freeze_page(k, head)
         left = total_mapcount(f, head)
-        if left == 0 and page_count(f, head) == 1:
+        if left == 0 and page_count(f, head) == 1 + cached:
             __split_huge_page(k, head, frozen)
             k.event("split_huge_page", "0", pfn=head, detail="split into 512 small pages")
             return 0
@@ -540,6 +546,9 @@ def __split_huge_page(k: Kernel, head: int, frozen: Frozen) -> None:
     strip = flags_without(PG_head | PG_tail | PG_mm_ids_shared)
     f.flags[sl] = (f.flags[sl] & strip) | (f.flags[head] & PG_dirty)
     f.reset_folio_fields(head)
+    if f.flags[head] & PG_swapcache:  # each page keeps its slot and its swap-cache reference
+        f._count[head] -= nr - 1
+        f._count[head + 1 : head + nr] += 1
     f.mapping[sl] = f.mapping[head]
     f.index[sl] = f.index[head] + SUBPAGES[:nr]
     f.order[sl] = 0

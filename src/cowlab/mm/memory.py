@@ -11,6 +11,7 @@ from cowlab.mm import huge_memory, migrate
 from cowlab.mm.constants import (
     HPAGE_PMD_SIZE,
     PAGE_SHIFT,
+    PAGE_SIZE,
     PMD_SHIFT,
     VM_FAULT_FALLBACK,
     VM_FAULT_WRITE,
@@ -18,11 +19,13 @@ from cowlab.mm.constants import (
     PG_anon_exclusive,
     PG_ksm,
 )
-from cowlab.mm.decision import WpDecision
+from cowlab.mm.decision import SwapinDecision, WpDecision
 from cowlab.mm.mm import (
     PageAnon,
     PageKsm,
+    PageSwapCache,
     compound_head,
+    folio_nr_pages,
     heads_of,
     page_maybe_dma_pinned,
     put_page,
@@ -47,6 +50,7 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.mm.rmap import (
     anon_vma_prepare,
+    folio_add_new_anon_rmap_ptes,
     page_add_anon_rmap,
     page_add_new_anon_rmap,
     page_move_anon_rmap,
@@ -55,7 +59,7 @@ from cowlab.mm.rmap import (
     rmap_add_ptes,
     rmap_remove_ptes,
 )
-from cowlab.mm.swap_state import lookup_swap_cache, read_swap_cache_async
+from cowlab.mm.swap_state import lookup_swap_cache, read_swap_cache_async, swap_readpage
 from cowlab.mm.swapfile import (
     free_swap_and_cache,
     should_try_to_free_swap,
@@ -156,42 +160,182 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
 
 
 def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool) -> int:
-    """do_swap_page(): bring the slot's page in (from the swap cache, else read from the device)
-    and map it; the generation decides whether the mapping is writable and exclusive. A write
-    the mapping does not satisfy goes on to do_wp_page."""
+    """do_swap_page(): bring the slot's page in (from the swap cache; 4.15+ on a synchronous
+    device a slot only this PTE holds is read into a new folio outside the swap cache; else
+    read into the swap cache) and map it, or from 6.10 its whole large folio; the generation
+    decides whether the mapping is writable and exclusive. A write the mapping does not satisfy
+    goes on to do_wp_page."""
     i = pte_index(addr)
     swp_bits = int(table.bits[i])
     offset = pte_to_swp_offset(int(table.pfn[i]))
     page = lookup_swap_cache(k, offset)
     source = "the swap cache"
-    if page is None:
+    if page is None and _bypasses_swap_cache(k, offset):
+        page = swapin_bypass(k, vma, addr, table, offset)
+        source = "the swap device, not through the swap cache"
+    elif page is None:
         page, source = read_swap_cache_async(k, offset), "the swap device"
+    first, nr = _pages_to_map(k, vma, addr, table, page)
+    slots = np.arange(offset - (page - first), offset - (page - first) + nr)
     marker = bool(swp_bits & PTE_SWP_EXCLUSIVE)
     frees_first = k.policy.swapin_frees_swap_first
     if frees_first:
-        swap_free(k, offset)
+        for slot in slots.tolist():
+            swap_free(k, slot)
         if should_try_to_free_swap(k, page, write):
             try_to_free_swap(k, page)
     d = k.policy.swapin_decision(k, vma, page, write, marker, bool(swp_bits & PTE_SOFT_DIRTY))
     verdict = "exclusive" if d.exclusive else "shared"
+    mapped = "" if nr == 1 else f" with the rest of its {nr}-page folio"
     detail = f"from {source}, slot {offset}, mapped {'writable' if d.writable else 'read-only'}"
-    k.event("do_swap_page", verdict, addr=addr, pfn=page, read=d.read, rule=d.rule, detail=detail)
-    vma.mm.anon_rss += 1
-    vma.mm.swapents -= 1
+    k.event(
+        "do_swap_page",
+        verdict,
+        addr=addr,
+        pfn=page,
+        read=d.read,
+        rule=d.rule,
+        detail=detail + mapped,
+    )
     bits = PTE_YOUNG | (swp_bits & PTE_SOFT_DIRTY)
     if d.writable:
         bits |= PTE_WRITE | (PTE_DIRTY | PTE_SOFT_DIRTY if write else 0)
-    table.pfn[i] = page
-    table.bits[i] = bits
-    page_add_anon_rmap(k, page, vma, addr, compound=False, exclusive=d.exclusive)
+    _map_swapped_in(k, vma, addr - ((page - first) << PAGE_SHIFT), table, first, nr, bits, d)
     if not frees_first:
-        swap_free(k, offset)
+        for slot in slots.tolist():
+            swap_free(k, slot)
     if not write:
         return 0
     if not d.writable:
         return do_wp_page(k, vma, addr, table)
     k.vmstat["swapin_reuse"] += 1  # the model's: the write needs no do_wp_page
     return VM_FAULT_WRITE
+
+
+def _bypasses_swap_cache(k: Kernel, offset: int) -> bool:
+    """do_swap_page() (4.15, 0bcac06f27d7): a SWP_SYNCHRONOUS_IO area (zram) and a slot whose
+    only reference is this swap PTE (__swap_count == 1)."""
+    if not (k.policy.swapin_bypass and k.swap.synchronous):
+        return False
+    count = int(k.swap.swap_map[offset])
+    read = (("SWP_SYNCHRONOUS_IO", 1), ("__swap_count", count))
+    rule = "SWP_SYNCHRONOUS_IO && __swap_count == 1: read outside the swap cache"
+    k.event("do_swap_page", "bypass" if count == 1 else "swap cache", read=read, rule=rule)
+    return count == 1
+
+
+def swapin_bypass(k: Kernel, vma: VmArea, addr: int, table: PteTable, offset: int) -> int:
+    """The bypass path: a new folio, not in the swap cache, read synchronously (swap_readpage);
+    small until 6.12, then alloc_swap_folio()'s order. Returns the page for addr."""
+    order = alloc_swap_folio_order(k, vma, addr, table, offset)
+    nr = 1 << order
+    f = k.frames
+    head = f.alloc_folio(order) if order else f.alloc_page()
+    idx = (addr >> PAGE_SHIFT) & (nr - 1)
+    swap_readpage(k, head, offset - idx, nr)
+    return head + idx
+
+
+def alloc_swap_folio_order(k: Kernel, vma: VmArea, addr: int, table: PteTable, offset: int) -> int:
+    """alloc_swap_folio() (6.12, 242d12c98174): the highest anonymous mTHP order below PMD size
+    enabled for the VMA whose aligned range lies in it, with the swap offset aligned as the
+    address is (thp_swap_suitable_orders drops only the orders above the first that is), the
+    range's PTEs the consecutive swap PTEs of the folio (identical bits) and none of its slots
+    in the swap cache (can_swapin_thp); else 0. zswap and the zero bitmap are not modelled."""
+    if not k.policy.swapin_large_folio:
+        return 0
+    orders = [
+        order
+        for order in huge_memory.MTHP_ORDERS
+        if huge_memory.thp_vma_allowable_order(k, vma, order)
+        and _in_vma_and_table(vma, addr, addr & ~((PAGE_SIZE << order) - 1), 1 << order)
+    ]
+    while orders and (addr >> PAGE_SHIFT) % (1 << orders[0]) != offset % (1 << orders[0]):
+        orders.pop(0)
+    for order in orders:
+        nr = 1 << order
+        start = pte_index(addr) & ~(nr - 1)
+        first = offset - (pte_index(addr) - start)
+        if (
+            _swap_pte_batch(table, start, nr, first)
+            and (k.swap.cache[first : first + nr] < 0).all()
+        ):
+            break
+    else:
+        order = 0
+    rule = "the highest enabled mTHP order with aligned slots and consecutive swap PTEs"
+    k.event("alloc_swap_folio", f"order {order}", addr=addr, read=(("order", order),), rule=rule)
+    return order
+
+
+def _in_vma_and_table(vma: VmArea, addr: int, start: int, nr: int) -> bool:
+    """The nr pages mapped from start lie in the VMA and in addr's page table."""
+    base = addr & ~(HPAGE_PMD_SIZE - 1)
+    end = start + (nr << PAGE_SHIFT)
+    return max(base, vma.vm_start) <= start and end <= min(base + HPAGE_PMD_SIZE, vma.vm_end)
+
+
+def _swap_pte_batch(table: PteTable, start: int, nr: int, first: int) -> bool:
+    """swap_pte_batch() == nr: the PTEs start.. start+nr-1 are swap PTEs of slots first + i,
+    all with the same bits."""
+    pfns = table.pfn[start : start + nr]
+    bits = table.bits[start : start + nr]
+    want = -2 - (first + np.arange(nr))
+    return bool((pfns == want).all() and (bits == bits[0]).all())
+
+
+def _pages_to_map(k: Kernel, vma: VmArea, addr: int, table: PteTable, page: int) -> tuple[int, int]:
+    """Which pages the fault maps: (first page, how many). A new large folio (the bypass, 6.12)
+    whole; from 6.10 a large folio found in the swap cache whole when it lies in the VMA and
+    this page table and its PTEs are its consecutive swap PTEs (identical bits); else the page."""
+    f = k.frames
+    head = compound_head(f, page)
+    nr = folio_nr_pages(f, head)
+    if nr == 1:
+        return page, 1
+    if not PageSwapCache(f, head):
+        return head, nr
+    if not k.policy.swapin_maps_whole_folio:
+        return page, 1
+    start_addr = addr - ((page - head) << PAGE_SHIFT)
+    whole = _in_vma_and_table(vma, addr, start_addr, nr) and _swap_pte_batch(
+        table, pte_index(addr) - (page - head), nr, int(f.private[head])
+    )
+    rule = "the folio lies in the VMA and one page table, its PTEs its consecutive swap PTEs"
+    read = (("folio_nr_pages", nr),)
+    k.event("do_swap_page", "whole folio" if whole else "one page", pfn=head, read=read, rule=rule)
+    return (head, nr) if whole else (page, 1)
+
+
+def _map_swapped_in(
+    k: Kernel,
+    vma: VmArea,
+    start: int,
+    table: PteTable,
+    first: int,
+    nr: int,
+    bits: int,
+    d: SwapinDecision,
+) -> None:
+    """set_ptes() and the rmap of the nr pages from first, mapped from start: a new folio gets
+    its first anonymous mapping; the fault's reference becomes the first PTE's, the folio gets
+    one more per other PTE."""
+    f = k.frames
+    i = pte_index(start)
+    table.pfn[i : i + nr] = first + np.arange(nr)
+    table.bits[i : i + nr] = bits
+    head = compound_head(f, first)
+    if nr > 1 and not f.mapping[head]:
+        folio_add_new_anon_rmap_ptes(k, head, nr, vma, start)
+    elif nr > 1:
+        rmap_add_ptes(k, vma.mm, first + np.arange(nr, dtype=np.int64))
+        if d.exclusive and k.policy.anon_exclusive:
+            f.flags[first : first + nr] |= PG_anon_exclusive
+    else:
+        page_add_anon_rmap(k, first, vma, start, compound=False, exclusive=d.exclusive)
+    f._count[head] += nr - 1
+    vma.mm.anon_rss += nr
+    vma.mm.swapents -= nr
 
 
 def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool = False) -> int:

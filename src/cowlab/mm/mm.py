@@ -115,6 +115,14 @@ def pages_maybe_dma_pinned(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.ND
     return np.where(compound, f._pincount[heads] > 0, f._count[heads] >= GUP_PIN_COUNTING_BIAS)
 
 
+def folio_mapped(f: PageFrames, head: int) -> bool:
+    """folio_mapped() / page_mapped(): any PTE or PMD maps a page of the folio."""
+    if not f.flags[head] & PG_head:
+        return bool(f._mapcount[head] >= 0)
+    nr = folio_nr_pages(f, head)
+    return compound_mapcount(f, head) > 0 or bool((f._mapcount[head : head + nr] >= 0).any())
+
+
 def folio_large_mapcount(f: PageFrames, head: int) -> int:
     """folio_large_mapcount() (6.x): every PTE and PMD mapping of the large folio."""
     return int(f._large_mapcount[head]) + 1

@@ -14,7 +14,6 @@ from cowlab.mm.constants import (
     HPAGE_PMD_SIZE,
     PAGE_SHIFT,
     PG_anon_exclusive,
-    PG_dirty,
     PG_double_map,
     PG_head,
     PG_mm_ids_shared,
@@ -24,9 +23,11 @@ from cowlab.mm.constants import (
 from cowlab.mm.mm import (
     PageDoubleMap,
     compound_head,
+    folio_mapped,
     folio_nr_pages,
     heads_of,
     put_page,
+    set_page_dirty,
 )
 from cowlab.mm.mm_types import AnonVma, MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import flags_without
@@ -459,13 +460,14 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
 
 
 def try_to_unmap(k: Kernel, pfn: int) -> bool:
-    """try_to_unmap() of a small swap-cache page: every mapping the rmap walk finds becomes a
-    swap PTE; the walk stops at a mapping the generation refuses to unmap. True if unmapped."""
+    """try_to_unmap() of a swap-cache folio whose PMDs reclaim has split: every mapping the rmap
+    walk finds becomes a swap PTE; the walk stops at a mapping the generation refuses to unmap.
+    True if unmapped."""
     for m in rmap_walk_anon(k, pfn):
-        assert not m.pmd, "reclaim splits a THP before it unmaps it"
+        assert not m.pmd, "reclaim splits a THP's PMDs before it unmaps it"
         if not try_to_unmap_one(k, m):
             return False
-    return bool(k.frames._mapcount[pfn] < 0)
+    return not folio_mapped(k.frames, pfn)
 
 
 def try_to_unmap_one(k: Kernel, m: Mapping) -> bool:
@@ -483,7 +485,7 @@ def try_to_unmap_one(k: Kernel, m: Mapping) -> bool:
     i = pte_index(m.addr)
     bits = int(table.bits[i])
     if bits & PTE_DIRTY:
-        f.flags[pfn] |= PG_dirty
+        set_page_dirty(f, pfn)
     offset = int(f.private[pfn])
     exclusive = PTE_SWP_EXCLUSIVE if f.flags[pfn] & PG_anon_exclusive else 0
     f.flags[pfn] &= flags_without(PG_anon_exclusive)

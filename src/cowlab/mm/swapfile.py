@@ -2,11 +2,17 @@
 page — and reuse_swap_page(), the write fault's "is this page all ours?" (4.5 to 5.17; 5.18
 removed it, 03104c2c5db8).
 
-The model has one swap device: a swap file on a rotational disk. Such a device has no swap
-clusters, so the kernel cannot give a THP a run of slots and splits it before swap-out (every
-release; docs/sources-swap.md). Writes are asynchronous: a page stays under writeback until
-end_page_writeback. The device is never full (vm_swap_full() is false) and has no stable-writes
-requirement (SWP_STABLE_WRITES unset).
+The swap area is one of SWAP_DEVICES (Config.swap_device; docs/sources-swap.md §1a, §1g): a swap
+file on a rotational disk (the default), a rotational or non-rotational block device, or zram.
+Which of them gives a THP a run of slots, so that it is swapped out whole, is the generation's
+(Policy.swaps_whole). zram writes synchronously (SWP_SYNCHRONOUS_IO from 4.15; its rw_page
+before); the others are under writeback until end_page_writeback. The device is never full
+(vm_swap_full() is false). zram asks for stable writes, but a page is never caught under
+writeback on it, so the rules that read SWP_STABLE_WRITES (4.10 f05714293a59; 5.19's
+exclusivity) are never reached.
+
+A large folio in the swap cache is there whole: page i holds slot first + i (page->private), the
+cache holds one reference per page on the head, PG_dirty and PG_writeback live on the head.
 
 With CONFIG_SWAP=n nothing is swapped, and reuse_swap_page is the include/linux/swap.h macro,
 which asks for a mapcount of exactly 1. The mapcount compared is the generation's (policy).
@@ -22,8 +28,18 @@ import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import PAGE_SIZE, PG_dirty, PG_swapcache, PG_writeback
-from cowlab.mm.decision import ReuseCount, ReuseDecision
-from cowlab.mm.mm import PageKsm, PageSwapCache, put_page
+from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision
+from cowlab.mm.mm import (
+    PageDoubleMap,
+    PageKsm,
+    PageSwapCache,
+    PageTransCompound,
+    compound_head,
+    compound_mapcount,
+    folio_mapped,
+    folio_nr_pages,
+    put_page,
+)
 from cowlab.mm.page_alloc import PageFrames, flags_without
 
 if TYPE_CHECKING:
@@ -48,16 +64,44 @@ class SwapInfo:
         self.nr = 0  # slots ever handed out
         self._free: list[int] = []  # freed slots below nr (min-heap: scan_swap_map's lowest)
 
+    @property
+    def synchronous(self) -> bool:
+        """SWP_SYNCHRONOUS_IO (4.15), and before it zram's rw_page: the write of a page ends
+        before swap_writepage returns."""
+        return self.device == "zram"
+
     def get_swap_page(self) -> int:
         """get_swap_page(): the lowest free slot."""
         if self._free:
             return heapq.heappop(self._free)
         offset = self.nr
-        if offset >= self.swap_map.size:
-            self.swap_map = np.concatenate([self.swap_map, np.zeros_like(self.swap_map)])
-            self.cache = np.concatenate([self.cache, np.full_like(self.cache, -1)])
+        self._reserve(offset + 1)
         self.nr += 1
         return offset
+
+    def get_swap_pages(self, nr: int) -> int:
+        """get_swap_pages() of a large folio: a free run of nr slots starting at a multiple of
+        nr (a whole cluster for a THP, swap_alloc_cluster). The model takes the lowest such run;
+        slots it skips above the old end become free slots."""
+        if nr == 1:
+            return self.get_swap_page()
+        used = (self.swap_map[: self.nr] > 0) | (self.cache[: self.nr] >= 0)
+        start = 0
+        while start < self.nr and used[start : start + nr].any():
+            start += nr
+        end = start + nr
+        self._reserve(end)
+        for skipped in range(self.nr, start):
+            heapq.heappush(self._free, skipped)
+        self._free = [slot for slot in self._free if not start <= slot < end]
+        heapq.heapify(self._free)
+        self.nr = max(self.nr, end)
+        return start
+
+    def _reserve(self, end: int) -> None:
+        while end > self.swap_map.size:
+            self.swap_map = np.concatenate([self.swap_map, np.zeros_like(self.swap_map)])
+            self.cache = np.concatenate([self.cache, np.full_like(self.cache, -1)])
 
     def release_if_unused(self, offset: int) -> None:
         """swap_entry_free(): no swap PTE and no swap-cache page left, the slot is free."""
@@ -98,59 +142,83 @@ def page_swapcount(k: Kernel, pfn: int) -> int:
     return int(k.swap.swap_map[int(k.frames.private[pfn])])
 
 
-def add_to_swap_cache(k: Kernel, pfn: int, offset: int) -> None:
-    """add_to_swap_cache(): the page becomes the slot's swap-cache page (+1 reference)."""
+def page_swapped(k: Kernel, pfn: int) -> bool:
+    """page_swapped() (4.14) / folio_swapped(): a swap PTE still refers to a slot of the page's
+    folio (any of a large folio's slots)."""
     f = k.frames
-    f.flags[pfn] |= PG_swapcache
-    f.swapcache.add(pfn)
-    f.private[pfn] = offset
-    f._count[pfn] += 1
-    k.swap.cache[offset] = pfn
+    head = compound_head(f, pfn)
+    offset = int(f.private[head])
+    return bool(k.swap.swap_map[offset : offset + folio_nr_pages(f, head)].any())
+
+
+def add_to_swap_cache(k: Kernel, head: int, offset: int) -> None:
+    """add_to_swap_cache(): the folio's pages become the swap-cache pages of slots offset + i
+    (one reference each, on the head)."""
+    f = k.frames
+    nr = folio_nr_pages(f, head)
+    for i in range(nr):
+        f.swapcache.add(head + i)
+        f.private[head + i] = offset + i
+    f.flags[head : head + nr] |= PG_swapcache
+    f._count[head] += nr
+    k.swap.cache[offset : offset + nr] = np.arange(head, head + nr)
 
 
 def delete_from_swap_cache(k: Kernel, pfn: int) -> None:
-    """delete_from_swap_cache(): the page leaves the swap cache and drops its reference; the
-    slot is freed if no swap PTE holds it. The page may be freed."""
+    """delete_from_swap_cache(): the page's folio leaves the swap cache and drops its references;
+    each slot is freed if no swap PTE holds it. The folio may be freed."""
     f = k.frames
-    offset = int(f.private[pfn])
-    f.flags[pfn] &= flags_without(PG_swapcache)
-    f.swapcache.remove(pfn)
-    k.swap.cache[offset] = -1
-    k.swap.release_if_unused(offset)
-    k.event("delete_from_swap_cache", pfn=pfn, detail=f"slot {offset} leaves the swap cache")
-    put_page(k, pfn)
+    head = compound_head(f, pfn)
+    nr = folio_nr_pages(f, head)
+    offset = int(f.private[head])
+    f.flags[head : head + nr] &= flags_without(PG_swapcache)
+    for i in range(nr):
+        f.swapcache.remove(head + i)
+    k.swap.cache[offset : offset + nr] = -1
+    for slot in range(offset, offset + nr):
+        k.swap.release_if_unused(slot)
+    slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
+    k.event("delete_from_swap_cache", pfn=head, detail=f"{slots} leave the swap cache")
+    put_page(k, head, nr)
 
 
 def try_to_free_swap(k: Kernel, pfn: int) -> bool:
-    """try_to_free_swap() / folio_free_swap(): drop the swap-cache copy of a page no swap PTE
-    needs any more, unless it is being written."""
+    """try_to_free_swap() / folio_free_swap(): drop the swap-cache copy of a folio no swap PTE
+    needs any more (page_swapped), unless it is being written."""
     f = k.frames
-    if not PageSwapCache(f, pfn) or f.flags[pfn] & PG_writeback or page_swapcount(k, pfn):
+    head = compound_head(f, pfn)
+    if not PageSwapCache(f, head) or f.flags[head] & PG_writeback or page_swapped(k, head):
         return False
-    f.flags[pfn] |= PG_dirty
-    delete_from_swap_cache(k, pfn)
+    f.flags[head] |= PG_dirty
+    delete_from_swap_cache(k, head)
     return True
 
 
 def should_try_to_free_swap(k: Kernel, pfn: int, write: bool) -> bool:
     """should_try_to_free_swap() (5.18, c145e0b47c77): a write swap-in that looks like the
-    page's only user drops the swap-cache copy first (swap full and mlock are not modelled)."""
+    folio's only user drops the swap-cache copy first: refcount 2 (6.10: 1 + the folio's pages);
+    swap full and mlock are not modelled."""
     f = k.frames
-    return write and PageSwapCache(f, pfn) and not PageKsm(f, pfn) and int(f._count[pfn]) == 2
+    head = compound_head(f, pfn)
+    want = 1 + folio_nr_pages(f, head) if k.policy.swapin_maps_whole_folio else 2
+    return write and PageSwapCache(f, head) and not PageKsm(f, head) and int(f._count[head]) == want
 
 
 def free_swap_and_cache(k: Kernel, offset: int) -> None:
-    """free_swap_and_cache(): a zapped swap PTE; the swap-cache page goes too once no swap PTE
-    is left, the page is unmapped and not under writeback."""
+    """free_swap_and_cache(): a zapped swap PTE; the swap-cache folio goes too once no swap PTE
+    is left on any of its slots (4.14 swap_page_trans_huge_swapped), nothing maps it and it is
+    not under writeback."""
     swap_free(k, offset)
     s = k.swap
     page = int(s.cache[offset])
     if page < 0 or s.swap_map[offset]:
         return
     f = k.frames
-    if not f.flags[page] & PG_writeback and f._mapcount[page] < 0:
-        f.flags[page] |= PG_dirty  # whoever still holds it must not lose its bytes
-        delete_from_swap_cache(k, page)
+    head = compound_head(f, page)
+    if page_swapped(k, head) or f.flags[head] & PG_writeback or folio_mapped(f, head):
+        return
+    f.flags[head] |= PG_dirty  # whoever still holds it must not lose its bytes
+    delete_from_swap_cache(k, head)
 
 
 def reuse_swap_page(
@@ -162,6 +230,8 @@ def reuse_swap_page(
     f = k.frames
     if k.config.swap and PageKsm(f, pfn):
         return ReuseDecision(False, 0, (("PageKsm", 1),), "never for a KSM page")
+    if k.policy.thp_swap_counts and PageTransCompound(f, pfn) and PageSwapCache(f, pfn):
+        return _reuse_thp_in_swap_cache(k, pfn)
     count = mapcount(f, pfn)
     if count.mapcount is None:
         return ReuseDecision(False, count.total_mapcount, count.read, count.rule)
@@ -178,3 +248,39 @@ def reuse_swap_page(
             f.flags[pfn] |= PG_dirty
             delete_from_swap_cache(k, pfn)
     return ReuseDecision(total <= 1, count.total_mapcount, read, rule)
+
+
+def page_trans_huge_map_swapcount(k: Kernel, head: int) -> tuple[int, int, int, Reads]:
+    """page_trans_huge_map_swapcount() (4.14, ba3c4ce6def4) of a THP in the swap cache: the
+    largest over its pages of (mapcount + swap count of its slot), less the DoubleMap offset,
+    plus the PMD mappings. Returns it, total_mapcount, total_swapcount and what was read."""
+    f = k.frames
+    nr = folio_nr_pages(f, head)
+    offset = int(f.private[head])
+    own = f._mapcount[head : head + nr].astype(np.int64) + 1
+    swaps = k.swap.swap_map[offset : offset + nr].astype(np.int64)
+    worst = int((own + swaps).argmax())
+    count, total_map, total_swap = int(own[worst] + swaps[worst]), int(own.sum()), int(swaps.sum())
+    if PageDoubleMap(f, head):
+        count -= 1
+        total_map -= nr
+    pmd = compound_mapcount(f, head)
+    read: Reads = (("page_trans_huge_map_swapcount", count + pmd), ("total_swapcount", total_swap))
+    return count + pmd, total_map + pmd, total_swap, (*read, ("most-counted subpage", worst))
+
+
+def _reuse_thp_in_swap_cache(k: Kernel, pfn: int) -> ReuseDecision:
+    """reuse_swap_page() of 4.14 for a page of a THP in the swap cache: reuse iff the largest
+    map + swap count is <= 1; the THP leaves the swap cache (whole) only when it is 1 and no
+    other page of it still has a swap PTE, and not while it is being written. The caller's
+    total is total_mapcount + total_swapcount."""
+    f = k.frames
+    head = compound_head(f, pfn)
+    count, total_map, total_swap, read = page_trans_huge_map_swapcount(k, head)
+    mine = page_swapcount(k, pfn)
+    read += (("page_swapcount", mine),)
+    if count == 1 and total_swap == mine and not f.flags[head] & PG_writeback:
+        f.flags[head] |= PG_dirty
+        delete_from_swap_cache(k, head)
+    rule = "page_trans_huge_map_swapcount <= 1"
+    return ReuseDecision(count <= 1, total_map + total_swap, read, rule)

@@ -6,11 +6,14 @@ written), ``written`` (written, still in the swap cache: what one MADV_PAGEOUT p
 asynchronous device once the writes complete), ``freed`` (also freed from the swap cache where
 nothing else holds it, as a later pass would). A clean page that needs no write is freed in the
 pass unless it stops at ``swapcache``. end_writeback and shrink_swapcache move pages on later.
+On zram the write completes inside pageout, so a page is written and freed in the one pass.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from cowlab.errors import SyscallError
 from cowlab.mm import huge_memory
@@ -24,12 +27,23 @@ from cowlab.mm.constants import (
     PG_tail,
     PG_writeback,
 )
-from cowlab.mm.mm import PageAnon, PageKsm, compound_head, page_count, page_maybe_dma_pinned
+from cowlab.mm.decision import Reads
+from cowlab.mm.huge_memory import total_mapcount
+from cowlab.mm.mm import (
+    PageAnon,
+    PageKsm,
+    compound_head,
+    compound_mapcount,
+    folio_mapped,
+    folio_nr_pages,
+    page_count,
+    page_maybe_dma_pinned,
+)
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import has_holes
-from cowlab.mm.page_alloc import flags_without
+from cowlab.mm.page_alloc import PageFrames, flags_without
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_PROTNONE, PTE_SPECIAL, HugePmd, PteTable
-from cowlab.mm.rmap import try_to_unmap
+from cowlab.mm.rmap import rmap_walk_anon, try_to_unmap
 from cowlab.mm.swap_state import add_to_swap
 from cowlab.mm.swapfile import delete_from_swap_cache
 
@@ -37,6 +51,12 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 STAGES = ("swapcache", "writeback", "written", "freed")
+SWAP_AREAS = {
+    "file": "swap file on a rotational disk",
+    "hdd": "rotational block device",
+    "ssd": "non-rotational block device",
+    "zram": "zram device",
+}
 
 
 def swapout_range(k: Kernel, mm: MmStruct, start: int, end: int, until: str) -> int:
@@ -82,19 +102,50 @@ def _pages_to_reclaim(k: Kernel, vma: VmArea, start: int, end: int) -> list[int]
 def _pte_pages(k: Kernel, table: PteTable, lo: int, hi: int) -> list[int]:
     f = k.frames
     found: list[int] = []
-    for i in range(lo, hi):
+    i = lo
+    while i < hi:
         pfn = int(table.pfn[i])
-        if pfn < 0 or table.bits[i] & (PTE_SPECIAL | PTE_MIGRATION | PTE_PROTNONE):
+        i += 1
+        if pfn < 0 or table.bits[i - 1] & (PTE_SPECIAL | PTE_MIGRATION | PTE_PROTNONE):
             continue
-        if not PageAnon(f, pfn) or PageKsm(f, pfn) or _skip_shared(k, pfn):
+        if not PageAnon(f, pfn) or PageKsm(f, pfn):
+            continue
+        if f.flags[pfn] & (PG_head | PG_tail) and k.policy.mthp_swapout:
+            nr = _folio_pte_batch(table, i - 1, hi, compound_head(f, pfn), f)
+            if nr == folio_nr_pages(f, pfn):
+                i += nr - 1
+                found += _whole_folio(k, pfn)
+                continue
+        if _skip_shared(k, pfn):
             continue
         if f.flags[pfn] & (PG_head | PG_tail):
             if not _split(k, compound_head(f, pfn)):
                 continue
-            if table.pfn[i] != pfn:  # the split mapped it as the zero page (6.12+)
+            if table.pfn[i - 1] != pfn:  # the split mapped it as the zero page (6.12+)
                 continue
         found.append(pfn)
     return found
+
+
+def _folio_pte_batch(table: PteTable, i: int, hi: int, head: int, f: PageFrames) -> int:
+    """madvise_folio_pte_batch() (6.10): how many PTEs from i map the folio's pages in order,
+    within the range."""
+    end = min(hi, i + folio_nr_pages(f, head) - (int(table.pfn[i]) - head))
+    run = table.pfn[i:end] - int(table.pfn[i])
+    return int((run == np.arange(run.size)).cumprod().sum())
+
+
+def _whole_folio(k: Kernel, pfn: int) -> list[int]:
+    """madvise_cold_or_pageout_pte_range() (6.10, 3931b871c493): a large folio the range maps
+    whole is not split; it is taken when it is mapped once per page (folio_mapcount)."""
+    f = k.frames
+    head = compound_head(f, pfn)
+    mapcount, nr = total_mapcount(f, head), folio_nr_pages(f, head)
+    if mapcount == nr:
+        return [head]
+    read = (("folio_mapcount", mapcount), ("folio_nr_pages", nr))
+    k.event("madvise_pageout", "skip", pfn=head, read=read, rule="folio_mapcount == nr_pages")
+    return []
 
 
 def _split(k: Kernel, head: int) -> bool:
@@ -117,20 +168,24 @@ def shrink_page_list(k: Kernel, pages: list[int], until: str) -> int:
     """shrink_page_list() on isolated pages: swap cache, unmap, write, free."""
     swapped = 0
     for pfn in pages:
-        for page in _small_pages(k, pfn):
-            swapped += _shrink_one(k, page, until)
+        for folio in _folios(k, pfn):
+            swapped += _shrink_one(k, folio, until)
     return swapped
 
 
-def _small_pages(k: Kernel, pfn: int) -> list[int]:
-    """add_to_swap() of a THP on a device without swap clusters: split_huge_page_to_list()
-    first; every subpage then goes through reclaim (6.12+: but those the split mapped as the zero
-    page, which it freed). A THP that cannot be split is kept."""
+def _folios(k: Kernel, pfn: int) -> list[int]:
+    """What reclaim swaps out of an isolated page: the page, a large folio the swap area takes
+    whole (_swaps_whole), or else the small pages split_huge_page_to_list() makes of it (6.12+:
+    but those the split mapped as the zero page, which it freed). A THP that cannot be split
+    is kept."""
     f = k.frames
     if not f.flags[pfn] & PG_head or f.flags[pfn] & PG_swapcache:
         return [pfn]
     if k.policy.reclaim_skips_pinned and page_maybe_dma_pinned(f, pfn):
         return [pfn]  # _shrink_one keeps it and says why
+    whole = _swaps_whole(k, pfn)
+    if whole is not None:
+        return [pfn] if whole else []
     nr = 1 << int(f.order[pfn])
     if huge_memory.split_huge_page(k, pfn) != 0:
         k.event("add_to_swap", "keep", pfn=pfn, rule="split_huge_page failed: the THP is kept")
@@ -138,64 +193,117 @@ def _small_pages(k: Kernel, pfn: int) -> list[int]:
     return [p for p in range(pfn, pfn + nr) if f.flags[p] & PG_allocated]  # some are freed
 
 
-def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
+def _swaps_whole(k: Kernel, head: int) -> bool | None:
+    """shrink_page_list() of a large folio on a swap area that gives its order a run of slots
+    (4.14 bd4c82c22c36; mTHP 6.10 845982eb264b, 5ed890ce5147): True to swap it out whole,
+    False to keep it (can_split_huge_page(): a reference beyond its mappings), None to split
+    it first: 4.14 splits a THP no PMD maps; 6.10 only a folio on the deferred-split list."""
     f = k.frames
+    order, device = int(f.order[head]), k.swap.device
+    whole = k.policy.swaps_whole(device, order)
+    read: Reads = (("folio_order", order), ("a run of slots on this area", int(whole)))
+    if k.policy.mthp_swapout:
+        read += (("on the deferred-split list", int(head in k.deferred_split)),)
+        whole = whole and head not in k.deferred_split
+    else:
+        read += (("compound_mapcount", compound_mapcount(f, head)),)
+        whole = whole and compound_mapcount(f, head) > 0
+    rule = f"get_swap_pages() on a {SWAP_AREAS[device]}, and the folio is not split first"
+    k.event("shrink_page_list", "whole" if whole else "split", pfn=head, read=read, rule=rule)
+    if not whole:
+        return None
+    count, mapcount = page_count(f, head), total_mapcount(f, head)
+    if count == mapcount:
+        return True
+    read = (("page_count", count), ("total_mapcount", mapcount))
+    rule = "can_split_huge_page(): no reference beyond the mappings"
+    k.event("shrink_page_list", "keep", pfn=head, read=read, rule=rule)
+    return False
+
+
+def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
+    """One page or whole folio through reclaim; returns how many pages reached the swap cache.
+    On a synchronous device (zram) the write ends inside pageout and the same pass frees the
+    folio, so it never stops at ``writeback`` or ``written``."""
+    f = k.frames
+    nr = folio_nr_pages(f, pfn)
     if not f.flags[pfn] & PG_swapcache:
         if k.policy.reclaim_skips_pinned and page_maybe_dma_pinned(f, pfn):
             read = (("folio_maybe_dma_pinned", 1),)
             k.event("shrink_page_list", "keep", pfn=pfn, read=read, rule="never swap a pinned page")
             return 0
         offset = add_to_swap(k, pfn)
-        k.event("add_to_swap", pfn=pfn, detail=f"in the swap cache, slot {offset}")
+        where = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}, whole"
+        k.event("add_to_swap", pfn=pfn, detail=f"in the swap cache, {where}")
+    if nr > 1:
+        _split_pmds(k, pfn)
     if not try_to_unmap(k, pfn) or until == "swapcache":
-        return 1
-    if k.frames.flags[pfn] & PG_dirty:  # a clean page (already written) is freed at once
+        return nr
+    if f.flags[pfn] & PG_dirty:  # a clean page (already written) is freed at once
         if not pageout(k, pfn):
-            return 1  # PAGE_KEEP: stays dirty in the swap cache
-        if until == "writeback":
-            return 1
-        end_page_writeback(k, pfn)
-        if until == "written":  # PG_reclaim: freed by a later pass
-            return 1
+            return nr  # PAGE_KEEP: stays dirty in the swap cache
+        if not k.swap.synchronous:
+            if until == "writeback":
+                return nr
+            end_page_writeback(k, pfn)
+            if until == "written":  # PG_reclaim: freed by a later pass
+                return nr
     __remove_mapping(k, pfn)
-    return 1
+    return nr
+
+
+def _split_pmds(k: Kernel, head: int) -> None:
+    """try_to_unmap() with TTU_SPLIT_HUGE_PMD: each PMD mapping of the THP becomes 512 PTEs
+    (split_huge_pmd_address) before they are unmapped; the THP stays whole."""
+    for m in rmap_walk_anon(k, head):
+        if m.pmd:
+            huge_memory.split_huge_pmd(k, m.vma, m.addr)
 
 
 def pageout(k: Kernel, pfn: int) -> bool:
-    """pageout() -> swap_writepage(): a dirty page is written; it is under writeback until the
-    write completes. The device gets the bytes the page holds now. is_page_cache_freeable():
-    a page someone else still references (a pin) is not written (PAGE_KEEP)."""
+    """pageout() -> swap_writepage(): a dirty folio is written, in one I/O for a large one; it
+    is under writeback until the write completes, which on a synchronous device (zram) is before
+    swap_writepage returns. The device gets the bytes the pages hold now.
+    is_page_cache_freeable(): a folio someone else still references (a pin) is not written
+    (PAGE_KEEP)."""
     f = k.frames
-    count = page_count(f, pfn)
-    if count != 1:  # the swap cache's reference only (the model takes no isolation reference)
-        read = (("page_count", count),)
+    count, nr = page_count(f, pfn), folio_nr_pages(f, pfn)
+    if count != nr:  # the swap cache's references only (the model takes no isolation reference)
+        read = (("page_count", count), ("folio_nr_pages", nr))
         rule = "is_page_cache_freeable(): only the swap cache holds it"
         k.event("pageout", "keep", pfn=pfn, read=read, rule=rule)
         return False
     offset = int(f.private[pfn])
     f.flags[pfn] = (f.flags[pfn] & flags_without(PG_dirty)) | PG_writeback
-    data = f.page_data(pfn)
-    if data:
-        k.swap.data[offset] = data
+    for i in range(nr):
+        data = f.page_data(pfn + i)
+        if data:
+            k.swap.data[offset + i] = data
+        else:
+            k.swap.data.pop(offset + i, None)
+    k.vmstat["pswpout"] += nr
+    slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
+    if k.swap.synchronous:
+        end_page_writeback(k, pfn)
+        k.event("pageout", pfn=pfn, detail=f"{slots} written synchronously (zram)")
     else:
-        k.swap.data.pop(offset, None)
-    k.vmstat["pswpout"] += 1
-    k.event("pageout", pfn=pfn, detail=f"writing slot {offset}")
+        k.event("pageout", pfn=pfn, detail=f"writing {slots}")
     return True
 
 
 def end_page_writeback(k: Kernel, pfn: int) -> None:
-    """end_page_writeback(): the write completed; the page is clean in the swap cache."""
+    """end_page_writeback(): the write completed; the folio is clean in the swap cache."""
     k.frames.flags[pfn] &= flags_without(PG_writeback)
 
 
 def __remove_mapping(k: Kernel, pfn: int) -> bool:
-    """__remove_mapping(): free a clean, unmapped swap-cache page only if the swap cache holds
-    its last reference (the refcount freeze fails while a pin or anyone else holds one)."""
+    """__remove_mapping(): free a clean, unmapped swap-cache folio only if the swap cache holds
+    its last references (the refcount freeze at 1 + nr, less the isolation reference the model
+    does not take, fails while a pin or anyone else holds one)."""
     f = k.frames
-    count = page_count(f, pfn)
-    if f.flags[pfn] & (PG_dirty | PG_writeback) or f._mapcount[pfn] >= 0 or count != 1:
-        read = (("page_count", count), ("page_mapcount", int(f._mapcount[pfn]) + 1))
+    count, nr = page_count(f, pfn), folio_nr_pages(f, pfn)
+    if f.flags[pfn] & (PG_dirty | PG_writeback) or folio_mapped(f, pfn) or count != nr:
+        read = (("page_count", count), ("total_mapcount", total_mapcount(f, pfn)))
         rule = "clean, unmapped, and only the swap cache holds it"
         k.event("__remove_mapping", "keep", pfn=pfn, read=read, rule=rule)
         return False
@@ -204,7 +312,7 @@ def __remove_mapping(k: Kernel, pfn: int) -> bool:
 
 
 def end_writeback(k: Kernel) -> int:
-    """Every page under writeback completes (the device's interrupts arrive)."""
+    """Every folio under writeback completes (the device's interrupts arrive)."""
     f = k.frames
     pages = (f.flags[: f.nr] & PG_writeback).nonzero()[0].tolist()
     for pfn in pages:
@@ -213,15 +321,17 @@ def end_writeback(k: Kernel) -> int:
 
 
 def shrink_swapcache(k: Kernel) -> int:
-    """A reclaim pass over the unmapped swap-cache pages: dirty ones are written (and stay under
-    writeback), clean ones are freed where nothing else holds them. Returns the pages freed."""
+    """A reclaim pass over the unmapped swap-cache folios: dirty ones are written (and stay under
+    writeback, but on zram), clean ones are freed where nothing else holds them. Returns the
+    folios freed."""
     freed = 0
+    f = k.frames
     for pfn in k.swap.cache[k.swap.cache >= 0].tolist():
-        f = k.frames
-        if f._mapcount[pfn] >= 0 or f.flags[pfn] & PG_writeback:
+        if f.flags[pfn] & PG_tail or folio_mapped(f, pfn) or f.flags[pfn] & PG_writeback:
             continue
         if f.flags[pfn] & PG_dirty:
             pageout(k, pfn)
-            continue
+            if not k.swap.synchronous:
+                continue
         freed += __remove_mapping(k, pfn)
     return freed

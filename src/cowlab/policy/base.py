@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from cowlab.mm.constants import VM_SOFTDIRTY
+from cowlab.mm.constants import HPAGE_PMD_ORDER, VM_SOFTDIRTY
 from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, SwapinDecision, WpDecision
 from cowlab.mm.mm import PageSwapCache, page_count, page_mapcount
 from cowlab.policy.history import Landed
@@ -78,6 +78,16 @@ class Policy(ABC):
     # before it decides, and decides by page_count
     swapin_frees_swap_first: ClassVar[bool] = False
     swapin_maps_writable_on_read: ClassVar[bool] = False  # 6.11, c18160dba5ff
+    # whole large folios in the swap cache (docs/sources-swap.md §1a, §1b, §3g): the swap areas
+    # that give a PMD-size THP a run of slots (4.14: non-rotational block devices; 6.14: every
+    # block device), whether mTHP orders get one too (6.10), and reuse_swap_page's per-subpage
+    # map + swap count of a THP in the swap cache (4.14)
+    thp_swap_devices: ClassVar[frozenset[str]] = frozenset()
+    mthp_swapout: ClassVar[bool] = False
+    thp_swap_counts: ClassVar[bool] = False
+    swapin_bypass: ClassVar[bool] = False  # 4.15: SWP_SYNCHRONOUS_IO swap-in skips the cache
+    swapin_maps_whole_folio: ClassVar[bool] = False  # 6.10: a large folio found in the cache
+    swapin_large_folio: ClassVar[bool] = False  # 6.12: mTHP orders on the bypass path
     # 6.12 b1f202060afe: splitting an anonymous THP maps its zero-filled subpages to the shared
     # zero page (remap_page with RMP_USE_SHARED_ZEROPAGE) and frees them
     split_maps_unused_to_zeropage: ClassVar[bool] = False
@@ -118,6 +128,12 @@ class Policy(ABC):
         says which): page_mapcount."""
         count = page_mapcount(f, pfn)
         return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
+
+    def swaps_whole(self, device: str, order: int) -> bool:
+        """get_swap_pages()/folio_alloc_swap(): does this swap area give a folio of this order
+        a run of slots, so it is swapped out whole (else it is split first)?"""
+        pmd_size = order == HPAGE_PMD_ORDER or self.mthp_swapout
+        return order > 0 and pmd_size and device in self.thp_swap_devices
 
     def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
         """madvise_cold_or_pageout_pte_range(): leave a page mapped more than once alone (5.4);

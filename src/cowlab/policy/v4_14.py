@@ -1,5 +1,5 @@
-"""Linux 4.14: THP swap-out whole, so reuse_swap_page() counts swap entries per subpage, and
-do_huge_pmd_wp_page takes the page lock."""
+"""Linux 4.14: a PMD-mapped THP is swapped out whole on a swap area with clusters, so
+reuse_swap_page() counts swap entries per subpage; do_huge_pmd_wp_page takes the page lock."""
 
 from __future__ import annotations
 
@@ -9,15 +9,31 @@ from cowlab.policy.history import landed
 
 @landed(
     "4.14",
+    ("bd4c82c22c36", "38d8b4e6bdc8"),
+    "mm, THP, swap: delay splitting THP after swapped out (with 4.13's 'delay splitting THP "
+    "during swap out')",
+    "a PMD-mapped THP gets a 512-slot cluster on a non-rotational block device (ssd, zram): "
+    "it stays whole in the swap cache, its PMD split into 512 swap PTEs at unmap, written and "
+    "freed as one; a swap file (on a rotational disk) or an HDD has no clusters and still splits",
+    "4.9.0 -> 4.14.177 mm/vmscan.c shrink_page_list, mm/swap_state.c add_to_swap, "
+    "mm/swapfile.c get_swap_pages, swap_alloc_cluster, swapon's cluster_info (bracketed; "
+    "docs/sources-swap.md §1a). 38d8b4e6bdc8 (4.13, id confirmed) alone gives the THP a cluster "
+    "and splits it in the swap cache before unmapping, which leaves the model's state of 4.12: "
+    "4.13 is modelled as 4.12; bd4c82c22c36: id unconfirmed",
+)
+class ThpSwapOut(Policy):
+    thp_swap_devices = frozenset({"ssd", "zram"})
+
+
+@landed(
+    "4.14",
     ("ba3c4ce6def4",),
     "mm, THP, swap: make reuse_swap_page() works for THP swapped out",
-    "reuse_swap_page adds each subpage's swap count to its mapcount; do_huge_pmd_wp_page locks "
-    "the page",
-    "4.9.0 -> 4.14.177 mm/swapfile.c reuse_swap_page, mm/huge_memory.c do_huge_pmd_wp_page "
-    "(bracketed)",
-    invisible="cowlab splits a THP before it is swapped (no THP is in the swap cache whole), so "
-    "the per-subpage swap counts add nothing; the page lock only closes a race (CVE-2020-29368) "
-    "between concurrent faults, which a sequential model cannot take",
+    "reuse_swap_page of a page of a THP in the swap cache: the largest subpage mapcount + swap "
+    "count <= 1 reuses it; the THP leaves the swap cache only when no other subpage is swapped "
+    "out; do_huge_pmd_wp_page locks the page",
+    "4.9.0 -> 4.14.177 mm/swapfile.c reuse_swap_page, page_trans_huge_map_swapcount, "
+    "mm/huge_memory.c do_huge_pmd_wp_page (bracketed)",
 )
 class ThpSwapCounts(Policy):
-    pass
+    thp_swap_counts = True

@@ -79,3 +79,18 @@ class ForkCopiesPinned(Policy):
             and src.has_pinned
             and page_maybe_dma_pinned(k.frames, head)
         )
+
+
+@landed(
+    "5.9",
+    ("41663430588c",),
+    "mm, THP, swap: fix allocating cluster for swapfile by mistake",
+    "a THP is given a cluster only on a swap block device, never on a swap file",
+    "5.8.1 -> 5.9.1 mm/swapfile.c get_swap_pages (verified; docs/sources-swap.md §1a)",
+    invisible="only a swap file on a non-rotational disk had clusters and got whole THPs "
+    "before it; cowlab's swap file is on a rotational disk (no cluster_info), which split "
+    "before and after. The fix is also in 4.14.200 and 5.8.13; no stable policy is made for "
+    "an invisible change",
+)
+class SwapFileClusterFix(Policy):
+    pass

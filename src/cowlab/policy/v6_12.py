@@ -1,4 +1,5 @@
-"""Linux 6.12: splitting a THP maps its zero-filled pages to the zero page."""
+"""Linux 6.12: splitting a THP maps its zero-filled pages to the zero page; swap-in from zram may
+allocate an mTHP."""
 
 from __future__ import annotations
 
@@ -16,3 +17,17 @@ from cowlab.policy.history import landed
 )
 class SplitMapsZeropage(Policy):
     split_maps_unused_to_zeropage = True
+
+
+@landed(
+    "6.12",
+    ("242d12c98174",),
+    "mm: support large folios swap-in for sync io devices",
+    "on the swap-cache bypass (zram), do_swap_page allocates the highest mTHP order below PMD "
+    "size enabled for the VMA whose PTEs are the folio's consecutive swap PTEs, slots aligned "
+    "as the address and none in the swap cache, and maps it whole",
+    "6.9.0 -> 6.12.0 mm/memory.c alloc_swap_folio, can_swapin_thp, thp_swap_suitable_orders "
+    "(bracketed; id confirmed; docs/sources-swap.md §3g)",
+)
+class LargeFolioSwapin(Policy):
+    swapin_large_folio = True

@@ -173,7 +173,7 @@ def page_view(runner: Runner, step: Step, what: str) -> Any:
     if what == "ksm":
         return PageKsm(f, page)
     flag = PG_swapcache if what == "swapcache" else PG_writeback
-    return bool(f.flags[page] & flag)
+    return bool(f.flags[compound_head(f, page)] & flag)  # a large folio's writeback: on its head
 
 
 def compound_head_if_pmd(entry: object, pfn: int) -> int:

@@ -1,0 +1,38 @@
+"""Linux 6.10: mTHP swap-out whole, and a large folio found in the swap cache mapped whole."""
+
+from __future__ import annotations
+
+from cowlab.policy.base import Policy
+from cowlab.policy.history import landed
+
+
+@landed(
+    "6.10",
+    ("845982eb264b", "5ed890ce5147", "3931b871c493"),
+    "mm: swap: allow storage of all mTHP orders; mm: vmscan: avoid split during "
+    "shrink_folio_list(); mm: madvise: avoid split during MADV_PAGEOUT and MADV_COLD",
+    "every large folio order gets a run of slots where a THP does (ssd, zram); reclaim splits a "
+    "large folio first only when it is on the deferred-split list; MADV_PAGEOUT takes a "
+    "PTE-mapped large folio the range covers whole without splitting it (if mapped once per "
+    "page)",
+    "6.9.0 -> 6.12.0 mm/vmscan.c shrink_folio_list, mm/swapfile.c get_swap_pages, mm/madvise.c "
+    "madvise_cold_or_pageout_pte_range (bracketed; 845982eb264b id confirmed, 5ed890ce5147 and "
+    "3931b871c493 seen; docs/sources-swap.md §1b, §2)",
+)
+class MthpSwapOut(Policy):
+    mthp_swapout = True
+
+
+@landed(
+    "6.10",
+    (),
+    "mm: swap: entirely map large folios found in swapcache; mm: swap: make "
+    "should_try_to_free_swap() support large-folio (Chuanhua Han, Barry Song; ids not found)",
+    "do_swap_page maps a large folio found in the swap cache whole when it lies in the VMA and "
+    "one page table and its PTEs are its consecutive swap PTEs; a write swap-in frees the swap "
+    "cache at refcount 1 + the folio's pages",
+    "6.9.0 -> 6.12.0 mm/memory.c do_swap_page, should_try_to_free_swap (bracketed; "
+    "docs/sources-swap.md §3g)",
+)
+class SwapinMapsWholeFolio(Policy):
+    swapin_maps_whole_folio = True
