@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 
 from cowlab.mm.mm import (
     PageAnonExclusive,
+    PageSwapCache,
     PageTransCompound,
     compound_head,
     folio_large_mapcount,
     folio_maybe_mapped_shared,
     folio_ref_count,
 )
+from cowlab.mm.swapfile import try_to_free_swap
 from cowlab.policy.base import Policy, Reads, WpDecision
 from cowlab.policy.history import landed
 
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     ("1da190f4d0a6",),
     "mm: Copy-on-Write (COW) reuse support for PTE-mapped THP",
     "a non-exclusive page of a large folio is reused iff only this MM maps the folio and its "
-    "_large_mapcount equals its refcount; MADV_PAGEOUT and khugepaged call a large folio shared "
+    "_large_mapcount equals its refcount (a swap-cache folio no swap PTE needs leaves the swap "
+    "cache first); MADV_PAGEOUT and khugepaged call a large folio shared "
     "by the MM-id bit",
     "6.14.0 -> 6.18.2 mm/memory.c __wp_can_reuse_large_anon_folio, include/linux/mm_types.h "
     "_mm_id_mapcount (bracketed)",
@@ -40,7 +43,9 @@ class LargeFolioReuse(Policy):
             return super().wp_reuse(k, vma, pfn)
         head = compound_head(f, pfn)
         large, refs = folio_large_mapcount(f, head), folio_ref_count(f, head)
-        rule = "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1"
+        rule = (
+            "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1 (after folio_free_swap)"
+        )
         read: Reads = (("_large_mapcount", large),)
         if large <= 1:  # the last mapping: copy, and the folio is freed
             return WpDecision(False, False, False, read, rule)
@@ -48,6 +53,9 @@ class LargeFolioReuse(Policy):
         read += (("folio_maybe_mapped_shared", int(shared)),)
         if shared:
             return WpDecision(False, False, False, read, rule)
+        if PageSwapCache(f, head):  # folio_free_swap() first: its references must not count
+            read += (("folio_free_swap", int(try_to_free_swap(k, head))),)
+            refs = folio_ref_count(f, head)
         reuse = large == refs
         return WpDecision(reuse, False, reuse, (*read, ("refcount", refs)), rule)
 
