@@ -494,3 +494,36 @@ def test_a_freed_thp_comes_back_as_small_pages(kernel_id: str) -> None:
     assert pfn is not None and int(s.k.frames.order[pfn]) == 0
     assert not s.k.frames.flags[pfn] & PG_swapcache and int(s.k.swap.swap_map[3]) == 0
     assert s.k.frames.flags[pfn] & PG_anon_exclusive
+
+
+@pytest.mark.parametrize(
+    ("kernel_id", "whole"), [("v6.9", False), ("v6.10", True), ("v6.18", True)]
+)
+def test_write_swapin_of_a_cached_thp(kernel_id: str, whole: bool) -> None:
+    """A write fault on page 3 of a THP in the swap cache. 6.9: only page 3 is mapped (exclusive
+    by its swap PTE's bit, so writable); should_try_to_free_swap wants refcount 2, the folio has
+    513: it stays cached. 6.10+: all 512 PTEs are its consecutive swap PTEs, so the folio is
+    mapped whole; swap_free_nr drops every slot, the refcount is 1 + 512 and folio_free_swap
+    takes it out of the swap cache (no slot referenced): 512 mappings, refcount 512."""
+    s = whole_thp(kernel_id, "ssd", "written")
+    s.p.write(s.addr + 3 * PAGE, b"THREE")
+    f = s.k.frames
+    assert s.p.translate(s.addr + 3 * PAGE) == s.pfn + 3  # no copy
+    assert bool(f.flags[s.pfn] & PG_swapcache) != whole
+    assert page_count(f, s.pfn) == (512 if whole else 513)
+    assert (s.p.mm.anon_rss, s.p.mm.swapents) == ((512, 0) if whole else (1, 511))
+
+
+def test_mthp_swapped_out_in_part_is_split() -> None:
+    """6.10 madvise_cold_or_pageout_pte_range: a 64 KiB folio the range covers only in half is
+    split (not likely shared), and only the covered pages are swapped; the other 8 stay mapped."""
+    k = Kernel("v6.10", Config(swap_device="ssd"), selfcheck=True)
+    k.mthp_enabled[64] = "always"
+    p = k.spawn()
+    addr = p.mmap(16 * PAGE, align=16 * PAGE)
+    p.write(addr, b"a" * (16 * PAGE))
+    head = p.translate(addr)
+    assert head is not None and int(k.frames.order[head]) == 4
+    assert p.swapout(addr, 8 * PAGE, until="written") == 8
+    assert int(k.frames.order[head]) == 0 and p.translate(addr + 8 * PAGE) == head + 8
+    assert (p.mm.anon_rss, p.mm.swapents) == (8, 8)
