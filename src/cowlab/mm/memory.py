@@ -17,7 +17,9 @@ from cowlab.mm.constants import (
     VM_FAULT_WRITE,
     VM_WRITE,
     PG_anon_exclusive,
+    PG_head,
     PG_ksm,
+    PG_tail,
 )
 from cowlab.mm.decision import SwapinDecision, WpDecision
 from cowlab.mm.mm import (
@@ -176,33 +178,23 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
     elif page is None:
         page, source = read_swap_cache_async(k, offset), "the swap device"
     first, nr = _pages_to_map(k, vma, addr, table, page)
-    slots = np.arange(offset - (page - first), offset - (page - first) + nr)
+    slots = range(offset - (page - first), offset - (page - first) + nr)
     marker = bool(swp_bits & PTE_SWP_EXCLUSIVE)
     frees_first = k.policy.swapin_frees_swap_first
     if frees_first:
-        for slot in slots.tolist():
+        for slot in slots:
             swap_free(k, slot)
         if should_try_to_free_swap(k, page, write):
             try_to_free_swap(k, page)
     d = k.policy.swapin_decision(k, vma, page, write, marker, bool(swp_bits & PTE_SOFT_DIRTY))
-    verdict = "exclusive" if d.exclusive else "shared"
-    mapped = "" if nr == 1 else f" with the rest of its {nr}-page folio"
-    detail = f"from {source}, slot {offset}, mapped {'writable' if d.writable else 'read-only'}"
-    k.event(
-        "do_swap_page",
-        verdict,
-        addr=addr,
-        pfn=page,
-        read=d.read,
-        rule=d.rule,
-        detail=detail + mapped,
-    )
+    if k.tracing:
+        trace_swapin(k, addr, page, d, f"from {source}, slot {offset}", nr)
     bits = PTE_YOUNG | (swp_bits & PTE_SOFT_DIRTY)
     if d.writable:
         bits |= PTE_WRITE | (PTE_DIRTY | PTE_SOFT_DIRTY if write else 0)
     _map_swapped_in(k, vma, addr - ((page - first) << PAGE_SHIFT), table, first, nr, bits, d)
     if not frees_first:
-        for slot in slots.tolist():
+        for slot in slots:
             swap_free(k, slot)
     if not write:
         return 0
@@ -210,6 +202,14 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
         return do_wp_page(k, vma, addr, table)
     k.vmstat["swapin_reuse"] += 1  # the model's: the write needs no do_wp_page
     return VM_FAULT_WRITE
+
+
+def trace_swapin(k: Kernel, addr: int, page: int, d: SwapinDecision, where: str, nr: int) -> None:
+    """do_swap_page()'s decision: exclusive or shared, and how it mapped what."""
+    verdict = "exclusive" if d.exclusive else "shared"
+    mapped = "" if nr == 1 else f" with the rest of its {nr}-page folio"
+    detail = f"{where}, mapped {'writable' if d.writable else 'read-only'}{mapped}"
+    k.event("do_swap_page", verdict, addr=addr, pfn=page, read=d.read, rule=d.rule, detail=detail)
 
 
 def _bypasses_swap_cache(k: Kernel, offset: int) -> bool:
@@ -289,10 +289,10 @@ def _pages_to_map(k: Kernel, vma: VmArea, addr: int, table: PteTable, page: int)
     whole; from 6.10 a large folio found in the swap cache whole when it lies in the VMA and
     this page table and its PTEs are its consecutive swap PTEs (identical bits); else the page."""
     f = k.frames
+    if not f.flags[page] & (PG_head | PG_tail):
+        return page, 1
     head = compound_head(f, page)
     nr = folio_nr_pages(f, head)
-    if nr == 1:
-        return page, 1
     if not PageSwapCache(f, head):
         return head, nr
     if not k.policy.swapin_maps_whole_folio:
@@ -322,20 +322,23 @@ def _map_swapped_in(
     one more per other PTE."""
     f = k.frames
     i = pte_index(start)
-    table.pfn[i : i + nr] = first + np.arange(nr)
-    table.bits[i : i + nr] = bits
-    head = compound_head(f, first)
-    if nr > 1 and not f.mapping[head]:
-        folio_add_new_anon_rmap_ptes(k, head, nr, vma, start)
-    elif nr > 1:
-        rmap_add_ptes(k, vma.mm, first + np.arange(nr, dtype=np.int64))
-        if d.exclusive and k.policy.anon_exclusive:
-            f.flags[first : first + nr] |= PG_anon_exclusive
-    else:
-        page_add_anon_rmap(k, first, vma, start, compound=False, exclusive=d.exclusive)
-    f._count[head] += nr - 1
     vma.mm.anon_rss += nr
     vma.mm.swapents -= nr
+    if nr == 1:  # the hot case: one PTE, the fault's reference becomes its own
+        table.pfn[i] = first
+        table.bits[i] = bits
+        page_add_anon_rmap(k, first, vma, start, compound=False, exclusive=d.exclusive)
+        return
+    pages = first + np.arange(nr, dtype=np.int64)
+    table.pfn[i : i + nr] = pages
+    table.bits[i : i + nr] = bits
+    if not f.mapping[first]:
+        folio_add_new_anon_rmap_ptes(k, first, nr, vma, start)
+    else:
+        rmap_add_ptes(k, vma.mm, pages)
+        if d.exclusive and k.policy.anon_exclusive:
+            f.flags[first : first + nr] |= PG_anon_exclusive
+    f._count[first] += nr - 1
 
 
 def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool = False) -> int:

@@ -156,29 +156,30 @@ def add_to_swap_cache(k: Kernel, head: int, offset: int) -> None:
     (one reference each, on the head)."""
     f = k.frames
     nr = folio_nr_pages(f, head)
-    for i in range(nr):
-        f.swapcache.add(head + i)
-        f.private[head + i] = offset + i
-    f.flags[head : head + nr] |= PG_swapcache
+    for page, slot in zip(range(head, head + nr), range(offset, offset + nr), strict=True):
+        f.swapcache.add(page)  # scalar stores: a small page is the hot case
+        f.private[page] = slot
+        f.flags[page] |= PG_swapcache
+        k.swap.cache[slot] = page
     f._count[head] += nr
-    k.swap.cache[offset : offset + nr] = np.arange(head, head + nr)
 
 
 def delete_from_swap_cache(k: Kernel, pfn: int) -> None:
     """delete_from_swap_cache(): the page's folio leaves the swap cache and drops its references;
     each slot is freed if no swap PTE holds it. The folio may be freed."""
     f = k.frames
-    head = compound_head(f, pfn)
+    head = int(compound_head(f, pfn))
     nr = folio_nr_pages(f, head)
     offset = int(f.private[head])
-    f.flags[head : head + nr] &= flags_without(PG_swapcache)
-    for i in range(nr):
-        f.swapcache.remove(head + i)
-    k.swap.cache[offset : offset + nr] = -1
-    for slot in range(offset, offset + nr):
+    without = flags_without(PG_swapcache)
+    for page, slot in zip(range(head, head + nr), range(offset, offset + nr), strict=True):
+        f.flags[page] &= without  # scalar stores: a small page is the hot case
+        f.swapcache.remove(page)
+        k.swap.cache[slot] = -1
         k.swap.release_if_unused(slot)
-    slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
-    k.event("delete_from_swap_cache", pfn=head, detail=f"{slots} leave the swap cache")
+    if k.tracing:
+        slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
+        k.event("delete_from_swap_cache", pfn=head, detail=f"{slots} leave the swap cache")
     put_page(k, head, nr)
 
 
@@ -199,9 +200,11 @@ def should_try_to_free_swap(k: Kernel, pfn: int, write: bool) -> bool:
     folio's only user drops the swap-cache copy first: refcount 2 (6.10: 1 + the folio's pages);
     swap full and mlock are not modelled."""
     f = k.frames
+    if not write or not PageSwapCache(f, pfn) or PageKsm(f, pfn):
+        return False
     head = compound_head(f, pfn)
     want = 1 + folio_nr_pages(f, head) if k.policy.swapin_maps_whole_folio else 2
-    return write and PageSwapCache(f, head) and not PageKsm(f, head) and int(f._count[head]) == want
+    return int(f._count[head]) == want
 
 
 def free_swap_and_cache(k: Kernel, offset: int) -> None:

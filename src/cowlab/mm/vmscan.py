@@ -282,12 +282,13 @@ def pageout(k: Kernel, pfn: int) -> bool:
         else:
             k.swap.data.pop(offset + i, None)
     k.vmstat["pswpout"] += nr
-    slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
-    if k.swap.synchronous:
+    synchronous = k.swap.synchronous
+    if synchronous:
         end_page_writeback(k, pfn)
-        k.event("pageout", pfn=pfn, detail=f"{slots} written synchronously (zram)")
-    else:
-        k.event("pageout", pfn=pfn, detail=f"writing {slots}")
+    if k.tracing:
+        slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
+        how = "completed synchronously (zram)" if synchronous else "started"
+        k.event("pageout", pfn=pfn, detail=f"{slots}: write {how}")
     return True
 
 
@@ -301,8 +302,8 @@ def __remove_mapping(k: Kernel, pfn: int) -> bool:
     its last references (the refcount freeze at 1 + nr, less the isolation reference the model
     does not take, fails while a pin or anyone else holds one)."""
     f = k.frames
-    count, nr = page_count(f, pfn), folio_nr_pages(f, pfn)
-    if f.flags[pfn] & (PG_dirty | PG_writeback) or folio_mapped(f, pfn) or count != nr:
+    count, nr = int(f._count[pfn]), folio_nr_pages(f, pfn)  # pfn is the head
+    if f.flags[pfn] & (PG_dirty | PG_writeback) or count != nr or folio_mapped(f, pfn):
         read = (("page_count", count), ("total_mapcount", total_mapcount(f, pfn)))
         rule = "clean, unmapped, and only the swap cache holds it"
         k.event("__remove_mapping", "keep", pfn=pfn, read=read, rule=rule)
