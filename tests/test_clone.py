@@ -194,3 +194,24 @@ def test_a_letter_on_the_clone_leaves_the_original_as_it_was(kernel: str) -> Non
             assert state_key(runner, start) == before, f"{longer.names} changed the original"
             replayed = run_program(kernel, longer)
             assert state_key(copied, start) == state_key(replayed, start), longer.names
+
+
+def test_the_machine_holds_no_itertools_object() -> None:
+    """itertools objects copy only through their own pickling protocol, deprecated for copy in
+    Python 3.12 and removed in 3.14: a machine holding one (as Kernel's id counters once did)
+    could not be cloned there."""
+    runner = run_program("v6.18", programs("v6.18")[-1])
+    seen: set[int] = set()
+    stack: list[Any] = [runner]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, ATOMS):
+            continue
+        seen.add(id(obj))
+        assert type(obj).__module__ != "itertools", type(obj)
+        if isinstance(obj, dict):
+            stack += [*obj.keys(), *obj.values()]
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack += list(obj)
+        elif hasattr(obj, "__dict__") or hasattr(type(obj), "__slots__"):
+            stack += list(_state(obj).values())

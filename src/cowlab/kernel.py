@@ -6,7 +6,6 @@ program uses (mmap, fork, write, ...); ``Pin`` is what a device holds after get_
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -170,6 +169,19 @@ def parse_prot(prot: str | int) -> int:
     return value
 
 
+class Ids:
+    """1, 2, 3, ...: ids handed out in order (itertools.count, but a plain object: a copy of the
+    machine copies it by its attribute; count's own copy protocol is deprecated in Python 3.12
+    and removed in 3.14)."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def __next__(self) -> int:
+        self.last += 1
+        return self.last
+
+
 class Kernel:
     """A modelled Linux kernel: a release (6.6, 5.4.286) or policy id resolves to the policy
     in force there; drive it through processes."""
@@ -214,9 +226,9 @@ class Kernel:
         self.ksm_max_page_sharing = 256  # /sys/kernel/mm/ksm/max_page_sharing (4.13)
         self.ksm_use_zero_pages = False  # /sys/kernel/mm/ksm/use_zero_pages (4.11)
         self.numa_misplaced = True
-        self._ids = itertools.count(1)
-        self._pids = itertools.count(1)
-        self._pin_ids = itertools.count(1)
+        self._ids = Ids()
+        self._pids = Ids()
+        self._pin_ids = Ids()
 
     # --- sysfs knobs ---------------------------------------------------------------------
 
