@@ -102,3 +102,24 @@ def test_steps_are_written_as_safe_dump_writes_them() -> None:
         for step in generate(rng, parse_ops(None)):
             want = yaml.safe_dump(step, default_flow_style=True, sort_keys=False, width=10**6)
             assert f"  - {want.strip()}\n" in to_yaml(name, [step])
+
+
+SWAPPED = """
+name: swapped
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 8K}
+  - {op: write, proc: P, at: buf, data: {fill: 1, size: 8K}}
+  - {op: swapout, proc: P, at: buf, size: 4K, until: written}
+  - {op: swapout, proc: P, at: buf+4K, size: 4K}
+"""
+
+
+def test_a_swap_pte_shows_whether_its_slot_has_a_swap_cache_page() -> None:
+    """What mincore() tells live of a swap PTE (6.18 mincore_swap): `until: written` leaves the
+    written page in the swap cache, `freed` (the default) frees it."""
+    runner, _regions = run_model(SWAPPED, "v6.18")
+    snap = model_snapshot(runner.k, [("P:buf", runner.procs["P"], runner.regions["buf"], 8192)])
+    written, freed = snap.regions["P:buf"]
+    assert written.swapped and freed.swapped
+    assert (written.swapcache, freed.swapcache) == (True, False)

@@ -36,7 +36,10 @@ from cowlab.scenario.runner import Runner
 VMSTAT_NOISE = ("thp_fault_fallback", "thp_collapse_alloc", "thp_split_pmd", "ksm_swpin_copy")
 FALLBACKS = ("thp_fault_fallback", "mthp_fault_fallback")
 RETRIES = 3
-FIELDS = ("folio", "subpage", "nr", "level", "mapcount", "anon_exclusive", "ksm", "zero", "swap")
+FIELDS = (
+    "folio", "subpage", "nr", "level", "mapcount", "anon_exclusive", "ksm", "zero", "swap",
+    "swapcache",
+)  # fmt: skip
 
 
 # --- which regions each process has (the same on both sides) ---------------------------------
@@ -158,7 +161,7 @@ class CaseResult:
 def show_page(o: PageObs) -> str:
     """F0[3]/512 pmd mc=1 ex=1 'hello' -- or '-' for nothing mapped."""
     if o.folio is None and o.level is None:
-        return "swapped" if o.swapped else "-"
+        return ("swapped swapcache" if o.swapcache else "swapped") if o.swapped else "-"
     ex = {True: " ex=1", False: " ex=0", None: ""}[o.anon_exclusive]
     data = (o.head or b"").rstrip(b"\0")
     shown = f" {data!r}" if data else ""
@@ -230,6 +233,8 @@ def _continues(a: PageObs, b: PageObs) -> bool:
     """Whether b extends a's run: same folio, next subpage, same mapping and flags."""
     same = (a.folio, a.nr, a.level, a.mapcount, a.anon_exclusive, a.ksm, a.zero, a.swapped)
     if same != (b.folio, b.nr, b.level, b.mapcount, b.anon_exclusive, b.ksm, b.zero, b.swapped):
+        return False
+    if a.swapped and a.swapcache != b.swapcache:
         return False
     if a.folio is None:
         return True

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from cowlab.errors import CowlabError, Segfault, SyscallError
 from cowlab.kernel import parse_prot
 from cowlab.live import observe, uring
+from cowlab.live.swapdev import LruDrain
 from cowlab.live.system import KernelFacts, kernel_facts
 from cowlab.live.worker import F_SETPIPE_SZ, recv_msg, send_msg
 from cowlab.mm.madvise import MADV_BY_NAME
@@ -475,6 +476,14 @@ class LiveMachine:
         self._popen: subprocess.Popen[bytes] | None = None
         self._old_sigterm: Any = None
         self.facts: KernelFacts | None = None
+        self._drain: LruDrain | None = None
+
+    def drain_lru(self) -> None:
+        """Every CPU's per-CPU folio batches drained (swapdev.LruDrain), so that no reference
+        they hold decides what reclaim does next."""
+        if self._drain is None:
+            self._drain = LruDrain()
+        self._drain()
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -524,6 +533,9 @@ class LiveMachine:
             self._stop_zygote()
         finally:
             self._remove_sigterm()
+            if self._drain is not None:
+                self._drain.close()
+                self._drain = None
         _raise_failures(failures)
 
     def reset(self) -> None:
@@ -667,14 +679,20 @@ class LiveMachine:
         exact: bool = False,
         read_bytes: bool = True,
     ) -> observe.Snapshot:
-        """observe.snapshot() of (process, addr, length) regions, named by pid or by dict key."""
-        named = (
+        """observe.snapshot() of (process, addr, length) regions, named by pid or by dict key;
+        each process tells by mincore() which of its swap PTEs have a swap-cache page."""
+        named = list(
             regions.items()
             if isinstance(regions, Mapping)
             else ((str(r[0].pid), r) for r in regions)
         )
         spec = [(name, p.pid, a, n) for name, (p, a, n) in named]
-        return observe.snapshot(spec, exact=exact, read_bytes=read_bytes)
+        procs = {p.pid: p for _name, (p, _a, _n) in named}
+
+        def mincore(pid: int, addr: int, pages: int) -> bytes:
+            return bytes(procs[pid]._call("mincore", addr, pages))
+
+        return observe.snapshot(spec, exact=exact, read_bytes=read_bytes, mincore=mincore)
 
 
 def _make_device(proc: LiveProcess, kind: str, addr: int, length: int) -> _Device:

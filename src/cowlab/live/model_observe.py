@@ -86,6 +86,7 @@ class _Observer:
 
     def __init__(self, k: Kernel, show_exclusive: bool) -> None:
         self.f = k.frames
+        self.swap_cache = k.swap.cache  # slot -> its swap-cache page, -1 for none
         self.show_exclusive = show_exclusive
         self.folios = FirstSight()
         self.swaps = FirstSight()  # swap slot -> S<n>, first sight, as observe.py labels
@@ -110,8 +111,11 @@ class _Observer:
         if pte.any():
             swapped = pte & (value <= -2)  # is_swap_pte(): the value encodes the slot
             if swapped.any():
+                slots = -2 - value[swapped]
                 out.swapped[:] = swapped
-                out.swap[swapped] = self.swaps.label(-2 - value[swapped])
+                out.swap[swapped] = self.swaps.label(slots)
+                # what mincore() says of a swap PTE: its slot has a swap-cache page
+                out.swapcache[swapped] = self.swap_cache[slots] >= 0
             normal = pte & (value >= 0) & ((bits & PTE_MIGRATION) == 0)  # migrating: absent
             special = normal & ((bits & PTE_SPECIAL) != 0)  # the shared zero page
             if special.any():

@@ -17,6 +17,7 @@ import fcntl
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -426,12 +427,18 @@ def _span(addr: int, length: int) -> tuple[int, int]:
 
 
 STABLE_TRIES = 5
+Mincore = Callable[[int, int, int], bytes]  # (pid, addr, pages) -> mincore()'s vector
 
 
 def snapshot(
-    regions: list[tuple[str, int, int, int]], *, exact: bool = False, read_bytes: bool = True
+    regions: list[tuple[str, int, int, int]],
+    *,
+    exact: bool = False,
+    read_bytes: bool = True,
+    mincore: Mincore | None = None,
 ) -> Snapshot:
-    """Observe (name, pid, addr, length) regions with labels shared in the order given.
+    """Observe (name, pid, addr, length) regions with labels shared in the order given; with
+    mincore, whether each swap PTE's slot has a swap-cache page (`swapcache`, else False).
 
     The reads are not atomic: pagemap first, then kpageflags/kpagecount for the PFNs it gave,
     then the bytes. The processes under test are idle, but the kernel's own threads are not
@@ -442,7 +449,7 @@ def snapshot(
     """
     t0 = time.perf_counter()
     for _ in range(STABLE_TRIES):
-        out, pfns, all_scanned, entries = _snapshot_once(regions, exact, read_bytes)
+        out, pfns, all_scanned, entries = _snapshot_once(regions, exact, read_bytes, mincore)
         again = [read_pagemap(pid, *_span(addr, length)) for _n, pid, addr, length in regions]
         stable = all(np.array_equal(a, b) for a, b in zip(entries, again, strict=True))
         if stable:
@@ -451,7 +458,7 @@ def snapshot(
 
 
 def _snapshot_once(
-    regions: list[tuple[str, int, int, int]], exact: bool, read_bytes: bool
+    regions: list[tuple[str, int, int, int]], exact: bool, read_bytes: bool, mincore: Mincore | None
 ) -> tuple[dict[str, PageArrays], dict[str, int], bool, list[U64]]:
     """One attempt: every region's pagemap (one pread) and PAGEMAP_SCAN; then, for the regions
     laid end to end, kpageflags/kpagecount of each distinct PFN (a pread per run) and the bytes
@@ -493,6 +500,9 @@ def _snapshot_once(
     labels = _Labels()
     huge = np.concatenate(huges) if huges else np.zeros(0, dtype=bool)
     pages = _region_arrays(pm, huge, info, labels, raw, exact)
+    if mincore is not None:
+        swapped = _bit(pm, PM_SWAP)
+        pages.swapcache[swapped] = _swap_cached(regions, spans, entries, mincore)[swapped]
     if raw is not None and source is not None:  # pages read once, for every region that maps them
         pres = np.flatnonzero(present)
         pages.digest[pres] = pages.digest[pres[source]]
@@ -502,6 +512,24 @@ def _snapshot_once(
         for (name, _pid, _a, _l), lo, hi in zip(regions, offsets, offsets[1:], strict=False)
     }
     return out, labels.folios.by_label("F"), all_scanned, entries
+
+
+def _swap_cached(
+    regions: list[tuple[str, int, int, int]],
+    spans: list[tuple[int, int]],
+    entries: list[U64],
+    mincore: Mincore,
+) -> npt.NDArray[np.bool_]:
+    """Per page, regions laid end to end: a swap PTE whose slot has an up-to-date swap-cache
+    folio, as mincore() in the process tells it (6.18 mincore_pte_range -> mincore_swap), asked
+    once per run of swap PTEs."""
+    out = []
+    for (_name, pid, _a, _l), (first, n), pm in zip(regions, spans, entries, strict=True):
+        cached = np.zeros(n, dtype=bool)
+        for i, j in _runs(_bit(pm, PM_SWAP)):
+            cached[i:j] = np.frombuffer(mincore(pid, first + i * PAGE, j - i), np.uint8) & 1
+        out.append(cached)
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 def _to_read(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import mmap
 import os
 import time
 import uuid
@@ -220,3 +221,31 @@ def wait_for_writeback(pfns: Iterable[int], timeout: float = WRITEBACK_TIMEOUT_S
             if pending:
                 time.sleep(0.001)
     return True
+
+
+class LruDrain:
+    """lru_add_drain_all() from user space: every CPU's folio batches (lru_add, lru_move_tail,
+    activate, ...) put back on the LRU, and the reference each batch holds dropped.
+
+    A batch holds a reference on its folio until it is drained, and reclaim frees a clean
+    swap-cache folio only if nothing else holds one (__remove_mapping's refcount freeze):
+    MADV_PAGEOUT drains only its own CPU's batches (lru_add_drain), while a write completion
+    may have put the folio in another CPU's (folio_rotate_reclaimable), so whether a page
+    leaves the swap cache would depend on where an interrupt ran. 6.18 generic_fadvise()
+    drains them all when POSIX_FADV_DONTNEED cannot invalidate a page of the range; a page we
+    keep mapped never can be (mapping_evict_folio: the mapping's reference)."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+        os.pwrite(self.fd, b"x", 0)
+        os.ftruncate(self.fd, PAGE)
+        os.fsync(self.fd)  # clean: the fadvise below starts no writeback
+        self.map = mmap.mmap(self.fd, PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert self.map[0] == ord("x")  # mapped now
+
+    def __call__(self) -> None:
+        os.posix_fadvise(self.fd, 0, PAGE, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)

@@ -47,6 +47,7 @@ libc.mremap.argtypes += [ctypes.c_void_p]
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 for _name in ("mprotect", "madvise"):
     getattr(libc, _name).argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 libc.vmsplice.restype = ctypes.c_ssize_t
 libc.vmsplice.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
 libc.pread.restype = ctypes.c_ssize_t
@@ -270,6 +271,14 @@ class Worker:
         if libc.madvise(addr, length, advice) != 0:
             raise _fail(f"madvise({advice})")
 
+    def mincore(self, addr: int, pages: int) -> bytes:
+        """mincore(): per page, bit 0 set if it is resident (for a swap PTE: its slot has an
+        up-to-date swap-cache page). Observation only: nothing faults."""
+        vec = (ctypes.c_ubyte * pages)()
+        if libc.mincore(addr, pages * PAGE, vec) != 0:
+            raise _fail("mincore")
+        return bytes(vec)
+
     # --- memory access: the CPU's loads and stores ---------------------------------------
 
     def read(self, addr: int, n: int) -> bytes:
@@ -436,6 +445,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
         "mprotect",
         "mremap",
         "madvise",
+        "mincore",
         "read",
         "write",
         "pin_iouring",

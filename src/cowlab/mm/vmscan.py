@@ -224,7 +224,8 @@ def _swaps_whole(k: Kernel, head: int) -> bool | None:
 def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
     """One page or whole folio through reclaim; returns how many pages reached the swap cache.
     On a synchronous device (zram) the write ends inside pageout and the same pass frees the
-    folio, so it never stops at ``writeback`` or ``written``."""
+    folio, so it never stops at ``writeback`` or ``written``; nor does a zero-filled folio from
+    6.12, which is not written at all (the zeromap)."""
     f = k.frames
     nr = folio_nr_pages(f, pfn)
     if not f.flags[pfn] & PG_swapcache:
@@ -242,7 +243,7 @@ def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
     if f.flags[pfn] & PG_dirty:  # a clean page (already written) is freed at once
         if not pageout(k, pfn):
             return nr  # PAGE_KEEP: stays dirty in the swap cache
-        if not k.swap.synchronous:
+        if f.flags[pfn] & PG_writeback:  # not zram's, nor a zero-filled folio's (6.12)
             if until == "writeback":
                 return nr
             end_page_writeback(k, pfn)
@@ -274,6 +275,10 @@ def pageout(k: Kernel, pfn: int) -> bool:
         k.event("pageout", "keep", pfn=pfn, read=read, rule=rule)
         return False
     offset = int(f.private[pfn])
+    if k.policy.swapout_zeromap and not (
+        f.content[pfn] if nr == 1 else f.has_data(np.arange(pfn, pfn + nr)).any()
+    ):
+        return _zeromap(k, pfn, offset, nr)
     f.flags[pfn] = (f.flags[pfn] & flags_without(PG_dirty)) | PG_writeback
     for i in range(nr):
         data = f.page_data(pfn + i)
@@ -289,6 +294,20 @@ def pageout(k: Kernel, pfn: int) -> bool:
         slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
         how = "completed synchronously (zram)" if synchronous else "started"
         k.event("pageout", pfn=pfn, detail=f"{slots}: write {how}")
+    return True
+
+
+def _zeromap(k: Kernel, pfn: int, offset: int, nr: int) -> bool:
+    """swap_writeout() since 6.12 (0ca0c24e3211): a folio whose every byte is zero is marked in
+    the device's zeromap instead of written; no I/O, so no writeback, and the same pass frees
+    it. A swap-in of those slots reads zeros."""
+    k.frames.flags[pfn] &= flags_without(PG_dirty)
+    for i in range(nr):
+        k.swap.data.pop(offset + i, None)
+    k.vmstat["swpout_zero"] += nr
+    if k.tracing:
+        slots = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}"
+        k.event("pageout", pfn=pfn, detail=f"{slots} zero-filled: in the zeromap, no I/O")
     return True
 
 

@@ -56,6 +56,7 @@ class Policy(ABC):
     # ... only where THP is wanted for the VMA (4.5 do_huge_pmd_wp_page asks
     # transparent_hugepage_enabled(); 6.13's do_huge_zero_wp_pmd allocates whatever the VMA says)
     huge_zero_wp_checks_vma: ClassVar[bool] = True
+    swapout_zeromap: ClassVar[bool] = False  # 6.12: a zero-filled folio is not written (zeromap)
     gup_breaks_cow_on_read: ClassVar[bool] = False  # every GUP on a COW mapping faults as a write
     # GUP-fast's own answer where it differs (x86 4.9.287-4.9.297); None: gup_breaks_cow_on_read
     gup_fast_breaks_cow_on_read: ClassVar[bool | None] = None
@@ -65,9 +66,10 @@ class Policy(ABC):
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
     mremap_looks_up_vma: ClassVar[bool] = False  # 5.16: EFAULT if no VMA at the old address
     mremap_efault_positive: ClassVar[bool] = False  # 5.16, 5.17: that EFAULT is +14
+    soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
     # page_move_anon_rmap's VM_BUG_ON on page->index: "index" compares the passed page's index
-    # with the faulting address (4.5, 4.6), "pmd_rounded" first rounds the address to the PMD
-    # for a THP head (0798d3c022dc: stable 4.5.7, 4.6.2), "" none (4.7, 5a49973d7143)
+    # with the faulting address (4.5), "pmd_rounded" first rounds the address to the PMD for a
+    # THP head (4.6, 0798d3c022dc), "" none (4.7, 5a49973d7143)
     move_anon_rmap_check: ClassVar[str] = "index"
     # swap (docs/sources-swap.md): MADV_PAGEOUT exists (5.4, 1a4e58cce84e); before, a swap-out
     # is the reclaim path taking the range's pages, shared ones included

@@ -1,5 +1,5 @@
 """Linux 6.12: splitting a THP maps its zero-filled pages to the zero page; swap-in from zram may
-allocate an mTHP."""
+allocate an mTHP; a zero-filled folio is swapped out without I/O."""
 
 from __future__ import annotations
 
@@ -31,3 +31,17 @@ class SplitMapsZeropage(Policy):
 )
 class LargeFolioSwapin(Policy):
     swapin_large_folio = True
+
+
+@landed(
+    "6.12",
+    ("0ca0c24e3211",),
+    "mm: store zero pages to be swapped out in a bitmap",
+    "reclaim does not write a folio whose every byte is zero: swap_writeout marks its slots in "
+    "the device's zeromap, so it is never under writeback and the same pass frees it; a "
+    "swap-in of those slots reads zeros",
+    "6.9.0 -> 6.12.0 mm/page_io.c swap_writepage, swap_zeromap_folio_set, "
+    "swap_read_folio_zeromap (bracketed; id confirmed by Fixes: tags); 6.18.2 swap_writeout",
+)
+class SwapoutZeromap(Policy):
+    swapout_zeromap = True
