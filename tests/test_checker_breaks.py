@@ -38,7 +38,8 @@ ALL = list(POLICIES)
 DOUBLE_MAP = [k for k, p in POLICIES.items() if p.double_map]  # 4.5 .. 6.1
 NO_DOUBLE_MAP = [k for k, p in POLICIES.items() if not p.double_map]  # 6.2+
 NR_PAGES_MAPPED = [k for k, p in POLICIES.items() if p.nr_pages_mapped]  # 6.2+
-FOLIO = [k for k, p in POLICIES.items() if p.folio_counters]  # the model's 6.15+
+LARGE_MAPCOUNT = [k for k, p in POLICIES.items() if p.large_mapcount]  # 6.10+
+MM_IDS = [k for k, p in POLICIES.items() if p.mm_ids]  # 6.15+
 FOLL_PIN = [k for k, p in POLICIES.items() if p.foll_pin]  # 5.7+
 NO_FOLL_PIN = [k for k, p in POLICIES.items() if not p.foll_pin]
 EXCLUSIVE = [k for k, p in POLICIES.items() if p.anon_exclusive]  # 5.19+
@@ -351,7 +352,7 @@ def test_thp_tail_count(kernel_id: str) -> None:
 # --- counters: 6.x folios -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", LARGE_MAPCOUNT)
 def test_folio_large_mapcount(kernel_id: str) -> None:
     s = shared_thp(kernel_id)
     s.k.frames._large_mapcount[s.head] -= 1
@@ -434,7 +435,7 @@ def test_folio_nr_pages_mapped_of_an_mthp(kernel_id: str) -> None:
     assert check_invariants(k) == [f"folio {pfn:#x}: _nr_pages_mapped 0x10, page tables 0xf"]
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", MM_IDS)
 def test_folio_mm_id_slot_overcount(kernel_id: str) -> None:
     s = shared_thp(kernel_id)
     f = s.k.frames
@@ -445,7 +446,7 @@ def test_folio_mm_id_slot_overcount(kernel_id: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", MM_IDS)
 def test_folio_mm_id_slot_undercount_is_accepted(kernel_id: str) -> None:
     """A third MM maps the folio while both slots are taken (untracked); once a slot frees, its
     next mappings take the slot, which then counts only those: an undercount, as the kernel's
@@ -464,7 +465,7 @@ def test_folio_mm_id_slot_undercount_is_accepted(kernel_id: str) -> None:
     assert f.flags[s.head] & PG_mm_ids_shared
 
 
-@pytest.mark.parametrize("kernel_id", FOLIO)
+@pytest.mark.parametrize("kernel_id", MM_IDS)
 def test_folio_maybe_shared(kernel_id: str) -> None:
     s = shared_thp(kernel_id)
     s.k.frames.flags[s.head] &= flags_without(PG_mm_ids_shared)

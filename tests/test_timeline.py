@@ -73,9 +73,7 @@ def test_a_policy_is_the_changes_landed_by_its_release() -> None:
         landed_of(c).release for c in p.changes
     )
     assert p.__mro__[1].__name__ == "NoLargeFolioReuse"
-    assert (
-        not p.huge_zero_wp_allocates and p.mthp and not p.folio_counters
-    )  # 5.8 .. 6.12; 6.8; 6.15
+    assert not p.huge_zero_wp_allocates and p.mthp and not p.mm_ids  # 5.8 .. 6.12; 6.8; 6.15
 
 
 def test_a_key_speaks_from_its_release_on() -> None:

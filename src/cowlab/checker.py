@@ -4,8 +4,8 @@ Invariants (must hold on every kernel, or the model â€” or the modelled kernel â
   counters  _mapcount, compound_mapcount, PG_double_map and _count agree with the mappings and
             pins in the page tables (4.5: every mapping and every GUP reference holds one _count
             on the head; tails hold none); MM_ANONPAGES agrees with the mapped pages; 5.7+
-            _pincount, 5.19+ PG_anon_exclusive, 6.2+ _nr_pages_mapped, the model's 6.15+
-            _large_mapcount and MM-id slots agree with them too.
+            _pincount, 5.19+ PG_anon_exclusive, 6.2+ _nr_pages_mapped, 6.10+ _large_mapcount
+            and 6.15+ MM-id slots agree with them too.
   rmap      every mapping of an anonymous page is reachable from the page's anon_vma, at the
             address its page->index gives (what rmap_walk_anon relies on).
 Properties (what a program is owed; some kernels break them on purpose):
@@ -168,8 +168,10 @@ def check_counters(k: Kernel) -> list[str]:
         problems += _check_thp(k, head, r)
         if k.policy.nr_pages_mapped:
             problems += _check_nr_pages_mapped(k, head, r)
-        if k.policy.folio_counters:
-            problems += _check_folio(k, head, r)
+        if k.policy.large_mapcount:
+            problems += _check_large_mapcount(k, head, r)
+        if k.policy.mm_ids:
+            problems += _check_mm_ids(k, head, r)
     if k.policy.anon_exclusive:
         problems += _check_exclusive(k, r)
     return problems + _check_swap(k, r) + _check_frames(k)
@@ -329,17 +331,22 @@ def _check_nr_pages_mapped(k: Kernel, head: int, r: Recount) -> list[str]:
     return []
 
 
-def _check_folio(k: Kernel, head: int, r: Recount) -> list[str]:
-    """The model's 6.15 large-folio fields: _large_mapcount, the MM ids and shared bit."""
+def _check_large_mapcount(k: Kernel, head: int, r: Recount) -> list[str]:
+    """_large_mapcount (6.10): every PTE and PMD mapping of the large folio."""
     f = k.frames
     sl = slice(head, head + folio_nr_pages(f, head))
-    out = []
     total = int(r.pmd_maps[head] + r.pte_maps[sl].sum())
     # invariant: folio.large_mapcount
     if folio_large_mapcount(f, head) != total:
-        out.append(
-            f"folio {head:#x}: _large_mapcount {folio_large_mapcount(f, head)}, maps {total}"
-        )
+        return [f"folio {head:#x}: _large_mapcount {folio_large_mapcount(f, head)}, maps {total}"]
+    return []
+
+
+def _check_mm_ids(k: Kernel, head: int, r: Recount) -> list[str]:
+    """The MM ids and the maybe-shared bit (6.15, CONFIG_MM_ID)."""
+    f = k.frames
+    sl = slice(head, head + folio_nr_pages(f, head))
+    out = []
     mappers = {
         pid: int(m[sl].sum() + r.pmd_by_mm[pid][head])
         for pid, m in r.pte_by_mm.items()

@@ -242,7 +242,7 @@ def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
     f._mapcount[pfn] = mapcount
     if _pte_unmap_queues(k, head, int(mapcount == -1)):
         deferred_split_huge_page(k, head)
-    if k.policy.folio_counters:
+    if k.policy.large_mapcount:
         _folio_remove(k, mm, head, 1)
 
 
@@ -254,7 +254,7 @@ def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
     if k.policy.nr_pages_mapped:
         for head, nr, first in _large_heads(k, pfns, edge=0):
             f._nr_pages_mapped[head] += first
-            if k.policy.folio_counters:
+            if k.policy.large_mapcount:
                 _folio_add(k, mm, head, nr)
 
 
@@ -268,7 +268,7 @@ def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> No
     for head, nr, last in _large_heads(k, pfns, edge=-1):
         if _pte_unmap_queues(k, head, last):
             deferred_split_huge_page(k, head)
-        if k.policy.folio_counters:
+        if k.policy.large_mapcount:
             _folio_remove(k, mm, head, nr)
 
 
@@ -291,7 +291,7 @@ def rmap_add_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     f.compound_mapcount[head + 1] += 1
     if k.policy.nr_pages_mapped and f.compound_mapcount[head + 1] == 0:  # the first PMD map
         f._nr_pages_mapped[head] += ENTIRELY_MAPPED
-    if k.policy.folio_counters:
+    if k.policy.large_mapcount:
         _folio_add(k, mm, head, 1)
 
 
@@ -300,7 +300,7 @@ def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     (4.5 .. 6.1) or the ENTIRELY_MAPPED bit (6.2+) and may queue the THP for splitting."""
     f = k.frames
     f.compound_mapcount[head + 1] -= 1
-    if k.policy.folio_counters:
+    if k.policy.large_mapcount:
         _folio_remove(k, mm, head, 1)
     if f.compound_mapcount[head + 1] >= 0:
         return
@@ -338,10 +338,13 @@ def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64], edge: int) -> list[tupl
 
 
 def _folio_add(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
-    """folio_add_large_mapcount(): total mappings, and the MM that mapped (CONFIG_MM_ID)."""
+    """folio_add_large_mapcount(): total mappings (6.10), and from 6.15 the MM that mapped
+    (CONFIG_MM_ID)."""
     f = k.frames
     before = int(f._large_mapcount[head])
     f._large_mapcount[head] += nr
+    if not k.policy.mm_ids:
+        return
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
@@ -358,10 +361,13 @@ def _folio_add(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
 
 
 def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
-    """folio_sub_large_mapcount(): and "not shared" again once one tracked MM has them all."""
+    """folio_sub_large_mapcount(): and from 6.15 "not shared" again once one tracked MM has
+    them all."""
     f = k.frames
     large = f._large_mapcount[head] - nr
     f._large_mapcount[head] = large
+    if not k.policy.mm_ids:
+        return
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
     for slot in (0, 1):
         if ids[slot] == mm.pid:

@@ -47,7 +47,8 @@ class Policy(ABC):
 
     double_map: ClassVar[bool] = True  # PG_double_map offsets (4.5 .. 6.1)
     nr_pages_mapped: ClassVar[bool] = False  # 6.2 subpages_mapcount (6.3: _nr_pages_mapped)
-    folio_counters: ClassVar[bool] = False  # _large_mapcount and the MM ids (6.15)
+    large_mapcount: ClassVar[bool] = False  # _large_mapcount (6.10, 05c5323b2a34)
+    mm_ids: ClassVar[bool] = False  # _mm_id, _mm_id_mapcount, the maybe-shared bit (6.15)
     foll_pin: ClassVar[bool] = False  # FOLL_PIN: GUP_PIN_COUNTING_BIAS and _pincount (5.7)
     anon_exclusive: ClassVar[bool] = False  # PG_anon_exclusive (5.19)
     pmd_cow_splits: ClassVar[bool] = False  # a PMD that is not reused is split, 4 KiB COW (5.8)

@@ -99,6 +99,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_4.CollapseUffdEbusy,
     v6_8.AnonMthp,
     v6_9.NoLargeFolioReuse,
+    v6_10.LargeMapcount,
     v6_10.MthpSwapOut,
     v6_10.SwapinMapsWholeFolio,
     v6_11.SwapinWritableOnRead,

@@ -1,9 +1,27 @@
-"""Linux 6.10: mTHP swap-out whole, and a large folio found in the swap cache mapped whole."""
+"""Linux 6.10: a large folio's mapcount in one counter; mTHP swap-out whole, and a large
+folio found in the swap cache mapped whole."""
 
 from __future__ import annotations
 
 from cowlab.policy.base import Policy
 from cowlab.policy.history import landed
+
+
+@landed(
+    "6.10",
+    ("05c5323b2a34",),
+    "mm: track mapcount of large folios in single value",
+    "_large_mapcount counts every PTE and PMD mapping of a large folio; folio_mapcount and "
+    "folio_mapped read it instead of summing the entire and per-page mapcounts",
+    "6.9.0 (absent) -> 6.10.0 include/linux/mm.h folio_mapcount (UBC-BPF/linux-6.10-3po, a "
+    "fork), 6.11.11 and 6.12.0 include/linux/mm_types.h",
+    invisible="counters only: the value equals the sum it replaced, which the model keeps; the "
+    "decisions that read folio_mapcount of a large folio in 6.10-6.14 (khugepaged's reference "
+    "test, folio_likely_mapped_shared) are not modelled by those rules yet (docs/kernels.md); "
+    "the checker recounts it from the page tables",
+)
+class LargeMapcount(Policy):
+    large_mapcount = True
 
 
 @landed(

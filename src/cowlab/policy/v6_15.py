@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     "_mm_id_mapcount (bracketed)",
 )
 class LargeFolioReuse(Policy):
-    folio_counters = True
+    mm_ids = True
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
