@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from cowlab.live.compare import Regions
-from cowlab.live.driver import LiveProcess
+from cowlab.live.cli import match_kernel
+from cowlab.live.compare import CaseResult, Options, Regions, run_case
+from cowlab.live.driver import LiveMachine, LiveProcess
+from cowlab.live.journal import SystemChanges
+from cowlab.live.scenario import Limits
 from cowlab.live.system import preflight
-from cowlab.scenario import parse_scenario
+from cowlab.scenario import Scenario, parse_scenario
 from cowlab.scenario.runner import Runner
 
 MISSING = preflight()
@@ -78,3 +82,13 @@ def restore_command(journal: Path) -> str:
     )
     assert run.returncode == 0, run.stderr
     return run.stdout
+
+
+def run_allowed(scenario: Scenario, journal: Path) -> CaseResult:
+    """One case on the model kernel matching this machine, with --allow-system-changes and a
+    journal of its own."""
+    kernel = match_kernel(platform.release())
+    assert kernel is not None
+    limits = Limits(allow_system_changes=True)
+    with LiveMachine() as m, SystemChanges(allow_system_changes=True, journal=journal) as changes:
+        return run_case(scenario, Options(kernel, limits), m, changes)

@@ -16,10 +16,15 @@ from cowlab.live.compare import Options, run_case
 from cowlab.live.driver import LiveMachine, LiveProcess
 from cowlab.live.journal import SystemChanges
 from cowlab.live.khugepaged import khugepaged_passes, knob_paths
-from cowlab.live.scenario import Limits
 from cowlab.live.system import read_knob
 from cowlab.scenario import parse_scenario
-from tests.live.helpers import HPAGE, kill_when_ready, needs_live_kernel, restore_command
+from tests.live.helpers import (
+    HPAGE,
+    kill_when_ready,
+    needs_live_kernel,
+    restore_command,
+    run_allowed,
+)
 from tests.test_live_khugepaged import SHARED_HALVES
 
 pytestmark = needs_live_kernel
@@ -111,13 +116,7 @@ def test_khugepaged_step(
     steps = SHARED_HALVES.strip().splitlines()
     first = steps.index("steps:") + 1
     text = "\n".join(steps[: first + upto] if upto else steps) + "\n  - {op: khugepaged}\n"
-    assert MATCHED is not None
-    with (
-        LiveMachine() as m,
-        SystemChanges(allow_system_changes=True, journal=tmp_path / "j.json") as changes,
-    ):
-        opts = Options(MATCHED, Limits(allow_system_changes=True))
-        result = run_case(parse_scenario(text), opts, m, changes)
+    result = run_allowed(parse_scenario(text), tmp_path / "j.json")
     assert result.status == status and reason in result.reason, (result.status, result.reason)
     if status == "agree":
         assert result.steps_run == upto + 1

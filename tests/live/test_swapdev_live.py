@@ -41,6 +41,7 @@ from tests.live.helpers import (
     needs_live_kernel,
     pmd_thp,
     restore_command,
+    run_allowed,
     small_pages,
 )
 
@@ -253,3 +254,25 @@ def test_reclaim_frees_what_the_model_frees_every_time(tmp_path: Path, untouched
         for _ in range(6):
             result = run_case(load_scenario(SHARED), opts, m, changes)
             assert result.status == "agree", [d.describe() for d in result.differences]
+
+
+PIN_SWAPPED = """
+name: a short-term write pin of a swapped-out page
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: r1, size: 12K, align: 64K}
+  - {op: write, proc: P, at: r1+0x2000, data: P6}
+  - {op: swapout, proc: P, at: r1, size: 12K, until: written}
+  - {op: pin, proc: P, name: pin2, at: r1, size: 12K, flavour: pin}
+"""
+
+
+@pytest.mark.skipif(MATCHED is None, reason=f"no model kernel matches {platform.release()}")
+def test_a_short_write_pin_over_swapped_pages_is_unsupported(
+    tmp_path: Path, untouched: None
+) -> None:
+    """GUP's write fault on a swap PTE drops an exclusive page's swap-cache copy (6.18
+    do_swap_page: should_try_to_free_swap); the O_DIRECT emulation's first pass swaps the page in
+    by a read fault instead (random-s4242-0497 of --random 500: live kept it in the swap cache)."""
+    result = run_allowed(parse_scenario(PIN_SWAPPED), tmp_path / "j.json")
+    assert result.status == "unsupported" and "over swapped-out pages" in result.reason

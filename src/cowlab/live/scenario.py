@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
 from cowlab.live.journal import SystemChanges
@@ -25,7 +27,7 @@ from cowlab.live.khugepaged import LIMITS as KHUGEPAGED_LIMITS
 from cowlab.live.khugepaged import PASS_TIMEOUT_S as KHUGEPAGED_TIMEOUT_S
 from cowlab.live.khugepaged import khugepaged_passes, model_limits, pass_reason
 from cowlab.live.ksmd import PASS_TIMEOUT_S, ksm_reset, ksmd_passes, registered_with_ksm
-from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, read_pagemap
+from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap
 from cowlab.live.swapdev import LOOP_FILE, SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
 from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
@@ -449,6 +451,13 @@ class LiveScenario:
                 "a short-term write pin over a hole or a PROT_NONE range cannot be emulated "
                 "with O_DIRECT"
             )
+        if flavour != "longterm" and write and _any_swapped(p.pid, at, size):
+            # the first pass swaps the pages in with read faults, where GUP's write fault would
+            # (do_swap_page: should_try_to_free_swap) drop their swap-cache copies
+            raise Unsupported(
+                "a short-term write pin over swapped-out pages cannot be emulated with O_DIRECT "
+                "(it swaps them in by read faults)"
+            )
         if flavour == "longterm":
             return p.get_user_pages(at, size, write=True, pin_kind="iouring")
         if flavour == "pin":
@@ -539,6 +548,13 @@ def collapse_counts() -> dict[str, int]:
         if key.startswith("thp_collapse_alloc"):
             out[key] = int(value)
     return out
+
+
+def _any_swapped(pid: int, addr: int, size: int) -> bool:
+    """Whether a page of [addr, addr + size) is a swap PTE (pagemap)."""
+    first = addr - addr % PAGE_SIZE
+    pages = (addr + size - first + PAGE_SIZE - 1) // PAGE_SIZE
+    return bool((read_pagemap(pid, first, pages) >> np.uint64(PM_SWAP) & np.uint64(1)).any())
 
 
 def present_pfns(pid: int, addr: int, size: int) -> list[int]:
