@@ -511,17 +511,19 @@ def _freeze_mapping(k: Kernel, m: Mapping) -> Frozen:
 
 
 def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
-    """unfreeze_page() / remap_page(): migration entries become old PTEs, dirty where the page
-    is PG_dirty; with ``zero_unused`` (a split done, 6.12+) a zero-filled page is mapped as the
-    shared zero page instead and loses this mapping's reference."""
+    """unfreeze_page() / remap_page(): migration entries become PTEs, dirty where the page is
+    PG_dirty, old (young as before from 6.1, 2e3468778dbe); with ``zero_unused`` (a split done,
+    6.12+) a zero-filled page is mapped as the shared zero page instead and loses this mapping's
+    reference."""
     f = k.frames
+    dropped = PTE_MIGRATION if k.policy.migration_keeps_young else PTE_MIGRATION | PTE_YOUNG
     for mm, table, i in frozen:
         pfn = int(table.pfn[i])
         if zero_unused and not f.content[pfn]:
             try_to_map_unused_to_zeropage(k, mm, table, i)
             continue
         dirty = PTE_DIRTY if f.flags[pfn] & PG_dirty else 0
-        table.bits[i] = (table.bits[i] & pte_without(PTE_MIGRATION | PTE_YOUNG)) | dirty
+        table.bits[i] = (table.bits[i] & pte_without(dropped)) | dirty
         rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
         get_page(f, pfn)
 

@@ -93,6 +93,8 @@ class Policy(ABC):
     # 6.12 b1f202060afe: splitting an anonymous THP maps its zero-filled subpages to the shared
     # zero page (remap_page with RMP_USE_SHARED_ZEROPAGE) and frees them
     split_maps_unused_to_zeropage: ClassVar[bool] = False
+    # 6.1 2e3468778dbe: a split's migration entries remember the PTE's young bit
+    migration_keeps_young: ClassVar[bool] = False
     zeropage_remap_keeps_soft_dirty: ClassVar[bool] = False  # 6.18 tree (Fixes: b1f202060afe)
     # khugepaged and MADV_COLLAPSE (docs/sources-khugepaged.md)
     collapse_swaps_in: ClassVar[bool] = False  # 4.8: up to max_ptes_swap swap PTEs swapped in

@@ -92,6 +92,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v5_19.AnonExclusive,
     v6_0.MprotectDirtyExclusiveWritable,
     v6_1.MadvCollapse,
+    v6_1.MigrationKeepsYoung,
     v6_2.NoDoubleMap,
     v6_2.MprotectExclusiveWritable,
     v6_2.KsmUnmergeUnshares,

@@ -1,4 +1,4 @@
-"""Linux 6.1: MADV_COLLAPSE."""
+"""Linux 6.1: MADV_COLLAPSE; a split THP's PTEs keep their young bit."""
 
 from __future__ import annotations
 
@@ -18,3 +18,19 @@ from cowlab.policy.history import landed
 class MadvCollapse(Policy):
     madv_collapse = True
     collapse_no_table_code = "SCAN_PMD_NONE"
+
+
+@landed(
+    "6.1",
+    ("2e3468778dbe",),
+    "mm: remember young/dirty bit for page migrations",
+    "splitting a THP keeps each PTE's young bit across its migration entry (x86 has the swap "
+    "offset bits for it): khugepaged counts the split pages as referenced, where before every "
+    "remapped PTE was old",
+    "David Hildenbrand on linux-mm (Feb 2023, Peter Xu's fix with Fixes: 2e3468778dbe): 'a "
+    "commit from 6.1'; the 6.18 remove_migration_pte tests is_migration_entry_young; live 6.18: "
+    "a khugepaged pass collapses a block split by ksmd (docs/fidelity.md K4); 6.0 and 6.1 trees "
+    "not read",
+)
+class MigrationKeepsYoung(Policy):
+    migration_keeps_young = True
