@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def _random_body(
     opts: Any,
 ) -> int:
     from cowlab.live.compare import run_case
-    from cowlab.live.randomprog import generate, to_scenario
+    from cowlab.live.randomprog import generate, swap_device, to_scenario
 
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
@@ -216,41 +217,55 @@ def _random_body(
     for i in range(args.random):
         steps = generate(rng, ops)
         name = f"random-s{args.seed}-{i:04d}"
-        scenario = to_scenario(name, steps, name)
+        device = swap_device(args.seed, i, ops)
+        scenario = to_scenario(name, steps, name, device)
         if scenario is None:  # the generator should never do this; count it, do not stop
             continue
         result = run_case(scenario, opts, machine, changes)
         results.append(result)
         if result.status == "disagree":
-            written.append(_minimise_and_write(args, name, steps, result, opts, machine, changes))
+            case = _Case(name, steps, device, result)
+            written.append(_minimise_and_write(args, case, opts, machine, changes))
     elapsed = time.perf_counter() - t0
     _finish(args, kernel, machine, results, elapsed, written)
     return 1 if any(r.status in ("disagree", "error") for r in results) else 0
 
 
+@dataclass
+class _Case:
+    """A disagreeing random program: its name, steps, swap device and first result."""
+
+    name: str
+    steps: list[Any]
+    device: str
+    first: Any
+
+
 def _minimise_and_write(
-    args: argparse.Namespace, name: str, steps: list[Any], first: Any, opts: Any, machine: Any,
-    changes: Any,
-) -> str:  # fmt: skip
-    """Delta-debug a disagreeing program and write it as a scenario file."""
+    args: argparse.Namespace, case: _Case, opts: Any, machine: Any, changes: Any
+) -> str:
+    """Delta-debug a disagreeing program (on its swap device) and write it as a scenario file."""
     from cowlab.live.compare import run_case
     from cowlab.live.randomprog import minimise, to_scenario, write_case
 
+    name, device, first = case.name, case.device, case.first
+
     def still_fails(candidate: list[Any]) -> bool:
-        scenario = to_scenario(name, candidate)
+        scenario = to_scenario(name, candidate, device=device)
         return scenario is not None and run_case(scenario, opts, machine, changes).status == (
             "disagree"
         )
 
+    steps = case.steps
     cut = steps[: first.step.index] if first.step is not None else steps
     small = minimise(cut, still_fails, args.minimise_budget)
-    final = to_scenario(name, small)
+    final = to_scenario(name, small, device=device)
     last = run_case(final, opts, machine, changes) if final is not None else first
     shown = last if last.status == "disagree" else first
     why = "; ".join(d.describe() for d in shown.differences[:3])
     where = shown.step.describe() if shown.step is not None else "?"
     desc = f"Disagrees with the live kernel on {opts.kernel} at step {where}: {why}"
-    return str(write_case(Path(args.out), name, small, desc))
+    return str(write_case(Path(args.out), name, small, desc, device))
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from cowlab.live.swapdev import (
 )
 from cowlab.live.swapdev import (
     LOOP_FILE,
+    PAGE_CLUSTER,
     SWAPFILE,
     ZRAM,
     ZRAM_ALGORITHM,
@@ -200,9 +201,10 @@ class SystemChanges:
 
     def enable_swap(self, device: str = "file", size: int = DEFAULT_SWAP_SIZE) -> None:
         """A swap area of `size` bytes for the run, of the kind `device` (file, hdd, ssd, zram:
-        cowlab.live.swapdev), journalled before it is made; idempotent. One area at a time: one
-        of another kind made earlier in the run is taken away first. Raises SystemChangeRefused
-        without permission, OSError when it cannot be made."""
+        cowlab.live.swapdev), journalled before it is made, and swap readahead off
+        (vm.page-cluster 0: the model has none); idempotent. One area at a time: one of another
+        kind made earlier in the run is taken away first. Raises SystemChangeRefused without
+        permission, OSError when it cannot be made."""
         current = next((e for e in self.entries if e["kind"] in SWAP_KINDS), None)
         if current is not None and current.get("device", "file") == device:
             return
@@ -211,6 +213,7 @@ class SystemChanges:
             undo_entry(current)
             self.entries.remove(current)
             _write_journal(self.journal, os.getpid(), self.entries)
+        self.set(PAGE_CLUSTER, 0)
         problem = zram_problem() if device == "zram" else None
         problem = problem or swapfile_problem(SWAPFILE if device == "file" else LOOP_FILE)
         if problem:

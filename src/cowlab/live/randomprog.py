@@ -3,7 +3,9 @@
 Programs are built as plain step dictionaries (the scenario file format), so that a minimised
 disagreement is written out as a scenario YAML file that `cowlab run` and `cowlab live` accept.
 Regions are small: a few 2 MiB THP-aligned regions (MADV_HUGEPAGE or MADV_NOHUGEPAGE, the latter
-keeping khugepaged away) and a few 4 KiB-page regions.
+keeping khugepaged away) and a few 4 KiB-page regions. With swap-outs in the alphabet each program
+also gets a swap device (`config: swap_device`), drawn from its own stream so that the programs
+themselves are the same whatever device they run on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ ALPHABET = (
 # a swap file is made and ksmd and khugepaged driven only with --allow-system-changes
 NEEDS_SYSTEM_CHANGES = ("swapout", "ksm", "khugepaged")
 MAX_PROCS = 4
+# the swap device of a program with swap-outs: half of them the default swap file (so figures
+# measured before the devices joined stay comparable), a sixth each a loop device (hdd, ssd), zram
+SWAP_DEVICE_SHARES = {"file": 3, "hdd": 1, "ssd": 1, "zram": 1}
 Step = dict[str, Any]
 
 
@@ -49,6 +54,16 @@ def parse_ops(text: str | None, system_changes: bool = True) -> tuple[str, ...]:
             f"unknown op(s) {', '.join(unknown) or '(none)'}; known: {', '.join(ALPHABET)}"
         )
     return ops
+
+
+def swap_device(seed: int, index: int, ops: tuple[str, ...]) -> str:
+    """The swap device of program `index` of a run with `seed`: "file" unless the alphabet has
+    `swapout` (which needs --allow-system-changes), else a draw by SWAP_DEVICE_SHARES from a
+    stream of its own (not the programs' one), so that it depends on the seed and the index only."""
+    if "swapout" not in ops:
+        return "file"
+    rng = random.Random(f"swap_device:{seed}:{index}")
+    return rng.choices(list(SWAP_DEVICE_SHARES), list(SWAP_DEVICE_SHARES.values()))[0]
 
 
 @dataclass
@@ -330,15 +345,19 @@ def generate(rng: random.Random, ops: tuple[str, ...], max_ops: int = 12) -> lis
 STEP_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-def to_yaml(name: str, steps: list[Step], description: str = "") -> str:
-    """A scenario file: one flow-style line per step."""
+def to_yaml(name: str, steps: list[Step], description: str = "", device: str = "file") -> str:
+    """A scenario file: one flow-style line per step; `config: {swap_device: ...}` unless the
+    device is the default swap file."""
     head = {"name": name}
     if description:
         head["description"] = description
     # a description (prose, folded at 100 columns) is written by safe_dump itself
     dumper = yaml.SafeDumper if description else STEP_DUMPER
     text = yaml.dump(head, Dumper=dumper, sort_keys=False, width=100)
-    lines = [text.rstrip(), "processes: [P]", "steps:"]
+    lines = [text.rstrip()]
+    if device != "file":
+        lines.append(f"config: {{swap_device: {device}}}")
+    lines += ["processes: [P]", "steps:"]
     for step in steps:
         flow = yaml.dump(step, Dumper=STEP_DUMPER, default_flow_style=True, sort_keys=False,
                          width=10**6)  # fmt: skip
@@ -346,10 +365,12 @@ def to_yaml(name: str, steps: list[Step], description: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_scenario(name: str, steps: list[Step], path: str = "<random>") -> Scenario | None:
+def to_scenario(
+    name: str, steps: list[Step], path: str = "<random>", device: str = "file"
+) -> Scenario | None:
     """The parsed scenario, or None when the steps no longer make a valid program."""
     try:
-        return parse_scenario(to_yaml(name, steps), path)
+        return parse_scenario(to_yaml(name, steps, device=device), path)
     except ScenarioError:
         return None
 
@@ -378,9 +399,11 @@ def minimise(
     return steps
 
 
-def write_case(out: Path, name: str, steps: list[Step], description: str) -> Path:
+def write_case(
+    out: Path, name: str, steps: list[Step], description: str, device: str = "file"
+) -> Path:
     """Write a minimised disagreement as a scenario file; returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.yaml"
-    path.write_text(to_yaml(name, steps, description))
+    path.write_text(to_yaml(name, steps, description, device))
     return path

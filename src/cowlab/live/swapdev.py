@@ -14,7 +14,12 @@
   comp_algorithm (through the journal as a knob) and disksize, then the swap header and swapon;
   undone by undo_zram_swap(): swapoff, then `reset`. Only a zram0 nobody uses (disksize 0).
 
-Each is made only through SystemChanges, whose journal records it before it exists.
+Each is made only through SystemChanges, whose journal records it before it exists. With an area,
+the run also sets vm.page-cluster to 0 (PAGE_CLUSTER, journalled): swap readahead off. The model
+reads only the faulting slot; with page-cluster 0 so does the kernel (6.18.2 swap_vma_ra_win()
+and swapin_nr_pages() return a window of 1), where the default 3 makes a swap-in that cannot skip
+the swap cache (zram, a slot shared after fork) bring up to 8 neighbouring slots into the swap
+cache, by a window that depends on earlier faults.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 SWAPFILE = "/var/tmp/cowlab-swapfile"
 LOOP_FILE = "/var/tmp/cowlab-swap-loop"
 ZRAM = Path("/sys/block/zram0")
+PAGE_CLUSTER = "/proc/sys/vm/page-cluster"  # log2 of the swap readahead window
 ZRAM_ALGORITHM = "lzo-rle"  # the kernel's default (CONFIG_ZRAM_DEF_COMP), set so it is known
 LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_CLR_FD = 0x4C82, 0x4C00, 0x4C01
 DETACH_TIMEOUT_S = 5.0
