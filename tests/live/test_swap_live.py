@@ -18,7 +18,7 @@ from cowlab.live.journal import SystemChangeRefused, SystemChanges, restore_from
 from cowlab.live.khugepaged import knob_paths
 from cowlab.live.observe import PM_SWAP, read_pagemap
 from cowlab.live.scenario import Limits
-from cowlab.live.swapdev import SWAPFILE, active_swaps, swapfile_problem
+from cowlab.live.swapdev import PAGE_CLUSTER, SWAPFILE, active_swaps, swapfile_problem
 from cowlab.live.system import read_knob
 from cowlab.scenario import load_scenario
 from tests.live.helpers import kill_when_ready, needs_live_kernel, restore_command, small_pages
@@ -48,12 +48,12 @@ with SystemChanges(allow_system_changes=True, journal=sys.argv[1]) as changes:
 KSM_KNOBS = ("run", "pages_to_scan", "sleep_millisecs", "pages_shared", "pages_sharing")
 
 
-def machine_swap_state() -> tuple[list[str], bool, list[str], list[str]]:
+def machine_swap_state() -> tuple[list[str], bool, list[str], list[str], str]:
     """What must be the same before and after: the active swap areas, no swap file left,
-    ksmd's knobs and counters, and khugepaged's knobs."""
+    vm.page-cluster, ksmd's knobs and counters, and khugepaged's knobs."""
     ksm = [(Path("/sys/kernel/mm/ksm") / k).read_text().strip() for k in KSM_KNOBS]
     khugepaged = [read_knob(k) for k in knob_paths()]
-    return active_swaps(), Path(SWAPFILE).exists(), ksm, khugepaged
+    return active_swaps(), Path(SWAPFILE).exists(), ksm, khugepaged, read_knob(PAGE_CLUSTER)
 
 
 @pytest.fixture
@@ -117,7 +117,12 @@ def test_swap_device_undone_after_sigkill(tmp_path: Path, untouched: None) -> No
     kill_when_ready(CHILD, str(journal))
     assert SWAPFILE in active_swaps() and journal.exists()
     undone = restore_from_journal(journal)
-    assert [e["kind"] for e in undone] == ["swapfile"] and not journal.exists()
+    # the swap file and, journalled before it, page-cluster (readahead off with the area)
+    assert [(e["kind"], e["path"]) for e in undone] == [
+        ("sysfs", PAGE_CLUSTER),
+        ("swapfile", SWAPFILE),
+    ]
+    assert not journal.exists()
     assert SWAPFILE not in active_swaps() and not Path(SWAPFILE).exists()
 
 
