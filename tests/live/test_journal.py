@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -105,3 +106,57 @@ def test_journal_of_a_live_run_is_not_touched(tmp_path: Path, original: str) -> 
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
     assert read_knob(KNOB) == original and not journal.exists()
+
+
+HOLDER = """
+import sys
+from cowlab.live.journal import SystemChanges
+with SystemChanges(journal=sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def test_a_second_run_waits_for_the_first(tmp_path: Path) -> None:
+    """Two runs at once would each journal the other's changed knobs as the machine's own (a
+    CI run beside a user's left THP at `never`): the second waits for the machine lock, and
+    says so, until the first has restored everything."""
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "a.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert first.stdout is not None and first.stdin is not None
+    assert first.stdout.readline().strip() == "held"
+    second = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "b.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert second.stdout is not None and second.stdin is not None and second.stderr is not None
+    try:
+        entered, _, _ = select.select([second.stdout], [], [], 1.5)
+        assert not entered, "the second run went on while the first held the machine"
+        first.stdin.write("\n")
+        first.stdin.flush()
+        assert first.wait(timeout=10) == 0
+        assert second.stdout.readline().strip() == "held"
+        second.stdin.write("\n")
+        second.stdin.flush()
+        assert second.wait(timeout=10) == 0
+        assert "waiting for it to finish" in second.stderr.read()
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+
+
+def test_nested_changes_in_one_process_share_the_lock(tmp_path: Path) -> None:
+    with SystemChanges(journal=tmp_path / "a.json"), SystemChanges(journal=tmp_path / "b.json"):
+        pass
+    with SystemChanges(journal=tmp_path / "c.json"):  # released: taken again at once
+        pass

@@ -7,9 +7,12 @@ SIGKILL can still be undone afterwards by restore_from_journal().
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -38,6 +41,9 @@ from cowlab.live.swapdev import (
 from cowlab.live.system import read_knob
 
 DEFAULT_JOURNAL = Path("/var/tmp/cowlab-live-journal.json")
+# one run at a time changes this machine's settings, whatever journal each keeps: two at once
+# would each take the other's changed values for the machine's own and "restore" them
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "cowlab-live.lock"
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -138,6 +144,39 @@ def restore_from_journal(
     return entries
 
 
+class MachineLock:
+    """An exclusive flock on MACHINE_LOCK for as long as any SystemChanges of this process is
+    open (nested ones share it); another process waits for it, saying so once on stderr. The
+    kernel drops the lock when its holder dies, SIGKILL included."""
+
+    fd: int | None = None
+    depth = 0
+
+    @classmethod
+    def acquire(cls) -> None:
+        if cls.depth == 0:
+            fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(
+                    f"cowlab live: another run is changing this machine's settings "
+                    f"({MACHINE_LOCK}); waiting for it to finish",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            cls.fd = fd
+        cls.depth += 1
+
+    @classmethod
+    def release(cls) -> None:
+        cls.depth -= 1
+        if cls.depth == 0 and cls.fd is not None:
+            os.close(cls.fd)
+            cls.fd = None
+
+
 class SystemChanges:
     """Changes to sysfs knobs that are journalled first and undone on every way out.
 
@@ -159,8 +198,13 @@ class SystemChanges:
         self._old_handlers: dict[int, Handler] = {}
 
     def __enter__(self) -> SystemChanges:
-        # A journal left by a killed run must be undone before we record new old values.
-        restore_from_journal(self.journal)
+        MachineLock.acquire()
+        try:
+            # A journal left by a killed run must be undone before we record new old values.
+            restore_from_journal(self.journal)
+        except BaseException:
+            MachineLock.release()
+            raise
         if self.handle_signals:
             self._install_handlers()
         return self
@@ -175,6 +219,7 @@ class SystemChanges:
             self.restore()
         finally:
             self._remove_handlers()
+            MachineLock.release()
 
     def _refuse_unless_allowed(self, what: str) -> None:
         if not self.allowed:
