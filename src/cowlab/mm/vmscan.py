@@ -105,26 +105,50 @@ def _pte_pages(k: Kernel, table: PteTable, lo: int, hi: int) -> list[int]:
     i = lo
     while i < hi:
         pfn = int(table.pfn[i])
-        i += 1
-        if pfn < 0 or table.bits[i - 1] & (PTE_SPECIAL | PTE_MIGRATION | PTE_PROTNONE):
-            continue
-        if not PageAnon(f, pfn) or PageKsm(f, pfn):
-            continue
-        if f.flags[pfn] & (PG_head | PG_tail) and k.policy.mthp_swapout:
-            nr = _folio_pte_batch(table, i - 1, hi, compound_head(f, pfn), f)
-            if nr == folio_nr_pages(f, pfn):
-                i += nr - 1
-                found += _whole_folio(k, pfn)
-                continue
-        if _skip_shared(k, pfn):
-            continue
-        if f.flags[pfn] & (PG_head | PG_tail):
-            if not _split(k, compound_head(f, pfn)):
-                continue
-            if table.pfn[i - 1] != pfn:  # the split mapped it as the zero page (6.12+)
-                continue
-        found.append(pfn)
+        if not _normal_anon(f, table, i):
+            i += 1
+        elif f.flags[pfn] & (PG_head | PG_tail):
+            step = _large_folio_ptes(k, table, i, hi, found)
+            if step is None:
+                break
+            i += step
+        else:
+            if not _skip_shared(k, pfn):
+                found.append(pfn)
+            i += 1
     return found
+
+
+def _normal_anon(f: PageFrames, table: PteTable, i: int) -> bool:
+    """Does PTE i map an anonymous page the walk may take (not the zero page, a migration or
+    NUMA-hinting entry, nor a KSM page)?"""
+    pfn = int(table.pfn[i])
+    if pfn < 0 or table.bits[i] & (PTE_SPECIAL | PTE_MIGRATION | PTE_PROTNONE):
+        return False
+    return PageAnon(f, pfn) and not PageKsm(f, pfn)
+
+
+def _large_folio_ptes(k: Kernel, table: PteTable, i: int, hi: int, found: list[int]) -> int | None:
+    """madvise_cold_or_pageout_pte_range() at a PTE mapping a large folio: how many PTEs the
+    walk moves on (0: the folio was split and this PTE is looked at again, now a small page or,
+    6.12+, the zero page), or None: the walk of this page table stops when the folio is shared
+    or its split fails (5.4 .. 6.9, `break` in the 5.10.7, 6.6.9 and 6.9.0 trees); 6.10
+    (3931b871c493; 6.11.11 and 6.12.0 trees) skips the folio's PTEs instead."""
+    f = k.frames
+    pfn = int(table.pfn[i])
+    head, nr = compound_head(f, pfn), 1
+    if k.policy.mthp_swapout:
+        nr = _folio_pte_batch(table, i, hi, head, f)
+        if nr == folio_nr_pages(f, head):
+            found += _whole_folio(k, pfn)
+            return nr
+    if not _skip_shared(k, pfn) and _split(k, head):
+        return 0
+    if not (k.policy.madv_pageout and k.policy.pageout_large_stops):
+        return nr
+    rule = "a large folio left alone stops the walk of this page table (break)"
+    k.event("madvise_pageout", "stop", pfn=head, rule=rule)
+    return None
 
 
 def _folio_pte_batch(table: PteTable, i: int, hi: int, head: int, f: PageFrames) -> int:

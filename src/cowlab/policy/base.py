@@ -75,6 +75,9 @@ class Policy(ABC):
     # swap (docs/sources-swap.md): MADV_PAGEOUT exists (5.4, 1a4e58cce84e); before, a swap-out
     # is the reclaim path taking the range's pages, shared ones included
     madv_pageout: ClassVar[bool] = False
+    # MADV_PAGEOUT meeting a PTE-mapped large folio it may not split (shared, or the split
+    # fails) stops the walk of that page table (5.4); 6.10 (3931b871c493) skips the folio
+    pageout_large_stops: ClassVar[bool] = True
     reclaim_skips_pinned: ClassVar[bool] = False  # 5.11 feb889fb40fa: no pinned page swapped
     # 5.18 c145e0b47c77: do_swap_page drops the swap entry (and maybe the swap-cache copy)
     # before it decides, and decides by page_count

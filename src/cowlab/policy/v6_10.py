@@ -54,3 +54,18 @@ class MthpSwapOut(Policy):
 )
 class SwapinMapsWholeFolio(Policy):
     swapin_maps_whole_folio = True
+
+
+@landed(
+    "6.10",
+    ("3931b871c493",),
+    "mm: madvise: avoid split during MADV_PAGEOUT and MADV_COLD",
+    "MADV_PAGEOUT skips a PTE-mapped large folio it leaves alone (shared, or its split fails) "
+    "and goes on with the next PTE; before, the walk of that page table stopped there, so the "
+    "later pages it maps were not paged out",
+    "6.9.0 (break) -> 6.11.11, 6.12.0 (continue) mm/madvise.c madvise_cold_or_pageout_pte_range "
+    "(bracketed; the 5.10.7, 6.2.1, 6.3.8, 6.6.9 and 6.8.0 trees break too; 3931b871c493 seen, "
+    "docs/sources-swap.md §2)",
+)
+class PageoutSkipsLargeFolio(Policy):
+    pageout_large_stops = False
