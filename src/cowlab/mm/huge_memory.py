@@ -91,6 +91,22 @@ def total_mapcount(f: PageFrames, head: int) -> int:
     return own + compound_mapcount(f, head)
 
 
+def folio_likely_mapped_shared(f: PageFrames, pfn: int) -> bool:
+    """folio_likely_mapped_shared() (6.10, ebb34f78d72c; 6.12.0 include/linux/mm.h): a small
+    page is shared when mapped more than once; a large folio mapped at most once is not; one
+    with a PMD mapping, or more mappings than pages, is; else its first page guesses (mapped
+    by more than one PTE)."""
+    head = compound_head(f, pfn)
+    mapcount = total_mapcount(f, head)
+    if not PageTransCompound(f, head):
+        return mapcount > 1
+    if mapcount <= 1:
+        return False
+    if compound_mapcount(f, head) or mapcount > folio_nr_pages(f, head):
+        return True
+    return int(f._mapcount[head]) > 0
+
+
 def page_trans_huge_mapcount(f: PageFrames, pfn: int) -> tuple[int, int, int | None]:
     """page_trans_huge_mapcount() of 6d0a07edd17c: the largest mapcount of any one subpage.
 

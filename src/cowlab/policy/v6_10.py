@@ -3,8 +3,14 @@ folio found in the swap cache mapped whole."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from cowlab.mm.huge_memory import folio_likely_mapped_shared
 from cowlab.policy.base import Policy
 from cowlab.policy.history import landed
+
+if TYPE_CHECKING:
+    from cowlab.kernel import Kernel
 
 
 @landed(
@@ -15,10 +21,10 @@ from cowlab.policy.history import landed
     "folio_mapped read it instead of summing the entire and per-page mapcounts",
     "6.9.0 (absent) -> 6.10.0 include/linux/mm.h folio_mapcount (UBC-BPF/linux-6.10-3po, a "
     "fork), 6.11.11 and 6.12.0 include/linux/mm_types.h",
-    invisible="counters only: the value equals the sum it replaced, which the model keeps; the "
-    "decisions that read folio_mapcount of a large folio in 6.10-6.14 (khugepaged's reference "
-    "test, folio_likely_mapped_shared) are not modelled by those rules yet (docs/kernels.md); "
-    "the checker recounts it from the page tables",
+    invisible="counters only: the value equals the sum it replaced, which the model keeps; "
+    "khugepaged's reference test and MADV_PAGEOUT's folio_likely_mapped_shared in 6.10-6.14 "
+    "are not modelled by those rules yet (docs/kernels.md); the checker recounts it from the "
+    "page tables",
 )
 class LargeMapcount(Policy):
     large_mapcount = True
@@ -69,3 +75,20 @@ class SwapinMapsWholeFolio(Policy):
 )
 class PageoutSkipsLargeFolio(Policy):
     pageout_large_stops = False
+
+
+@landed(
+    "6.10",
+    ("1bafe96e89f0",),
+    "mm/khugepaged: replace page_mapcount() check by folio_likely_mapped_shared()",
+    "khugepaged counts a PTE against max_ptes_shared when its folio is likely mapped shared "
+    "(folio_likely_mapped_shared, ebb34f78d72c), not when that page is mapped more than once: "
+    "every PTE of a PTE-mapped THP another process maps a part of counts",
+    "6.9.0 (page_mapcount > 1) -> 6.11.11, 6.12.0, 6.14.0 (folio_likely_mapped_shared) "
+    "mm/khugepaged.c hpage_collapse_scan_pmd, __collapse_huge_page_isolate (bracketed; "
+    "1bafe96e89f0 dated 2024-04-24, in the mm push that also carries ebb34f78d72c)",
+)
+class CollapseLikelyShared(Policy):
+    def collapse_page_shared(self, k: Kernel, pfn: int) -> bool:
+        """hpage_collapse_scan_pmd(): the folio, not the page, is judged shared."""
+        return folio_likely_mapped_shared(k.frames, pfn)
