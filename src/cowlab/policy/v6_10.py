@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowlab.mm.huge_memory import folio_likely_mapped_shared
+from cowlab.mm.mm import PageTransCompound
 from cowlab.policy.base import Policy
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
+    from cowlab.policy.base import Reads
 
 
 @landed(
@@ -22,9 +24,8 @@ if TYPE_CHECKING:
     "6.9.0 (absent) -> 6.10.0 include/linux/mm.h folio_mapcount (UBC-BPF/linux-6.10-3po, a "
     "fork), 6.11.11 and 6.12.0 include/linux/mm_types.h",
     invisible="counters only: the value equals the sum it replaced, which the model keeps; "
-    "khugepaged's reference test and MADV_PAGEOUT's folio_likely_mapped_shared in 6.10-6.14 "
-    "are not modelled by those rules yet (docs/kernels.md); the checker recounts it from the "
-    "page tables",
+    "khugepaged's reference test in 6.10-6.14 is not modelled by that rule yet "
+    "(docs/kernels.md); the checker recounts it from the page tables",
 )
 class LargeMapcount(Policy):
     large_mapcount = True
@@ -92,3 +93,25 @@ class CollapseLikelyShared(Policy):
     def collapse_page_shared(self, k: Kernel, pfn: int) -> bool:
         """hpage_collapse_scan_pmd(): the folio, not the page, is judged shared."""
         return folio_likely_mapped_shared(k.frames, pfn)
+
+
+@landed(
+    "6.10",
+    ("ebb34f78d72c",),
+    "mm: convert folio_estimated_sharers() to folio_likely_mapped_shared()",
+    "MADV_PAGEOUT leaves a PMD-mapped THP, or a PTE-mapped large folio the range covers in "
+    "part, alone when folio_likely_mapped_shared: more mappings than pages, a PMD mapping "
+    "with any other, or a first page mapped twice; before (6.5-6.9), by the first page's "
+    "mapcount alone",
+    "6.9.0 (folio_estimated_sharers > 1, != 1 for a PMD) -> 6.11.11, 6.12.0, 6.14.0 "
+    "(folio_likely_mapped_shared) mm/madvise.c madvise_cold_or_pageout_pte_range, "
+    "include/linux/mm.h (bracketed; ebb34f78d72c seen in an mm push list)",
+)
+class PageoutLikelyShared(Policy):
+    def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+        """A large folio is judged as a whole (folio_likely_mapped_shared)."""
+        if not PageTransCompound(k.frames, pfn):
+            return super().pageout_skips(k, pfn)
+        shared = folio_likely_mapped_shared(k.frames, pfn)
+        read: Reads = (("folio_likely_mapped_shared", int(shared)),)
+        return shared, read, "MADV_PAGEOUT: !folio_likely_mapped_shared"
