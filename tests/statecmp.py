@@ -110,8 +110,8 @@ def snapshot(k: Kernel) -> Snapshot:
         "ksm_use_zero_pages": k.ksm_use_zero_pages,
         "numa_misplaced": k.numa_misplaced,
     }
-    # the next anon_vma id, pid and pin id (repr of itertools.count is "count(N)")
-    parts["ids"] = (repr(k._ids), repr(k._pids), repr(k._pin_ids))
+    # the last anon_vma id, pid and pin id handed out
+    parts["ids"] = (k._ids.last, k._pids.last, k._pin_ids.last)
     parts["history"] = [str(record) for record in k.history]
     parts["frames.nr"] = nr
     parts["frames.free"] = {order: list(pfns) for order, pfns in f.free.items() if pfns}
