@@ -48,11 +48,18 @@ def _other(value: str) -> str:
     return str(int(value) + 1)
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _child(journal: Path, value: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(journal), KNOB, value],
         stdout=subprocess.PIPE,
         text=True,
+        # a runner started in the background by a shell without job control ignores SIGINT,
+        # and so would the child (SystemChanges leaves an ignored signal ignored)
+        preexec_fn=_sigint_default,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
