@@ -33,6 +33,25 @@ def test_seed_trips_page_move_anon_rmap_index_check_on_a_tail() -> None:
         k.processes[1].write(addr, b"y")
 
 
+@pytest.mark.parametrize(
+    ("release", "trips"),
+    [("4.5.6", True), ("4.6", True), ("4.6.1", True), ("4.5.7", False), ("4.6.2", False)],
+)
+def test_the_rounded_check_is_the_stable_backport_of_0798d3c022dc(
+    release: str, trips: bool
+) -> None:
+    # 4.6.0 has 4.5's unrounded VM_BUG_ON (0798d3c022dc is a v4.7-rc1 commit); stable 4.5.7 and
+    # 4.6.2 round the tail's address down to the PMD first (the stable-queue patch for 4.5.7,
+    # the 4.6.2 tree's mm/rmap.c page_move_anon_rmap), which is the THP's start: no BUG
+    k, addr = lone_subpage_after_fork(release, 5)
+    if trips:
+        with pytest.raises(KernelBug, match="page_move_anon_rmap"):
+            k.processes[1].write(addr, b"y")
+    else:
+        k.processes[1].write(addr, b"y")
+        assert k.cow_log == []  # reused: total_mapcount == 1
+
+
 def test_seed_is_fine_when_the_lone_subpage_is_the_head() -> None:
     k, addr = lone_subpage_after_fork("v4.5+6d0a07e", 0)
     k.processes[1].write(addr, b"y")

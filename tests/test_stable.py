@@ -11,6 +11,7 @@ import pytest
 
 from cowlab.cli import main
 from cowlab.policy import CHANGES, ReleaseError, resolve
+from cowlab.policy.history import STABLE_ID_NOT_FOUND
 from cowlab.policy.release import LONG_TERM, NEWEST_STABLE, Release, parse_release
 from cowlab.policy.timeline import STABLE_ONLY, landed_of
 from cowlab.scenario import load_scenario
@@ -24,6 +25,8 @@ CVE = ROOT / "examples" / "timeline" / "5.8_gup_breaks_cow_on_read.yaml"
 # stable release notes (docs/timeline-sources.md, "Stable backports")
 RECORDED = {
     ("4.5.5", "9d3320adf7ca", "6d0a07edd17c"),
+    ("4.5.7", STABLE_ID_NOT_FOUND, "0798d3c022dc"),  # stable-queue releases/4.5.7
+    ("4.6.2", STABLE_ID_NOT_FOUND, "0798d3c022dc"),  # the 4.6.2 tree; 4.6.1 bracketed
     ("4.9.287", "9bbd42e79720", "17839856fd58"),  # x86 GUP-fast not forced: its own class
     ("4.9.298", "0c29640bdeca", "17839856fd58"),  # Ben Hutchings' redo, after reverting it
     ("4.14.232", "407faed92b4a", "17839856fd58"),
@@ -51,6 +54,12 @@ def test_the_recorded_backports_are_the_verified_ones() -> None:
 @pytest.mark.parametrize(
     ("asked", "policy"),
     [
+        ("4.5.6", "v4.5+6d0a07e"),
+        ("4.5.7", "v4.5+6d0a07e+0798d3c"),  # the seed's backport, then 0798d3c022dc's
+        ("4.6", "v4.6"),
+        ("4.6.1", "v4.6"),
+        ("4.6.2", "v4.6+0798d3c"),
+        ("4.6.7", "v4.6+0798d3c"),  # 4.6.y never took the refix 5a49973d7143
         ("4.9", "v4.8"),  # x.y alone is x.y.0
         ("4.9.286", "v4.8"),
         ("4.9.287", "v4.9+9bbd42e"),  # 4.9.287's form: slow GUP only on x86
@@ -91,6 +100,10 @@ def test_the_report_says_what_a_release_is() -> None:
     )
     assert resolve("6.1.120").describe() == (
         "6.1.120 (policy v6.1: 6.1.0, no modelled stable backport)"
+    )
+    assert resolve("4.6.2").describe() == (
+        "4.6.2 (policy v4.6+0798d3c: 4.6.0 with stable 0798d3c022dc's backport "
+        "(stable id not found))"
     )
 
 

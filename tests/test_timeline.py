@@ -31,7 +31,7 @@ PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
         ("4.5.4", "v4.5"),
         ("4.5.5", "v4.5+6d0a07e"),  # the seed's stable backport, 9d3320adf7ca
         ("v4.5+6d0a07e", "v4.5+6d0a07e"),
-        ("4.6", "v4.6"),
+        ("4.6", "v4.6"),  # 4.5.5's rules: the seed, the unrounded index assertion
         ("4.19.0", "v4.15"),  # nothing modelled changed from 4.15 to 5.0
         ("v4.14", "v4.14"),
         ("4.13", "v4.13"),
@@ -110,7 +110,12 @@ def test_kernels_lists_every_release_and_marks_long_term(
         f"{a}.{b}" for a, b in LONG_TERM
     }
     assert releases["6.9"]["policy"] == "v6.9" and releases["6.10"]["policy"] == "v6.10"
-    assert [c["commits"] for c in releases["4.7"]["changes"]] == [["5a49973d7143"]]
+    # 0798d3c022dc is a v4.7-rc1 commit (in stable 4.5.7 and 4.6.2), overridden in 4.7 itself
+    assert [c["commits"] for c in releases["4.7"]["changes"]] == [
+        ["0798d3c022dc"],
+        ["5a49973d7143"],
+    ]
+    assert releases["4.6"]["policy"] == "v4.6" and releases["4.7"]["policy"] == "v4.7"
     first = doc["stable_backports"][0]  # the seed's; the rest: tests/test_stable.py
     assert (first["release"], first["commit"]) == ("4.5.5", "9d3320adf7ca")
     assert main(["kernels"]) == 0

@@ -384,9 +384,10 @@ def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:
     """page_move_anon_rmap(): make vma's own anon_vma the page's.
 
     4.5's VM_BUG_ON compares the passed page's index with the faulting address; passing a THP
-    head with a tail's address trips it under CONFIG_DEBUG_VM. 4.6 (0798d3c022dc) rounds the
-    address to the PMD for a THP head first; 4.7 removed the check and the address
-    (5a49973d7143); which a kernel has is the policy's move_anon_rmap_check.
+    head with a tail's address trips it under CONFIG_DEBUG_VM; 4.6.0 still has that. 0798d3c022dc
+    (v4.7-rc1, stable 4.5.7 and 4.6.2) rounds the address to the PMD for a THP head first; 4.7
+    removed the check and the address (5a49973d7143); which a kernel has is the policy's
+    move_anon_rmap_check.
     """
     f = k.frames
     assert vma.anon_vma is not None

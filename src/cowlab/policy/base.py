@@ -69,8 +69,8 @@ class Policy(ABC):
     mremap_efault_positive: ClassVar[bool] = False  # 5.16, 5.17: that EFAULT is +14
     soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
     # page_move_anon_rmap's VM_BUG_ON on page->index: "index" compares the passed page's index
-    # with the faulting address (4.5), "pmd_rounded" first rounds the address to the PMD for a
-    # THP head (4.6, 0798d3c022dc), "" none (4.7, 5a49973d7143)
+    # with the faulting address (4.5, 4.6), "pmd_rounded" first rounds the address to the PMD
+    # for a THP head (0798d3c022dc: stable 4.5.7, 4.6.2), "" none (4.7, 5a49973d7143)
     move_anon_rmap_check: ClassVar[str] = "index"
     # swap (docs/sources-swap.md): MADV_PAGEOUT exists (5.4, 1a4e58cce84e); before, a swap-out
     # is the reclaim path taking the range's pages, shared ones included

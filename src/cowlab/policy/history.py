@@ -15,6 +15,17 @@ if TYPE_CHECKING:
 
 P = TypeVar("P", bound="type[Policy]")
 
+# a backport whose first stable release is established but whose stable commit was not found
+STABLE_ID_NOT_FOUND = ""
+
+
+def stable_commit_text(commit: str, upstream: str = "") -> str:
+    """A stable commit as reports print it: its id, or that it was not found (naming the
+    upstream commit it carries when given)."""
+    if commit:
+        return commit
+    return f"{upstream}'s backport (stable id not found)" if upstream else "id not found"
+
 
 @dataclass(frozen=True)
 class Landed:
@@ -24,7 +35,8 @@ class Landed:
     what: str  # one line, our words: what the model does differently from here on
     evidence: str  # the release trees read, before and after (docs/verification-later.md)
     invisible: str = ""  # why no scenario can tell the two sides apart, if none can
-    stable: tuple[tuple[str, str], ...] = ()  # (first stable release with it, stable commit)
+    # (first stable release with it, stable commit or STABLE_ID_NOT_FOUND)
+    stable: tuple[tuple[str, str], ...] = ()
     stable_evidence: str = ""  # the stable trees read, and how a backport differs from upstream
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cowlab.policy.base import Policy
+from cowlab.policy.history import stable_commit_text
 from cowlab.policy.release import LONG_TERM, mainline_releases, newest_stable, parse_release
 from cowlab.policy.timeline import (
     CHANGES,
@@ -29,7 +30,7 @@ def change_row(change: type[Policy]) -> dict[str, Any]:
         "evidence": record.evidence,
         "invisible": record.invisible or None,
         "decides": effective(change),
-        "stable": [{"release": r, "commit": c} for r, c in record.stable],
+        "stable": [{"release": r, "commit": c or None} for r, c in record.stable],
         "stable_evidence": record.stable_evidence or None,
     }
 
@@ -54,7 +55,7 @@ def timeline_rows() -> dict[str, Any]:
         {
             "line": str(parse_release(first).mainline),
             "release": first,
-            "commit": commit,
+            "commit": commit or None,
             "upstream": change_row(c),
             "policy": policy_of(first),
         }
@@ -136,7 +137,8 @@ def render_timeline(rows: dict[str, Any]) -> str:
             up = b["upstream"]
             upstream = f"{', '.join(up['commits'])} ({up['release']})"
             out.append(
-                f"    {b['release']:<9} {b['commit']:<14} {upstream:<22} {b['policy']:<20} "
+                f"    {b['release']:<9} {stable_commit_text(b['commit'] or ''):<14} {upstream:<22} "
+                f"{b['policy']:<20} "
                 f"{up['title']}"
             )
     out.append("")
@@ -164,7 +166,8 @@ def _policy_news(policy: type[Policy]) -> str:
     resolved = resolve(policy.id)
     if resolved.backports:
         ports = "; ".join(
-            f"{commit} of {landed_of(c).commits[0]}: {landed_of(c).what}"
+            f"{commit + ' of ' if commit else ''}{landed_of(c).commits[0]}"
+            f"{'' if commit else ' (stable id not found)'}: {landed_of(c).what}"
             for c, commit in resolved.backports
         )
         several = "s" if len(resolved.backports) > 1 else ""

@@ -49,7 +49,7 @@ from cowlab.policy import (
     v6_18,
 )
 from cowlab.policy.base import Policy
-from cowlab.policy.history import Landed
+from cowlab.policy.history import Landed, stable_commit_text
 from cowlab.policy.release import (
     FIRST,
     NEWEST,
@@ -64,7 +64,7 @@ from cowlab.policy.release import (
 CHANGES: tuple[type[Policy], ...] = (
     v4_5.Linux4_5,
     v4_6.ThpMapcountOnWpFault,
-    v4_6.MoveAnonRmapRoundsAddress,
+    v4_7.MoveAnonRmapRoundsAddress,
     v4_7.MoveAnonRmapWithoutAddress,
     v4_8.CollapseSwapsIn,
     v4_11.KsmUseZeroPages,
@@ -177,7 +177,10 @@ class Resolved:
             return self.asked
         said = f"policy {self.policy.id}"
         if self.backports:
-            stable = ", ".join(commit for _, commit in self.backports)
+            stable = ", ".join(
+                stable_commit_text(commit, landed_of(change).commits[0])
+                for change, commit in self.backports
+            )
             said += f": {self.release.mainline}.0 with stable {stable}"
         elif self.release.sublevel and not self.review:
             said += f": {self.release.mainline}.0, no modelled stable backport"

@@ -1,6 +1,6 @@
 """Linux 4.6: the seed, 6d0a07edd17c "mm: thp: calculate the mapcount correctly for THP pages
-during WP faults" (in 4.5.5 as 9d3320adf7ca), and 0798d3c022dc, which rounds the address in
-page_move_anon_rmap's assertion to the PMD for a THP head."""
+during WP faults" (in 4.5.5 as 9d3320adf7ca). page_move_anon_rmap's assertion is still 4.5's
+unrounded one: its rounding, 0798d3c022dc, came after 4.6 (v4_7)."""
 
 from __future__ import annotations
 
@@ -40,17 +40,3 @@ class ThpMapcountOnWpFault(Policy):
         ptm, total, _ = page_trans_huge_mapcount(k.frames, head)
         read = (("page_trans_huge_mapcount", ptm), ("total_mapcount", total))
         return WpDecision(ptm == 1, False, False, read, "page_trans_huge_mapcount == 1")
-
-
-@landed(
-    "4.6",
-    ("0798d3c022dc",),
-    "mm: thp: avoid false positive VM_BUG_ON_PAGE in page_move_anon_rmap()",
-    "with CONFIG_DEBUG_VM, page_move_anon_rmap rounds the address to the PMD for a THP head "
-    "before comparing it with the head's index",
-    "4.5.0 -> 4.6.2 mm/rmap.c page_move_anon_rmap (docs/timeline-sources.md 4.7); upstream it "
-    "is a v4.7-rc1 commit (27 May 2016, after 4.6) carried by stable 4.5.7 and 4.6.2, so 4.6.0 "
-    "lacks it: labelled 4.6 until the 4.6.y stable commit is found",
-)
-class MoveAnonRmapRoundsAddress(Policy):
-    move_anon_rmap_check = "pmd_rounded"
