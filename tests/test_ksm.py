@@ -11,6 +11,7 @@ import pytest
 from cowlab import Kernel, Process
 from cowlab.mm.constants import PG_anon_exclusive, PG_ksm
 from cowlab.mm.mm import page_count, page_mapcount
+from cowlab.mm.page_alloc import ZERO_PFN
 from cowlab.mm.pgtable import PTE_WRITE, PteTable
 from cowlab.policy import POLICIES
 from tests.releases import between, since
@@ -164,6 +165,33 @@ def test_merging_a_thp_with_zero_filled_subpages(kernel_id: str) -> None:
     k.ksmd(3)
     assert p.translate(addr) == p.translate(addr + 3 * PAGE)
     assert p.read(addr + PAGE, 4) == bytes(4)
+
+
+@pytest.mark.parametrize("kernel_id", ["4.11", "6.10", "6.11", "6.18"])
+def test_a_new_zero_filled_page_and_a_zero_filled_ksm_page(kernel_id: str) -> None:
+    """Two zero-filled pages merge into a KSM page while use_zero_pages is 0; then it is set and
+    a third zero-filled page appears. 4.11-6.10 (6.9.0 cmp_and_merge_page: the stable-tree
+    search comes first) join it to the KSM page in the next pass. 6.11+ (6.11.11: the checksum
+    test, then try_to_merge_with_zero_page, then the stable-tree search): the first pass only
+    stores its checksum, the second maps it to the zero page."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap(3 * PAGE)
+    for i in range(2):
+        p.write(addr + i * PAGE, bytes(4))
+    p.madvise(addr, 3 * PAGE, "mergeable")
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    assert kpage is not None and k.frames.flags[kpage] & PG_ksm
+    k.ksm_use_zero_pages = True
+    p.write(addr + 2 * PAGE, bytes(4))
+    k.ksmd()
+    joined = p.translate(addr + 2 * PAGE) == kpage
+    assert joined == (not since(kernel_id, "6.11"))
+    k.ksmd()
+    third = p.translate(addr + 2 * PAGE)
+    assert third == (ZERO_PFN if since(kernel_id, "6.11") else kpage)
+    assert p.read(addr + 2 * PAGE, 4) == bytes(4)
 
 
 @pytest.mark.parametrize("kernel_id", ALL)

@@ -153,7 +153,10 @@ def cmp_and_merge_page(
 ) -> int:
     """cmp_and_merge_page(): join a KSM page with the same bytes (6.11+: only once the page is
     unchanged for a pass), else merge with an unchanged page of the unstable tree, else go
-    into it. Returns 1 for a page merged."""
+    into it. Returns 1 for a page merged. A zero-filled page with use_zero_pages is tried
+    against the zero page right after the checksum test (4.14.177, 6.9.0), which 6.11 moved
+    before the stable-tree search (6.11.11 try_to_merge_with_zero_page); if that merge fails
+    the page goes on (all of them)."""
     f = k.frames
     node = stable_node_of(k, pfn) if PageKsm(f, pfn) else None
     if node is not None:
@@ -168,10 +171,10 @@ def cmp_and_merge_page(
         item.oldchecksum = digest
         k.event("cmp_and_merge_page", "volatile", addr=addr, pfn=pfn, rule="checksum changed")
         return 0
+    if k.ksm_use_zero_pages and not f.content[pfn] and _merge_with_zero_page(k, vma, addr, pfn):
+        return 1
     if not stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
         return 1
-    if k.ksm_use_zero_pages and not f.content[pfn]:
-        return int(_merge_with_zero_page(k, vma, addr, pfn))
     other = unstable_tree_search_insert(k, unstable, item, pfn)
     if other is None:
         return 0
