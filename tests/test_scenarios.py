@@ -104,6 +104,11 @@ def where(text: str, token: str) -> str:
             "nvme",
             "expected one of file, hdd, ssd, zram, got 'nvme'",
         ),
+        (
+            GOOD.replace("processes: [P]", "config: {soft_dirty: built}\nprocesses: [P]"),
+            "built}",
+            "expected true or false, got 'built'",
+        ),
     ],
 )
 def test_bad_input_is_one_located_line(text: str, token: str, message: str) -> None:

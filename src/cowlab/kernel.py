@@ -84,7 +84,9 @@ class Config:
     swap: bool = True
     thp: bool = True
     debug_vm: bool = False
-    soft_dirty: bool | None = None  # CONFIG_MEM_SOFT_DIRTY; None: the generation's usual build
+    # CONFIG_MEM_SOFT_DIRTY: a build option, on as distributions build every release; this
+    # machine's 6.18 is built without it (docs/live.md)
+    soft_dirty: bool = True
     # the swap area (not a build option): a swap file on a rotational disk ("file"), a rotational
     # ("hdd") or non-rotational ("ssd") block device, or zram (synchronous, stable writes)
     swap_device: str = "file"
@@ -244,8 +246,6 @@ class Kernel:
     @property
     def soft_dirty_enabled(self) -> bool:
         """CONFIG_MEM_SOFT_DIRTY of this build."""
-        if self.config.soft_dirty is None:
-            return self.policy.soft_dirty_default
         return self.config.soft_dirty
 
     # --- bookkeeping used by the kernel paths -------------------------------------------

@@ -67,7 +67,6 @@ class Policy(ABC):
     mthp: ClassVar[bool] = False  # anonymous multi-size THP (6.8)
     mremap_looks_up_vma: ClassVar[bool] = False  # 5.16: EFAULT if no VMA at the old address
     mremap_efault_positive: ClassVar[bool] = False  # 5.16, 5.17: that EFAULT is +14
-    soft_dirty_default: ClassVar[bool] = True  # CONFIG_MEM_SOFT_DIRTY of the usual build
     # page_move_anon_rmap's VM_BUG_ON on page->index: "index" compares the passed page's index
     # with the faulting address (4.5, 4.6), "pmd_rounded" first rounds the address to the PMD
     # for a THP head (0798d3c022dc: stable 4.5.7, 4.6.2), "" none (4.7, 5a49973d7143)

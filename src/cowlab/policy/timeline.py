@@ -117,7 +117,6 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_17.MremapMovesVmas,
     v6_18.CollapseReadOnly,
     v6_18.ZeropageRemapSoftDirty,
-    v6_18.BuiltWithoutSoftDirty,
 )
 
 # stable-only forms of a change: a backport that decides differently from the mainline change

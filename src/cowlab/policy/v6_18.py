@@ -1,5 +1,5 @@
 """Linux 6.18, the kernel this machine runs: khugepaged no longer needs a writable PTE, the
-zero-page remap of a split keeps soft-dirty; and cowlab's 6.18 is built as here."""
+zero-page remap of a split keeps soft-dirty."""
 
 from __future__ import annotations
 
@@ -33,16 +33,3 @@ class CollapseReadOnly(Policy):
 )
 class ZeropageRemapSoftDirty(Policy):
     zeropage_remap_keeps_soft_dirty = True
-
-
-@landed(
-    "6.18",
-    (),
-    "this machine's build: CONFIG_MEM_SOFT_DIRTY is not set (not a kernel change)",
-    "soft-dirty tracking is off unless a scenario's config turns it on, so clear_refs 4 arms "
-    "no write fault",
-    "/boot/config of this machine's 6.18 kernel (docs/live.md)",
-    invisible="a build option, not a rule: a scenario sets soft_dirty in its config to choose",
-)
-class BuiltWithoutSoftDirty(Policy):
-    soft_dirty_default = False
