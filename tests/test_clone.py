@@ -147,13 +147,19 @@ def _reachable_mutables(root: Any, shared: set[int]) -> set[int]:
             continue
         if not isinstance(obj, tuple | frozenset):  # those never change: sharing one is safe
             out.add(id(obj))
-        if isinstance(obj, dict):
-            stack += [*obj.keys(), *obj.values()]
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack += list(obj)
-        elif hasattr(obj, "__dict__") or hasattr(type(obj), "__slots__"):
-            stack += list(_state(obj).values())
+        stack += _children(obj)
     return out
+
+
+def _children(obj: Any) -> list[Any]:
+    """What obj holds: a container's members, an object's attributes."""
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, list | tuple | set | frozenset):
+        return list(obj)
+    if hasattr(obj, "__dict__") or hasattr(type(obj), "__slots__"):
+        return list(_state(obj).values())
+    return []
 
 
 def _shared(runner: Runner) -> set[int]:
@@ -209,9 +215,4 @@ def test_the_machine_holds_no_itertools_object() -> None:
             continue
         seen.add(id(obj))
         assert type(obj).__module__ != "itertools", type(obj)
-        if isinstance(obj, dict):
-            stack += [*obj.keys(), *obj.values()]
-        elif isinstance(obj, list | tuple | set | frozenset):
-            stack += list(obj)
-        elif hasattr(obj, "__dict__") or hasattr(type(obj), "__slots__"):
-            stack += list(_state(obj).values())
+        stack += _children(obj)

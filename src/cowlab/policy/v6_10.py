@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     "folio_mapped read it instead of summing the entire and per-page mapcounts",
     "6.9.0 (absent) -> 6.10.0 include/linux/mm.h folio_mapcount (UBC-BPF/linux-6.10-3po, a "
     "fork), 6.11.11 and 6.12.0 include/linux/mm_types.h",
-    invisible="counters only: the value equals the sum it replaced, which the model keeps; "
-    "khugepaged's reference test in 6.10-6.14 is not modelled by that rule yet "
-    "(docs/kernels.md); the checker recounts it from the page tables",
+    invisible="counters only: the value equals the sum it replaced, which the model keeps "
+    "(the 6.10 decisions that read folio_mapcount are their own changes: CollapseLikelyShared, "
+    "PageoutLikelyShared); the checker recounts it from the page tables",
 )
 class LargeMapcount(Policy):
     large_mapcount = True
