@@ -12,7 +12,7 @@ from cowlab import Kernel, Process
 from cowlab.mm.constants import PG_anon_exclusive, PG_ksm
 from cowlab.mm.mm import page_count, page_mapcount
 from cowlab.mm.page_alloc import ZERO_PFN
-from cowlab.mm.pgtable import PTE_WRITE, PteTable
+from cowlab.mm.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG, PteTable
 from cowlab.policy import POLICIES
 from tests.releases import between, since
 
@@ -55,6 +55,27 @@ def test_two_passes_merge_identical_pages(kernel_id: str) -> None:
     assert not f.flags[kpage] & PG_anon_exclusive
     assert all(not pte_bits(p, addr + i * PAGE) & PTE_WRITE for i in range(4))
     assert f.nr_allocated == 2 and k.ksm.full_scans == 2
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_replace_page_maps_the_ksm_page_young(kernel_id: str) -> None:
+    """replace_page() maps the KSM page with mk_pte(kpage, vma->vm_page_prot) and nothing else
+    (4.5.0, 5.10.7, 6.1.20, 6.6.9, 6.18.2 mm/ksm.c: no pte_mkold, no pte_mkyoung), and x86's
+    PAGE_COPY and PAGE_READONLY carry _PAGE_ACCESSED (4.5.0 and 6.18.2
+    arch/x86/include/asm/pgtable_types.h): the replaced PTE is young, read-only and clean even
+    when the old one was old. write_protect_page() only write-protects and cleans the PTE of
+    the page that becomes the KSM page (pte_mkclean(pte_wrprotect(entry))), so that PTE stays
+    old. Pass 2: page 0 goes into the unstable tree, page 1 merges with it and becomes the KSM
+    page, page 0's PTE is replaced."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd()
+    p.clear_refs(1)  # every PTE old
+    assert not pte_bits(p, addr) & PTE_YOUNG and not pte_bits(p, addr + PAGE) & PTE_YOUNG
+    assert k.ksmd() == 2
+    kpage = p.translate(addr + PAGE)
+    assert p.translate(addr) == kpage and k.frames.flags[kpage] & PG_ksm
+    assert pte_bits(p, addr) & (PTE_YOUNG | PTE_WRITE | PTE_DIRTY) == PTE_YOUNG
+    assert not pte_bits(p, addr + PAGE) & (PTE_YOUNG | PTE_WRITE | PTE_DIRTY)
 
 
 @pytest.mark.parametrize("kernel_id", ALL)

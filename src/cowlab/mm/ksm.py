@@ -312,14 +312,16 @@ def write_protect_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
 
 
 def replace_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: int) -> None:
-    """replace_page(): this PTE maps the KSM page read-only; the old page loses the mapping."""
+    """replace_page(): this PTE maps the KSM page read-only; the old page loses the mapping.
+    The PTE is mk_pte(kpage, vm_page_prot), young because x86's PAGE_COPY/PAGE_READONLY carry
+    _PAGE_ACCESSED; no release makes it old (4.5.0 .. 6.18.2 mm/ksm.c)."""
     table = vma.mm.pmds[pmd_index(addr)]
     assert isinstance(table, PteTable)
     i = pte_index(addr)
     get_page(k.frames, kpage)
     rmap_add_ptes(k, vma.mm, _one(kpage))
     table.pfn[i] = kpage
-    table.bits[i] = PTE_YOUNG  # mk_pte(kpage, vm_page_prot): read-only, clean, not soft-dirty
+    table.bits[i] = PTE_YOUNG  # read-only, clean, not soft-dirty
     page_remove_rmap(k, vma.mm, pfn, compound=False)
     if k.frames._mapcount[pfn] < 0:
         try_to_free_swap(k, pfn)
