@@ -188,7 +188,7 @@ def test_kernels_lists_the_backports_per_line(capsys: pytest.CaptureFixture[str]
         "4.19.325",
         "v4.19+1783985",
     )
-    assert lines["6.6"]["backports"] == [] and lines["6.6"]["newest_policy"] == "v6.4"
+    assert lines["6.6"]["backports"] == [] and lines["6.6"]["newest_policy"] == "v6.6"
     assert main(["kernels"]) == 0
     text = capsys.readouterr().out
     assert "5.4.y LTS: x.y.0 policy v5.4; newest known 5.4.302, policy v5.4+1783985" in text

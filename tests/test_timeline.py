@@ -41,7 +41,8 @@ PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
         ("6.1", "v6.1"),
         ("6.3", "v6.2"),
         ("6.4", "v6.4"),  # ac492b9c70ca: 6.3.8 lacks it, 6.4.0 has it
-        ("6.6", "v6.4"),
+        ("6.5", "v6.4"),
+        ("6.6", "v6.6"),  # 79271476b336: 6.3.8 lacks it, 6.6.9 has it
         ("6.12", "v6.12"),
         ("6.14", "v6.14"),
         ("6.18.44", "v6.18"),
@@ -120,7 +121,7 @@ def test_kernels_lists_every_release_and_marks_long_term(
     assert (first["release"], first["commit"]) == ("4.5.5", "9d3320adf7ca")
     assert main(["kernels"]) == 0
     text = capsys.readouterr().out
-    assert "6.6 LTS   v6.4" in text and "5.10 LTS  v5.9" in text
+    assert "6.6 LTS   v6.6" in text and "5.10 LTS  v5.9" in text
 
 
 def test_run_json_names_the_release_and_the_policy(capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,6 +35,7 @@ from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
     PTE_PROTNONE,
+    PTE_SOFT_DIRTY,
     PTE_SPECIAL,
     PTE_WRITE,
     PTE_YOUNG,
@@ -111,13 +112,26 @@ def ksm_madvise(k: Kernel, mm: MmStruct, start: int, end: int, merge: bool) -> N
 
 def unmerge_ksm_pages(k: Kernel, vma: VmArea, start: int, end: int) -> None:
     """break_ksm() on every KSM page mapped in the range: a write fault (6.2: an unshare fault,
-    leaving a read-only private copy) makes this mapping a page of its own."""
+    leaving a read-only private copy) makes this mapping a page of its own; from 6.6 a zero
+    page KSM placed (is_ksm_zero_pte: the zero pfn, dirty) too."""
     unshare = k.policy.ksm_unmerge_unshares
     for addr in range(start, end, PAGE_SIZE):
         pfn = _mapped_page(vma.mm, addr)
         if pfn is not None and PageKsm(k.frames, pfn):
             handle_mm_fault(k, vma, addr, write=not unshare, unshare=unshare)
             k.event("break_ksm", addr=addr, pfn=pfn, detail="the KSM page is copied here")
+        elif k.policy.ksm_zero_pages_marked and _is_ksm_zero_pte(vma.mm, addr):
+            handle_mm_fault(k, vma, addr, write=False, unshare=True)
+            k.event("break_ksm", addr=addr, detail="the KSM-placed zero page is unshared here")
+
+
+def _is_ksm_zero_pte(mm: MmStruct, addr: int) -> bool:
+    """is_ksm_zero_pte() (6.6): the zero pfn with the dirty bit only replace_page sets."""
+    table = mm.pmds.get(pmd_index(addr))
+    if not isinstance(table, PteTable):
+        return False
+    i = pte_index(addr)
+    return int(table.pfn[i]) == ZERO_PFN and bool(table.bits[i] & PTE_DIRTY)
 
 
 # --- ksmd ---------------------------------------------------------------------------------
@@ -330,14 +344,16 @@ def replace_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: int) -> Non
 
 
 def _merge_with_zero_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
-    """use_zero_pages (4.11+): a zero-filled page is replaced by the shared zero page."""
+    """use_zero_pages (4.11+): a zero-filled page is replaced by the shared zero page (6.6,
+    79271476b336: its PTE marked with pte_mkdirty, which on x86 sets soft-dirty too)."""
     if not write_protect_page(k, vma, addr, pfn):
         return False
     table = vma.mm.pmds[pmd_index(addr)]
     assert isinstance(table, PteTable)
     i = pte_index(addr)
     table.pfn[i] = ZERO_PFN
-    table.bits[i] = PTE_SPECIAL | PTE_YOUNG
+    marked = PTE_DIRTY | PTE_SOFT_DIRTY if k.policy.ksm_zero_pages_marked else 0
+    table.bits[i] = PTE_SPECIAL | PTE_YOUNG | marked
     page_remove_rmap(k, vma.mm, pfn, compound=False)
     put_page(k, pfn)
     vma.mm.anon_rss -= 1

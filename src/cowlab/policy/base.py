@@ -111,6 +111,7 @@ class Policy(ABC):
     ksm_checksum_before_stable: ClassVar[bool] = False  # 6.11 d58a361b0350
     reuses_ksm_page: ClassVar[bool] = False  # 5.1-5.8: reuse_ksm_page() in do_wp_page
     ksm_max_page_sharing: ClassVar[bool] = False  # 4.13: stable node chains, a sharing limit
+    ksm_zero_pages_marked: ClassVar[bool] = False  # 6.6 79271476b336: dirty zero PTEs
     # sysfs knobs (/sys/kernel/mm/...) a change adds; has_knob() looks through every change
     new_knobs: ClassVar[frozenset[str]] = frozenset()
 

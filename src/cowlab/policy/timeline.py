@@ -37,6 +37,7 @@ from cowlab.policy import (
     v6_1,
     v6_2,
     v6_4,
+    v6_6,
     v6_8,
     v6_9,
     v6_10,
@@ -98,6 +99,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_2.KsmUnmergeUnshares,
     v6_2.LongtermRoPinUnsharesZeroPage,
     v6_4.CollapseUffdEbusy,
+    v6_6.KsmZeroPagesUnshare,
     v6_8.AnonMthp,
     v6_9.NoLargeFolioReuse,
     v6_10.LargeMapcount,
@@ -169,7 +171,7 @@ class Resolved:
         return self.policy.id
 
     def describe(self) -> str:
-        """`6.6 (6.6.0, policy v6.4)`: a bare x.y is the mainline x.y.0; `5.4.286 (policy
+        """`6.6 (6.6.0, policy v6.6)`: a bare x.y is the mainline x.y.0; `5.4.286 (policy
         v5.4+1783985: 5.4.0 with stable 1027dc04f557)`, the stable commits applied; a name that
         is the policy's own id is said once."""
         if self.asked == self.policy.id:
