@@ -40,6 +40,7 @@ from cowlab.mm.mm import (
     page_count,
     page_maybe_dma_pinned,
     put_page,
+    set_page_dirty,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import HUGE_ZERO_PFN, ZERO_PFN, PageFrames, flags_without
@@ -387,7 +388,8 @@ def __split_huge_pmd_locked(
     """__split_huge_pmd_locked(): 512 PTEs inherit write and young; DoubleMap bookkeeping.
 
     4.5 drops soft-dirty and turns the PMD's dirty bit into PG_dirty, not PTE dirty bits
-    (docs/verification-4.5.md §6).
+    (docs/verification-4.5.md §6); from 6.2 (e833bc503405) a dirty PMD's PTEs are dirty too. A
+    frozen PTE (a migration entry) keeps the PMD's dirty bit for remap_pte_dirty (6.1 reads it).
 
     The compound page stays compound: each subpage gets its own _mapcount, the head gets +511
     references; when other PMD maps remain every _mapcount is offset by one (PG_double_map).
@@ -405,10 +407,12 @@ def __split_huge_pmd_locked(
     head = entry.pfn
     sl = slice(head, head + HPAGE_PMD_NR)
     f._count[head] += HPAGE_PMD_NR - 1
+    dirty = entry.dirty and (freeze or k.policy.pmd_split_keeps_dirty)
     bits = (
         (PTE_WRITE if entry.write else 0)
         | (PTE_YOUNG if entry.young else 0)
         | (PTE_MIGRATION if freeze else 0)
+        | (PTE_DIRTY | PTE_SOFT_DIRTY if dirty else 0)
     )
     if entry.dirty:
         f.flags[sl] |= PG_dirty
@@ -520,6 +524,8 @@ def _freeze_mapping(k: Kernel, m: Mapping) -> Frozen:
     table = m.mm.pmds[idx]
     assert isinstance(table, PteTable)
     i = pte_index(m.addr)
+    if table.bits[i] & PTE_DIRTY:
+        set_page_dirty(k.frames, m.pfn)
     table.bits[i] |= PTE_MIGRATION
     page_remove_rmap(k, m.mm, m.pfn, compound=False)
     put_page(k, m.pfn)
@@ -527,10 +533,10 @@ def _freeze_mapping(k: Kernel, m: Mapping) -> Frozen:
 
 
 def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
-    """unfreeze_page() / remap_page(): migration entries become PTEs, dirty where the page is
-    PG_dirty, old (young as before from 6.1, 2e3468778dbe); with ``zero_unused`` (a split done,
-    6.12+) a zero-filled page is mapped as the shared zero page instead and loses this mapping's
-    reference."""
+    """unfreeze_page() / remap_page(): migration entries become PTEs, old (young as before from
+    6.1, 2e3468778dbe), dirty as the policy's remap_pte_dirty says (the entry keeps the frozen
+    PTE's dirty bit); with ``zero_unused`` (a split done, 6.12+) a zero-filled page is mapped as
+    the shared zero page instead and loses this mapping's reference."""
     f = k.frames
     dropped = PTE_MIGRATION if k.policy.migration_keeps_young else PTE_MIGRATION | PTE_YOUNG
     for mm, table, i in frozen:
@@ -538,8 +544,9 @@ def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
         if zero_unused and not f.content[pfn]:
             try_to_map_unused_to_zeropage(k, mm, table, i)
             continue
-        dirty = PTE_DIRTY if f.flags[pfn] & PG_dirty else 0
-        table.bits[i] = (table.bits[i] & pte_without(dropped)) | dirty
+        bits = int(table.bits[i])
+        dirty = k.policy.remap_pte_dirty(bool(f.flags[pfn] & PG_dirty), bool(bits & PTE_DIRTY))
+        table.bits[i] = (bits & pte_without(dropped | PTE_DIRTY)) | (PTE_DIRTY if dirty else 0)
         rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
         get_page(f, pfn)
 

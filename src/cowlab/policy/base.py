@@ -97,6 +97,7 @@ class Policy(ABC):
     split_maps_unused_to_zeropage: ClassVar[bool] = False
     # 6.1 2e3468778dbe: a split's migration entries remember the PTE's young bit
     migration_keeps_young: ClassVar[bool] = False
+    pmd_split_keeps_dirty: ClassVar[bool] = False  # 6.2 e833bc503405: PTEs of a dirty PMD
     zeropage_remap_keeps_soft_dirty: ClassVar[bool] = False  # 6.18 tree (Fixes: b1f202060afe)
     # khugepaged and MADV_COLLAPSE (docs/sources-khugepaged.md)
     collapse_swaps_in: ClassVar[bool] = False  # 4.8: up to max_ptes_swap swap PTEs swapped in
@@ -156,6 +157,11 @@ class Policy(ABC):
         """gup_must_unshare() for a R/O FOLL_PIN of a page that is not anonymous (the shared or
         the huge zero page): taken as mapped until 6.2."""
         return False, (("PageAnon", 0),), "!PageAnon: never"
+
+    def remap_pte_dirty(self, page_dirty: bool, entry_dirty: bool) -> bool:
+        """A PTE a THP split maps again: dirty? 4.5 unfreeze_page_vma(): where the page is
+        PG_dirty (entry_dirty: the PTE or PMD was dirty when it was frozen)."""
+        return page_dirty
 
     def try_to_unmap_refuses(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
         """try_to_unmap_one(): keep this mapping (5.19: an exclusive page that may be pinned)?"""

@@ -65,6 +65,7 @@ from cowlab.policy.release import (
 CHANGES: tuple[type[Policy], ...] = (
     v4_5.Linux4_5,
     v4_6.ThpMapcountOnWpFault,
+    v4_6.RemapByMigrationEntries,
     v4_7.MoveAnonRmapRoundsAddress,
     v4_7.MoveAnonRmapWithoutAddress,
     v4_8.CollapseSwapsIn,
@@ -98,6 +99,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_2.MprotectExclusiveWritable,
     v6_2.KsmUnmergeUnshares,
     v6_2.LongtermRoPinUnsharesZeroPage,
+    v6_2.PmdSplitKeepsDirty,
     v6_4.CollapseUffdEbusy,
     v6_6.KsmZeroPagesUnshare,
     v6_8.AnonMthp,

@@ -1,6 +1,7 @@
 """Linux 4.6: the seed, 6d0a07edd17c "mm: thp: calculate the mapcount correctly for THP pages
 during WP faults" (in 4.5.5 as 9d3320adf7ca). page_move_anon_rmap's assertion is still 4.5's
-unrounded one: its rounding, 0798d3c022dc, came after 4.6 (v4_7)."""
+unrounded one: its rounding, 0798d3c022dc, came after 4.6 (v4_7). A THP split freezes and
+remaps its mappings with migration entries."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ class ThpMapcountOnWpFault(Policy):
         ptm, total, _ = page_trans_huge_mapcount(k.frames, head)
         read = (("page_trans_huge_mapcount", ptm), ("total_mapcount", total))
         return WpDecision(ptm == 1, False, False, read, "page_trans_huge_mapcount == 1")
+
+
+@landed(
+    "4.6",
+    ("fec89c109f3a",),
+    "thp: rewrite freeze_page()/unfreeze_page() with generic rmap walkers",
+    "a THP split maps its pages again with remove_migration_pte, which makes every PTE clean "
+    "(4.5's unfreeze_page_vma made it dirty where the page was PG_dirty); the page keeps "
+    "PG_dirty",
+    "4.5.0 mm/huge_memory.c unfreeze_page_vma (pte_mkdirty if PageDirty) -> 4.6.2 "
+    "mm/huge_memory.c unfreeze_page -> mm/migrate.c remove_migration_pte (no pte_mkdirty; the "
+    "same in 4.7.4, 4.9.0, 4.14.177 and 5.19.0); id: a public copy of the commit (msm-4.9)",
+)
+class RemapByMigrationEntries(Policy):
+    def remap_pte_dirty(self, page_dirty: bool, entry_dirty: bool) -> bool:
+        """remove_migration_pte() (4.6-6.0): never pte_mkdirty."""
+        return False

@@ -1,5 +1,6 @@
 """Linux 6.2: no PG_double_map; mprotect maps clean exclusive PTEs and PMDs writable too; KSM
-unmerges by an unshare fault; a R/O long-term pin unshares the zero page."""
+unmerges by an unshare fault; a R/O long-term pin unshares the zero page; a split PMD's PTEs keep
+its dirty bit."""
 
 from __future__ import annotations
 
@@ -93,3 +94,18 @@ class LongtermRoPinUnsharesZeroPage(Policy):
         longterm, cow = bool(gup_flags & FOLL_LONGTERM), is_cow_mapping(vma.vm_flags)
         read = (("PageAnon", 0), ("FOLL_LONGTERM", int(longterm)), ("is_cow_mapping", int(cow)))
         return longterm and cow, read, "!PageAnon: FOLL_LONGTERM && is_cow_mapping"
+
+
+@landed(
+    "6.2",
+    ("e833bc503405",),
+    "mm/thp: re-apply mkdirty for small pages after split",
+    "splitting a dirty PMD into PTEs (no freeze) marks every PTE dirty (pte_mkdirty, soft-dirty "
+    "too on x86); before, the PMD's dirty bit only went to the page (PG_dirty)",
+    "6.1.20 mm/huge_memory.c __split_huge_pmd_locked (no pte_mkdirty: 624a2c94f5b7 took "
+    "2e3468778dbe's companion 0ccf7f168e17 back out for sparc64) -> 6.2.1 and 6.18.2 (pte_mkdirty "
+    "when the PMD was dirty); in the MM pull for 6.2-rc1 (mm-stable-2022-12-13); the id: "
+    "David Hildenbrand's later revert of the sparc64 workaround names it",
+)
+class PmdSplitKeepsDirty(Policy):
+    pmd_split_keeps_dirty = True
