@@ -497,12 +497,13 @@ def test_a_freed_thp_comes_back_as_small_pages(kernel_id: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kernel_id", "whole"), [("v6.9", False), ("v6.10", True), ("v6.18", True)]
+    ("kernel_id", "whole"), [("v6.9", False), ("v6.10", False), ("v6.11", True), ("v6.18", True)]
 )
 def test_write_swapin_of_a_cached_thp(kernel_id: str, whole: bool) -> None:
-    """A write fault on page 3 of a THP in the swap cache. 6.9: only page 3 is mapped (exclusive
-    by its swap PTE's bit, so writable); should_try_to_free_swap wants refcount 2, the folio has
-    513: it stays cached. 6.10+: all 512 PTEs are its consecutive swap PTEs, so the folio is
+    """A write fault on page 3 of a THP in the swap cache. 6.9 and 6.10 (6.10.0 do_swap_page,
+    should_try_to_free_swap): only page 3 is mapped (exclusive by its swap PTE's bit, so
+    writable); should_try_to_free_swap wants refcount 2, the folio has 513: it stays cached.
+    6.11+ (6.11.11 do_swap_page): all 512 PTEs are its consecutive swap PTEs, so the folio is
     mapped whole; swap_free_nr drops every slot, the refcount is 1 + 512 and folio_free_swap
     takes it out of the swap cache (no slot referenced): 512 mappings, refcount 512."""
     s = whole_thp(kernel_id, "ssd", "written")

@@ -164,7 +164,7 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
 def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool) -> int:
     """do_swap_page(): bring the slot's page in (from the swap cache; 4.15+ on a synchronous
     device a slot only this PTE holds is read into a new folio outside the swap cache; else
-    read into the swap cache) and map it, or from 6.10 its whole large folio; the generation
+    read into the swap cache) and map it, or from 6.11 its whole large folio; the generation
     decides whether the mapping is writable and exclusive. A write the mapping does not satisfy
     goes on to do_wp_page."""
     i = pte_index(addr)
@@ -286,7 +286,7 @@ def _swap_pte_batch(table: PteTable, start: int, nr: int, first: int) -> bool:
 
 def _pages_to_map(k: Kernel, vma: VmArea, addr: int, table: PteTable, page: int) -> tuple[int, int]:
     """Which pages the fault maps: (first page, how many). A new large folio (the bypass, 6.12)
-    whole; from 6.10 a large folio found in the swap cache whole when it lies in the VMA and
+    whole; from 6.11 a large folio found in the swap cache whole when it lies in the VMA and
     this page table and its PTEs are its consecutive swap PTEs (identical bits); else the page."""
     f = k.frames
     if not f.flags[page] & (PG_head | PG_tail):

@@ -197,7 +197,7 @@ def try_to_free_swap(k: Kernel, pfn: int) -> bool:
 
 def should_try_to_free_swap(k: Kernel, pfn: int, write: bool) -> bool:
     """should_try_to_free_swap() (5.18, c145e0b47c77): a write swap-in that looks like the
-    folio's only user drops the swap-cache copy first: refcount 2 (6.10: 1 + the folio's pages);
+    folio's only user drops the swap-cache copy first: refcount 2 (6.11: 1 + the folio's pages);
     swap full and mlock are not modelled."""
     f = k.frames
     if not write or not PageSwapCache(f, pfn) or PageKsm(f, pfn):

@@ -90,7 +90,7 @@ class Policy(ABC):
     mthp_swapout: ClassVar[bool] = False
     thp_swap_counts: ClassVar[bool] = False
     swapin_bypass: ClassVar[bool] = False  # 4.15: SWP_SYNCHRONOUS_IO swap-in skips the cache
-    swapin_maps_whole_folio: ClassVar[bool] = False  # 6.10: a large folio found in the cache
+    swapin_maps_whole_folio: ClassVar[bool] = False  # 6.11: a large folio found in the cache
     swapin_large_folio: ClassVar[bool] = False  # 6.12: mTHP orders on the bypass path
     # 6.12 b1f202060afe: splitting an anonymous THP maps its zero-filled subpages to the shared
     # zero page (remap_page with RMP_USE_SHARED_ZEROPAGE) and frees them

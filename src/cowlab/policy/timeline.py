@@ -109,7 +109,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_10.PageoutSkipsLargeFolio,
     v6_10.CollapseLikelyShared,
     v6_10.PageoutLikelyShared,
-    v6_10.SwapinMapsWholeFolio,
+    v6_11.SwapinMapsWholeFolio,
     v6_11.SwapinWritableOnRead,
     v6_11.KsmChecksumFirst,
     v6_12.SplitMapsZeropage,

@@ -1,5 +1,5 @@
-"""Linux 6.10: a large folio's mapcount in one counter; mTHP swap-out whole, and a large
-folio found in the swap cache mapped whole."""
+"""Linux 6.10: a large folio's mapcount in one counter; mTHP swap-out whole; MADV_PAGEOUT and
+khugepaged judge a large folio shared as a whole."""
 
 from __future__ import annotations
 
@@ -46,21 +46,6 @@ class LargeMapcount(Policy):
 )
 class MthpSwapOut(Policy):
     mthp_swapout = True
-
-
-@landed(
-    "6.10",
-    (),
-    "mm: swap: entirely map large folios found in swapcache; mm: swap: make "
-    "should_try_to_free_swap() support large-folio (Chuanhua Han, Barry Song; ids not found)",
-    "do_swap_page maps a large folio found in the swap cache whole when it lies in the VMA and "
-    "one page table and its PTEs are its consecutive swap PTEs; a write swap-in frees the swap "
-    "cache at refcount 1 + the folio's pages",
-    "6.9.0 -> 6.12.0 mm/memory.c do_swap_page, should_try_to_free_swap (bracketed; "
-    "docs/sources-swap.md §3g)",
-)
-class SwapinMapsWholeFolio(Policy):
-    swapin_maps_whole_folio = True
 
 
 @landed(

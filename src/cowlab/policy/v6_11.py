@@ -1,10 +1,29 @@
-"""Linux 6.11: an exclusive page swapped in by a read fault is mapped writable; ksmd checksums a
-page before searching the stable tree."""
+"""Linux 6.11: a large folio found in the swap cache is mapped whole; an exclusive page swapped
+in by a read fault is mapped writable; ksmd checksums a page before searching the stable tree."""
 
 from __future__ import annotations
 
 from cowlab.policy.base import Policy
 from cowlab.policy.history import landed
+
+
+@landed(
+    "6.11",
+    (),
+    "mm: swap: entirely map large folios found in swapcache; mm: swap: make "
+    "should_try_to_free_swap() support large-folio (Chuanhua Han, Barry Song; mainline ids not "
+    "found)",
+    "do_swap_page maps a large folio found in the swap cache whole when it lies in the VMA and "
+    "one page table and its PTEs are its consecutive swap PTEs; a write swap-in frees the swap "
+    "cache at refcount 1 + the folio's pages",
+    "6.10.0 mm/memory.c do_swap_page maps the faulting page only, should_try_to_free_swap wants "
+    "refcount 2 (UBC-BPF/linux-6.10-3po, a research fork; Makefile 6.10.0) -> 6.11.11 (the "
+    "whole folio, 1 + its pages); the series' v5 was posted on 29 May 2024, after 6.10-rc1, "
+    "and was in akpm's mm-unstable on 30 May 2024 (docs/sources-swap.md §3g; placed at 6.10 "
+    "before)",
+)
+class SwapinMapsWholeFolio(Policy):
+    swapin_maps_whole_folio = True
 
 
 @landed(
