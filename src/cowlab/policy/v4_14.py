@@ -19,7 +19,8 @@ from cowlab.policy.history import landed
     "mm/swapfile.c get_swap_pages, swap_alloc_cluster, swapon's cluster_info (bracketed; "
     "docs/sources-swap.md §1a). 38d8b4e6bdc8 (4.13, id confirmed) alone gives the THP a cluster "
     "and splits it in the swap cache before unmapping, which leaves the model's state of 4.12: "
-    "4.13 is modelled as 4.12; bd4c82c22c36: id unconfirmed",
+    "4.13 is modelled as 4.12; bd4c82c22c36: id confirmed by Fixes: tags and a 2018 bisection "
+    "that names it (docs/timeline-sources.md)",
 )
 class ThpSwapOut(Policy):
     thp_swap_devices = frozenset({"ssd", "zram"})

@@ -16,7 +16,10 @@ from cowlab.policy.history import landed
     "at least 256 young pages",
     "4.7.4 mm/huge_memory.c -> 4.9.0 mm/khugepaged.c khugepaged_scan_pmd, "
     "__collapse_huge_page_swapin (bracketed, docs/sources-khugepaged.md); 4.8: mmotm "
-    "2016-06-06 (on 4.7-rc2) still queues the series for the next merge window",
+    "2016-06-06 (on 4.7-rc2) still queues the series for the next merge window, and the mmotm "
+    "since-4.7 branch (29 Jul 2016, on v4.7) carries its six patches, 'convert from optimistic "
+    "swapin collapsing to conservative' (the 256 young pages) among them; the mainline ids: "
+    "not found (only linux-next and mmotm copies: acc067d59a1f, 363cd76e5b11)",
 )
 class CollapseSwapsIn(Policy):
     collapse_swaps_in = True

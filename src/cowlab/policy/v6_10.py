@@ -41,8 +41,9 @@ class LargeMapcount(Policy):
     "PTE-mapped large folio the range covers whole without splitting it (if mapped once per "
     "page)",
     "6.9.0 -> 6.12.0 mm/vmscan.c shrink_folio_list, mm/swapfile.c get_swap_pages, mm/madvise.c "
-    "madvise_cold_or_pageout_pte_range (bracketed; 845982eb264b id confirmed, 5ed890ce5147 and "
-    "3931b871c493 seen; docs/sources-swap.md §1b, §2)",
+    "madvise_cold_or_pageout_pte_range (bracketed by trees; ids: in 6.10-rc1, listed in "
+    "axboe/linux-block's push of 19 May 2024 whose new head, 61307b7be41a, is Linus' merge of "
+    "mm-stable-2024-05-17-19-19; docs/sources-swap.md §1b, §2)",
 )
 class MthpSwapOut(Policy):
     mthp_swapout = True
@@ -56,8 +57,9 @@ class MthpSwapOut(Policy):
     "and goes on with the next PTE; before, the walk of that page table stopped there, so the "
     "later pages it maps were not paged out",
     "6.9.0 (break) -> 6.11.11, 6.12.0 (continue) mm/madvise.c madvise_cold_or_pageout_pte_range "
-    "(bracketed; the 5.10.7, 6.2.1, 6.3.8, 6.6.9 and 6.8.0 trees break too; 3931b871c493 seen, "
-    "docs/sources-swap.md §2)",
+    "(bracketed; the 5.10.7, 6.2.1, 6.3.8, 6.6.9 and 6.8.0 trees break too; 3931b871c493's "
+    "v4 text says so: a failed split now moves on to the next PTE; in 6.10-rc1, docs/"
+    "timeline-sources.md; docs/sources-swap.md §2)",
 )
 class PageoutSkipsLargeFolio(Policy):
     pageout_large_stops = False
@@ -72,7 +74,8 @@ class PageoutSkipsLargeFolio(Policy):
     "every PTE of a PTE-mapped THP another process maps a part of counts",
     "6.9.0 (page_mapcount > 1) -> 6.11.11, 6.12.0, 6.14.0 (folio_likely_mapped_shared) "
     "mm/khugepaged.c hpage_collapse_scan_pmd, __collapse_huge_page_isolate (bracketed; "
-    "1bafe96e89f0 dated 2024-04-24, in the mm push that also carries ebb34f78d72c)",
+    "1bafe96e89f0 dated 2024-04-24, in 6.10-rc1: listed in the push whose new head is Linus' "
+    "merge 61307b7be41a of mm-stable-2024-05-17-19-19, docs/timeline-sources.md)",
 )
 class CollapseLikelyShared(Policy):
     def collapse_page_shared(self, k: Kernel, pfn: int) -> bool:
@@ -90,7 +93,8 @@ class CollapseLikelyShared(Policy):
     "mapcount alone",
     "6.9.0 (folio_estimated_sharers > 1, != 1 for a PMD) -> 6.11.11, 6.12.0, 6.14.0 "
     "(folio_likely_mapped_shared) mm/madvise.c madvise_cold_or_pageout_pte_range, "
-    "include/linux/mm.h (bracketed; ebb34f78d72c seen in an mm push list)",
+    "include/linux/mm.h (bracketed; ebb34f78d72c in 6.10-rc1: listed in the push whose new "
+    "head is Linus' merge 61307b7be41a of mm-stable-2024-05-17-19-19)",
 )
 class PageoutLikelyShared(Policy):
     def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:

@@ -13,7 +13,10 @@ from cowlab.policy.history import landed
     "mm: enable khugepaged to operate on non-writable VMAs (Dev Jain, Sep 2025; id not found)",
     "khugepaged and MADV_COLLAPSE collapse a block with no writable PTE",
     "6.14.0 -> 6.18.2 mm/khugepaged.c hpage_collapse_scan_pmd, __collapse_huge_page_isolate "
-    "(bracketed)",
+    "(bracketed); posted as an RFC on 1 Sep 2025 and as [PATCH 1/2] on 3 Sep 2025, during the "
+    "6.17 release candidates: the 6.18 merge window (MM merge 8804d970fab4). The mainline id "
+    "was not found: the exact title only meets mails in the string index, and the 6.18-rc1 "
+    "push logs read list merges, not the MM commits",
 )
 class CollapseReadOnly(Policy):
     collapse_needs_writable = False
