@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import sys
@@ -68,14 +69,17 @@ PARTIAL_MREMAP_CELLS = [
 
 
 def flip_verdicts(text: str) -> str:
-    """The doc with every P and F of the verdict table swapped."""
+    """The doc with every P and F of the verdict table swapped, and every S PAGEOUT made P."""
     head, rest = text.split("<!-- verdicts:start -->")
     table, tail = rest.split("<!-- verdicts:end -->")
-    swap = {"P": "F", "F": "P"}
+    swap = {"P": "F", "F": "P", tool.PAGEOUT_SKIP: "P"}
+
+    def flip(cell: str) -> str:
+        key = next((k for k in swap if cell.startswith(k)), None)
+        return cell if key is None else swap[key] + cell[len(key) :]
+
     rows = [
-        "| " + " | ".join(swap[c[0]] + c[1:] if c[:1] in swap else c for c in cells) + " |"
-        if line.startswith("| #")
-        else line
+        "| " + " | ".join(flip(c) for c in cells) + " |" if line.startswith("| #") else line
         for line in table.split("\n")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     ]
@@ -186,3 +190,42 @@ def test_swap_in_by_mapcount_leaks_through_vmsplice(results: dict) -> None:
         assert verdict(results, "vmsplice_child", backing, "v5.9") == "F"
         assert verdict(results, "vmsplice_child", backing, "v5.18") == "P"
     assert verdict(results, "vmsplice_child", "base", "v5.9") == "P"
+
+
+def test_a_pageout_skip_belongs_to_the_verdict_table_only(tmp_path: Path) -> None:
+    text = DOC.read_text()
+    errno = tmp_path / "errno.md"
+    errno.write_text(text.replace("S PAGEOUT [SW14]", "S EINVAL [SW14]", 1))
+    with pytest.raises(tool.DerivationError, match="is not P, F or S PAGEOUT"):
+        tool.load_derivation(errno)
+    head, collapse = text.split("<!-- collapse:start -->")
+    pageout = tmp_path / "pageout.md"
+    pageout.write_text(
+        head + "<!-- collapse:start -->" + collapse.replace("S EINVAL [CO0]", "S PAGEOUT", 1)
+    )
+    with pytest.raises(tool.DerivationError, match=r"is not P, F or S <errno>"):
+        tool.load_derivation(pageout)
+
+
+def swap_pte_thp_column(kernel: str) -> dict[str, tuple[str, bool]]:
+    cells = tool.run_column(kernel)
+    return {case: cells[(case, "swap_pte_thp", kernel)] for case in tool.CASE_TITLES}
+
+
+@pytest.mark.parametrize(("kernel", "skips"), [("v6.2", False), ("v6.3", True), ("v6.5", False)])
+def test_a_pte_mapped_thp_is_not_paged_out_on_6_3(kernel: str, skips: bool) -> None:
+    """6.3.8 madvise_cold_or_pageout_pte_range: folio_mapcount 512 != 1 stops the walk at the
+    first PTE, so cow.c's range_is_swapped fails and every case SKIPs; 6.2.1 (page_mapcount of
+    the page, 1) and 6.5.0 (the first page's, 1) split the THP and page it out (Note SW14)."""
+    for case, (verdict, ok) in swap_pte_thp_column(kernel).items():
+        assert (verdict == tool.PAGEOUT_SKIP) == skips and ok, (case, verdict)
+
+
+def test_a_skip_the_doc_does_not_derive_is_a_disagreement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the v6.3 swapped-pte cells made P in the doc, the model's SKIP no longer agrees."""
+    flipped = tmp_path / "flipped.md"
+    flipped.write_text(flip_verdicts(DOC.read_text()))
+    monkeypatch.setattr(tool, "derivation", functools.partial(tool.load_derivation, flipped))
+    assert not any(ok for _verdict, ok in swap_pte_thp_column("v6.3").values())

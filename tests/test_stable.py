@@ -34,6 +34,7 @@ RECORDED = {
     ("5.4.47", "1027dc04f557", "17839856fd58"),
     ("5.10.9", "1eea108995a2", "9348b73c2e1b"),
     ("5.10.9", "72c5ce89427f", "feb889fb40fa"),
+    ("6.4.13", "63f230177510", "2f406263e3e9"),  # the linux-stable push that released 6.4.13
 }
 WITH_STABLE_ONLY = (*CHANGES, *STABLE_ONLY)
 BACKPORTS = sorted(
@@ -80,6 +81,9 @@ def test_the_recorded_backports_are_the_verified_ones() -> None:
         ("5.10.9", "v5.10+9348b73+feb889f"),
         ("5.15.211", "v5.11"),
         ("6.1.120", "v6.1"),
+        ("6.4.12", "v6.4"),
+        ("6.4.13", "v6.4+2f40626"),
+        ("6.4.16", "v6.4+2f40626"),  # the last 6.4.y
         ("6.12.95", "v6.12"),
         ("v4.19+1783985", "v4.19+1783985"),  # a stable policy id names its first release
     ],

@@ -39,9 +39,12 @@ PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
         ("v5.10", "v5.9"),
         ("5.15", "v5.11"),
         ("6.1", "v6.1"),
-        ("6.3", "v6.2"),
+        ("6.2", "v6.2"),
+        ("6.3", "v6.3"),  # 07e8c82b5eff: MADV_PAGEOUT by folio_mapcount (6.2.1 lacks it, 6.3.8)
         ("6.4", "v6.4"),  # ac492b9c70ca: 6.3.8 lacks it, 6.4.0 has it
-        ("6.5", "v6.4"),
+        ("6.4.12", "v6.4"),
+        ("6.4.13", "v6.4+2f40626"),  # 63f230177510, the 6.4.y backport of 2f406263e3e9
+        ("6.5", "v6.5"),  # 2f406263e3e9: 6.4.6 lacks it, 6.5.0 has it
         ("6.6", "v6.6"),  # 79271476b336: 6.3.8 lacks it, 6.6.9 has it
         ("6.12", "v6.12"),
         ("6.14", "v6.14"),
@@ -73,7 +76,7 @@ def test_a_policy_is_the_changes_landed_by_its_release() -> None:
     assert [landed_of(c).release for c in p.changes] == sorted(
         landed_of(c).release for c in p.changes
     )
-    assert p.__mro__[1].__name__ == "NoLargeFolioReuse"
+    assert [c.__name__ for c in p.__mro__[1:3]] == ["PageoutZeroSharersSplits", "NoLargeFolioReuse"]
     assert not p.huge_zero_wp_allocates and p.mthp and not p.mm_ids  # 5.8 .. 6.12; 6.8; 6.15
 
 

@@ -120,7 +120,9 @@ BACKINGS: dict[str, tuple[str, str, list[dict]]] = {
 
 def _swapped(backing: str, title: str) -> tuple[str, str, list[dict]]:
     """A backing, then swapped out: MADV_PAGEOUT, its writes done, the pages left in the swap
-    cache (`until: written`, what one pass leaves on the model's swap file)."""
+    cache (`until: written`, what one pass leaves on the model's swap file). The check after it
+    is completed per kernel by scenario(): where MADV_PAGEOUT leaves the range mapped, cow.c
+    SKIPs ("S PAGEOUT")."""
     _title, size, setup = BACKINGS[backing]
     swap = {"op": "swapout", "proc": "P", "at": M, "size": size, "until": "written"}
     check = {"op": "check", "proc": "P", "at": M, "expect": {"mapped": "swap"}}
@@ -133,6 +135,13 @@ BACKINGS |= {
     "swap_pte_thp": _swapped("pte_thp", "with swapped-out, PTE-mapped THP"),
     "swap_single_pte": _swapped("single_pte", "with single PTE of swapped-out THP"),
 }
+# what the first page of a swapped-out backing shows when MADV_PAGEOUT did nothing to the range
+UNSWAPPED = {"swap_base": "pte", "swap_thp": "pmd", "swap_pte_thp": "pte", "swap_single_pte": "pte"}
+PAGEOUT_SKIP = "S PAGEOUT"  # cow.c: "MADV_PAGEOUT did not work", the case SKIPs
+SKIPPED = (
+    "PASS (no_leak holds), FAIL (it breaks) or SKIP (MADV_PAGEOUT left the range mapped: the "
+    "check after the swap-out expects it so, and no_leak neither holds nor breaks)"
+)
 
 
 def _w(proc: str, size: str) -> dict:
@@ -286,7 +295,7 @@ class DerivationError(ValueError):
     """The derivation doc lacks a table, a column, a row or a note the generator needs."""
 
 
-CELL = re.compile(r"(?P<verdict>[PF]|S (?P<errno>E[A-Z]+))(?:\s*\[(?P<notes>[^\]]+)\])?")
+CELL = re.compile(r"(?P<verdict>[PF]|S (?P<errno>E[A-Z]+)|S PAGEOUT)(?:\s*\[(?P<notes>[^\]]+)\])?")
 NOTE_HEADING = re.compile(r"^#{2,4} Note (?P<id>[A-Za-z0-9-]+)\b", re.MULTILINE)
 KEY_COLUMNS = ("case", "class")
 LABEL_COLUMNS = ("#",)  # for the reader; the generator ignores them
@@ -294,7 +303,9 @@ LABEL_COLUMNS = ("#",)  # for the reader; the generator ignores them
 
 @dataclass(frozen=True)
 class Cell:
-    verdict: str  # "P" (cow.c PASS: no_leak holds), "F" (FAIL: it breaks), "S EINVAL" (SKIP)
+    # "P" (cow.c PASS: no_leak holds), "F" (FAIL: it breaks), "S EINVAL" (SKIP: MADV_COLLAPSE
+    # failed, collapse table), "S PAGEOUT" (SKIP: MADV_PAGEOUT left the range mapped)
+    verdict: str
     notes: tuple[str, ...]  # the "Note <id>" sections of the doc that derive this cell
     line: int
 
@@ -377,7 +388,7 @@ def load_derivation(
             raise DerivationError(f"{where}:{number}: unknown or repeated row {key[0]} / {key[1]}")
         seen.add(key)
         for kernel in kernels:
-            cells[(*key, kernel)] = _cell(row[kernel], number, kernel, notes, where, skip=False)
+            cells[(*key, kernel)] = _cell(row[kernel], number, kernel, notes, where, errno=False)
     wanted = [(case, cls) for case in cases for cls in sorted(set(classes.values()))]
     if [key for key in wanted if key not in seen]:
         absent = [f"{c} / {k}" for c, k in wanted if (c, k) not in seen]
@@ -386,12 +397,14 @@ def load_derivation(
 
 
 def _cell(
-    text: str, number: int, kernel: str, notes: frozenset[str], where: str, skip: bool
+    text: str, number: int, kernel: str, notes: frozenset[str], where: str, errno: bool
 ) -> Cell:
-    """One cell: P or F (the collapse table also `S <errno>`), and the notes it cites."""
+    """One cell: P or F, a SKIP (the collapse table `S <errno>`, the verdict table
+    `S PAGEOUT`), and the notes it cites."""
     match = CELL.fullmatch(text)
-    if match is None or (match["errno"] and not skip):
-        forms = "P, F or S <errno>" if skip else "P or F"
+    pageout = match is not None and match["verdict"] == PAGEOUT_SKIP
+    if match is None or (bool(match["errno"]) if not errno else pageout):
+        forms = "P, F or S <errno>" if errno else f"P, F or {PAGEOUT_SKIP}"
         raise DerivationError(f"{where}:{number}: {kernel}: {text!r} is not {forms}")
     cited = tuple(n.strip() for n in (match["notes"] or "").split(",") if n.strip())
     if set(cited) - notes:
@@ -411,7 +424,7 @@ def _collapse_cells(
         if case not in COLLAPSE_TITLES or (case, kernels[0]) in cells:
             raise DerivationError(f"{where}:{number}: unknown or repeated collapse case {case!r}")
         for kernel in kernels:
-            cells[(case, kernel)] = _cell(row[kernel], number, kernel, notes, where, skip=True)
+            cells[(case, kernel)] = _cell(row[kernel], number, kernel, notes, where, errno=True)
     missing = [c for c in COLLAPSE_TITLES if (c, kernels[0]) not in cells]
     if missing:
         raise DerivationError(f"{where}: the collapse table has no row {', '.join(missing)}")
@@ -424,7 +437,8 @@ def derivation() -> Derivation:
 
 
 def expected(case: str, backing: str, kernel: str) -> str:
-    """The derived verdict, "P" or "F": read from the doc's verdict table, nowhere else."""
+    """The derived verdict, "P", "F" or "S PAGEOUT": read from the doc's verdict table, nowhere
+    else."""
     return derivation().cell(case, backing, kernel).verdict
 
 
@@ -453,12 +467,19 @@ def scenario(case: str, backing: str) -> dict:
     title, size, setup = BACKINGS[backing]
     steps = [dict(s) for s in setup] + _case_steps(case, size)
     verdicts = {k: expected(case, backing, k) for k in KERNELS}
+    check = len(setup) - 1 if PAGEOUT_SKIP in verdicts.values() else None  # after the swap-out
+    if check is not None:
+        swapped = {
+            k: UNSWAPPED[backing] if v == PAGEOUT_SKIP else "swap" for k, v in verdicts.items()
+        }
+        steps[check] = dict(steps[check], expect={"mapped": per_release(swapped)})
     steps[-1]["expect"] = verdict_expectations(verdicts)
     return {
         "name": f"cow.c {CASE_TITLES[case]} {title}",
         "description": (
             f"tools/testing/selftests/mm/cow.c, case {CASE_TITLES[case]}, backing '{title}'. "
-            "PASS (no_leak holds) or FAIL (it breaks) per kernel as derived by hand from the "
+            + ("PASS (no_leak holds) or FAIL (it breaks)" if check is None else SKIPPED)
+            + " per kernel as derived by hand from the "
             f"kernel sources: {DERIVATION_DOC}, verdict table, row {case} / "
             f"{derivation().classes[backing]}. Generated by tools/cow_matrix.py."
         ),
@@ -540,9 +561,13 @@ def run_column(kernel: str) -> dict[tuple[str, str, str], tuple[str, bool]]:
         for backing in BACKINGS:
             sc = load(f"{case}__{backing}")
             runner = Runner(sc, kernel)
+            skipped = False
             for step in sc.steps:
                 runner.run_step(step)
-            verdict = "F" if leaks(runner) else "P"
+                if step.op == "swapout" and not range_is_swapped(runner, step):
+                    skipped = True  # cow.c: "MADV_PAGEOUT did not work", the case is not run
+                    break
+            verdict = PAGEOUT_SKIP if skipped else "F" if leaks(runner) else "P"
             out[(case, backing, kernel)] = (verdict, verdict == expected(case, backing, kernel))
     for case in COLLAPSE_TITLES:
         sc = load(case)
@@ -553,6 +578,21 @@ def run_column(kernel: str) -> dict[tuple[str, str, str], tuple[str, bool]]:
         want = derivation().collapse[(case, kernel)].verdict
         out[(case, "collapse", kernel)] = (verdict, verdict == want)
     return out
+
+
+def range_is_swapped(runner: Any, step: Any) -> bool:
+    """cow.c's range_is_swapped() after its MADV_PAGEOUT: every page of the range has a swap
+    entry in the process's page table (pagemap's "swapped")."""
+    from cowlab.mm.mm_types import pmd_index, pte_index
+    from cowlab.mm.pgtable import PteTable, is_swap_pte
+
+    mm = runner.procs[step.args["proc"]].mm
+    start = runner.addr(step.args["at"])
+    for addr in range(start, start + step.args["size"], 4096):
+        table = mm.pmds.get(pmd_index(addr))
+        if not isinstance(table, PteTable) or not is_swap_pte(int(table.pfn[pte_index(addr)])):
+            return False
+    return True
 
 
 def leaks(runner: Any) -> bool:
