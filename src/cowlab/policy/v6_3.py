@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     "6.2.1 (page_mapcount) -> 6.3.8 (folio_mapcount != 1, PMD and PTE branches), 6.4.6 (the same) "
     "mm/madvise.c madvise_cold_or_pageout_pte_range, include/linux/mm.h folio_mapcount, mm/rmap.c "
     "folio_total_mapcount (bracketed: no 6.3.0 tree; the id and title from the Fixes: tag of "
-    "2f406263e3e9 and Barry Song's 2024-02-21 patch mail, docs/sources-swap.md §2)",
+    "2f406263e3e9, the commit dated 21 Dec 2022, after 6.2's merge window, as quoted in its "
+    "review thread; docs/sources-swap.md §2)",
 )
 class PageoutFolioMapcount(Policy):
     def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
