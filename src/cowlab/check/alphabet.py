@@ -69,6 +69,19 @@ def roots() -> list[Letter]:
     return out
 
 
+def root_parts() -> list[list[Letter]]:
+    """The roots in parts no two of whose searches meet a common state: THP on and THP off.
+    The region's VM_HUGEPAGE or VM_NOHUGEPAGE (MADV_HUGEPAGE, MADV_NOHUGEPAGE) stays on every
+    VMA of it that a process has, whatever letter follows (none madvises it again, and
+    mprotect, fork and MADV_DONTNEED keep a VMA's flags), and the canonical state holds every
+    VMA's flags."""
+    every = roots()
+    return [
+        [r for r in every if r.name.startswith("map THP")],
+        [r for r in every if r.name.startswith("map 4K")],
+    ]
+
+
 # bounds on what a program holds at once: every story of the kernel's history needs at most
 # two processes and one pin, and each more multiplies the states to visit
 MAX_PROCS = 2

@@ -11,8 +11,9 @@ import json
 import os
 import platform
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from cowlab.check import report
-from cowlab.check.alphabet import ALPHABETS
+from cowlab.check.alphabet import ALPHABETS, root_parts
 from cowlab.check.campaign import (
     DEFAULT_LENGTH,
     CampaignSummary,
@@ -31,7 +32,7 @@ from cowlab.check.corpus import CorpusResult, run_corpus, scenario_files
 from cowlab.check.counterexample import Counterexample, group, write_all
 from cowlab.check.patch import Patch, PatchError, changed_scenarios, register
 from cowlab.check.properties import PROPERTIES
-from cowlab.check.search import Finding, Outcome, policy_differences, search
+from cowlab.check.search import Finding, Outcome, merged, search_kernels
 from cowlab.policy.timeline import all_policies, resolve
 from cowlab.scenario.loader import load_scenario
 
@@ -206,77 +207,52 @@ def live_base(base: str, files: list[str]) -> None:
 
 
 def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
-    """The bounded search on every kernel, `jobs` at a time, with a progress bar. A kernel
-    whose policy differs from an already searched one only in attributes that search never
-    read takes every decision the same way: its outcome is that one's (search.policy_differences).
-    """
-    with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
-        task = bar.add_task("searching", total=len(result.kernels))
-        plan = Plan(result, jobs)
-        with ProcessPoolExecutor(
-            max_workers=jobs, initializer=_worker_start, initargs=(result.patch,)
-        ) as pool:
-            running: dict[Future[Outcome], str] = {}
-            try:
-                while plan.pending or running:
-                    bar.update(task, completed=len(result.outcomes))
-                    for kernel in plan.to_start(list(running.values())):
-                        r = result
-                        job = pool.submit(search, kernel, r.depth, r.alphabet, tuple(r.props))
-                        running[job] = kernel
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        plan.finished(running.pop(future), future.result())
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+    """The bounded search on every kernel, with a progress bar: joint searches of runs of
+    neighbouring kernels (search.search_kernels: a letter runs once for the kernels that
+    take it alike), `jobs` runs, each from each part of the roots (alphabet.root_parts);
+    each kernel's parts merged (search.merged). Interrupted: the kernels whose parts ended."""
+    r = result
+    parts = len(root_parts())
+    # the larger part (THP) first, and in it the newest kernels, which differ most
+    runs = neighbours(r.kernels, jobs)[::-1]
+    tasks = [(ks, part) for part in range(parts) for ks in runs]
+    found: dict[str, dict[int, Outcome]] = {k: {} for k in r.kernels}
+    try:
+        with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
+            task = bar.add_task("searching", total=len(tasks))
+            with ProcessPoolExecutor(
+                max_workers=jobs, initializer=_worker_start, initargs=(r.patch,)
+            ) as pool:
+                futures = {
+                    pool.submit(
+                        search_kernels, ks, r.depth, r.alphabet, tuple(r.props), part=part
+                    ): part
+                    for ks, part in tasks
+                }
+                try:
+                    for job in as_completed(futures):
+                        for kernel, outcome in job.result().items():
+                            found[kernel][futures[job]] = outcome
+                        bar.advance(task)
+                except KeyboardInterrupt:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    finally:
+        r.outcomes = {
+            k: merged([of[part] for part in range(parts)])
+            for k, of in found.items()
+            if len(of) == parts
+        }
+
+
+def neighbours(kernels: list[str], n: int) -> list[list[str]]:
+    """`kernels` in at most `n` runs of neighbours, as even as can be."""
+    size, extra = divmod(len(kernels), n)
+    starts = [i * size + min(i, extra) for i in range(n + 1)]
+    return [kernels[a:b] for a, b in pairwise(starts) if a < b]
 
 
 def _worker_start(patch: Patch | None) -> None:
     """A worker knows the patched policy too (the kernel id it answers to is the parent's)."""
     if patch is not None:
         register(patch)
-
-
-class Plan:
-    """Which kernels to search, which to take from another's search, in timeline order."""
-
-    def __init__(self, result: CheckResult, jobs: int) -> None:
-        self.result = result
-        self.jobs = jobs
-        self.pending = list(result.kernels)
-        self.reads_seen: set[str] | None = None  # every name read by a finished search
-
-    def finished(self, kernel: str, outcome: Outcome) -> None:
-        self.result.outcomes[kernel] = outcome
-        self.reads_seen = set(outcome.reads) | (self.reads_seen or set())
-        self._reuse()
-
-    def _reuse(self) -> None:
-        for kernel in list(self.pending):
-            for done, outcome in self.result.outcomes.items():
-                if not policy_differences(done, kernel) & outcome.reads:
-                    self.result.outcomes[kernel] = outcome.reuse_for(kernel)
-                    self.pending.remove(kernel)
-                    break
-
-    def to_start(self, running: list[str]) -> list[str]:
-        """Kernels to search now: while a worker is free, the next pending kernel that no
-        running search is likely to answer for (it differs from each in a name searches read;
-        before any search finished, in any name)."""
-        self._reuse()
-        out: list[str] = []
-        for kernel in self.pending:
-            if len(running) + len(out) >= self.jobs:
-                break
-            if all(self._likely_differs(kernel, other) for other in running + out):
-                out.append(kernel)
-        for kernel in out:
-            self.pending.remove(kernel)
-        if not out and not running and self.pending:  # nothing else can answer: search one
-            out.append(self.pending.pop(0))
-        return out
-
-    def _likely_differs(self, kernel: str, other: str) -> bool:
-        differences = policy_differences(other, kernel)
-        return bool(differences if self.reads_seen is None else differences & self.reads_seen)

@@ -7,6 +7,9 @@ check/clone.py, costs what a step does, and a frontier of thousands of machines 
 fit). A program whose last letter newly breaks a property is a finding (the first of its
 signature, so a shortest one); its state is still expanded, for what later letters may break,
 unless the kernel's own consistency broke.
+
+Several kernels are searched together (search_kernels): a frontier program carries the kernels
+that reached a new state by it, and each letter runs once for all of them that decide it alike.
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
-from cowlab.check.alphabet import REGION, Letter, YamlStep, idle, letters, roots, to_step
+from cowlab.check.alphabet import (
+    REGION,
+    Letter,
+    YamlStep,
+    idle,
+    letters,
+    root_parts,
+    roots,
+    to_step,
+)
 from cowlab.check.canonical import state_key
 from cowlab.check.clone import deep_copy
 from cowlab.check.properties import PROPERTIES
@@ -25,6 +38,7 @@ from cowlab.policy.timeline import resolve
 from cowlab.scenario.model import Scenario, ScenarioConfig
 from cowlab.scenario.runner import Runner
 
+T = TypeVar("T")
 SCENARIO = Scenario("<search>", "cowlab check search", "", (), ScenarioConfig(), ["P"])
 
 
@@ -84,14 +98,6 @@ class Stats:
 class Outcome:
     findings: list[Finding]  # one per signature, the shortest program first found
     stats: Stats
-    # every policy attribute the search read: a kernel whose policy differs from this one's
-    # in none of them would take every decision of this search the same way (reuse_for)
-    reads: frozenset[str] = frozenset()
-
-    def reuse_for(self, kernel: str) -> Outcome:
-        """This outcome as the search on `kernel` would have found it."""
-        findings = [replace(f, kernel=kernel) for f in self.findings]
-        return Outcome(findings, self.stats, self.reads)
 
 
 def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
@@ -111,12 +117,27 @@ def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
     return (prop, letter.kind, decisions, pins, len(_live(runner)))
 
 
-def run_program(kernel: str, program: Program, reads: set[str] | None = None) -> Runner:
-    """A fresh machine after `program` (a frontier state, replayed); the names of the policy
-    attributes its decisions read are added to `reads`."""
-    runner = Runner(SCENARIO, kernel)
-    if reads is not None:
-        runner.k.policy = recording(runner.k.policy, reads)
+class Signatures:
+    """signature() of each property broken by one run of a letter, made once for the kernels
+    that share the run."""
+
+    def __init__(self, letter: Letter, runner: Runner) -> None:
+        self.letter, self.runner = letter, runner
+        self.made: dict[str, tuple[object, ...]] = {}
+
+    def __call__(self, prop: str) -> tuple[object, ...]:
+        if prop not in self.made:
+            self.made[prop] = signature(prop, self.letter, self.runner)
+        return self.made[prop]
+
+
+def run_program(kernel: str | Track, program: Program) -> Runner:
+    """A fresh machine after `program` (a frontier state, replayed), on a kernel or with a
+    kernel's track of a joint search (its policy noting what the program reads)."""
+    track = kernel if isinstance(kernel, Track) else None
+    runner = Runner(SCENARIO, track.kernel if track else str(kernel))
+    if track is not None:
+        track.takes(runner)
     for i, raw in enumerate(program.steps):
         runner.run_step(to_step(raw, i), judging=False)
     return runner
@@ -140,6 +161,12 @@ def policy_differences(a: str, b: str) -> set[str]:
     names = {n for change in (*pa.changes, *pb.changes) for n in vars(change)}
     names = {n for n in names if not n.startswith("_") and n != "landed"}
     return {n for n in names if getattr(pa, n, None) is not getattr(pb, n, None)}
+
+
+@cache
+def differences(a: str, b: str) -> frozenset[str]:
+    """policy_differences, once per pair (the joint search asks at every letter)."""
+    return frozenset(policy_differences(a, b))
 
 
 def clone(runner: Runner) -> Runner:
@@ -173,63 +200,206 @@ def search(
     progress: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Every program of up to `depth` letters after the root, breadth first, on `kernel`."""
+    return search_kernels([kernel], depth, alphabet, wanted, canonical, progress)[kernel]
+
+
+class Driver:
+    """A kernel's policy for a machine that several kernels share, noting the name of each of
+    its attributes read since `reads` was last cleared."""
+
+    def __init__(self, kernel: str) -> None:
+        self.kernel = kernel
+        self.resolved = resolve(kernel)
+        self.reads: set[str] = set()
+        self.policy = recording(self.resolved.policy(), self.reads)
+
+    def takes(self, runner: Runner) -> Runner:
+        """The machine, driven by this kernel's policy from now on."""
+        runner.kernel_id = runner.k.kernel_id = self.kernel
+        runner.k.resolved, runner.k.policy = self.resolved, self.policy
+        return runner
+
+    def agrees(self, kernel: str) -> bool:
+        """Whether `kernel`'s policy has the attributes read since `reads` was cleared as
+        this one's: a run that read only those, it runs the same way (the model is
+        deterministic, and the policy is all a machine knows of its kernel)."""
+        return not differences(self.kernel, kernel) & self.reads
+
+
+class Track(Driver):
+    """One kernel's search within a joint one: what it has seen and found."""
+
+    def __init__(self, kernel: str) -> None:
+        super().__init__(kernel)
+        self.seen: dict[bytes, dict[str, str]] = {}  # canonical state -> what it breaks
+        self.findings: dict[tuple[object, ...], Finding] = {}
+        self.stats = Stats()
+
+    def outcome(self) -> Outcome:
+        return Outcome(list(self.findings.values()), self.stats)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A program of the joint frontier and the kernels whose searches reached a new state by it
+    (one state: every letter on the way read only attributes their policies agree on)."""
+
+    program: Program
+    kernels: tuple[str, ...]
+
+
+def search_kernels(
+    kernels: list[str],
+    depth: int,
+    alphabet: str = "cow",
+    wanted: tuple[str, ...] = tuple(PROPERTIES),
+    canonical: bool = True,
+    progress: Callable[[int], None] | None = None,
+    part: int | None = None,
+) -> dict[str, Outcome]:
+    """The search of each of `kernels`, made together: each kernel's outcome is the one its
+    own search has (the same states in the same order, the same findings). A letter runs once
+    for all the kernels at a state whose policies agree with the first's on every attribute the
+    letter (and the properties judged after it) read: the model is deterministic, and the
+    policy is all a machine knows of its kernel. Kernels that disagree run it on their own.
+    `part`: only from that part's roots (alphabet.root_parts; `merged` joins the parts)."""
     started = time.perf_counter()
-    stats = Stats()
-    findings: dict[tuple[object, ...], Finding] = {}
-    seen: dict[bytes, dict[str, str]] = {}  # canonical state -> what it breaks
-    reads: set[str] = set()
-    frontier = [Program((), ()).then(first) for first in roots()]
+    tracks = {k: Track(k) for k in dict.fromkeys(kernels)}
+    firsts = roots() if part is None else root_parts()[part]
+    frontier = [node for first in firsts for node in _root(first, tracks)]
     for _ in range(depth):
-        frontier = list(
-            _expand(kernel, frontier, alphabet, wanted, canonical, seen, findings, stats, reads)
-        )
-        stats.depth_states.append(len(frontier))
+        frontier = list(_expand(frontier, tracks, alphabet, wanted, canonical))
+        for track in tracks.values():
+            track.stats.depth_states.append(sum(track.kernel in n.kernels for n in frontier))
         if progress is not None:
             progress(len(frontier))
         if not frontier:
             break
-    stats.seconds = time.perf_counter() - started
-    return Outcome(list(findings.values()), stats, frozenset(reads))
+    for track in tracks.values():
+        track.stats.seconds = time.perf_counter() - started
+    return {k: track.outcome() for k, track in tracks.items()}
+
+
+def merged(parts: list[Outcome]) -> Outcome:
+    """One kernel's searches from each part of the roots, in their order, as the search from
+    all roots: no state of one part is one of another's (alphabet.root_parts), so the states
+    add up; the findings come breadth first, within a depth in the parts' order, and the
+    first of each signature is kept (what the search from all roots finds first)."""
+    stats = Stats()
+    for outcome in parts:
+        stats.states += outcome.stats.states
+        stats.runs += outcome.stats.runs
+        stats.seconds += outcome.stats.seconds
+        depths = outcome.stats.depth_states
+        stats.depth_states += [0] * (len(depths) - len(stats.depth_states))
+        for i, n in enumerate(depths):
+            stats.depth_states[i] += n
+    ordered = sorted(
+        ((len(f.program.names), i, f) for i, o in enumerate(parts) for f in o.findings),
+        key=lambda item: item[:2],
+    )
+    findings: dict[tuple[object, ...], Finding] = {}
+    for _depth, _part, finding in ordered:
+        findings.setdefault(finding.signature, finding)
+    return Outcome(list(findings.values()), stats)
+
+
+def _root(first: Letter, tracks: dict[str, Track]) -> Iterator[Node]:
+    """The program of a root letter, for each set of kernels that run it the same way."""
+    program = Program((), ()).then(first)
+    for kernels, _ in _shared(tuple(tracks), tracks, lambda t, _: run_program(t, program)):
+        yield Node(program, tuple(kernels))
 
 
 def _expand(
-    kernel: str,
-    frontier: list[Program],
+    frontier: list[Node],
+    tracks: dict[str, Track],
     alphabet: str,
     wanted: tuple[str, ...],
     canonical: bool,
-    seen: dict[bytes, dict[str, str]],
-    findings: dict[tuple[object, ...], Finding],
-    stats: Stats,
-    reads: set[str],
-) -> Iterator[Program]:
+) -> Iterator[Node]:
+    for node in frontier:
+        base = run_program(node.kernels[0], node.program)
+        offered = letters(_live(base), list(node.program.pins), alphabet)
+        options = [x for x in offered if not idle(x, base, alphabet)]  # idle reads no policy
+        for n, letter in enumerate(options, 1):
+            yield from _step(node, letter, base, n == len(options), tracks, wanted, canonical)
+
+
+def _step(
+    node: Node,
+    letter: Letter,
+    base: Runner,
+    last: bool,
+    tracks: dict[str, Track],
+    wanted: tuple[str, ...],
+    canonical: bool,
+) -> Iterator[Node]:
+    """`letter` after the node's state, on each of its kernels."""
     # what a state breaks depends on the state alone, except an unnecessary copy: on the letter
     of_letter = tuple(p for p in wanted if p == "no_unnecessary_copy")
     of_state = tuple(p for p in wanted if p not in of_letter)
-    for program in frontier:
-        base = run_program(kernel, program, reads)
-        start = base.regions[REGION]
-        offered = letters(_live(base), list(program.pins), alphabet)
-        options = [x for x in offered if not idle(x, base, alphabet)]
-        for n, letter in enumerate(options, 1):
-            longer = program.then(letter)
-            runner = base if n == len(options) else clone(base)  # the last needs no copy
-            runner.k.tracing = True  # the decisions of the last letter make the signature
-            for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
-                runner.run_step(to_step(raw, i), judging=False)
-            stats.runs += 1
-            key = state_key(runner, start) if canonical else None
-            known = seen.get(key) if key is not None else None
-            state_broken = violations(runner, of_state) if known is None else known
-            broken = state_broken | violations(runner, of_letter)
-            for name, problem in broken.items():
-                sig = signature(name, letter, runner)
-                if name not in program.broken and sig not in findings:
-                    findings[sig] = Finding(kernel, name, longer, problem, sig)
-            if "consistency" in broken or known is not None:
-                continue  # a corrupt kernel (what follows is not the kernel's doing), or seen
-            if key is not None:
-                seen[key] = state_broken
-            longer = replace(longer, broken=frozenset(state_broken))
-            stats.states += 1
-            yield longer
+    program = node.program
+    longer = program.then(letter)
+
+    def run(track: Track, left: list[str]) -> Run:
+        alone = last and len(node.kernels) == 1  # the last run needs no copy
+        runner = track.takes(base if alone else clone(base))
+        runner.k.tracing = True  # the decisions of the last letter make the signature
+        for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
+            runner.run_step(to_step(raw, i), judging=False)
+        key = state_key(runner, base.regions[REGION]) if canonical else None
+        new = key is None or any(key not in tracks[k].seen for k in left)
+        state = violations(runner, of_state) if new else {}
+        return Run(runner, key, state, violations(runner, of_letter))
+
+    for kernels, done in _shared(node.kernels, tracks, run):
+        signed = Signatures(letter, done.runner)
+        on = tuple(k for k in kernels if _judge(tracks[k], done, signed, longer))
+        if on:
+            yield Node(replace(longer, broken=frozenset(done.state)), on)
+
+
+@dataclass
+class Run:
+    """A letter's run on one kernel: the machine after it, its canonical key, and what it
+    breaks (the state's properties when a kernel had not seen it, and the letter's)."""
+
+    runner: Runner
+    key: bytes | None
+    state: dict[str, str]
+    letter: dict[str, str]
+
+
+def _shared(
+    kernels: tuple[str, ...], tracks: dict[str, Track], run: Callable[[Track, list[str]], T]
+) -> Iterator[tuple[list[str], T]]:
+    """run(track, kernels left) on the first kernel not served yet, its result taken by every
+    other that agrees with it on each policy attribute the run read; until none is left."""
+    left = list(kernels)
+    while left:
+        track = tracks[left[0]]
+        track.reads.clear()
+        result = run(track, left)
+        agree = [k for k in left if track.agrees(k)]
+        left = [k for k in left if k not in agree]
+        yield agree, result
+
+
+def _judge(track: Track, done: Run, signed: Signatures, longer: Program) -> bool:
+    """The kernel's account of a letter's run: its findings, whether its search goes on from
+    there (a state it had not seen, and not a corrupt kernel: what follows is not its doing)."""
+    track.stats.runs += 1
+    known = track.seen.get(done.key) if done.key is not None else None
+    state = done.state if known is None else known
+    broken = state | done.letter
+    for name, problem in broken.items():
+        sig = signed(name)
+        if name not in longer.broken and sig not in track.findings:
+            track.findings[sig] = Finding(track.kernel, name, longer, problem, sig)
+    if "consistency" in broken or known is not None:
+        return False
+    if done.key is not None:
+        track.seen[done.key] = state
+    track.stats.states += 1
+    return True
