@@ -311,8 +311,11 @@ def live_ctypes_child(size: int, thp: bool) -> dict[str, int]:
 # --- the model ------------------------------------------------------------------------------
 
 
-def model_child(kernel_id: str, size: int, thp: bool, path: str) -> dict[str, int]:
-    """The workload on the model, phase by phase (the child's peak RSS is added by emit)."""
+def model_child(
+    kernel_id: str, size: int, thp: bool, path: str, clock: Callable[[], int] = time.perf_counter_ns
+) -> dict[str, int]:
+    """The workload on the model, phase by phase (the child's peak RSS is added by emit);
+    ``clock`` times the phases (bench_faults.py: the process's CPU time)."""
     from cowlab import Kernel
 
     k = Kernel(kernel_id)
@@ -335,7 +338,7 @@ def model_child(kernel_id: str, size: int, thp: bool, path: str) -> dict[str, in
         ("cow_write", lambda: write_all(0x62)),
         ("exit", lambda: children[0].exit()),
     ]
-    out = timed_phases(steps, lambda: k.vmstat["pgfault"], time.perf_counter_ns)
+    out = timed_phases(steps, lambda: k.vmstat["pgfault"], clock)
     out["pages"] = size // PAGE
     return out
 
@@ -740,6 +743,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", default=str(REPO / "docs/images/scaling.png"), help="scaling plot")
     ap.add_argument("--no-plot", action="store_true", help="do not plot")
     ap.add_argument("--model-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--cpu-clock", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--live-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--huge-child", nargs=2, help=argparse.SUPPRESS)
     return ap
@@ -795,7 +799,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.model_child:
             kernel, size, mode, path = args.model_child
             start = time.perf_counter()
-            emit(model_child(kernel, int(size), mode == "on", path), start)
+            clock = time.process_time_ns if args.cpu_clock else time.perf_counter_ns
+            emit(model_child(kernel, int(size), mode == "on", path, clock), start)
         elif args.live_child:
             size, mode = args.live_child
             start = time.perf_counter()

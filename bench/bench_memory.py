@@ -120,18 +120,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-huge", action="store_true", help="leave out the pinned region")
     ap.add_argument("--out", help="also write the report here")
     args = ap.parse_args(argv)
-    if args.baseline and not (Path(args.baseline) / "cowlab").is_dir():
-        ap.error(f"--baseline {args.baseline}: no cowlab package there")
-    trees: dict[str, str | None] = {"this tree": None}
-    if args.baseline:
-        trees = {"baseline": str(Path(args.baseline).resolve()), **trees}
+    trees = trees_of(ap, args.baseline)
     lines = [f"`python bench/bench_memory.py {' '.join(sys.argv[1:] if argv is None else argv)}`"]
     lines += ["", *per_page(args, trees)]
     if not args.skip_huge:
         lines += huge(args, trees)
+    report(lines, args.out)
+
+
+def trees_of(ap: argparse.ArgumentParser, baseline: str | None) -> dict[str, str | None]:
+    """The trees to measure, by name: the baseline's src/ (if given) and this one."""
+    if baseline and not (Path(baseline) / "cowlab").is_dir():
+        ap.error(f"--baseline {baseline}: no cowlab package there")
+    trees: dict[str, str | None] = {"this tree": None}
+    if baseline:
+        trees = {"baseline": str(Path(baseline).resolve()), **trees}
+    return trees
+
+
+def report(lines: list[str], out: str | None) -> None:
+    """Print the report, and write it to out if given."""
     text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
     print(text)
 
 
