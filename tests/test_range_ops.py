@@ -618,7 +618,7 @@ def _rewrite_cow_log(k: Kernel, change: Callable[[list[CowEvent]], None]) -> Non
 
 def _cow_why(k: Kernel) -> None:
     def other_reason(events: list[CowEvent]) -> None:
-        events[0] = dataclasses.replace(events[0], reason="another reason")
+        events[0] = events[0]._replace(reason="another reason")
 
     _rewrite_cow_log(k, other_reason)
 

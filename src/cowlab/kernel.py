@@ -267,7 +267,7 @@ class Kernel:
         """Record what a kernel function did (verdict "") or decided, when tracing."""
         if self.tracing:
             policy = self.policy.id if verdict else ""
-            op = len(self.history)
+            op = self.history.count
             self.events.append(Event(op, function, verdict, addr, pfn, read, rule, policy, detail))
 
     def record_cow(
@@ -282,12 +282,12 @@ class Kernel:
     ) -> None:
         """One copy; ``why`` is the decision (or a text), rendered only when read."""
         event = CowEvent(
-            len(self.history), self.current_op(), function, vma.mm.pid, addr, old, new, nr, why
+            self.history.count, self.current_op(), function, vma.mm.pid, addr, old, new, nr, why
         )
         self.cow_log.append(event)
 
     def current_op(self) -> object:
-        return self.history[-1] if self.history else "(setup)"
+        return self.history.recent[-1] if self.history.count else "(setup)"
 
     @contextmanager
     def operation(self, fmt: str, *args: object) -> Iterator[None]:
@@ -378,9 +378,12 @@ def _op(fmt: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             self = args[0]
             assert isinstance(self, Process)
-            self._require_alive()
+            if not self.alive:
+                self._require_alive()
             k = self.kernel
             record = k.begin(op_fmt, self.pid, CallArgs(args[1:], kwargs))
+            if not k.selfcheck:  # the common case: no check to run on any way out
+                return fn(*args, **kwargs)
             try:
                 result = fn(*args, **kwargs)
             except (SyscallError, Segfault):
@@ -625,7 +628,7 @@ class Process:
         k = self.kernel
         write = data is not None
         batch = k.range_ops and n > RANGE_MIN_BYTES
-        out = bytearray()
+        out: list[bytes] = []
         done = 0
         while done < n:
             va = addr + done
@@ -640,9 +643,9 @@ class Process:
                     raise Segfault(e.addr, e.access, done, killed=True) from None
             chunk = min(n - done, len(pfns) * PAGE_SIZE - va % PAGE_SIZE)
             if not keep:
-                out += store(k.frames, pfns, va % PAGE_SIZE, chunk, data, done)
+                out.append(store(k.frames, pfns, va % PAGE_SIZE, chunk, data, done))
             done += chunk
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _access(self, addr: int, write: bool) -> int:
         """The MMU walk, with handle_mm_fault() until the entry allows the access."""
@@ -729,6 +732,12 @@ def store(
     if isinstance(data, int):
         fill(f, np.asarray(pfns, dtype=np.int64), offset, n, data)
         return b""
+    if len(pfns) == 1:  # one page: a single access's common case
+        pfn = pfns[0] if isinstance(pfns, list) else int(pfns[0])
+        if data is None:
+            return f.read(pfn, offset, n)
+        f.write(pfn, offset, data[at : at + n])
+        return b""
     out = bytearray()
     pos = 0
     for pfn in pfns if isinstance(pfns, list) else pfns.tolist():
@@ -767,15 +776,14 @@ def mmu_walk(mm: MmStruct, addr: int, write: bool) -> int | None:
     if entry is None:
         return None
     i = pte_index(addr)
-    bits = int(entry.bits[i])
-    if (
-        entry.pfn[i] < 0
-        or bits & (PTE_PROTNONE | PTE_MIGRATION)
-        or (write and not bits & PTE_WRITE)
-    ):
+    pfn = entry.pfn.item(i)
+    bits = entry.bits.item(i)
+    if pfn < 0 or bits & (PTE_PROTNONE | PTE_MIGRATION) or (write and not bits & PTE_WRITE):
         return None
-    entry.bits[i] = bits | PTE_YOUNG | (PTE_DIRTY if write else 0)
-    return int(entry.pfn[i])
+    accessed = bits | PTE_YOUNG | (PTE_DIRTY if write else 0)
+    if accessed != bits:
+        entry.bits[i] = accessed
+    return pfn
 
 
 __all__ = ["HPAGE_PMD_NR", "Config", "CowEvent", "Kernel", "Pin", "Process"]

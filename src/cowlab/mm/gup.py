@@ -90,16 +90,17 @@ def follow_page_mask(k: Kernel, mm: MmStruct, addr: int, gup_flags: int) -> int 
     if entry is None:
         return None
     i = pte_index(addr)
-    bits = int(entry.bits[i])
-    if entry.pfn[i] < 0 or bits & PTE_MIGRATION:
+    pfn = entry.pfn.item(i)
+    bits = entry.bits.item(i)
+    if pfn < 0 or bits & PTE_MIGRATION:
         return None
     if (gup_flags & FOLL_NUMA and bits & PTE_PROTNONE) or (write and not bits & PTE_WRITE):
         return None
     if gup_flags & FOLL_TOUCH:
         entry.bits[i] = bits | PTE_YOUNG
         if write:
-            k.frames.flags[int(entry.pfn[i])] |= PG_dirty
-    return int(entry.pfn[i])
+            k.frames.flags[pfn] |= PG_dirty
+    return pfn
 
 
 def get_user_pages(
@@ -289,13 +290,14 @@ def unshare_decision(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> tuple
         if entry.huge_zero:
             return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
         pfn = entry.pfn
-    elif entry is not None and entry.pfn[pte_index(addr)] >= 0:
+    elif entry is not None and entry.pfn.item(pte_index(addr)) >= 0:
         i = pte_index(addr)
-        if entry.bits[i] & PTE_WRITE:
+        bits = entry.bits.item(i)
+        if bits & PTE_WRITE:
             return NO_UNSHARE
-        if entry.bits[i] & PTE_SPECIAL:
+        if bits & PTE_SPECIAL:
             return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
-        pfn = int(entry.pfn[i])
+        pfn = entry.pfn.item(i)
     else:
         return NO_UNSHARE
     f = k.frames

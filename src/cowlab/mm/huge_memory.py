@@ -172,6 +172,7 @@ def do_huge_pmd_anonymous_page(k: Kernel, vma: VmArea, addr: int, write: bool) -
 
 
 MTHP_ORDERS = range(HPAGE_PMD_ORDER - 1, 1, -1)  # 1 MiB down to 16 KiB
+NO_MTHP = {4 << order: "never" for order in reversed(MTHP_ORDERS)}  # the knobs, all off
 
 
 def thp_vma_allowable_order(k: Kernel, vma: VmArea, order: int) -> bool:
@@ -187,7 +188,7 @@ def thp_vma_allowable_order(k: Kernel, vma: VmArea, order: int) -> bool:
 def do_anonymous_mthp(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> bool:
     """alloc_anon_folio() (6.8): the largest enabled mTHP whose aligned range lies in the VMA
     and has no PTE yet; all its pages mapped at once. False: fall back to a small page."""
-    if all(mode == "never" for mode in k.mthp_enabled.values()):
+    if k.mthp_enabled == NO_MTHP:  # every size off: nothing to probe
         return False
     for order in MTHP_ORDERS:
         nr = 1 << order

@@ -75,6 +75,12 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 
+ZERO_PAGE_COPY = WpDecision(False, False, False, (), "the zero page is never reused")
+NOT_ANON_COPY = WpDecision(
+    False, False, False, (("PageAnon", 0),), "only an anonymous page is reused"
+)
+
+
 def new_pte_bits(vma: VmArea) -> int:
     """mk_pte + pte_mkdirty + maybe_mkwrite: writable only where the VMA allows writes."""
     bits = PTE_DIRTY | PTE_SOFT_DIRTY | PTE_YOUNG
@@ -96,6 +102,8 @@ def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool, unshare: boo
     mm = vma.mm
     idx = pmd_index(addr)
     entry = mm.pmds.get(idx)
+    if isinstance(entry, PteTable):  # the common case: a page table is there
+        return handle_pte_fault(k, vma, addr, entry, write, unshare)
     if entry is None and huge_memory.transparent_hugepage_enabled(k, vma):
         ret = huge_memory.do_huge_pmd_anonymous_page(k, vma, addr, write)
         if not ret & VM_FAULT_FALLBACK:
@@ -123,12 +131,12 @@ def handle_pte_fault(
 ) -> int:
     """handle_pte_fault(): none -> do_anonymous_page, protnone -> NUMA, RO write -> do_wp_page."""
     i = pte_index(addr)
-    value = int(table.pfn[i])
+    value = table.pfn.item(i)
     if value == PTE_NONE:
         return do_anonymous_page(k, vma, addr, table, write)
     if is_swap_pte(value):
         return do_swap_page(k, vma, addr, table, write)
-    bits = int(table.bits[i])
+    bits = table.bits.item(i)
     if bits & PTE_PROTNONE:
         return migrate.do_numa_page(k, vma, addr, table)
     if (write or unshare) and not bits & PTE_WRITE:
@@ -168,8 +176,8 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
     decides whether the mapping is writable and exclusive. A write the mapping does not satisfy
     goes on to do_wp_page."""
     i = pte_index(addr)
-    swp_bits = int(table.bits[i])
-    offset = pte_to_swp_offset(int(table.pfn[i]))
+    swp_bits = table.bits.item(i)
+    offset = pte_to_swp_offset(table.pfn.item(i))
     page = lookup_swap_cache(k, offset)
     source = "the swap cache"
     if page is None and _bypasses_swap_cache(k, offset):
@@ -344,14 +352,12 @@ def _map_swapped_in(
 def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool = False) -> int:
     """do_wp_page(): a write (or unshare) to a read-only present PTE: reuse the page or copy it."""
     i = pte_index(addr)
-    if table.bits[i] & PTE_SPECIAL:
-        d = WpDecision(False, False, False, (), "the zero page is never reused")
-        return wp_copy_traced(k, vma, addr, table, None, d, unshare)
-    old = int(table.pfn[i])
+    if table.bits.item(i) & PTE_SPECIAL:
+        return wp_copy_traced(k, vma, addr, table, None, ZERO_PAGE_COPY, unshare)
+    old = table.pfn.item(i)
     f = k.frames
     if not PageAnon(f, old):
-        d = WpDecision(False, False, False, (("PageAnon", 0),), "only an anonymous page is reused")
-        return wp_copy_traced(k, vma, addr, table, old, d, unshare)
+        return wp_copy_traced(k, vma, addr, table, old, NOT_ANON_COPY, unshare)
     ksm = PageKsm(f, old)
     d = k.policy.wp_reuse_ksm(k, vma, old) if ksm else k.policy.wp_reuse(k, vma, old)
     if ksm and d.reuse:  # 5.1-5.8: the page is this VMA's again, no longer KSM
@@ -360,7 +366,8 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
         f.index[old] = vma.linear_page_index(addr)
     if not d.reuse:
         return wp_copy_traced(k, vma, addr, table, old, d, unshare)
-    k.event("do_wp_page", "reuse", addr=addr, pfn=old, read=d.read, rule=d.rule)
+    if k.tracing:
+        k.event("do_wp_page", "reuse", addr=addr, pfn=old, read=d.read, rule=d.rule)
     if d.move_anon_vma:
         page_move_anon_rmap(k, compound_head(f, old), vma, addr)
     if d.set_exclusive:
@@ -379,10 +386,11 @@ def wp_copy_traced(
     d: WpDecision,
     unshare: bool,
 ) -> int:
+    if not k.tracing:
+        return wp_page_copy(k, vma, addr, table, old, d, unshare)
     k.event("do_wp_page", "copy", addr=addr, pfn=old, read=d.read, rule=d.rule)
     ret = wp_page_copy(k, vma, addr, table, old, d, unshare)
-    if k.tracing:
-        trace_copied(k, addr, old, int(table.pfn[pte_index(addr)]))
+    trace_copied(k, addr, old, int(table.pfn[pte_index(addr)]))
     return ret
 
 
@@ -433,7 +441,7 @@ def wp_page_copy(
     if old is not None:
         f.copy_page(new, old)
     table.pfn[i] = new
-    table.bits[i] = int(table.bits[i]) & PTE_SOFT_DIRTY if unshare else new_pte_bits(vma)
+    table.bits[i] = table.bits.item(i) & PTE_SOFT_DIRTY if unshare else new_pte_bits(vma)
     page_add_new_anon_rmap(k, new, vma, addr, compound=False)
     if old is None:
         vma.mm.anon_rss += 1

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def compound_head(f: PageFrames, pfn: int) -> int:
     """compound_head(): the head for a tail page, the page itself otherwise."""
-    return pfn & ~((1 << int(f.order[pfn])) - 1) if f.flags[pfn] & PG_tail else pfn
+    return pfn & ~((1 << f.order.item(pfn)) - 1) if f.flags.item(pfn) & PG_tail else pfn
 
 
 def heads_of(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -41,12 +41,12 @@ def heads_of(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64
 
 def folio_nr_pages(f: PageFrames, head: int) -> int:
     """folio_nr_pages(): 512 for a PMD-sized THP, 4..256 for an mTHP, 1 for a small page."""
-    return 1 << int(f.order[head])
+    return 1 << f.order.item(head)
 
 
 def PageTransCompound(f: PageFrames, pfn: int) -> bool:
     """PageTransCompound(): true for the head and every tail of a THP."""
-    return bool(f.flags[pfn] & (PG_head | PG_tail))
+    return bool(f.flags.item(pfn) & (PG_head | PG_tail))
 
 
 def PageTransHuge(f: PageFrames, pfn: int) -> bool:
@@ -60,15 +60,15 @@ def PageDoubleMap(f: PageFrames, head: int) -> bool:
 
 
 def PageAnon(f: PageFrames, pfn: int) -> bool:
-    return bool(f.mapping[compound_head(f, pfn)] != 0)
+    return f.mapping.item(compound_head(f, pfn)) != 0
 
 
 def PageKsm(f: PageFrames, pfn: int) -> bool:
-    return bool(f.flags[compound_head(f, pfn)] & PG_ksm)
+    return bool(f.flags.item(compound_head(f, pfn)) & PG_ksm)
 
 
 def PageSwapCache(f: PageFrames, pfn: int) -> bool:
-    return bool(f.flags[pfn] & PG_swapcache)
+    return bool(f.flags.item(pfn) & PG_swapcache)
 
 
 def is_zero_pfn(f: PageFrames, pfn: int) -> bool:
@@ -85,7 +85,7 @@ def page_mapcount(f: PageFrames, pfn: int) -> int:
 
     Not exact for a THP: it cannot tell two PMD maps from one PMD map plus this subpage's own PTE.
     """
-    own = int(f._mapcount[pfn]) + 1
+    own = f._mapcount.item(pfn) + 1
     if not PageTransCompound(f, pfn):
         return own
     head = compound_head(f, pfn)
@@ -97,7 +97,7 @@ GUP_PIN_COUNTING_BIAS = 1024
 
 def PageAnonExclusive(f: PageFrames, pfn: int) -> bool:
     """PageAnonExclusive() (5.19): a PMD-mapped THP keeps the bit on its head only."""
-    return bool(f.flags[pfn] & PG_anon_exclusive)
+    return bool(f.flags.item(pfn) & PG_anon_exclusive)
 
 
 def page_maybe_dma_pinned(f: PageFrames, pfn: int) -> bool:
@@ -135,12 +135,12 @@ def folio_maybe_mapped_shared(f: PageFrames, head: int) -> bool:
 
 def folio_ref_count(f: PageFrames, head: int) -> int:
     """folio_ref_count(): the folio's references, on its head."""
-    return int(f._count[head])
+    return f._count.item(head)
 
 
 def page_count(f: PageFrames, pfn: int) -> int:
     """page_count(): the head's _count (tails carry no references since 4.5's ddc58f27f9ee)."""
-    return int(f._count[compound_head(f, pfn)])
+    return f._count.item(compound_head(f, pfn))
 
 
 def get_page(f: PageFrames, pfn: int, nr: int = 1) -> None:
@@ -157,7 +157,7 @@ def put_page(k: Kernel, pfn: int, nr: int = 1) -> None:
     """put_page(): drop a reference on the head; the last one frees the (compound) page."""
     f = k.frames
     head = compound_head(f, pfn)
-    count = int(f._count[head]) - nr
+    count = f._count.item(head) - nr
     if count < 0:
         raise KernelBug(f"put_page: _count of pfn {head:#x} went negative")
     f._count[head] = count

@@ -151,11 +151,12 @@ class PageFrames:
 
     def alloc_page(self) -> int:
         """alloc_page(GFP_HIGHUSER_MOVABLE|__GFP_ZERO): a zeroed small page with _count 1."""
-        if self.free[0]:
-            pfn = self.free[0].pop()
+        small = self.free[0]
+        if small:
+            pfn = small.pop()
         elif self.free[HPAGE_PMD_ORDER]:
             block = self.free[HPAGE_PMD_ORDER].pop()
-            self.free[0].extend(np.arange(block + HPAGE_PMD_NR - 1, block, -1))
+            small.extend(np.arange(block + HPAGE_PMD_NR - 1, block, -1))
             pfn = block
         else:
             pfn = self.nr
@@ -247,27 +248,31 @@ class PageFrames:
 
     def page_data(self, pfn: int) -> bytes:
         """The frame's bytes trimmed after the last nonzero one (b"" for a zero-filled frame)."""
-        return self.blobs.data[int(self.content[pfn])]
+        return self.blobs.data[self.content.item(pfn)]
 
     def read(self, pfn: int, offset: int, n: int) -> bytes:
         chunk = self.page_data(pfn)[offset : offset + n]
-        return chunk + bytes(n - len(chunk))
+        return chunk if len(chunk) == n else chunk + bytes(n - len(chunk))
 
     def write(self, pfn: int, offset: int, payload: bytes) -> None:
-        buf = bytearray(self.page_data(pfn))
+        data = self.page_data(pfn)
         end = offset + len(payload)
+        if not offset and end >= len(data):  # the store covers every byte the page held
+            self._set(pfn, self.blobs.get(bytes(payload)))
+            return
+        buf = bytearray(data)
         if len(buf) < end:
             buf.extend(bytes(end - len(buf)))
         buf[offset:end] = payload
         self._set(pfn, self.blobs.get(bytes(buf)))
 
     def _set(self, pfn: int, blob: int) -> None:
-        self.blobs.put(int(self.content[pfn]))
+        self.blobs.put(self.content.item(pfn))
         self.content[pfn] = blob
 
     def copy_page(self, dst: int, src: int) -> None:
         """copy_user_highpage: dst gets src's bytes."""
-        self._set(dst, self.blobs.hold(int(self.content[src])))
+        self._set(dst, self.blobs.hold(self.content.item(src)))
 
     def copy_pages(self, dst: IntArray, src: IntArray) -> None:
         """copy_user_highpage for many pages (dst frames hold nothing yet)."""
@@ -337,7 +342,7 @@ class FreeList:
         if not self._nr:
             raise IndexError("pop from an empty free list")
         self._nr -= 1
-        return int(self._pfns[self._nr])
+        return self._pfns.item(self._nr)
 
     def take(self, n: int) -> IntArray:
         """n pop()s at once, in the order they would come."""
@@ -523,6 +528,9 @@ class ContentStore:
         """A reference to the id holding data (trimmed here)."""
         data = data.rstrip(b"\0")
         blob = self.ids.get(data)
+        if blob:  # an interned string: one more reference
+            self.refs[blob] += 1
+            return blob
         if blob is None:
             blob = self.free_ids.pop() if self.free_ids else len(self.data)
             if blob == len(self.data):

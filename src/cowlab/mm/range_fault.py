@@ -40,7 +40,13 @@ from cowlab.mm.constants import (
     PG_tail,
 )
 from cowlab.mm.decision import WpDecision
-from cowlab.mm.memory import new_pte_bits, trace_anonymous, trace_copied, trace_fault
+from cowlab.mm.memory import (
+    ZERO_PAGE_COPY,
+    new_pte_bits,
+    trace_anonymous,
+    trace_copied,
+    trace_fault,
+)
 from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN
@@ -68,7 +74,6 @@ if TYPE_CHECKING:
 
 Ints = npt.NDArray[np.int64]
 NONE: Ints = np.zeros(0, dtype=np.int64)
-ZERO_PAGE_COPY = WpDecision(False, False, False, (), "the zero page is never reused")
 # what a small page's wp_reuse reads, beside the VMA: the same values give the same verdict
 KEY_FIELDS = ("flags", "_mapcount", "_count", "mapping")
 

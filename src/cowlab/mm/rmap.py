@@ -150,7 +150,7 @@ ENTIRELY_MAPPED = 0x800000  # mm/internal.h: the PMD-mapped flag inside _nr_page
 def __page_set_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, exclusive: bool) -> None:
     """__page_set_anon_rmap(): first mapping sets mapping and index (the root when shared)."""
     f = k.frames
-    if f.mapping[pfn]:
+    if f.mapping.item(pfn):
         return
     assert vma.anon_vma is not None and vma.anon_vma.root is not None
     av = vma.anon_vma if exclusive else vma.anon_vma.root
@@ -164,11 +164,12 @@ def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound
     From 5.19 a new anonymous page is exclusive (PG_anon_exclusive; on the head for a THP).
     """
     f = k.frames
-    f.flags[pfn] |= PG_swapbacked | (PG_anon_exclusive if k.policy.anon_exclusive else 0)
+    anon = PG_swapbacked | (PG_anon_exclusive if k.policy.anon_exclusive else 0)
+    f.flags[pfn] = f.flags.item(pfn) | anon
     if compound:
         rmap_add_pmd(k, vma.mm, pfn)
     else:
-        f._mapcount[pfn] += 1  # a new small page: no folio counters
+        f._mapcount[pfn] = f._mapcount.item(pfn) + 1  # a new small page: no folio counters
     __page_set_anon_rmap(k, pfn, vma, addr, exclusive=True)
 
 
@@ -224,10 +225,10 @@ def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
         rmap_remove_pmd(k, mm, pfn)
         return
     f = k.frames
-    if f.flags[pfn] & (PG_head | PG_tail):
+    if f.flags.item(pfn) & (PG_head | PG_tail):
         page_remove_folio_pte(k, mm, pfn, compound_head(f, pfn))
         return
-    mapcount = int(f._mapcount[pfn]) - 1
+    mapcount = f._mapcount.item(pfn) - 1
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     f._mapcount[pfn] = mapcount
@@ -236,7 +237,7 @@ def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
 def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
     """page_remove_rmap() of one PTE of a large folio whose head the caller knows."""
     f = k.frames
-    mapcount = int(f._mapcount[pfn]) - 1
+    mapcount = f._mapcount.item(pfn) - 1
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     f._mapcount[pfn] = mapcount
@@ -455,7 +456,8 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
     # the walk's length: what an anon_vma left on an older process costs (the seed's review)
     k.vmstat["rmap_walk"] += 1
     k.vmstat["rmap_walk_vmas"] += len(av.vmas)
-    k.event("rmap_walk_anon", pfn=head, detail=f"{av}: {len(av.vmas)} VMAs visited")
+    if k.tracing:
+        k.event("rmap_walk_anon", pfn=head, detail=f"{av}: {len(av.vmas)} VMAs visited")
     nr = folio_nr_pages(k.frames, head)
     found: list[Mapping] = []
     for vma in sorted(av.vmas, key=lambda v: (v.mm.pid, v.vm_start)):
@@ -490,7 +492,7 @@ def try_to_unmap_one(k: Kernel, m: Mapping) -> bool:
     table = m.mm.pmds[pmd_index(m.addr)]
     assert isinstance(table, PteTable)
     i = pte_index(m.addr)
-    bits = int(table.bits[i])
+    bits = table.bits.item(i)
     if bits & PTE_DIRTY:
         set_page_dirty(f, pfn)
     offset = int(f.private[pfn])
@@ -503,6 +505,7 @@ def try_to_unmap_one(k: Kernel, m: Mapping) -> bool:
     put_page(k, pfn)
     m.mm.anon_rss -= 1
     m.mm.swapents += 1
-    detail = f"pid {m.mm.pid}: swap PTE, slot {offset}"
-    k.event("try_to_unmap_one", addr=m.addr, pfn=pfn, detail=detail)
+    if k.tracing:
+        detail = f"pid {m.mm.pid}: swap PTE, slot {offset}"
+        k.event("try_to_unmap_one", addr=m.addr, pfn=pfn, detail=detail)
     return True

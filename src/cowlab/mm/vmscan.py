@@ -258,8 +258,9 @@ def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
             k.event("shrink_page_list", "keep", pfn=pfn, read=read, rule="never swap a pinned page")
             return 0
         offset = add_to_swap(k, pfn)
-        where = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}, whole"
-        k.event("add_to_swap", pfn=pfn, detail=f"in the swap cache, {where}")
+        if k.tracing:
+            where = f"slot {offset}" if nr == 1 else f"slots {offset}..{offset + nr - 1}, whole"
+            k.event("add_to_swap", pfn=pfn, detail=f"in the swap cache, {where}")
     if nr > 1:
         _split_pmds(k, pfn)
     if not try_to_unmap(k, pfn) or until == "swapcache":

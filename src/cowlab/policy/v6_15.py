@@ -39,7 +39,7 @@ class LargeFolioReuse(Policy):
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
-        if PageAnonExclusive(f, pfn) or not PageTransCompound(f, pfn):
+        if not PageTransCompound(f, pfn) or PageAnonExclusive(f, pfn):
             return super().wp_reuse(k, vma, pfn)
         head = compound_head(f, pfn)
         large, refs = folio_large_mapcount(f, head), folio_ref_count(f, head)

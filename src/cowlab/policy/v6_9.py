@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class NoLargeFolioReuse(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
-        if PageAnonExclusive(f, pfn) or not PageTransCompound(f, pfn):
+        if not PageTransCompound(f, pfn) or PageAnonExclusive(f, pfn):
             return super().wp_reuse(k, vma, pfn)
         read = (("PageAnonExclusive", 0), ("folio_test_large", 1))
         return WpDecision(False, False, False, read, "a large folio's page is never reused")
