@@ -594,8 +594,9 @@ def zap_page_range(k: Kernel, vma: VmArea, start: int, end: int) -> None:
         base = idx << PMD_SHIFT
         lo, hi = max(start, base), min(end, base + HPAGE_PMD_SIZE)
         if isinstance(entry, HugePmd):
-            zap_tables(k, mm, batch)  # the tables before it first: frees and events in order
-            batch = []
+            if batch:  # the tables before it first: frees and events in order
+                zap_tables(k, mm, batch)
+                batch = []
             if hi - lo == HPAGE_PMD_SIZE:
                 huge_memory.zap_huge_pmd(k, mm, idx, entry)
                 continue

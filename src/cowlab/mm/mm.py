@@ -185,9 +185,10 @@ def put_pages(k: Kernel, heads: npt.NDArray[np.int64], nrs: npt.NDArray[np.int64
 def __put_page(k: Kernel, head: int) -> None:
     """__put_page(): free_transhuge_page for THPs (also leaves the split queue), else free."""
     f = k.frames
-    if f.flags[head] & PG_ksm:
+    flags = f.flags.item(head)
+    if flags & PG_ksm:
         k.ksm.drop(-int(f.mapping[head]))
-    if f.flags[head] & PG_head:
+    if flags & PG_head:
         k.deferred_split.discard(head)
         f.free_folio(head)
     else:

@@ -22,6 +22,7 @@ pfn 0 is the shared zero page and pfns 512..1023 the huge zero page, as reserved
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,10 @@ FIELDS = {
 }
 
 
+@cache
 def flags_without(mask: int) -> np.uint32:
-    """The complement of page flags as a uint32 (NumPy refuses negative Python ints)."""
+    """The complement of page flags as a uint32 (NumPy refuses negative Python ints); made
+    once per mask (a NumPy scalar costs more to make than to use)."""
     return np.uint32(~mask & 0xFFFFFFFF)
 
 
@@ -236,7 +239,7 @@ class PageFrames:
 
     def free_folio(self, head: int) -> None:
         """free_transhuge_page()/folio_put(): the caller took it off the deferred split queue."""
-        order = int(self.order[head])
+        order = self.order.item(head)
         nr = 1 << order
         self.blobs.put_many(self.content[head : head + nr])
         self._reset(head, nr)
@@ -567,10 +570,11 @@ class ContentStore:
 def _counted(ids: npt.NDArray[np.int32]) -> list[tuple[int, int]]:
     """(id, how many times) for the nonzero ids; one pass when they are all one string (a
     filled THP, a forked run)."""
+    if ids.size and (ids == ids[0]).all():
+        first = ids.item(0)
+        return [(first, int(ids.size))] if first else []
     ids = ids[ids != 0]
     if not ids.size:
         return []
-    if (ids == ids[0]).all():
-        return [(int(ids[0]), int(ids.size))]
     uniq, counts = np.unique(ids, return_counts=True)
     return list(zip(uniq.tolist(), counts.tolist(), strict=True))

@@ -8,6 +8,7 @@ PTE_SWP_EXCLUSIVE in its bits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -53,8 +54,10 @@ def is_swap_pte(value: int) -> bool:
     return value <= -2
 
 
+@cache
 def pte_without(mask: int) -> np.uint8:
-    """The complement of PTE bits as a uint8 (NumPy refuses negative Python ints)."""
+    """The complement of PTE bits as a uint8 (NumPy refuses negative Python ints); made once
+    per mask."""
     return np.uint8(~mask & 0xFF)
 
 

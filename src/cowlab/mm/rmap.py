@@ -300,10 +300,11 @@ def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     """page_remove_anon_compound_rmap(): -1 PMD map; the last one undoes the DoubleMap offset
     (4.5 .. 6.1) or the ENTIRELY_MAPPED bit (6.2+) and may queue the THP for splitting."""
     f = k.frames
-    f.compound_mapcount[head + 1] -= 1
+    mapcount = f.compound_mapcount[head + 1] - 1
+    f.compound_mapcount[head + 1] = mapcount
     if k.policy.large_mapcount:
         _folio_remove(k, mm, head, 1)
-    if f.compound_mapcount[head + 1] >= 0:
+    if mapcount >= 0:
         return
     if _last_pmd_unmap_queues(k, head):
         deferred_split_huge_page(k, head)
@@ -315,8 +316,9 @@ def _last_pmd_unmap_queues(k: Kernel, head: int) -> bool:
     __folio_remove_rmap): only if it is partly PTE-mapped, some pages mapped and some not."""
     f = k.frames
     if k.policy.nr_pages_mapped:
-        f._nr_pages_mapped[head] -= ENTIRELY_MAPPED
-        return 0 < int(f._nr_pages_mapped[head]) < HPAGE_PMD_NR
+        mapped = f._nr_pages_mapped[head] - ENTIRELY_MAPPED
+        f._nr_pages_mapped[head] = mapped
+        return 0 < mapped < HPAGE_PMD_NR
     if not PageDoubleMap(f, head):
         return True
     f.flags[head + 1] &= flags_without(PG_double_map)
