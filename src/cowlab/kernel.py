@@ -740,12 +740,15 @@ def store(
         return b""
     out = bytearray()
     pos = 0
+    last = b""
     for pfn in pfns if isinstance(pfns, list) else pfns.tolist():
         chunk = min(n - pos, PAGE_SIZE - offset)
         if data is None:
             out += f.read(pfn, offset, chunk)
         else:
-            f.write(pfn, offset, data[at + pos : at + pos + chunk])
+            piece = data[at + pos : at + pos + chunk]
+            last = last if piece == last else piece  # a repeated page: its hash is known
+            f.write(pfn, offset, last)
         pos += chunk
         offset = 0
     return bytes(out)
