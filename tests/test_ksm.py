@@ -245,3 +245,29 @@ def test_a_cow_broken_sharer_leaves_the_stable_node(kernel_id: str) -> None:
     assert p.translate(addr + 2 * PAGE) != kpage
     (node,) = k.ksm.nodes.values()
     assert sorted(i.addr for i in node.items) == [addr, addr + PAGE]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_a_shared_ksm_page_is_reclaimed_only_before_madv_pageout(kernel_id: str) -> None:
+    """Two merged pages, then fork: one KSM page mapped four times (P's two, C's two: C's VMA is
+    in the anon_vma tree of P's rmap_items). A swap-out of P's first page, until written.
+    4.5 .. 5.3, the reclaim path: shrink_page_list has no KSM test, try_to_unmap goes through
+    rmap_walk_ksm, every item's anon_vma, so all four mappings become swap PTEs of one slot
+    (swap count 4) and the KSM page waits in the swap cache, still KSM. 5.4+: MADV_PAGEOUT
+    leaves a page with page_mapcount 4 alone (madvise_cold_or_pageout_pte_range, no KSM test
+    either: 5.4.6 .. 6.18.2)."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    assert k.ksmd(2) == 2
+    kpage = p.translate(addr)
+    assert kpage is not None
+    c = p.fork()
+    assert page_mapcount(k.frames, kpage) == 4
+    p.swapout(addr, PAGE, until="written")
+    reclaimed = not since(kernel_id, "5.4")
+    f = k.frames
+    assert [p.translate(addr + i * PAGE) is None for i in range(2)] == [reclaimed] * 2
+    assert [c.translate(addr + i * PAGE) is None for i in range(2)] == [reclaimed] * 2
+    assert page_mapcount(f, kpage) == (0 if reclaimed else 4) and f.flags[kpage] & PG_ksm
+    slot = int(f.private[kpage]) if reclaimed else None
+    if slot is not None:
+        assert int(k.swap.swap_map[slot]) == 4

@@ -22,6 +22,7 @@ from cowlab.mm.constants import (
 )
 from cowlab.mm.mm import (
     PageDoubleMap,
+    PageKsm,
     compound_head,
     folio_mapped,
     folio_nr_pages,
@@ -467,14 +468,36 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
     return found
 
 
+def rmap_walk_ksm(k: Kernel, pfn: int) -> list[Mapping]:
+    """rmap_walk_ksm(): every PTE mapping a KSM page, found through its stable node's
+    rmap_items: at each item's address, in every VMA of the item's anon_vma tree (a forked
+    child's included)."""
+    node = k.ksm.nodes.get(-int(k.frames.mapping[pfn]))
+    found: list[Mapping] = []
+    for item in node.items if node is not None else []:
+        vmas = sorted(item.anon_vma.vmas, key=lambda v: v.mm.pid) if item.anon_vma else []
+        k.vmstat["rmap_walk_vmas"] += len(vmas)
+        for vma in vmas:
+            table = vma.mm.pmds.get(pmd_index(item.addr))
+            if not vma.vm_start <= item.addr < vma.vm_end or not isinstance(table, PteTable):
+                continue
+            i = pte_index(item.addr)
+            if table.pfn[i] == pfn and not table.bits[i] & PTE_MIGRATION:
+                found.append(Mapping(vma.mm, vma, item.addr, pfn, False))
+    k.vmstat["rmap_walk"] += 1
+    k.event("rmap_walk_ksm", pfn=pfn, detail=f"{len(found)} mappings through the stable node")
+    return found
+
+
 # --- try_to_unmap -------------------------------------------------------------------------
 
 
 def try_to_unmap(k: Kernel, pfn: int) -> bool:
     """try_to_unmap() of a swap-cache folio whose PMDs reclaim has split: every mapping the rmap
-    walk finds becomes a swap PTE; the walk stops at a mapping the generation refuses to unmap.
-    True if unmapped."""
-    for m in rmap_walk_anon(k, pfn):
+    walk (rmap_walk_ksm for a KSM page) finds becomes a swap PTE; the walk stops at a mapping
+    the generation refuses to unmap. True if unmapped."""
+    walk = rmap_walk_ksm if PageKsm(k.frames, pfn) else rmap_walk_anon
+    for m in walk(k, pfn):
         assert not m.pmd, "reclaim splits a THP's PMDs before it unmaps it"
         if not try_to_unmap_one(k, m):
             return False

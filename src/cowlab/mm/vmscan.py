@@ -31,7 +31,6 @@ from cowlab.mm.decision import Reads
 from cowlab.mm.huge_memory import total_mapcount
 from cowlab.mm.mm import (
     PageAnon,
-    PageKsm,
     compound_head,
     compound_mapcount,
     folio_mapped,
@@ -121,11 +120,13 @@ def _pte_pages(k: Kernel, table: PteTable, lo: int, hi: int) -> list[int]:
 
 def _normal_anon(f: PageFrames, table: PteTable, i: int) -> bool:
     """Does PTE i map an anonymous page the walk may take (not the zero page, a migration or
-    NUMA-hinting entry, nor a KSM page)?"""
+    NUMA-hinting entry)? A KSM page is one: MADV_PAGEOUT takes it when it is mapped once, and
+    reclaim unmaps it through rmap_walk_ksm (no KSM test in madvise_cold_or_pageout_pte_range
+    or shrink_page_list: 5.4.6, 5.10.7, 6.1.20, 6.9.0, 6.12.0, 6.18.2)."""
     pfn = int(table.pfn[i])
     if pfn < 0 or table.bits[i] & (PTE_SPECIAL | PTE_MIGRATION | PTE_PROTNONE):
         return False
-    return PageAnon(f, pfn) and not PageKsm(f, pfn)
+    return PageAnon(f, pfn)
 
 
 def _large_folio_ptes(k: Kernel, table: PteTable, i: int, hi: int, found: list[int]) -> int | None:
