@@ -731,3 +731,19 @@ def test_ksm_rmap_misses_a_mapping(kernel_id: str) -> None:
     assert check_invariants(s.k) == [
         f"pid {s.p.pid}: KSM page {s.pfn:#x} at {node.items[1].addr:#x}: rmap_walk_ksm misses it"
     ]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_ksm_rmap_may_miss_an_address_ksmd_holds_no_item_for(kernel_id: str) -> None:
+    """The rmap_item of an address ksmd dropped (it held a swap PTE when ksmd passed) is gone
+    from both the mm's list and the stable node; the KSM page mapped there again is out of
+    rmap_walk_ksm's reach, as in the kernel, until ksmd visits the address. An item that is
+    still the mm's but off the node is a miss."""
+    s = ksm_pair(kernel_id)
+    (node,) = s.k.ksm.nodes.values()
+    item = node.items[1]
+    node.items.remove(item)
+    miss = f"pid {s.p.pid}: KSM page {s.pfn:#x} at {item.addr:#x}: rmap_walk_ksm misses it"
+    assert check_invariants(s.k) == [miss]
+    del s.k.ksm.items[(item.pid, item.addr)]
+    assert check_invariants(s.k) == []

@@ -271,3 +271,31 @@ def test_a_shared_ksm_page_is_reclaimed_only_before_madv_pageout(kernel_id: str)
     slot = int(f.private[kpage]) if reclaimed else None
     if slot is not None:
         assert int(k.swap.swap_map[slot]) == 4
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
+def test_a_ksm_page_swapped_in_after_ksmd_dropped_its_item(kernel_id: str) -> None:
+    """A KSM page mapped once is swapped out and kept in the swap cache; a ksmd pass finds a swap
+    PTE at the address and drops its rmap_item (get_next_rmap_item /
+    remove_trailing_rmap_items), the stable node stays with the page. A read swaps the KSM page
+    in as it is (ksm_might_need_to_copy: KSM with a stable node), mapped again, read-only, with
+    no rmap_item (the checker accepts it: 6.18.2 mm/ksm.c, and live 6.18 keeps the page KSM).
+    The next pass meets the page at the address again: cmp_and_merge_page finds it in the stable
+    tree as its own KSM page and stable_tree_append hangs a new rmap_item on its node."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    p.write(addr + PAGE, b"S")  # a copy: the KSM page is mapped once
+    p.swapout(addr, PAGE, until="written")
+    assert p.translate(addr) is None
+    k.ksmd()
+    assert (
+        (p.pid, addr) not in k.ksm.items
+        and kpage is not None
+        and kpage in {n.kpfn for n in k.ksm.nodes.values()}
+    )
+    assert p.read(addr, 4) == b"same" and p.translate(addr) == kpage
+    assert k.frames.flags[kpage] & PG_ksm and not pte_bits(p, addr) & PTE_WRITE
+    k.ksmd()
+    (node,) = [n for n in k.ksm.nodes.values() if n.kpfn == kpage]
+    assert [(i.pid, i.addr) for i in node.items] == [(p.pid, addr)]
