@@ -32,7 +32,9 @@ class SwapinMapsWholeFolio(Policy):
     "mm: swap: reuse exclusive folio directly instead of wp page faults",
     "do_swap_page maps an exclusive page writable on a read fault too (VM_WRITE, no soft-dirty "
     "tracking waiting for the write)",
-    "6.9.0 -> 6.12.0 mm/memory.c do_swap_page (bracketed, docs/sources-swap.md)",
+    "6.10.0 mm/memory.c do_swap_page (writable only on a write fault; UBC-BPF/linux-6.10-3po, a "
+    "research fork, Makefile 6.10.0) -> 6.11.11 (VM_WRITE and no uffd-wp or soft-dirty wait: "
+    "writable on a read fault too); docs/sources-swap.md",
 )
 class SwapinWritableOnRead(Policy):
     swapin_maps_writable_on_read = True
