@@ -1,10 +1,16 @@
 """The exhaustive search of `cowlab check` on one core: distinct states per second, and the
-states and programs it takes to exhaust each depth with and without canonical states (the
-ratio of the two is what deduplication saves; both measured in this run). Per second of wall
-time and of the process's CPU time: on a shared machine the second is the steadier.
+states it takes to exhaust each depth with and without canonical states (without, every
+program is a state of its own: the ratio of the two is what deduplication saves). Per second
+of wall time and of the process's CPU time: on a shared machine the second is the steadier.
 
-    python bench/bench_check.py                       # v4.5 and v6.18, depths 1-3
-    python bench/bench_check.py --kernel v5.9 --depth 4
+One search per kernel and mode, to --depth, timed at the end of each depth; --budget stops
+before a depth whose estimated CPU time (the last depth's, times its growth over the one
+before) would pass the budget, and says so. --all: every policy of the timeline in one joint
+search (search.search_kernels, as `cowlab check` runs it), its states summed over the kernels.
+
+    python bench/bench_check.py                                 # v4.5 and v6.18, depths 1-3
+    python bench/bench_check.py --kernel v6.18 --depth 10 --budget 900
+    python bench/bench_check.py --all --no-plain
 """
 
 from __future__ import annotations
@@ -12,47 +18,92 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
+from itertools import pairwise
 
-from cowlab.check.search import search
+from cowlab.check.search import search, search_kernels
+from cowlab.policy.timeline import all_policies
 
 
-def measure(kernel: str, depth: int, canonical: bool) -> dict[str, float]:
-    started, cpu = time.perf_counter(), time.process_time()
-    outcome = search(kernel, depth, canonical=canonical)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    stats = outcome.stats
-    return {
-        "states": stats.states,
-        "runs": stats.runs,
-        "seconds": seconds,
-        "cpu": cpu,
-        "states_per_s": stats.states / seconds if seconds else 0.0,
-        "states_per_cpu_s": stats.states / cpu if cpu else 0.0,
-        "runs_per_s": stats.runs / seconds if seconds else 0.0,
-    }
+class OverBudget(Exception):
+    pass
+
+
+@dataclass
+class Depths:
+    """States and CPU/wall seconds at the end of each depth of one search."""
+
+    budget: float
+    started: tuple[float, float] = field(
+        default_factory=lambda: (time.process_time(), time.perf_counter())
+    )
+    # (depth, states so far, CPU s, wall s)
+    rows: list[tuple[int, int, float, float]] = field(default_factory=list)
+
+    def __call__(self, new_states: int) -> None:
+        cpu, wall = time.process_time() - self.started[0], time.perf_counter() - self.started[1]
+        states = (self.rows[-1][1] if self.rows else 0) + new_states
+        self.rows.append((len(self.rows) + 1, states, cpu, wall))
+        if self.budget and cpu + self.next_depth() > self.budget:
+            raise OverBudget
+
+    def next_depth(self) -> float:
+        """The next depth's CPU seconds, estimated from the growth of the last two."""
+        spent = [self.rows[0][2]] + [b[2] - a[2] for a, b in pairwise(self.rows)]
+        if len(spent) < 2 or not spent[-2]:
+            return spent[-1]
+        return spent[-1] * spent[-1] / spent[-2]
+
+
+def one_kernel(kernel: str, depth: int, canonical: bool, budget: float) -> None:
+    depths = Depths(budget)
+    stopped = ""
+    try:
+        search(kernel, depth, canonical=canonical, progress=depths)
+    except OverBudget:
+        stopped = f"  (stopped: depth {len(depths.rows) + 1} would pass {budget:.0f} CPU-s)"
+    for d, states, cpu, wall in depths.rows:
+        rate = states / cpu if cpu else 0.0
+        print(
+            f"{kernel:7} {d:5}  {'yes' if canonical else 'no':9}  {states:9}  {cpu:8.1f}"
+            f"  {wall:8.1f}  {rate:12.0f}",
+            flush=True,
+        )
+    if stopped:
+        print(stopped.strip(), flush=True)
+
+
+def every_kernel(depth: int, canonical: bool) -> None:
+    kernels = list(all_policies())
+    cpu, wall = time.process_time(), time.perf_counter()
+    outcomes = search_kernels(kernels, depth, canonical=canonical)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    states = sum(o.stats.states for o in outcomes.values())
+    print(
+        f"all {len(kernels)}  {depth:5}  {'yes' if canonical else 'no':9}  {states:9}  {cpu:8.1f}"
+        f"  {wall:8.1f}  {states / cpu:12.0f}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", action="append", help="(default: v4.5 and v6.18)")
     ap.add_argument("--depth", type=int, default=3, help="the deepest depth exhausted (3)")
+    ap.add_argument("--budget", type=float, default=0.0, help="CPU seconds per search (no limit)")
     ap.add_argument("--no-plain", action="store_true", help="only with canonical states")
+    ap.add_argument("--no-canonical", action="store_true", help="only without them")
+    ap.add_argument("--all", action="store_true", help="every policy, one joint search")
     args = ap.parse_args(argv)
-    print(
-        "kernel  depth  canonical  states  programs  seconds  CPU s  states/s  states/CPU-s"
-        "  programs/s"
-    )
+    print("kernel  depth  canonical  states     CPU s     wall s    states/CPU-s")
+    modes = [c for c in (True, False) if not (args.no_canonical if c else args.no_plain)]
+    if args.all:
+        for canonical in modes:
+            every_kernel(args.depth, canonical)
+        return 0
     for kernel in args.kernel or ["v4.5", "v6.18"]:
-        for depth in range(1, args.depth + 1):
-            for canonical in (True, False) if not args.no_plain else (True,):
-                m = measure(kernel, depth, canonical)
-                print(
-                    f"{kernel:7} {depth:5}  {'yes' if canonical else 'no':9}  {m['states']:6.0f}"
-                    f"  {m['runs']:8.0f}  {m['seconds']:7.1f}  {m['cpu']:5.1f}"
-                    f"  {m['states_per_s']:8.0f}  {m['states_per_cpu_s']:12.0f}"
-                    f"  {m['runs_per_s']:10.0f}",
-                    flush=True,
-                )
+        for canonical in modes:
+            one_kernel(kernel, args.depth, canonical, args.budget)
     return 0
 
 
