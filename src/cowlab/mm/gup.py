@@ -318,10 +318,10 @@ def gup_fast_one(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int | Non
 def _faultin_and_follow(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int:
     foll = _slow_flags(k, vma, gup_flags)
     for _ in range(MAX_FAULT_RETRIES):
-        pfn = None if must_unshare(k, vma, addr, foll) else follow_page_mask(k, vma.mm, addr, foll)
+        unshare, read, rule = unshare_decision(k, vma, addr, foll)  # asked once a round
+        pfn = None if unshare else follow_page_mask(k, vma.mm, addr, foll)
         if pfn is not None:
             return pfn
-        unshare, read, rule = unshare_decision(k, vma, addr, foll)
         if unshare:
             k.event("gup_must_unshare", "unshare", addr=addr, read=read, rule=rule)
         write = bool(foll & FOLL_WRITE) and not unshare
