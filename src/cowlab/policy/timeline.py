@@ -73,6 +73,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v4_8.CollapseSwapsIn,
     v4_11.KsmUseZeroPages,
     v4_13.KsmMaxPageSharing,
+    v4_13.ThpSwapClusterBeforeSplit,
     v4_14.ThpSwapOut,
     v4_14.ThpSwapCounts,
     v4_15.SwapinBypass,
