@@ -223,3 +223,47 @@ def test_a_write_pin_dirties_the_page_not_the_pte(kernel: str) -> None:
     p.get_user_pages(addr, 4096, write=True)
     assert not table.bits[(addr >> 12) & 511] & PTE_DIRTY
     assert k.frames.flags[pfn] & PG_dirty
+
+
+KNOB = """name: a sysfs knob written
+kernels: ["{before}", "{first}"]
+processes: [P]
+steps:
+  - op: set
+    {knob}: {value}
+    expect: {{outcome: {{"{before}": ENOENT, "{first}": ok}}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "before", "first"),
+    [
+        ("max_ptes_swap", 32, "4.7", "4.8"),  # 4.7.4 mm/huge_memory.c: none; 4.9.0 khugepaged.c
+        ("ksm_use_zero_pages", "true", "4.10", "4.11"),  # 4.9.0 mm/ksm.c: none; 4.13.4: KSM_ATTR
+        ("ksm_max_page_sharing", 2, "4.12", "4.13"),  # 4.9.0: none; 4.13.4: KSM_ATTR
+        ("max_ptes_shared", 32, "5.7", "5.8"),  # 5.7.14 mm/khugepaged.c: none; 5.8.1: the attr
+        ("mthp", "{64K: always}", "6.7", "6.8"),  # 6.6.9: no hugepages-<size>kB; 6.8.0
+    ],
+)
+def test_a_knob_a_release_lacks_is_enoent(
+    knob: str, value: object, before: str, first: str
+) -> None:
+    """Writing a sysfs file a release does not have fails with ENOENT there and works from the
+    release that added it (the attribute tables read in the trees named per case)."""
+    text = KNOB.format(knob=knob, value=value, before=before, first=first)
+    scenario = parse_scenario(text, "t.yaml")
+    for kernel in (before, first):
+        assert run_scenario(scenario, kernel).passed, kernel
+
+
+@pytest.mark.parametrize("kernel", ["4.5", "4.19.0", "6.18"])
+@pytest.mark.parametrize("option", ["swap", "transparent_hugepage", "soft_dirty"])
+def test_a_build_option_every_release_has_is_accepted(kernel: str, option: str) -> None:
+    """CONFIG_SWAP, CONFIG_TRANSPARENT_HUGEPAGE (2.6.38) and CONFIG_MEM_SOFT_DIRTY (3.11) exist
+    in every release from 4.5 (4.5.0 and 6.18.2 mm/Kconfig, init/Kconfig): off is a valid
+    build of each, never an error."""
+    text = PROBE.read_text().replace(
+        "processes: [P]", f"config: {{{option}: false}}\nprocesses: [P]"
+    )
+    scenario = parse_scenario(text, "t.yaml")
+    assert run_scenario(scenario, kernel).steps
