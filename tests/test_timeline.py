@@ -15,7 +15,7 @@ from cowlab.mm.constants import PG_dirty
 from cowlab.mm.page_alloc import flags_without
 from cowlab.mm.pgtable import PTE_DIRTY, pte_without
 from cowlab.policy import CHANGES, POLICIES, ReleaseError, resolve
-from cowlab.policy.release import LONG_TERM
+from cowlab.policy.release import LONG_TERM, mainline_releases
 from cowlab.policy.timeline import STABLE_ONLY, landed_of, pick_key
 from cowlab.scenario import ScenarioError, load_scenario, parse_scenario
 from cowlab.scenario.runner import run_scenario
@@ -275,3 +275,15 @@ def test_a_build_option_every_release_has_is_accepted(kernel: str, option: str) 
     )
     scenario = parse_scenario(text, "t.yaml")
     assert run_scenario(scenario, kernel).steps
+
+
+EVERY_RELEASE = [str(r) for r in mainline_releases()] + ["4.19.0", "5.10.7", "6.4.13"]
+
+
+@pytest.mark.parametrize("release", EVERY_RELEASE)
+def test_the_probe_runs_on_every_release(release: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --kernel R` for each release 4.5 .. 6.18 (and stable ones): the probe's per-release
+    expectations, derived in its description, hold, and the JSON names the policy in force."""
+    assert main(["run", str(PROBE), "--kernel", release, "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert (run["kernel"], run["policy"]) == (release, resolve(release).policy_id)
