@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cowlab.policy import CHANGES, POLICIES, resolve
+from cowlab.policy.release import mainline_releases
 from cowlab.policy.timeline import effective, landed_of
 from cowlab.scenario import load_scenario
 from cowlab.scenario.runner import run_scenario
@@ -26,8 +27,8 @@ def scenario_of(change: type) -> Path:
 
 @pytest.mark.parametrize("change", VISIBLE, ids=[c.__name__ for c in VISIBLE])
 def test_every_visible_change_has_a_two_sided_scenario(change: type) -> None:
-    """The scenario's first kernel lacks the change, its last has it; both pass; some
-    expectation wants different values on the two."""
+    """The scenario's first kernel, of the release just before the change's, lacks the change;
+    its last has it; both pass; some expectation wants different values on the two."""
     path = scenario_of(change)
     assert path.exists(), f"{path.name}: no scenario for {change.__name__}"
     scenario = load_scenario(path)
@@ -35,6 +36,8 @@ def test_every_visible_change_has_a_two_sided_scenario(change: type) -> None:
     assert change not in resolve(before).policy.changes
     assert change in resolve(after).policy.changes
     assert resolve(after).release.mainline == landed_of(change).release
+    releases = list(mainline_releases())  # the before side is the release just before it
+    assert resolve(before).release.mainline == releases[releases.index(resolve(after).release) - 1]
     for kernel in (before, after):
         assert run_scenario(scenario, kernel).passed, kernel
     wanted = [
