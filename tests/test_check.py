@@ -22,6 +22,7 @@ from cowlab.check.search import (
     Outcome,
     Program,
     Stats,
+    differing,
     merged,
     policy_differences,
     search,
@@ -246,6 +247,29 @@ def _findings(outcome: Outcome) -> list[tuple[object, ...]]:
 def test_policy_differences() -> None:
     assert policy_differences("v4.5", "v4.5") == set()
     assert "gup_breaks_cow_on_read" in policy_differences("v5.7", "v5.8")
+
+
+def test_policies_differ_below_a_shared_definition() -> None:
+    """Two policies whose decision is the same method calling super() into different older
+    rules decide differently: a letter that reads it may not be shared between them."""
+
+    class Old:
+        def decide(self) -> int:
+            return 1
+
+    class Older:
+        def decide(self) -> int:
+            return 2
+
+    class Later:
+        def decide(self) -> int:
+            return super().decide()  # type: ignore[misc]
+
+    a = type("A", (Later, Old), {"changes": (Later, Old)})
+    b = type("B", (Later, Older), {"changes": (Later, Older)})
+    assert a().decide() != b().decide()
+    assert differing(a, b) == {"decide"}
+    assert differing(a, type("A2", (Later, Old), {"changes": (Later,)})) == set()
 
 
 # --- the command -------------------------------------------------------------------------------

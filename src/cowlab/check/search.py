@@ -156,11 +156,39 @@ def recording(policy: Policy, reads: set[str]) -> Policy:
 
 def policy_differences(a: str, b: str) -> set[str]:
     """The policy attributes two kernels' policies resolve differently: the names the rule
-    changes define where the two take another definition."""
-    pa, pb = resolve(a).policy, resolve(b).policy
+    changes define where the two take another definition or stand on other ones."""
+    return differing(resolve(a).policy, resolve(b).policy)
+
+
+def differing(pa: Any, pb: Any) -> set[str]:
+    """policy_differences of two policy classes."""
     names = {n for change in (*pa.changes, *pb.changes) for n in vars(change)}
     names = {n for n in names if not n.startswith("_") and n != "landed"}
-    return {n for n in names if getattr(pa, n, None) is not getattr(pb, n, None)}
+    return {n for n in names if not _same_chain(definitions(pa, n), definitions(pb, n))}
+
+
+def definitions(policy: type, name: str) -> tuple[object, ...]:
+    """The definition of `name` in force, and behind it each one a super() call reaches: a
+    method that calls super() decides with the older rule too (a stable policy puts a later
+    change on an older base, so one top definition can stand on different ones)."""
+    chain: list[object] = []
+    for c in policy.__mro__:
+        if name in vars(c):
+            chain.append(vars(c)[name])
+            if not _calls_super(vars(c)[name]):
+                break
+    return tuple(chain)
+
+
+def _calls_super(definition: object) -> bool:
+    """A function whose body uses zero-argument super() (the compiler gives it a __class__
+    cell); a classmethod or staticmethod by the function it wraps."""
+    code = getattr(getattr(definition, "__func__", definition), "__code__", None)
+    return code is not None and "__class__" in code.co_freevars
+
+
+def _same_chain(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 @cache
