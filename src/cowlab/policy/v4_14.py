@@ -17,8 +17,9 @@ from cowlab.policy.history import landed
     "4.9.0, 4.13.4 -> 4.14.177 mm/vmscan.c shrink_page_list (4.13.4 splits the THP in the swap "
     "cache before unmapping it), mm/swap_state.c add_to_swap, "
     "mm/swapfile.c get_swap_pages, swap_alloc_cluster, swapon's cluster_info (verified "
-    "4.13.4 -> 4.14.177; docs/sources-swap.md §1a; 4.13's half, 38d8b4e6bdc8, is v4_13.ThpSwapClusterBeforeSplit, "
-    "invisible); bd4c82c22c36: id confirmed by Fixes: tags and a 2018 bisection that names it "
+    "4.13.4 -> 4.14.177; docs/sources-swap.md §1a; 4.13's half, 38d8b4e6bdc8, is "
+    "v4_13.ThpSwapClusterBeforeSplit, invisible); bd4c82c22c36: id confirmed by Fixes: tags "
+    "and a 2018 bisection that names it "
     "(docs/timeline-sources.md)",
 )
 class ThpSwapOut(Policy):
