@@ -212,6 +212,7 @@ def _ksm(k: Kernel) -> dict[str, Any]:
             node_id: (node.id, node.kpfn, [(i.pid, i.addr) for i in node.items])
             for node_id, node in sorted(state.nodes.items())
         },
+        "unreached": sorted(state.unreached),
         "next_id": state.next_id,
         "full_scans": state.full_scans,
     }

@@ -736,9 +736,11 @@ def test_ksm_rmap_misses_a_mapping(kernel_id: str) -> None:
 @pytest.mark.parametrize("kernel_id", ALL)
 def test_ksm_rmap_may_miss_an_address_ksmd_holds_no_item_for(kernel_id: str) -> None:
     """The rmap_item of an address ksmd dropped (it held a swap PTE when ksmd passed) is gone
-    from both the mm's list and the stable node; the KSM page mapped there again is out of
-    rmap_walk_ksm's reach, as in the kernel, until ksmd visits the address. An item that is
-    still the mm's but off the node is a miss."""
+    from both the mm's list and the stable node; the KSM page mapped there again by
+    do_swap_page is out of rmap_walk_ksm's reach, as in the kernel, until ksmd visits the
+    address (k.ksm.unreached). An item that is still the mm's but off the node is a miss, and
+    so is an address with no item that no swap-in mapped: ksmd hangs an item for every merge
+    (stable_tree_append, 4.5.0 and 6.18.2 mm/ksm.c)."""
     s = ksm_pair(kernel_id)
     (node,) = s.k.ksm.nodes.values()
     item = node.items[1]
@@ -746,4 +748,49 @@ def test_ksm_rmap_may_miss_an_address_ksmd_holds_no_item_for(kernel_id: str) -> 
     miss = f"pid {s.p.pid}: KSM page {s.pfn:#x} at {item.addr:#x}: rmap_walk_ksm misses it"
     assert check_invariants(s.k) == [miss]
     del s.k.ksm.items[(item.pid, item.addr)]
+    assert check_invariants(s.k) == [miss]
+    s.k.ksm.unreached.add((item.pid, item.addr))
     assert check_invariants(s.k) == []
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_ksm_rmap_misses_a_forked_child(kernel_id: str) -> None:
+    """A child forked after ksmd's pass has no rmap_item of its own (fork copies none):
+    rmap_walk_ksm finds its mappings through the parent's items, whose anon_vma's tree holds the
+    child's VMA (anon_vma_clone; 4.5.0 and 6.18.2 mm/ksm.c, mm/rmap.c). Unlinked from that
+    tree, the child's mappings are misses."""
+    s = ksm_pair(kernel_id)
+    c = s.p.fork()
+    assert (c.pid, s.addr) not in s.k.ksm.items and check_invariants(s.k) == []
+    av = s.p.mm.find_vma(s.addr).anon_vma
+    (vma,) = [v for v in av.vmas if v.mm is c.mm]
+    av.vmas.discard(vma)
+    assert check_invariants(s.k) == [
+        f"pid {c.pid}: KSM page {s.pfn:#x} at {s.addr + i * PAGE:#x}: rmap_walk_ksm misses it"
+        for i in range(2)
+    ]
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
+def test_ksm_rmap_may_miss_a_swapped_in_page_and_its_fork(kernel_id: str) -> None:
+    """The KSM page swapped out, ksmd's pass drops the swapped-out address's rmap_item, a read
+    maps the page again from the swap cache (do_swap_page, ksm_might_need_to_copy) where no
+    item reaches it, and a child forked then maps it where no item reaches either (fork copies
+    no items, the child's VMA is only in its parent VMA's anon_vmas and its own): no miss is
+    reported at either (k.ksm.unreached). Off that list, each is a miss again."""
+    s = ksm_pair(kernel_id)
+    other = s.addr + PAGE
+    s.p.write(other, b"S")  # a copy: the KSM page is mapped once, at s.addr
+    s.p.swapout(s.addr, PAGE, until="written")
+    s.k.ksmd()
+    assert (s.p.pid, s.addr) not in s.k.ksm.items
+    assert s.p.read(s.addr, 4) == b"same" and s.p.translate(s.addr) == s.pfn
+    c = s.p.fork()
+    assert s.k.ksm.unreached == {(s.p.pid, s.addr), (c.pid, s.addr)}
+    assert check_invariants(s.k) == []
+    s.k.ksm.unreached.discard((c.pid, s.addr))
+    child_miss = f"pid {c.pid}: KSM page {s.pfn:#x} at {s.addr:#x}: rmap_walk_ksm misses it"
+    assert check_invariants(s.k) == [child_miss]
+    s.k.ksm.unreached.discard((s.p.pid, s.addr))
+    parent_miss = f"pid {s.p.pid}: KSM page {s.pfn:#x} at {s.addr:#x}: rmap_walk_ksm misses it"
+    assert check_invariants(s.k) == [parent_miss, child_miss]

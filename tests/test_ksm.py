@@ -299,3 +299,49 @@ def test_a_ksm_page_swapped_in_after_ksmd_dropped_its_item(kernel_id: str) -> No
     k.ksmd()
     (node,) = [n for n in k.ksm.nodes.values() if n.kpfn == kpage]
     assert [(i.pid, i.addr) for i in node.items] == [(p.pid, addr)]
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
+def test_a_child_forked_after_such_a_swap_in_is_out_of_reach_too(kernel_id: str) -> None:
+    """As above, and a child forked after the swap-in: copy_present_pte maps the KSM page in
+    it, and no rmap_item reaches it either (fork copies no items; the child's VMA is linked only
+    to its parent VMA's anon_vmas and its own: anon_vma_fork, 4.5.0 and 6.18.2). The parent's
+    next write copies its mapping away (do_wp_page); the next pass hangs the child's new item
+    on the node, and none for the parent, whose page is its own now."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    p.write(addr + PAGE, b"S")
+    p.swapout(addr, PAGE, until="written")
+    k.ksmd()
+    assert p.read(addr, 4) == b"same" and p.translate(addr) == kpage
+    c = p.fork()
+    assert c.translate(addr) == kpage and k.ksm.unreached == {(p.pid, addr), (c.pid, addr)}
+    p.write(addr, b"P")
+    assert p.translate(addr) != kpage
+    k.ksmd()
+    (node,) = [n for n in k.ksm.nodes.values() if n.kpfn == kpage]
+    assert [(i.pid, i.addr) for i in node.items] == [(c.pid, addr)] and not k.ksm.unreached
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
+def test_a_ksm_page_swapped_in_where_a_parent_item_reaches_it(kernel_id: str) -> None:
+    """A child forked after the merge maps the KSM page through its parent's rmap_items (their
+    anon_vma's tree holds the child's VMA). The parent copies both pages away; the child keeps
+    the KSM page at addr only; it is swapped out (rmap_walk_ksm finds it through the parent's
+    item) and read back before any ksmd pass: the parent's item at addr still reaches it, so
+    nothing is out of reach. The next pass takes the parent's items off the node (their
+    addresses map other pages: remove_rmap_item_from_tree) and hangs the child's."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    c = p.fork()
+    p.write(addr, b"P")
+    p.write(addr + PAGE, b"P")
+    c.write(addr + PAGE, b"C")
+    c.swapout(addr, PAGE, until="written")
+    assert c.translate(addr) is None
+    assert c.read(addr, 4) == b"same" and c.translate(addr) == kpage and not k.ksm.unreached
+    k.ksmd()
+    (node,) = [n for n in k.ksm.nodes.values() if n.kpfn == kpage]
+    assert [(i.pid, i.addr) for i in node.items] == [(c.pid, addr)]

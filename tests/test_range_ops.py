@@ -759,6 +759,7 @@ MUTATIONS: dict[str, tuple[str, Callable[[Kernel], None]]] = {
     ),
     "ksm item": ("ksm.items[]", _ksm_item),
     "ksm node": ("ksm.nodes[]", _ksm_node),
+    "ksm unreached": ("ksm.unreached", lambda k: k.ksm.unreached.add((1, 0))),
     "ksm next_id": ("ksm.next_id", lambda k: setattr(k.ksm, "next_id", 99)),
     "ksm full_scans": ("ksm.full_scans", lambda k: setattr(k.ksm, "full_scans", 99)),
     "thp_enabled": ("knobs.thp_enabled", lambda k: setattr(k, "thp_enabled", "always")),

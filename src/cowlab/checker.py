@@ -459,11 +459,12 @@ def check_rmap(k: Kernel) -> list[str]:
 
 def _check_ksm_rmap(k: Kernel, mm: MmStruct, vma: VmArea, addrs: Ints, pfns: Ints) -> list[str]:
     """rmap_walk_ksm(): a KSM page's stable node must have an rmap_item at this address whose
-    anon_vma tree holds this VMA (the item's own, or a forked child's). Except at an address
-    where this mm has no rmap_item at all: a KSM page swapped back in from the swap cache after
-    ksmd dropped the rmap_items of its swapped-out addresses (get_next_rmap_item,
-    remove_trailing_rmap_items) is mapped again (ksm_might_need_to_copy) out of the walk's
-    reach until ksmd visits the address again (6.18.2 mm/ksm.c; live 6.18 keeps it KSM)."""
+    anon_vma tree holds this VMA (the item's own, or a forked child's). Except where the KSM
+    page came back from the swap cache (do_swap_page, ksm_might_need_to_copy keeps it) after
+    ksmd dropped the address's rmap_item (get_next_rmap_item, remove_trailing_rmap_items), and
+    in a child forked from such a mapping before ksmd visits it again: the walk misses those in
+    the kernel too (4.5.0 and 6.18.2 mm/ksm.c, mm/memory.c; live 6.18 keeps the page KSM). The
+    model lists them in k.ksm.unreached (mm/ksm.py swapped_in, ksm_fork)."""
     out = []
     for addr, pfn in zip(addrs.tolist(), pfns.tolist(), strict=True):
         node = k.ksm.nodes.get(-int(k.frames.mapping[pfn]))
@@ -475,7 +476,7 @@ def _check_ksm_rmap(k: Kernel, mm: MmStruct, vma: VmArea, addrs: Ints, pfns: Int
             i.addr == addr and i.anon_vma is not None and vma in i.anon_vma.vmas for i in node.items
         )
         # invariant: ksm.rmap
-        if not found and (mm.pid, addr) in k.ksm.items:
+        if not found and (mm.pid, addr) not in k.ksm.unreached:
             out.append(f"pid {mm.pid}: KSM page {pfn:#x} at {addr:#x}: rmap_walk_ksm misses it")
     return out
 

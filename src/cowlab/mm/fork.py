@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowlab.mm.constants import VM_DONTCOPY
+from cowlab.mm.ksm import ksm_fork
 from cowlab.mm.memory import copy_page_range
 from cowlab.mm.mm_types import MmStruct, VmArea
 from cowlab.mm.rmap import anon_vma_fork
@@ -23,3 +24,5 @@ def dup_mmap(k: Kernel, child: MmStruct, parent: MmStruct) -> None:
         child.insert_vma(new)
         if vma.anon_vma is not None:
             copy_page_range(k, new, vma)
+    if k.ksm.unreached:
+        ksm_fork(k, child, parent)

@@ -4,7 +4,8 @@ read-only KSM pages (docs/sources-ksm.md).
 A KSM page is a small anonymous page with PG_ksm whose page->mapping is its stable node (the
 model stores -node id, so PageAnon() still holds). The stable node lists the rmap_items (mm,
 address, anon_vma) merged into it; rmap_walk_ksm finds every mapping through those anon_vmas,
-forked children included. The unstable tree (pages unchanged for one pass) is rebuilt each pass;
+forked children included (not the mappings a swap-in makes where ksmd dropped the address's item:
+KsmState.unreached). The unstable tree (pages unchanged for one pass) is rebuilt each pass;
 it is a red-black tree ordered by the pages' bytes (ksm_tree.py).
 """
 
@@ -72,10 +73,14 @@ class StableNode:
 
 @dataclass
 class KsmState:
-    """ksmd's rmap_items and stable tree, and full_scans (the knobs are Kernel attributes)."""
+    """ksmd's rmap_items and stable tree, and full_scans (the knobs are Kernel attributes).
+    `unreached` holds the (pid, address) pairs where a KSM page is mapped that no rmap_item
+    reaches, so rmap_walk_ksm misses them (swapped_in, ksm_fork); a pair leaves when ksmd hangs
+    an item there (_append), or at its next pass once the address maps no KSM page (_prune)."""
 
     items: dict[tuple[int, int], RmapItem] = field(default_factory=dict)
     nodes: dict[int, StableNode] = field(default_factory=dict)
+    unreached: set[tuple[int, int]] = field(default_factory=set)
     next_id: int = 1
     full_scans: int = 0
 
@@ -95,6 +100,39 @@ def stable_node_of(k: Kernel, pfn: int) -> StableNode | None:
     """page_stable_node(): the KSM page's stable node."""
     node_id = -int(k.frames.mapping[compound_head(k.frames, pfn)])
     return k.ksm.nodes.get(node_id)
+
+
+def walk_reaches(node: StableNode, vma: VmArea, addr: int) -> bool:
+    """rmap_walk_ksm() visits addr in vma: an rmap_item of the node at addr whose anon_vma's
+    interval tree holds the VMA (first round: the item's own mm; second: another, forked from
+    it since ksmd passed). The same in 4.5.0 and 6.18.2 mm/ksm.c."""
+    return any(
+        i.addr == addr and i.anon_vma is not None and vma in i.anon_vma.vmas for i in node.items
+    )
+
+
+def swapped_in(k: Kernel, vma: VmArea, addr: int, pfn: int) -> None:
+    """do_swap_page() mapped the KSM page pfn at addr as it is: ksm_might_need_to_copy() keeps a
+    KSM page that has a stable node (4.5.0, 6.18.2 mm/ksm.c). If ksmd dropped this address's
+    rmap_item while it held a swap PTE (get_next_rmap_item frees the items of the addresses it
+    passes without a page, remove_trailing_rmap_items those after the last; 4.5.0, 6.18.2) and
+    no other item reaches the VMA there, rmap_walk_ksm misses the mapping until ksmd visits the
+    address again."""
+    node = stable_node_of(k, pfn)
+    if node is None or not walk_reaches(node, vma, addr):
+        k.ksm.unreached.add((vma.mm.pid, addr))
+
+
+def ksm_fork(k: Kernel, child: MmStruct, parent: MmStruct) -> None:
+    """The child's copy (copy_present_pte) of a mapping no rmap_item reaches is out of reach
+    too: fork copies no rmap_items (the note above remove_trailing_rmap_items, 4.5.0 and 6.18.2
+    mm/ksm.c), and the child's VMA joins the trees of its parent VMA's anon_vmas
+    (anon_vma_clone) and of its own new or reused one (anon_vma_fork), none of which an item at
+    that address holds (4.5.0, 6.18.2 mm/rmap.c)."""
+    for addr in [addr for pid, addr in k.ksm.unreached if pid == parent.pid]:
+        pfn = _mapped_page(child, addr)
+        if pfn is not None and PageKsm(k.frames, pfn):
+            k.ksm.unreached.add((child.pid, addr))
 
 
 # --- MADV_MERGEABLE / MADV_UNMERGEABLE ----------------------------------------------------
@@ -368,6 +406,7 @@ def _append(k: Kernel, node: StableNode, item: RmapItem, vma: VmArea) -> None:
     _leave(k, item)
     item.node, item.anon_vma = node.id, vma.anon_vma
     node.items.append(item)
+    k.ksm.unreached.discard((item.pid, item.addr))
 
 
 def _leave(k: Kernel, item: RmapItem) -> None:
@@ -380,7 +419,13 @@ def _leave(k: Kernel, item: RmapItem) -> None:
 
 def _prune(k: Kernel) -> None:
     """ksm_exit() / remove_trailing_rmap_items(): the rmap_items of gone processes and of
-    addresses that no longer map their stable node's page leave the tree."""
+    addresses that no longer map their stable node's page leave the tree. A pair of
+    `unreached` whose address no longer maps a KSM page (unmapped, copied, exited) goes."""
+    for pid, addr in list(k.ksm.unreached):
+        proc = k.processes.get(pid)
+        pfn = _mapped_page(proc.mm, addr) if proc is not None else None
+        if pfn is None or not PageKsm(k.frames, pfn):
+            k.ksm.unreached.discard((pid, addr))
     for key, item in list(k.ksm.items.items()):
         proc = k.processes.get(item.pid)
         pfn = _mapped_page(proc.mm, item.addr) if proc is not None else None

@@ -201,6 +201,10 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
     if d.writable:
         bits |= PTE_WRITE | (PTE_DIRTY | PTE_SOFT_DIRTY if write else 0)
     _map_swapped_in(k, vma, addr - ((page - first) << PAGE_SHIFT), table, first, nr, bits, d)
+    if k.frames.flags.item(page) & PG_ksm:  # ksm_might_need_to_copy() kept the KSM page
+        from cowlab.mm import ksm  # ksm.py imports this module
+
+        ksm.swapped_in(k, vma, addr, page)
     if not frees_first:
         for slot in slots:
             swap_free(k, slot)
