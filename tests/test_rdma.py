@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cowlab.cli import main
 from cowlab.workloads import rdma
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rdma_mr.py"
@@ -77,3 +78,22 @@ def test_bad_size_is_one_clear_line() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "rdma_mr.py: --size must be a positive multiple of 2M"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kernel", "4.4"], "cowlab rdma: argument --kernel: unknown kernel '4.4': expected"),
+        (["--trigger", "swap"], "cowlab rdma: argument --trigger: invalid choice: 'swap'"),
+        (["--bogus"], "cowlab rdma: unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_command_line_is_one_clear_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["rdma", *args])
+    err = capsys.readouterr().err
+    assert done.value.code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(message), err

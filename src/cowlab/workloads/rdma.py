@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from cowlab.kernel import CowEvent, Kernel, Pin, Process
 from cowlab.mm.constants import HPAGE_PMD_SIZE, PAGE_SIZE
@@ -209,8 +210,16 @@ def kernel_arg(text: str) -> str:
     return text
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad command line is one line naming the program and what was expected, exit 2 (not
+    argparse's usage block before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog, description="The RDMA memory-region test of 6d0a07edd17c on a modelled kernel."
     )
     parser.add_argument(
