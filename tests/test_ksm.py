@@ -345,3 +345,30 @@ def test_a_ksm_page_swapped_in_where_a_parent_item_reaches_it(kernel_id: str) ->
     k.ksmd()
     (node,) = [n for n in k.ksm.nodes.values() if n.kpfn == kpage]
     assert [(i.pid, i.addr) for i in node.items] == [(c.pid, addr)]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_a_mapping_two_rmap_items_reach_is_unmapped_once(kernel_id: str) -> None:
+    """Two merged pages, fork, and a ksmd pass that hangs C's own rmap_items on the stable node:
+    C's PTE is now reached by rmap_walk_ksm through P's item (C's VMA is in P's anon_vma tree)
+    and through C's own. P writes both pages and C the second (copies), so the KSM page is
+    mapped once, by C's first page. Its swap-out (MADV_PAGEOUT from 5.4, the reclaim path
+    before: neither tests PageKsm) unmaps that mapping once: on the second visit
+    try_to_unmap_one's page_vma_mapped_walk finds no PTE mapping the page (4.5.0 .. 6.18.2
+    mm/ksm.c rmap_walk_ksm, mm/rmap.c). One swap PTE, swap count 1, the page mapped nowhere."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    assert k.ksmd(2) == 2
+    kpage = p.translate(addr)
+    assert kpage is not None
+    c = p.fork()
+    k.ksmd(2)
+    (node,) = k.ksm.nodes.values()
+    assert len(node.items) == 4
+    p.write(addr, b"X")
+    p.write(addr + PAGE, b"X")
+    c.write(addr + PAGE, b"Y")
+    assert page_mapcount(k.frames, kpage) == 1
+    c.swapout(addr, PAGE, until="written")
+    assert c.translate(addr) is None
+    assert page_mapcount(k.frames, kpage) == 0
+    assert int(k.swap.swap_map[int(k.frames.private[kpage])]) == 1

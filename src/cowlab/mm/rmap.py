@@ -471,9 +471,11 @@ def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
 def rmap_walk_ksm(k: Kernel, pfn: int) -> list[Mapping]:
     """rmap_walk_ksm(): every PTE mapping a KSM page, found through its stable node's
     rmap_items: at each item's address, in every VMA of the item's anon_vma tree (a forked
-    child's included)."""
+    child's included). A PTE two items reach (a child's, through its parent's item and its own)
+    is one mapping: the kernel's second visit finds it unmapped (page_vma_mapped_walk)."""
     node = k.ksm.nodes.get(-int(k.frames.mapping[pfn]))
     found: list[Mapping] = []
+    reached: set[tuple[int, int]] = set()
     for item in node.items if node is not None else []:
         vmas = sorted(item.anon_vma.vmas, key=lambda v: v.mm.pid) if item.anon_vma else []
         k.vmstat["rmap_walk_vmas"] += len(vmas)
@@ -482,7 +484,10 @@ def rmap_walk_ksm(k: Kernel, pfn: int) -> list[Mapping]:
             if not vma.vm_start <= item.addr < vma.vm_end or not isinstance(table, PteTable):
                 continue
             i = pte_index(item.addr)
+            if (id(vma), item.addr) in reached:
+                continue
             if table.pfn[i] == pfn and not table.bits[i] & PTE_MIGRATION:
+                reached.add((id(vma), item.addr))
                 found.append(Mapping(vma.mm, vma, item.addr, pfn, False))
     k.vmstat["rmap_walk"] += 1
     k.event("rmap_walk_ksm", pfn=pfn, detail=f"{len(found)} mappings through the stable node")
