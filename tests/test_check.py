@@ -359,3 +359,20 @@ steps:
         True,
     ]
     assert [run[0] for run in verdicts.runs] == ["v5.8", "v5.9", "v4.11"]
+
+
+def test_corpus_runs_a_kernel_whose_sysfs_files_differ() -> None:
+    """A `set` step reads has_knob(), which looks through every change's new_knobs: 4.13 has
+    /sys/kernel/mm/ksm/max_page_sharing (4.13.4 mm/ksm.c), 4.11 does not (4.11's mm/ksm.c),
+    so the step is ok on 4.13 and ENOENT on 4.11, and 4.11 cannot take 4.13's verdict even
+    where the run reads no other attribute the two define differently."""
+    text = """name: t
+kernels: [v4.13, v4.11]
+processes: [P]
+steps:
+  - op: set
+    ksm_max_page_sharing: 2
+    expect: {outcome: ok}
+"""
+    verdicts = Verdicts(parse_scenario(text))
+    assert [verdicts.passes(k) for k in ("v4.13", "v4.11")] == [True, False]

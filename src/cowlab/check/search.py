@@ -164,7 +164,15 @@ def differing(pa: Any, pb: Any) -> set[str]:
     """policy_differences of two policy classes."""
     names = {n for change in (*pa.changes, *pb.changes) for n in vars(change)}
     names = {n for n in names if not n.startswith("_") and n != "landed"}
-    return {n for n in names if not _same_chain(definitions(pa, n), definitions(pb, n))}
+    out = {n for n in names if not _same_chain(definitions(pa, n), definitions(pb, n))}
+    if _knobs(pa) != _knobs(pb):  # has_knob() reads every change's new_knobs, not the top one
+        out.add("has_knob")
+    return out
+
+
+def _knobs(policy: Any) -> frozenset[str]:
+    """The sysfs knobs the policy's changes add (what its has_knob() looks through)."""
+    return frozenset().union(*(getattr(c, "new_knobs", ()) for c in policy.changes))
 
 
 def definitions(policy: type, name: str) -> tuple[object, ...]:
