@@ -4,8 +4,9 @@ Invariants (must hold on every kernel, or the model â€” or the modelled kernel â
   counters  _mapcount, compound_mapcount, PG_double_map and _count agree with the mappings and
             pins in the page tables (4.5: every mapping and every GUP reference holds one _count
             on the head; tails hold none); MM_ANONPAGES agrees with the mapped pages; 5.7+
-            _pincount, 5.19+ PG_anon_exclusive, 6.2+ _nr_pages_mapped, 6.10+ _large_mapcount
-            and 6.15+ MM-id slots agree with them too.
+            _pincount, 5.19+ PG_anon_exclusive, 6.2+ _nr_pages_mapped (not kept under
+            CONFIG_NO_PAGE_MAPCOUNT), 6.10+ _large_mapcount and 6.15+ MM-id slots agree with
+            them too.
   rmap      every mapping of an anonymous page is reachable from the page's anon_vma, at the
             address its page->index gives (what rmap_walk_anon relies on).
 Properties (what a program is owed; some kernels break them on purpose):
@@ -166,7 +167,7 @@ def check_counters(k: Kernel) -> list[str]:
     _compare(problems, "_count", small, f._count[:n], want)
     for head in np.flatnonzero(allocated & ((flags & PG_head) != 0)).tolist():
         problems += _check_thp(k, head, r)
-        if k.policy.nr_pages_mapped:
+        if k.nr_pages_mapped:  # not under CONFIG_NO_PAGE_MAPCOUNT
             problems += _check_nr_pages_mapped(k, head, r)
         if k.policy.large_mapcount:
             problems += _check_large_mapcount(k, head, r)

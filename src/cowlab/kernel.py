@@ -87,6 +87,9 @@ class Config:
     # CONFIG_MEM_SOFT_DIRTY: a build option, on as distributions build every release; this
     # machine's 6.18 is built without it (docs/live.md)
     soft_dirty: bool = True
+    # CONFIG_NO_PAGE_MAPCOUNT (6.15+, experimental, off by default and on this machine's 6.18):
+    # a large folio keeps no per-page _mapcount and no _nr_pages_mapped (docs/scenarios.md)
+    no_page_mapcount: bool = False
     # the swap area (not a build option): a swap file on a rotational disk ("file"), a rotational
     # ("hdd") or non-rotational ("ssd") block device, or zram (synchronous, stable writes)
     swap_device: str = "file"
@@ -201,6 +204,12 @@ class Kernel:
         self.resolved = resolve(kernel_id)
         self.policy = self.resolved.policy()
         self.config = config or Config()
+        if self.config.no_page_mapcount and not self.policy.no_page_mapcount_option:
+            raise ValueError(f"no CONFIG_NO_PAGE_MAPCOUNT on {self.resolved.describe()}")
+        # _nr_pages_mapped is kept (6.2+) unless CONFIG_NO_PAGE_MAPCOUNT drops it; rmap.py reads
+        # these two attributes, never the release
+        self.page_mapcount = not self.config.no_page_mapcount
+        self.nr_pages_mapped = self.policy.nr_pages_mapped and self.page_mapcount
         self.selfcheck = selfcheck
         self.tracing = tracing
         self.frames = PageFrames()

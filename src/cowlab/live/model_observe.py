@@ -2,8 +2,9 @@
 
 Per 4 KiB page of each named region of a modelled process: folio label (first sight, shared
 across the regions in the order given), subpage, folio size, level (pmd/pte/None), mapcount as
-/proc/kpagecount reports it, anon_exclusive where kpageflags shows it, KSM/zero/swap fields and a
-digest of the bytes. PFNs never leave this module.
+/proc/kpagecount reports it (under CONFIG_NO_PAGE_MAPCOUNT a large folio's average),
+anon_exclusive where kpageflags shows it, KSM/zero/swap fields and a digest of the bytes. PFNs
+never leave this module.
 
 Each region is read as arrays: the PTE tables' pfn/bits slices and the huge PMDs of the range
 give one value per page, and the frames' flags and orders are indexed with the mapped PFNs all
@@ -33,7 +34,7 @@ from cowlab.mm.constants import (
     PG_ksm,
     PG_swapcache,
 )
-from cowlab.mm.mm import heads_of
+from cowlab.mm.mm import average_page_mapcount, heads_of
 from cowlab.mm.mm_types import pmd_index, pte_index
 from cowlab.mm.pgtable import PTE_MIGRATION, PTE_SPECIAL, HugePmd
 from cowlab.policy import resolve
@@ -91,7 +92,14 @@ class _Observer:
         self.folios = FirstSight()
         self.swaps = FirstSight()  # swap slot -> S<n>, first sight, as observe.py labels
         self.pte_maps, self.pmd_maps = mapcounts(k)
+        # CONFIG_NO_PAGE_MAPCOUNT: kpagecount gives a large folio's pages its average mapcount,
+        # from its PTE maps in all (per head) and its PMD maps
+        self.folio_ptes = None if k.page_mapcount else self._folio_ptes()
         self.bytes: dict[int, tuple[int, int]] = {}  # pfn -> (digest, head) in this snapshot
+
+    def _folio_ptes(self) -> _Counts:
+        keys, counts = self.pte_maps.keys, self.pte_maps.counts
+        return _Counts(np.repeat(heads_of(self.f, keys), counts))
 
     def regions(self, regions: Sequence[tuple[str, Process, int, int]]) -> dict[str, PageArrays]:
         """(name, process, addr, length) regions: their entries laid end to end, every field
@@ -180,6 +188,11 @@ class _Observer:
         out.nr[sel] = nr
         out.level[sel] = np.where(pmd, pg.LEVEL_PMD, pg.LEVEL_PTE)
         out.mapcount[sel] = self.pte_maps[pfns] + self.pmd_maps[head]
+        if self.folio_ptes is not None:
+            entire = self.pmd_maps[head]
+            total = self.folio_ptes[head] + entire
+            average = average_page_mapcount(total, entire, self.f.order[head].astype(np.int64))
+            out.mapcount[sel] = np.where(nr > 1, average, out.mapcount[sel])
         if self.show_exclusive:
             # kpageflags shows PG_anon_exclusive on a large folio's head only; a PMD mapping
             # makes observe.py use the head's flag for every subpage (see observe.py).

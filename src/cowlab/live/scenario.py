@@ -130,6 +130,8 @@ def _config_reason(scenario: Scenario, facts: KernelFacts, limits: Limits) -> st
         return "config transparent_hugepage: false, but this kernel is built with THP"
     if not cfg.config_swap:
         return "config swap: false, but this kernel is built with CONFIG_SWAP"
+    if cfg.no_page_mapcount:  # docs/live.md: /proc/config.gz, # CONFIG_NO_PAGE_MAPCOUNT is not set
+        return "config no_page_mapcount: true, but this kernel is built with CONFIG_PAGE_MAPCOUNT"
     missing = [f"{kb}K" for kb, _mode in cfg.mthp if f"{kb}kB" not in facts.mthp]
     if missing:
         return f"config mthp: this kernel has no {', '.join(missing)} mTHP size (no sysfs knob)"

@@ -27,6 +27,8 @@ from cowlab.mm.page_alloc import PageFrames
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
+I64 = npt.NDArray[np.int64]
+
 
 def compound_head(f: PageFrames, pfn: int) -> int:
     """compound_head(): the head for a tail page, the page itself otherwise."""
@@ -126,6 +128,28 @@ def folio_mapped(f: PageFrames, head: int) -> bool:
 def folio_large_mapcount(f: PageFrames, head: int) -> int:
     """folio_large_mapcount() (6.x): every PTE and PMD mapping of the large folio."""
     return int(f._large_mapcount[head]) + 1
+
+
+def average_page_mapcount(total: I64, entire: I64, order: I64) -> I64:
+    """folio_average_page_mapcount() (fs/proc/internal.h, 6.15 .. 6.18.2), what /proc/kpagecount
+    reports for every page of a large folio under CONFIG_NO_PAGE_MAPCOUNT: its PTE mappings
+    (total minus the PMD ones) shared out over its pages, rounded to nearest, plus the PMD
+    mappings; at least 1 while anything maps it. Element-wise over arrays of folios."""
+    ptes = total - entire
+    avg = np.maximum(((ptes + ((1 << order) >> 1)) >> order) + entire, 1)
+    return np.where(total <= 0, 0, np.where(ptes <= 0, entire, avg))
+
+
+def page_mapcount_reported(k: Kernel, pfn: int) -> int:
+    """The mapcount of a page as the build reports it (kpagecount): page_mapcount(), or for a
+    large folio under CONFIG_NO_PAGE_MAPCOUNT its average_page_mapcount()."""
+    f = k.frames
+    if k.page_mapcount or not PageTransCompound(f, pfn):
+        return page_mapcount(f, pfn)
+    head = compound_head(f, pfn)
+    total, entire = folio_large_mapcount(f, head), compound_mapcount(f, head)
+    one = np.array([total, entire, f.order.item(head)], dtype=np.int64)
+    return int(average_page_mapcount(one[0:1], one[1:2], one[2:3]).item())
 
 
 def folio_maybe_mapped_shared(f: PageFrames, head: int) -> bool:

@@ -24,6 +24,7 @@ from cowlab.mm.mm import (
     PageDoubleMap,
     PageKsm,
     compound_head,
+    folio_large_mapcount,
     folio_mapped,
     folio_nr_pages,
     heads_of,
@@ -142,8 +143,12 @@ def page_anon_vma(k: Kernel, pfn: int) -> AnonVma | None:
 # mapped by PTE), +/-ENTIRELY_MAPPED (6.2: COMPOUND_MAPPED, the same bit) when _entire_mapcount
 # goes -1 -> 0 / 0 -> -1; the deferred-split queue is decided by it. Nothing recomputes it from
 # _mapcount, so the checker, which recounts it from the page tables, checks an independent
-# counter. CONFIG_NO_PAGE_MAPCOUNT (749492229e3b, 6.15) drops the field; no modelled kernel
-# sets it.
+# counter. CONFIG_NO_PAGE_MAPCOUNT (6.15, the scenario config `no_page_mapcount`; k.page_mapcount
+# and k.nr_pages_mapped say which build) drops the field and a large folio's per-page _mapcount:
+# 6.18.2 __folio_add_rmap/__folio_remove_rmap then decide the deferred split by _large_mapcount
+# (_nr_pages_mapped stays 0 in the model). The model still counts each page's PTE maps in
+# _mapcount, its own tally that the rest of the model reads for a total (the kernel reads
+# _large_mapcount there, the same sum); nothing such a build reports comes from it.
 
 ENTIRELY_MAPPED = 0x800000  # mm/internal.h: the PMD-mapped flag inside _nr_pages_mapped
 
@@ -242,10 +247,10 @@ def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     f._mapcount[pfn] = mapcount
-    if _pte_unmap_queues(k, head, int(mapcount == -1)):
-        deferred_split_huge_page(k, head)
     if k.policy.large_mapcount:
         _folio_remove(k, mm, head, 1)
+    if _pte_unmap_queues(k, head, int(mapcount == -1)):
+        deferred_split_huge_page(k, head)
 
 
 def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
@@ -255,7 +260,8 @@ def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
     np.add.at(f._mapcount, pfns, 1)
     if k.policy.nr_pages_mapped:
         for head, nr, first in _large_heads(k, pfns, edge=0):
-            f._nr_pages_mapped[head] += first
+            if k.nr_pages_mapped:
+                f._nr_pages_mapped[head] += first
             if k.policy.large_mapcount:
                 _folio_add(k, mm, head, nr)
 
@@ -268,10 +274,10 @@ def rmap_remove_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> No
     if (f._mapcount[pfns] < -1).any():
         raise KernelBug("page_remove_rmap: _mapcount below -1")
     for head, nr, last in _large_heads(k, pfns, edge=-1):
-        if _pte_unmap_queues(k, head, last):
-            deferred_split_huge_page(k, head)
         if k.policy.large_mapcount:
             _folio_remove(k, mm, head, nr)
+        if _pte_unmap_queues(k, head, last):
+            deferred_split_huge_page(k, head)
 
 
 def _pte_unmap_queues(k: Kernel, head: int, last: int) -> bool:
@@ -279,7 +285,10 @@ def _pte_unmap_queues(k: Kernel, head: int, last: int) -> bool:
     4.5 .. 6.1: whenever one did (a PMD mapping elsewhere keeps the pages' _mapcount at 0 or
     more through the DoubleMap offset). 6.2 (6.2.1 .. 6.18.2 mm/rmap.c): subpages_mapcount
     (_nr_pages_mapped) drops by `last`, and the THP is queued only if it is not also mapped
-    by a PMD (the COMPOUND_MAPPED / ENTIRELY_MAPPED bit)."""
+    by a PMD (the COMPOUND_MAPPED / ENTIRELY_MAPPED bit). Without per-page mapcounts, see
+    _partially_mapped. Called after _large_mapcount has dropped."""
+    if not k.page_mapcount:
+        return _partially_mapped(k, head) and k.frames.compound_mapcount[head + 1] < 0
     if not k.policy.nr_pages_mapped:
         return last > 0
     f = k.frames
@@ -291,7 +300,7 @@ def rmap_add_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
     """+1 PMD mapping: compound_mapcount (6.x: _entire_mapcount), and the folio fields in 6.x."""
     f = k.frames
     f.compound_mapcount[head + 1] += 1
-    if k.policy.nr_pages_mapped and f.compound_mapcount[head + 1] == 0:  # the first PMD map
+    if k.nr_pages_mapped and f.compound_mapcount[head + 1] == 0:  # the first PMD map
         f._nr_pages_mapped[head] += ENTIRELY_MAPPED
     if k.policy.large_mapcount:
         _folio_add(k, mm, head, 1)
@@ -314,8 +323,11 @@ def rmap_remove_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
 def _last_pmd_unmap_queues(k: Kernel, head: int) -> bool:
     """The last PMD mapping went: queue the THP? 4.5 .. 6.1: if any page is left with no PTE
     mapping (all of them when no DoubleMap offset was set). 6.2 (6.2.1 .. 6.18.2 page_remove_rmap,
-    __folio_remove_rmap): only if it is partly PTE-mapped, some pages mapped and some not."""
+    __folio_remove_rmap): only if it is partly PTE-mapped, some pages mapped and some not.
+    Without per-page mapcounts, see _partially_mapped (_large_mapcount has dropped)."""
     f = k.frames
+    if not k.page_mapcount:
+        return _partially_mapped(k, head)
     if k.policy.nr_pages_mapped:
         mapped = f._nr_pages_mapped[head] - ENTIRELY_MAPPED
         f._nr_pages_mapped[head] = mapped
@@ -325,6 +337,16 @@ def _last_pmd_unmap_queues(k: Kernel, head: int) -> bool:
     f.flags[head + 1] &= flags_without(PG_double_map)
     f._mapcount[head : head + HPAGE_PMD_NR] -= 1
     return bool((f._mapcount[head : head + HPAGE_PMD_NR] == -1).any())
+
+
+def _partially_mapped(k: Kernel, head: int) -> bool:
+    """CONFIG_NO_PAGE_MAPCOUNT (6.18.2 mm/rmap.c __folio_remove_rmap): with no count of which
+    pages are mapped, a large folio is "partially mapped" when its mappings left (PTEs and
+    PMDs, _large_mapcount) are some but fewer than its pages; a PTE unmap also wants no PMD
+    mapping left. So a THP two processes each map half of by PTEs (512 mappings) is not
+    queued, whichever half each maps."""
+    left = folio_large_mapcount(k.frames, head)
+    return 0 < left < folio_nr_pages(k.frames, head)
 
 
 def _large_heads(k: Kernel, pfns: npt.NDArray[np.int64], edge: int) -> list[tuple[int, int, int]]:

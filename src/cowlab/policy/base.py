@@ -49,6 +49,8 @@ class Policy(ABC):
     nr_pages_mapped: ClassVar[bool] = False  # 6.2 subpages_mapcount (6.3: _nr_pages_mapped)
     large_mapcount: ClassVar[bool] = False  # _large_mapcount (6.10, 05c5323b2a34)
     mm_ids: ClassVar[bool] = False  # _mm_id, _mm_id_mapcount, the maybe-shared bit (6.15)
+    # the build may set CONFIG_NO_PAGE_MAPCOUNT (mm/Kconfig, 6.15; still there in 6.18.2)
+    no_page_mapcount_option: ClassVar[bool] = False
     foll_pin: ClassVar[bool] = False  # FOLL_PIN: GUP_PIN_COUNTING_BIAS and _pincount (5.7)
     anon_exclusive: ClassVar[bool] = False  # PG_anon_exclusive (5.19)
     pmd_cow_splits: ClassVar[bool] = False  # a PMD that is not reused is split, 4 KiB COW (5.8)

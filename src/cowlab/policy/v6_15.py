@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     "_mm_id_mapcount (bracketed)",
 )
 class LargeFolioReuse(Policy):
+    """The same series (6.15-rc1) adds CONFIG_NO_PAGE_MAPCOUNT to mm/Kconfig: a build option
+    the scenario config chooses (`no_page_mapcount`); its rmap rule is in mm/rmap.py."""
+
     mm_ids = True
+    no_page_mapcount_option = True
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames

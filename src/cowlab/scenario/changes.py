@@ -53,7 +53,8 @@ def counter_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
     heads = np.unique(np.where(compound, pfns & ~((1 << order) - 1), pfns)[changed])
     for head in heads.tolist():
         if compound[head] and order[head]:
-            lines.append(_thp_change(head, 1 << int(order[head]), before, now))
+            change = _thp_change(head, 1 << int(order[head]), before, now, k.page_mapcount)
+            lines.append(change)
         else:
             lines.append(f"page {head:#x}: " + ", ".join(_field_changes(head, before, now)))
     return lines + _swap_changes(k, before)
@@ -114,8 +115,15 @@ def _allocation_changes(k: Kernel, before: dict[str, np.ndarray]) -> list[str]:
 
 
 def _thp_change(
-    head: int, nr: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray]
+    head: int,
+    nr: int,
+    before: dict[str, np.ndarray],
+    now: dict[str, np.ndarray],
+    page_mapcount: bool,
 ) -> str:
+    """A large folio's changes; under CONFIG_NO_PAGE_MAPCOUNT (not page_mapcount) its mappings
+    as the build counts them, _large_mapcount, instead of the pages' _mapcount it does not keep
+    (the model's tally of PTE maps plus the PMD maps: the same sum)."""
     sl = slice(head, head + nr)
     parts = []
     c_old = int(before["compound_mapcount"][head + 1]) + 1
@@ -128,6 +136,12 @@ def _thp_change(
         parts.append(f"DoubleMap {int(dm_old)}->{int(dm_new)}")
     parts += [p for p in _field_changes(head, before, now) if not p.startswith("_mapcount")]
     old_mc, new_mc = before["_mapcount"][sl], now["_mapcount"][sl]
+    if not page_mapcount:
+        large_old = int(old_mc.sum()) + nr + c_old - 1
+        large_new = int(new_mc.sum()) + nr + c_new - 1
+        shown = f"{large_old}->{large_new}" if large_old != large_new else f"{large_new} (same)"
+        parts.append(f"_large_mapcount {shown}")
+        return f"THP {head:#x}: " + ", ".join(parts)
     diff = np.flatnonzero(old_mc != new_mc)
     pairs: dict[tuple[int, int], int] = {}
     for i in diff.tolist():

@@ -18,7 +18,7 @@ from cowlab.mm.mm import (
     folio_nr_pages,
     is_zero_pfn,
     page_count,
-    page_mapcount,
+    page_mapcount_reported,
 )
 from cowlab.mm.mm_types import pmd_index, pte_index
 from cowlab.mm.pgtable import (
@@ -120,7 +120,7 @@ def actual(
     if pfn is None:
         return None
     if e.what == "mapcount":
-        return page_mapcount(f, pfn)
+        return page_mapcount_reported(runner.k, pfn)
     if e.what == "total_mapcount":
         return total_mapcount(f, compound_head(f, pfn))
     return page_count(f, pfn)

@@ -579,6 +579,7 @@ def parse_config(ctx: Context, raw: Any, loc: Loc) -> ScenarioConfig:
         "transparent_hugepage": ("config_thp", parse_bool),
         "debug_vm": ("debug_vm", parse_bool),
         "soft_dirty": ("soft_dirty", parse_bool),
+        "no_page_mapcount": ("no_page_mapcount", parse_bool),
         "mthp": ("mthp", parse_mthp),
         "swap_device": ("swap_device", choice(*SWAP_DEVICES)),
     }

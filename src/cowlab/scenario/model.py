@@ -97,6 +97,7 @@ class ScenarioConfig:
     config_thp: bool = True
     debug_vm: bool = False
     soft_dirty: bool = True  # CONFIG_MEM_SOFT_DIRTY (this machine's 6.18: false)
+    no_page_mapcount: bool = False  # CONFIG_NO_PAGE_MAPCOUNT, 6.15+ (this machine's 6.18: false)
     mthp: tuple[tuple[int, str], ...] = ()  # (size in KiB, mode) for hugepages-<size>kB
     swap_device: str = "file"  # the swap area: file, hdd, ssd, zram (mm/swapfile.SWAP_DEVICES)
     locs: dict[str, Loc] = field(default_factory=dict, compare=False, hash=False)  # key -> where

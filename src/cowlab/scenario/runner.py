@@ -9,6 +9,7 @@ from cowlab.errors import KernelBug, Segfault, SyscallError
 from cowlab.kernel import Config, Kernel, Pin, Process
 from cowlab.mm.mremap import POSITIVE_EFAULT
 from cowlab.mm.trace import Event
+from cowlab.policy import resolve
 from cowlab.scenario import budget
 from cowlab.scenario.changes import counter_changes, counters_snapshot
 from cowlab.scenario.judge import judge
@@ -95,8 +96,17 @@ class Runner:
             thp=cfg.config_thp,
             debug_vm=cfg.debug_vm,
             soft_dirty=cfg.soft_dirty,
+            no_page_mapcount=cfg.no_page_mapcount,
             swap_device=cfg.swap_device,
         )
+        resolved = resolve(kernel_id)
+        if cfg.no_page_mapcount and not resolved.policy.no_page_mapcount_option:
+            raise ScenarioError(
+                scenario.path,
+                cfg.locs["no_page_mapcount"],
+                f"expected no_page_mapcount on 6.15 .. 6.18, not on {resolved.describe()}: "
+                "mm/Kconfig has CONFIG_NO_PAGE_MAPCOUNT from 6.15",
+            )
         self.k = Kernel(kernel_id, config, tracing=tracing)
         if cfg.mthp and not self.k.policy.has_knob("mthp"):
             raise ScenarioError(
