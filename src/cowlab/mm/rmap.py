@@ -143,8 +143,9 @@ def page_anon_vma(k: Kernel, pfn: int) -> AnonVma | None:
 # mapped by PTE), +/-ENTIRELY_MAPPED (6.2: COMPOUND_MAPPED, the same bit) when _entire_mapcount
 # goes -1 -> 0 / 0 -> -1; the deferred-split queue is decided by it. Nothing recomputes it from
 # _mapcount, so the checker, which recounts it from the page tables, checks an independent
-# counter. CONFIG_NO_PAGE_MAPCOUNT (6.15, the scenario config `no_page_mapcount`; k.page_mapcount
-# and k.nr_pages_mapped say which build) drops the field and a large folio's per-page _mapcount:
+# counter. CONFIG_NO_PAGE_MAPCOUNT (749492229e3b, 6.15; the scenario config `no_page_mapcount`;
+# k.page_mapcount and k.nr_pages_mapped say which build) drops the field and a large folio's
+# per-page _mapcount:
 # 6.18.2 __folio_add_rmap/__folio_remove_rmap then decide the deferred split by _large_mapcount
 # (_nr_pages_mapped stays 0 in the model). The model still counts each page's PTE maps in
 # _mapcount, its own tally that the rest of the model reads for a total (the kernel reads

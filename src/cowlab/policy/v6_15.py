@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     "_mm_id_mapcount (bracketed)",
 )
 class LargeFolioReuse(Policy):
-    """The same series (6.15-rc1) adds CONFIG_NO_PAGE_MAPCOUNT to mm/Kconfig: a build option
-    the scenario config chooses (`no_page_mapcount`); its rmap rule is in mm/rmap.py."""
+    """The same series (6.15-rc1) adds CONFIG_NO_PAGE_MAPCOUNT to mm/Kconfig (749492229e3b
+    stops the per-page mapcounts under it): a build option the scenario config chooses
+    (`no_page_mapcount`); its rmap rule is in mm/rmap.py."""
 
     mm_ids = True
     no_page_mapcount_option = True
