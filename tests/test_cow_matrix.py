@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
-import jsonschema
 import pytest
 import yaml
+
+from tests.schema import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +42,8 @@ def test_scenarios_are_generated_from_the_derivation(tmp_path: Path) -> None:
 
 
 def test_scenarios_follow_the_schema() -> None:
-    schema = json.loads((ROOT / "docs" / "scenario.schema.json").read_text())
     for path in (ROOT / "examples" / "cow").glob("*.yaml"):
-        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+        validate(yaml.safe_load(path.read_text()))
 
 
 def test_model_agrees_with_every_derived_cell(results: dict) -> None:

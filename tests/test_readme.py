@@ -26,7 +26,7 @@ def test_exactly_two_setup_commands() -> None:
     assert len(commands) == 2
     assert all(c.startswith("python3 -m venv .venv && ") for c in commands)
     assert commands[0].endswith("cowlab rdma --kernel v4.5 --kernel v4.5+6d0a07e")
-    assert commands[1].endswith("-m pytest")
+    assert commands[1].endswith("-m pytest -n auto")
 
 
 def test_example_output_matches_the_program() -> None:

@@ -5,7 +5,6 @@ same bytes as `data`."""
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from cowlab.scenario.budget import step_cost
 from cowlab.scenario.model import Address
 from cowlab.scenario.oracle import LogicalMemory
 from cowlab.scenario.runner import Runner, RunResult, run_scenario
+from tests.schema import validate
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT / "docs" / "scenario.schema.json").read_text())
 PAGE = 4096
 KERNELS = ["v4.5", "v5.8", "v6.18"]
 
@@ -87,7 +86,7 @@ def test_the_schema_takes_data_or_size_and_fill_and_touch() -> None:
     def valid(step: dict[str, Any]) -> bool:
         doc = {"name": "t", "steps": [step]}
         try:
-            jsonschema.validate(doc, SCHEMA)
+            validate(doc)
         except jsonschema.ValidationError:
             return False
         return True

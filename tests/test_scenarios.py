@@ -6,9 +6,9 @@ import json
 import re
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
+from jsonschema.validators import validator_for
 
 from cowlab import checker
 from cowlab.cli import main
@@ -18,11 +18,11 @@ from cowlab.scenario.located import LList, LMap
 from cowlab.scenario.oracle import LogicalMemory
 from cowlab.scenario.report import shown_happened
 from cowlab.scenario.runner import run_scenario
+from tests.schema import SCHEMA, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 # every example but the cow.c matrix (tests/test_cow_matrix.py runs that)
 EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent.name != "cow")
-SCHEMA = json.loads((ROOT / "docs" / "scenario.schema.json").read_text())
 ERROR_LINE = re.compile(r"^\S+:\d+:\d+: \S.*$")
 
 
@@ -37,7 +37,13 @@ def test_example_passes_on_every_kernel_it_names(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_validate_against_the_schema(path: Path) -> None:
-    jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
+    validate(yaml.safe_load(path.read_text()))
+
+
+def test_the_schema_is_a_valid_schema() -> None:
+    """Against the metaschema its $schema names (what jsonschema.validate checks first)."""
+    assert validator_for(SCHEMA).META_SCHEMA["$id"] == SCHEMA["$schema"]
+    validator_for(SCHEMA).check_schema(SCHEMA)
 
 
 def test_schema_and_loader_know_the_same_ops_and_keys() -> None:

@@ -146,7 +146,10 @@ def test_a_second_run_waits_for_the_first(tmp_path: Path) -> None:
     )
     assert second.stdout is not None and second.stdin is not None and second.stderr is not None
     try:
-        entered, _, _ = select.select([second.stdout], [], [], 1.5)
+        # it reaches the lock (however long its start takes on a loaded machine) and says so
+        said, _, _ = select.select([second.stderr], [], [], 60)
+        assert said and "waiting for it to finish" in second.stderr.readline()
+        entered, _, _ = select.select([second.stdout], [], [], 0.5)
         assert not entered, "the second run went on while the first held the machine"
         first.stdin.write("\n")
         first.stdin.flush()
@@ -155,7 +158,6 @@ def test_a_second_run_waits_for_the_first(tmp_path: Path) -> None:
         second.stdin.write("\n")
         second.stdin.flush()
         assert second.wait(timeout=10) == 0
-        assert "waiting for it to finish" in second.stderr.read()
     finally:
         for proc in (first, second):
             proc.kill()
