@@ -143,6 +143,15 @@ def test_every_registered_mutation_applies(mutant: object) -> None:
     assert mutated.count("# mutant: ") == 1
 
 
+@pytest.mark.parametrize("mutant", tool.MUTANTS, ids=lambda m: m.name)
+def test_every_mutant_names_a_breaking_test_the_unmutated_run_passes(mutant: object) -> None:
+    """The test a mutant runs is a test function of a file the unmutated copy must pass."""
+    path, _, function = mutant.test.partition("::")  # type: ignore[attr-defined]
+    assert path in tool.TESTS
+    tree = ast.parse((ROOT / path).read_text())
+    assert function in {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
+
+
 def test_a_mutation_that_no_longer_applies_is_an_error() -> None:
     gone = tool.Mutant("thp.no_such_check", tool.CHECKER)
     with pytest.raises(tool.NotApplicable):
