@@ -105,6 +105,13 @@ def letters(procs: list[str], pins: list[tuple[str, bool]], alphabet: str) -> li
     return out
 
 
+def scans_by_pid(alphabet: str) -> bool:
+    """Whether a letter of the alphabet visits the processes in pid order: ksmd (ksm_do_scan)
+    and khugepaged (khugepaged_scan), the full alphabet's. No letter of `cow` reads pids, so
+    its canonical states need not hold their order."""
+    return alphabet == "full"
+
+
 def _process_letters(p: str, procs: int, pins: int, alphabet: str) -> list[Letter]:
     return [Letter(x.name, x.steps, p) for x in _letters_of(p, procs, pins, alphabet)]
 

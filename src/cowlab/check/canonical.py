@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import PG_swapcache
+from cowlab.mm.ksm import RmapItem, checksum_of
 from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import AnonVma, MmStruct
 from cowlab.mm.page_alloc import FIELDS, RowField
@@ -41,9 +42,10 @@ class Names:
         return self.ids.setdefault(key, len(self.ids) + 1)
 
 
-def state_key(runner: Runner, base: int) -> bytes:
+def state_key(runner: Runner, base: int, scans: bool = True) -> bytes:
     """The canonical form of the runner's machine and its oracle, as a 16-byte digest
-    (addresses relative to `base`, the start of the searched region)."""
+    (addresses relative to `base`, the start of the searched region); with `scans`, the order
+    ksmd and khugepaged visit the processes in too (alphabet.scans_by_pid)."""
     h = hashlib.sha256()  # 2x blake2b on this machine (its CPU has the SHA extensions)
     procs = _ordered(runner)
     order = _frame_order(runner, procs)
@@ -52,11 +54,18 @@ def state_key(runner: Runner, base: int) -> bytes:
     slots = _slot_order(runner, procs)
     contents = Names()
     anon_vmas = Names()
+    nodes = Names()  # KSM stable nodes, in the stable tree's order (stable_tree_search's)
+    for node_id in runner.k.ksm.nodes:
+        nodes(node_id)
     for _name, proc in procs:
         h.update(_process(proc, base, rename, slots, anon_vmas))
-    h.update(_frames(runner, order, rename, slots, contents, anon_vmas))
+    h.update(_frames(runner, order, rename, slots, contents, anon_vmas, nodes))
     h.update(_pins(runner, procs, rename, base))
     h.update(_oracle(runner, procs, base, contents))
+    h.update(_swap(runner, slots, contents))
+    h.update(_ksm(runner, procs, base, rename, anon_vmas, nodes, contents))
+    if scans:
+        h.update(repr(_scan_order(procs)).encode())
     h.update(repr(sorted(runner.broken)).encode())
     h.update(repr(runner.crashed_at is None).encode())
     return h.digest()[:16]
@@ -183,13 +192,17 @@ def _frames(
     slots: dict[int, int],
     contents: Names,
     anon_vmas: Names,
+    nodes: Names,
 ) -> bytes:
-    """Every field of every held frame, in canonical order, names renamed."""
+    """Every field of every held frame, in canonical order, names renamed (page->mapping: an
+    anon_vma, or minus a KSM page's stable node)."""
     f = runner.k.frames
     held = {name: _gather(getattr(f, name), order, rename) for name in FIELDS}
     out = [held[name].tobytes() for name in FIELDS if name not in RENAMED]
     known = runner.k.anon_vmas
-    mapping = _renamed(held["mapping"], lambda m: anon_vmas(m) if m in known else -m)
+    mapping = _renamed(
+        held["mapping"], lambda m: anon_vmas(m) if m in known else -nodes(-m) if m < 0 else m
+    )
     cached = (held["flags"] & PG_swapcache) != 0
     private = held["private"]
     private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
@@ -255,3 +268,65 @@ def _oracle(runner: Runner, procs: list[tuple[str, Process]], base: int, content
 def _trim(page: bytes) -> bytes:
     """A page as the content store keeps it: without its trailing zeros."""
     return page.rstrip(b"\0")
+
+
+def _scan_order(procs: list[tuple[str, Process]]) -> list[int]:
+    """The order ksmd and khugepaged visit the processes (by pid: ksm_do_scan, khugepaged_scan),
+    as places in the canonical order: who is scanned first decides which page of two becomes
+    the KSM page, and whether a failed second merge copies the first (break_cow)."""
+    return sorted(range(len(procs)), key=lambda i: procs[i][1].pid)
+
+
+def _swap(runner: Runner, slots: dict[int, int], contents: Names) -> bytes:
+    """Each named slot's swap count (swap_map: do_swap_page reuses a page whose count is 1)
+    and what the device holds there (a swap-in reads it once the swap cache has let go).
+    Slots no swap PTE or swap-cache page reaches are free: swap_entry_free dropped their
+    bytes. Which free slot get_swap_page hands out next only names it."""
+    swap = runner.k.swap
+    out = []
+    for slot, name in sorted(slots.items(), key=lambda item: item[1]):
+        data = swap.data.get(slot)
+        owed = 0 if data is None else contents(_trim(data))
+        out.append((name, int(swap.swap_map[slot]), owed))
+    return repr(out).encode()
+
+
+def _ksm(
+    runner: Runner,
+    procs: list[tuple[str, Process]],
+    base: int,
+    rename: Ints,
+    anon_vmas: Names,
+    nodes: Names,
+    contents: Names,
+) -> bytes:
+    """ksmd's state (mm/ksm.c, ksm.py): every rmap_item by (process, address) with its last
+    checksum (6.11+ merges only a page unchanged for a pass, d58a361b0350) and stable node,
+    each stable node's page and items in order, and the `unreached` pairs. A checksum is
+    named by the bytes it digests where the state holds them, else -1: bytes no page holds
+    now come back only from a later store, whose tag (search.Program.then) differs from every
+    earlier one's in a program of up to 26 letters. The unstable tree is emptied at every
+    pass; next_id and full_scans only name or count."""
+    ksm = runner.k.ksm
+    if not (ksm.items or ksm.nodes or ksm.unreached):
+        return b""
+    rank = {p.pid: i for i, (_name, p) in enumerate(procs)}
+    sums = {
+        checksum_of(page): name for page, name in contents.ids.items() if isinstance(page, bytes)
+    }
+
+    def item_key(item: RmapItem) -> tuple[int, int]:
+        return rank.get(item.pid, -1), item.addr - base
+
+    items = []
+    for item in sorted(ksm.items.values(), key=item_key):
+        digest = 0 if item.oldchecksum is None else sums.get(item.oldchecksum, -1)
+        av = None if item.anon_vma is None else _anon_vma(item.anon_vma, anon_vmas)
+        node = nodes(item.node) if item.node else 0
+        items.append((item_key(item), digest, av, node))
+    stable = [
+        (nodes(node.id), int(rename[node.kpfn]), [item_key(i) for i in node.items])
+        for node in ksm.nodes.values()
+    ]
+    unreached = sorted((rank.get(pid, -1), addr - base) for pid, addr in ksm.unreached)
+    return repr((items, stable, unreached)).encode()

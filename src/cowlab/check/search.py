@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, partial
 from typing import Any, TypeVar
 
 from cowlab.check.alphabet import (
@@ -28,6 +28,7 @@ from cowlab.check.alphabet import (
     letters,
     root_parts,
     roots,
+    scans_by_pid,
     to_step,
 )
 from cowlab.check.canonical import state_key
@@ -354,12 +355,13 @@ def _expand(
     wanted: tuple[str, ...],
     canonical: bool,
 ) -> Iterator[Node]:
+    keyed = partial(state_key, scans=scans_by_pid(alphabet)) if canonical else None
     for node in frontier:
         base = run_program(node.kernels[0], node.program)
         offered = letters(_live(base), list(node.program.pins), alphabet)
         options = [x for x in offered if not idle(x, base, alphabet)]  # idle reads no policy
         for n, letter in enumerate(options, 1):
-            yield from _step(node, letter, base, n == len(options), tracks, wanted, canonical)
+            yield from _step(node, letter, base, n == len(options), tracks, wanted, keyed)
 
 
 def _step(
@@ -369,7 +371,7 @@ def _step(
     last: bool,
     tracks: dict[str, Track],
     wanted: tuple[str, ...],
-    canonical: bool,
+    keyed: Callable[[Runner, int], bytes] | None,
 ) -> Iterator[Node]:
     """`letter` after the node's state, on each of its kernels."""
     # what a state breaks depends on the state alone, except an unnecessary copy: on the letter
@@ -384,7 +386,7 @@ def _step(
         runner.k.tracing = True  # the decisions of the last letter make the signature
         for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
             runner.run_step(to_step(raw, i), judging=False)
-        key = state_key(runner, base.regions[REGION]) if canonical else None
+        key = keyed(runner, base.regions[REGION]) if keyed else None
         new = key is None or any(key not in tracks[k].seen for k in left)
         state = violations(runner, of_state) if new else {}
         return Run(runner, key, state, violations(runner, of_letter))

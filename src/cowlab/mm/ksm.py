@@ -93,7 +93,12 @@ class KsmState:
 
 def checksum(k: Kernel, pfn: int) -> bytes:
     """calc_checksum(): a digest of the page's bytes."""
-    return hashlib.blake2b(k.frames.page_bytes(pfn), digest_size=8).digest()
+    return checksum_of(k.frames.page_bytes(pfn))
+
+
+def checksum_of(page: bytes) -> bytes:
+    """The checksum of a page holding these bytes (zeros after them)."""
+    return hashlib.blake2b(page.ljust(PAGE_SIZE, b"\0"), digest_size=8).digest()
 
 
 def stable_node_of(k: Kernel, pfn: int) -> StableNode | None:
