@@ -206,10 +206,6 @@ class Kernel:
         self.config = config or Config()
         if self.config.no_page_mapcount and not self.policy.no_page_mapcount_option:
             raise ValueError(f"no CONFIG_NO_PAGE_MAPCOUNT on {self.resolved.describe()}")
-        # _nr_pages_mapped is kept (6.2+) unless CONFIG_NO_PAGE_MAPCOUNT drops it; rmap.py reads
-        # these two attributes, never the release
-        self.page_mapcount = not self.config.no_page_mapcount
-        self.nr_pages_mapped = self.policy.nr_pages_mapped and self.page_mapcount
         self.selfcheck = selfcheck
         self.tracing = tracing
         self.frames = PageFrames()
@@ -256,6 +252,18 @@ class Kernel:
     def soft_dirty_enabled(self) -> bool:
         """CONFIG_MEM_SOFT_DIRTY of this build."""
         return self.config.soft_dirty
+
+    @property
+    def page_mapcount(self) -> bool:
+        """A large folio keeps each page's _mapcount (not under CONFIG_NO_PAGE_MAPCOUNT)."""
+        return not self.config.no_page_mapcount
+
+    @property
+    def nr_pages_mapped(self) -> bool:
+        """A large folio keeps _nr_pages_mapped: the release's policy (6.2+) and the build say
+        so. Read at each use, never cached at construction: the search runs one machine's copy
+        under another kernel's policy (check.search)."""
+        return self.policy.nr_pages_mapped and not self.config.no_page_mapcount
 
     # --- bookkeeping used by the kernel paths -------------------------------------------
 
