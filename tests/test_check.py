@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.check.alphabet import root_parts
+from cowlab.check.alphabet import root_parts, roots
 from cowlab.check.corpus import Verdicts
 from cowlab.check.counterexample import group, to_yaml
 from cowlab.check.search import (
@@ -242,6 +242,12 @@ def test_merged_parts_come_breadth_first() -> None:
 
 def _findings(outcome: Outcome) -> list[tuple[object, ...]]:
     return [(f.prop, f.program, f.problem, f.signature) for f in outcome.findings]
+
+
+def test_the_root_parts_hold_every_root_once() -> None:
+    """A root in no part would never be searched; one in two would be searched twice."""
+    names = [r.name for part in root_parts() for r in part]
+    assert sorted(names) == sorted(r.name for r in roots()) and len(set(names)) == len(names)
 
 
 def test_policy_differences() -> None:

@@ -23,6 +23,7 @@ from cowlab.mm.constants import (
     PG_mm_ids_shared,
     PG_swapcache,
 )
+from cowlab.mm.ksm import swapped_in
 from cowlab.mm.mm_types import VmArea
 from cowlab.mm.page_alloc import flags_without
 from cowlab.mm.pgtable import PTE_MIGRATION, HugePmd, PteTable
@@ -794,3 +795,14 @@ def test_ksm_rmap_may_miss_a_swapped_in_page_and_its_fork(kernel_id: str) -> Non
     s.k.ksm.unreached.discard((s.p.pid, s.addr))
     parent_miss = f"pid {s.p.pid}: KSM page {s.pfn:#x} at {s.addr:#x}: rmap_walk_ksm misses it"
     assert check_invariants(s.k) == [parent_miss, child_miss]
+
+
+@pytest.mark.parametrize("kernel_id", ["v6.18"])
+def test_ksm_rmap_a_reached_swap_in_clears_an_older_pair(kernel_id: str) -> None:
+    """A swap-in that an rmap_item reaches again takes its address off k.ksm.unreached: a pair
+    left there from an earlier swap-in would otherwise hide a later miss at that address."""
+    s = ksm_pair(kernel_id)
+    assert (s.p.pid, s.addr) in s.k.ksm.items  # ksmd's item reaches this mapping
+    s.k.ksm.unreached.add((s.p.pid, s.addr))  # left over from an earlier swap-in
+    swapped_in(s.k, s.p.mm.find_vma(s.addr), s.addr, s.pfn)
+    assert (s.p.pid, s.addr) not in s.k.ksm.unreached

@@ -76,10 +76,13 @@ def root_parts() -> list[list[Letter]]:
     mprotect, fork and MADV_DONTNEED keep a VMA's flags), and the canonical state holds every
     VMA's flags."""
     every = roots()
-    return [
+    parts = [
         [r for r in every if r.name.startswith("map THP")],
         [r for r in every if r.name.startswith("map 4K")],
     ]
+    if sum(map(len, parts)) != len(every):  # a root in no part would go unsearched
+        raise AssertionError("alphabet.root_parts: a root is in no part")
+    return parts
 
 
 # bounds on what a program holds at once: every story of the kernel's history needs at most

@@ -126,6 +126,8 @@ def swapped_in(k: Kernel, vma: VmArea, addr: int, pfn: int) -> None:
     node = stable_node_of(k, pfn)
     if node is None or not walk_reaches(node, vma, addr):
         k.ksm.unreached.add((vma.mm.pid, addr))
+    else:  # reached again: an older pair here must not hide a later miss
+        k.ksm.unreached.discard((vma.mm.pid, addr))
 
 
 def ksm_fork(k: Kernel, child: MmStruct, parent: MmStruct) -> None:
