@@ -39,6 +39,7 @@ from cowlab.mm.constants import (
     PG_swapcache,
     PG_tail,
 )
+from cowlab.mm.ksm import walk_reaches
 from cowlab.mm.mm import (
     GUP_PIN_COUNTING_BIAS,
     folio_large_mapcount,
@@ -473,11 +474,8 @@ def _check_ksm_rmap(k: Kernel, mm: MmStruct, vma: VmArea, addrs: Ints, pfns: Int
         if node is None or node.kpfn != pfn or not k.frames.flags[pfn] & PG_ksm:
             out.append(f"pid {mm.pid}: KSM page {pfn:#x} at {addr:#x} has no stable node")
             continue
-        found = any(
-            i.addr == addr and i.anon_vma is not None and vma in i.anon_vma.vmas for i in node.items
-        )
         # invariant: ksm.rmap
-        if not found and (mm.pid, addr) not in k.ksm.unreached:
+        if not walk_reaches(node, vma, addr) and (mm.pid, addr) not in k.ksm.unreached:
             out.append(f"pid {mm.pid}: KSM page {pfn:#x} at {addr:#x}: rmap_walk_ksm misses it")
     return out
 
