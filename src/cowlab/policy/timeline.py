@@ -159,6 +159,7 @@ def landed_of(change: type[Policy]) -> Landed:
     return record
 
 
+@cache  # a change's class body does not change; all_policies asks thousands of times at import
 def effective(change: type[Policy]) -> bool:
     """Does the change override any decision (an invisible one may only document)?"""
     return any(not name.startswith("_") and name != "landed" for name in vars(change))
@@ -203,6 +204,7 @@ def _bare_release(name: str) -> bool:
     return bool(re.fullmatch(r"v?\d+\.\d+", name.strip()))
 
 
+@cache
 def mainline_changes(release: Release) -> tuple[type[Policy], ...]:
     return tuple(c for c in CHANGES if landed_of(c).release <= release.mainline)
 
@@ -281,7 +283,8 @@ def _releases_answered(first: Release) -> str:
     """`6.9 .. 6.12`: from the release of a policy's newest change to the release before the
     next effective change."""
     later = [landed_of(c).release for c in CHANGES if effective(c) and landed_of(c).release > first]
-    before = [r for r in mainline_releases() if not later or r < min(later)][-1]
+    next_change = min(later, default=None)
+    before = [r for r in mainline_releases() if next_change is None or r < next_change][-1]
     return str(first) if before == first else f"{first} .. {before}"
 
 

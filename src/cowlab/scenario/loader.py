@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,17 @@ def parse_data(ctx: Context, value: Any, loc: Loc) -> bytes:
             raise ctx.fail(value.val_locs["hex"], "expected hex digits in pairs") from None
     if isinstance(value, LMap) and set(value) == {"fill", "size"}:
         fill = parse_byte(ctx, value["fill"], value.val_locs["fill"])
-        return bytes([fill]) * parse_size(ctx, value["size"], value.val_locs["size"])
+        return fill_bytes(fill, parse_size(ctx, value["size"], value.val_locs["size"]))
     raise ctx.fail(
         loc, f"expected data: a string, {{hex: ...}} or {{fill: N, size: N}}, got {value!r}"
     )
+
+
+@lru_cache(maxsize=16)
+def fill_bytes(fill: int, size: int) -> bytes:
+    """`size` bytes of `fill`, one object per (fill, size): the cow.c files write the same 2 MiB
+    buffers hundreds of times, and bytes are immutable."""
+    return bytes([fill]) * size
 
 
 def parse_byte(ctx: Context, value: Any, loc: Loc) -> int:
