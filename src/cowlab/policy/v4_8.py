@@ -9,17 +9,19 @@ from cowlab.policy.history import landed
 
 @landed(
     "4.8",
-    (),
-    "mm: make optimistic check for swapin readahead (Ebru Akagunduz's series; mainline ids not "
-    "found)",
+    ("0db501f7a34c",),
+    "mm, thp: convert from optimistic swapin collapsing to conservative (the last of Ebru "
+    "Akagunduz's six-patch series, after 'mm: make optimistic check for swapin readahead'; the "
+    "other five mainline ids not found)",
     "khugepaged allows up to max_ptes_swap swap PTEs in a block and swaps them in, but only with "
     "at least 256 young pages",
     "4.7.4 mm/huge_memory.c -> 4.9.0 mm/khugepaged.c khugepaged_scan_pmd, "
     "__collapse_huge_page_swapin (bracketed, docs/sources-khugepaged.md); 4.8: mmotm "
     "2016-06-06 (on 4.7-rc2) still queues the series for the next merge window, and the mmotm "
-    "since-4.7 branch (29 Jul 2016, on v4.7) carries its six patches, 'convert from optimistic "
-    "swapin collapsing to conservative' (the 256 young pages) among them; the mainline ids: "
-    "not found (only linux-next and mmotm copies: acc067d59a1f, 363cd76e5b11)",
+    "since-4.7 branch (29 Jul 2016, on v4.7) carries its six patches; id: Kirill A. Shutemov's "
+    "khugepaged fixes of Mar/Apr 2020 ('do not stop collapse if less than half PTEs are "
+    "referenced', 5.8's ffe945e633b5) name 0db501f7a34c with this title in their Fixes: tags "
+    "(acc067d59a1f and 363cd76e5b11 are 2015 mmotm copies of the first two patches)",
 )
 class CollapseSwapsIn(Policy):
     collapse_swaps_in = True

@@ -9,10 +9,9 @@ from cowlab.policy.history import landed
 
 @landed(
     "6.11",
-    (),
+    ("508758960b8d", "4c3f96643687"),
     "mm: swap: entirely map large folios found in swapcache; mm: swap: make "
-    "should_try_to_free_swap() support large-folio (Chuanhua Han, Barry Song; mainline ids not "
-    "found)",
+    "should_try_to_free_swap() support large-folio (Chuanhua Han, Barry Song)",
     "do_swap_page maps a large folio found in the swap cache whole when it lies in the VMA and "
     "one page table and its PTEs are its consecutive swap PTEs; a write swap-in frees the swap "
     "cache at refcount 1 + the folio's pages",
@@ -20,7 +19,11 @@ from cowlab.policy.history import landed
     "refcount 2 (UBC-BPF/linux-6.10-3po, a research fork; Makefile 6.10.0) -> 6.11.11 (the "
     "whole folio, 1 + its pages); the series' v5 was posted on 29 May 2024, after 6.10-rc1, "
     "and was in akpm's mm-unstable on 30 May 2024 (docs/sources-swap.md §3g; placed at 6.10 "
-    "before)",
+    "before); ids: the revision list of jic23/iio's testing branch, pushed 27 Jul 2024 on "
+    "mainline after the 6.11 MM merge, carries the series from ebfba0045176 (swap_free_nr, "
+    "also a commit of a korg/linux mirror) to these two, next to c18160dba5ff; the other ids "
+    "of the titles (d589b176f0b8, 36428bd5b29f, 401b48e6e087, 9ce613e50598) are mm-unstable "
+    "rebases",
 )
 class SwapinMapsWholeFolio(Policy):
     swapin_maps_whole_folio = True

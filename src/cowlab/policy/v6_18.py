@@ -9,14 +9,20 @@ from cowlab.policy.history import landed
 
 @landed(
     "6.18",
-    (),
-    "mm: enable khugepaged to operate on non-writable VMAs (Dev Jain, Sep 2025; id not found)",
+    ("62b98015d988", "473b73222f3d"),
+    "mm: enable khugepaged anonymous collapse on non-writable regions; mm: drop all references "
+    "of writable and SCAN_PAGE_RO (Dev Jain)",
     "khugepaged and MADV_COLLAPSE collapse a block with no writable PTE",
     "6.14.0 -> 6.18.2 mm/khugepaged.c hpage_collapse_scan_pmd, __collapse_huge_page_isolate "
-    "(bracketed); posted as an RFC on 1 Sep 2025 and as [PATCH 1/2] on 3 Sep 2025, during the "
-    "6.17 release candidates: the 6.18 merge window (MM merge 8804d970fab4). The mainline id "
-    "was not found: the exact title only meets mails in the string index, and the 6.18-rc1 "
-    "push logs read list merges, not the MM commits",
+    "(bracketed); posted as 'mm: Enable khugepaged to operate on non-writable VMAs' (RFC 1 Sep "
+    "2025, [PATCH 1/2] 3 Sep 2025), merged under the titles above: '[GIT PULL] MM updates for "
+    "6.18-rc1' lists both under Dev Jain (series 'Expand scope of khugepaged anonymous "
+    "collapse'; MM merge 8804d970fab4); ids: sj/linux's copy of mm-stable was pushed up to "
+    "473b73222f3d on 22 Sep 2025 (62b98015d988 just before it) and fast-forwarded from it on "
+    "25 Sep 2025; andi.shyti/linux's i2c/i2c-host-fixes, pushed 9 Oct 2025 on the 6.18 merge "
+    "window's mainline, lists both; the titles' other ids (d66ad3a0fdd3, f5a764fad341, "
+    "7722093e473c, ae109badcef9, db88bae88940, cd213e6c46bd, b9f85966d1be, 1ca1d203822d) each "
+    "sit in one to three mm-unstable pushes",
 )
 class CollapseReadOnly(Policy):
     collapse_needs_writable = False
