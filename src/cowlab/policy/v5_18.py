@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     "for exclusive pages in the swapcache; mm/swapfile: remove stale reuse_swap_page()",
     "PTE and PMD: a swap-cache page no one else needs leaves the swap cache, then reuse iff "
     "!PageKsm and page_count == 1 (a PMD otherwise split); no anon_vma move",
-    "5.17-rc5 -> 5.18.12 mm/memory.c do_wp_page, mm/huge_memory.c do_huge_pmd_wp_page (bracketed)",
+    "5.17.0 mm/memory.c do_wp_page (KSM or page_count != 1 copies; a swap-cache copy is never "
+    "freed first), mm/huge_memory.c do_huge_pmd_wp_page (reuse_swap_page under the page lock) "
+    "-> 5.18.12 (verified; 5.17.0 from kuangfei2019/linux-5.17-mini2440-dt, Makefile 5.17.0, "
+    "mm/ touched only by its import commit)",
 )
 class CowFixesPart1(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
@@ -43,7 +46,9 @@ class CowFixesPart1(Policy):
     "mm: streamline COW logic in do_swap_page()",
     "do_swap_page drops the swap entry (and maybe the swap-cache copy) first, then maps a write "
     "fault writable iff !PageKsm and page_count == 1",
-    "5.17-rc5 -> 5.18.12 mm/memory.c do_swap_page, should_try_to_free_swap (bracketed)",
+    "5.17.0 mm/memory.c do_swap_page (a write fault reuses iff reuse_swap_page) -> 5.18.12 "
+    "do_swap_page, should_try_to_free_swap (verified; 5.17.0 from "
+    "kuangfei2019/linux-5.17-mini2440-dt, Makefile 5.17.0)",
 )
 class DoSwapPageByRefcount(Policy):
     swapin_frees_swap_first = True
@@ -64,7 +69,8 @@ class DoSwapPageByRefcount(Policy):
     ("363106c4cefe",),
     "mm/khugepaged: remove reuse_swap_page() usage",
     "khugepaged's isolate step no longer refuses a swap-cache page reuse_swap_page would copy",
-    "5.17-rc5 -> 5.18.12 mm/khugepaged.c __collapse_huge_page_isolate",
+    "5.17.0 mm/khugepaged.c __collapse_huge_page_isolate (a read-only swap-cache page must pass "
+    "reuse_swap_page; kuangfei2019/linux-5.17-mini2440-dt, Makefile 5.17.0) -> 5.18.12 (verified)",
 )
 class CollapseIgnoresSwapcache(Policy):
     collapse_checks_swapcache = False
@@ -75,7 +81,8 @@ class CollapseIgnoresSwapcache(Policy):
     ("7d1e64966162",),
     "mm: mremap: fix sign for EFAULT error return value",
     "the VMA lookup's failure is -EFAULT again: the mremap call fails with EFAULT",
-    "5.17-rc5 (+EFAULT) -> 5.18.12 mm/mremap.c SYSCALL_DEFINE5(mremap) (bracketed); id: the "
+    "5.17.0 (+EFAULT; kuangfei2019/linux-5.17-mini2440-dt, Makefile 5.17.0) -> 5.18.12 "
+    "mm/mremap.c SYSCALL_DEFINE5(mremap) (verified); id: the "
     "5.17-stable review (16 May 2022) says 'commit 7d1e64966162 upstream', Fixes: 550a7d60bd5e; "
     "a 5.18-rc7 hotfix",
 )

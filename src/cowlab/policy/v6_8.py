@@ -12,7 +12,9 @@ from cowlab.policy.history import landed
     "mm: thp: support allocation of anonymous multi-size THP",
     "a first-touch fault may allocate a large folio of an order enabled in "
     "hugepages-<size>kB/enabled, mapped by PTEs",
-    "6.6.9 -> 6.8.0 mm/memory.c do_anonymous_page, alloc_anon_folio (bracketed)",
+    "6.7.3 mm/memory.c do_anonymous_page (one order-0 zeroed folio) and mm/huge_memory.c (no "
+    "hugepages-<size>kB directories) -> 6.8.0 do_anonymous_page, alloc_anon_folio (verified; "
+    "6.7.3 from xlch88/kernel-6.7.3-cjktty, Makefile 6.7.3, whose cjktty patch is console-only)",
 )
 class AnonMthp(Policy):
     mthp = True
