@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     "PTE: reuse iff page_mapcount == 1, never for a THP subpage; PMD: reuse iff "
     "page_mapcount(head) == 1 and page_count(head) == 1",
     "4.5.0 mm/memory.c do_wp_page, mm/swapfile.c reuse_swap_page, mm/huge_memory.c "
-    "do_huge_pmd_wp_page (docs/verification-4.5.md)",
+    "do_huge_pmd_wp_page (docs/verification-4.5.md); ids: 53f9263baba6 and 61f5d698cc97 named "
+    "with their titles in later Fixes: tags (61f5d698cc97's with 'Cc: stable 4.5+'), "
+    "ddc58f27f9ee cited as the 2016 end of tail-page refcounting, 1f25fe20a76a the commit "
+    "Andrea Arcangeli asked to revert on v4.6-rc5 in the seed's thread (29 Apr 2016)",
 )
 class Linux4_5(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
