@@ -17,7 +17,7 @@ from cowlab.scenario.loader import EXPECT, OPS
 from cowlab.scenario.located import LList, LMap
 from cowlab.scenario.oracle import LogicalMemory
 from cowlab.scenario.report import shown_happened
-from cowlab.scenario.runner import run_scenario
+from cowlab.scenario.runner import Runner, run_scenario
 from tests.schema import SCHEMA, validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,6 +232,37 @@ def test_a_long_what_happened_cell_shows_its_ends() -> None:
     ]
     assert shown_happened(lines[:6]) == "\n".join(lines[:6])
     assert shown_happened([]) == "-"
+
+
+def test_what_happened_has_a_line_per_copy_then_the_outcome() -> None:
+    """4.5 copies a page of P's that fork shared (page_mapcount 2): P's write from buf+1 over
+    9K faults at buf+1, then at buf+4K, copying C's two pages, then at buf+8K, where nothing is
+    mapped: SIGSEGV kills P. The copies' lines come first (written when read), then the
+    outcome and the kill, however the lines are indexed."""
+    text = """\
+name: t
+kernels: [v4.5]
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 8K}
+  - {op: write, proc: P, at: buf, data: {fill: 1, size: 8K}}
+  - {op: fork, proc: P, child: C}
+  - {op: write, proc: P, at: buf+1, data: {fill: 2, size: 9K}, expect: {outcome: SIGSEGV}}
+"""
+    scenario = parse_scenario(text, "t.yaml")
+    runner = Runner(scenario, "v4.5")
+    happened = [runner.run_step(step) for step in scenario.steps][3].happened
+    buf, c = runner.regions["buf"], runner.procs["C"]
+    copied = [
+        f"wp_page_copy: P {addr:#x} copied pfn {c.translate(page):#x} -> pfn "
+        for addr, page in ((buf + 1, buf), (buf + 4096, buf + 4096))
+    ]
+    tail = ["outcome SIGSEGV", f"P killed by SIGSEGV (write at {buf + 8192:#x})"]
+    assert len(happened) == 4 and happened[2:] == happened[-2:] == tail
+    assert [happened[i][: len(line)] for i, line in enumerate(copied)] == copied
+    assert happened == list(happened) == happened[0:4] and happened[-4] == happened[0]
+    with pytest.raises(IndexError):
+        happened[4]
 
 
 def test_an_observing_step_reuses_the_properties_found_before_it(

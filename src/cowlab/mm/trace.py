@@ -9,14 +9,17 @@ their text is rendered from them only when shown.
 from __future__ import annotations
 
 import bisect
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.decision import Reads, WpDecision, show_reads
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +205,28 @@ class CowCopies(NamedTuple):
         )
 
 
-class CowLog(Sequence[CowEvent]):
+class Indexed(Sequence[T]):
+    """A sequence whose items are made when read: subclasses give __len__ and _at(i), for
+    0 <= i < len."""
+
+    @abstractmethod
+    def _at(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._at(i)
+
+
+class CowLog(Indexed[CowEvent]):
     """Every copy so far, in order: single events, and runs of copies stored as arrays (a 1 GiB
     range write copies 262,144 pages without 262,144 objects)."""
 
@@ -231,17 +255,7 @@ class CowLog(Sequence[CowEvent]):
         if copies.news.size:
             self._add(copies, int(copies.news.size))
 
-    @overload
-    def __getitem__(self, i: int) -> CowEvent: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[CowEvent]: ...
-    def __getitem__(self, i: int | slice) -> CowEvent | list[CowEvent]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def _at(self, i: int) -> CowEvent:
         part_no = bisect.bisect_right(self._ends, i)
         part = self._parts[part_no]
         if isinstance(part, CowEvent):

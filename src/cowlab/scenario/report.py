@@ -9,6 +9,7 @@ no markup, so a name or step with brackets is shown literally. Lines carry no tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.cells import cell_len
@@ -50,7 +51,7 @@ def show_expect(r: ExpectResult) -> str:
 SHOWN_FIRST, SHOWN_LAST = 3, 2  # lines of a long "what happened" a table row shows
 
 
-def shown_happened(happened: list[str]) -> str:
+def shown_happened(happened: Sequence[str]) -> str:
     """A step's "what happened" for a table cell. A 2 MiB write after fork is 512 copies of one
     line each: the cell shows the first lines and the last (the result, outcome or kill come
     last) and how many are left out; --json has them all."""
@@ -264,7 +265,7 @@ def run_to_json(result: RunResult) -> dict[str, Any]:
                 "op": sr.step.op,
                 "step": sr.step.describe(),
                 "outcome": sr.outcome,
-                "happened": sr.happened,
+                "happened": list(sr.happened),
                 "rmap_walk_vmas": sr.rmap_walk_vmas,
                 "pfn": sr.observed_pfn,
                 "expectations": [expect_to_json(r) for r in sr.results],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cowlab.errors import KernelBug, Segfault, SyscallError
 from cowlab.kernel import Config, Kernel, Pin, Process
 from cowlab.mm.mremap import POSITIVE_EFAULT
-from cowlab.mm.trace import Event
+from cowlab.mm.trace import CowEvent, CowLog, Event, Indexed
 from cowlab.policy import resolve
 from cowlab.scenario import budget
 from cowlab.scenario.changes import counter_changes, counters_snapshot
@@ -29,11 +30,50 @@ class ExpectResult:
     implicit: bool = False
 
 
+class Happened(Indexed[str]):
+    """A step's "what happened": a line per COW copy the step made, written when read (a 2 MiB
+    write after fork copies 512 pages; a table row shows five lines), then the other lines."""
+
+    def __init__(self, log: CowLog, first: int, names: dict[int, str]) -> None:
+        self.log = log
+        self.first, self.last = first, len(log)  # the log only grows: the step's copies stay
+        self.names = names  # pid -> process name when the step ran
+        self.lines: list[str] = []
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+
+    def __len__(self) -> int:
+        return self.last - self.first + len(self.lines)
+
+    def _at(self, i: int) -> str:
+        copies = self.last - self.first
+        return self._copied(self.log[self.first + i]) if i < copies else self.lines[i - copies]
+
+    def _copied(self, event: CowEvent) -> str:
+        what = "zero page" if event.old is None else f"pfn {event.old:#x}"
+        name = self.names.get(event.pid, f"pid {event.pid}")
+        return (
+            f"{event.function}: {name} {event.addr:#x} copied {what} -> pfn {event.new:#x} "
+            f"({event.why})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @dataclass
 class StepResult:
     step: Step
     outcome: str
-    happened: list[str]
+    happened: Sequence[str]
     results: list[ExpectResult]
     events: list[Event] = field(default_factory=list)  # recorded when tracing
     changes: list[str] = field(default_factory=list)
@@ -138,9 +178,6 @@ class Runner:
 
     def addr(self, a: Address) -> int:
         return a.offset if a.region is None else self.regions[a.region] + a.offset
-
-    def proc_name(self, pid: int) -> str:
-        return next((n for n, p in self.procs.items() if p.pid == pid), f"pid {pid}")
 
     # --- one step --------------------------------------------------------------------------
 
@@ -351,14 +388,11 @@ class Runner:
 
     # --- what happened ---------------------------------------------------------------------
 
-    def describe(self, step: Step, outcome: str, result: Any, cows: int) -> list[str]:
-        lines = []
-        for event in self.k.cow_log[cows:]:
-            what = "zero page" if event.old is None else f"pfn {event.old:#x}"
-            lines.append(
-                f"{event.function}: {self.proc_name(event.pid)} {event.addr:#x} copied {what} "
-                f"-> pfn {event.new:#x} ({event.why})"
-            )
+    def describe(self, step: Step, outcome: str, result: Any, cows: int) -> Happened:
+        names: dict[int, str] = {}
+        for name, proc in self.procs.items():
+            names.setdefault(proc.pid, name)  # proc_name's answer: the first name of the pid
+        lines = Happened(self.k.cow_log, cows, names)
         if isinstance(result, bytes):
             lines.append(f"returned {result[:32]!r}{'...' if len(result) > 32 else ''}")
         elif isinstance(result, str):
