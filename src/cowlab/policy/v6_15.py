@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     "cache first); MADV_PAGEOUT and khugepaged call a large folio shared "
     "by the MM-id bit",
     "6.14.0 -> 6.18.2 mm/memory.c __wp_can_reuse_large_anon_folio, include/linux/mm_types.h "
-    "_mm_id_mapcount (bracketed)",
+    "_mm_id_mapcount (bracketed: no 6.15-6.17 tree); 6.15 from '[GIT PULL] MM updates for "
+    "6.15-rc1' (mm-stable-2025-03-30-16-52), which lists David Hildenbrand's 20-patch series "
+    "'mm: MM owner tracking for large folios (!hugetlb) + CONFIG_NO_PAGE_MAPCOUNT'",
 )
 class LargeFolioReuse(Policy):
     """The same series (6.15-rc1) adds CONFIG_NO_PAGE_MAPCOUNT to mm/Kconfig (749492229e3b
