@@ -5,11 +5,12 @@ path gives exactly the page-by-page state is tests/test_range_ops.py's job."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cowlab import Kernel, SyscallError
 from cowlab.kernel import HISTORY_KEPT
-from cowlab.mm.page_alloc import ZERO_PFN
+from cowlab.mm.page_alloc import ZERO_PFN, ContentStore
 
 PAGE = 4096
 NR = 64
@@ -85,6 +86,37 @@ def test_a_fill_shares_one_content_string() -> None:
     p.exit()
     assert f.blobs.refs[blob] == 0 and len(f.blobs.ids) == 1  # only the zero page's b""
     assert k.check() == []
+
+
+def test_put_in_order_frees_ids_by_their_last_reference() -> None:
+    """Ids 5, 7, 5, 9 dropped in turn, each held as often as listed: 7 goes at the second
+    drop, 5 at the third, 9 at the fourth, so the free list reads 7, 5, 9 (sorted: 5, 7, 9)."""
+    store = ContentStore()
+    for text in (b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"i"):
+        store.get(text)  # ids 1..9, one reference each
+    store.hold(5)
+    store.put_in_order(np.array([5, 7, 5, 9], dtype=np.int32))
+    assert store.free_ids == [7, 5, 9]
+    assert store.refs[5] == store.refs[7] == store.refs[9] == 0 and store.refs[6] == 1
+
+
+def test_a_repeated_buffer_is_stored_as_page_by_page() -> None:
+    """64 pages of 'a' (content id 1), then 'z' at the first byte (that page: id 2), then
+    64 pages of 'b' from one buffer: 'b' takes id 3 before anything is dropped, id 2 goes at
+    the first page and id 1 at the last, so the free list reads 2, 1 - on the range path as
+    page by page, with every frame's content id the same."""
+    stores = []
+    for range_ops in (True, False):
+        k, addr = small_pages("v6.18", range_ops)
+        p = k.processes[1]
+        p.write(addr, b"a" * NR * PAGE)
+        p.write(addr, b"z")
+        p.write(addr, b"b" * NR * PAGE)
+        f = k.frames
+        ids = [int(f.content[p.translate(addr + i * PAGE)]) for i in range(NR)]
+        stores.append((ids, f.blobs.refs, f.blobs.free_ids, f.blobs.data))
+    assert stores[0] == stores[1]
+    assert stores[0][0] == [3] * NR and stores[0][2] == [2, 1]
 
 
 def test_fill_of_a_non_byte_is_einval() -> None:

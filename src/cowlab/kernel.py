@@ -755,20 +755,42 @@ def store(
             return f.read(pfn, offset, n)
         f.write(pfn, offset, data[at : at + n])
         return b""
+    frames = pfns if isinstance(pfns, list) else pfns.tolist()
+    if data is not None:
+        _store_pages(f, frames, offset, n, data, at)
+        return b""
     out = bytearray()
     pos = 0
-    last = b""
-    for pfn in pfns if isinstance(pfns, list) else pfns.tolist():
+    for pfn in frames:
         chunk = min(n - pos, PAGE_SIZE - offset)
-        if data is None:
-            out += f.read(pfn, offset, chunk)
-        else:
-            piece = data[at + pos : at + pos + chunk]
-            last = last if piece == last else piece  # a repeated page: its hash is known
-            f.write(pfn, offset, last)
+        out += f.read(pfn, offset, chunk)
         pos += chunk
         offset = 0
     return bytes(out)
+
+
+def _store_pages(f: PageFrames, pfns: list[int], offset: int, n: int, data: bytes, at: int) -> None:
+    """data[at : at + n] into consecutive pages from offset in the first: a run of whole pages
+    that get the same bytes (a fill pattern, a repeated buffer) is one write_pages()."""
+    pos = 0
+    run: list[int] = []
+    last = b""
+    for pfn in pfns:
+        chunk = min(n - pos, PAGE_SIZE - offset)
+        piece = data[at + pos : at + pos + chunk]
+        if chunk < PAGE_SIZE or piece != last:
+            if run:
+                f.write_pages(run, last)
+                run = []
+            last = piece  # a repeated page: the same string, its hash known
+        if chunk < PAGE_SIZE:
+            f.write(pfn, offset, piece)
+        else:
+            run.append(pfn)
+        pos += chunk
+        offset = 0
+    if run:
+        f.write_pages(run, last)
 
 
 def fill(f: PageFrames, pfns: IntArray, offset: int, n: int, value: int) -> None:

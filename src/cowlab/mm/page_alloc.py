@@ -269,6 +269,19 @@ class PageFrames:
         buf[offset:end] = payload
         self._set(pfn, self.blobs.get(bytes(buf)))
 
+    def write_pages(self, pfns: list[int], page: bytes) -> None:
+        """write() of one whole page's bytes to each frame in turn, as array operations: the
+        string is interned before any frame's old contents are dropped, and those are dropped
+        in frame order (the content ids freed, and so reused later, are the loop's)."""
+        if len(pfns) == 1:
+            self.write(pfns[0], 0, page)
+            return
+        blob = self.blobs.get(page)
+        self.blobs.hold(blob, len(pfns) - 1)
+        old = self.content[pfns]
+        self.content[pfns] = blob
+        self.blobs.put_in_order(old)
+
     def _set(self, pfn: int, blob: int) -> None:
         self.blobs.put(self.content.item(pfn))
         self.content[pfn] = blob
@@ -561,6 +574,17 @@ class ContentStore:
             del self.ids[self.data[blob]]
             self.data[blob] = b""
             self.free_ids.append(blob)
+
+    def put_in_order(self, ids: npt.NDArray[np.int32]) -> None:
+        """put() of each of ids in turn: an id goes on the free list when its last reference
+        in ids goes, so the freed ids are listed by their last place in ids."""
+        if ids.size and (ids == ids[0]).all():
+            self.put(ids.item(0), int(ids.size))
+            return
+        backwards = ids[::-1]
+        uniq, last_from_end, counts = np.unique(backwards, return_index=True, return_counts=True)
+        for i in np.argsort(-last_from_end, kind="stable").tolist():
+            self.put(int(uniq[i]), int(counts[i]))
 
     def put_many(self, ids: npt.NDArray[np.int32]) -> None:
         for blob, nr in _counted(ids):
