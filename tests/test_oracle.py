@@ -83,6 +83,20 @@ def test_a_write_stays_in_its_process_and_spans_pages() -> None:
     assert page(w.logical, "C", addr + PAGE) == ZEROS
 
 
+def test_a_write_of_one_repeated_byte_keeps_the_bytes_around_it() -> None:
+    """'x' then 'y' at the second byte of page 0 (earlier bytes kept), then 4K + 2 bytes of
+    0xab from page 0's last byte: page 0 ends in one 0xab, page 1 is all 0xab, page 2 starts
+    with one and keeps its 'tail' after it."""
+    w, addr = world(pages=3)
+    w.logical.write("P", addr, b"xy")
+    w.logical.write("P", addr + 2 * PAGE, b"ttail")
+    w.logical.write("P", addr + PAGE - 1, b"\xab" * (PAGE + 2))
+    first, second, third = (page(w.logical, "P", addr + i * PAGE) for i in range(3))
+    assert first == b"xy" + bytes(PAGE - 3) + b"\xab"
+    assert second == b"\xab" * PAGE
+    assert third == b"\xab" + b"tail" + bytes(PAGE - 5)
+
+
 def test_fork_copies_and_the_copies_are_independent() -> None:
     w, addr = world()
     w.logical.write("P", addr, b"before")

@@ -78,13 +78,21 @@ class LogicalMemory:
     # --- the program's stores ---------------------------------------------------------------
 
     def write(self, proc: str, addr: int, data: bytes) -> None:
+        if data and data.count(data[:1]) == len(data):  # one byte repeated: shared pages
+            page = self._filled_page(data[0])
+            self._store(proc, addr, len(data), lambda _done, n: page[:n])
+            return
         self._store(proc, addr, len(data), lambda done, n: data[done : done + n])
 
-    def fill(self, proc: str, addr: int, length: int, value: int) -> None:
-        """memset: every whole page of the range is one shared page of `value`."""
+    def _filled_page(self, value: int) -> bytes:
         page = self._filled.get(value)
         if page is None:
             page = self._filled[value] = bytes([value]) * PAGE_SIZE
+        return page
+
+    def fill(self, proc: str, addr: int, length: int, value: int) -> None:
+        """memset: every whole page of the range is one shared page of `value`."""
+        page = self._filled_page(value)
         end = addr + length
         whole, tail = -(-addr // PAGE_SIZE) * PAGE_SIZE, end & PAGE_MASK
         if whole >= tail:  # within one page, or across one page boundary
