@@ -27,6 +27,7 @@ from cowlab.mm.pgtable import (
     PTE_YOUNG,
     HugePmd,
     PteTable,
+    pte_without,
 )
 
 KiB = 1 << 10
@@ -1292,3 +1293,42 @@ def test_mremap_marks_moved_ptes_soft_dirty(kid: str) -> None:
     tab = table(t.p, dest)
     assert (tab.pfn[:256] == [t.head + 256 + i for i in range(256)]).all()
     assert (tab.bits[:256] & PTE_SOFT_DIRTY).all()
+
+
+@pytest.mark.parametrize(
+    ("kernel_id", "remapped_dirty"),
+    [
+        ("v4.5", "all"),  # unfreeze_page_vma: pte_mkdirty where PageDirty (4.5.0)
+        ("v4.6", "none"),  # remove_migration_pte: never pte_mkdirty (4.6 .. 6.0)
+        # 6.1: folio_test_dirty && is_migration_entry_dirty, but its PMD split left every PTE
+        # clean (the PMD's dirty bit went to the page): no entry froze dirty
+        ("v6.1", "none"),
+        ("v6.2", "frozen dirty"),  # the PMD split keeps the dirty bit on the PTEs (6.2)
+        ("v6.18", "frozen dirty"),
+    ],
+)
+def test_split_huge_page_remaps_each_pte_dirty_as_the_generation_says(
+    kernel_id: str, remapped_dirty: str
+) -> None:
+    """A THP written whole (a dirty PMD, the page PG_dirty), its PMD split into 512 PTEs, then
+    the dirty bit cleared from every even PTE: split_huge_page's remap makes a PTE dirty by the
+    generation's rule - all of them, none, or the odd ones whose frozen entry was dirty."""
+    from cowlab.mm.huge_memory import split_huge_page, split_huge_pmd
+
+    k = Kernel(kernel_id)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 * MiB, align=2 * MiB)
+    p.fill(addr, 2 * MiB, 0x61)  # every page: 6.12+ maps none as the zero page after the split
+    head = p.translate(addr)
+    assert head is not None and k.frames.flags[head] & PG_head
+    split_huge_pmd(k, p.mm.find_vma(addr), addr)
+    table = p.mm.pmds[addr >> 21]
+    assert isinstance(table, PteTable)
+    table.bits[0::2] &= pte_without(PTE_DIRTY)
+    assert split_huge_page(k, head) == 0
+    dirty = (table.bits & PTE_DIRTY) != 0
+    odd = [bool(i % 2) for i in range(NR)]
+    expected = {"all": [True] * NR, "none": [False] * NR, "frozen dirty": odd}[remapped_dirty]
+    assert dirty.tolist() == expected
+    assert table.pfn.tolist() == list(range(head, head + NR)) and k.check() == []

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from cowlab.errors import KernelBug
 from cowlab.mm.constants import (
@@ -37,6 +38,7 @@ from cowlab.mm.mm import (
     compound_mapcount,
     folio_nr_pages,
     get_page,
+    heads_of,
     page_count,
     page_maybe_dma_pinned,
     put_page,
@@ -537,19 +539,39 @@ def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
     """unfreeze_page() / remap_page(): migration entries become PTEs, old (young as before from
     6.1, 2e3468778dbe), dirty as the policy's remap_pte_dirty says (the entry keeps the frozen
     PTE's dirty bit); with ``zero_unused`` (a split done, 6.12+) a zero-filled page is mapped as
-    the shared zero page instead and loses this mapping's reference."""
+    the shared zero page instead and loses this mapping's reference. The entries of one page
+    table in a row are remapped together, in the order frozen."""
     f = k.frames
     dropped = PTE_MIGRATION if k.policy.migration_keeps_young else PTE_MIGRATION | PTE_YOUNG
+    remap = k.policy.remap_pte_dirty
+    dirty_by = np.array([[remap(page, entry) for entry in (False, True)] for page in (False, True)])
+    for mm, table, idx in _table_runs(frozen):
+        pfns = table.pfn[idx]
+        if zero_unused:
+            unused = f.content[pfns] == 0
+            for i in idx[unused].tolist():
+                try_to_map_unused_to_zeropage(k, mm, table, i)
+            idx, pfns = idx[~unused], pfns[~unused]
+            if not idx.size:
+                continue
+        bits = table.bits[idx]
+        page_dirty, entry_dirty = (f.flags[pfns] & PG_dirty) != 0, (bits & PTE_DIRTY) != 0
+        dirty = dirty_by[page_dirty.astype(np.intp), entry_dirty.astype(np.intp)]
+        kept = bits & pte_without(dropped | PTE_DIRTY)
+        table.bits[idx] = kept | np.where(dirty, PTE_DIRTY, 0).astype(kept.dtype)
+        rmap_add_ptes(k, mm, pfns)
+        np.add.at(f._count, heads_of(f, pfns), 1)  # get_page() of each
+
+
+def _table_runs(frozen: Frozen) -> list[tuple[MmStruct, PteTable, npt.NDArray[np.int64]]]:
+    """The frozen entries as runs of one page table each: (mm, table, PTE indices)."""
+    runs: list[tuple[MmStruct, PteTable, list[int]]] = []
     for mm, table, i in frozen:
-        pfn = int(table.pfn[i])
-        if zero_unused and not f.content[pfn]:
-            try_to_map_unused_to_zeropage(k, mm, table, i)
-            continue
-        bits = int(table.bits[i])
-        dirty = k.policy.remap_pte_dirty(bool(f.flags[pfn] & PG_dirty), bool(bits & PTE_DIRTY))
-        table.bits[i] = (bits & pte_without(dropped | PTE_DIRTY)) | (PTE_DIRTY if dirty else 0)
-        rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
-        get_page(f, pfn)
+        if runs and runs[-1][1] is table and runs[-1][0] is mm:
+            runs[-1][2].append(i)
+        else:
+            runs.append((mm, table, [i]))
+    return [(mm, table, np.array(idx, dtype=np.int64)) for mm, table, idx in runs]
 
 
 def try_to_map_unused_to_zeropage(k: Kernel, mm: MmStruct, table: PteTable, i: int) -> None:
