@@ -211,7 +211,7 @@ def page_add_anon_rmap(
     if compound:
         rmap_add_pmd(k, vma.mm, pfn)
     else:
-        rmap_add_ptes(k, vma.mm, np.array([pfn], dtype=np.int64))
+        rmap_add_pte(k, vma.mm, pfn)
     if exclusive and k.policy.anon_exclusive:
         k.frames.flags[pfn] |= PG_anon_exclusive
     __page_set_anon_rmap(k, compound_head(k.frames, pfn), vma, addr, exclusive)
@@ -223,7 +223,7 @@ def page_dup_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
     if compound:
         rmap_add_pmd(k, mm, pfn)
     else:
-        rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
+        rmap_add_pte(k, mm, pfn)
 
 
 def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
@@ -252,6 +252,16 @@ def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
         _folio_remove(k, mm, head, 1)
     if _pte_unmap_queues(k, head, int(mapcount == -1)):
         deferred_split_huge_page(k, head)
+
+
+def rmap_add_pte(k: Kernel, mm: MmStruct, pfn: int) -> None:
+    """rmap_add_ptes() of one page: a small page's _mapcount by a scalar write (a swap-in's
+    common case), where a one-element array costs several NumPy calls."""
+    f = k.frames
+    if f.flags.item(pfn) & (PG_head | PG_tail):
+        rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
+    else:
+        f._mapcount[pfn] = f._mapcount.item(pfn) + 1
 
 
 def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:
