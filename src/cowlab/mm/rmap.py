@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -448,9 +447,9 @@ def deferred_split_huge_page(k: Kernel, head: int) -> None:
 # --- the rmap walk ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One virtual mapping of a page: a PMD (``pfn`` is the head) or a PTE of ``pfn``."""
+class Mapping(NamedTuple):
+    """One virtual mapping of a page: a PMD (``pfn`` is the head) or a PTE of ``pfn``. A tuple:
+    the rmap walk makes one per mapping found, in a third of a frozen dataclass's time."""
 
     mm: MmStruct
     vma: VmArea
