@@ -31,6 +31,8 @@ RECORDED = {
     ("4.9.298", "0c29640bdeca", "17839856fd58"),  # Ben Hutchings' redo, after reverting it
     ("4.14.232", "407faed92b4a", "17839856fd58"),
     ("4.19.189", "5e24029791e8", "17839856fd58"),
+    ("5.4.28", STABLE_ID_NOT_FOUND, "12e967fd8e4e"),  # the 5.4.28 announcement; 5.4.38 tree
+    ("5.5.12", STABLE_ID_NOT_FOUND, "12e967fd8e4e"),  # the 5.5.12 announcement
     ("5.4.47", "1027dc04f557", "17839856fd58"),
     ("5.10.9", "1eea108995a2", "9348b73c2e1b"),
     ("5.10.9", "72c5ce89427f", "feb889fb40fa"),
@@ -74,9 +76,13 @@ def test_the_recorded_backports_are_the_verified_ones() -> None:
         ("4.19.189", "v4.19+1783985"),
         ("4.19.222", "v4.19+1783985"),
         ("5.4.6", "v5.4"),
-        ("5.4.46", "v5.4"),
-        ("5.4.47", "v5.4+1783985"),
-        ("5.4.286", "v5.4+1783985"),
+        ("5.4.27", "v5.4"),
+        ("5.4.28", "v5.4+12e967f"),  # 12e967fd8e4e's backport: MADV_PAGEOUT skips CoW pages
+        ("5.4.46", "v5.4+12e967f"),
+        ("5.5.11", "v5.4"),
+        ("5.5.12", "v5.5+12e967f"),  # a stable line that is not long-term keeps its own id
+        ("5.4.47", "v5.4+12e967f+1783985"),
+        ("5.4.286", "v5.4+12e967f+1783985"),
         ("5.10.8", "v5.9"),
         ("5.10.9", "v5.10+9348b73+feb889f"),
         ("5.15.211", "v5.11"),
@@ -93,14 +99,15 @@ def test_a_stable_release_is_its_base_plus_its_lines_backports(asked: str, polic
 
 
 def test_a_stable_policy_id_resolves_as_its_first_release() -> None:
-    assert resolve("v5.4+1783985").release == Release(5, 4, 47)
+    assert resolve("v5.4+12e967f+1783985").release == Release(5, 4, 47)
     assert resolve("v5.10+9348b73+feb889f").policy.release == "5.10.y from 5.10.9"
 
 
 def test_the_report_says_what_a_release_is() -> None:
     assert resolve("5.4").describe() == "5.4 (5.4.0, policy v5.4)"
     assert resolve("5.4.286").describe() == (
-        "5.4.286 (policy v5.4+1783985: 5.4.0 with stable 1027dc04f557)"
+        "5.4.286 (policy v5.4+12e967f+1783985: 5.4.0 with stable 12e967fd8e4e's backport "
+        "(stable id not found), 1027dc04f557)"
     )
     assert resolve("6.1.120").describe() == (
         "6.1.120 (policy v6.1: 6.1.0, no modelled stable backport)"
@@ -195,7 +202,7 @@ def test_kernels_lists_the_backports_per_line(capsys: pytest.CaptureFixture[str]
     assert lines["6.6"]["backports"] == [] and lines["6.6"]["newest_policy"] == "v6.6"
     assert main(["kernels"]) == 0
     text = capsys.readouterr().out
-    assert "5.4.y LTS: x.y.0 policy v5.4; newest known 5.4.302, policy v5.4+1783985" in text
+    assert "5.4.y LTS: x.y.0 policy v5.4; newest known 5.4.302, policy v5.4+12e967f+1783985" in text
     assert "5.4.47    1027dc04f557   17839856fd58 (5.8)" in text
 
 

@@ -24,6 +24,7 @@ from cowlab.mm.pgtable import (
     PTE_SOFT_DIRTY,
     PTE_SWP_EXCLUSIVE,
     PTE_WRITE,
+    HugePmd,
     PteTable,
     is_swap_pte,
     pte_to_swp_offset,
@@ -283,10 +284,27 @@ def test_pinned_page_under_reclaim(kernel_id: str) -> None:
     assert p.translate(addr) == pin.pages[0] and not k.cow_log
 
 
-@pytest.mark.parametrize(("kernel_id", "swapped_out"), [("v4.14", True), ("v5.8", False)])
-def test_madv_pageout_skips_shared_pages(kernel_id: str, swapped_out: bool) -> None:
-    """MADV_PAGEOUT (5.4+) skips a page mapped twice; the reclaim path before it unmaps every
-    mapping through the rmap walk (the v4.14 policy stands for 4.14 here)."""
+# (kernel, taken): the reclaim path before MADV_PAGEOUT (4.14) and MADV_PAGEOUT before
+# 12e967fd8e4e (5.4.0, 5.5.0: 5.4.6's madvise_cold_or_pageout_pte_range tests no small page's
+# mapcount) take a page fork shares; 5.6 and the stable 5.4.28 and 5.5.12 leave it alone
+COW_PAGEOUT = [
+    ("v4.14", True),
+    ("5.4", True),
+    ("5.4.27", True),
+    ("5.5.11", True),
+    ("5.4.28", False),
+    ("5.5.12", False),
+    ("5.6", False),
+    ("v5.8", False),
+]
+
+
+@pytest.mark.parametrize(("kernel_id", "swapped_out"), COW_PAGEOUT)
+def test_madv_pageout_skips_shared_pages_from_12e967fd8e4e(
+    kernel_id: str, swapped_out: bool
+) -> None:
+    """A page mapped twice (fork): where it is taken, try_to_unmap unmaps both mappings through
+    the rmap walk and the slot counts both (swap count 2)."""
     k = Kernel(kernel_id, selfcheck=True)
     p = k.spawn()
     addr = p.mmap(4 * PAGE)
@@ -296,6 +314,31 @@ def test_madv_pageout_skips_shared_pages(kernel_id: str, swapped_out: bool) -> N
     assert (p.translate(addr) is None) == swapped_out
     assert (child.translate(addr) is None) == swapped_out
     assert int(k.swap.swap_map[0] if k.swap.nr else 0) == (2 if swapped_out else 0)
+
+
+@pytest.mark.parametrize(("kernel_id", "swapped_out"), COW_PAGEOUT)
+def test_madv_pageout_of_a_whole_pmd_fork_shares(kernel_id: str, swapped_out: bool) -> None:
+    """A THP two PMDs map (fork), the range covering it whole: 5.4.6 isolates it with no
+    mapcount test, 12e967fd8e4e skips it (the head's page_mapcount 2). Taken, it is split on
+    the swap file and every page of both processes becomes a swap PTE (512 slots)."""
+    _, p, addr = written_thp(kernel_id, b"x")
+    child = p.fork()
+    assert p.swapout(addr, 2 << 20) == (512 if swapped_out else 0)
+    for proc in (p, child):
+        assert (proc.translate(addr + 7 * PAGE) is None) == swapped_out
+    assert p.read(addr, 1) == child.read(addr, 1) == b"x"
+
+
+@pytest.mark.parametrize(("kernel_id", "swapped_out"), [("v4.14", True), ("5.4", False)])
+def test_madv_pageout_leaves_a_shared_thp_it_would_split(kernel_id: str, swapped_out: bool) -> None:
+    """A THP two PMDs map, the range covering one page: the reclaim path (4.14) splits it and
+    takes the page; MADV_PAGEOUT from 5.4 (5.4.6: the head's page_mapcount must be 1 before
+    the split) leaves it mapped by both PMDs, before 12e967fd8e4e too."""
+    _, p, addr = written_thp(kernel_id, b"x")
+    child = p.fork()
+    assert p.swapout(addr, PAGE) == int(swapped_out)
+    assert (p.translate(addr) is None) == (child.translate(addr) is None) == swapped_out
+    assert isinstance(p.mm.pmds.get(addr >> PMD_SHIFT), HugePmd) != swapped_out
 
 
 @pytest.mark.parametrize("kernel_id", ALL)

@@ -77,7 +77,8 @@ def swapout_range(k: Kernel, mm: MmStruct, start: int, end: int, until: str) -> 
 def _pages_to_reclaim(k: Kernel, vma: VmArea, start: int, end: int) -> list[int]:
     """madvise_cold_or_pageout_pte_range(): a PMD covered whole is taken as one THP; a PMD
     covered in part is split; a PTE-mapped THP is split (split_huge_page) before its pages are
-    taken. MADV_PAGEOUT skips pages mapped more than once (the generation's rule)."""
+    taken. MADV_PAGEOUT skips pages mapped more than once (the generation's rule): from 5.4 a
+    THP it would split, from 5.6 (_skip_cow_page) a small page and a whole PMD too."""
     mm = vma.mm
     found: list[int] = []
     for idx in range(pmd_index(start), pmd_index(end - 1) + 1):
@@ -85,10 +86,13 @@ def _pages_to_reclaim(k: Kernel, vma: VmArea, start: int, end: int) -> list[int]
         lo, hi = max(start, base), min(end, base + HPAGE_PMD_SIZE)
         entry = mm.pmds.get(idx)
         if isinstance(entry, HugePmd):
-            if entry.huge_zero or entry.protnone or _skip_shared(k, entry.pfn):
+            if entry.huge_zero or entry.protnone:
                 continue
             if hi - lo == HPAGE_PMD_SIZE:
-                found.append(entry.pfn)
+                if not _skip_cow_page(k, entry.pfn):
+                    found.append(entry.pfn)
+                continue
+            if _skip_shared(k, entry.pfn):
                 continue
             if not _split(k, entry.pfn):
                 continue
@@ -112,7 +116,7 @@ def _pte_pages(k: Kernel, table: PteTable, lo: int, hi: int) -> list[int]:
                 break
             i += step
         else:
-            if not _skip_shared(k, pfn):
+            if not _skip_cow_page(k, pfn):
                 found.append(pfn)
             i += 1
     return found
@@ -180,6 +184,12 @@ def _split(k: Kernel, head: int) -> bool:
         return True
     k.event("madvise_pageout", "skip", pfn=head, rule="a THP that cannot be split")
     return False
+
+
+def _skip_cow_page(k: Kernel, pfn: int) -> bool:
+    """A small page, or a THP a PMD maps whole: tested for sharing only from 12e967fd8e4e (5.6;
+    stable 5.4.28, 5.5.12); 5.4.0-5.4.27 and 5.5.0-5.5.11 take it however it is mapped."""
+    return k.policy.pageout_skips_cow_pages and _skip_shared(k, pfn)
 
 
 def _skip_shared(k: Kernel, pfn: int) -> bool:

@@ -76,6 +76,9 @@ class Policy(ABC):
     # swap (docs/sources-swap.md): MADV_PAGEOUT exists (5.4, 1a4e58cce84e); before, a swap-out
     # is the reclaim path taking the range's pages, shared ones included
     madv_pageout: ClassVar[bool] = False
+    # 5.6 12e967fd8e4e (stable 5.4.28, 5.5.12): MADV_PAGEOUT's mapcount test also covers a small
+    # page and a THP a PMD maps whole; 5.4.0 tested only a THP it must split
+    pageout_skips_cow_pages: ClassVar[bool] = False
     # MADV_PAGEOUT meeting a PTE-mapped large folio it may not split (shared, or the split
     # fails) stops the walk of that page table (5.4); 6.10 (3931b871c493) skips the folio
     pageout_large_stops: ClassVar[bool] = True
@@ -146,8 +149,9 @@ class Policy(ABC):
         return order > 0 and pmd_size and device in self.thp_swap_devices
 
     def pageout_skips(self, k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
-        """madvise_cold_or_pageout_pte_range(): leave a page mapped more than once alone (5.4);
-        the reclaim path before MADV_PAGEOUT takes every page."""
+        """madvise_cold_or_pageout_pte_range(): leave a page mapped more than once alone (5.4: a
+        THP it would split; 5.6: any, pageout_skips_cow_pages); the reclaim path before
+        MADV_PAGEOUT takes every page."""
         if not self.madv_pageout:
             return False, (), ""
         count = page_mapcount(k.frames, pfn)

@@ -26,6 +26,7 @@ from cowlab.policy import (
     v4_15,
     v5_1,
     v5_4,
+    v5_6,
     v5_7,
     v5_8,
     v5_9,
@@ -79,6 +80,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v4_15.SwapinBypass,
     v5_1.ReuseKsmPage,
     v5_4.MadvPageout,
+    v5_6.PageoutSkipsCowPages,
     v5_7.FollPinCounting,
     v5_8.ThpCowSplits,
     v5_8.GupBreaksCowOnRead,
@@ -180,9 +182,9 @@ class Resolved:
         return self.policy.id
 
     def describe(self) -> str:
-        """`6.6 (6.6.0, policy v6.6)`: a bare x.y is the mainline x.y.0; `5.4.286 (policy
-        v5.4+1783985: 5.4.0 with stable 1027dc04f557)`, the stable commits applied; a name that
-        is the policy's own id is said once."""
+        """`6.6 (6.6.0, policy v6.6)`: a bare x.y is the mainline x.y.0; `4.19.222 (policy
+        v4.19+1783985: 4.19.0 with stable 5e24029791e8)`, the stable commits applied; a name
+        that is the policy's own id is said once."""
         if self.asked == self.policy.id:
             return self.asked
         said = f"policy {self.policy.id}"
@@ -337,7 +339,7 @@ def resolve_release(asked: str, release: Release) -> Resolved:
 
 @cache
 def stable_policy_ids() -> dict[str, str]:
-    """The id of each stable policy (`v5.4+1783985`) -> the first release it answers for, so
+    """The id of each stable policy (`v5.4+12e967f+1783985`) -> the first release it answers for, so
     that the id resolves as that release (as `v4.5+6d0a07e` is 4.5.5)."""
     out: dict[str, str] = {}
     for change in (*CHANGES, *STABLE_ONLY):
