@@ -31,6 +31,8 @@ PROBE = ROOT / "examples" / "timeline" / "6.9_no_large_folio_reuse.yaml"
         ("4.5.4", "v4.5"),
         ("4.5.5", "v4.5+6d0a07e"),  # the seed's stable backport, 9d3320adf7ca
         ("v4.5+6d0a07e", "v4.5+6d0a07e"),
+        # the old id of 5.4.47 (1027dc04f557), which has 5.4.28's 12e967fd8e4e too
+        ("v5.4+1783985", "v5.4+12e967f+1783985"),
         ("4.6", "v4.6"),  # 4.5.5's rules: the seed, the unrounded index assertion
         ("4.19.0", "v4.15"),  # nothing modelled changed from 4.15 to 5.0
         ("v4.14", "v4.14"),

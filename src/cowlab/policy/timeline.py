@@ -152,6 +152,8 @@ REVIEW_VERSIONS: dict[str, tuple[Release, tuple[type[Policy], ...]]] = {
 # the names cowlab's policies had before the timeline, as the releases they meant
 ALIASES: dict[str, str] = {
     "v4.5+6d0a07e": "4.5.5",
+    # 5.4.47's policy before 5.4.28's 12e967fd8e4e was modelled (and joined its id)
+    "v5.4+1783985": "5.4.47",
 }
 
 
