@@ -382,3 +382,34 @@ steps:
 """
     verdicts = Verdicts(parse_scenario(text))
     assert [verdicts.passes(k) for k in ("v4.13", "v4.11")] == [True, False]
+
+
+def test_corpus_verdicts_come_in_path_order_from_the_shared_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The corpus runs in the search's pool, its files in whatever order workers finish them,
+    and is reported in path order. A write to a mapped page succeeds, so a step expecting
+    EFAULT of it fails on every kernel; a.yaml writes 64 MiB, so b.yaml (4 KiB) ends first.
+    Runs: a on v6.18, b on v4.5 and v6.18, c on v4.5 = 4; failed: a, then b's two kernels in
+    its kernels: order."""
+    steps = (
+        "steps:\n  - {op: mmap, proc: P, name: m, size: %s}\n"
+        "  - {op: write, proc: P, at: m, data: {fill: 1, size: %s}, expect: {outcome: %s}}\n"
+    )
+    files = {
+        "a.yaml": ("[v6.18]", "64M", "EFAULT"),
+        "b.yaml": ("[v4.5, v6.18]", "4K", "EFAULT"),
+        "c.yaml": ("[v4.5]", "4K", "ok"),
+    }
+    for name, (kernels, size, outcome) in files.items():
+        head = f"name: {name}\nkernels: {kernels}\nprocesses: [P]\n"
+        (tmp_path / name).write_text(head + steps % (size, size, outcome))
+    argv = ["check", "--kernel", "v4.5", "--kernel", "v6.18", "--depth", "0", "--jobs", "2"]
+    code = main([*argv, "--corpus", str(tmp_path), "--out", str(tmp_path / "out"), "--json"])
+    corpus = json.loads(capsys.readouterr().out)["corpus"]
+    assert code == 1 and corpus["runs"] == 4
+    assert [(Path(f["file"]).name, f["kernel"]) for f in corpus["failed"]] == [
+        ("a.yaml", "v6.18"),
+        ("b.yaml", "v4.5"),
+        ("b.yaml", "v6.18"),
+    ]

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -28,7 +28,15 @@ from cowlab.check.campaign import (
     campaign_into,
     campaign_of,
 )
-from cowlab.check.corpus import CorpusResult, run_corpus, scenario_files
+from cowlab.check.corpus import (
+    CorpusResult,
+    CorpusTask,
+    FileVerdict,
+    corpus_tasks,
+    gathered,
+    run_file,
+    scenario_files,
+)
 from cowlab.check.counterexample import Counterexample, group, write_all
 from cowlab.check.patch import Patch, PatchError, changed_scenarios, register
 from cowlab.check.properties import PROPERTIES
@@ -140,10 +148,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"cowlab check: {e}") from None
     campaign = campaign_of(args)
     started = time.perf_counter()
-    if not args.no_corpus:
-        result.corpus = run_corpus(Path(args.corpus), result.kernels, args.jobs)
+    corpus = [] if args.no_corpus else corpus_tasks(Path(args.corpus), result.kernels)
     try:
-        _search_all(result, args.jobs, quiet=args.json or args.tap)
+        _check_all(result, corpus, args.jobs, quiet=args.json or args.tap)
     except KeyboardInterrupt:
         result.interrupted = True
     if campaign is not None and not result.interrupted:
@@ -206,33 +213,43 @@ def live_base(base: str, files: list[str]) -> None:
     main(["live", *files, "--kernel", base])
 
 
-def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
-    """The bounded search on every kernel, with a progress bar: joint searches of runs of
-    neighbouring kernels (search.search_kernels: a letter runs once for the kernels that
-    take it alike), `jobs` runs, each from each part of the roots (alphabet.root_parts);
-    each kernel's parts merged (search.merged). Interrupted: the kernels whose parts ended."""
+def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: bool) -> None:
+    """The bounded search on every kernel and the corpus, in one pool of `jobs` processes,
+    with a progress bar: joint searches of runs of neighbouring kernels
+    (search.search_kernels: a letter runs once for the kernels that take it alike), `jobs`
+    runs, each from each part of the roots (alphabet.root_parts), then the corpus's files
+    behind them, each far shorter than a search, so that a worker done with its searches
+    runs scenarios while the other still searches and none waits long at the end. Each
+    kernel's parts merged (search.merged), the files' verdicts gathered in path order.
+    Interrupted: the kernels whose parts ended, the files that ended."""
     r = result
     parts = len(root_parts())
     # the larger part (THP) first, and in it the newest kernels, which differ most
     runs = neighbours(r.kernels, jobs)[::-1]
     tasks = [(ks, part) for part in range(parts) for ks in runs]
     found: dict[str, dict[int, Outcome]] = {k: {} for k in r.kernels}
+    files: dict[int, FileVerdict] = {}
     try:
         with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
-            task = bar.add_task("searching", total=len(tasks))
+            task = bar.add_task("checking", total=len(tasks) + len(corpus))
             with ProcessPoolExecutor(
                 max_workers=jobs, initializer=_worker_start, initargs=(r.patch,)
             ) as pool:
-                futures = {
+                searches = {
                     pool.submit(
                         search_kernels, ks, r.depth, r.alphabet, tuple(r.props), part=part
                     ): part
                     for ks, part in tasks
                 }
+                scenarios = {pool.submit(run_file, *t): i for i, t in enumerate(corpus)}
+                pending: list[Future[Any]] = [*searches, *scenarios]
                 try:
-                    for job in as_completed(futures):
-                        for kernel, outcome in job.result().items():
-                            found[kernel][futures[job]] = outcome
+                    for job in as_completed(pending):
+                        if job in scenarios:
+                            files[scenarios[job]] = job.result()
+                        else:
+                            for kernel, outcome in job.result().items():
+                                found[kernel][searches[job]] = outcome
                         bar.advance(task)
                 except KeyboardInterrupt:
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -243,6 +260,7 @@ def _search_all(result: CheckResult, jobs: int, quiet: bool) -> None:
             for k, of in found.items()
             if len(of) == parts
         }
+        r.corpus = gathered(files[i] for i in sorted(files))
 
 
 def neighbours(kernels: list[str], n: int) -> list[list[str]]:

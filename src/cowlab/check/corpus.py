@@ -7,12 +7,12 @@ finding the corpus does not expect - a new bug, or a model change that made one.
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cowlab.check.properties import implied_breaks
-from cowlab.check.search import policy_differences, recording
+from cowlab.check.search import differences, recording
 from cowlab.policy.timeline import resolve
 from cowlab.scenario.loader import load_scenario
 from cowlab.scenario.model import Scenario
@@ -51,25 +51,28 @@ def _broken_by(what: str, expected: object) -> list[str]:
     return sorted(implied_breaks(expected)) if what == "breaks" else []
 
 
-def run_corpus(root: Path, kernels: list[str], jobs: int = 1) -> CorpusResult:
-    """Every scenario on each kernel it lists whose policy is one of `kernels`', `jobs`
-    scenario files at a time; what each expects broken on each of `kernels`."""
-    result = CorpusResult()
+FileVerdict = tuple[int, list[tuple[str, str]], dict[tuple[str, str], str]]
+CorpusTask = tuple[Path, frozenset[str], list[str]]  # run_file's arguments
+
+
+def corpus_tasks(root: Path, kernels: list[str]) -> list[CorpusTask]:
+    """The arguments of run_file for each scenario file under `root`, in path order."""
     policies = frozenset(resolve(k).policy_id for k in kernels)
-    paths = scenario_files(root)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        done = pool.map(_run_file, paths, [policies] * len(paths), [kernels] * len(paths))
-        for runs, failed, expected in done:
-            result.runs += runs
-            result.failed += failed
-            for key, where in expected.items():
-                result.expected.setdefault(key, where)
+    return [(path, policies, kernels) for path in scenario_files(root)]
+
+
+def gathered(done: Iterable[FileVerdict]) -> CorpusResult:
+    """The corpus's result from each file's (run_file), in path order."""
+    result = CorpusResult()
+    for runs, failed, expected in done:
+        result.runs += runs
+        result.failed += failed
+        for key, where in expected.items():
+            result.expected.setdefault(key, where)
     return result
 
 
-def _run_file(
-    path: Path, policies: frozenset[str], kernels: list[str]
-) -> tuple[int, list[tuple[str, str]], dict[tuple[str, str], str]]:
+def run_file(path: Path, policies: frozenset[str], kernels: list[str]) -> FileVerdict:
     """One scenario file: (runs, the kernels it failed on, what it expects broken)."""
     scenario = load_scenario(path)
     mine = [k for k in scenario.kernels if resolve(k).policy_id in policies]
@@ -91,7 +94,7 @@ class Verdicts:
     def passes(self, kernel: str) -> bool:
         wanted = [e.expected_for(kernel) for step in self.scenario.steps for e in step.expect]
         for other, read, theirs, passed in self.runs:
-            if theirs == wanted and not policy_differences(other, kernel) & read:
+            if theirs == wanted and not differences(other, kernel) & read:
                 return passed
         noted: set[str] = set()
         runner = Runner(self.scenario, kernel)
