@@ -413,3 +413,18 @@ def test_corpus_verdicts_come_in_path_order_from_the_shared_pool(
         ("b.yaml", "v4.5"),
         ("b.yaml", "v6.18"),
     ]
+
+
+def test_a_bad_corpus_file_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scenario the corpus cannot load is reported as `cowlab run` reports it: its file and
+    line and what was expected, exit 2 (the worker's ScenarioError reaches the parent whole,
+    not as a broken process pool's traceback)."""
+    (tmp_path / "bad.yaml").write_text(
+        "name: bad\nkernels: [v6.18]\nprocesses: [P]\nsteps:\n  - {op: no_such_op, proc: P}\n"
+    )
+    argv = ["check", "--kernel", "v6.18", "--depth", "0", "--corpus", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--jobs", "2", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'bad.yaml'}:5:" in err

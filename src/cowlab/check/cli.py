@@ -251,7 +251,7 @@ def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: 
                             for kernel, outcome in job.result().items():
                                 found[kernel][searches[job]] = outcome
                         bar.advance(task)
-                except KeyboardInterrupt:
+                except BaseException:  # Ctrl-C, or a scenario the corpus cannot run
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
     finally:

@@ -48,6 +48,11 @@ class ScenarioError(Exception):
         self.loc = loc
         self.message = message
 
+    def __reduce__(self) -> tuple[type[ScenarioError], tuple[str, Loc, str]]:
+        """Made again from its three parts: a process pool's worker sends it to the parent
+        pickled (the default, from the one-line text, fits no __init__ of three)."""
+        return ScenarioError, (self.path, self.loc, self.message)
+
 
 @dataclass
 class Context:
