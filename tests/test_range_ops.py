@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
+from cowlab.mm import gup
 from cowlab.mm.page_alloc import RowField
 from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
 from cowlab.mm.trace import CowEvent, CowLog
@@ -498,9 +499,30 @@ MTHP_PROGRAM = [
     S("touch", who=1, page=1, length=0, to_end=True, arg=True),
 ]
 
+# read-only pins of pages a fork shared (5.19+: FAULT_FLAG_UNSHARE, the unshare range path):
+# the pages of a THP the parent maps by PTEs after the fork (its PMD split by a zap), then the
+# same THP's pages once the child is gone, then small pages, some of them in the swap cache
+UNSHARE_PROGRAM = [
+    S("thp", arg="always"),
+    S("mmap", page=1024, arg=(2 * MIB, 0, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=0x33),
+    S("fork"),
+    S("madvise", page=511, length=PAGE, arg="dontneed"),
+    S("pin", page=10, length=200 * PAGE, arg=("pin", False, False)),
+    S("pin", who=1, page=5, length=100 * PAGE, arg=("longterm", False, True)),
+    S("exit", who=1),
+    S("pin", page=0, length=512 * PAGE, arg=("pin", False, True)),
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, 1536, "rw")),
+    S("write", vma=1, page=0, length=0, to_end=True, arg=1),
+    S("fork"),
+    S("swapout", vma=1, page=10, length=20 * PAGE, arg="swapcache"),
+    S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", False, False)),
+]
+
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
-    for program in [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT]:
+    for program in [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM]:
         test = example(program=program)(test)
     return test
 
@@ -511,6 +533,32 @@ def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
 @given(program=programs())
 def test_range_path_gives_the_page_by_page_state(kernel_id: str, program: list[Step]) -> None:
     run_both(kernel_id, program)
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_unshare_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNSHARE_PROGRAM takes the unshare range path, and it gives the page-by-page state.
+
+    Its first pin: after the fork, each of the 200 pages is mapped by the parent's PTEs (the
+    PMD split by the zap) and the child's PMD, read-only, PageAnonExclusive cleared by the
+    fork (5.19: on the head, which split_huge_pmd gives every page), so a R/O FOLL_PIN must
+    unshare every one (gup_must_unshare, 5.19); do_wp_page copies each (6.9+: a page of a
+    large folio that is not exclusive is never reused; 5.19-6.8: the folio's page_count is
+    over one while the child maps it), and no copy drops the folio's last reference, so the
+    200 pages are one run. Before 5.19 no R/O pin unshares: the path is never asked."""
+    settled: list[int] = []
+    faults = gup._unshare_faults
+
+    def spy(*args: Any) -> int:
+        settled.append(faults(*args))
+        return settled[-1]
+
+    monkeypatch.setattr(gup, "_unshare_faults", spy)
+    run_both(kernel_id, UNSHARE_PROGRAM)
+    if Kernel(kernel_id).policy.gup_unshares_ro_pins:
+        assert 200 in settled, settled
+    else:
+        assert not settled
 
 
 # --- the comparison can fail --------------------------------------------------------------

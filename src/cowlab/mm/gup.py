@@ -16,6 +16,7 @@ from cowlab.mm.constants import (
     FOLL_PIN,
     FOLL_TOUCH,
     FOLL_WRITE,
+    PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SHIFT,
     VM_FAULT_SIGSEGV,
@@ -23,12 +24,14 @@ from cowlab.mm.constants import (
     VM_MAYREAD,
     VM_READ,
     VM_WRITE,
+    PG_anon_exclusive,
     PG_dirty,
     PG_head,
+    PG_ksm,
     PG_reserved,
 )
-from cowlab.mm.decision import Reads
-from cowlab.mm.memory import handle_mm_fault
+from cowlab.mm.decision import Reads, WpDecision
+from cowlab.mm.memory import handle_mm_fault, trace_copied, trace_fault, wp_reuse_anon
 from cowlab.mm.mm import (
     GUP_PIN_COUNTING_BIAS,
     PageAnon,
@@ -37,6 +40,7 @@ from cowlab.mm.mm import (
     get_page,
     heads_of,
     is_zero_pfn,
+    put_page,
     put_pages,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, is_cow_mapping, pmd_index, pte_index
@@ -44,12 +48,16 @@ from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.pgtable import (
     PTE_MIGRATION,
     PTE_PROTNONE,
+    PTE_SOFT_DIRTY,
     PTE_SPECIAL,
     PTE_WRITE,
     PTE_YOUNG,
     HugePmd,
+    PteTable,
 )
-from cowlab.mm.range_fault import fault_in_range
+from cowlab.mm.range_fault import _leading, fault_in_range
+from cowlab.mm.rmap import anon_vma_prepare, page_remove_rmap, pages_add_new_anon_rmap
+from cowlab.mm.trace import CowCopies, Decisions, Packed
 
 Ints = npt.NDArray[np.int64]
 NO_PAGES: Ints = np.zeros(0, dtype=np.int64)
@@ -59,6 +67,8 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 MAX_FAULT_RETRIES = 8
+# PTE bits that keep a read-only anonymous page from the unshare range path
+SHARED_BLOCKED = PTE_WRITE | PTE_PROTNONE | PTE_MIGRATION | PTE_SPECIAL
 
 
 def check_vma_flags(vma: VmArea, gup_flags: int) -> bool:
@@ -121,6 +131,8 @@ def get_user_pages(
     pages = np.empty(nr_pages, dtype=np.int64)
     got = 0
     batch = k.range_ops and not must_unshare_any(k, gup_flags)
+    # CONFIG_DEBUG_VM's VM_BUG_ONs could stop a run halfway: those runs go page by page
+    unshares = k.range_ops and not batch and not k.config.debug_vm
     try:
         while got < nr_pages:
             addr = start + got * PAGE_SIZE
@@ -128,7 +140,10 @@ def get_user_pages(
             if vma is None or not check_vma_flags(vma, gup_flags):
                 raise SyscallError("EFAULT", f"get_user_pages: {addr:#x} cannot be accessed so")
             end = min(start + nr_pages * PAGE_SIZE, vma.vm_end)
-            run = _gup_run(k, vma, addr, end, gup_flags, fast) if batch else NO_PAGES
+            if batch:
+                run = _gup_run(k, vma, addr, end, gup_flags, fast)
+            else:
+                run = _unshare_run(k, vma, addr, end, gup_flags) if unshares else NO_PAGES
             if run.size:
                 try_grab_pages(k, mm, run, gup_flags)
                 pages[got : got + run.size] = run
@@ -156,6 +171,127 @@ def _gup_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: 
     if fault_in_range(k, vma.mm, addr, end, bool(slow & FOLL_WRITE), small_only=True).size:
         return follow_range(k, vma, addr, end, slow)
     return NO_PAGES
+
+
+def _unshare_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> Ints:
+    """A R/O FOLL_PIN (5.19+) at an anonymous page mapped read-only and not exclusive: the
+    unshare faults of the run of such pages it starts (_unshare_faults), then those pages
+    followed; empty otherwise (the page-by-page path). GUP-fast gives up on each of them
+    (gup_must_unshare) without changing anything."""
+    entry = vma.mm.pmds.get(pmd_index(addr))
+    if not isinstance(entry, PteTable):
+        return NO_PAGES
+    first = pte_index(addr)
+    pfn = entry.pfn.item(first)
+    if pfn < 0 or entry.bits.item(first) & SHARED_BLOCKED or PageAnonExclusive(k.frames, pfn):
+        return NO_PAGES  # the common miss, told without arrays
+    last = pte_index(min(end, (pmd_index(addr) + 1) << PMD_SHIFT) - 1) + 1
+    pages = _shared_anon_run(k.frames, entry, first, last)
+    if not pages.size:
+        return NO_PAGES
+    foll = _slow_flags(k, vma, gup_flags)
+    if foll & FOLL_WRITE:  # a COW break by a write fault: gup_must_unshare does not apply
+        return NO_PAGES
+    n = _unshare_faults(k, vma, entry, addr, foll, pages)
+    return follow_range(k, vma, addr, addr + n * PAGE_SIZE, foll)
+
+
+def _shared_anon_run(f: PageFrames, table: PteTable, first: int, last: int) -> Ints:
+    """The pages from PTE ``first`` on that gup_must_unshare() unshares and do_wp_page() hands
+    to wp_reuse: present, read-only, not special, NUMA-hinting or migrating PTEs of anonymous
+    pages neither PageAnonExclusive nor KSM."""
+    pfn, bits = table.pfn[first:last], table.bits[first:last]
+    pages = pfn[: _leading((pfn >= 0) & ((bits & SHARED_BLOCKED) == 0))]
+    heads = heads_of(f, pages)
+    odd = (f.flags[pages] & PG_anon_exclusive) | (f.flags[heads] & PG_ksm)
+    return pages[: _leading((f.mapping[heads] != 0) & (odd == 0))].copy()
+
+
+def _unshare_faults(
+    k: Kernel, vma: VmArea, table: PteTable, addr: int, foll: int, pages: Ints
+) -> int:
+    """handle_mm_fault(FAULT_FLAG_UNSHARE) -> do_wp_page() (5.19, c89357e27f20) for each page
+    in turn, as GUP faults them one after another: wp_reuse decides every page, and a copied
+    page loses its mapping and reference before the next is asked (a large folio's counters
+    change). The run ends after a reuse (its pin would count in the next verdict) or after a
+    copy that drops the last reference (the freed frame would be the next allocation). The
+    copies are filled and mapped together after; returns how many pages were settled."""
+    f = k.frames
+    wp_reuse = k.policy.wp_reuse
+    olds: list[int] = []
+    news: list[int] = []
+    decisions: list[WpDecision] = []
+    last_ref = None
+    n = 0
+    for pfn, head in zip(pages.tolist(), heads_of(f, pages).tolist(), strict=True):
+        at = addr + n * PAGE_SIZE
+        n += 1
+        if k.tracing:
+            _, read, rule = unshare_decision(k, vma, at, foll)
+            k.event("gup_must_unshare", "unshare", addr=at, read=read, rule=rule)
+            trace_fault(k, vma, at, "unshare")
+        d = wp_reuse(k, vma, pfn)
+        if d.reuse:
+            assert d.set_exclusive  # 5.19+: a reused page that was not exclusive becomes so
+            wp_reuse_anon(k, vma, at, pfn, d)
+            break
+        if k.tracing:
+            k.event("do_wp_page", "copy", addr=at, pfn=pfn, read=d.read, rule=d.rule)
+        anon_vma_prepare(k, vma)
+        olds.append(pfn)
+        news.append(f.alloc_page())
+        decisions.append(d)
+        if f._count.item(head) <= 1:  # put_page() frees it: after its bytes are copied
+            last_ref = pfn
+            break
+        page_remove_rmap(k, vma.mm, pfn, compound=False)
+        f._count[head] -= 1  # put_page(), not the last reference (alloc_page may grow _count)
+        if k.tracing:
+            trace_copied(k, at, pfn, news[-1])
+    _unshare_copies(k, vma, table, addr, olds, news, decisions)
+    if last_ref is not None:
+        page_remove_rmap(k, vma.mm, last_ref, compound=False)
+        put_page(k, last_ref)
+        if k.tracing:
+            trace_copied(k, addr + (n - 1) * PAGE_SIZE, last_ref, news[-1])
+    k.vmstat["pgfault"] += n
+    return n
+
+
+def _unshare_copies(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    addr: int,
+    olds: list[int],
+    news: list[int],
+    decisions: list[WpDecision],
+) -> None:
+    """wp_page_copy() of an unshare for the first pages from addr, together: each new page
+    holds its old page's bytes, mapped from vm_page_prot alone (read-only, clean, soft-dirty
+    as the old PTE was), and is logged as the copy the decision made."""
+    if not news:
+        return
+    olds_a, news_a = np.array(olds, dtype=np.int64), np.array(news, dtype=np.int64)
+    k.frames.copy_pages(news_a, olds_a)
+    at = slice(pte_index(addr), pte_index(addr) + news_a.size)
+    table.pfn[at] = news_a
+    table.bits[at] &= PTE_SOFT_DIRTY
+    which = np.arange(news_a.size, dtype=np.int64)
+    addrs = addr + (which << PAGE_SHIFT)
+    pages_add_new_anon_rmap(k, news_a, vma, addrs)
+    copies = CowCopies(
+        len(k.history),
+        k.current_op(),
+        "wp_page_copy",
+        vma.mm.pid,
+        Packed(addrs),
+        Packed(olds_a),
+        Packed(news_a),
+        Decisions(decisions),
+        Packed(which),
+    )
+    k.cow_log.extend_copies(copies)
 
 
 def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints:

@@ -370,15 +370,22 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
         f.index[old] = vma.linear_page_index(addr)
     if not d.reuse:
         return wp_copy_traced(k, vma, addr, table, old, d, unshare)
-    if k.tracing:
-        k.event("do_wp_page", "reuse", addr=addr, pfn=old, read=d.read, rule=d.rule)
-    if d.move_anon_vma:
-        page_move_anon_rmap(k, compound_head(f, old), vma, addr)
-    if d.set_exclusive:
-        f.flags[old] |= PG_anon_exclusive
+    wp_reuse_anon(k, vma, addr, old, d)
     if unshare:  # the page is now exclusive; the PTE stays read-only
         return 0
     return wp_page_reuse(k, vma, addr, table)
+
+
+def wp_reuse_anon(k: Kernel, vma: VmArea, addr: int, old: int, d: WpDecision) -> None:
+    """do_wp_page()'s reuse of an anonymous page before wp_page_reuse() (5.19, 6c287605fd56):
+    the page moved to this VMA's anon_vma and made exclusive where the decision says (an
+    unshare stops here)."""
+    if k.tracing:
+        k.event("do_wp_page", "reuse", addr=addr, pfn=old, read=d.read, rule=d.rule)
+    if d.move_anon_vma:
+        page_move_anon_rmap(k, compound_head(k.frames, old), vma, addr)
+    if d.set_exclusive:
+        k.frames.flags[old] |= PG_anon_exclusive
 
 
 def wp_copy_traced(
