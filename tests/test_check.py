@@ -364,7 +364,7 @@ steps:
         True,
         True,
     ]
-    assert [run[0] for run in verdicts.runs] == ["v5.8", "v5.9", "v4.11"]
+    assert [run[0] for run in verdicts.shared.runs] == ["v5.8", "v5.9", "v4.11"]
 
 
 def test_corpus_runs_a_kernel_whose_sysfs_files_differ() -> None:

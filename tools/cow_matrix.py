@@ -543,41 +543,60 @@ def scenario_names() -> list[str]:
 
 def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
     """(case, backing, kernel) -> (the model's verdict, whether it matches the derivation); one
-    kernel per worker process, on every CPU (the runs are independent)."""
+    file per task, on every CPU (the files are independent)."""
     for name in scenario_names():
         load(name)  # parsed here once, not once per kernel
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(os.cpu_count() or 1) as pool:
-        columns = pool.map(run_column, KERNELS)
-    return {key: value for column in columns for key, value in column.items()}
+        rows = pool.map(run_row, [*CASE_FILES, *COLLAPSE_TITLES])
+    return {key: value for row in rows for key, value in row.items()}
+
+
+CASE_FILES = [f"{case}__{backing}" for case in CASE_TITLES for backing in BACKINGS]
 
 
 def run_column(kernel: str) -> dict[tuple[str, str, str], tuple[str, bool]]:
     """Every case and backing on one kernel."""
-    from cowlab.scenario.runner import Runner
+    return {
+        key: v
+        for name in [*CASE_FILES, *COLLAPSE_TITLES]
+        for key, v in run_row(name, [kernel]).items()
+    }
 
+
+def run_row(
+    name: str, kernels: list[str] = KERNELS
+) -> dict[tuple[str, str, str], tuple[str, bool]]:
+    """One file on each kernel; a kernel whose policy differs from one already run only in
+    what that run never read takes its verdict (check.corpus.SharedRuns)."""
+    from cowlab.check.corpus import SharedRuns
+
+    shared: SharedRuns[str] = SharedRuns(load(name))
     out = {}
-    for case in CASE_TITLES:
-        for backing in BACKINGS:
-            sc = load(f"{case}__{backing}")
-            runner = Runner(sc, kernel)
-            skipped = False
-            for step in sc.steps:
-                runner.run_step(step)
-                if step.op == "swapout" and not range_is_swapped(runner, step):
-                    skipped = True  # cow.c: "MADV_PAGEOUT did not work", the case is not run
-                    break
-            verdict = PAGEOUT_SKIP if skipped else "F" if leaks(runner) else "P"
+    for kernel in kernels:
+        if "__" in name:
+            case, backing = name.split("__")
+            verdict = shared.result(kernel, _case_verdict)
             out[(case, backing, kernel)] = (verdict, verdict == expected(case, backing, kernel))
-    for case in COLLAPSE_TITLES:
-        sc = load(case)
-        runner = Runner(sc, kernel)
-        outcomes = [runner.run_step(step).outcome for step in sc.steps]
-        failed = [o for o in outcomes if o != "ok"]
-        verdict = f"S {failed[0]}" if failed else "F" if leaks(runner) else "P"
-        want = derivation().collapse[(case, kernel)].verdict
-        out[(case, "collapse", kernel)] = (verdict, verdict == want)
+        else:
+            verdict = shared.result(kernel, _collapse_verdict)
+            want = derivation().collapse[(name, kernel)].verdict
+            out[(name, "collapse", kernel)] = (verdict, verdict == want)
     return out
+
+
+def _case_verdict(runner: Any) -> str:
+    for step in runner.scenario.steps:
+        runner.run_step(step)
+        if step.op == "swapout" and not range_is_swapped(runner, step):
+            return PAGEOUT_SKIP  # cow.c: "MADV_PAGEOUT did not work", the case is not run
+    return "F" if leaks(runner) else "P"
+
+
+def _collapse_verdict(runner: Any) -> str:
+    outcomes = [runner.run_step(step).outcome for step in runner.scenario.steps]
+    failed = [o for o in outcomes if o != "ok"]
+    return f"S {failed[0]}" if failed else "F" if leaks(runner) else "P"
 
 
 def range_is_swapped(runner: Any, step: Any) -> bool:

@@ -7,9 +7,10 @@ finding the corpus does not expect - a new bug, or a model change that made one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cowlab.check.properties import implied_breaks
 from cowlab.check.search import differences, recording
@@ -17,6 +18,8 @@ from cowlab.policy.timeline import resolve
 from cowlab.scenario.loader import load_scenario
 from cowlab.scenario.model import Scenario
 from cowlab.scenario.runner import Runner
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,25 +84,40 @@ def run_file(path: Path, policies: frozenset[str], kernels: list[str]) -> FileVe
     return len(mine), failed, expected_breaks(scenario, kernels)
 
 
-class Verdicts:
-    """A scenario's verdict on each kernel. A kernel whose policy differs from one already run
-    only in attributes that run never read, and which expects the same of every step, takes
-    every decision the same way and gets the same verdict without running (as the search's
-    kernels share searches)."""
+class SharedRuns(Generic[T]):
+    """One scenario's runs, each reduced to a result. A kernel whose policy differs from one
+    already run only in attributes that run never read, and which asks under the same key (the
+    corpus: what it expects of every step), takes every decision the same way and gets the same
+    result without running (as the search's kernels share searches)."""
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
-        self.runs: list[tuple[str, frozenset[str], list[object], bool]] = []
+        self.runs: list[tuple[str, frozenset[str], object, T]] = []
 
-    def passes(self, kernel: str) -> bool:
-        wanted = [e.expected_for(kernel) for step in self.scenario.steps for e in step.expect]
-        for other, read, theirs, passed in self.runs:
-            if theirs == wanted and not differences(other, kernel) & read:
-                return passed
+    def result(self, kernel: str, run: Callable[[Runner], T], key: object = None) -> T:
+        for other, read, theirs, value in self.runs:
+            if theirs == key and not differences(other, kernel) & read:
+                return value
         noted: set[str] = set()
         runner = Runner(self.scenario, kernel)
         runner.k.policy = recording(runner.k.policy, noted)
-        passed = all(runner.run_step(step).passed for step in self.scenario.steps)
+        value = run(runner)
         if not self.scenario.config.mthp:  # Runner() read a knob before the recording began
-            self.runs.append((kernel, frozenset(noted), wanted, passed))
-        return passed
+            self.runs.append((kernel, frozenset(noted), key, value))
+        return value
+
+
+class Verdicts:
+    """A scenario's verdict on each kernel, shared between kernels (SharedRuns) that expect the
+    same of every step."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.shared: SharedRuns[bool] = SharedRuns(scenario)
+
+    def passes(self, kernel: str) -> bool:
+        wanted = [e.expected_for(kernel) for step in self.scenario.steps for e in step.expect]
+        return self.shared.result(kernel, self._run, wanted)
+
+    def _run(self, runner: Runner) -> bool:
+        return all(runner.run_step(step).passed for step in self.scenario.steps)
