@@ -101,7 +101,28 @@ class CowEvent(NamedTuple):
         )
 
 
-class Decisions(Sequence[object]):
+class Indexed(Sequence[T]):
+    """A sequence whose items are made when read: subclasses give __len__ and _at(i), for
+    0 <= i < len."""
+
+    @abstractmethod
+    def _at(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._at(i)
+
+
+class Decisions(Indexed[object]):
     """The decisions behind a run of copies: WpDecisions that differ only in the values their
     rule read are kept as one template and an array of values (a THP's 512 copies each read
     another _large_mapcount); anything else as a list."""
@@ -130,13 +151,7 @@ class Decisions(Sequence[object]):
     def __len__(self) -> int:
         return len(self.items) if self.values is None else int(self.values.shape[0])
 
-    @overload
-    def __getitem__(self, i: int) -> object: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[object]: ...
-    def __getitem__(self, i: int | slice) -> object | Sequence[object]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _at(self, i: int) -> object:
         if self.values is None:
             return self.items[i]
         template = self.items[0]
@@ -203,27 +218,6 @@ class CowCopies(NamedTuple):
             1,
             self.reasons[int(self.which[i])],
         )
-
-
-class Indexed(Sequence[T]):
-    """A sequence whose items are made when read: subclasses give __len__ and _at(i), for
-    0 <= i < len."""
-
-    @abstractmethod
-    def _at(self, i: int) -> T: ...
-
-    @overload
-    def __getitem__(self, i: int) -> T: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[T]: ...
-    def __getitem__(self, i: int | slice) -> T | list[T]:
-        if isinstance(i, slice):
-            return [self._at(j) for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self._at(i)
 
 
 class CowLog(Indexed[CowEvent]):
