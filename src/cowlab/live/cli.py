@@ -8,6 +8,7 @@ or a case hit an error, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import random
@@ -15,7 +16,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,13 @@ def add_live_command(sub: Any) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help="where minimised disagreements go")
     p.add_argument("--max-mib", type=int, default=64, help="memory cap per case (MiB)")
     p.add_argument("--retries", type=int, default=3, help="retries of an inconclusive case")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N cases at a time, each in a worker of its own (not with system changes)",
+    )
     p.add_argument("--minimise-budget", type=int, default=60, help=argparse.SUPPRESS)
     p.add_argument("--journal", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_live)
@@ -87,6 +95,13 @@ def _live(args: argparse.Namespace) -> int:
         raise LiveUsageError(f"--random needs a positive count, got {args.random}")
     if args.max_mib < 1 or args.retries < 0:
         raise LiveUsageError("--max-mib must be positive and --retries not negative")
+    if args.jobs < 1:
+        raise LiveUsageError(f"--jobs needs a positive count, got {args.jobs}")
+    if args.jobs > 1 and args.allow_system_changes:
+        raise LiveUsageError(
+            "--jobs runs cases side by side, which cases that change the system (swap, ksmd, "
+            "khugepaged knobs) must not be: drop --allow-system-changes or use --jobs 1"
+        )
     _preflight()
     kernel = _kernel(args.kernel)
     if args.random is not None:
@@ -168,15 +183,12 @@ def _session(args: argparse.Namespace, kernel: str, body: Callable[[Any, Any, An
 
 
 def _run_files(args: argparse.Namespace, kernel: str) -> int:
-    from cowlab.live.compare import run_case
-
     scenarios = _load(args.files)
 
     def body(machine: Any, changes: Any, opts: Any) -> int:
         t0 = time.perf_counter()
         results = []
-        for scenario in scenarios:
-            result = run_case(scenario, opts, machine, changes)
+        for result in _run_cases(args, scenarios, opts, machine, changes):
             results.append(result)
             if not args.json:
                 _print_case(result)
@@ -208,27 +220,48 @@ def _random_body(
     changes: Any,
     opts: Any,
 ) -> int:
-    from cowlab.live.compare import run_case
     from cowlab.live.randomprog import generate, swap_device, to_scenario
 
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
-    results, written = [], []
+    cases = []
     for i in range(args.random):
         steps = generate(rng, ops)
         name = f"random-s{args.seed}-{i:04d}"
         device = swap_device(args.seed, i, ops)
         scenario = to_scenario(name, steps, name, device)
-        if scenario is None:  # the generator should never do this; count it, do not stop
-            continue
-        result = run_case(scenario, opts, machine, changes)
-        results.append(result)
-        if result.status == "disagree":
-            case = _Case(name, steps, device, result)
-            written.append(_minimise_and_write(args, case, opts, machine, changes))
+        if scenario is not None:  # the generator should never give None; skip it, do not stop
+            cases.append((name, steps, device, scenario))
+    scenarios = [scenario for *_, scenario in cases]
+    results = list(_run_cases(args, scenarios, opts, machine, changes))
+    written = [
+        _minimise_and_write(args, _Case(name, steps, device, result), opts, machine, changes)
+        for (name, steps, device, _s), result in zip(cases, results, strict=True)
+        if result.status == "disagree"
+    ]
     elapsed = time.perf_counter() - t0
     _finish(args, kernel, machine, results, elapsed, written)
     return 1 if any(r.status in ("disagree", "error") for r in results) else 0
+
+
+def _run_cases(
+    args: argparse.Namespace, scenarios: list[Any], opts: Any, machine: Any, changes: Any
+) -> Iterator[Any]:
+    """run_case of each scenario in order: here, or --jobs at a time in workers of their own
+    (cowlab.live.parallel; changes is None there: --jobs refuses system changes)."""
+    from cowlab.live.compare import run_case
+
+    if args.jobs == 1:
+        return (run_case(scenario, opts, machine, changes) for scenario in scenarios)
+    from cowlab.live.parallel import run_in_order
+
+    return run_in_order(scenarios, args.jobs, functools.partial(_run_alone, opts))
+
+
+def _run_alone(opts: Any, machine: Any, scenario: Any) -> Any:
+    from cowlab.live.compare import run_case
+
+    return run_case(scenario, opts, machine, None)
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""`cowlab live --jobs N`: the same cases and verdicts in the same order as one at a time, and
+every worker's processes gone when the run stops early."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cowlab.live.driver import LiveMachine
+from cowlab.live.parallel import WorkerFailed, run_in_order
+from tests.live.helpers import needs_live_kernel
+from tests.live.test_cli_safety import cowlab
+
+
+def _spawn_then_wait(machine: LiveMachine, seconds: float) -> tuple[int, int, float]:
+    proc = machine.spawn()
+    time.sleep(seconds)
+    return os.getpid(), proc.pid, seconds
+
+
+def _die(machine: LiveMachine, code: int) -> int:
+    os._exit(code)
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+@needs_live_kernel
+def test_results_come_in_the_cases_order_from_several_workers() -> None:
+    # the first case is the slowest: a worker that takes it finishes last, yet it comes first
+    got = list(run_in_order([0.5, 0.0, 0.0, 0.0], 2, _spawn_then_wait))
+    assert [seconds for *_, seconds in got] == [0.5, 0.0, 0.0, 0.0]
+    workers = {worker for worker, *_ in got}
+    assert len(workers) == 2 and os.getpid() not in workers
+    # each case's process was killed and reaped by its worker's LiveMachine
+    assert all(_gone(pid) for _worker, pid, _s in got)
+
+
+@needs_live_kernel
+def test_an_early_stop_leaves_no_worker_and_no_process() -> None:
+    results = run_in_order([0.0, 30.0, 30.0], 2, _spawn_then_wait)
+    worker, pid, _seconds = next(results)
+    t0 = time.monotonic()
+    results.close()  # as an exception or Ctrl-C in the consumer does
+    assert time.monotonic() - t0 < 10  # SIGTERM, not the 30 s sleeps
+    assert _gone(worker) and _gone(pid)
+
+
+@needs_live_kernel
+def test_a_worker_that_dies_is_one_error() -> None:
+    with pytest.raises(WorkerFailed, match="died while it ran case 1"):
+        list(run_in_order([3], 1, _die))
+
+
+@needs_live_kernel
+def test_jobs_give_the_same_report_as_one_at_a_time(tmp_path: Path) -> None:
+    def run(jobs: str) -> dict:
+        done = cowlab(
+            "live", "--random", "12", "--seed", "5", "--json", "--jobs", jobs,
+            "--out", str(tmp_path), "--minimise-budget", "5",
+        )  # fmt: skip
+        assert done.returncode in (0, 1), done.stderr
+        doc: dict = json.loads(done.stdout)
+        return doc
+
+    one, two = run("1"), run("2")
+    keys = ("name", "status", "steps_run")
+    assert [tuple(c[k] for k in keys) for c in one["cases"]] == [
+        tuple(c[k] for k in keys) for c in two["cases"]
+    ]
+    assert len(two["cases"]) == 12
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jobs", "0"], "--jobs needs a positive count, got 0"),
+        (["--jobs", "2", "--allow-system-changes"], "drop --allow-system-changes or use --jobs 1"),
+    ],
+)
+def test_bad_jobs_are_one_line(args: list[str], message: str) -> None:
+    done = cowlab("live", "--random", "2", *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
