@@ -521,8 +521,31 @@ UNSHARE_PROGRAM = [
 ]
 
 
+# read-only pins of pages gup_must_unshare (5.19) leaves alone, followed as one run: a PMD-mapped
+# THP (partly, then whole, GUP-fast), 8 exclusive pages a COW write made ahead of 56 a fork
+# shared, the zero page (unshared by a long-term pin from 6.2, taken as mapped before; always
+# taken by a short-term one)
+FOLLOW_PROGRAM = [
+    S("thp", arg="always"),
+    S("mmap", page=512, arg=(2 * MIB, 0, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=0x21),
+    S("pin", page=3, sub=5, length=500 * PAGE, arg=("pin", False, False)),
+    S("pin", page=0, length=0, to_end=True, arg=("longterm", False, True)),
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, 1024, "rw")),
+    S("write", vma=1, page=0, length=0, to_end=True, arg=1),
+    S("fork"),
+    S("write", vma=1, page=0, length=8 * PAGE, arg=2),
+    S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", False, False)),
+    S("mmap", page=32, arg=(0, 1536, "rw")),
+    S("read", vma=2, page=0, length=0, to_end=True),
+    S("pin", vma=2, page=0, length=0, to_end=True, arg=("longterm", False, True)),
+    S("pin", vma=2, page=0, length=0, to_end=True, arg=("pin", False, False)),
+]
+
+
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
-    for program in [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM]:
+    for program in [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM, FOLLOW_PROGRAM]:
         test = example(program=program)(test)
     return test
 
@@ -559,6 +582,53 @@ def test_unshare_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyP
         assert 200 in settled, settled
     else:
         assert not settled
+
+
+def _spy_ro_pin_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the runs gup._ro_pin_run returns, as the program runs."""
+    runs: list[int] = []
+    ro_pin_run = gup._ro_pin_run
+
+    def spy(*args: Any) -> Any:
+        run = ro_pin_run(*args)
+        runs.append(run.size)
+        return run
+
+    monkeypatch.setattr(gup, "_ro_pin_run", spy)
+    return runs
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_ro_pin_follow_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FOLLOW_PROGRAM's R/O pins on 5.19+ take runs gup_must_unshare leaves alone, and give
+    the page-by-page state.
+
+    The THP's pages are exclusive (do_huge_pmd_anonymous_page sets PG_anon_exclusive, 5.19),
+    so the pin of pages 3..503 (500 pages from byte 5 of page 3) is one run of 501, and the
+    GUP-fast pin of all 512 one more. In the small VMA the parent's COW write made its first 8
+    pages exclusive and writable, the fork cleared the other 56's PG_anon_exclusive: a run of
+    8 followed, then the unshare run of 56. The 32 zero pages: a short-term pin takes them as
+    mapped (one run of 32); a long-term one does too before 6.2 (84209e87c696) and unshares
+    each from 6.2 on (no run; the short-term pin after it then follows 32 exclusive pages).
+    Before 5.19 no R/O pin needs unsharing: the batch path runs, this one is never asked."""
+    runs = _spy_ro_pin_runs(monkeypatch)
+    run_both(kernel_id, FOLLOW_PROGRAM)
+    policy = Kernel(kernel_id).policy
+    taken = [n for n in runs if n]
+    if not policy.gup_unshares_ro_pins:
+        assert runs == []
+    elif policy.gup_unshares_non_anon.__qualname__.startswith("Policy."):
+        assert taken == [501, 512, 8, 56, 32, 32]
+    else:
+        assert taken == [501, 512, 8, 56, 32]
+
+
+def test_a_wrong_ro_pin_follow_run_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that ignored gup_must_unshare would pin the 56 shared pages after the 8
+    exclusive ones as mapped (no copies): the comparison reports it."""
+    monkeypatch.setattr(gup, "_kept_end", lambda k, vma, addr, end, flags: end)
+    with pytest.raises(AssertionError, match="outcomes differ"):
+        run_both("v6.18", FOLLOW_PROGRAM)
 
 
 # --- the comparison can fail --------------------------------------------------------------

@@ -143,7 +143,7 @@ def get_user_pages(
             if batch:
                 run = _gup_run(k, vma, addr, end, gup_flags, fast)
             else:
-                run = _unshare_run(k, vma, addr, end, gup_flags) if unshares else NO_PAGES
+                run = _ro_pin_run(k, vma, addr, end, gup_flags, fast) if unshares else NO_PAGES
             if run.size:
                 try_grab_pages(k, mm, run, gup_flags)
                 pages[got : got + run.size] = run
@@ -171,6 +171,49 @@ def _gup_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: 
     if fault_in_range(k, vma.mm, addr, end, bool(slow & FOLL_WRITE), small_only=True).size:
         return follow_range(k, vma, addr, end, slow)
     return NO_PAGES
+
+
+def _ro_pin_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: bool) -> Ints:
+    """A R/O FOLL_PIN (5.19+): the run of unshare faults addr starts (_unshare_run), else the
+    pages from addr on that gup_must_unshare() leaves alone and GUP-fast or slow GUP follows
+    without a fault; empty when addr's page needs the page-by-page path."""
+    run = _unshare_run(k, vma, addr, end, gup_flags)
+    if run.size:
+        return run
+    end = _kept_end(k, vma, addr, end, gup_flags)
+    if end == addr:
+        return NO_PAGES
+    slow = _slow_flags(k, vma, gup_flags)
+    if fast:
+        fast_flags = _fast_flags(k, gup_flags)
+        run = follow_range(k, vma, addr, end, fast_flags)
+        # a page GUP-fast misses is followed by slow GUP: the same answer when the flags agree
+        if run.size or fast_flags != slow:
+            return run
+    return follow_range(k, vma, addr, end, slow)
+
+
+def _kept_end(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> int:
+    """Where the run of pages from addr (in addr's PMD) that gup_must_unshare() (5.19,
+    a7f226604170) does not unshare ends: writable entries, exclusive anonymous pages, and pages
+    that are not anonymous where the policy keeps those (gup_unshares_non_anon reads only the
+    VMA and the flags)."""
+    entry = vma.mm.pmds.get(pmd_index(addr))
+    if isinstance(entry, HugePmd):  # one answer for every page the PMD maps
+        return addr if must_unshare(k, vma, addr, gup_flags) else end
+    if entry is None:
+        return addr
+    first = pte_index(addr)
+    last = pte_index(min(end, (pmd_index(addr) + 1) << PMD_SHIFT) - 1) + 1
+    pfn, bits = entry.pfn[first:last], entry.bits[first:last]
+    n = _leading(pfn >= 0)
+    pages, bits = pfn[:n], bits[:n]
+    f = k.frames
+    non_anon = ((bits & PTE_SPECIAL) != 0) | (f.mapping[heads_of(f, pages)] == 0)
+    non_anon_kept = not k.policy.gup_unshares_non_anon(k, vma, gup_flags)[0]
+    exclusive = (f.flags[pages] & PG_anon_exclusive) != 0
+    kept = ((bits & PTE_WRITE) != 0) | np.where(non_anon, non_anon_kept, exclusive)
+    return addr + _leading(kept) * PAGE_SIZE
 
 
 def _unshare_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> Ints:
