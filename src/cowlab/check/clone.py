@@ -6,14 +6,17 @@ generic protocol (`__reduce_ex__`, a dispatch and a memo entry for every int of 
 shared objects shared — but walks the common kinds itself: NumPy arrays by `.copy()`, lists,
 dicts, sets and tuples element by element (immutable elements taken as they are), and plain
 objects by their `__dict__` or `__slots__`, whatever attributes they hold, so a field added to
-any class of the machine is copied without this module knowing of it. Anything else (a class
-with its own `__deepcopy__` or `__reduce__`, a dict subclass, an iterator) goes to
-`copy.deepcopy` with the same memo.
+any class of the machine is copied without this module knowing of it. A class with its own
+`__deepcopy__` (History, CowLog) is asked directly, as `copy.deepcopy` asks it, and a
+`Counter` is rebuilt from its items, as its `__reduce__` has it; anything else (a class with
+its own `__reduce__`, another dict subclass, an iterator) goes to `copy.deepcopy` with the same
+memo. How to copy each class is decided once, on its first copy.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from types import FunctionType
 from typing import Any
 
@@ -41,17 +44,14 @@ def deep_copy(value: Any, memo: dict[int, Any]) -> Any:
         return out
     if kind is list:
         out = memo[id(value)] = []
-        out.extend(v if type(v) in IMMUTABLE else deep_copy(v, memo) for v in value)
+        out += [v if type(v) in IMMUTABLE else deep_copy(v, memo) for v in value]
         return out
     if kind is dict:
         out = memo[id(value)] = {}
-        for key, v in value.items():
-            key = key if type(key) in IMMUTABLE else deep_copy(key, memo)
-            out[key] = v if type(v) in IMMUTABLE else deep_copy(v, memo)
-        return out
+        return _fill(out, value, memo)
     if kind is set:
         out = memo[id(value)] = set()
-        out.update(deep_copy(v, memo) for v in value)
+        out.update([deep_copy(v, memo) for v in value])
         return out
     if kind is tuple or kind is frozenset:
         if all(type(v) in IMMUTABLE for v in value):
@@ -60,34 +60,52 @@ def deep_copy(value: Any, memo: dict[int, Any]) -> Any:
         if all(a is b for a, b in zip(items, value, strict=True)):
             return value  # as copy.deepcopy: nothing in it changed
         return memo.setdefault(id(value), kind(items))
-    if _plain(kind):
-        return _copy_object(value, kind, memo)
+    plan = _PLANS.get(kind)
+    if plan is None:
+        plan = _PLANS[kind] = _plan(kind)
+    if type(plan) is tuple:
+        return _copy_object(value, kind, plan, memo)
+    if plan is _OWN:  # its own __deepcopy__, called as copy.deepcopy calls it
+        out = memo[id(value)] = value.__deepcopy__(memo)
+        return out
+    if plan is _COUNTER:  # what Counter.__reduce__ rebuilds it from: its items
+        out = memo[id(value)] = Counter()
+        return _fill(out, value, memo)
     return copy.deepcopy(value, memo)
 
 
-def _plain(kind: type) -> bool:
-    """An object copy.deepcopy would copy attribute by attribute: no copy protocol of its own."""
-    plain = _PLAIN_KINDS.get(kind)
-    if plain is None:
-        plain = _PLAIN_KINDS[kind] = (
-            getattr(kind, "__deepcopy__", None) is None
-            and (kind.__reduce_ex__, kind.__reduce__) == _PLAIN
-            and getattr(kind, "__setstate__", None) is None
-            and kind.__getstate__ is object.__getstate__
-            and kind.__new__ is object.__new__
-        )
-    return plain
+def _fill(out: dict[Any, Any], value: dict[Any, Any], memo: dict[int, Any]) -> Any:
+    """out, given a copy of each of value's items in order."""
+    for key, v in value.items():
+        key = key if type(key) in IMMUTABLE else deep_copy(key, memo)
+        out[key] = v if type(v) in IMMUTABLE else deep_copy(v, memo)
+    return out
 
 
-_PLAIN_KINDS: dict[type, bool] = {}
+def _plan(kind: type) -> object:
+    """How deep_copy copies an object of kind: _OWN (its __deepcopy__), _COUNTER, the
+    attribute names of its slots (a plain object: copied attribute by attribute, as
+    copy.deepcopy would), or _OTHER (copy.deepcopy's protocol)."""
+    if kind is Counter:
+        return _COUNTER
+    if getattr(kind, "__deepcopy__", None) is not None and not issubclass(kind, type):
+        return _OWN
+    plain = (
+        (kind.__reduce_ex__, kind.__reduce__) == _PLAIN
+        and getattr(kind, "__setstate__", None) is None
+        and kind.__getstate__ is object.__getstate__
+        and kind.__new__ is object.__new__
+    )
+    return _slots(kind) if plain else _OTHER
 
 
-def _copy_object(value: Any, kind: type, memo: dict[int, Any]) -> Any:
+_OWN, _OTHER, _COUNTER = object(), object(), object()
+_PLANS: dict[type, object] = {}
+
+
+def _copy_object(value: Any, kind: type, slots: tuple[str, ...], memo: dict[int, Any]) -> Any:
     out: Any = object.__new__(kind)
     memo[id(value)] = out
-    slots = _SLOTS.get(kind)
-    if slots is None:
-        slots = _SLOTS[kind] = _slots(kind)
     for name in slots:
         if hasattr(value, name):
             object.__setattr__(out, name, deep_copy(getattr(value, name), memo))
@@ -107,6 +125,3 @@ def _slots(kind: type) -> tuple[str, ...]:
         for name in ((slots,) if isinstance(slots, str) else slots)
         if name not in ("__dict__", "__weakref__")
     )
-
-
-_SLOTS: dict[type, tuple[str, ...]] = {}
