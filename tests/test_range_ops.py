@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
-from cowlab.mm import gup
-from cowlab.mm.page_alloc import RowField
+from cowlab.mm import gup, vmscan
+from cowlab.mm.constants import PG_anon_exclusive
+from cowlab.mm.page_alloc import RowField, flags_without
 from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
 from cowlab.mm.trace import CowEvent, CowLog
 from cowlab.policy.timeline import all_policies
@@ -520,6 +521,28 @@ UNSHARE_PROGRAM = [
     S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", False, False)),
 ]
 
+# small pages through reclaim (the swap-out range path) to every stage, some zero-filled (the
+# 6.12 zeromap), a pinned one and pages a fork shares among them (page by page), the range
+# swapped again after a fork, then read, written and pinned back in
+SWAP_PROGRAM = [
+    S("thp", arg="never"),
+    S("mmap", page=400, arg=(0, None, "rw")),
+    S("write", page=0, length=0, to_end=True, arg=1),
+    S("fill", page=40, length=30 * PAGE, arg=0),
+    S("pin", page=150, length=PAGE, arg=("longterm", False, False)),
+    S("swapout", page=10, length=100 * PAGE, arg="freed"),
+    S("swapout", page=110, length=60 * PAGE, arg="written"),
+    S("swapout", page=170, length=50 * PAGE, arg="writeback"),
+    S("swapout", page=220, length=30 * PAGE, arg="swapcache"),
+    S("read", page=20, sub=5, length=40 * PAGE),
+    S("fork"),
+    S("write", who=1, page=250, length=20 * PAGE, arg=2),
+    S("swapout", page=0, length=0, to_end=True, arg="freed"),
+    S("end_writeback"),
+    S("write", page=0, sub=3, length=0, to_end=True, arg=3),
+    S("pin", who=1, page=0, length=0, to_end=True, arg=("pin", False, False)),
+]
+
 
 # read-only pins of pages gup_must_unshare (5.19) leaves alone, followed as one run: a PMD-mapped
 # THP (partly, then whole, GUP-fast), 8 exclusive pages a COW write made ahead of 56 a fork
@@ -545,7 +568,8 @@ FOLLOW_PROGRAM = [
 
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
-    for program in [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM, FOLLOW_PROGRAM]:
+    programs = [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM, FOLLOW_PROGRAM]
+    for program in [*programs, SWAP_PROGRAM]:
         test = example(program=program)(test)
     return test
 
@@ -629,6 +653,40 @@ def test_a_wrong_ro_pin_follow_run_is_caught(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(gup, "_kept_end", lambda k, vma, addr, end, flags: end)
     with pytest.raises(AssertionError, match="outcomes differ"):
         run_both("v6.18", FOLLOW_PROGRAM)
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_swapout_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SWAP_PROGRAM's first swap-out takes its 100 small pages through reclaim together, but
+    for the pinned one, and the state is the page-by-page one. Each page was written once by
+    the one process (mapped once, _count 1: plain), but page 150: the long-term pin holds a
+    reference, so it goes alone and splits the run at it. Its rmap walk finds each page once,
+    so the runs are pages 10..149 and 151..219 of the first four swap-outs: 100, 40 and 19,
+    50 and 30 pages."""
+    runs: list[int] = []
+    shrink = vmscan._shrink_run
+
+    def spy(k: Kernel, pages: Any, *args: Any) -> None:
+        runs.append(int(pages.size))
+        shrink(k, pages, *args)
+
+    monkeypatch.setattr(vmscan, "_shrink_run", spy)
+    run_both(kernel_id, SWAP_PROGRAM)
+    assert runs[:5] == [100, 40, 19, 50, 30], runs
+
+
+def test_a_wrong_swapout_run_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run path that forgets the 5.19 exclusive marker of the swap PTEs it makes (as if
+    try_to_unmap_one did not read PG_anon_exclusive) differs from the page-by-page state."""
+    unmap = vmscan._unmap
+
+    def forgets_marker(k: Kernel, pages: Any, *args: Any) -> None:
+        k.frames.flags[pages] &= flags_without(PG_anon_exclusive)
+        unmap(k, pages, *args)
+
+    monkeypatch.setattr(vmscan, "_unmap", forgets_marker)
+    with pytest.raises(AssertionError, match=r"state differs(.|\n)*\.bits\[0x7a\]: 8 != 136"):
+        run_both("v6.18", SWAP_PROGRAM)  # PTE_SOFT_DIRTY alone, not with PTE_SWP_EXCLUSIVE
 
 
 # --- the comparison can fail --------------------------------------------------------------

@@ -20,7 +20,8 @@ path's, frame for frame and event for event: tests/test_range_ops.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +50,7 @@ from cowlab.mm.memory import (
 )
 from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
-from cowlab.mm.page_alloc import ZERO_PFN
+from cowlab.mm.page_alloc import ZERO_PFN, PageFrames
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 Ints = npt.NDArray[np.int64]
+T = TypeVar("T")
 NONE: Ints = np.zeros(0, dtype=np.int64)
 # what a small page's wp_reuse reads, beside the VMA: the same values give the same verdict
 KEY_FIELDS = ("flags", "_mapcount", "_count", "mapping")
@@ -224,10 +226,7 @@ def _wp_run(
             return NONE
         return _wp_large_run(k, vma, table, start, first, pages[: _leading(large)])
     pages = pages[: _leading(~large)]
-    keys = np.stack([getattr(f, name)[pages].astype(np.int64) for name in KEY_FIELDS], axis=1)
-    _, first_of, which = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    which = which.reshape(-1)
-    decisions = [k.policy.wp_reuse(k, vma, int(pages[i])) for i in first_of.tolist()]
+    decisions, which = by_key(f, pages, lambda i: k.policy.wp_reuse(k, vma, int(pages[i])))
     copy = ~np.array([d.reuse for d in decisions])[which]
     # a copy that drops the last reference would free the old frame for the next copy to take
     freed = copy & (f._count[pages] <= 1)
@@ -235,6 +234,18 @@ def _wp_run(
     if not n:
         return NONE
     return _apply(k, vma, table, start, first, pages[:n], decisions, which[:n])
+
+
+def by_key(
+    f: PageFrames, pages: Ints, decide: Callable[[int], T], *more: Ints
+) -> tuple[list[T], Ints]:
+    """A decision that reads, of the small page, only KEY_FIELDS (and of the i-th page only
+    ``more``'s i-th values), taken once for each distinct value of them, the first page with
+    it asked (``decide`` gets its position): the decisions, and which applies to each page."""
+    columns = [getattr(f, name)[pages].astype(np.int64) for name in KEY_FIELDS]
+    keys = np.stack([*columns, *(m.astype(np.int64) for m in more)], axis=1)
+    _, first_of, which = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return [decide(i) for i in first_of.tolist()], which.reshape(-1)
 
 
 def _wp_large_run(

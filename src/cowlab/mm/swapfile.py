@@ -79,6 +79,15 @@ class SwapInfo:
         self.nr += 1
         return offset
 
+    def get_swap_page_each(self, n: int) -> npt.NDArray[np.int64]:
+        """n get_swap_page() calls in turn: the n lowest free slots, then new ones."""
+        reused = [heapq.heappop(self._free) for _ in range(min(n, len(self._free)))]
+        fresh = n - len(reused)
+        self._reserve(self.nr + fresh)
+        slots = np.array(reused + list(range(self.nr, self.nr + fresh)), dtype=np.int64)
+        self.nr += fresh
+        return slots
+
     def get_swap_pages(self, nr: int) -> int:
         """get_swap_pages() of a large folio: a free run of nr slots starting at a multiple of
         nr (a whole cluster for a THP, swap_alloc_cluster). The model takes the lowest such run;

@@ -11,6 +11,7 @@ On zram the write completes inside pageout, so a page is written and freed in th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,11 +19,15 @@ import numpy as np
 from cowlab.errors import SyscallError
 from cowlab.mm import huge_memory
 from cowlab.mm.constants import (
+    HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
+    PAGE_SHIFT,
     PMD_SHIFT,
     PG_allocated,
+    PG_anon_exclusive,
     PG_dirty,
     PG_head,
+    PG_ksm,
     PG_swapcache,
     PG_tail,
     PG_writeback,
@@ -37,11 +42,21 @@ from cowlab.mm.mm import (
     folio_nr_pages,
     page_count,
     page_maybe_dma_pinned,
+    put_pages,
 )
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import has_holes
 from cowlab.mm.page_alloc import PageFrames, flags_without
-from cowlab.mm.pgtable import PTE_MIGRATION, PTE_PROTNONE, PTE_SPECIAL, HugePmd, PteTable
+from cowlab.mm.pgtable import (
+    PTE_MIGRATION,
+    PTE_PROTNONE,
+    PTE_SOFT_DIRTY,
+    PTE_SPECIAL,
+    PTE_SWP_EXCLUSIVE,
+    HugePmd,
+    PteTable,
+)
+from cowlab.mm.range_fault import Ints, _leading, by_key
 from cowlab.mm.rmap import rmap_walk_anon, try_to_unmap
 from cowlab.mm.swap_state import add_to_swap
 from cowlab.mm.swapfile import delete_from_swap_cache
@@ -200,12 +215,239 @@ def _skip_shared(k: Kernel, pfn: int) -> bool:
 
 
 def shrink_page_list(k: Kernel, pages: list[int], until: str) -> int:
-    """shrink_page_list() on isolated pages: swap cache, unmap, write, free."""
+    """shrink_page_list() on isolated pages: swap cache, unmap, write, free. The range path
+    takes runs of plain pages (_plain) together (_shrink_plain); the others, and every page
+    without it, go one at a time."""
     swapped = 0
+    run: list[int] = []
+    f = k.frames
     for pfn in pages:
+        if k.range_ops and _plain(f, pfn):
+            run.append(pfn)
+            continue
+        swapped += _shrink_plain(k, run, until)
+        run = []
         for folio in _folios(k, pfn):
             swapped += _shrink_one(k, folio, until)
-    return swapped
+    return swapped + _shrink_plain(k, run, until)
+
+
+def _plain(f: PageFrames, pfn: int) -> bool:
+    """A small anonymous page outside KSM and the swap cache, mapped once, with no reference
+    but that mapping's: its way through reclaim reads and writes only its own fields and slot."""
+    return (
+        not f.flags.item(pfn) & (PG_head | PG_tail | PG_swapcache | PG_ksm)
+        and f.mapping.item(pfn) > 0
+        and f._mapcount.item(pfn) == 0
+        and f._count.item(pfn) == 1
+    )
+
+
+def _shrink_plain(k: Kernel, pages: list[int], until: str) -> int:
+    """_shrink_one() of each of these plain pages, in order: runs of those whose one mapping
+    the rmap walk finds go together (_shrink_run), any other page alone."""
+    if not pages:
+        return 0
+    run = np.array(pages, dtype=np.int64)
+    found = _walk_small(k, run)
+    ok = found.places >= 0
+    start = 0
+    while start < run.size:
+        n = _leading(ok[start:] == ok[start])
+        if ok[start]:
+            _shrink_run(k, run[start : start + n], found.part(start, n), until)
+        else:
+            for pfn in run[start : start + n].tolist():
+                _shrink_one(k, pfn, until)
+        start += n
+    return int(run.size)
+
+
+@dataclass
+class Walked:
+    """What rmap_walk_anon() finds of each of many small pages: where ``places[i]`` >= 0,
+    exactly one PTE, entry ``ptes[i]`` of ``tables[places[i]]`` (a VMA and its page table) at
+    ``addrs[i]``; ``vmas[i]``, how many VMAs the walk visits."""
+
+    places: Ints
+    ptes: Ints
+    addrs: Ints
+    vmas: Ints
+    tables: list[tuple[VmArea, PteTable]]
+
+    def part(self, start: int, n: int) -> Walked:
+        sl = slice(start, start + n)
+        return Walked(self.places[sl], self.ptes[sl], self.addrs[sl], self.vmas[sl], self.tables)
+
+
+def _walk_small(k: Kernel, pages: Ints) -> Walked:
+    """rmap_walk_anon() of many small pages at once: each VMA of the page's anon_vma at the
+    address its index gives (mappings_in_vma); a page found other than once is marked -1."""
+    f = k.frames
+    n = pages.size
+    hits = np.zeros(n, dtype=np.int64)
+    out = Walked(np.full(n, -1, np.int64), hits.copy(), hits.copy(), hits.copy(), [])
+    mapping, index = f.mapping[pages].astype(np.int64), f.index[pages].astype(np.int64)
+    for av_id in np.unique(mapping).tolist():
+        av = k.anon_vmas.get(av_id)
+        if av is None:
+            continue
+        sel = np.flatnonzero(mapping == av_id)
+        out.vmas[sel] = len(av.vmas)
+        for vma in av.vmas:
+            pgoff = index[sel]
+            inside = (pgoff >= vma.vm_pgoff) & (pgoff < vma.vm_pgoff + vma.pages)
+            addrs = vma.vm_start + ((pgoff - vma.vm_pgoff) << PAGE_SHIFT)
+            for idx in np.unique(addrs[inside] >> PMD_SHIFT).tolist():
+                table = vma.mm.pmds.get(idx)
+                if not isinstance(table, PteTable):
+                    continue  # a huge PMD maps no small page
+                at = np.flatnonzero(inside & ((addrs >> PMD_SHIFT) == idx))
+                i = (addrs[at] >> PAGE_SHIFT) & (HPAGE_PMD_NR - 1)
+                match = (table.pfn[i] == pages[sel[at]]) & ((table.bits[i] & PTE_MIGRATION) == 0)
+                who = sel[at[match]]
+                hits[who] += 1
+                out.places[who] = len(out.tables)
+                out.ptes[who] = i[match]
+                out.addrs[who] = addrs[at[match]]
+                out.tables.append((vma, table))
+    out.places[hits != 1] = -1
+    return out
+
+
+# what became of each page of a run: kept mapped (try_to_unmap_one refused), unmapped into the
+# swap cache, its bytes written or (6.12) zero-filled into the zeromap, and then freed
+KEPT, UNMAPPED, WRITTEN, ZEROMAP = range(4)
+FREED = 4  # added to WRITTEN or ZEROMAP
+
+
+def _shrink_run(k: Kernel, pages: Ints, found: Walked, until: str) -> None:
+    """_shrink_one() of plain pages each mapped by the one PTE the walk finds, at once: slots
+    in the order get_swap_page() hands them out, the swap cache, try_to_unmap_one() where the
+    generation lets it (asked once per distinct value of what it reads, as range_fault's
+    _wp_run asks wp_reuse), then pageout(), end_page_writeback() and __remove_mapping() as far
+    as ``until``. No page's step reads another's fields or slot, and none allocates."""
+    f = k.frames
+    _ = k.policy.reclaim_skips_pinned  # _shrink_one's test, false at _count 1
+    anon_vmas = f.mapping[pages].tolist()  # for the events: a freed page has none
+    slots = k.swap.get_swap_page_each(pages.size)
+    for page, slot in zip(pages.tolist(), slots.tolist(), strict=True):  # add_to_swap_cache
+        f.swapcache.add(page)
+        f.private[page] = slot
+    f.flags[pages] |= PG_swapcache | PG_dirty
+    k.swap.cache[slots] = pages
+    f._count[pages] += 1
+    k.vmstat["rmap_walk"] += int(pages.size)
+    k.vmstat["rmap_walk_vmas"] += int(found.vmas.sum())
+    refusals, which = by_key(f, pages, lambda i: k.policy.try_to_unmap_refuses(k, int(pages[i])))
+    kept = np.array([refuse for refuse, _, _ in refusals])[which]
+    stage = np.full(pages.size, KEPT, dtype=np.int64)
+    go = ~kept
+    _unmap(k, pages[go], slots[go], found.places[go], found.ptes[go], found.tables)
+    stage[go] = UNMAPPED
+    if until != "swapcache":
+        stage[go] = _write_and_free(k, pages[go], slots[go], until)
+    if k.tracing:
+        refused = [refusals[i] for i in which.tolist()]
+        _trace_run(k, pages, slots, found, stage, anon_vmas, refused)
+
+
+def _unmap(
+    k: Kernel,
+    pages: Ints,
+    slots: Ints,
+    places: Ints,
+    ptes: Ints,
+    tables: list[tuple[VmArea, PteTable]],
+) -> None:
+    """try_to_unmap_one() at each page's one PTE: a swap PTE for its slot, soft-dirty kept
+    and (5.19) the exclusive marker from PG_anon_exclusive; the page loses the mapping and
+    the reference. A dirty PTE would dirty the page, which the swap cache already did."""
+    f = k.frames
+    marker = np.where(f.flags[pages] & PG_anon_exclusive, PTE_SWP_EXCLUSIVE, 0)
+    f.flags[pages] &= flags_without(PG_anon_exclusive)
+    k.swap.swap_map[slots] += 1  # swap_duplicate: one slot each
+    for place in np.unique(places).tolist():
+        vma, table = tables[place]
+        at = places == place
+        i = ptes[at]
+        table.bits[i] = (table.bits[i] & PTE_SOFT_DIRTY) | marker[at]
+        table.pfn[i] = -2 - slots[at]  # swp_entry_to_pte
+        vma.mm.anon_rss -= int(at.sum())
+        vma.mm.swapents += int(at.sum())
+    f._mapcount[pages] -= 1  # page_remove_rmap: 0 -> -1
+    f._count[pages] -= 1  # put_page: the swap cache's reference is left
+
+
+def _write_and_free(k: Kernel, pages: Ints, slots: Ints, until: str) -> Ints:
+    """pageout() of unmapped, dirty pages only the swap cache references, then as far as
+    ``until`` end_page_writeback() and __remove_mapping(); returns each page's stage. A write
+    on zram, or none (a zero-filled page, 6.12), ends in pageout: freed in this pass."""
+    f = k.frames
+    zero = ~f.has_data(pages) if k.policy.swapout_zeromap else np.zeros(pages.size, bool)
+    written = pages[~zero]
+    f.flags[pages] &= flags_without(PG_dirty)
+    f.flags[written] |= PG_writeback
+    for page, slot in zip(pages.tolist(), slots.tolist(), strict=True):
+        data = f.page_data(page)
+        if data:
+            k.swap.data[slot] = data
+        else:
+            k.swap.data.pop(slot, None)
+    k.vmstat["pswpout"] += int(written.size)
+    if zero.any():
+        k.vmstat["swpout_zero"] += int(zero.sum())
+    synchronous = k.swap.synchronous
+    if synchronous or until != "writeback":
+        f.flags[written] &= flags_without(PG_writeback)
+    done = zero | (synchronous or until == "freed")
+    freed = pages[done]
+    f.flags[freed] &= flags_without(PG_swapcache)
+    for page in freed.tolist():
+        f.swapcache.remove(page)
+    k.swap.cache[slots[done]] = -1
+    put_pages(k, freed, np.ones(freed.size, dtype=np.int64))
+    return np.where(zero, ZEROMAP, WRITTEN) + FREED * done
+
+
+def _trace_run(
+    k: Kernel,
+    pages: Ints,
+    slots: Ints,
+    found: Walked,
+    stage: Ints,
+    anon_vmas: list[int],
+    refusals: list[tuple[bool, Reads, str]],
+) -> None:
+    """The events _shrink_one() records page by page, in order."""
+    how = "completed synchronously (zram)" if k.swap.synchronous else "started"
+    for pfn, slot, addr, place, at, av_id, (_, read, rule) in zip(
+        pages.tolist(),
+        slots.tolist(),
+        found.addrs.tolist(),
+        found.places.tolist(),
+        stage.tolist(),
+        anon_vmas,
+        refusals,
+        strict=True,
+    ):
+        k.event("add_to_swap", pfn=pfn, detail=f"in the swap cache, slot {slot}")
+        av = k.anon_vmas[av_id]
+        k.event("rmap_walk_anon", pfn=pfn, detail=f"{av}: {len(av.vmas)} VMAs visited")
+        if at == KEPT:
+            k.event("try_to_unmap_one", "keep", addr=addr, pfn=pfn, read=read, rule=rule)
+            continue
+        pid = found.tables[place][0].mm.pid
+        k.event("try_to_unmap_one", addr=addr, pfn=pfn, detail=f"pid {pid}: swap PTE, slot {slot}")
+        if at == UNMAPPED:
+            continue
+        if at % FREED == ZEROMAP:
+            detail = f"slot {slot} zero-filled: in the zeromap, no I/O"
+        else:
+            detail = f"slot {slot}: write {how}"
+        k.event("pageout", pfn=pfn, detail=detail)
+        if at >= FREED:
+            k.event("delete_from_swap_cache", pfn=pfn, detail=f"slot {slot} leave the swap cache")
 
 
 def _folios(k: Kernel, pfn: int) -> list[int]:
