@@ -31,12 +31,13 @@ from hypothesis import strategies as st
 from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
-from cowlab.mm import gup, vmscan
+from cowlab.mm import gup, range_fault, rmap, vmscan
 from cowlab.mm.constants import PG_anon_exclusive
 from cowlab.mm.page_alloc import RowField, flags_without
 from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
 from cowlab.mm.trace import CowEvent, CowLog
 from cowlab.policy.timeline import all_policies
+from cowlab.policy.v6_15 import LargeFolioReuse
 
 from .statecmp import covers, describe, diff, frame_fields, leaves, reported, snapshot
 
@@ -543,6 +544,20 @@ SWAP_PROGRAM = [
     S("pin", who=1, page=0, length=0, to_end=True, arg=("pin", False, False)),
 ]
 
+# COW writes over a PTE-mapped THP (_wp_large_run): the first of two THPs split by a zap before
+# the fork, so both processes map its pages by PTEs; the parent writes 301 of them while the
+# child maps them, then, the child gone, writes the whole region (its pages reused on 6.15+)
+THP_COW_PROGRAM = [
+    S("thp", arg="always"),
+    S("mmap", page=1024, arg=(2 * MIB, 0, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=0x21),
+    S("madvise", page=511, length=PAGE, arg="dontneed"),
+    S("fork"),
+    S("write", page=3, sub=1, length=300 * PAGE, arg=4),
+    S("exit", who=1),
+    S("fill", page=0, length=0, to_end=True, arg=5),
+]
+
 
 # read-only pins of pages gup_must_unshare (5.19) leaves alone, followed as one run: a PMD-mapped
 # THP (partly, then whole, GUP-fast), 8 exclusive pages a COW write made ahead of 56 a fork
@@ -569,7 +584,7 @@ FOLLOW_PROGRAM = [
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
     programs = [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM, FOLLOW_PROGRAM]
-    for program in [*programs, SWAP_PROGRAM]:
+    for program in [*programs, SWAP_PROGRAM, THP_COW_PROGRAM]:
         test = example(program=program)(test)
     return test
 
@@ -619,6 +634,22 @@ def _spy_ro_pin_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return run
 
     monkeypatch.setattr(gup, "_ro_pin_run", spy)
+    return runs
+
+
+def _large_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(pages settled, of which reused) of each _wp_large_run that settled any, as they come."""
+    runs: list[tuple[int, int]] = []
+    wp_large_run = range_fault._wp_large_run
+
+    def spy(k: Kernel, *args: Any) -> Any:
+        reused = k.vmstat["pgreuse"]
+        news = wp_large_run(k, *args)
+        if news.size:
+            runs.append((int(news.size), k.vmstat["pgreuse"] - reused))
+        return news
+
+    monkeypatch.setattr(range_fault, "_wp_large_run", spy)
     return runs
 
 
@@ -687,6 +718,57 @@ def test_a_wrong_swapout_run_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vmscan, "_unmap", forgets_marker)
     with pytest.raises(AssertionError, match=r"state differs(.|\n)*\.bits\[0x7a\]: 8 != 136"):
         run_both("v6.18", SWAP_PROGRAM)  # PTE_SOFT_DIRTY alone, not with PTE_SWP_EXCLUSIVE
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_large_folio_cow_range_path_is_taken(
+    kernel_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """THP_COW_PROGRAM's COW writes settle runs of a PTE-mapped THP's pages at once, with the
+    page-by-page state.
+
+    Its first write covers pages 3..303 (one byte into page 3, 300 pages long): 301 read-only
+    PTEs of the split THP, which the child maps too (511 pages each, refcount 1022), so every
+    release copies each: 4.5 never reuses a THP subpage, 4.5+6d0a07e .. 5.7 see a subpage
+    mapcount of 2, 5.8 .. 6.8 a page_count over 1, 6.9 .. 6.14 never reuse a page of a large
+    folio that is not exclusive, 6.15 the folio maybe mapped shared; no copy takes the last
+    reference, so the 301 are one run. After the child's exit the parent alone maps the
+    folio's 210 other pages (pages 0..2 and 304..510; page 511 was zapped), each holding one
+    reference: 6.15+ reuses them (not shared, _large_mapcount 210 == refcount 210), a run of
+    3 and one of 207. 4.5 copies them: 3, then 206 of the 207 (the last copy would drop the
+    folio's last reference, freeing the frame the next copy would take: the run ends)."""
+    runs = _large_runs(monkeypatch)
+    run_both(kernel_id, THP_COW_PROGRAM)
+    assert (301, 0) in runs, runs
+    if kernel_id == "v4.5":
+        assert runs == [(301, 0), (3, 0), (206, 0)], runs
+    if isinstance(Kernel(kernel_id).policy, LargeFolioReuse):
+        assert runs[-2:] == [(3, 3), (207, 207)], runs
+
+
+def test_large_folio_cow_run_deciding_ahead_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong _wp_large_run that asks wp_reuse for every page before settling any, then
+    settles them as the right one does: each verdict reads the folio's counters as they were
+    before the run. On 6.15+ the copies are the same but each records the _large_mapcount it
+    read, 1022 for every page where page by page reads 1022, 1021, ... (a copy drops one
+    mapping): the differential test fails on the COW log."""
+
+    def deciding_ahead(k: Kernel, vma: Any, table: Any, start: int, first: int, pages: Any) -> Any:
+        decisions = [k.policy.wp_reuse(k, vma, pfn) for pfn in pages.tolist()]
+        if any(d.reuse for d in decisions):
+            return range_fault.NONE
+        f = k.frames
+        for pfn, head in zip(pages.tolist(), range_fault.heads_of(f, pages).tolist(), strict=True):
+            rmap.page_remove_folio_pte(k, vma.mm, pfn, head)
+            f._count[head] -= 1
+        which = np.arange(len(decisions), dtype=np.int64)
+        return range_fault._apply(
+            k, vma, table, start, first, pages, decisions, which, settled=True
+        )
+
+    monkeypatch.setattr(range_fault, "_wp_large_run", deciding_ahead)
+    with pytest.raises(AssertionError, match="cow_log"):
+        run_both("v6.18", THP_COW_PROGRAM)
 
 
 # --- the comparison can fail --------------------------------------------------------------

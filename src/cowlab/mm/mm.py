@@ -154,7 +154,7 @@ def page_mapcount_reported(k: Kernel, pfn: int) -> int:
 
 def folio_maybe_mapped_shared(f: PageFrames, head: int) -> bool:
     """folio_maybe_mapped_shared() (6.15): MM-id tracking saw a second MM map the folio."""
-    return bool(f.flags[head] & PG_mm_ids_shared)
+    return bool(f.flags.item(head) & PG_mm_ids_shared)
 
 
 def folio_ref_count(f: PageFrames, head: int) -> int:

@@ -485,6 +485,14 @@ class RowField:
         for row, one in zip(rows.tolist(), values, strict=True):
             self.data[row] = one
 
+    def add(self, pfn: int, delta: int) -> int:
+        """pfn's one-slot field plus delta, stored and returned: a fault's counter update in
+        one call, where ``f.field[pfn] += delta`` makes two (KeyError without a row)."""
+        row = self.row[pfn - self.page]
+        value: int = self.data[row] + delta
+        self.data[row] = value
+        return value
+
     def _row(self, pfn: int) -> int:
         row = self.row.get(pfn - self.page)
         if row is None:

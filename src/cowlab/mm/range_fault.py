@@ -10,10 +10,13 @@ and one page table that follow the same kernel path at once:
 - read-only PTEs a write sends through do_wp_page, for the zero page and for small anonymous
   pages outside KSM and the swap cache. The generation decides once per distinct value of what
   its rule reads for such a page (flags, _mapcount, _count, mapping); every page with those
-  values gets that verdict, as it would page by page.
+  values gets that verdict, as it would page by page;
+- the same for pages of PTE-mapped large folios (a THP after a PMD split, mTHPs): each verdict
+  may change what the next reads, so the generation decides each page in turn, its old page
+  settled before the next is asked; the copies are then made, mapped and logged together.
 
-Anything else (a THP or mTHP fault, a swap entry, a NUMA hint, a KSM or swap-cache or large-folio
-page, CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one page. With tracing on, each
+Anything else (a THP or mTHP fault, a swap entry, a NUMA hint, a KSM or swap-cache page,
+CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one page. With tracing on, each
 page's events are recorded as the per-page path records them. The result must be the per-page
 path's, frame for frame and event for event: tests/test_range_ops.py.
 """
@@ -48,7 +51,7 @@ from cowlab.mm.memory import (
     trace_copied,
     trace_fault,
 )
-from cowlab.mm.mm import heads_of
+from cowlab.mm.mm import compound_head, heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, PageFrames
 from cowlab.mm.pgtable import (
@@ -251,24 +254,42 @@ def by_key(
 def _wp_large_run(
     k: Kernel, vma: VmArea, table: PteTable, start: int, first: int, pages: Ints
 ) -> Ints:
-    """do_wp_page() for PTE-mapped pages of large folios: every copy changes the folio's
-    counters the next verdict reads, so each page is decided in turn and loses its mapping and
-    reference before the next is asked; the run ends at a reuse or a last reference."""
+    """do_wp_page() for PTE-mapped pages of large folios: every verdict may change what the
+    next one reads (a copy the folio's counters, a reuse its anon_vma and the page's
+    PG_anon_exclusive), so each page is decided in turn and its old page settled — a copied
+    page loses its mapping and reference, a reused one moves and becomes exclusive, as
+    wp_reuse_anon() — before the next is asked; the run ends before a copy would drop the
+    last reference (the freed frame would be the next allocation)."""
     f = k.frames
     decisions: list[WpDecision] = []
-    wp_reuse, count = k.policy.wp_reuse, f._count
+    wp_reuse, count, mm = k.policy.wp_reuse, f._count, vma.mm
     for pfn, head in zip(pages.tolist(), heads_of(f, pages).tolist(), strict=True):
         d = wp_reuse(k, vma, pfn)
-        if d.reuse or count[head] <= 1:
-            break
-        page_remove_folio_pte(k, vma.mm, pfn, head)
-        count[head] -= 1  # put_page(), not the last reference
+        if d.reuse:
+            _settle_reuse(k, vma, pfn, head, d)
+        else:
+            refs = count.item(head)
+            if refs <= 1:
+                break
+            page_remove_folio_pte(k, mm, pfn, head)
+            count[head] = refs - 1  # put_page(), not the last reference
         decisions.append(d)
     n = len(decisions)
     if not n:
         return NONE
     which = np.arange(n, dtype=np.int64)
-    return _apply(k, vma, table, start, first, pages[:n], decisions, which, removed=True)
+    return _apply(k, vma, table, start, first, pages[:n], decisions, which, settled=True)
+
+
+def _settle_reuse(k: Kernel, vma: VmArea, pfn: int, head: int, d: WpDecision) -> None:
+    """wp_reuse_anon()'s changes to a reused page of a large folio, without its events (the
+    run records them in address order): the folio moved to vma's anon_vma, the page made
+    exclusive, as the decision says."""
+    assert vma.anon_vma is not None
+    if d.move_anon_vma:
+        k.frames.mapping[head] = vma.anon_vma.id  # page_move_anon_rmap() of the head
+    if d.set_exclusive:
+        k.frames.flags[pfn] |= PG_anon_exclusive
 
 
 def _apply(
@@ -280,18 +301,18 @@ def _apply(
     olds: Ints,
     decisions: list[WpDecision],
     which: Ints,
-    removed: bool = False,
+    settled: bool = False,
 ) -> Ints:
     """Carry out each page's verdict: wp_page_reuse in place, wp_page_copy into new frames
-    allocated in address order (old -1: the zero page; ``removed``: the old pages already
-    lost this mapping and reference)."""
+    allocated in address order (old -1: the zero page; ``settled``: the old pages already
+    lost this mapping and reference, or were moved and made exclusive)."""
     n = olds.size
     reuse = np.array([d.reuse for d in decisions])[which]
     pos = first + np.arange(n)
-    _reuse(k, vma, table, pos[reuse], olds[reuse], decisions, which[reuse])
+    _reuse(k, vma, table, pos[reuse], olds[reuse], decisions, which[reuse], settled)
     copy = ~reuse
     if copy.any():
-        _copy(k, vma, table, start, pos[copy], olds[copy], decisions, which[copy], removed)
+        _copy(k, vma, table, start, pos[copy], olds[copy], decisions, which[copy], settled)
     k.vmstat["pgfault"] += n
     news = table.pfn[first : first + n].copy()
     if k.tracing:
@@ -310,8 +331,9 @@ def _trace_wp(
         trace_fault(k, vma, addr, "write")
         verdict = "reuse" if d.reuse else "copy"
         k.event("do_wp_page", verdict, addr=addr, pfn=old, read=d.read, rule=d.rule)
-        if d.reuse and d.move_anon_vma:
-            k.event("page_move_anon_rmap", "move", pfn=old, detail=f"to {vma.anon_vma}")
+        if d.reuse and d.move_anon_vma:  # page_move_anon_rmap() moves the folio: its head
+            moved = compound_head(k.frames, old_pfn)
+            k.event("page_move_anon_rmap", "move", pfn=moved, detail=f"to {vma.anon_vma}")
         elif not d.reuse:
             trace_copied(k, addr, old, new)
 
@@ -324,16 +346,19 @@ def _reuse(
     pages: Ints,
     decisions: list[WpDecision],
     which: Ints,
+    settled: bool = False,
 ) -> None:
-    """wp_page_reuse(), after page_move_anon_rmap() and PG_anon_exclusive where decided."""
+    """wp_page_reuse(), after page_move_anon_rmap() and PG_anon_exclusive where decided
+    (already, if ``settled``)."""
     if not pages.size:
         return
-    f = k.frames
-    assert vma.anon_vma is not None
-    move = np.array([d.move_anon_vma for d in decisions])[which]
-    f.mapping[pages[move]] = vma.anon_vma.id
-    exclusive = np.array([d.set_exclusive for d in decisions])[which]
-    f.flags[pages[exclusive]] |= PG_anon_exclusive
+    if not settled:
+        f = k.frames
+        assert vma.anon_vma is not None
+        move = np.array([d.move_anon_vma for d in decisions])[which]
+        f.mapping[pages[move]] = vma.anon_vma.id
+        exclusive = np.array([d.set_exclusive for d in decisions])[which]
+        f.flags[pages[exclusive]] |= PG_anon_exclusive
     table.bits[pos] |= new_pte_bits(vma) | PTE_YOUNG | PTE_DIRTY
     k.vmstat["pgreuse"] += int(pages.size)
 
@@ -347,11 +372,11 @@ def _copy(
     olds: Ints,
     decisions: list[WpDecision],
     which: Ints,
-    removed: bool = False,
+    settled: bool = False,
 ) -> None:
     """wp_page_copy() for each page: a new frame with the old bytes (zeros for the zero page),
     mapped writable; the old page loses this mapping and its reference (already, if
-    ``removed``)."""
+    ``settled``)."""
     f = k.frames
     anon_vma_prepare(k, vma)
     news = f.alloc_pages(pos.size)
@@ -362,7 +387,7 @@ def _copy(
     addrs = fault_addrs(start, int(pos[-1]) - pte_index(start) + 1)[pos - pte_index(start)]
     pages_add_new_anon_rmap(k, news, vma, addrs)
     vma.mm.anon_rss += int((~real).sum())
-    if real.any() and not removed:
+    if real.any() and not settled:
         rmap_remove_ptes(k, vma.mm, olds[real])
         f._count[olds[real]] -= 1  # put_page(): never the last reference (the caller checks)
     k.cow_log.extend_copies(

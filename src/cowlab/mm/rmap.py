@@ -151,6 +151,7 @@ def page_anon_vma(k: Kernel, pfn: int) -> AnonVma | None:
 # _large_mapcount there, the same sum); nothing such a build reports comes from it.
 
 ENTIRELY_MAPPED = 0x800000  # mm/internal.h: the PMD-mapped flag inside _nr_pages_mapped
+NOT_MM_IDS_SHARED = flags_without(PG_mm_ids_shared)
 
 
 def __page_set_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, exclusive: bool) -> None:
@@ -301,9 +302,7 @@ def _pte_unmap_queues(k: Kernel, head: int, last: int) -> bool:
         return _partially_mapped(k, head) and k.frames.compound_mapcount[head + 1] < 0
     if not k.policy.nr_pages_mapped:
         return last > 0
-    f = k.frames
-    f._nr_pages_mapped[head] -= last
-    return last > 0 and int(f._nr_pages_mapped[head]) < ENTIRELY_MAPPED
+    return last > 0 and k.frames._nr_pages_mapped.add(head, -last) < ENTIRELY_MAPPED
 
 
 def rmap_add_pmd(k: Kernel, mm: MmStruct, head: int) -> None:
@@ -400,8 +399,7 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
     """folio_sub_large_mapcount(): and from 6.15 "not shared" again once one tracked MM has
     them all."""
     f = k.frames
-    large = f._large_mapcount[head] - nr
-    f._large_mapcount[head] = large
+    large = f._large_mapcount.add(head, -nr)
     if not k.policy.mm_ids:
         return
     ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
@@ -413,7 +411,7 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
                 ids[slot] = 0
             break
     if large in (counts[0], counts[1]):
-        f.flags[head] &= flags_without(PG_mm_ids_shared)
+        f.flags[head] &= NOT_MM_IDS_SHARED
 
 
 def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:

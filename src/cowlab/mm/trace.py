@@ -12,7 +12,9 @@ import bisect
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar, overload
+from itertools import chain
+from operator import itemgetter
+from typing import Any, NamedTuple, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +124,11 @@ class Indexed(Sequence[T]):
         return self._at(i)
 
 
+# a WpDecision's verdict and rule (all but what it read), its reads; a read's name and value
+VERDICT, READ = itemgetter(0, 1, 2, 4), itemgetter(3)
+NAME, VALUE = itemgetter(0), itemgetter(1)
+
+
 class Decisions(Indexed[object]):
     """The decisions behind a run of copies: WpDecisions that differ only in the values their
     rule read are kept as one template and an array of values (a THP's 512 copies each read
@@ -131,22 +138,22 @@ class Decisions(Indexed[object]):
         self.items: Sequence[object] = items
         self.values: npt.NDArray[np.signedinteger[Any]] | None = None
         first = items[0] if items else None
-        if isinstance(first, WpDecision) and len(items) > 1:
-            names = tuple(name for name, _ in first.read)
-            shape = (first.reuse, first.move_anon_vma, first.set_exclusive, first.rule, names)
-            same = all(
-                isinstance(d, WpDecision)
-                and (d.reuse, d.move_anon_vma, d.set_exclusive, d.rule) == shape[:4]
-                and tuple(name for name, _ in d.read) == names
-                for d in items
-            )
-            if same:
-                values = np.array(
-                    [[v for _, v in d.read] for d in items if isinstance(d, WpDecision)],
-                    dtype=np.int64,
-                ).reshape(len(items), len(names))
-                self.values = values.astype(narrowest(values))
-                self.items = [first]
+        if not isinstance(first, WpDecision) or len(items) < 2:
+            return
+        # map() and list comparison keep the per-decision work in C: a THP's run has 511
+        if set(map(type, items)) != {WpDecision}:
+            return
+        decided = cast("Sequence[WpDecision]", items)
+        if len(set(map(VERDICT, decided))) != 1:
+            return
+        names = list(map(NAME, first.read))
+        pairs = list(chain.from_iterable(map(READ, decided)))
+        if list(map(NAME, pairs)) != names * len(items):
+            return
+        values = np.array(list(map(VALUE, pairs)), dtype=np.int64)
+        values = values.reshape(len(items), len(names))
+        self.values = values.astype(narrowest(values))
+        self.items = [first]
 
     def __len__(self) -> int:
         return len(self.items) if self.values is None else int(self.values.shape[0])
