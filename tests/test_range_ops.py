@@ -524,7 +524,8 @@ UNSHARE_PROGRAM = [
 
 # small pages through reclaim (the swap-out range path) to every stage, some zero-filled (the
 # 6.12 zeromap), a pinned one and pages a fork shares among them (page by page), the range
-# swapped again after a fork, then read, written and pinned back in
+# swapped again after a fork, then read, written and pinned back in (the swap-in range path: the
+# pages still in the swap cache)
 SWAP_PROGRAM = [
     S("thp", arg="never"),
     S("mmap", page=400, arg=(0, None, "rw")),
@@ -536,6 +537,8 @@ SWAP_PROGRAM = [
     S("swapout", page=170, length=50 * PAGE, arg="writeback"),
     S("swapout", page=220, length=30 * PAGE, arg="swapcache"),
     S("read", page=20, sub=5, length=40 * PAGE),
+    S("read", page=180, length=20 * PAGE),
+    S("write", page=110, length=20 * PAGE, arg=4),
     S("fork"),
     S("write", who=1, page=250, length=20 * PAGE, arg=2),
     S("swapout", page=0, length=0, to_end=True, arg="freed"),
@@ -704,6 +707,42 @@ def test_swapout_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(vmscan, "_shrink_run", spy)
     run_both(kernel_id, SWAP_PROGRAM)
     assert runs[:5] == [100, 40, 19, 50, 30], runs
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_swapin_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SWAP_PROGRAM's read of pages 180..199 (under writeback, in the swap cache since the
+    third swap-out: small, outside KSM, a slot each) swaps them in as one run on every policy;
+    its write of pages 110..129 (written, in the swap cache) is one run from 5.18, whose
+    do_swap_page frees the swap entry before it decides (c145e0b47c77); before 5.18 a write
+    asks reuse_swap_page page by page. The later write after the fork finds swap entries the
+    child shares: from 5.18 not writable, so do_wp_page follows in the run."""
+    runs: list[int] = []
+    swapin = range_fault._swapin_run
+
+    def spy(*args: Any) -> Any:
+        pfns = swapin(*args)
+        if pfns.size:
+            runs.append(int(pfns.size))
+        return pfns
+
+    monkeypatch.setattr(range_fault, "_swapin_run", spy)
+    copies: list[int] = []
+    wp = range_fault.do_wp_page
+    monkeypatch.setattr(range_fault, "do_wp_page", lambda *a: copies.append(1) or wp(*a))
+    run_both(kernel_id, SWAP_PROGRAM)
+    if Kernel(kernel_id).policy.swapin_frees_swap_first:
+        assert runs[:2] == [20, 20] and copies, (runs, len(copies))
+    else:
+        assert runs[0] == 20 and not copies, (runs, len(copies))
+
+
+def test_a_wrong_swapin_run_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swap-in run that keeps a written page in the swap cache where should_try_to_free_swap
+    (5.18) drops it differs from the page-by-page state."""
+    monkeypatch.setattr(range_fault, "_free_swap_cache", lambda *args: None)
+    with pytest.raises(AssertionError, match="state differs"):
+        run_both("v6.18", SWAP_PROGRAM)
 
 
 def test_a_wrong_swapout_run_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,12 +13,15 @@ and one page table that follow the same kernel path at once:
   values gets that verdict, as it would page by page;
 - the same for pages of PTE-mapped large folios (a THP after a PMD split, mTHPs): each verdict
   may change what the next reads, so the generation decides each page in turn, its old page
-  settled before the next is asked; the copies are then made, mapped and logged together.
+  settled before the next is asked; the copies are then made, mapped and logged together;
+- swap PTEs whose slots hold small pages in the swap cache, outside KSM (do_swap_page; before
+  5.18 only on a read): the swap-in decision asked once per distinct value of what it reads,
+  do_wp_page after each page a write finds mapped read-only.
 
-Anything else (a THP or mTHP fault, a swap entry, a NUMA hint, a KSM or swap-cache page,
-CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one page. With tracing on, each
-page's events are recorded as the per-page path records them. The result must be the per-page
-path's, frame for frame and event for event: tests/test_range_ops.py.
+Anything else (a THP or mTHP fault, a swap entry whose page must be read, a NUMA hint, a KSM or
+swap-cache page under a write, CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one
+page. With tracing on, each page's events are recorded as the per-page path records them. The
+result must be the per-page path's, frame for frame and event for event: tests/test_range_ops.py.
 """
 
 from __future__ import annotations
@@ -38,28 +41,34 @@ from cowlab.mm.constants import (
     VM_READ,
     VM_WRITE,
     PG_anon_exclusive,
+    PG_dirty,
     PG_head,
     PG_ksm,
     PG_swapcache,
     PG_tail,
+    PG_writeback,
 )
-from cowlab.mm.decision import WpDecision
+from cowlab.mm.decision import SwapinDecision, WpDecision
 from cowlab.mm.memory import (
     ZERO_PAGE_COPY,
+    do_wp_page,
     new_pte_bits,
     trace_anonymous,
     trace_copied,
     trace_fault,
+    trace_swapin,
 )
 from cowlab.mm.mm import compound_head, heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
-from cowlab.mm.page_alloc import ZERO_PFN, PageFrames
+from cowlab.mm.page_alloc import ZERO_PFN, PageFrames, flags_without
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
     PTE_NONE,
     PTE_PROTNONE,
+    PTE_SOFT_DIRTY,
     PTE_SPECIAL,
+    PTE_SWP_EXCLUSIVE,
     PTE_WRITE,
     PTE_YOUNG,
     HugePmd,
@@ -157,6 +166,8 @@ def _pte_run(
         return _anonymous_run(k, vma, table, first, n, start)
     if write and pfn[0] >= 0 and not bits[0] & (PTE_PROTNONE | PTE_MIGRATION):
         return _wp_run(k, vma, table, first, last, start, small_only)
+    if pfn[0] <= -2:
+        return _swapin_run(k, vma, table, first, last, write, start)
     return NONE
 
 
@@ -403,3 +414,142 @@ def _copy(
             Packed(which),
         )
     )
+
+
+def _swapin_run(
+    k: Kernel, vma: VmArea, table: PteTable, first: int, last: int, write: bool, start: int
+) -> Ints:
+    """do_swap_page() for the swap PTEs from ``first`` on whose slots (each once in the run)
+    hold a small page in the swap cache, outside KSM: from 5.18 on any fault, before it on a
+    read (a write asks reuse_swap_page, which may drop the page from the swap cache as it
+    decides). No page's fault reads another's fields or slot, and none allocates but the
+    copies do_wp_page makes after a write the mapping does not satisfy, in address order."""
+    f, swap = k.frames, k.swap
+    frees_first = k.policy.swapin_frees_swap_first
+    if write and not frees_first:
+        return NONE
+    values = table.pfn[first:last]
+    slots = -2 - values[: _leading(values <= -2)]
+    pages = swap.cache[slots]
+    slots = slots[: _leading((pages >= 0) & (_swapped_dups(slots) == 0))]
+    pages = pages[: slots.size]
+    pages = pages[: _leading((f.flags[pages] & (PG_head | PG_tail | PG_ksm)) == 0)]
+    n = pages.size
+    if not n:
+        return NONE
+    slots, pos = slots[:n], first + np.arange(n)
+    swp_bits = table.bits[pos].copy()
+    f._count[pages] += 1  # lookup_swap_cache
+    freed = np.zeros(n, dtype=bool)
+    if frees_first:
+        swap.swap_map[slots] -= 1  # swap_free: the swap cache still holds each slot
+        if write:  # should_try_to_free_swap (a small page: 2 references), try_to_free_swap
+            _ = k.policy.swapin_maps_whole_folio  # 6.11: 1 + folio_nr_pages, 2 here too
+            freed = (f._count[pages] == 2) & ((f.flags[pages] & PG_writeback) == 0)
+            freed &= swap.swap_map[slots] == 0
+            _free_swap_cache(k, pages[freed], slots[freed])
+    marker, soft_dirty = swp_bits & PTE_SWP_EXCLUSIVE, swp_bits & PTE_SOFT_DIRTY
+    decisions, which = by_key(
+        f,
+        pages,
+        lambda i: k.policy.swapin_decision(
+            k, vma, int(pages[i]), write, bool(marker[i]), bool(soft_dirty[i])
+        ),
+        marker,
+        soft_dirty,
+    )
+    writable = np.array([d.writable for d in decisions])[which]
+    exclusive = np.array([d.exclusive for d in decisions])[which]
+    table.pfn[pos] = pages
+    table.bits[pos] = PTE_YOUNG | soft_dirty
+    if write:
+        table.bits[pos[writable]] |= PTE_WRITE | PTE_DIRTY | PTE_SOFT_DIRTY
+    else:
+        table.bits[pos[writable]] |= PTE_WRITE
+    vma.mm.anon_rss += n
+    vma.mm.swapents -= n
+    _add_anon_rmap(k, vma, pages, fault_addrs(start, n), exclusive)
+    if not frees_first:
+        swap.swap_map[slots] -= 1  # swap_free after the mapping: the swap cache holds each
+    k.vmstat["pgfault"] += n
+    wp = ~writable if write else np.zeros(n, dtype=bool)
+    if write and not wp.all():
+        k.vmstat["swapin_reuse"] += int(n - wp.sum())  # the model's: no do_wp_page needed
+    if k.tracing or wp.any():
+        decided = [decisions[i] for i in which.tolist()]
+        _trace_swapins(k, vma, table, start, write, slots, pages, freed, wp, decided)
+    return table.pfn[first : first + n].copy()
+
+
+def _swapped_dups(slots: Ints) -> Ints:
+    """1 where a slot comes again after its first PTE in the run, else 0."""
+    dups = np.ones(slots.size, dtype=np.int64)
+    dups[np.unique(slots, return_index=True)[1]] = 0
+    return dups
+
+
+def _free_swap_cache(k: Kernel, pages: Ints, slots: Ints) -> None:
+    """try_to_free_swap() of small pages no swap PTE needs any more: each dirtied and out of
+    the swap cache (delete_from_swap_cache), its slot freed, the cache's reference dropped (the
+    fault's is left)."""
+    f, swap = k.frames, k.swap
+    f.flags[pages] = (f.flags[pages] | PG_dirty) & flags_without(PG_swapcache)
+    for page, slot in zip(pages.tolist(), slots.tolist(), strict=True):
+        f.swapcache.remove(page)
+        swap.cache[slot] = -1
+        swap.release_if_unused(slot)
+    f._count[pages] -= 1
+
+
+def _add_anon_rmap(
+    k: Kernel, vma: VmArea, pages: Ints, addrs: Ints, exclusive: npt.NDArray[np.bool_]
+) -> None:
+    """page_add_anon_rmap() of small pages, one PTE each: PG_anon_exclusive where exclusive
+    (5.19), and a page without an anon_vma gets vma's own (exclusive) or its root's, and the
+    index of its address (__page_set_anon_rmap)."""
+    f = k.frames
+    f._mapcount[pages] += 1
+    if k.policy.anon_exclusive:
+        f.flags[pages[exclusive]] |= PG_anon_exclusive
+    new = f.mapping[pages] == 0
+    if not new.any():
+        return
+    assert vma.anon_vma is not None and vma.anon_vma.root is not None
+    own, root = vma.anon_vma.id, vma.anon_vma.root.id
+    f.mapping[pages[new]] = np.where(exclusive[new], own, root)
+    f.index[pages[new]] = ((addrs[new] - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
+
+
+def _trace_swapins(
+    k: Kernel,
+    vma: VmArea,
+    table: PteTable,
+    start: int,
+    write: bool,
+    slots: Ints,
+    pages: Ints,
+    freed: npt.NDArray[np.bool_],
+    wp: npt.NDArray[np.bool_],
+    decided: list[SwapinDecision],
+) -> None:
+    """Each fault's events as do_swap_page() records them, in address order, and do_wp_page()
+    where a write found the page mapped read-only."""
+    kind = "write" if write else "read"
+    for addr, slot, page, drop, copy, d in zip(
+        fault_addrs(start, pages.size).tolist(),
+        slots.tolist(),
+        pages.tolist(),
+        freed.tolist(),
+        wp.tolist(),
+        decided,
+        strict=True,
+    ):
+        if k.tracing:
+            trace_fault(k, vma, addr, kind)
+            if drop:
+                k.event(
+                    "delete_from_swap_cache", pfn=page, detail=f"slot {slot} leave the swap cache"
+                )
+            trace_swapin(k, addr, page, d, f"from the swap cache, slot {slot}", 1)
+        if copy:
+            do_wp_page(k, vma, addr, table)
