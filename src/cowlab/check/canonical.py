@@ -74,6 +74,8 @@ def state_key(runner: Runner, base: int, scans: bool = True) -> bytes:
 def _ordered(runner: Runner) -> list[tuple[str, Process]]:
     """The live processes, in an order that does not depend on pids or creation order."""
     live = [(name, p) for name, p in runner.procs.items() if p.alive]
+    if len(live) < 2:  # one order only: no shape to tell it by
+        return live
     return sorted(live, key=lambda item: _shape(item[1].mm))
 
 
