@@ -545,6 +545,10 @@ SWAP_PROGRAM = [
     S("end_writeback"),
     S("write", page=0, sub=3, length=0, to_end=True, arg=3),
     S("pin", who=1, page=0, length=0, to_end=True, arg=("pin", False, False)),
+    S("thp", arg="always"),
+    S("mmap", page=512, arg=(2 * MIB, 0, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=0x5A),
+    S("swapout", page=0, length=0, to_end=True, arg="written"),
 ]
 
 # COW writes over a PTE-mapped THP (_wp_large_run): the first of two THPs split by a zap before
@@ -707,6 +711,11 @@ def test_swapout_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(vmscan, "_shrink_run", spy)
     run_both(kernel_id, SWAP_PROGRAM)
     assert runs[:5] == [100, 40, 19, 50, 30], runs
+    # the last swap-out, of a PMD-mapped THP (MAP_FIXED at the lowest address: VMA 0) mapped
+    # once: no modelled release gives a swap file a THP whole (swaps_whole), so reclaim splits
+    # it (split_huge_page) into 512 small pages, each mapped once by the PTE the split made,
+    # with no other reference, none zero-filled: one run
+    assert runs[-1] == 512, runs
 
 
 @pytest.mark.parametrize("kernel_id", POLICY_IDS)

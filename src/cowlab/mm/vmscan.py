@@ -227,7 +227,11 @@ def shrink_page_list(k: Kernel, pages: list[int], until: str) -> int:
             continue
         swapped += _shrink_plain(k, run, until)
         run = []
-        for folio in _folios(k, pfn):
+        folios = _folios(k, pfn)
+        if k.range_ops and len(folios) > 1:  # the small pages of a split THP
+            swapped += _shrink_plain(k, folios, until)
+            continue
+        for folio in folios:
             swapped += _shrink_one(k, folio, until)
     return swapped + _shrink_plain(k, run, until)
 
@@ -244,23 +248,26 @@ def _plain(f: PageFrames, pfn: int) -> bool:
 
 
 def _shrink_plain(k: Kernel, pages: list[int], until: str) -> int:
-    """_shrink_one() of each of these plain pages, in order: runs of those whose one mapping
-    the rmap walk finds go together (_shrink_run), any other page alone."""
+    """_shrink_one() of each of these small pages, in order: runs of plain ones whose one
+    mapping the rmap walk finds go together (_shrink_run), any other page alone."""
     if not pages:
         return 0
     run = np.array(pages, dtype=np.int64)
+    f = k.frames
+    plain = (f.flags[run] & (PG_head | PG_tail | PG_swapcache | PG_ksm)) == 0
+    plain &= (f.mapping[run] > 0) & (f._mapcount[run] == 0) & (f._count[run] == 1)
     found = _walk_small(k, run)
-    ok = found.places >= 0
-    start = 0
+    ok = plain & (found.places >= 0)
+    start = swapped = 0
     while start < run.size:
         n = _leading(ok[start:] == ok[start])
         if ok[start]:
             _shrink_run(k, run[start : start + n], found.part(start, n), until)
+            swapped += n  # each reaches the swap cache
         else:
-            for pfn in run[start : start + n].tolist():
-                _shrink_one(k, pfn, until)
+            swapped += sum(_shrink_one(k, pfn, until) for pfn in run[start : start + n].tolist())
         start += n
-    return int(run.size)
+    return swapped
 
 
 @dataclass
