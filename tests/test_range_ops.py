@@ -202,7 +202,10 @@ def step_strategy() -> st.SearchStrategy[Step]:
             ranged(
                 "pin",
                 st.tuples(
-                    st.sampled_from(["get", "pin", "longterm"]), st.booleans(), st.booleans()
+                    st.sampled_from(["get", "pin", "longterm"]),
+                    st.booleans(),  # write
+                    st.booleans(),  # fast
+                    st.sampled_from([False, False, False, True]),  # force
                 ),
             ),
         ),
@@ -301,8 +304,8 @@ def resolve(side: Side, step: Step) -> Call | None:
     if step.name == "touch":
         return Call("touch", i, (start, n), (("write", step.arg),))
     if step.name == "pin":
-        flavour, write, fast = step.arg
-        kwargs = {"write": write, "flavour": flavour, "fast": fast}
+        flavour, write, fast, *force = step.arg  # force: when given
+        kwargs = {"write": write, "flavour": flavour, "fast": fast, "force": any(force)}
         return Call("get_user_pages", i, (start, n), tuple(kwargs.items()))
     if step.name == "swapout":
         return Call("swapout", i, (start, n), (("until", step.arg),))
@@ -588,10 +591,46 @@ FOLLOW_PROGRAM = [
     S("pin", vma=2, page=0, length=0, to_end=True, arg=("pin", False, False)),
 ]
 
+# GUP over swapped-out pages in each flavour: a THP swapped out and left in the swap cache,
+# pinned R/O with FOLL_GET and for writing by a long-term GUP-fast pin, swapped out again, then
+# shared by a fork and R/O-pinned (5.19+: swap-in, then the unshare); small pages swapped out and
+# freed (the swap-in allocates), shared by a fork, R/O long-term pinned in the parent, then
+# forced for writing by the child on its read-only mapping, and pinned for writing there
+# without FOLL_FORCE (EFAULT)
+SWAP_PIN_PROGRAM = [
+    S("thp", arg="always"),
+    S("mmap", page=512, arg=(2 * MIB, 0, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=0x44),
+    S("swapout", page=0, length=0, to_end=True, arg="written"),
+    S("pin", page=0, length=300 * PAGE, arg=("get", False, False)),
+    S("pin", page=200, sub=1, length=0, to_end=True, arg=("longterm", True, True)),
+    S("swapout", page=0, length=0, to_end=True, arg="swapcache"),
+    S("fork"),
+    S("pin", page=0, length=0, to_end=True, arg=("pin", False, False)),
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, 1024, "rw")),
+    S("write", vma=1, page=0, length=0, to_end=True, arg=1),
+    S("swapout", vma=1, page=0, length=0, to_end=True, arg="freed"),
+    S("fork"),
+    S("pin", vma=1, page=2, sub=3, length=40 * PAGE, arg=("longterm", False, False)),
+    S("mprotect", who=2, vma=1, page=0, length=0, to_end=True, arg="r"),
+    S("pin", who=2, vma=1, page=0, length=0, to_end=True, arg=("get", True, False, True)),
+    S("pin", who=2, vma=1, page=0, length=0, to_end=True, arg=("pin", True, True)),
+]
+EXAMPLE_PROGRAMS = [
+    *HAND_WRITTEN,
+    MTHP_PROGRAM,
+    ZAP_BEFORE_SPLIT,
+    UNSHARE_PROGRAM,
+    SWAP_PROGRAM,
+    THP_COW_PROGRAM,
+    FOLLOW_PROGRAM,
+    SWAP_PIN_PROGRAM,
+]
+
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
-    programs = [*HAND_WRITTEN, MTHP_PROGRAM, ZAP_BEFORE_SPLIT, UNSHARE_PROGRAM, FOLLOW_PROGRAM]
-    for program in [*programs, SWAP_PROGRAM, THP_COW_PROGRAM]:
+    for program in EXAMPLE_PROGRAMS:
         test = example(program=program)(test)
     return test
 

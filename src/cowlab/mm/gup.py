@@ -201,9 +201,9 @@ def _kept_end(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> in
     entry = vma.mm.pmds.get(pmd_index(addr))
     if isinstance(entry, HugePmd):  # one answer for every page the PMD maps
         return addr if must_unshare(k, vma, addr, gup_flags) else end
-    if entry is None:
-        return addr
     first = pte_index(addr)
+    if entry is None or entry.pfn.item(first) < 0:  # none or swap: told without arrays
+        return addr
     last = pte_index(min(end, (pmd_index(addr) + 1) << PMD_SHIFT) - 1) + 1
     pfn, bits = entry.pfn[first:last], entry.bits[first:last]
     n = _leading(pfn >= 0)
@@ -352,7 +352,7 @@ def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints
             if follow_page_mask(k, mm, addr, foll) is None
             else entry.pfn + np.arange(first, last, dtype=np.int64)
         )
-    if entry is None:
+    if entry is None or entry.pfn.item(first) < 0:  # the common miss, told without arrays
         return NO_PAGES
     pfn, bits = entry.pfn[first:last], entry.bits[first:last]
     blocked = (
