@@ -168,11 +168,18 @@ class Decisions(Indexed[object]):
         return template._replace(read=read)
 
 
+# the narrower integer types and their bounds (np.iinfo takes microseconds to make)
+NARROWER = [
+    (kind, int(np.iinfo(kind).min), int(np.iinfo(kind).max))
+    for kind in (np.int8, np.int16, np.int32)
+]
+
+
 def narrowest(values: npt.NDArray[np.int64]) -> type[np.signedinteger[Any]]:
     """The narrowest signed integer type that holds every one of values."""
     lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
-    for kind in (np.int8, np.int16, np.int32):
-        if np.iinfo(kind).min <= lo and hi <= np.iinfo(kind).max:
+    for kind, low, high in NARROWER:
+        if low <= lo and hi <= high:
             return kind
     return np.int64
 
