@@ -225,9 +225,31 @@ def step_strategy() -> st.SearchStrategy[Step]:
     )
 
 
+# what a program may start with: PTE-mapped large folios a fork shares, for its range steps to
+# write across (do_wp_page of a large folio's pages: range_fault._wp_large_run) — a THP split by
+# a zap of its last page, or 64 KiB mTHPs
+LARGE_FOLIO_PRELUDES = [
+    [
+        Step("thp", arg="always"),
+        Step("mmap", page=1024, arg=(2 * MIB, None, "rw")),
+        Step("fill", length=0, to_end=True, arg=0x21),
+        Step("madvise", page=511, length=PAGE, arg="dontneed"),
+        Step("fork"),
+    ],
+    [
+        Step("mthp", arg=(64, "always")),
+        Step("thp", arg="never"),
+        Step("mmap", page=256, arg=(2 * MIB, None, "rw")),
+        Step("fill", length=0, to_end=True, arg=0x21),
+        Step("fork"),
+    ],
+]
+
+
 def programs() -> st.SearchStrategy[list[Step]]:
     return st.builds(
-        lambda first, rest: [first, *rest],
+        lambda prelude, first, rest: [*prelude, first, *rest],
+        st.sampled_from([[], [], *LARGE_FOLIO_PRELUDES]),
         mmap_step,
         st.lists(step_strategy(), min_size=MIN_STEPS, max_size=MAX_STEPS),
     )
