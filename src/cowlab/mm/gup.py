@@ -359,7 +359,7 @@ def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints
         PTE_MIGRATION | (PTE_PROTNONE if foll & FOLL_NUMA else 0) | (PTE_WRITE if write else 0)
     )
     ok = (pfn >= 0) & ((bits & blocked) == (PTE_WRITE if write else 0))
-    n = int(ok.size if ok.all() else np.argmin(ok))
+    n = _leading(ok)
     pages = pfn[:n].copy()
     if foll & FOLL_TOUCH:
         entry.bits[first : first + n] |= PTE_YOUNG
