@@ -277,8 +277,8 @@ class Side:
     pins: list[Pin] = field(default_factory=list)
 
 
-def boot(kernel_id: str, range_ops: bool, selfcheck: bool) -> Side:
-    k = Kernel(kernel_id, selfcheck=selfcheck, range_ops=range_ops, tracing=True)
+def boot(kernel_id: str, range_ops: bool, selfcheck: bool, tracing: bool = True) -> Side:
+    k = Kernel(kernel_id, selfcheck=selfcheck, range_ops=range_ops, tracing=tracing)
     return Side(k, [k.spawn()])
 
 
@@ -396,12 +396,13 @@ def _value(value: Any) -> Any:
     return value
 
 
-def run_both(kernel_id: str, program: list[Step]) -> None:
+def run_both(kernel_id: str, program: list[Step], tracing: bool = True) -> None:
     """Run the program on the range path (self-checking) and the page-by-page path; after
-    every step the outcomes and the states must be the same."""
+    every step the outcomes and the states must be the same (without the trace events when
+    both run untraced: paths only taken so)."""
     expected_breaks = kernel_id in BREAKS_INVARIANTS
-    ranged_side = boot(kernel_id, range_ops=True, selfcheck=True)
-    ref = boot(kernel_id, range_ops=False, selfcheck=expected_breaks)
+    ranged_side = boot(kernel_id, range_ops=True, selfcheck=True, tracing=tracing)
+    ref = boot(kernel_id, range_ops=False, selfcheck=expected_breaks, tracing=tracing)
     done: list[str] = []
     for step in program:
         call = resolve(ref, step)
@@ -639,6 +640,19 @@ SWAP_PIN_PROGRAM = [
     S("pin", who=2, vma=1, page=0, length=0, to_end=True, arg=("get", True, False, True)),
     S("pin", who=2, vma=1, page=0, length=0, to_end=True, arg=("pin", True, True)),
 ]
+# R/O pins of swapped-out pages a fork shared (cow.c's R/O GUP pin of a shared, swapped-out
+# page), and of none PTEs (the zero page), which GUP faults in as a run when untraced
+SWAPPED_RO_PIN_PROGRAM = [
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, 0, "rw")),
+    S("write", page=0, length=0, to_end=True, arg=1),
+    S("swapout", page=0, length=0, to_end=True, arg="written"),
+    S("fork"),
+    S("pin", page=0, length=0, to_end=True, arg=("longterm", False, False)),
+    S("pin", who=1, page=0, length=0, to_end=True, arg=("pin", False, True)),
+    S("mmap", page=16, arg=(0, 512, "rw")),
+    S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", False, False)),
+]
 EXAMPLE_PROGRAMS = [
     *HAND_WRITTEN,
     MTHP_PROGRAM,
@@ -648,6 +662,7 @@ EXAMPLE_PROGRAMS = [
     THP_COW_PROGRAM,
     FOLLOW_PROGRAM,
     SWAP_PIN_PROGRAM,
+    SWAPPED_RO_PIN_PROGRAM,
 ]
 
 
@@ -878,6 +893,72 @@ def test_large_folio_cow_run_deciding_ahead_is_caught(monkeypatch: pytest.Monkey
     monkeypatch.setattr(range_fault, "_wp_large_run", deciding_ahead)
     with pytest.raises(AssertionError, match="cow_log"):
         run_both("v6.18", THP_COW_PROGRAM)
+
+
+def _spy_ro_pin_faults(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the runs fault_in_range settles for R/O pins (after _faults_as_run)."""
+    sizes: list[int] = []
+    armed = [False]
+    faults_as_run, fault_in_range = gup._faults_as_run, gup.fault_in_range
+
+    def ask(*args: Any) -> bool:
+        armed[0] = faults_as_run(*args)
+        return armed[0]
+
+    def fault(*args: Any, **kwargs: Any) -> Any:
+        run = fault_in_range(*args, **kwargs)
+        if armed[0]:
+            sizes.append(run.size)
+            armed[0] = False
+        return run
+
+    monkeypatch.setattr(gup, "_faults_as_run", ask)
+    monkeypatch.setattr(gup, "fault_in_range", fault)
+    return sizes
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_ro_pin_fault_runs_are_taken_untraced(
+    kernel_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Untraced, SWAPPED_RO_PIN_PROGRAM's R/O pins (5.19+) fault their pages in as runs, and
+    the state (events aside, none recorded) is the page-by-page one.
+
+    The parent's 64 PTEs are swap entries of 64 slots whose small pages the swap cache holds
+    (swap-out 'written'), none KSM: one read-fault run swaps in all 64 (do_swap_page on a
+    read, every generation), which the fork left shared (swap count 2), so they are then
+    unshared. The child's pin finds its 64 swap entries the same way: one run of 64. The
+    second mapping has no page table: its first page faults alone (the table it makes), the
+    other 15 none PTEs are one read-fault run of zero pages. Traced, or before 5.19 (the batch
+    path faults R/O pins' runs there), no such run."""
+    sizes = _spy_ro_pin_faults(monkeypatch)
+    run_both(kernel_id, SWAPPED_RO_PIN_PROGRAM, tracing=False)
+    if Kernel(kernel_id).policy.gup_unshares_ro_pins:
+        assert sizes == [64, 64, 15]
+    else:
+        assert sizes == []
+    sizes.clear()
+    run_both(kernel_id, SWAPPED_RO_PIN_PROGRAM)
+    assert sizes == []
+    for program in (SWAP_PIN_PROGRAM, UNSHARE_PROGRAM, FOLLOW_PROGRAM, SWAP_PROGRAM):
+        run_both(kernel_id, program, tracing=False)  # the other pins' programs, untraced
+
+
+def test_traced_ro_pin_fault_runs_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faulting a R/O pin's swapped-out pages as a run while tracing puts every swap-in's
+    events ahead of the unshares' (page by page they alternate): the comparison reports it."""
+    faults_as_run = gup._faults_as_run
+
+    def untraced(k: Kernel, *args: Any) -> bool:
+        k.tracing, tracing = False, k.tracing
+        try:
+            return faults_as_run(k, *args)
+        finally:
+            k.tracing = tracing
+
+    monkeypatch.setattr(gup, "_faults_as_run", untraced)
+    with pytest.raises(AssertionError, match="events"):
+        run_both("v6.18", SWAPPED_RO_PIN_PROGRAM)
 
 
 # --- the comparison can fail --------------------------------------------------------------

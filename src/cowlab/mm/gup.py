@@ -175,11 +175,35 @@ def _gup_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: 
 
 def _ro_pin_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: bool) -> Ints:
     """A R/O FOLL_PIN (5.19+): the run of unshare faults addr starts (_unshare_run), else the
-    pages from addr on that gup_must_unshare() leaves alone and GUP-fast or slow GUP follows
-    without a fault; empty when addr's page needs the page-by-page path."""
+    pages from addr on that gup_must_unshare() leaves alone and GUP follows without a fault;
+    when addr's PTE is none or swapped out, the read faults of the run it starts first
+    (_faults_as_run). Empty when addr's page needs the page-by-page path."""
     run = _unshare_run(k, vma, addr, end, gup_flags)
-    if run.size:
-        return run
+    if run.size or not _faults_as_run(k, vma, addr, gup_flags, fast):
+        return run if run.size else _kept_run(k, vma, addr, end, gup_flags, fast)
+    if not fault_in_range(k, vma.mm, addr, end, False, small_only=True).size:
+        return NO_PAGES
+    run = _unshare_run(k, vma, addr, end, gup_flags)
+    return run if run.size else _kept_run(k, vma, addr, end, gup_flags, fast)
+
+
+def _faults_as_run(k: Kernel, vma: VmArea, addr: int, gup_flags: int, fast: bool) -> bool:
+    """May the read faults faultin_page() takes for a R/O pin's pages from addr (a none or swap
+    PTE there) be taken as one run before their unshares and grabs? No page's read fault reads
+    what another's unshare or pin changes (its own fields and slot; only the copies allocate),
+    so only the trace's order would differ: not when tracing. GUP-fast must then find each
+    faulted page as slow GUP would, FOLL_FORCE's reach is left to the page-by-page path."""
+    if k.tracing or gup_flags & FOLL_FORCE:
+        return False
+    if fast and _fast_flags(k, gup_flags) != _slow_flags(k, vma, gup_flags):
+        return False
+    entry = vma.mm.pmds.get(pmd_index(addr))
+    return isinstance(entry, PteTable) and entry.pfn.item(pte_index(addr)) < 0
+
+
+def _kept_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: bool) -> Ints:
+    """The pages from addr on that gup_must_unshare() leaves alone and GUP-fast or slow GUP
+    follows without a fault, as page by page."""
     end = _kept_end(k, vma, addr, end, gup_flags)
     if end == addr:
         return NO_PAGES
