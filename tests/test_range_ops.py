@@ -653,6 +653,18 @@ SWAPPED_RO_PIN_PROGRAM = [
     S("mmap", page=16, arg=(0, 512, "rw")),
     S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", False, False)),
 ]
+# a COW write that reuses a page of a large folio and moves the folio to the VMA's anon_vma: a
+# THP left with one page (page 5) mapped by a PTE, write-protected by a fork, the child gone
+LAST_PAGE_PROGRAM = [
+    S("thp", arg="always"),
+    S("mmap", page=512, arg=(2 * MIB, 0, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=1),
+    S("madvise", page=0, length=5 * PAGE, arg="dontneed"),
+    S("madvise", page=6, length=506 * PAGE, arg="dontneed"),
+    S("fork"),
+    S("exit", who=1),
+    S("write", page=5, length=20 * PAGE, arg=2),
+]
 EXAMPLE_PROGRAMS = [
     *HAND_WRITTEN,
     MTHP_PROGRAM,
@@ -660,6 +672,7 @@ EXAMPLE_PROGRAMS = [
     UNSHARE_PROGRAM,
     SWAP_PROGRAM,
     THP_COW_PROGRAM,
+    LAST_PAGE_PROGRAM,
     FOLLOW_PROGRAM,
     SWAP_PIN_PROGRAM,
     SWAPPED_RO_PIN_PROGRAM,
@@ -868,6 +881,26 @@ def test_large_folio_cow_range_path_is_taken(
         assert runs == [(301, 0), (3, 0), (206, 0)], runs
     if isinstance(Kernel(kernel_id).policy, LargeFolioReuse):
         assert runs[-2:] == [(3, 3), (207, 207)], runs
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5+6d0a07e", "v4.6", "v5.7"])
+def test_large_folio_reuse_moves_the_head(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAST_PAGE_PROGRAM's write settles page 5 of the THP in a run of one reuse that records
+    page_move_anon_rmap of the THP's head (the page that function is given), as page by page:
+    with the folio's one mapping left, page_trans_huge_mapcount and total_mapcount are 1, so
+    reuse_swap_page reuses it and do_wp_page, total_mapcount being 1, moves it (4.5+6d0a07e ..
+    5.7)."""
+    runs = _large_runs(monkeypatch)
+    run_both(kernel_id, LAST_PAGE_PROGRAM)
+    assert runs == [(1, 1)], runs
+
+
+def test_large_folio_reuse_moving_the_page_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that records page_move_anon_rmap of the reused page itself (page 5), not of its
+    head, differs from page by page in that event's page."""
+    monkeypatch.setattr(range_fault, "compound_head", lambda f, pfn: pfn)
+    with pytest.raises(AssertionError, match=r"events\[\d+\]\[4\]"):
+        run_both("v4.6", LAST_PAGE_PROGRAM)
 
 
 def test_large_folio_cow_run_deciding_ahead_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -301,8 +301,8 @@ def _settle_reuse(k: Kernel, vma: VmArea, pfn: int, head: int, d: WpDecision) ->
     """wp_reuse_anon()'s changes to a reused page of a large folio, without its events (the
     run records them in address order): the folio moved to vma's anon_vma, the page made
     exclusive, as the decision says."""
-    assert vma.anon_vma is not None
     if d.move_anon_vma:
+        assert vma.anon_vma is not None
         k.frames.mapping[head] = vma.anon_vma.id  # page_move_anon_rmap() of the head
     if d.set_exclusive:
         k.frames.flags[pfn] |= PG_anon_exclusive
