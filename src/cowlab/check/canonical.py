@@ -136,6 +136,8 @@ def _frame_order(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
     unreached[heads] = False
     heads = np.concatenate([heads, unreached.nonzero()[0]])
     sizes = 1 << f.order[heads].astype(np.int64)
+    if sizes.size and sizes.max() == 1:  # small pages only: each folio is its head
+        return heads
     starts = np.repeat(heads, sizes)
     offsets = np.arange(starts.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return (starts + offsets).astype(np.int64)
@@ -176,7 +178,8 @@ def _process(
         present = pfns >= 0
         pfns[present] = rename[pfns[present]]
         swapped = pfns <= -2
-        pfns[swapped] = [-2 - slots[int(-2 - v)] for v in pfns[swapped].tolist()]
+        if slots:  # no swap PTE without a slot
+            pfns[swapped] = [-2 - slots[int(-2 - v)] for v in pfns[swapped].tolist()]
         out.append(repr(idx - (base >> 21)).encode() + pfns.tobytes() + entry.bits.tobytes())
     return b"".join(out)
 
@@ -207,7 +210,8 @@ def _frames(
     )
     cached = (held["flags"] & PG_swapcache) != 0
     private = held["private"]
-    private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
+    if cached.any():
+        private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
     blobs = _renamed(held["content"], lambda c: contents(f.blobs.data[c]))
     deferred = sorted(int(rename[p]) for p in runner.k.deferred_split)
     out += [mapping.tobytes(), private.tobytes(), blobs.tobytes()]
