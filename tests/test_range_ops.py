@@ -835,6 +835,39 @@ def test_swapin_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPa
         assert runs[0] == 20 and not copies, (runs, len(copies))
 
 
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_untraced_swapin_copies_are_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untraced, the do_wp_page of the pages a write's swap-in run maps read-only are made
+    together (traced, page by page among the events), with the page-by-page state. From 5.18:
+    SWAP_PROGRAM's write after the fork finds pages 110..219 (but the pinned 150, and those
+    the earlier read and write mapped) in the swap cache with the child's swap entries still on
+    their slots: not exclusive (no marker: the fork cleared it; page_count 2, the swap cache's
+    and the fault's), so mapped read-only and copied."""
+    batches: list[int] = []
+    after = range_fault._wp_after_swapin
+
+    def spy(k: Kernel, vma: Any, table: Any, start: int, pos: Any, olds: Any) -> None:
+        batches.append(int(olds.size))
+        after(k, vma, table, start, pos, olds)
+
+    monkeypatch.setattr(range_fault, "_wp_after_swapin", spy)
+    run_both(kernel_id, SWAP_PROGRAM, tracing=False)
+    assert bool(batches) == Kernel(kernel_id).policy.swapin_frees_swap_first, batches
+
+
+def test_a_wrong_untraced_swapin_copy_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies that give each PTE the copy of its neighbour's page (the old pages taken in the
+    reverse of address order) hold other bytes and drop other pages' mappings."""
+    after = range_fault._wp_after_swapin
+    monkeypatch.setattr(
+        range_fault,
+        "_wp_after_swapin",
+        lambda k, vma, table, start, pos, olds: after(k, vma, table, start, pos, olds[::-1]),
+    )
+    with pytest.raises(AssertionError, match="state differs"):
+        run_both("v6.18", SWAP_PROGRAM, tracing=False)
+
+
 def test_a_wrong_swapin_run_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A swap-in run that keeps a written page in the swap cache where should_try_to_free_swap
     (5.18) drops it differs from the page-by-page state."""

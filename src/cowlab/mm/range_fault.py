@@ -480,10 +480,31 @@ def _swapin_run(
     wp = ~writable if write else np.zeros(n, dtype=bool)
     if write and not wp.all():
         k.vmstat["swapin_reuse"] += int(n - wp.sum())  # the model's: no do_wp_page needed
-    if k.tracing or wp.any():
+    if k.tracing:
         decided = [decisions[i] for i in which.tolist()]
         _trace_swapins(k, vma, table, start, write, slots, pages, freed, wp, decided)
+    elif wp.any():
+        _wp_after_swapin(k, vma, table, start, pos[wp], pages[wp])
     return table.pfn[first : first + n].copy()
+
+
+def _wp_after_swapin(
+    k: Kernel, vma: VmArea, table: PteTable, start: int, pos: Ints, olds: Ints
+) -> None:
+    """do_wp_page() of each small page a write's swap-in mapped read-only, untraced: the
+    generation decides each in address order (5.18+ wp_reuse may first drop the swap-cache
+    copy, try_to_free_swap, which reads only the page and its slot), then the reuses and
+    copies are made together. No copy drops an old page's last reference (which would free its
+    frame for the next copy): each page kept a reference beyond this mapping when it was not
+    mapped writable (5.18: page_count == 1 maps it writable), and wp_reuse reuses a page left
+    with one."""
+    decisions = [k.policy.wp_reuse(k, vma, pfn) for pfn in olds.tolist()]
+    reuse = np.array([d.reuse for d in decisions])
+    assert (k.frames._count[olds[~reuse]] > 1).all(), "a copy would free its old page"
+    which = np.arange(olds.size, dtype=np.int64)
+    _reuse(k, vma, table, pos[reuse], olds[reuse], decisions, which[reuse])
+    if not reuse.all():
+        _copy(k, vma, table, start, pos[~reuse], olds[~reuse], decisions, which[~reuse])
 
 
 def _swapped_dups(slots: Ints) -> Ints:
