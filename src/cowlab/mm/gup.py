@@ -280,11 +280,13 @@ def _unshare_faults(
     """handle_mm_fault(FAULT_FLAG_UNSHARE) -> do_wp_page() (5.19, c89357e27f20) for each page
     in turn, as GUP faults them one after another: wp_reuse decides every page, and a copied
     page loses its mapping and reference before the next is asked (a large folio's counters
-    change). The run ends after a reuse (its pin would count in the next verdict) or after a
-    copy that drops the last reference (the freed frame would be the next allocation). The
-    copies are filled and mapped together after; returns how many pages were settled."""
+    change). The run ends after a reuse of a large folio's page (its pin would count in the
+    next verdict; a small page's reads only that page's fields) or after a copy that drops the
+    last reference (the freed frame would be the next allocation). The copies are filled and
+    mapped together after; returns how many pages were settled."""
     f = k.frames
     wp_reuse = k.policy.wp_reuse
+    offs: list[int] = []
     olds: list[int] = []
     news: list[int] = []
     decisions: list[WpDecision] = []
@@ -301,10 +303,13 @@ def _unshare_faults(
         if d.reuse:
             assert d.set_exclusive  # 5.19+: a reused page that was not exclusive becomes so
             wp_reuse_anon(k, vma, at, pfn, d)
-            break
+            if f.flags.item(head) & PG_head:
+                break
+            continue
         if k.tracing:
             k.event("do_wp_page", "copy", addr=at, pfn=pfn, read=d.read, rule=d.rule)
         anon_vma_prepare(k, vma)
+        offs.append(n - 1)
         olds.append(pfn)
         news.append(f.alloc_page())
         decisions.append(d)
@@ -315,7 +320,7 @@ def _unshare_faults(
         f._count[head] -= 1  # put_page(), not the last reference (alloc_page may grow _count)
         if k.tracing:
             trace_copied(k, at, pfn, news[-1])
-    _unshare_copies(k, vma, table, addr, olds, news, decisions)
+    _unshare_copies(k, vma, table, addr, offs, olds, news, decisions)
     if last_ref is not None:
         page_remove_rmap(k, vma.mm, last_ref, compound=False)
         put_page(k, last_ref)
@@ -330,22 +335,24 @@ def _unshare_copies(
     vma: VmArea,
     table: PteTable,
     addr: int,
+    offs: list[int],
     olds: list[int],
     news: list[int],
     decisions: list[WpDecision],
 ) -> None:
-    """wp_page_copy() of an unshare for the first pages from addr, together: each new page
+    """wp_page_copy() of an unshare for the pages offs pages from addr, together: each new page
     holds its old page's bytes, mapped from vm_page_prot alone (read-only, clean, soft-dirty
     as the old PTE was), and is logged as the copy the decision made."""
     if not news:
         return
     olds_a, news_a = np.array(olds, dtype=np.int64), np.array(news, dtype=np.int64)
     k.frames.copy_pages(news_a, olds_a)
-    at = slice(pte_index(addr), pte_index(addr) + news_a.size)
+    offs_a = np.array(offs, dtype=np.int64)
+    at = pte_index(addr) + offs_a
     table.pfn[at] = news_a
     table.bits[at] &= PTE_SOFT_DIRTY
     which = np.arange(news_a.size, dtype=np.int64)
-    addrs = addr + (which << PAGE_SHIFT)
+    addrs = addr + (offs_a << PAGE_SHIFT)
     pages_add_new_anon_rmap(k, news_a, vma, addrs)
     copies = CowCopies(
         len(k.history),
