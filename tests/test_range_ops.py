@@ -681,16 +681,20 @@ EXAMPLE_PROGRAMS = [
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
     for program in EXAMPLE_PROGRAMS:
-        test = example(program=program)(test)
+        test = example(program=program, tracing=True)(test)
     return test
 
 
 @pytest.mark.parametrize("kernel_id", POLICY_IDS)
 @settings(max_examples=program_examples())
 @_with_examples
-@given(program=programs())
-def test_range_path_gives_the_page_by_page_state(kernel_id: str, program: list[Step]) -> None:
-    run_both(kernel_id, program)
+@given(program=programs(), tracing=st.booleans())
+def test_range_path_gives_the_page_by_page_state(
+    kernel_id: str, program: list[Step], tracing: bool
+) -> None:
+    """Traced or not: some range paths (the do_wp_page after a write's swap-in) batch only
+    when nothing is traced."""
+    run_both(kernel_id, program, tracing)
 
 
 @pytest.mark.parametrize("kernel_id", POLICY_IDS)
