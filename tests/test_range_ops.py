@@ -965,6 +965,19 @@ def test_large_folio_cow_run_deciding_ahead_is_caught(monkeypatch: pytest.Monkey
         run_both("v6.18", THP_COW_PROGRAM)
 
 
+def test_an_unshare_run_past_a_large_folio_reuse_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """UNSHARE_PROGRAM on v6.18: once the child has exited, the R/O pin of the THP's pages
+    finds the folio mapped by the parent alone and reuses a page (6.15, LargeFolioReuse); page
+    by page that page's pin raises the folio's counts before the next page is decided, so an
+    unshare run that went on past the reuse (as it may past a small page's) decides the next
+    pages on counts too low: the comparison reports it."""
+    monkeypatch.setattr(gup, "reuse_ends_run", lambda f, head: False)
+    with pytest.raises(AssertionError, match="outcomes differ"):
+        run_both("v6.18", UNSHARE_PROGRAM)
+
+
 def _spy_ro_pin_faults(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the runs fault_in_range settles for R/O pins (after _faults_as_run)."""
     sizes: list[int] = []

@@ -303,7 +303,7 @@ def _unshare_faults(
         if d.reuse:
             assert d.set_exclusive  # 5.19+: a reused page that was not exclusive becomes so
             wp_reuse_anon(k, vma, at, pfn, d)
-            if f.flags.item(head) & PG_head:
+            if reuse_ends_run(f, head):
                 break
             continue
         if k.tracing:
@@ -328,6 +328,12 @@ def _unshare_faults(
             trace_copied(k, addr + (n - 1) * PAGE_SIZE, last_ref, news[-1])
     k.vmstat["pgfault"] += n
     return n
+
+
+def reuse_ends_run(f: PageFrames, head: int) -> bool:
+    """After an unshare reused a page: does the run stop? For a large folio's page (the pin GUP
+    takes on it counts in the folio's next verdict, 5.19 wp_reuse), not for a small page."""
+    return bool(f.flags.item(head) & PG_head)
 
 
 def _unshare_copies(
