@@ -665,6 +665,22 @@ LAST_PAGE_PROGRAM = [
     S("exit", who=1),
     S("write", page=5, length=20 * PAGE, arg=2),
 ]
+# a write over small pages still in the swap cache (_swapin_run deciding each page in turn
+# before 5.18): 64 pages in one page table, 40..47 long-term pinned, swapped out to the swap
+# cache, shared by a fork; the child writes 0..19 and 32..51 (more than RANGE_MIN_BYTES), then
+# the parent all 64 (its entries of those, pinned ones among them, alone by then, the rest
+# shared)
+SWAP_WRITE_PROGRAM = [
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, 0, "rw")),
+    S("write", page=0, length=0, to_end=True, arg=1),
+    S("pin", page=40, length=8 * PAGE, arg=("longterm", False, False)),
+    S("swapout", page=0, length=0, to_end=True, arg="swapcache"),
+    S("fork"),
+    S("write", who=1, page=0, length=20 * PAGE, arg=2),
+    S("write", who=1, page=32, length=20 * PAGE, arg=2),
+    S("write", page=0, length=0, to_end=True, arg=3),
+]
 EXAMPLE_PROGRAMS = [
     *HAND_WRITTEN,
     MTHP_PROGRAM,
@@ -676,12 +692,17 @@ EXAMPLE_PROGRAMS = [
     FOLLOW_PROGRAM,
     SWAP_PIN_PROGRAM,
     SWAPPED_RO_PIN_PROGRAM,
+    SWAP_WRITE_PROGRAM,
 ]
+# the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch)
+UNTRACED_EXAMPLES = [SWAP_PROGRAM, SWAP_WRITE_PROGRAM]
 
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
     for program in EXAMPLE_PROGRAMS:
         test = example(program=program, tracing=True)(test)
+    for program in UNTRACED_EXAMPLES:
+        test = example(program=program, tracing=False)(test)
     return test
 
 
@@ -856,7 +877,63 @@ def test_untraced_swapin_copies_are_taken(kernel_id: str, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(range_fault, "_wp_after_swapin", spy)
     run_both(kernel_id, SWAP_PROGRAM, tracing=False)
-    assert bool(batches) == Kernel(kernel_id).policy.swapin_frees_swap_first, batches
+    assert batches, batches  # before 5.18 too: reuse_swap_page sees the child's swap entries
+
+
+def _swapin_write_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """Spies on the range path's swap-in runs under a write (their lengths) and on the
+    do_wp_page batches after them (how many pages each)."""
+    runs: list[int] = []
+    batches: list[int] = []
+    swapin, after = range_fault._swapin_run, range_fault._wp_after_swapin
+
+    def spy_run(k: Kernel, *args: Any) -> Any:
+        pfns = swapin(k, *args)
+        if pfns.size and args[4] and k.range_ops:  # write, the ranged side
+            runs.append(int(pfns.size))
+        return pfns
+
+    def spy_after(k: Kernel, vma: Any, table: Any, start: int, pos: Any, olds: Any) -> None:
+        batches.append(int(olds.size))
+        after(k, vma, table, start, pos, olds)
+
+    monkeypatch.setattr(range_fault, "_swapin_run", spy_run)
+    monkeypatch.setattr(range_fault, "_wp_after_swapin", spy_after)
+    return runs, batches
+
+
+PRE_5_18 = [p for p in POLICY_IDS if not Kernel(p).policy.swapin_frees_swap_first]
+
+
+@pytest.mark.parametrize("kernel_id", PRE_5_18)
+def test_swapin_write_run_decides_each_page(
+    kernel_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 5.18, untraced, SWAP_WRITE_PROGRAM's writes swap in runs, reuse_swap_page asked
+    of each page. The slots of pages 0..63 hold the swap cache's pages, each slot with two swap
+    entries after the fork. The child's writes (20 pages each): page_mapcount 0 + swap count 2
+    > 1, mapped read-only, then do_wp_page copies each (4.5 .. 5.8 reuse_swap_page: mapcount 1
+    + swap count 1; 5.9+: page_count 2, the swap cache's and the mapping's). The parent's write
+    (64): 0..19 and 32..51 have only its swap entry (mapcount 0 + 1 <= 1: reused, dropped
+    from the swap cache, mapped writable — a pin does not count before 5.18), 20..31 and
+    52..63 still the child's too: mapped read-only, then 24 copies in one batch. From 5.11
+    (feb889fb40fa) reclaim leaves the pinned 40..47 mapped: each write's runs stop before
+    them and go on after them (the child's second 8 + 4, the parent's 40 + 16, copies 12 +
+    12)."""
+    runs, batches = _swapin_write_runs(monkeypatch)
+    run_both(kernel_id, SWAP_WRITE_PROGRAM, tracing=False)
+    if Kernel(kernel_id).policy.reclaim_skips_pinned:
+        assert (runs, batches) == ([20, 8, 4, 40, 16], [20, 8, 4, 12, 12])
+    else:
+        assert (runs, batches) == ([20, 20, 64], [20, 20, 24])
+
+
+def test_a_swapin_write_run_decided_by_key_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking reuse_swap_page once per distinct key (as a read's swap-in does) drops only the
+    first page of each key from the swap cache: the parent's pages 1..19 would stay in it."""
+    monkeypatch.setattr(range_fault, "_decide_each", range_fault.by_key)
+    with pytest.raises(AssertionError, match="state differs"):
+        run_both("v4.5", SWAP_WRITE_PROGRAM, tracing=False)
 
 
 def test_a_wrong_untraced_swapin_copy_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,9 +14,9 @@ and one page table that follow the same kernel path at once:
 - the same for pages of PTE-mapped large folios (a THP after a PMD split, mTHPs): each verdict
   may change what the next reads, so the generation decides each page in turn, its old page
   settled before the next is asked; the copies are then made, mapped and logged together;
-- swap PTEs whose slots hold small pages in the swap cache, outside KSM (do_swap_page; before
-  5.18 only on a read): the swap-in decision asked once per distinct value of what it reads,
-  do_wp_page after each page a write finds mapped read-only.
+- swap PTEs whose slots hold small pages in the swap cache, outside KSM (do_swap_page): the
+  swap-in decision asked once per distinct value of what it reads (before 5.18 a write's of
+  each page in turn, untraced), do_wp_page after each page a write finds mapped read-only.
 
 Anything else (a THP or mTHP fault, a swap entry whose page must be read, a NUMA hint, a KSM or
 swap-cache page under a write, CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one
@@ -425,13 +425,15 @@ def _swapin_run(
     k: Kernel, vma: VmArea, table: PteTable, first: int, last: int, write: bool, start: int
 ) -> Ints:
     """do_swap_page() for the swap PTEs from ``first`` on whose slots (each once in the run)
-    hold a small page in the swap cache, outside KSM: from 5.18 on any fault, before it on a
-    read (a write asks reuse_swap_page, which may drop the page from the swap cache as it
-    decides). No page's fault reads another's fields or slot, and none allocates but the
-    copies do_wp_page makes after a write the mapping does not satisfy, in address order."""
+    hold a small page in the swap cache, outside KSM. No page's fault reads another's fields
+    or slot, and none allocates but the copies do_wp_page makes after a write the mapping does
+    not satisfy, in address order. Before 5.18 a write's reuse_swap_page may drop the page
+    from the swap cache as it decides: asked for each page in turn (untraced only: that drop's
+    event falls between the fault's and do_swap_page's)."""
     f, swap = k.frames, k.swap
     frees_first = k.policy.swapin_frees_swap_first
-    if write and not frees_first:
+    decides_each = write and not frees_first
+    if decides_each and k.tracing:
         return NONE
     values = table.pfn[first:last]
     slots = -2 - values[: _leading(values <= -2)]
@@ -454,15 +456,14 @@ def _swapin_run(
             freed &= swap.swap_map[slots] == 0
             _free_swap_cache(k, pages[freed], slots[freed])
     marker, soft_dirty = swp_bits & PTE_SWP_EXCLUSIVE, swp_bits & PTE_SOFT_DIRTY
-    decisions, which = by_key(
-        f,
-        pages,
-        lambda i: k.policy.swapin_decision(
+
+    def decide(i: int) -> SwapinDecision:
+        return k.policy.swapin_decision(
             k, vma, int(pages[i]), write, bool(marker[i]), bool(soft_dirty[i])
-        ),
-        marker,
-        soft_dirty,
-    )
+        )
+
+    decide_all = _decide_each if decides_each else by_key
+    decisions, which = decide_all(f, pages, decide, marker, soft_dirty)
     writable = np.array([d.writable for d in decisions])[which]
     exclusive = np.array([d.exclusive for d in decisions])[which]
     table.pfn[pos] = pages
@@ -474,8 +475,10 @@ def _swapin_run(
     vma.mm.anon_rss += n
     vma.mm.swapents -= n
     _add_anon_rmap(k, vma, pages, fault_addrs(start, n), exclusive)
-    if not frees_first:
-        swap.swap_map[slots] -= 1  # swap_free after the mapping: the swap cache holds each
+    if not frees_first:  # swap_free after the mapping; a slot reuse_swap_page emptied is freed
+        swap.swap_map[slots] -= 1
+        for slot in slots[swap.cache[slots] < 0].tolist():
+            swap.release_if_unused(slot)
     k.vmstat["pgfault"] += n
     wp = ~writable if write else np.zeros(n, dtype=bool)
     if write and not wp.all():
@@ -488,16 +491,27 @@ def _swapin_run(
     return table.pfn[first : first + n].copy()
 
 
+def _decide_each(
+    f: PageFrames, pages: Ints, decide: Callable[[int], T], *more: Ints
+) -> tuple[list[T], Ints]:
+    """reuse_swap_page() of a write's swap-in before 5.18 (do_swap_page, 4.5 .. 5.17, until
+    c145e0b47c77), asked of each page in address order (by_key's signature): it drops a page
+    all ours from the swap cache as it decides (its own page and slot only, which no other
+    page's fault reads), so each page is settled before the next is asked."""
+    return [decide(i) for i in range(pages.size)], np.arange(pages.size, dtype=np.int64)
+
+
 def _wp_after_swapin(
     k: Kernel, vma: VmArea, table: PteTable, start: int, pos: Ints, olds: Ints
 ) -> None:
     """do_wp_page() of each small page a write's swap-in mapped read-only, untraced: the
-    generation decides each in address order (5.18+ wp_reuse may first drop the swap-cache
-    copy, try_to_free_swap, which reads only the page and its slot), then the reuses and
-    copies are made together. No copy drops an old page's last reference (which would free its
-    frame for the next copy): each page kept a reference beyond this mapping when it was not
-    mapped writable (5.18: page_count == 1 maps it writable), and wp_reuse reuses a page left
-    with one."""
+    generation decides each in address order (wp_reuse may first drop the swap-cache copy —
+    reuse_swap_page before 5.9, try_to_free_swap after — which reads only the page and its
+    slot), then the reuses and copies are made together. No copy drops an old page's last
+    reference (which would free its frame for the next copy): each page kept a reference
+    beyond this mapping when it was not mapped writable (5.18: page_count == 1 maps it
+    writable; before, reuse_swap_page left it in the swap cache), and wp_reuse reuses a page
+    left with one."""
     decisions = [k.policy.wp_reuse(k, vma, pfn) for pfn in olds.tolist()]
     reuse = np.array([d.reuse for d in decisions])
     assert (k.frames._count[olds[~reuse]] > 1).all(), "a copy would free its old page"
