@@ -332,13 +332,23 @@ def model_child(
             for va in range(addr, addr + size, PAGE):
                 p.write(va, data)
 
+    counts: dict[str, int] = {}  # what the workload did, for bench_faults.py to show
+
+    def count(when: str) -> None:
+        counts[f"frames_after_{when}"] = k.frames.nr_allocated
+        counts[f"copies_after_{when}"] = len(k.cow_log)
+        counts[f"operations_after_{when}"] = len(k.history)
+
     steps: list[Step] = [
         ("first_touch", lambda: write_all(0x61)),
+        ("", lambda: count("first_touch")),
         ("fork", lambda: children.append(p.fork())),
         ("cow_write", lambda: write_all(0x62)),
+        ("", lambda: count("cow_write")),
         ("exit", lambda: children[0].exit()),
+        ("", lambda: count("exit")),
     ]
-    out = timed_phases(steps, lambda: k.vmstat["pgfault"], clock)
+    out = timed_phases(steps, lambda: k.vmstat["pgfault"], clock) | counts
     out["pages"] = size // PAGE
     return out
 

@@ -1,5 +1,6 @@
 """bench/bench_faults.py at a tiny size: a baseline tree and this one, a row per measure with a
-positive median in each tree's column."""
+positive median in each tree's column, and what each workload did, derived by hand from
+bench_live.py's model child (so a bench that measures another workload fails here)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,63 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# 256 KiB written page by page with THP off: 64 single-page writes fault once each
+# (do_anonymous_page, a new frame); fork shares the 64 frames write-protected without a fault;
+# the 64 writes after it fault once each, and with the child mapping every page both kernels
+# copy (v4.5: page_mapcount 2; v6.18: not PageAnonExclusive after fork, page_count 2); the
+# child's exit frees the 64 originals. Operations: spawn, mmap, 64 writes; fork, 64 writes; exit.
+PAGE_BY_PAGE = {
+    "first touch: faults": 64,
+    "COW write: faults": 64,
+    "after first touch: operations": 66,
+    "after first touch: copies": 0,
+    "after first touch: frames": 64,
+    "after COW write: operations": 131,
+    "after COW write: copies": 64,
+    "after COW write: frames": 128,
+    "after exit: operations": 132,
+    "after exit: copies": 64,
+    "after exit: frames": 64,
+}
+# 4 MiB, THP always, range operations (one fill a phase): the first touch is one huge-PMD
+# fault a THP (2, 1,024 frames); the COW write splits each PMD the child still maps and copies
+# every 4 KiB page, a fault each (1,024; the split happens in the first page's fault); the
+# child's exit unmaps the last mapping of both THPs. Operations: spawn, mmap, fill; fork,
+# fill; exit.
+THP_RANGE = {
+    "first touch: faults": 2,
+    "COW write: faults": 1024,
+    "after first touch: operations": 3,
+    "after first touch: copies": 0,
+    "after first touch: frames": 1024,
+    "after COW write: operations": 5,
+    "after COW write: copies": 1024,
+    "after COW write: frames": 2048,
+    "after exit: operations": 6,
+    "after exit: copies": 1024,
+    "after exit: frames": 1024,
+}
+
 
 def test_report_has_both_trees_and_every_measure() -> None:
     cmd = [sys.executable, str(ROOT / "bench" / "bench_faults.py"), "--size", "256K"]
-    cmd += ["--reps", "1", "--baseline", str(ROOT / "src"), "--kernels", "v4.5"]
+    cmd += ["--reps", "1", "--baseline", str(ROOT / "src"), "--kernels", "v4.5,v6.18"]
     cmd += ["--exit-size", "4M", "--skip-matrix"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
     lines = done.stdout.splitlines()
-    assert "| measure | baseline | this tree |" in lines
-    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines if "|" in line}
-    measures = ["v4.5 first touch µs/fault", "v4.5 COW µs/fault", "v6.18 THP 4 MiB exit ms"]
-    measures.append("v6.18 THP 4 MiB COW write µs/page")
+    assert lines.count("| measure | baseline | this tree |") == 1
+    assert lines.count("| workload | baseline | this tree |") == 1
+    cells_of = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    rows = {cells[0]: cells[1:] for cells in cells_of if len(cells) > 1}
+    measures = [f"{k} {m} µs/fault" for k in ("v4.5", "v6.18") for m in ("first touch", "COW")]
+    measures += ["v6.18 THP 4 MiB exit ms", "v6.18 THP 4 MiB COW write µs/page"]
     for measure in measures:
         cells = rows[measure]
         assert len(cells) == 2
         assert all(float(cell.split()[0]) > 0 for cell in cells), (measure, cells)
+    expected = {
+        f"{k} page by page {m}": n for k in ("v4.5", "v6.18") for m, n in PAGE_BY_PAGE.items()
+    }
+    expected |= {f"v6.18 THP 4 MiB range {m}": n for m, n in THP_RANGE.items()}
+    got = {m: rows[m] for m in expected}
+    assert got == {m: [f"{n:,}", f"{n:,}"] for m, n in expected.items()}
