@@ -12,6 +12,7 @@ import pytest
 
 from cowlab.live.driver import LiveMachine
 from cowlab.live.parallel import WorkerFailed, run_in_order
+from cowlab.live.worker import one_cpu
 from tests.live.helpers import needs_live_kernel
 from tests.live.test_cli_safety import cowlab
 
@@ -20,6 +21,14 @@ def _spawn_then_wait(machine: LiveMachine, seconds: float) -> tuple[int, int, fl
     proc = machine.spawn()
     time.sleep(seconds)
     return os.getpid(), proc.pid, seconds
+
+
+def _cpus_of_a_case(machine: LiveMachine, seconds: float) -> tuple[int, set[int], set[int]]:
+    """The CPUs a case's process and its fork child may run on, by worker."""
+    proc = machine.spawn()
+    child = proc.fork()
+    time.sleep(seconds)
+    return os.getpid(), os.sched_getaffinity(proc.pid), os.sched_getaffinity(child.pid)
 
 
 def _die(machine: LiveMachine, code: int) -> int:
@@ -39,6 +48,40 @@ def test_results_come_in_the_cases_order_from_several_workers() -> None:
     assert len(workers) == 2 and os.getpid() not in workers
     # each case's process was killed and reaped by its worker's LiveMachine
     assert all(_gone(pid) for _worker, pid, _s in got)
+
+
+def test_one_cpu_counts_round_the_allowed_cpus() -> None:
+    # by hand: index i names the i-th allowed CPU in number order, i mod their number
+    allowed = sorted(os.sched_getaffinity(0))
+    n = len(allowed)
+    assert [one_cpu(i) for i in range(n)] == allowed
+    assert one_cpu(n) == one_cpu(0) == allowed[0] and one_cpu(n + 1) == allowed[1 % n]
+
+
+@needs_live_kernel
+def test_one_machine_runs_its_processes_on_the_lowest_cpu() -> None:
+    # --jobs 1 as before: the zygote takes the lowest allowed CPU; a fork inherits the mask
+    with LiveMachine() as machine:
+        proc = machine.spawn()
+        child = proc.fork()
+        lowest = {min(os.sched_getaffinity(0))}
+        assert os.sched_getaffinity(proc.pid) == os.sched_getaffinity(child.pid) == lowest
+
+
+@needs_live_kernel
+def test_each_worker_runs_its_cases_on_a_cpu_of_its_own() -> None:
+    # worker i's zygote takes the i-th allowed CPU (counting round): with two workers, the two
+    # lowest (one each; both the lowest on a machine of one CPU). Every process of a case,
+    # fork children included, stays on its worker's CPU. The first case is slow, so the other
+    # worker takes the rest and both appear.
+    got = list(run_in_order([0.5, 0.0, 0.0, 0.0], 2, _cpus_of_a_case))
+    masks: dict[int, set[frozenset[int]]] = {}
+    for worker, parent, child in got:
+        masks.setdefault(worker, set()).update({frozenset(parent), frozenset(child)})
+    assert len(masks) == 2 and all(len(m) == 1 for m in masks.values()), masks
+    allowed = sorted(os.sched_getaffinity(0))
+    want = sorted([[allowed[0]], [allowed[1 % len(allowed)]]])
+    assert sorted(sorted(next(iter(m))) for m in masks.values()) == want, masks
 
 
 @needs_live_kernel

@@ -466,8 +466,13 @@ def _unpack(reply: tuple[Any, ...]) -> Any:
 class LiveMachine:
     """Real processes on the running kernel; use as ``with LiveMachine() as m: p = m.spawn()``."""
 
-    def __init__(self, *, timeout: float = 30.0, handle_sigterm: bool = True) -> None:
+    def __init__(
+        self, *, timeout: float = 30.0, handle_sigterm: bool = True, cpu_index: int = 0
+    ) -> None:
+        """cpu_index: the zygote and every process it forks run on the cpu_index-th CPU this
+        process may run on (counting round, worker.one_cpu); 0 is the lowest."""
         self.timeout = timeout
+        self.cpu_index = cpu_index
         self.handle_sigterm = handle_sigterm
         self.processes: dict[int, LiveProcess] = {}
         self.pins: dict[int, LivePin] = {}
@@ -509,7 +514,14 @@ class LiveMachine:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-c", ZYGOTE_MAIN, str(theirs.fileno()), PACKAGE_DIR],
+                [
+                    sys.executable,
+                    "-c",
+                    ZYGOTE_MAIN,
+                    str(theirs.fileno()),
+                    PACKAGE_DIR,
+                    str(self.cpu_index),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,

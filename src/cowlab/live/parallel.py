@@ -1,9 +1,11 @@
 """Live cases several at a time: `cowlab live --jobs N`.
 
 Each of N workers is a child process with a LiveMachine of its own (its zygote, its processes,
-its pins), forked once every case is known. The parent hands out one case at a time to a worker
-that is free and yields the results in the cases' order, so the report is the one a run of one
-case at a time gives, case for case, except for what the live kernel itself does differently
+its pins), forked once every case is known; worker i's processes under test run on the i-th
+CPU the run may use (counting round), so two cases share a CPU only when N exceeds the CPUs.
+The parent hands out one case at a time to a worker that is free and yields the results in the
+cases' order, so the report is the one a run of one case at a time gives, case for case,
+except for what the live kernel itself does differently
 (see docs/live.md, "Several cases at a time").
 
 Only runs that change nothing system-wide may do this (no --allow-system-changes: no swap
@@ -44,9 +46,9 @@ def run_in_order(cases: Sequence[T], jobs: int, run: Callable[[LiveMachine, T], 
     workers: list[tuple[BaseProcess, Connection]] = []
     finished = False
     try:
-        for _ in range(min(jobs, len(cases))):
+        for index in range(min(jobs, len(cases))):
             mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(theirs, cases, run), daemon=True)
+            proc = ctx.Process(target=_serve, args=(theirs, index, cases, run), daemon=True)
             proc.start()
             theirs.close()
             workers.append((proc, mine))
@@ -87,11 +89,14 @@ def _receive(conn: Any, i: int) -> Any:
     return value
 
 
-def _serve(conn: Connection, cases: Sequence[T], run: Callable[[LiveMachine, T], R]) -> None:
-    """A worker: its own LiveMachine; one case per index received, until None."""
+def _serve(
+    conn: Connection, index: int, cases: Sequence[T], run: Callable[[LiveMachine, T], R]
+) -> None:
+    """Worker `index`: its own LiveMachine, whose processes run on a CPU of their own (the
+    index-th, counting round); one case per index received, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a worker stops
     signal.signal(signal.SIGTERM, _terminated)  # not the parent's handler (its journal)
-    with LiveMachine(handle_sigterm=False) as machine:
+    with LiveMachine(handle_sigterm=False, cpu_index=index) as machine:
         while (i := conn.recv()) is not None:
             try:
                 conn.send((True, run(machine, cases[i])))

@@ -536,14 +536,23 @@ def die_of_sigsegv() -> NoReturn:
     os._exit(128 + signal.SIGSEGV)  # not reached
 
 
+def one_cpu(index: int) -> int:
+    """The index-th CPU (wrapping around) of those this process may run on, in number order."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[index % len(allowed)]
+
+
 def main() -> None:
     """The zygote: subreaper for every worker, deaf to the terminal's SIGINT, and on one CPU
-    with all its workers: a page faulted in waits in that CPU's LRU-add batch, and
-    MADV_PAGEOUT drains only the batches of the CPU it runs on (lru_add_drain()), so a fault
-    on another CPU could leave the page off the LRU and unswappable."""
+    with all its workers (argv[3]: which of the allowed CPUs, one_cpu). A page faulted in waits
+    in that CPU's folio batches, holding a reference, and the kernel's own drains before a
+    decision that counts references are that CPU's alone (6.18 wp_can_reuse_anon_folio,
+    madvise_pageout: lru_add_drain()), so a fault on another CPU could make a write copy a page
+    the model reuses, or leave it off the LRU and unswappable (docs/live.md, "Several cases at
+    a time": why each LiveMachine of `--jobs` may take a CPU of its own)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.sched_setaffinity(0, {one_cpu(int(sys.argv[3]))})
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         serve(Worker(sock, zygote=True))
