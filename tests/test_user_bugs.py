@@ -174,3 +174,32 @@ def test_the_estimate_charges_what_the_step_may_fault_in() -> None:
 def test_the_default_limit_lets_the_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(["run", "examples/rdma_pmd.yaml"], capsys)
     assert code == 0 and err == ""
+
+
+# --- Ctrl-C: one line, not Python's KeyboardInterrupt traceback ---------------------------------
+
+
+def _interrupted(*_args: object, **_kw: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("patched", "argv"),
+    [
+        ("cowlab.cli.run_scenario", ["run", "examples/cow_after_fork.yaml"]),
+        ("cowlab.workloads.rdma.run", ["rdma", "--kernel", "v4.5"]),
+    ],
+)
+def test_ctrl_c_is_one_line_and_exit_130(
+    patched: str,
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A KeyboardInterrupt reaching the command line (what Ctrl-C raises in Python) ends the
+    command with 128 + SIGINT, as a shell reports a process killed by it, and one line."""
+    from cowlab.cli import main
+
+    monkeypatch.setattr(patched, _interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "cowlab: interrupted\n"

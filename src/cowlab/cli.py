@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,9 +184,9 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["rdma"]:
-        return rdma.main(argv[1:], prog="cowlab rdma")
     try:
+        if argv[:1] == ["rdma"]:
+            return rdma.main(argv[1:], prog="cowlab rdma")
         args = build_parser().parse_args(argv)
         budget.set_limit(getattr(args, "max_memory", None))
         result: int = args.func(args)
@@ -195,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `cowlab show ... | head`: the reader went away
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: what was running cleaned up as the exception passed
+        print("cowlab: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     return result
 
 

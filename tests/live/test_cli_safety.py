@@ -145,3 +145,42 @@ def test_sigkill_mid_change_then_restore(tmp_path: Path, thp_mode: str) -> None:
 def test_restore_with_nothing_to_do(tmp_path: Path) -> None:
     run = cowlab("live", "--restore", "--journal", str(tmp_path / "none.json"))
     assert run.returncode == 0 and "nothing to restore" in run.stdout
+
+
+# Ctrl-C as a terminal sends it: SIGINT to the whole process group, with SIGINT's default
+# handler (a shell running the tests in the background would pass it ignored)
+INTERRUPTIBLE = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from cowlab.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@needs_live_kernel
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_cleanly_in_one_line(jobs: str, thp_mode: str) -> None:
+    """Ctrl-C mid-run: exit 128 + SIGINT, one line on stderr and no traceback, every process
+    it started gone, the THP knob as it was."""
+    cmd = [sys.executable, "-c", INTERRUPTIBLE, "live", "--random", "5000", "--jobs", jobs]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _descendants(proc.pid) and time.monotonic() < deadline:  # its workers started
+        time.sleep(0.05)
+    time.sleep(1.0)  # cases under way
+    below = _descendants(proc.pid)
+    assert below and proc.poll() is None
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "cowlab: interrupted", err
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in below) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(p) for p in below), "processes left behind"
+    assert read_knob(THP) == thp_mode
