@@ -192,7 +192,7 @@ def _check_frames(k: Kernel) -> list[str]:
     pfns = np.concatenate(free) if free else np.zeros(0, dtype=np.int64)
     is_free = np.zeros(f.nr, dtype=bool)
     is_free[pfns] = True
-    for name, value in FIELDS.items():
+    for name, value in FIELDS.items() if pfns.size else ():  # no free frame: none is dirty
         dirty = _first_set(getattr(f, name), value, pfns, is_free)
         # invariant: frames.free_fields
         if dirty is not None:
@@ -243,7 +243,7 @@ def _check_swap(k: Kernel, r: Recount) -> list[str]:
     # invariant: swap.cache_flag
     if set(flagged.tolist()) != set(cached[slots].tolist()):
         out.append("the swap cache and the pages marked PG_swapcache differ")
-    wrong = slots[f.private[cached[slots]] != slots]
+    wrong = slots[f.private[cached[slots]] != slots] if slots.size else slots
     # invariant: swap.cache_private
     if wrong.size:
         slot = int(wrong[0])

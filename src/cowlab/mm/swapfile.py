@@ -125,11 +125,13 @@ class SwapInfo:
 
     def slot_bytes(self, frames: PageFrames, offset: int) -> bytes:
         """What a swap-in of this slot reads: its swap-cache page, else what was written."""
-        page = int(self.cache[offset])
-        if page >= 0:
-            return frames.page_bytes(page)
-        data = self.data.get(offset, b"")
+        data = self.slot_data(frames, offset)
         return data + bytes(PAGE_SIZE - len(data))
+
+    def slot_data(self, frames: PageFrames, offset: int) -> bytes:
+        """slot_bytes trimmed after the last nonzero byte, as the content store keeps a page."""
+        page = int(self.cache[offset])
+        return frames.page_data(page) if page >= 0 else self.data.get(offset, b"")
 
 
 def swap_duplicate(k: Kernel, offsets: npt.NDArray[np.int64]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
-from cowlab.mm.pgtable import PTE_MIGRATION, HugePmd
+from cowlab.mm.pgtable import PTE_MIGRATION, HugePmd, pte_to_swp_offset
 
 if TYPE_CHECKING:
     from cowlab.kernel import Pin, Process
@@ -282,19 +282,25 @@ class LogicalMemory:
 def _first_difference(proc: Process, start: int, end: int, owed: dict[int, bytes]) -> int | None:
     """The lowest page of [start, end) that proc sees (peek: mapped or swapped out) with other
     bytes than it is owed, or None. Only pages holding a nonzero byte on either side are
-    compared: the rest read as zeros on both."""
+    compared: the rest read as zeros on both, and a page owed a nonzero byte that proc sees
+    nothing at differs without a comparison."""
     seen = _seen_with_data(proc, start, end)
-    wanted = {va for va, page in owed.items() if start <= va < end and page.strip(b"\0")}
-    for va in sorted(seen.keys() | wanted):
-        if _differs(seen.get(va), owed.get(va)):
-            return va
-    return None
+    differ = [va for va, data in seen.items() if data != _trim(owed.get(va, b""))]
+    differ += [
+        va
+        for va, page in owed.items()
+        if start <= va < end and va not in seen and page.strip(b"\0")
+    ]
+    return min(differ, default=None)
 
 
 def _seen_with_data(proc: Process, start: int, end: int) -> dict[int, bytes]:
-    """The pages of [start, end) that proc would read a nonzero byte in, by address: a mapped
-    frame's bytes (trimmed as the store keeps them), a swapped-out page's from the swap slot."""
+    """The pages of [start, end) that proc would read a nonzero byte in, by address, trimmed of
+    their trailing zeros: a mapped frame's bytes, a swapped-out page's from its swap slot (which
+    may read as zeros)."""
     f = proc.kernel.frames
+    blobs = f.blobs.data
+    swap = proc.kernel.swap
     out: dict[int, bytes] = {}
     for idx in range(start >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1):
         entry = proc.mm.pmds.get(idx)
@@ -311,11 +317,13 @@ def _seen_with_data(proc: Process, start: int, end: int) -> dict[int, bytes]:
             present = (pfn >= 0) & ((entry.bits[lo:hi] & PTE_MIGRATION) == 0)
             pages = lo + np.flatnonzero(present)
             pfns = pfn[present]
-            for i in (lo + np.flatnonzero(pfn <= -2)).tolist():
-                out[base + (i << PAGE_SHIFT)] = proc.peek(base + (i << PAGE_SHIFT)) or b""
-        with_data = f.content[pfns] != 0
-        for i, pfn_i in zip(pages[with_data].tolist(), pfns[with_data].tolist(), strict=True):
-            out[base + (i << PAGE_SHIFT)] = f.page_data(pfn_i)
+            swapped = np.flatnonzero(pfn <= -2)
+            for i, value in zip((lo + swapped).tolist(), pfn[swapped].tolist(), strict=True):
+                out[base + (i << PAGE_SHIFT)] = swap.slot_data(f, pte_to_swp_offset(value))
+        ids = f.content[pfns]
+        with_data = ids != 0
+        vas = (base + (pages[with_data] << PAGE_SHIFT)).tolist()
+        out.update(zip(vas, [blobs[i] for i in ids[with_data].tolist()], strict=True))
     return out
 
 
