@@ -33,7 +33,9 @@ from cowlab.mm.constants import (
     FOLL_PIN,
     FOLL_WRITE,
     HPAGE_PMD_NR,
+    PAGE_SHIFT,
     PAGE_SIZE,
+    PMD_SHIFT,
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
@@ -807,17 +809,18 @@ def fill(f: PageFrames, pfns: IntArray, offset: int, n: int, value: int) -> None
 
 
 def mmu_walk(mm: MmStruct, addr: int, write: bool) -> int | None:
-    """The hardware page walk: the pfn if the entry permits the access (sets A/D bits)."""
-    entry = mm.pmds.get(pmd_index(addr))
+    """The hardware page walk: the pfn if the entry permits the access (sets A/D bits).
+    It runs twice a fault (before and on the retry): pmd_index and pte_index are written out."""
+    entry = mm.pmds.get(addr >> PMD_SHIFT)
+    i = (addr >> PAGE_SHIFT) & (HPAGE_PMD_NR - 1)
     if isinstance(entry, HugePmd):
         if entry.protnone or (write and not entry.write):
             return None
         entry.young = True
         entry.dirty |= write
-        return entry.pfn + pte_index(addr)
+        return entry.pfn + i
     if entry is None:
         return None
-    i = pte_index(addr)
     pfn = entry.pfn.item(i)
     bits = entry.bits.item(i)
     if pfn < 0 or bits & (PTE_PROTNONE | PTE_MIGRATION) or (write and not bits & PTE_WRITE):

@@ -189,9 +189,8 @@ def thp_vma_allowable_order(k: Kernel, vma: VmArea, order: int) -> bool:
 
 def do_anonymous_mthp(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> bool:
     """alloc_anon_folio() (6.8): the largest enabled mTHP whose aligned range lies in the VMA
-    and has no PTE yet; all its pages mapped at once. False: fall back to a small page."""
-    if k.mthp_enabled == NO_MTHP:  # every size off: nothing to probe
-        return False
+    and has no PTE yet; all its pages mapped at once. False: fall back to a small page.
+    (The caller asks only when some size is on.)"""
     for order in MTHP_ORDERS:
         nr = 1 << order
         start = addr & ~((nr << 12) - 1)

@@ -23,8 +23,6 @@ from cowlab.mm.constants import (
 )
 from cowlab.mm.decision import SwapinDecision, WpDecision
 from cowlab.mm.mm import (
-    PageAnon,
-    PageKsm,
     PageSwapCache,
     compound_head,
     folio_nr_pages,
@@ -157,7 +155,8 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
             trace_anonymous(k, addr, None)
         return 0
     anon_vma_prepare(k, vma)
-    if k.policy.mthp and huge_memory.do_anonymous_mthp(k, vma, addr, table):
+    mthp = k.policy.mthp and k.mthp_enabled != huge_memory.NO_MTHP  # a size to probe (6.8)
+    if mthp and huge_memory.do_anonymous_mthp(k, vma, addr, table):
         return 0
     pfn = k.frames.alloc_page()
     table.pfn[i] = pfn
@@ -360,9 +359,10 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
         return wp_copy_traced(k, vma, addr, table, None, ZERO_PAGE_COPY, unshare)
     old = table.pfn.item(i)
     f = k.frames
-    if not PageAnon(f, old):
+    head = compound_head(f, old)  # page_folio() once: PageAnon and PageKsm read the head
+    if not f.mapping.item(head):  # !PageAnon
         return wp_copy_traced(k, vma, addr, table, old, NOT_ANON_COPY, unshare)
-    ksm = PageKsm(f, old)
+    ksm = bool(f.flags.item(head) & PG_ksm)  # PageKsm
     d = k.policy.wp_reuse_ksm(k, vma, old) if ksm else k.policy.wp_reuse(k, vma, old)
     if ksm and d.reuse:  # 5.1-5.8: the page is this VMA's again, no longer KSM
         k.ksm.drop(-int(f.mapping[old]))

@@ -153,17 +153,19 @@ class PageFrames:
         return head
 
     def alloc_page(self) -> int:
-        """alloc_page(GFP_HIGHUSER_MOVABLE|__GFP_ZERO): a zeroed small page with _count 1."""
+        """alloc_page(GFP_HIGHUSER_MOVABLE|__GFP_ZERO): a zeroed small page with _count 1.
+        (One per fault: the free lists' lengths are read as fields, not through len().)"""
         small = self.free[0]
-        if small:
+        if small._nr:
             pfn = small.pop()
-        elif self.free[HPAGE_PMD_ORDER]:
+        elif self.free[HPAGE_PMD_ORDER]._nr:
             block = self.free[HPAGE_PMD_ORDER].pop()
             small.extend(np.arange(block + HPAGE_PMD_NR - 1, block, -1))
             pfn = block
         else:
             pfn = self.nr
-            self._grow(pfn + 1)
+            if pfn >= len(self.flags):
+                self._grow(pfn + 1)
             self.nr += 1
         self.flags[pfn] = PG_allocated | PG_uptodate | PG_swapbacked
         self._count[pfn] = 1
@@ -258,16 +260,22 @@ class PageFrames:
         return chunk if len(chunk) == n else chunk + bytes(n - len(chunk))
 
     def write(self, pfn: int, offset: int, payload: bytes) -> None:
-        data = self.page_data(pfn)
+        """Store payload at offset in the frame: the new contents interned before the old
+        are dropped (as _set). A single access's path: the frame's content id read once."""
+        blobs = self.blobs
+        old = self.content.item(pfn)
+        data = blobs.data[old]
         end = offset + len(payload)
         if not offset and end >= len(data):  # the store covers every byte the page held
-            self._set(pfn, self.blobs.get(bytes(payload)))
-            return
-        buf = bytearray(data)
-        if len(buf) < end:
-            buf.extend(bytes(end - len(buf)))
-        buf[offset:end] = payload
-        self._set(pfn, self.blobs.get(bytes(buf)))
+            new = blobs.get(bytes(payload))
+        else:
+            buf = bytearray(data)
+            if len(buf) < end:
+                buf.extend(bytes(end - len(buf)))
+            buf[offset:end] = payload
+            new = blobs.get(bytes(buf))
+        blobs.put(old)
+        self.content[pfn] = new
 
     def write_pages(self, pfns: list[int], page: bytes) -> None:
         """write() of one whole page's bytes to each frame in turn, as array operations: the

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cowlab.mm.mm import PageKsm, PageSwapCache, page_count
+from cowlab.mm.constants import PG_ksm
+from cowlab.mm.mm import PageKsm, PageSwapCache, compound_head, folio_ref_count, page_count
 from cowlab.mm.swapfile import try_to_free_swap
 from cowlab.policy.base import Policy, Reads, SwapinDecision, WpDecision
 from cowlab.policy.history import landed
@@ -94,10 +95,11 @@ def only_reference(k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
     """do_wp_page() of 5.18+ (53a05ad9f21d): a swap-cache page with no other reference drops
     its swap-cache copy (try_to_free_swap); then reuse iff !PageKsm and page_count == 1."""
     f = k.frames
-    ksm, swapcache = PageKsm(f, pfn), PageSwapCache(f, pfn)
-    if swapcache and not ksm and page_count(f, pfn) <= 2:
+    head = compound_head(f, pfn)  # once: PageKsm and page_count read the head
+    ksm, swapcache = bool(f.flags.item(head) & PG_ksm), PageSwapCache(f, pfn)
+    if swapcache and not ksm and folio_ref_count(f, head) <= 2:
         try_to_free_swap(k, pfn)
-    count = page_count(f, pfn)
+    count = folio_ref_count(f, head)
     read: Reads = (("PageKsm", int(ksm)), ("PageSwapCache", int(swapcache)), ("page_count", count))
     rule = "!PageKsm && page_count == 1 (after try_to_free_swap)"
     return not ksm and count == 1, read, rule
