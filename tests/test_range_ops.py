@@ -681,21 +681,21 @@ SWAP_WRITE_PROGRAM = [
     S("write", who=1, page=32, length=20 * PAGE, arg=2),
     S("write", page=0, length=0, to_end=True, arg=3),
 ]
+# the hand-written programs the differential test runs on every policy besides its random
+# ones; UNSHARE, FOLLOW, SWAP, THP_COW and SWAPPED_RO_PIN_PROGRAM are not among them: the
+# path-taken tests below run each of them through run_both on every policy, traced and
+# untraced, so a run here would repeat one of those (the same program, policy and tracing)
 EXAMPLE_PROGRAMS = [
     *HAND_WRITTEN,
     MTHP_PROGRAM,
     ZAP_BEFORE_SPLIT,
-    UNSHARE_PROGRAM,
-    SWAP_PROGRAM,
-    THP_COW_PROGRAM,
     LAST_PAGE_PROGRAM,
-    FOLLOW_PROGRAM,
     SWAP_PIN_PROGRAM,
-    SWAPPED_RO_PIN_PROGRAM,
     SWAP_WRITE_PROGRAM,
 ]
-# the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch)
-UNTRACED_EXAMPLES = [SWAP_PROGRAM, SWAP_WRITE_PROGRAM]
+# the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch); SWAP_PROGRAM
+# untraced: test_untraced_swapin_copies_are_taken, every policy
+UNTRACED_EXAMPLES = [SWAP_WRITE_PROGRAM]
 
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
@@ -807,14 +807,8 @@ def test_a_wrong_ro_pin_follow_run_is_caught(monkeypatch: pytest.MonkeyPatch) ->
         run_both("v6.18", FOLLOW_PROGRAM)
 
 
-@pytest.mark.parametrize("kernel_id", POLICY_IDS)
-def test_swapout_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SWAP_PROGRAM's first swap-out takes its 100 small pages through reclaim together, but
-    for the pinned one, and the state is the page-by-page one. Each page was written once by
-    the one process (mapped once, _count 1: plain), but page 150: the long-term pin holds a
-    reference, so it goes alone and splits the run at it. Its rmap walk finds each page once,
-    so the runs are pages 10..149 and 151..219 of the first four swap-outs: 100, 40 and 19,
-    50 and 30 pages."""
+def _spy_shrink_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of pages of each run vmscan._shrink_run reclaims, as the program runs."""
     runs: list[int] = []
     shrink = vmscan._shrink_run
 
@@ -823,23 +817,12 @@ def test_swapout_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyP
         shrink(k, pages, *args)
 
     monkeypatch.setattr(vmscan, "_shrink_run", spy)
-    run_both(kernel_id, SWAP_PROGRAM)
-    assert runs[:5] == [100, 40, 19, 50, 30], runs
-    # the last swap-out, of a PMD-mapped THP (MAP_FIXED at the lowest address: VMA 0) mapped
-    # once: no modelled release gives a swap file a THP whole (swaps_whole), so reclaim splits
-    # it (split_huge_page) into 512 small pages, each mapped once by the PTE the split made,
-    # with no other reference, none zero-filled: one run
-    assert runs[-1] == 512, runs
+    return runs
 
 
-@pytest.mark.parametrize("kernel_id", POLICY_IDS)
-def test_swapin_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SWAP_PROGRAM's read of pages 180..199 (under writeback, in the swap cache since the
-    third swap-out: small, outside KSM, a slot each) swaps them in as one run on every policy;
-    its write of pages 110..129 (written, in the swap cache) is one run from 5.18, whose
-    do_swap_page frees the swap entry before it decides (c145e0b47c77); before 5.18 a write
-    asks reuse_swap_page page by page. The later write after the fork finds swap entries the
-    child shares: from 5.18 not writable, so do_wp_page follows in the run."""
+def _spy_swapin_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """The size of each run range_fault._swapin_run swaps in, and one entry per do_wp_page
+    the range path calls after one."""
     runs: list[int] = []
     swapin = range_fault._swapin_run
 
@@ -853,11 +836,39 @@ def test_swapin_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPa
     copies: list[int] = []
     wp = range_fault.do_wp_page
     monkeypatch.setattr(range_fault, "do_wp_page", lambda *a: copies.append(1) or wp(*a))
+    return runs, copies
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_swap_range_paths_are_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SWAP_PROGRAM takes the swap-out and the swap-in range paths, and the state is the
+    page-by-page one (one run of the program for both, spied on both paths).
+
+    Swap-out: its first swap-out takes its 100 small pages through reclaim together, but for
+    the pinned one. Each page was written once by the one process (mapped once, _count 1:
+    plain), but page 150: the long-term pin holds a reference, so it goes alone and splits the
+    run at it. Its rmap walk finds each page once, so the runs are pages 10..149 and 151..219
+    of the first four swap-outs: 100, 40 and 19, 50 and 30 pages.
+
+    Swap-in: its read of pages 180..199 (under writeback, in the swap cache since the third
+    swap-out: small, outside KSM, a slot each) swaps them in as one run on every policy; its
+    write of pages 110..129 (written, in the swap cache) is one run from 5.18, whose
+    do_swap_page frees the swap entry before it decides (c145e0b47c77); before 5.18 a write
+    asks reuse_swap_page page by page. The later write after the fork finds swap entries the
+    child shares: from 5.18 not writable, so do_wp_page follows in the run."""
+    shrunk = _spy_shrink_runs(monkeypatch)
+    swapped_in, copies = _spy_swapin_runs(monkeypatch)
     run_both(kernel_id, SWAP_PROGRAM)
+    assert shrunk[:5] == [100, 40, 19, 50, 30], shrunk
+    # the last swap-out, of a PMD-mapped THP (MAP_FIXED at the lowest address: VMA 0) mapped
+    # once: no modelled release gives a swap file a THP whole (swaps_whole), so reclaim splits
+    # it (split_huge_page) into 512 small pages, each mapped once by the PTE the split made,
+    # with no other reference, none zero-filled: one run
+    assert shrunk[-1] == 512, shrunk
     if Kernel(kernel_id).policy.swapin_frees_swap_first:
-        assert runs[:2] == [20, 20] and copies, (runs, len(copies))
+        assert swapped_in[:2] == [20, 20] and copies, (swapped_in, len(copies))
     else:
-        assert runs[0] == 20 and not copies, (runs, len(copies))
+        assert swapped_in[0] == 20 and not copies, (swapped_in, len(copies))
 
 
 @pytest.mark.parametrize("kernel_id", POLICY_IDS)
@@ -1100,7 +1111,7 @@ def test_ro_pin_fault_runs_are_taken_untraced(
     sizes.clear()
     run_both(kernel_id, SWAPPED_RO_PIN_PROGRAM)
     assert sizes == []
-    for program in (SWAP_PIN_PROGRAM, UNSHARE_PROGRAM, FOLLOW_PROGRAM, SWAP_PROGRAM):
+    for program in (SWAP_PIN_PROGRAM, UNSHARE_PROGRAM, FOLLOW_PROGRAM):
         run_both(kernel_id, program, tracing=False)  # the other pins' programs, untraced
 
 
