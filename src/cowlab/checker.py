@@ -49,7 +49,7 @@ from cowlab.mm.mm import (
 )
 from cowlab.mm.mm_types import MmStruct, VmArea
 from cowlab.mm.page_alloc import FIELDS, RowField
-from cowlab.mm.pgtable import PTE_MIGRATION, PTE_NONE, PTE_SPECIAL, HugePmd
+from cowlab.mm.pgtable import PTE_MIGRATION, PTE_NONE, PTE_SPECIAL, HugePmd, PteTable
 from cowlab.mm.rmap import ENTIRELY_MAPPED
 
 if TYPE_CHECKING:
@@ -114,9 +114,10 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
     cached = k.swap.cache[: k.swap.nr]
     r.swapcache[cached[cached >= 0]] = 1
     for mm in k.mms():
-        mine = r.pte_by_mm[mm.pid] = np.zeros(n, dtype=np.int64)
         mine_pmd = r.pmd_by_mm[mm.pid] = np.zeros(n, dtype=np.int64)
-        rss = swapents = 0
+        rss = 0
+        normal: list[Ints] = []  # the PTE tables' normal pages and swap slots, counted at once
+        swapped: list[Ints] = []
         for idx, entry in mm.pmds.items():
             if isinstance(entry, HugePmd):
                 if not entry.huge_zero:
@@ -127,13 +128,14 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
             # invariant: counters.migration_entry
             if (entry.bits & PTE_MIGRATION).any():
                 problems.append(f"pid {mm.pid}: migration entry left at {idx << PMD_SHIFT:#x}")
-            normal = entry.pfn[(entry.pfn >= 0) & ((entry.bits & PTE_SPECIAL) == 0)]
-            np.add.at(r.pte_maps, normal, 1)
-            np.add.at(mine, normal, 1)
-            rss += int(normal.size)
-            swapped = entry.pfn[entry.pfn <= -2]
-            np.add.at(r.swap_ptes, -2 - swapped, 1)
-            swapents += int(swapped.size)
+            normal.append(entry.pfn[(entry.pfn >= 0) & ((entry.bits & PTE_SPECIAL) == 0)])
+            swapped.append(-2 - entry.pfn[entry.pfn <= -2])
+        mine = r.pte_by_mm[mm.pid] = _counts(normal, n)
+        r.pte_maps += mine
+        slots = _counts(swapped, k.swap.nr)
+        r.swap_ptes += slots
+        rss += int(mine.sum())
+        swapents = int(slots.sum())
         # invariant: counters.anon_rss
         if rss != mm.anon_rss:
             problems.append(f"pid {mm.pid}: MM_ANONPAGES {mm.anon_rss} but {rss} pages mapped")
@@ -147,6 +149,13 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
         pages = pin.pages[(f.flags[pin.pages] & PG_reserved) == 0]
         np.add.at(counted, pages, 1)
     return r
+
+
+def _counts(lists: list[Ints], n: int) -> Ints:
+    """How many times each of 0..n-1 occurs in the arrays."""
+    if not lists:
+        return np.zeros(n, dtype=np.int64)
+    return np.bincount(np.concatenate(lists), minlength=n).astype(np.int64, copy=False)
 
 
 def check_counters(k: Kernel) -> list[str]:
@@ -375,8 +384,10 @@ def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
     maps the large folio by PMD; the first page with two such MMs is reported."""
     f = k.frames
     n = f.nr
+    if len(r.pte_by_mm) < 2:  # one MM cannot share a page with another
+        return []
     exclusive = np.flatnonzero(f.flags[:n] & PG_anon_exclusive)
-    if not exclusive.size or not r.pte_by_mm:
+    if not exclusive.size:
         return []
     heads = heads_of(f, exclusive)
     nr = np.left_shift(1, f.order[heads].astype(np.int64))
@@ -401,26 +412,34 @@ def _check_exclusive(k: Kernel, r: Recount) -> list[str]:
 
 
 def _mappings_outside_vmas(mm: MmStruct) -> list[str]:
-    covered = sum(
-        int((e.pfn != PTE_NONE).sum() if not isinstance(e, HugePmd) else HPAGE_PMD_NR)
-        for e in mm.pmds.values()
-    )
+    filled = {idx: _entries_before(entry) for idx, entry in mm.pmds.items()}
+    covered = sum(int(c[-1]) for c in filled.values())
     inside = 0
     for vma in mm.vmas:
         for idx in range(vma.vm_start >> PMD_SHIFT, ((vma.vm_end - 1) >> PMD_SHIFT) + 1):
-            entry = mm.pmds.get(idx)
-            if entry is None:
+            c = filled.get(idx)
+            if c is None:
                 continue
             base = idx << PMD_SHIFT
             lo = max(0, (vma.vm_start - base) >> 12)
             hi = min(HPAGE_PMD_NR, (vma.vm_end - base) >> 12)
-            if isinstance(entry, HugePmd):
-                inside += hi - lo
-            else:
-                inside += int((entry.pfn[lo:hi] != PTE_NONE).sum())
+            inside += int(c[hi] - c[lo])
     if covered != inside:
         return [f"pid {mm.pid}: {covered - inside} page-table entries lie outside every VMA"]
     return []
+
+
+def _entries_before(entry: HugePmd | PteTable) -> Ints:
+    """For i in 0..512, how many of the first i entries a PMD maps are not none (a huge PMD
+    maps all 512): a range's count is then two lookups."""
+    if isinstance(entry, HugePmd):
+        return _EVERY_ENTRY
+    c = np.zeros(HPAGE_PMD_NR + 1, dtype=np.int64)
+    np.cumsum(entry.pfn != PTE_NONE, out=c[1:])
+    return c
+
+
+_EVERY_ENTRY = np.arange(HPAGE_PMD_NR + 1, dtype=np.int64)
 
 
 def check_rmap(k: Kernel) -> list[str]:
