@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from cowlab.live import observe
-from cowlab.live.compare import Regions, diff_regions, show_page
+from cowlab.live.compare import Regions, diff_identity, diff_regions, show_page
 from cowlab.live.driver import LiveMachine
 from cowlab.live.model_observe import model_snapshot
-from cowlab.live.pages import PageArrays, PageObs, Snapshot
+from cowlab.live.pages import NA, PageArrays, PageObs, Snapshot
 from cowlab.mm.mm import compound_head, folio_nr_pages
 from cowlab.scenario.runner import Runner
 from tests.live.helpers import HPAGE, PAGE, needs_live_kernel, pmd_thp, run_model, small_pages
@@ -248,3 +248,30 @@ def test_a_snapshot_too_large_to_keep_its_buffer_reads_the_same(
     assert [s.regions for s in own] == [s.regions for s in kept]
     assert own[1].regions["thp"][0].data == b"big" + bytes(PAGE - 3)
     assert own[1].regions["small"][1].data == b"s" + bytes(PAGE - 1)
+
+
+def _frames(*pfns: int | None) -> Snapshot:
+    """One region, P:buf, whose pages are these frames (None: no page, or a zero page)."""
+    arrays = PageArrays.absent(len(pfns))
+    arrays.pfn[:] = [NA if pfn is None else pfn for pfn in pfns]
+    return Snapshot({"P:buf": arrays}, {})
+
+
+def test_identity_tells_a_copy_from_a_reuse_both_ways() -> None:
+    """Frames before -> after a step, by hand. Page 0: live 10 -> 11 is a new page, the model
+    keeps 5: live copied, model reused. Page 1: live keeps 12, the model 6 -> 7: the reverse.
+    Page 2 (both keep) and page 3 (both new) agree. Page 4 had no page live before: nothing to
+    compare. Pages 5 and 6 differ as page 0 does: one run. The frame numbers themselves (live 10
+    against model 5) are never compared."""
+    live = _frames(10, 12, 13, 14, None, 17, 19), _frames(11, 12, 13, 15, 16, 18, 20)
+    model = _frames(5, 6, 8, 9, 11, 12, 13), _frames(5, 7, 8, 10, 12, 12, 13)
+    diffs = diff_identity(live, model)
+    assert [(d.region, d.first, d.last, d.fields, d.live, d.model) for d in diffs] == [
+        ("P:buf", 0, 0, ["identity"], "copied", "reused"),
+        ("P:buf", 1, 1, ["identity"], "reused", "copied"),
+        ("P:buf", 5, 6, ["identity"], "copied", "reused"),
+    ]
+    assert diffs[0].describe() == "P:buf[0] identity: live copied | model reused"
+    # the sides agree with themselves: no difference; a region not seen before: nothing known
+    assert diff_identity(live, live) == []
+    assert diff_identity((Snapshot({}, {}), live[1]), model) == []

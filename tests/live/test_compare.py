@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from cowlab.live.cli import match_kernel
 from cowlab.live.compare import Attempt, Options, diff_regions, model_step, run_case
 from cowlab.live.driver import LiveMachine
+from cowlab.live.pages import Snapshot
 from cowlab.live.scenario import SPLIT_HUGE_PAGES, Limits, LiveScenario
 from cowlab.scenario import load_scenario, parse_scenario
 from cowlab.scenario.model import Scenario
@@ -248,3 +250,56 @@ def test_a_disagreement_names_the_models_decision(
     assert (decision.function, decision.verdict) == ("copy_present_page", "copy")
     assert decision.policy == CopyAll.id
     assert result.to_json()["model_decisions"][0]["verdict"] == "copy"
+
+
+OBSERVED_THEN_REUSED = """
+name: a write reuses the page the driver has observed
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 4K}
+  - {op: write, proc: P, at: buf, data: "x"}
+  - {op: fork, proc: P, child: C}
+  - {op: exit, proc: C}
+  - {op: write, proc: P, at: buf, data: "y"}
+"""
+
+
+@needs_matched_model
+@pytest.mark.parametrize("drained", [True, False], ids=["drained", "not-drained"])
+def test_observing_a_page_does_not_make_its_write_copy(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch, drained: bool
+) -> None:
+    """The last write faults on a page only P maps (C has exited) with no other reference:
+    wp_can_reuse_anon_folio reuses it (6.18), in the model too. Before that write the driver
+    has read the page's bytes three times (the observations after the first write, the fork and
+    the exit): the second read queues it for activation in the driver's CPU's lru_activate
+    batch, with a reference. Drained after each observation (LiveMachine.after_reading), the
+    live write reuses and the case agrees; not drained, the live write copies and the identity
+    comparison must say so (the folio labels and fields alone look the same: F0, mc=1, ex=1).
+    The observations after the first three steps are preceded by a drain of every CPU, so that
+    the page is on the LRU, not in the zygote CPU's lru_add batch (which the fault's own
+    lru_add_drain would flush; and a page off the LRU is activated in that batch, with no
+    reference): then the second read's activation lands in the driver's batch whatever the
+    other processes did, and no drain comes between it and the write (20 of 20 copies by hand,
+    with the drain after reading off, 2026-12-02)."""
+    assert MATCHED is not None
+    observe = Attempt.observe
+    observed: Counter[int] = Counter()
+
+    def observe_on_the_lru(self: Attempt) -> tuple[Snapshot, Snapshot]:
+        observed[id(self)] += 1
+        if observed[id(self)] <= 3:  # after mmap, the first write, the fork
+            self.live.machine.drain_lru()
+        return observe(self)
+
+    monkeypatch.setattr(Attempt, "observe", observe_on_the_lru)
+    if not drained:
+        monkeypatch.setattr(LiveMachine, "after_reading", lambda self: None)
+    result = run_case(parse_scenario(OBSERVED_THEN_REUSED), Options(MATCHED), machine, None)
+    shown = [d.describe() for d in result.differences]
+    if drained:
+        assert result.status == "agree", (result.status, result.reason, result.step, shown)
+        return
+    assert result.status == "disagree", (result.status, result.reason, shown)
+    assert result.step is not None and result.step.index == 5
+    assert shown == ["P:buf[0] identity: live copied | model reused"]

@@ -1,8 +1,10 @@
 """Run a scenario on the live kernel and on a model kernel step by step, and compare.
 
 After every step both sides are observed (every region of every process, canonical form: see
-observe.py and model_observe.py) and compared with the step's outcome and returned bytes. The
-first step where they differ is the report. Differences the live kernel can produce on its own
+observe.py and model_observe.py) and compared with the step's outcome and returned bytes, and
+each page with the last observation: a new page at an address on one side where the other kept
+its page (a copy against a reuse) is a difference too. The first step where they differ is the
+report. Differences the live kernel can produce on its own
 (a THP it could not allocate, a khugepaged collapse, a KSM merge) are checked against
 /proc/vmstat and page flags: such a case is retried and, if it keeps happening, *inconclusive*.
 """
@@ -26,7 +28,7 @@ from cowlab.live.driver import LiveMachine, LiveProcess
 from cowlab.live.journal import SystemChanges
 from cowlab.live.model_observe import model_snapshot, models_anon_exclusive
 from cowlab.live.observe import PAGE
-from cowlab.live.pages import LEVEL_PMD, NA, PageArrays, PageObs, Snapshot
+from cowlab.live.pages import LEVEL_PMD, NA, Bools, PageArrays, PageObs, Snapshot
 from cowlab.live.scenario import Limits, LiveScenario, StepOutcome, Unsupported, unsupported_reason
 from cowlab.live.system import THP_DIR, kernel_facts
 from cowlab.mm.trace import Event
@@ -197,18 +199,71 @@ def diff_regions(live: Snapshot, model: Snapshot, excl: bool) -> list[Difference
         if marrays is None:
             continue
         mask = _differing(larrays, marrays, excl)
-        pages = np.flatnonzero(mask)
-        if not len(pages):
-            continue
-        # A run starts where the pages stop being consecutive or the differing fields change.
-        starts = np.flatnonzero(
-            np.concatenate(([True], (np.diff(pages) != 1) | (np.diff(mask[pages]) != 0)))
-        )
-        ends = np.append(starts[1:], len(pages)) - 1
-        for first, last in zip(pages[starts].tolist(), pages[ends].tolist(), strict=True):
+        for first, last in _mask_runs(mask):
             fields = _field_names(int(mask[first]))
             lo, mo = larrays.page(first), marrays.page(first)
             out.append(Difference(name, first, last, fields, show_page(lo), show_page(mo)))
+    return out
+
+
+def _mask_runs(mask: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+    """(first, last) page of each run of consecutive pages with the same nonzero mask."""
+    pages = np.flatnonzero(mask)
+    if not len(pages):
+        return []
+    # A run starts where the pages stop being consecutive or the mask changes.
+    starts = np.flatnonzero(
+        np.concatenate(([True], (np.diff(pages) != 1) | (np.diff(mask[pages]) != 0)))
+    )
+    ends = np.append(starts[1:], len(pages)) - 1
+    return list(zip(pages[starts].tolist(), pages[ends].tolist(), strict=True))
+
+
+# Whether the page at an address is the one the last observation saw there, per side.
+COPIED, REUSED = 1, 2
+IDENTITY = {COPIED: ("copied", "reused"), REUSED: ("reused", "copied")}  # (live, model)
+
+
+def same_page(before: PageArrays, after: PageArrays, n: int) -> tuple[Bools, Bools]:
+    """Of the first n pages: which are a non-zero page at both observations (known), and of
+    those which are the same frame (same); the zero pages and absent pages have no pfn."""
+    b, a = before.pfn[:n], after.pfn[:n]
+    known = (b != NA) & (a != NA)
+    return known, known & (b == a)
+
+
+def identity_mask(
+    live: tuple[PageArrays, PageArrays], model: tuple[PageArrays, PageArrays]
+) -> npt.NDArray[np.int64]:
+    """Per page, (before, after) on each side: COPIED where the live page is a new frame and
+    the model's the same one, REUSED the other way round, 0 where they agree or either side
+    has no page at either observation."""
+    n = min(len(x) for x in (*live, *model))
+    lknown, lsame = same_page(*live, n)
+    mknown, msame = same_page(*model, n)
+    known = lknown & mknown
+    mask = np.zeros(n, np.int64)
+    mask[known & ~lsame & msame] = COPIED
+    mask[known & lsame & ~msame] = REUSED
+    return mask
+
+
+def diff_identity(
+    live: tuple[Snapshot, Snapshot], model: tuple[Snapshot, Snapshot]
+) -> list[Difference]:
+    """The pages (per region seen at both observations) where one side put a new page at an
+    address and the other kept the page it had: a copy against a reuse, which the per-snapshot
+    folio labels cannot show (the old page may be freed, and labels are renumbered)."""
+    out: list[Difference] = []
+    for name, lafter in live[1].arrays.items():
+        views = (live[0].arrays.get(name), model[0].arrays.get(name), model[1].arrays.get(name))
+        lbefore, mbefore, mafter = views
+        if lbefore is None or mbefore is None or mafter is None:
+            continue
+        mask = identity_mask((lbefore, lafter), (mbefore, mafter))
+        for first, last in _mask_runs(mask):
+            theirs, mine = IDENTITY[int(mask[first])]
+            out.append(Difference(name, first, last, ["identity"], theirs, mine))
     return out
 
 
@@ -317,6 +372,7 @@ class Attempt:
         self.runner = Runner(scenario, opts.kernel, tracing=True)  # decisions for the report
         self.live = LiveScenario(machine, scenario, changes)
         self.regions = Regions()
+        self.seen: tuple[Snapshot, Snapshot] | None = None  # (live, model) after the last step
         for name in scenario.processes:
             self.regions.add_proc(name)
 
@@ -346,6 +402,7 @@ class Attempt:
             self.regions.after(step, mine.outcome == "ok" and theirs.outcome == "ok")
             live, model = self.observe()
             found = self._compare(step, theirs, mine, live, model)
+            self.seen = live, model
             if found is not None:
                 found.steps_run = n
                 found.model_decisions = [e for e in self.runner.k.events[events_at:] if e.decision]
@@ -394,6 +451,8 @@ class Attempt:
                 Difference("returned", 0, 0, ["bytes"], repr(theirs.result), repr(mine.result))
             )
         diffs += diff_regions(live, model, self.excl)
+        if self.seen is not None:
+            diffs += diff_identity((self.seen[0], live), (self.seen[1], model))
         if not diffs:
             return None
         result = self._result("disagree")

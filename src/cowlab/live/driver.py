@@ -443,8 +443,11 @@ class LiveProcess:
     # --- observation ---------------------------------------------------------------------
 
     def snapshot(self, addr: int, length: int, *, exact: bool = False) -> observe.Snapshot:
-        """observe.snapshot() of one range of this process alone (named by its pid)."""
-        return observe.snapshot([(str(self.pid), self.pid, addr, length)], exact=exact)
+        """observe.snapshot() of one range of this process alone (named by its pid); then the
+        batches its reads filled are drained (LiveMachine.after_reading)."""
+        snap = observe.snapshot([(str(self.pid), self.pid, addr, length)], exact=exact)
+        self.machine.after_reading()
+        return snap
 
     def translate(self, addr: int) -> int | None:
         """The PFN addr maps now, without faulting (pagemap), or None."""
@@ -692,7 +695,8 @@ class LiveMachine:
         read_bytes: bool = True,
     ) -> observe.Snapshot:
         """observe.snapshot() of (process, addr, length) regions, named by pid or by dict key;
-        each process tells by mincore() which of its swap PTEs have a swap-cache page."""
+        each process tells by mincore() which of its swap PTEs have a swap-cache page. After
+        reading bytes, the batches the reads filled are drained (after_reading)."""
         named = list(
             regions.items()
             if isinstance(regions, Mapping)
@@ -704,7 +708,20 @@ class LiveMachine:
         def mincore(pid: int, addr: int, pages: int) -> bytes:
             return bytes(procs[pid]._call("mincore", addr, pages))
 
-        return observe.snapshot(spec, exact=exact, read_bytes=read_bytes, mincore=mincore)
+        snap = observe.snapshot(spec, exact=exact, read_bytes=read_bytes, mincore=mincore)
+        if read_bytes:
+            self.after_reading()
+        return snap
+
+    def after_reading(self) -> None:
+        """lru_add_drain_all() after the driver read page bytes through /proc/PID/mem (6.18.2,
+        gfunkmonk/linux-6.18.2@062668f4d006): each read is a GUP with FOLL_TOUCH, which marks
+        the folio accessed (folio_mark_accessed); the second time, folio_activate queues it in
+        the lru_activate batch of the driver's CPU with a reference of its own. A write fault on
+        the zygote's CPU then sees that reference and copies (wp_can_reuse_anon_folio: the
+        folio is still on the LRU, so not even the local batches are drained). Draining every
+        CPU's batches (lru_add_drain_cpu -> folio_activate_drain) drops it."""
+        self.drain_lru()
 
 
 def _make_device(proc: LiveProcess, kind: str, addr: int, length: int) -> _Device:

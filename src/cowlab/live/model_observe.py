@@ -184,6 +184,7 @@ class _Observer:
         sub = pfns - head
         pmd = by_pmd[sel]
         out.folio[sel] = self.folios.label(head)
+        out.pfn[sel] = pfns
         out.subpage[sel] = sub
         out.nr[sel] = nr
         out.level[sel] = np.where(pmd, pg.LEVEL_PMD, pg.LEVEL_PTE)

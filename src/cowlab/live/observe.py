@@ -402,6 +402,7 @@ def _region_arrays(
     out.folio[pres[zero]] = np.where(head[zero] | tail[zero], FOLIO_HZ, FOLIO_Z)
     named = ~zero & (info.head_pfn >= 0)  # a head outside its block stays None
     out.folio[pres[named]] = labels.folios.label(info.head_pfn[named])
+    out.pfn[pres[~zero]] = (pm[pres[~zero]] & np.uint64(PM_PFN_MASK)).astype(np.int64)
     out.subpage[pres] = info.index
     out.nr[pres] = info.nr
     out.level[pres] = np.where(on_pmd, LEVEL_PMD, LEVEL_PTE)

@@ -11,7 +11,9 @@ Encodings (a value outside a field's range stands for None):
 - level: 0 not present, 1 "pte", 2 "pmd"; anon_exclusive and pm_exclusive: -1, 0, 1;
 - digest: blake2b-48 of the bytes as an integer (the hex digest read as a big-endian number);
 - head: the first 8 bytes as a little-endian uint64, with has_head saying whether there are any;
-- data: the region's bytes (exact=True), a page's 4096 of them shown where it has a digest.
+- data: the region's bytes (exact=True), a page's 4096 of them shown where it has a digest;
+- pfn: the page's own frame number (NA for the zero pages), never shown or compared as a value,
+  only as "the same page as at the last observation or not" (compare.diff_identity).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class PageArrays:
     digest: U64
     head: U64
     has_head: Bools
+    pfn: I64
     data: bytes | None = None
 
     @classmethod
@@ -117,6 +120,7 @@ class PageArrays:
             np.full(n, NO_DIGEST, np.uint64),
             np.zeros(n, np.uint64),
             np.zeros(n, bool),
+            np.full(n, NA, np.int64),
         )
 
     def __len__(self) -> int:
