@@ -271,10 +271,10 @@ class LogicalMemory:
         lagging = self.lagging.get(name, {})
         with_data = set(np.flatnonzero(f.has_data(pfns)).tolist())
         for i in sorted(with_data | set(owed)):
-            seen = f.page_data(int(pfns[i]))
-            if not pin.follows_stores(int(pfns[i])):
-                continue
-            if _differs(seen, owed.get(i)) and seen not in lagging.get(i, ()):
+            pfn = int(pfns[i])
+            seen = f.page_data(pfn)  # trimmed, as the content store keeps it
+            differs = seen != _trim(owed.get(i, b""))
+            if differs and pin.follows_stores(pfn) and seen not in lagging.get(i, ()):
                 return [f"pin {name} page {i} holds other bytes than it is owed"]
         return []
 
@@ -325,12 +325,6 @@ def _seen_with_data(proc: Process, start: int, end: int) -> dict[int, bytes]:
         vas = (base + (pages[with_data] << PAGE_SHIFT)).tolist()
         out.update(zip(vas, [blobs[i] for i in ids[with_data].tolist()], strict=True))
     return out
-
-
-def _differs(seen: bytes | None, owed: bytes | None) -> bool:
-    """Whether the page seen (None: nothing there, read as zeros) is not the page owed (None:
-    nothing written, zeros); either may be trimmed of its trailing zeros."""
-    return (seen or b"").rstrip(b"\0") != (owed or b"").rstrip(b"\0")
 
 
 def _trim(page: bytes) -> bytes:
