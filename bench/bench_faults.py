@@ -19,19 +19,27 @@ says how loaded it was. Each measurement is a fresh child importing cowlab from 
 
 A second table says what the two model workloads did in each tree (faults, operations, COW
 copies, frames): a tree that measured another workload, or took another path, shows there.
+
+--paired ROUNDS (with --baseline): on a loaded machine the medians above move more between runs
+than a change of a few per cent. This runs both trees in one child process, interleaved: per
+kernel, ROUNDS rounds of 512 page-by-page writes of one tree then 512 of the other (which goes
+first alternates), over fresh pages, first touch then, after a fork, the COW write; each round's
+two timings share the load, and the table gives the median of their ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from _common import run_child
+from _common import emit, run_child
 from bench_live import fmt, fmt_size, kernel_list, parse_size, positive_int
 from bench_memory import cpu_of_children, report, tree, trees_of
 
@@ -39,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 LIVE = str(HERE / "bench_live.py")
 EXAMPLES = HERE.parent / "examples" / "cow"
 T = TypeVar("T")
+PAGE = 4096
+CHUNK = 512  # page-by-page writes a tree makes in one round of --paired
 
 
 Measures = tuple[dict[str, float], dict[str, int]]  # CPU figures; what the workload did
@@ -104,6 +114,80 @@ def measure(args: argparse.Namespace) -> Measures:
     return times, counts
 
 
+def kernel_class(src: str | None) -> type:
+    """cowlab.Kernel imported afresh from src (None: as this process finds it), the modules of
+    any tree imported before dropped first (the classes already taken keep theirs)."""
+    for name in [m for m in sys.modules if m == "cowlab" or m.startswith("cowlab.")]:
+        del sys.modules[name]
+    if src is not None:
+        sys.path.insert(0, src)
+    try:
+        kernel: type = importlib.import_module("cowlab").Kernel
+    finally:
+        if src is not None:
+            sys.path.remove(src)
+    return kernel
+
+
+def paired_child(base: str, kernels: list[str], rounds: int) -> dict[str, float]:
+    """The --paired measurement (in a child of its own): per kernel and phase, each round's
+    this-tree/baseline ratio of CPU per fault; a round that does not fault once a write fails."""
+    trees = {"new": kernel_class(None), "base": kernel_class(base)}
+    out: dict[str, float] = {}
+    for kid in kernels:
+        runs = {}
+        for name, kernel in trees.items():
+            k = kernel(kid)
+            k.thp_enabled = "never"
+            p = k.spawn()
+            runs[name] = (k, p, p.mmap(rounds * CHUNK * PAGE, align=512 * PAGE))
+        for phase, byte in (("first touch", b"a"), ("COW", b"b")):
+            if phase == "COW":
+                for _, p, _ in runs.values():
+                    p.fork()
+            us: dict[str, list[float]] = {name: [] for name in runs}
+            for r in range(rounds):
+                for name in list(runs)[:: 1 if r % 2 else -1]:
+                    k, p, addr = runs[name]
+                    start, faults = addr + r * CHUNK * PAGE, k.vmstat["pgfault"]
+                    t = time.process_time()
+                    for va in range(start, start + CHUNK * PAGE, PAGE):
+                        p.write(va, byte)
+                    us[name].append((time.process_time() - t) / CHUNK * 1e6)
+                    if k.vmstat["pgfault"] - faults != CHUNK:
+                        raise RuntimeError(
+                            f"{kid} {phase}: a round of {CHUNK} writes did not fault once each"
+                        )
+            ratios = sorted(n / b for n, b in zip(us["new"], us["base"], strict=True))
+            out[f"{kid} {phase}"] = statistics.median(ratios)
+            out[f"{kid} {phase} q1"] = ratios[len(ratios) // 4]
+            out[f"{kid} {phase} q3"] = ratios[3 * len(ratios) // 4]
+            for name in runs:
+                out[f"{kid} {phase} {name}"] = statistics.median(us[name])
+    return out
+
+
+def paired(args: argparse.Namespace) -> list[str]:
+    """The --paired table."""
+    extra = ["--paired-child", args.baseline, ",".join(args.kernels), str(args.paired)]
+    r = run_child(__file__, extra)
+    lines = [
+        "",
+        f"Both trees in one process, {args.paired} rounds of {CHUNK} page-by-page writes each, "
+        "interleaved:",
+        "",
+        "| phase | this tree / baseline, median of the rounds (quartiles) "
+        "| baseline µs/fault, median of the rounds | this tree |",
+        "|---|---|---|---|",
+    ]
+    for kid in args.kernels:
+        for phase in ("first touch", "COW"):
+            m = f"{kid} {phase}"
+            ratio = f"{r[m]:.3f} ({r[m + ' q1']:.3f}-{r[m + ' q3']:.3f})"
+            lines.append(f"| {m} | {ratio} | {fmt(r[m + ' base'])} | {fmt(r[m + ' new'])} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="bench_faults.py", description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", help="src/ directory of the model to compare with")
@@ -114,7 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--matrix-kernel", default="v6.18")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--out", help="also write the report here")
+    ap.add_argument("--paired", type=positive_int, metavar="ROUNDS", help="(with --baseline)")
+    ap.add_argument("--paired-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.paired_child:
+        base, kernels, rounds = args.paired_child
+        start = time.perf_counter()
+        emit(paired_child(base, kernels.split(","), int(rounds)), start)
+        return
+    if args.paired and not args.baseline:
+        ap.error("--paired needs --baseline")
     trees = trees_of(ap, args.baseline)
     runs: dict[tuple[str, str], list[float]] = {}
     done: dict[tuple[str, str], set[int]] = {}  # the workload counts each run of a tree saw
@@ -138,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table("workload", trees, done, lambda ns: " or ".join(f"{n:,}" for n in sorted(ns))),
     ]
+    if args.paired:
+        lines += paired(args)
     report(lines, args.out)
 
 
@@ -159,4 +254,7 @@ def table(
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"bench_faults.py: error: {e}")

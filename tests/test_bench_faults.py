@@ -1,6 +1,7 @@
 """bench/bench_faults.py at a tiny size: a baseline tree and this one, a row per measure with a
-positive median in each tree's column, and what each workload did, derived by hand from
-bench_live.py's model child (so a bench that measures another workload fails here)."""
+positive median in each tree's column (and in --paired's table), and what each workload did,
+derived by hand from bench_live.py's model child (so a bench that measures another workload
+fails here)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ THP_RANGE = {
 def test_report_has_both_trees_and_every_measure() -> None:
     cmd = [sys.executable, str(ROOT / "bench" / "bench_faults.py"), "--size", "256K"]
     cmd += ["--reps", "1", "--baseline", str(ROOT / "src"), "--kernels", "v4.5,v6.18"]
-    cmd += ["--exit-size", "4M", "--skip-matrix"]
+    cmd += ["--exit-size", "4M", "--skip-matrix", "--paired", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
     lines = done.stdout.splitlines()
     assert lines.count("| measure | baseline | this tree |") == 1
@@ -70,3 +71,8 @@ def test_report_has_both_trees_and_every_measure() -> None:
     expected |= {f"v6.18 THP 4 MiB range {m}": n for m, n in THP_RANGE.items()}
     got = {m: rows[m] for m in expected}
     assert got == {m: [f"{n:,}", f"{n:,}"] for m, n in expected.items()}
+    # --paired: each kernel's two phases, a positive ratio and per-fault figure in each cell
+    for kernel in ("v4.5", "v6.18"):
+        for phase in ("first touch", "COW"):
+            ratio, base, new = rows[f"{kernel} {phase}"]
+            assert float(ratio.split()[0]) > 0 and float(base) > 0 and float(new) > 0
