@@ -4,6 +4,7 @@ one run (not a test).
 
     python bench/bench_faults.py [--baseline OLD/src] [--size 256M] [--kernels v4.5,v6.18]
         [--reps 5] [--exit-size 1G] [--matrix-kernel v6.18] [--skip-matrix] [--out FILE]
+        [--paired ROUNDS]
 
 CPU seconds (user + system), not wall time: on a machine shared with other work the wall time
 says how loaded it was. Each measurement is a fresh child importing cowlab from one tree
