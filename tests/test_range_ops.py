@@ -31,10 +31,27 @@ from hypothesis import strategies as st
 from cowlab import Kernel, Process, Segfault, SyscallError
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
-from cowlab.mm import gup, range_fault, rmap, vmscan
-from cowlab.mm.constants import PG_anon_exclusive
+from cowlab.mm import gup, range_fault, rmap, swapfile, vmscan
+from cowlab.mm.constants import (
+    FOLL_NUMA,
+    FOLL_WRITE,
+    PG_anon_exclusive,
+    PG_dirty,
+    PG_head,
+    PG_ksm,
+    PG_swapcache,
+    PG_tail,
+    PG_writeback,
+)
 from cowlab.mm.page_alloc import RowField, flags_without
-from cowlab.mm.pgtable import PTE_DIRTY, HugePmd, PteTable
+from cowlab.mm.pgtable import (
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_PROTNONE,
+    PTE_WRITE,
+    HugePmd,
+    PteTable,
+)
 from cowlab.mm.trace import CowEvent, CowLog
 from cowlab.policy.timeline import all_policies
 from cowlab.policy.v6_15 import LargeFolioReuse
@@ -805,6 +822,137 @@ def test_a_wrong_ro_pin_follow_run_is_caught(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(gup, "_kept_end", lambda k, vma, addr, end, flags: end)
     with pytest.raises(AssertionError, match="outcomes differ"):
         run_both("v6.18", FOLLOW_PROGRAM)
+
+
+# gup_must_unshare() for a R/O FOLL_PIN on 5.19+ of a page mapped read-only, by hand from
+# include/linux/mm.h (5.19 a7f226604170, 6.2 84209e87c696): an anonymous page is unshared unless
+# PageAnonExclusive; a page that is not anonymous as the policy says (never before 6.2; a
+# long-term pin in a COW mapping from 6.2), whatever its PG_anon_exclusive
+UNSHARES_BY_HAND = {
+    # (anon, exclusive, non_anon): unshared?
+    (True, True, False): False,
+    (True, True, True): False,
+    (True, False, False): True,
+    (True, False, True): True,
+    (False, False, False): False,
+    (False, True, False): False,
+    (False, False, True): True,
+    (False, True, True): True,
+}
+
+
+def test_page_unshares_one_page_and_a_run_alike() -> None:
+    """page_unshares(), the one statement of gup_must_unshare(), gives the hand-derived answer
+    for one page's values (bools) and for a run's (bool arrays) of the same cases."""
+    for args, want in UNSHARES_BY_HAND.items():
+        assert gup.page_unshares(*args) is want, args
+    for non_anon in (False, True):
+        cases = [c for c in UNSHARES_BY_HAND if c[2] == non_anon]
+        anon, exclusive = (np.array([c[i] for c in cases]) for i in range(2))
+        got = gup.page_unshares(anon, exclusive, non_anon)
+        assert got.tolist() == [UNSHARES_BY_HAND[c] for c in cases]
+
+
+@pytest.mark.parametrize(
+    ("kernel_id", "variant"),
+    [
+        ("v6.18", lambda anon, exclusive, non_anon: anon & False),
+        ("v6.1", lambda anon, exclusive, non_anon: anon == 0),
+    ],
+    ids=["never", "every-non-anon"],
+)
+def test_both_ro_pin_paths_ask_the_one_unshare_rule(
+    kernel_id: str, variant: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another rule put in page_unshares()'s place is what the range path and the page-by-page
+    path both follow (the same state on FOLLOW_PROGRAM), so a path with a copy of its own would
+    differ. "never": the range path would follow the 56 shared pages as mapped where a
+    page-by-page copy unshares them. "every-non-anon" on 6.1 (whose policy never unshares a
+    page that is not anonymous): the 32 zero pages, which a range-path copy would follow as
+    mapped; anonymous ones, which a page-by-page copy would unshare."""
+    monkeypatch.setattr(gup, "page_unshares", variant)
+    run_both(kernel_id, FOLLOW_PROGRAM)
+
+
+def test_pte_follows_one_pte_and_a_run_alike() -> None:
+    """gup.pte_follows(), the one statement of follow_page_pte()'s test that follow_page_mask
+    and follow_range ask, by hand: GUP takes a present PTE's page without a fault unless it is
+    a migration entry, a NUMA hint under FOLL_NUMA, or read-only under FOLL_WRITE; a none (-1)
+    or swap (<= -2) PTE always faults."""
+    cases = {
+        # (pfn, bits, foll): followed?
+        (5, PTE_WRITE, FOLL_WRITE): True,
+        (5, 0, FOLL_WRITE): False,
+        (5, 0, 0): True,
+        (5, PTE_MIGRATION, 0): False,
+        (5, PTE_PROTNONE, FOLL_NUMA): False,
+        (5, PTE_PROTNONE, 0): True,
+        (5, PTE_PROTNONE | PTE_WRITE, FOLL_WRITE): True,
+        (-1, PTE_WRITE, 0): False,
+        (-3, 0, 0): False,
+    }
+    for args, want in cases.items():
+        assert bool(gup.pte_follows(*args)) is want, args
+    for foll in (0, FOLL_WRITE, FOLL_NUMA):
+        mine = [c for c in cases if c[2] == foll]
+        pfn, bits = (np.array([c[i] for c in mine], dtype=np.int64) for i in range(2))
+        assert gup.pte_follows(pfn, bits, foll).tolist() == [cases[c] for c in mine]
+
+
+# vmscan._plain by hand: small (neither head nor tail), outside the swap cache and KSM,
+# anonymous (an anon_vma), mapped once (_mapcount 0) and referenced by that mapping only
+PLAIN_BY_HAND = {
+    # (flags, mapping, _mapcount, _count): plain?
+    (0, 7, 0, 1): True,
+    (int(PG_head), 7, 0, 1): False,
+    (int(PG_tail), 7, 0, 1): False,
+    (int(PG_swapcache), 7, 0, 1): False,
+    (int(PG_ksm), 7, 0, 1): False,
+    (int(PG_dirty), 7, 0, 1): True,
+    (0, 0, 0, 1): False,
+    (0, 7, 1, 2): False,
+    (0, 7, -1, 1): False,
+    (0, 7, 0, 2): False,
+}
+
+
+def test_plain_of_one_page_and_a_run_alike() -> None:
+    """vmscan._plain(), the one statement shrink_page_list groups by and _shrink_plain decides
+    by, gives the hand-derived answer for one page's fields (ints) and a run's (arrays)."""
+    for args, want in PLAIN_BY_HAND.items():
+        assert bool(vmscan._plain(*args)) is want, args
+    columns = (np.array([c[i] for c in PLAIN_BY_HAND], dtype=np.int64) for i in range(4))
+    assert vmscan._plain(*columns).tolist() == list(PLAIN_BY_HAND.values())
+
+
+def test_swap_free_rules_of_one_folio_and_a_run_alike() -> None:
+    """swapfile.frees_swap() and only_user(), the one statements of try_to_free_swap() and
+    should_try_to_free_swap()'s refcount test that do_swap_page and the swap-in run ask, give
+    the answers derived by hand for one folio's values (ints) and a run's (arrays).
+
+    try_to_free_swap frees a swap-cache folio only when it is not under writeback and no swap
+    PTE is left on its slots. should_try_to_free_swap wants the swap cache's reference and the
+    fault's: refcount 2 whatever the folio's size until 6.10; from 6.11 (4c3f96643687) 1 + the
+    folio's pages (2 for a small page, 5 for a 4-page folio)."""
+    wb = int(PG_writeback)
+    frees = {(0, 0): True, (wb, 0): False, (0, 1): False, (wb, 2): False}  # (writeback, swapped)
+    for args, want in frees.items():
+        assert bool(swapfile.frees_swap(*args)) is want, args
+    writeback, swapped = (np.array([c[i] for c in frees], dtype=np.int64) for i in range(2))
+    assert swapfile.frees_swap(writeback, swapped).tolist() == list(frees.values())
+    only = {
+        ("v6.10", 1, 2): True,
+        ("v6.10", 1, 3): False,
+        ("v6.10", 4, 2): True,
+        ("v6.10", 4, 5): False,
+        ("v6.11", 1, 2): True,
+        ("v6.11", 4, 5): True,
+        ("v6.11", 4, 2): False,
+    }
+    for (kernel_id, nr, count), want in only.items():
+        assert bool(swapfile.only_user(Kernel(kernel_id), count, nr)) is want, (kernel_id, nr)
+    counts = np.array([1, 2, 3], dtype=np.int64)  # a run of small pages
+    assert swapfile.only_user(Kernel("v6.18"), counts, 1).tolist() == [False, True, False]
 
 
 def _spy_shrink_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -34,6 +34,7 @@ from cowlab.mm.decision import Reads, WpDecision
 from cowlab.mm.memory import handle_mm_fault, trace_copied, trace_fault, wp_reuse_anon
 from cowlab.mm.mm import (
     GUP_PIN_COUNTING_BIAS,
+    Field,
     PageAnon,
     PageAnonExclusive,
     compound_head,
@@ -67,8 +68,10 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 MAX_FAULT_RETRIES = 8
-# PTE bits that keep a read-only anonymous page from the unshare range path
-SHARED_BLOCKED = PTE_WRITE | PTE_PROTNONE | PTE_MIGRATION | PTE_SPECIAL
+# PTE bits that keep a page from the unshare range path (the page-by-page path handles them)
+RUN_BLOCKED = PTE_PROTNONE | PTE_MIGRATION
+ANON_RULE = "PageAnon: !PageAnonExclusive"
+Bools = npt.NDArray[np.bool_]
 
 
 def check_vma_flags(vma: VmArea, gup_flags: int) -> bool:
@@ -80,6 +83,15 @@ def check_vma_flags(vma: VmArea, gup_flags: int) -> bool:
     if vma.vm_flags & VM_READ:
         return True
     return bool(gup_flags & FOLL_FORCE and vma.vm_flags & VM_MAYREAD)
+
+
+def pte_follows(pfn: Field, bits: Field, foll: int) -> Field:
+    """follow_page_pte() (4.5): does GUP take the page a PTE maps without a fault? A present
+    entry, not a migration entry, not a NUMA hint under FOLL_NUMA, writable for FOLL_WRITE. The
+    one statement, of one PTE's values (follow_page_mask) or a run's (arrays: follow_range)."""
+    write = PTE_WRITE if foll & FOLL_WRITE else 0
+    blocked = PTE_MIGRATION | (PTE_PROTNONE if foll & FOLL_NUMA else 0) | write
+    return (pfn >= 0) & ((bits & blocked) == write)
 
 
 def follow_page_mask(k: Kernel, mm: MmStruct, addr: int, gup_flags: int) -> int | None:
@@ -102,9 +114,7 @@ def follow_page_mask(k: Kernel, mm: MmStruct, addr: int, gup_flags: int) -> int 
     i = pte_index(addr)
     pfn = entry.pfn.item(i)
     bits = entry.bits.item(i)
-    if pfn < 0 or bits & PTE_MIGRATION:
-        return None
-    if (gup_flags & FOLL_NUMA and bits & PTE_PROTNONE) or (write and not bits & PTE_WRITE):
+    if not pte_follows(pfn, bits, gup_flags):
         return None
     if gup_flags & FOLL_TOUCH:
         entry.bits[i] = bits | PTE_YOUNG
@@ -218,10 +228,8 @@ def _kept_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast:
 
 
 def _kept_end(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> int:
-    """Where the run of pages from addr (in addr's PMD) that gup_must_unshare() (5.19,
-    a7f226604170) does not unshare ends: writable entries, exclusive anonymous pages, and pages
-    that are not anonymous where the policy keeps those (gup_unshares_non_anon reads only the
-    VMA and the flags)."""
+    """Where the run of pages from addr (in addr's PMD) that gup_must_unshare() leaves alone
+    ends: its one statement (page_unshares) asked of the whole run."""
     entry = vma.mm.pmds.get(pmd_index(addr))
     if isinstance(entry, HugePmd):  # one answer for every page the PMD maps
         return addr if must_unshare(k, vma, addr, gup_flags) else end
@@ -231,13 +239,19 @@ def _kept_end(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> in
     last = pte_index(min(end, (pmd_index(addr) + 1) << PMD_SHIFT) - 1) + 1
     pfn, bits = entry.pfn[first:last], entry.bits[first:last]
     n = _leading(pfn >= 0)
-    pages, bits = pfn[:n], bits[:n]
-    f = k.frames
-    non_anon = ((bits & PTE_SPECIAL) != 0) | (f.mapping[heads_of(f, pages)] == 0)
-    non_anon_kept = not k.policy.gup_unshares_non_anon(k, vma, gup_flags)[0]
-    exclusive = (f.flags[pages] & PG_anon_exclusive) != 0
-    kept = ((bits & PTE_WRITE) != 0) | np.where(non_anon, non_anon_kept, exclusive)
+    writable, anon, exclusive = _unshare_reads(k.frames, pfn[:n], bits[:n])
+    non_anon = k.policy.gup_unshares_non_anon(k, vma, gup_flags)[0]
+    kept = writable | ~page_unshares(anon, exclusive, non_anon)
     return addr + _leading(kept) * PAGE_SIZE
+
+
+def _unshare_reads(
+    f: PageFrames, pages: Ints, bits: npt.NDArray[np.uint8]
+) -> tuple[Bools, Bools, Bools]:
+    """What gup_must_unshare() and its caller read of each of a run of present PTEs and their
+    pages: the write bit, PageAnon (not special, the head's anon_vma), PageAnonExclusive."""
+    anon = ((bits & PTE_SPECIAL) == 0) & (f.mapping[heads_of(f, pages)] != 0)
+    return (bits & PTE_WRITE) != 0, anon, (f.flags[pages] & PG_anon_exclusive) != 0
 
 
 def _unshare_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) -> Ints:
@@ -249,11 +263,13 @@ def _unshare_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) ->
     if not isinstance(entry, PteTable):
         return NO_PAGES
     first = pte_index(addr)
-    pfn = entry.pfn.item(first)
-    if pfn < 0 or entry.bits.item(first) & SHARED_BLOCKED or PageAnonExclusive(k.frames, pfn):
+    if entry.pfn.item(first) < 0 or entry.bits.item(first) & RUN_BLOCKED:
+        return NO_PAGES
+    if not must_unshare(k, vma, addr, gup_flags):
         return NO_PAGES  # the common miss, told without arrays
     last = pte_index(min(end, (pmd_index(addr) + 1) << PMD_SHIFT) - 1) + 1
-    pages = _shared_anon_run(k.frames, entry, first, last)
+    non_anon = k.policy.gup_unshares_non_anon(k, vma, gup_flags)[0]
+    pages = _shared_anon_run(k.frames, entry, first, last, non_anon)
     if not pages.size:
         return NO_PAGES
     foll = _slow_flags(k, vma, gup_flags)
@@ -263,15 +279,17 @@ def _unshare_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int) ->
     return follow_range(k, vma, addr, addr + n * PAGE_SIZE, foll)
 
 
-def _shared_anon_run(f: PageFrames, table: PteTable, first: int, last: int) -> Ints:
-    """The pages from PTE ``first`` on that gup_must_unshare() unshares and do_wp_page() hands
-    to wp_reuse: present, read-only, not special, NUMA-hinting or migrating PTEs of anonymous
-    pages neither PageAnonExclusive nor KSM."""
+def _shared_anon_run(f: PageFrames, table: PteTable, first: int, last: int, non_anon: bool) -> Ints:
+    """The pages from PTE ``first`` on that gup_must_unshare() unshares (page_unshares) and
+    do_wp_page() hands to wp_reuse: present PTEs, not NUMA-hinting or migrating, of anonymous
+    pages outside KSM. non_anon: the policy's gup_unshares_non_anon verdict."""
     pfn, bits = table.pfn[first:last], table.bits[first:last]
-    pages = pfn[: _leading((pfn >= 0) & ((bits & SHARED_BLOCKED) == 0))]
-    heads = heads_of(f, pages)
-    odd = (f.flags[pages] & PG_anon_exclusive) | (f.flags[heads] & PG_ksm)
-    return pages[: _leading((f.mapping[heads] != 0) & (odd == 0))].copy()
+    pages = pfn[: _leading((pfn >= 0) & ((bits & RUN_BLOCKED) == 0))]
+    bits = bits[: pages.size]
+    writable, anon, exclusive = _unshare_reads(f, pages, bits)
+    ksm = (f.flags[heads_of(f, pages)] & PG_ksm) != 0
+    takes = ~writable & page_unshares(anon, exclusive, non_anon) & anon & ~ksm
+    return pages[: _leading(takes)].copy()
 
 
 def _unshare_faults(
@@ -382,7 +400,6 @@ def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints
     first = pte_index(addr)
     last = pte_index(min(end, (idx + 1) << PMD_SHIFT) - 1) + 1
     entry = mm.pmds.get(idx)
-    write = bool(foll & FOLL_WRITE)
     if isinstance(entry, HugePmd):
         return (
             NO_PAGES
@@ -391,16 +408,12 @@ def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints
         )
     if entry is None or entry.pfn.item(first) < 0:  # the common miss, told without arrays
         return NO_PAGES
-    pfn, bits = entry.pfn[first:last], entry.bits[first:last]
-    blocked = (
-        PTE_MIGRATION | (PTE_PROTNONE if foll & FOLL_NUMA else 0) | (PTE_WRITE if write else 0)
-    )
-    ok = (pfn >= 0) & ((bits & blocked) == (PTE_WRITE if write else 0))
-    n = _leading(ok)
+    pfn = entry.pfn[first:last]
+    n = _leading(pte_follows(pfn, entry.bits[first:last], foll))
     pages = pfn[:n].copy()
     if foll & FOLL_TOUCH:
         entry.bits[first : first + n] |= PTE_YOUNG
-        if write:
+        if foll & FOLL_WRITE:
             k.frames.flags[pages] |= PG_dirty
     return pages
 
@@ -495,33 +508,41 @@ def must_unshare(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> bool:
 
 
 def unshare_decision(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> tuple[bool, Reads, str]:
-    """gup_must_unshare() (5.19): a R/O FOLL_PIN of a read-only mapped, not exclusive anon page;
-    the zero page and the huge zero page as the policy says (6.2: long-term pins, 84209e87c696)."""
-    if not (k.policy.gup_unshares_ro_pins and gup_flags & FOLL_PIN) or gup_flags & FOLL_WRITE:
+    """gup_must_unshare() of the page mapped at addr, for a R/O FOLL_PIN on 5.19+
+    (must_unshare_any) and, as follow_page_pte() asks it, only of a read-only entry:
+    page_unshares() asked of it, with the values it read when it unshares."""
+    if not must_unshare_any(k, gup_flags):
         return NO_UNSHARE
     entry = vma.mm.pmds.get(pmd_index(addr))
     if isinstance(entry, HugePmd):
-        if entry.write:
-            return NO_UNSHARE
-        if entry.huge_zero:
-            return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
-        pfn = entry.pfn
+        writable, special, pfn = entry.write, entry.huge_zero, entry.pfn
     elif entry is not None and entry.pfn.item(pte_index(addr)) >= 0:
         i = pte_index(addr)
-        bits = entry.bits.item(i)
-        if bits & PTE_WRITE:
-            return NO_UNSHARE
-        if bits & PTE_SPECIAL:
-            return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
-        pfn = entry.pfn.item(i)
+        bits, pfn = entry.bits.item(i), entry.pfn.item(i)
+        writable, special = bool(bits & PTE_WRITE), bool(bits & PTE_SPECIAL)
     else:
         return NO_UNSHARE
+    if writable:
+        return NO_UNSHARE
     f = k.frames
-    if not PageAnon(f, pfn):
-        return k.policy.gup_unshares_non_anon(k, vma, gup_flags)
-    exclusive = PageAnonExclusive(f, pfn)
-    read = (("PageAnon", 1), ("PageAnonExclusive", int(exclusive)))
-    return not exclusive, read, "PageAnon: !PageAnonExclusive"
+    if not special and PageAnon(f, pfn):
+        exclusive = PageAnonExclusive(f, pfn)
+        read: Reads = (("PageAnon", 1), ("PageAnonExclusive", int(exclusive)))
+        unshare, rule = page_unshares(True, exclusive, False), ANON_RULE
+    else:
+        non_anon, read, rule = k.policy.gup_unshares_non_anon(k, vma, gup_flags)
+        unshare = page_unshares(False, False, non_anon)
+    return (True, read, rule) if unshare else NO_UNSHARE
+
+
+def page_unshares(anon: Field, exclusive: Field, non_anon: bool) -> Field:
+    """gup_must_unshare() (5.19, a7f226604170) for a R/O FOLL_PIN of a page mapped read-only
+    (its callers test the write bit first, as follow_page_pte does): an anonymous page unless
+    PageAnonExclusive; a page that is not anonymous where the policy says (non_anon:
+    gup_unshares_non_anon, 6.2 84209e87c696). The one statement of the rule, of one page's
+    values (bools: the page-by-page path) or a run's (bool arrays: the range path); ``== 0``
+    negates both alike."""
+    return (anon & (exclusive == 0)) | ((anon == 0) & non_anon)
 
 
 def gup_fast_one(k: Kernel, vma: VmArea, addr: int, gup_flags: int) -> int | None:

@@ -5,7 +5,7 @@ Every function takes the frames (or the kernel, when it may free memory) and a p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
 
 I64 = npt.NDArray[np.int64]
+# one page's value (an int or a bool) or a run's (an array): a rule stated once reads either
+Field = TypeVar("Field", int, npt.NDArray[Any])
 
 
 def compound_head(f: PageFrames, pfn: int) -> int:

@@ -80,6 +80,7 @@ from cowlab.mm.rmap import (
     pages_add_new_anon_rmap,
     rmap_remove_ptes,
 )
+from cowlab.mm.swapfile import frees_swap, only_user
 from cowlab.mm.trace import CowCopies, Decisions, Packed
 
 if TYPE_CHECKING:
@@ -450,10 +451,9 @@ def _swapin_run(
     freed = np.zeros(n, dtype=bool)
     if frees_first:
         swap.swap_map[slots] -= 1  # swap_free: the swap cache still holds each slot
-        if write:  # should_try_to_free_swap (a small page: 2 references), try_to_free_swap
-            _ = k.policy.swapin_maps_whole_folio  # 6.11: 1 + folio_nr_pages, 2 here too
-            freed = (f._count[pages] == 2) & ((f.flags[pages] & PG_writeback) == 0)
-            freed &= swap.swap_map[slots] == 0
+        if write:  # should_try_to_free_swap, try_to_free_swap: in the swap cache, not KSM
+            freed = only_user(k, f._count[pages], 1)
+            freed &= frees_swap(f.flags[pages] & PG_writeback, swap.swap_map[slots])
             _free_swap_cache(k, pages[freed], slots[freed])
     marker, soft_dirty = swp_bits & PTE_SWP_EXCLUSIVE, swp_bits & PTE_SOFT_DIRTY
 

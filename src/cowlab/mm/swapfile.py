@@ -30,6 +30,7 @@ import numpy.typing as npt
 from cowlab.mm.constants import PAGE_SIZE, PG_dirty, PG_swapcache, PG_writeback
 from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision
 from cowlab.mm.mm import (
+    Field,
     PageDoubleMap,
     PageKsm,
     PageSwapCache,
@@ -199,7 +200,9 @@ def try_to_free_swap(k: Kernel, pfn: int) -> bool:
     needs any more (page_swapped), unless it is being written."""
     f = k.frames
     head = compound_head(f, pfn)
-    if not PageSwapCache(f, head) or f.flags[head] & PG_writeback or page_swapped(k, head):
+    if not PageSwapCache(f, head):
+        return False
+    if not frees_swap(f.flags.item(head) & PG_writeback, page_swapped(k, head)):
         return False
     f.flags[head] |= PG_dirty
     delete_from_swap_cache(k, head)
@@ -214,8 +217,22 @@ def should_try_to_free_swap(k: Kernel, pfn: int, write: bool) -> bool:
     if not write or not PageSwapCache(f, pfn) or PageKsm(f, pfn):
         return False
     head = compound_head(f, pfn)
-    want = 1 + folio_nr_pages(f, head) if k.policy.swapin_maps_whole_folio else 2
-    return int(f._count[head]) == want
+    return bool(only_user(k, f._count.item(head), folio_nr_pages(f, head)))
+
+
+def frees_swap(writeback: Field, swapped: Field) -> Field:
+    """try_to_free_swap() of a folio in the swap cache (4.5, the model's base; every slot of a
+    THP from 4.14, page_swapped): not under writeback, no swap PTE left on its slots. The one
+    statement, of one folio's values (the page-by-page path) or a run of small pages' (arrays:
+    the swap-in run)."""
+    return (writeback == 0) & (swapped == 0)
+
+
+def only_user(k: Kernel, count: Field, nr: int) -> Field:
+    """should_try_to_free_swap()'s refcount test (5.18 c145e0b47c77): the swap cache's and the
+    fault's references only, 2 (6.11 4c3f96643687: 1 + the folio's pages). Of one
+    folio's count (the page-by-page path) or a run of small pages' (an array, nr 1)."""
+    return count == (1 + nr if k.policy.swapin_maps_whole_folio else 2)
 
 
 def free_swap_and_cache(k: Kernel, offset: int) -> None:

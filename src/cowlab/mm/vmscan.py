@@ -35,6 +35,7 @@ from cowlab.mm.constants import (
 from cowlab.mm.decision import Reads
 from cowlab.mm.huge_memory import total_mapcount
 from cowlab.mm.mm import (
+    Field,
     PageAnon,
     compound_head,
     compound_mapcount,
@@ -222,7 +223,9 @@ def shrink_page_list(k: Kernel, pages: list[int], until: str) -> int:
     run: list[int] = []
     f = k.frames
     for pfn in pages:
-        if k.range_ops and _plain(f, pfn):
+        if k.range_ops and _plain(
+            f.flags.item(pfn), f.mapping.item(pfn), f._mapcount.item(pfn), f._count.item(pfn)
+        ):
             run.append(pfn)
             continue
         swapped += _shrink_plain(k, run, until)
@@ -236,15 +239,13 @@ def shrink_page_list(k: Kernel, pages: list[int], until: str) -> int:
     return swapped + _shrink_plain(k, run, until)
 
 
-def _plain(f: PageFrames, pfn: int) -> bool:
+def _plain(flags: Field, mapping: Field, mapcount: Field, count: Field) -> Field:
     """A small anonymous page outside KSM and the swap cache, mapped once, with no reference
-    but that mapping's: its way through reclaim reads and writes only its own fields and slot."""
-    return (
-        not f.flags.item(pfn) & (PG_head | PG_tail | PG_swapcache | PG_ksm)
-        and f.mapping.item(pfn) > 0
-        and f._mapcount.item(pfn) == 0
-        and f._count.item(pfn) == 1
-    )
+    but that mapping's: its way through reclaim reads and writes only its own fields and slot.
+    The one statement, of one page's fields (ints: shrink_page_list groups by it) or of a
+    run's (arrays: _shrink_plain decides by it)."""
+    small = (flags & (PG_head | PG_tail | PG_swapcache | PG_ksm)) == 0
+    return small & (mapping > 0) & (mapcount == 0) & (count == 1)
 
 
 def _shrink_plain(k: Kernel, pages: list[int], until: str) -> int:
@@ -254,8 +255,7 @@ def _shrink_plain(k: Kernel, pages: list[int], until: str) -> int:
         return 0
     run = np.array(pages, dtype=np.int64)
     f = k.frames
-    plain = (f.flags[run] & (PG_head | PG_tail | PG_swapcache | PG_ksm)) == 0
-    plain &= (f.mapping[run] > 0) & (f._mapcount[run] == 0) & (f._count[run] == 1)
+    plain = _plain(f.flags[run], f.mapping[run], f._mapcount[run], f._count[run])
     found = _walk_small(k, run)
     ok = plain & (found.places >= 0)
     start = swapped = 0
