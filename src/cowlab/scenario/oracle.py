@@ -270,10 +270,12 @@ class LogicalMemory:
         owed = self.pin_pages.get(name, {})
         lagging = self.lagging.get(name, {})
         with_data = set(np.flatnonzero(f.has_data(pfns)).tolist())
-        for i in sorted(with_data | set(owed)):
-            pfn = int(pfns[i])
-            seen = f.page_data(pfn)  # trimmed, as the content store keeps it
-            differs = seen != _trim(owed.get(i, b""))
+        pages = sorted(with_data | set(owed))
+        at = pfns[pages]
+        blobs = f.blobs.data  # a frame's bytes, trimmed, by its content id
+        for i, pfn, blob in zip(pages, at.tolist(), f.content[at].tolist(), strict=True):
+            seen = blobs[blob]
+            differs = seen != owed.get(i, b"").rstrip(b"\0")
             if differs and pin.follows_stores(pfn) and seen not in lagging.get(i, ()):
                 return [f"pin {name} page {i} holds other bytes than it is owed"]
         return []
@@ -285,7 +287,7 @@ def _first_difference(proc: Process, start: int, end: int, owed: dict[int, bytes
     compared: the rest read as zeros on both, and a page owed a nonzero byte that proc sees
     nothing at differs without a comparison."""
     seen = _seen_with_data(proc, start, end)
-    differ = [va for va, data in seen.items() if data != _trim(owed.get(va, b""))]
+    differ = [va for va, data in seen.items() if data != owed.get(va, b"").rstrip(b"\0")]
     differ += [
         va
         for va, page in owed.items()
