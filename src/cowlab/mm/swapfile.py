@@ -159,8 +159,10 @@ def page_swapped(k: Kernel, pfn: int) -> bool:
     folio (any of a large folio's slots)."""
     f = k.frames
     head = compound_head(f, pfn)
-    offset = int(f.private[head])
-    return bool(k.swap.swap_map[offset : offset + folio_nr_pages(f, head)].any())
+    offset, nr = int(f.private[head]), folio_nr_pages(f, head)
+    if nr == 1:  # one element read, not a slice: try_to_free_swap asks it of every small page
+        return k.swap.swap_map.item(offset) != 0
+    return bool(k.swap.swap_map[offset : offset + nr].any())
 
 
 def add_to_swap_cache(k: Kernel, head: int, offset: int) -> None:
