@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,3 +72,20 @@ def import_rss_mib() -> float:
     code += "_common.emit({}, 0.0)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"])
+
+
+def timed(module: ModuleType, name: str) -> list[float]:
+    """Wrap module.NAME (a function other modules call through the module) so the CPU seconds
+    of its calls add up in the returned one-item list."""
+    spent = [0.0]
+    inner = getattr(module, name)
+
+    def wrapper(*args: object) -> object:
+        start = time.process_time()
+        try:
+            return inner(*args)
+        finally:
+            spent[0] += time.process_time() - start
+
+    setattr(module, name, wrapper)
+    return spent

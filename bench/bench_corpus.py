@@ -19,28 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from _common import timed
+
+import cowlab.scenario.runner as runner
 from cowlab.check import corpus
 from cowlab.policy.timeline import all_policies
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def timed_judge() -> list[float]:
-    """Wrap the runner's judge so its CPU seconds add up in the returned one-item list."""
-    import cowlab.scenario.runner as runner
-
-    spent = [0.0]
-    inner = runner.judge
-
-    def judge(*args: object) -> object:
-        start = time.process_time()
-        try:
-            return inner(*args)  # type: ignore[arg-type]
-        finally:
-            spent[0] += time.process_time() - start
-
-    runner.judge = judge  # type: ignore[assignment]
-    return spent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in tasks if args.match in t[0].name][:: args.step]
     if not tasks:
         ap.error(f"no file of examples/cow has {args.match!r} in its name")
-    spent = timed_judge() if args.time_judge else None
+    spent = timed(runner, "judge") if args.time_judge else None
     prof = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if prof:
