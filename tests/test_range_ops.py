@@ -29,6 +29,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cowlab import Kernel, Process, Segfault, SyscallError
+from cowlab import kernel as kernel_module
 from cowlab.errors import InvariantViolation
 from cowlab.kernel import OpRecord, Pin
 from cowlab.mm import gup, range_fault, rmap, swapfile, vmscan
@@ -48,6 +49,7 @@ from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
     PTE_PROTNONE,
+    PTE_SPECIAL,
     PTE_WRITE,
     HugePmd,
     PteTable,
@@ -897,6 +899,92 @@ def test_pte_follows_one_pte_and_a_run_alike() -> None:
         mine = [c for c in cases if c[2] == foll]
         pfn, bits = (np.array([c[i] for c in mine], dtype=np.int64) for i in range(2))
         assert gup.pte_follows(pfn, bits, foll).tolist() == [cases[c] for c in mine]
+
+
+def test_pte_access_permitted_one_pte_and_a_run_alike() -> None:
+    """range_fault.pte_access_permitted(), the one statement of the MMU's test that
+    kernel.mmu_walk and the range path (_pte_run, _wp_run) ask, by hand: an access goes through
+    a present PTE unless it is a NUMA hint or a migration entry, or read-only under a write; a
+    none (-1) or swap (<= -2) PTE always faults. The zero page (special) lets reads through."""
+    cases = {
+        # (pfn, bits, write): goes through?
+        (5, PTE_WRITE, True): True,
+        (5, PTE_WRITE | PTE_DIRTY, True): True,
+        (5, 0, True): False,
+        (5, 0, False): True,
+        (5, PTE_SPECIAL, False): True,
+        (5, PTE_PROTNONE, False): False,
+        (5, PTE_PROTNONE | PTE_WRITE, True): False,
+        (5, PTE_MIGRATION, False): False,
+        (5, PTE_MIGRATION | PTE_WRITE, True): False,
+        (-1, PTE_WRITE, False): False,
+        (-3, 0, False): False,
+    }
+    for args, want in cases.items():
+        assert bool(range_fault.pte_access_permitted(*args)) is want, args
+    for write in (False, True):
+        mine = [c for c in cases if c[2] is write]
+        pfn, bits = (np.array([c[i] for c in mine], dtype=np.int64) for i in range(2))
+        got = range_fault.pte_access_permitted(pfn, bits.astype(np.uint8), write)
+        assert got.tolist() == [cases[c] for c in mine]
+
+
+def _needs_dirty(pfn: Any, bits: Any, write: bool) -> Any:
+    """A stricter MMU (software dirty bit): a write also faults on a clean PTE."""
+    want = PTE_WRITE | PTE_DIRTY if write else 0
+    return (pfn >= 0) & ((bits & (PTE_PROTNONE | PTE_MIGRATION | want)) == want)
+
+
+def _reads_hints(pfn: Any, bits: Any, write: bool) -> Any:
+    """A looser MMU: a read goes through a NUMA hint."""
+    want = PTE_WRITE if write else 0
+    blocked = PTE_MIGRATION | (PTE_PROTNONE | PTE_WRITE if write else 0)
+    return (pfn >= 0) & ((bits & blocked) == want)
+
+
+def _swapped_in_clean(p: Process, a: int) -> None:
+    """64 written pages swapped out to the swap cache and read back: on 6.18 the only
+    process's pages come back exclusive, so mapped writable but clean (the read does not dirty
+    them); the write then meets 64 clean writable PTEs."""
+    p.swapout(a, 64 * PAGE, until="swapcache")
+    p.read(a, 64 * PAGE)
+    bits = p.mm.pmds[a >> 21].bits[(a >> 12) & 511 :][:64]
+    assert ((bits & (PTE_WRITE | PTE_DIRTY)) == PTE_WRITE).all()  # the case the variant moves
+    p.fill(a, 64 * PAGE, 3)
+
+
+def _hinted(p: Process, a: int) -> None:
+    """64 written pages made NUMA hints (change_prot_numa), then read."""
+    p.numa_balance(a, 64 * PAGE)
+    p.read(a, 64 * PAGE)
+
+
+@pytest.mark.parametrize(
+    ("variant", "then"), [(_needs_dirty, _swapped_in_clean), (_reads_hints, _hinted)]
+)
+def test_both_paths_ask_the_one_access_rule(
+    variant: Callable[..., Any],
+    then: Callable[[Process, int], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another MMU test put in pte_access_permitted()'s place (in both modules that ask it) is
+    what the range path and the page-by-page path both follow, to the same state on 6.18.
+    _needs_dirty: a range path with a copy of its own would let the 64 writes through where
+    mmu_walk faults each once (handle_pte_fault dirties it). _reads_hints: an mmu_walk with a
+    copy of its own would take 64 NUMA faults (do_numa_page) where the range run reads
+    through."""
+    monkeypatch.setattr(range_fault, "pte_access_permitted", variant)
+    monkeypatch.setattr(kernel_module, "pte_access_permitted", variant)
+    states = []
+    for range_ops in (True, False):
+        k = Kernel("v6.18", range_ops=range_ops)
+        k.thp_enabled = "never"
+        p = k.spawn()
+        a = p.mmap(64 * PAGE, align=2 * MIB)
+        p.fill(a, 64 * PAGE, 1)
+        then(p, a)
+        states.append(snapshot(k))
+    assert states[0] == states[1], diff(states[0], states[1])
 
 
 # vmscan._plain by hand: small (neither head nor tail), outside the swap cache and KSM,

@@ -52,8 +52,6 @@ from cowlab.mm.page_alloc import IntArray, PageFrames
 from cowlab.mm.pgtable import (
     PTE_DIRTY,
     PTE_MIGRATION,
-    PTE_PROTNONE,
-    PTE_WRITE,
     PTE_YOUNG,
     HugePmd,
     PteTable,
@@ -61,7 +59,7 @@ from cowlab.mm.pgtable import (
     pte_to_swp_offset,
 )
 from cowlab.mm.range_fault import NONE as NO_PAGES
-from cowlab.mm.range_fault import access_permitted, fault_in_range
+from cowlab.mm.range_fault import access_permitted, fault_in_range, pte_access_permitted
 from cowlab.mm.swapfile import SWAP_DEVICES, SwapInfo
 from cowlab.mm.trace import CowEvent, CowLog, Event, Reads
 from cowlab.policy import resolve
@@ -828,7 +826,9 @@ def mmu_walk(mm: MmStruct, addr: int, write: bool) -> int | None:
         return None
     pfn = entry.pfn.item(i)
     bits = entry.bits.item(i)
-    if pfn < 0 or bits & (PTE_PROTNONE | PTE_MIGRATION) or (write and not bits & PTE_WRITE):
+    # pfn < 0 (none, swap): no call, pte_access_permitted says no too; it ends the first walk
+    # of every first-touch fault, where the call cost 3.5-5.7 % of the fault (bench_faults --paired)
+    if pfn < 0 or not pte_access_permitted(pfn, bits, write):
         return None
     accessed = bits | PTE_YOUNG | (PTE_DIRTY if write else 0)
     if accessed != bits:

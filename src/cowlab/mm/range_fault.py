@@ -58,7 +58,7 @@ from cowlab.mm.memory import (
     trace_fault,
     trace_swapin,
 )
-from cowlab.mm.mm import compound_head, heads_of
+from cowlab.mm.mm import Field, compound_head, heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, PageFrames, flags_without
 from cowlab.mm.pgtable import (
@@ -98,6 +98,15 @@ def access_permitted(vma: VmArea, write: bool) -> bool:
     if write:
         return bool(vma.vm_flags & VM_WRITE)
     return bool(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))
+
+
+def pte_access_permitted(pfn: Field, bits: Field, write: bool) -> Field:
+    """pte_access_permitted() of x86 (4.13, e7884f8ead4a; pte_allows_gup 4.6, 1874f6895c92):
+    does the MMU let the access through a PTE without a fault? A present entry, not a NUMA
+    hint nor a migration entry, writable for a write. The one statement, of one PTE's values
+    (kernel.mmu_walk) or a run's (arrays: _pte_run, _wp_run)."""
+    want = PTE_WRITE if write else 0
+    return (pfn >= 0) & ((bits & (PTE_PROTNONE | PTE_MIGRATION | want)) == want)
 
 
 def fault_in_range(
@@ -155,9 +164,7 @@ def _pte_run(
     """The run from PTE ``first`` of the table mapping [base, base + 2 MiB); the access
     faults at ``start`` in that first page (the address the COW log records)."""
     pfn, bits = table.pfn[first:last], table.bits[first:last]
-    blocked = PTE_PROTNONE | PTE_MIGRATION | (PTE_WRITE if write else 0)
-    ok = (pfn >= 0) & ((bits & blocked) == (PTE_WRITE if write else 0))
-    n = _leading(ok)
+    n = _leading(pte_access_permitted(pfn, bits, write))
     if n:
         table.bits[first : first + n] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
         return table.pfn[first : first + n].copy()
@@ -170,7 +177,7 @@ def _pte_run(
         ):
             return NONE
         return _anonymous_run(k, vma, table, first, n, start)
-    if write and pfn[0] >= 0 and not bits[0] & (PTE_PROTNONE | PTE_MIGRATION):
+    if write and pte_access_permitted(int(pfn[0]), int(bits[0]), False):  # read-only
         return _wp_run(k, vma, table, first, last, start, small_only)
     if pfn[0] <= -2:
         return _swapin_run(k, vma, table, first, last, write, start)
@@ -226,7 +233,8 @@ def _wp_run(
     """do_wp_page() for the read-only PTEs from ``first`` on that map the zero page, or small
     anonymous pages (one verdict per distinct key) none of which a copy would free."""
     pfn, bits = table.pfn[first:last], table.bits[first:last]
-    present_ro = (pfn >= 0) & ((bits & (PTE_WRITE | PTE_PROTNONE | PTE_MIGRATION)) == 0)
+    readable: npt.NDArray[np.bool_] = pte_access_permitted(pfn, bits, False)
+    present_ro = readable & ((bits & PTE_WRITE) == 0)
     special = (bits & PTE_SPECIAL) != 0
     if special[0]:
         n = _leading(present_ro & special)
