@@ -303,3 +303,40 @@ def test_observing_a_page_does_not_make_its_write_copy(
     assert result.status == "disagree", (result.status, result.reason, shown)
     assert result.step is not None and result.step.index == 5
     assert shown == ["P:buf[0] identity: live copied | model reused"]
+
+
+DRAINS = [
+    # mmap, write, write: the observations after the mmap and the first write each read pages,
+    # and a step follows each, so 2 drains; after the last observation the case ends (reset).
+    ("mmap_write_write", "  - {op: write, proc: P, at: buf, data: 'y'}", 2),
+    # a check step sends no command to a worker: LiveScenario.run_step still drains before it.
+    ("mmap_write_check", "  - {op: check, proc: P, at: buf}", 2),
+]
+
+
+@needs_matched_model
+@pytest.mark.parametrize("last, drains", [d[1:] for d in DRAINS], ids=[d[0] for d in DRAINS])
+def test_the_batches_are_drained_before_each_step_after_an_observation(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch, last: str, drains: int
+) -> None:
+    """An observation's reads may leave a folio in the driver's CPU's lru_activate batch
+    (LiveMachine.after_reading); the drain comes before the next step, whatever it is, and
+    none after the last observation."""
+    assert MATCHED is not None
+    calls = Counter[str]()
+    drain = LiveMachine.drain_lru
+
+    def counted(self: LiveMachine) -> None:
+        calls["drain"] += 1
+        drain(self)
+
+    monkeypatch.setattr(LiveMachine, "drain_lru", counted)
+    text = (
+        "name: drains\nprocesses: [P]\nsteps:\n"
+        "  - {op: mmap, proc: P, name: buf, size: 4K}\n"
+        "  - {op: write, proc: P, at: buf, data: 'x'}\n" + last + "\n"
+    )
+    result = run_case(parse_scenario(text), Options(MATCHED), machine, None)
+    assert result.status == "agree", (result.status, result.reason)
+    assert calls["drain"] == drains
+    assert not machine.read_since_drain

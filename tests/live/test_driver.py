@@ -158,3 +158,28 @@ def test_khugepaged_is_fenced_off_between_commands_only() -> None:
         assert (_thp_enabled(p.pid), _thp_enabled(c.pid)) == ("0", "0")
         snap = m.snapshot([(p, addr, HPAGE), (c, addr, HPAGE)])
         assert {pg.level for pages in snap.regions.values() for pg in pages} == {"pmd"}
+
+
+def test_a_command_after_reading_pages_is_preceded_by_a_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot reads page bytes through /proc/PID/mem, which may queue a folio in the
+    driver's CPU's lru_activate batch; the next command a worker runs comes after a drain of
+    every CPU (one), and a command with no read since comes after none."""
+    drains = []
+    drain = LiveMachine.drain_lru
+
+    def counted(self: LiveMachine) -> None:
+        drains.append(1)
+        drain(self)
+
+    monkeypatch.setattr(LiveMachine, "drain_lru", counted)
+    with LiveMachine() as m:
+        p = m.spawn()
+        addr = small_pages(p, 1)
+        p.snapshot(addr, PAGE)
+        assert m.read_since_drain and not drains
+        assert p.read(addr, 1) == b"\0"
+        assert len(drains) == 1 and not m.read_since_drain
+        p.read(addr, 1)
+        assert len(drains) == 1

@@ -307,6 +307,7 @@ class LiveProcess:
         """Send one command and wait for its reply; a dead worker is reaped and reported."""
         if not self.alive:
             raise SyscallError("ESRCH", f"pid {self.pid} has exited")
+        self.machine.drain_if_read()  # the command must not meet the reads' batch references
         reply = self._reply(cmd, args, lambda: send_msg(self.sock, (cmd, args), fds))
         if reply[0] == "segv":
             # the worker dies of it (worker.die_of_sigsegv): wait until its mm is gone
@@ -443,8 +444,8 @@ class LiveProcess:
     # --- observation ---------------------------------------------------------------------
 
     def snapshot(self, addr: int, length: int, *, exact: bool = False) -> observe.Snapshot:
-        """observe.snapshot() of one range of this process alone (named by its pid); then the
-        batches its reads filled are drained (LiveMachine.after_reading)."""
+        """observe.snapshot() of one range of this process alone (named by its pid); the
+        batches its reads filled are drained before the next command (LiveMachine.after_reading)."""
         snap = observe.snapshot([(str(self.pid), self.pid, addr, length)], exact=exact)
         self.machine.after_reading()
         return snap
@@ -485,6 +486,7 @@ class LiveMachine:
         self._old_sigterm: Any = None
         self.facts: KernelFacts | None = None
         self._drain: LruDrain | None = None
+        self.read_since_drain = False  # page bytes were read and the batches not drained since
 
     def drain_lru(self) -> None:
         """Every CPU's per-CPU folio batches drained (swapdev.LruDrain), so that no reference
@@ -492,6 +494,12 @@ class LiveMachine:
         if self._drain is None:
             self._drain = LruDrain()
         self._drain()
+        self.read_since_drain = False
+
+    def drain_if_read(self) -> None:
+        """drain_lru() if page bytes were read since the last drain (after_reading)."""
+        if self.read_since_drain:
+            self.drain_lru()
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -556,7 +564,10 @@ class LiveMachine:
     def reset(self) -> None:
         """Release every pin and kill and reap every worker; the zygote stays for the next case.
 
-        As close(): every worker is reaped even if a pin fails to release, then that is raised."""
+        As close(): every worker is reaped even if a pin fails to release, then that is raised.
+        The batches the last reads filled are not drained: they only hold back the freeing of
+        these processes' folios, which decide nothing any more."""
+        self.read_since_drain = False
         failures = self._release_pins()
         for proc in list(self.processes.values()):
             self._kill(proc)
@@ -696,7 +707,8 @@ class LiveMachine:
     ) -> observe.Snapshot:
         """observe.snapshot() of (process, addr, length) regions, named by pid or by dict key;
         each process tells by mincore() which of its swap PTEs have a swap-cache page. After
-        reading bytes, the batches the reads filled are drained (after_reading)."""
+        reading bytes, the batches the reads filled are drained before the next command
+        (after_reading)."""
         named = list(
             regions.items()
             if isinstance(regions, Mapping)
@@ -720,8 +732,10 @@ class LiveMachine:
         the lru_activate batch of the driver's CPU with a reference of its own. A write fault on
         the zygote's CPU then sees that reference and copies (wp_can_reuse_anon_folio: the
         folio is still on the LRU, so not even the local batches are drained). Draining every
-        CPU's batches (lru_add_drain_cpu -> folio_activate_drain) drops it."""
-        self.drain_lru()
+        CPU's batches (lru_add_drain_cpu -> folio_activate_drain) drops it. The drain is made
+        when it is needed, not here: before the next command to a worker (LiveProcess._call) or
+        step (LiveScenario.run_step), so none follows a case's last observation (reset)."""
+        self.read_since_drain = True
 
 
 def _make_device(proc: LiveProcess, kind: str, addr: int, length: int) -> _Device:
