@@ -23,14 +23,18 @@ from cowlab.check.search import (
     Program,
     Stats,
     differing,
+    listen,
     merged,
     policy_differences,
+    recording,
     search,
     search_kernels,
 )
 from cowlab.cli import main
-from cowlab.scenario.loader import parse_scenario
-from cowlab.scenario.runner import run_scenario
+from cowlab.policy.base import Policy
+from cowlab.policy.timeline import resolve
+from cowlab.scenario.loader import load_scenario, parse_scenario
+from cowlab.scenario.runner import Runner, run_scenario
 
 CORRECTNESS = ("pin_coherence", "cow_isolation", "no_leak", "consistency", "no_page_leak")
 
@@ -340,6 +344,48 @@ def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "the patch breaks nothing v6.18 keeps" in out
     assert "scenarios whose outcome the patch changes: 0" in out
+
+
+def test_a_recording_policy_notes_each_name_at_its_first_read_after_listen() -> None:
+    """Two reads of a knob note it once; a name the policy lacks is noted as it fails (another
+    policy may define it), a private one is not (differing never names one); after listen
+    nothing is noted until a name is read again."""
+    reads: set[str] = set()
+    policy = recording(resolve("v4.5").policy(), reads)
+    assert policy.double_map and policy.double_map and not policy.anon_exclusive
+    assert getattr(policy, "no_such_rule", None) is None and not hasattr(policy, "_private")
+    assert reads == {"double_map", "anon_exclusive", "no_such_rule"}
+    listen(policy, reads)
+    assert reads == set()
+    assert policy.double_map and reads == {"double_map"}
+
+
+def _noting_every_read(policy: Policy, reads: set[str]) -> Policy:
+    """The reference: a policy whose every attribute read of an instance notes its name."""
+
+    def note(self: Policy, name: str) -> object:
+        reads.add(name)
+        return object.__getattribute__(self, name)
+
+    cls = type(policy)
+    return type(cls.__name__, (cls,), {"__getattribute__": note})()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kernel", ["v4.5", "v5.8", "v5.11", "v6.18"])
+@pytest.mark.parametrize("name", ["swap/pinned_swapout.yaml", "cow/iouring_fork__base.yaml"])
+def test_a_run_notes_the_public_names_every_read_would(name: str, kernel: str) -> None:
+    """A run's noted names are the public ones among those noted by intercepting every
+    attribute read (only a public name can differ between policies: differing), the run's
+    verdicts alike; the files pin, fork, write and swap out a page or a THP, so they read the
+    decisions of the fault, GUP, fork and reclaim paths."""
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "examples" / name)
+    got = []
+    for noting in (_noting_every_read, recording):
+        runner, reads = Runner(scenario, kernel), set[str]()
+        runner.k.policy = noting(runner.k.policy, reads)
+        passed = [runner.run_step(step).passed for step in scenario.steps]
+        got.append((passed, {n for n in reads if not n.startswith("_")}))
+    assert got[0] == got[1] and len(got[0][1]) > 5
 
 
 def test_corpus_shares_a_run_only_where_no_decision_could_differ() -> None:

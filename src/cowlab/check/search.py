@@ -145,14 +145,51 @@ def run_program(kernel: str | Track, program: Program) -> Runner:
 
 
 def recording(policy: Policy, reads: set[str]) -> Policy:
-    """The policy, noting the name of every attribute read of it (its decisions, knobs)."""
+    """The policy, noting in `reads` the name of each attribute read of it since it was made
+    or last emptied by `listen` (its decisions, knobs); a name it lacks is noted as it fails."""
+    noting = _noting(type(policy))()
+    noting._reads = reads  # type: ignore[attr-defined]
+    return noting
 
-    def note(self: Policy, name: str) -> Any:
-        reads.add(name)
-        return object.__getattribute__(self, name)
 
-    cls = type(policy)
-    return type(cls.__name__, (cls,), {"__getattribute__": note})()
+def listen(policy: Policy, reads: set[str]) -> None:
+    """Empty a recording policy's `reads`, and forget the values it kept (each name is noted
+    again at its next read)."""
+    reads.clear()
+    vars(policy).clear()
+
+
+class _Noted:
+    """A public attribute of a recording policy class. Its first read of an instance notes the
+    name and keeps the value in the instance's __dict__, which later reads find first (a
+    descriptor without __set__ yields to it): each name costs one call, not one per read (a
+    policy is stateless: its attributes are its class's). Only a public name can differ between
+    two policies (differing), so private and special ones are read as usual."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.owner, self.name = owner, name
+
+    def __get__(self, policy: Any, owner: type | None = None) -> Any:
+        value = getattr(super(self.owner, owner if policy is None else policy), self.name)
+        if policy is not None:
+            policy._reads.add(self.name)
+            vars(policy)[self.name] = value
+        return value
+
+
+def _missing(policy: Any, name: str) -> Any:
+    """A name the policy lacks: noted (another policy may define it), then not found."""
+    if not name.startswith("_"):
+        policy._reads.add(name)
+    raise AttributeError(f"{type(policy).__name__!r} object has no attribute {name!r}")
+
+
+@cache
+def _noting(cls: type[Policy]) -> type[Policy]:
+    """The recording class of a policy class: a _Noted per public name it has."""
+    attrs: dict[str, Any] = {n: _Noted() for n in dir(cls) if not n.startswith("_")}
+    attrs |= {"__slots__": ("_reads",), "__getattr__": _missing}
+    return type(cls.__name__, (cls,), attrs)
 
 
 def policy_differences(a: str, b: str) -> set[str]:
@@ -171,11 +208,13 @@ def differing(pa: Any, pb: Any) -> set[str]:
     return out
 
 
+@cache
 def _knobs(policy: Any) -> frozenset[str]:
     """The sysfs knobs the policy's changes add (what its has_knob() looks through)."""
     return frozenset().union(*(getattr(c, "new_knobs", ()) for c in policy.changes))
 
 
+@cache  # a policy class does not change; `differences` of 49 x 49 kernels asks 58,000 times
 def definitions(policy: type, name: str) -> tuple[object, ...]:
     """The definition of `name` in force, and behind it each one a super() call reaches: a
     method that calls super() decides with the older rule too (a stable policy puts a later
@@ -242,13 +281,17 @@ def search(
 
 class Driver:
     """A kernel's policy for a machine that several kernels share, noting the name of each of
-    its attributes read since `reads` was last cleared."""
+    its attributes read since `listen`."""
 
     def __init__(self, kernel: str) -> None:
         self.kernel = kernel
         self.resolved = resolve(kernel)
         self.reads: set[str] = set()
         self.policy = recording(self.resolved.policy(), self.reads)
+
+    def listen(self) -> None:
+        """Note the attributes read from now on only."""
+        listen(self.policy, self.reads)
 
     def takes(self, runner: Runner) -> Runner:
         """The machine, driven by this kernel's policy from now on."""
@@ -257,7 +300,7 @@ class Driver:
         return runner
 
     def agrees(self, kernel: str) -> bool:
-        """Whether `kernel`'s policy has the attributes read since `reads` was cleared as
+        """Whether `kernel`'s policy has the attributes read since `listen` as
         this one's: a run that read only those, it runs the same way (the model is
         deterministic, and the policy is all a machine knows of its kernel)."""
         return not differences(self.kernel, kernel) & self.reads
@@ -417,7 +460,7 @@ def _shared(
     left = list(kernels)
     while left:
         track = tracks[left[0]]
-        track.reads.clear()
+        track.listen()
         result = run(track, left)
         agree = [k for k in left if track.agrees(k)]
         left = [k for k in left if k not in agree]
