@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from cowlab.live import compare, parallel
+from cowlab.live.cli import default_jobs, side_by_side
 from cowlab.live.driver import LiveMachine
 from cowlab.live.parallel import WorkerFailed, run_in_order
 from cowlab.live.worker import one_cpu
@@ -132,3 +137,44 @@ def test_bad_jobs_are_one_line(args: list[str], message: str) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_side_by_side_runs_again_alone_every_case_the_noise_test_may_judge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers' verdicts: agree, inconclusive, agree, unsupported, disagree. By hand: only
+    the inconclusive and the disagreeing case can have read /proc/vmstat while another case ran
+    (compare.noise, consulted once a difference is found), so those two are run again here,
+    after the workers have stopped, and their second results are theirs; the first agree comes
+    at once, the others wait so that the order stays the cases'."""
+    events: list[str] = []
+    verdicts = ["agree", "inconclusive", "agree", "unsupported", "disagree"]
+
+    def in_workers(cases: Sequence[str], jobs: int, run: Any) -> Iterator[SimpleNamespace]:
+        try:
+            for case, status in zip(cases, verdicts, strict=True):
+                yield SimpleNamespace(case=case, status=status, where="worker")
+        finally:
+            events.append("workers stopped")
+
+    def alone(scenario: str, *_: Any) -> SimpleNamespace:
+        events.append(f"alone {scenario}")
+        return SimpleNamespace(case=scenario, status="agree", where="alone")
+
+    monkeypatch.setattr(parallel, "run_in_order", in_workers)
+    monkeypatch.setattr(compare, "run_case", alone)
+    got = []
+    for result in side_by_side(list("abcde"), 2, None, None):
+        got.append((result.case, result.where))
+        events.append(f"report {result.case}")
+    where = ["worker", "alone", "worker", "worker", "alone"]
+    assert got == list(zip("abcde", where, strict=True))
+    assert events == [
+        "report a", "workers stopped", "alone b", "report b", "report c", "report d",
+        "alone e", "report e",
+    ]  # fmt: skip
+
+
+def test_the_default_is_a_worker_per_cpu_but_one_with_system_changes() -> None:
+    assert default_jobs(False) == len(os.sched_getaffinity(0))
+    assert default_jobs(True) == 1
