@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from cowlab.live import compare, parallel
-from cowlab.live.cli import default_jobs, side_by_side
+from cowlab.live import parallel
+from cowlab.live.cli import _Program, _run_program, default_jobs, side_by_side
+from cowlab.live.compare import Options
 from cowlab.live.driver import LiveMachine
 from cowlab.live.parallel import WorkerFailed, run_in_order
 from cowlab.live.worker import one_cpu
@@ -157,14 +158,14 @@ def test_side_by_side_runs_again_alone_every_case_the_noise_test_may_judge(
         finally:
             events.append("workers stopped")
 
-    def alone(scenario: str, *_: Any) -> SimpleNamespace:
-        events.append(f"alone {scenario}")
-        return SimpleNamespace(case=scenario, status="agree", where="alone")
+    def alone(case: str, machine: Any, changes: Any) -> SimpleNamespace:
+        events.append(f"alone {case}")
+        assert (machine, changes) == ("the parent's machine", None)
+        return SimpleNamespace(case=case, status="agree", where="alone")
 
     monkeypatch.setattr(parallel, "run_in_order", in_workers)
-    monkeypatch.setattr(compare, "run_case", alone)
     got = []
-    for result in side_by_side(list("abcde"), 2, None, None):
+    for result in side_by_side(list("abcde"), 2, alone, "the parent's machine"):
         got.append((result.case, result.where))
         events.append(f"report {result.case}")
     where = ["worker", "alone", "worker", "worker", "alone"]
@@ -178,3 +179,10 @@ def test_side_by_side_runs_again_alone_every_case_the_noise_test_may_judge(
 def test_the_default_is_a_worker_per_cpu_but_one_with_system_changes() -> None:
     assert default_jobs(False) == len(os.sched_getaffinity(0))
     assert default_jobs(True) == 1
+
+
+def test_a_random_program_that_is_no_scenario_is_an_error_case() -> None:
+    # the generator never makes one; if it did, its case says so and the run goes on
+    bad = _Program("random-s1-0000", [{"op": "teleport", "proc": "P"}], "file")
+    result = _run_program(Options("v6.18"), bad, None, None)
+    assert (result.name, result.status) == ("random-s1-0000", "error")

@@ -197,7 +197,8 @@ def _run_files(args: argparse.Namespace, kernel: str) -> int:
     def body(machine: Any, changes: Any, opts: Any) -> int:
         t0 = time.perf_counter()
         results = []
-        for result in _run_cases(args, scenarios, opts, machine, changes):
+        run = functools.partial(_run_scenario, opts)
+        for result in _run_cases(args, scenarios, run, machine, changes):
             results.append(result)
             if not args.json:
                 _print_case(result)
@@ -229,23 +230,19 @@ def _random_body(
     changes: Any,
     opts: Any,
 ) -> int:
-    from cowlab.live.randomprog import generate, swap_device, to_scenario
+    from cowlab.live.randomprog import generate, swap_device
 
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
-    cases = []
-    for i in range(args.random):
-        steps = generate(rng, ops)
-        name = f"random-s{args.seed}-{i:04d}"
-        device = swap_device(args.seed, i, ops)
-        scenario = to_scenario(name, steps, name, device)
-        if scenario is not None:  # the generator should never give None; skip it, do not stop
-            cases.append((name, steps, device, scenario))
-    scenarios = [scenario for *_, scenario in cases]
-    results = list(_run_cases(args, scenarios, opts, machine, changes))
+    programs = [
+        _Program(f"random-s{args.seed}-{i:04d}", generate(rng, ops), swap_device(args.seed, i, ops))
+        for i in range(args.random)
+    ]
+    run = functools.partial(_run_program, opts)
+    results = list(_run_cases(args, programs, run, machine, changes))
     written = [
-        _minimise_and_write(args, _Case(name, steps, device, result), opts, machine, changes)
-        for (name, steps, device, _s), result in zip(cases, results, strict=True)
+        _minimise_and_write(args, _Case(p.name, p.steps, p.device, result), opts, machine, changes)
+        for p, result in zip(programs, results, strict=True)
         if result.status == "disagree"
     ]
     elapsed = time.perf_counter() - t0
@@ -253,16 +250,46 @@ def _random_body(
     return 1 if any(r.status in ("disagree", "error") for r in results) else 0
 
 
-def _run_cases(
-    args: argparse.Namespace, scenarios: list[Any], opts: Any, machine: Any, changes: Any
-) -> Iterator[Any]:
-    """run_case of each scenario in order: here, or --jobs at a time in workers of their own
-    (side_by_side; changes is None there: --jobs refuses system changes)."""
+@dataclass
+class _Program:
+    """A random program, made into a scenario where it runs (in a worker with --jobs)."""
+
+    name: str
+    steps: list[Any]
+    device: str
+
+
+def _run_program(opts: Any, program: _Program, machine: Any, changes: Any) -> Any:
+    """run_case of the program's scenario; the generator should never make an invalid one,
+    but if it does, that case is an error, not the run's end."""
+    from cowlab.live.compare import CaseResult, run_case
+    from cowlab.live.randomprog import to_scenario
+
+    name = program.name
+    scenario = to_scenario(name, program.steps, name, program.device)
+    if scenario is None:
+        return CaseResult(name, name, opts.kernel, "error", "not a valid scenario (a bug)")
+    return run_case(scenario, opts, machine, changes)
+
+
+def _run_scenario(opts: Any, scenario: Any, machine: Any, changes: Any) -> Any:
     from cowlab.live.compare import run_case
 
-    if min(args.jobs, len(scenarios)) <= 1:
-        return (run_case(scenario, opts, machine, changes) for scenario in scenarios)
-    return side_by_side(scenarios, args.jobs, opts, machine)
+    return run_case(scenario, opts, machine, changes)
+
+
+# run(case, machine, changes): a case's CaseResult
+RunCase = Callable[[Any, Any, Any], Any]
+
+
+def _run_cases(
+    args: argparse.Namespace, cases: list[Any], run: RunCase, machine: Any, changes: Any
+) -> Iterator[Any]:
+    """run() of each case in order: here, or --jobs at a time in workers of their own
+    (side_by_side; changes is None there: --jobs refuses system changes)."""
+    if min(args.jobs, len(cases)) <= 1:
+        return (run(case, machine, changes) for case in cases)
+    return side_by_side(cases, args.jobs, run, machine)
 
 
 # Verdicts a case reaches without the noise test, which reads the machine-wide /proc/vmstat
@@ -271,28 +298,25 @@ def _run_cases(
 ALONE_OR_NOT = ("agree", "unsupported")
 
 
-def side_by_side(scenarios: list[Any], jobs: int, opts: Any, machine: Any) -> Iterator[Any]:
-    """Results in the scenarios' order, run `jobs` at a time (cowlab.live.parallel); a case with
+def side_by_side(cases: list[Any], jobs: int, run: RunCase, machine: Any) -> Iterator[Any]:
+    """Results in the cases' order, run `jobs` at a time (cowlab.live.parallel); a case with
     any other verdict than ALONE_OR_NOT is run again here, on machine, once every worker has
     stopped, and that run's result is its result."""
-    from cowlab.live.compare import run_case
     from cowlab.live.parallel import run_in_order
 
     again: list[tuple[Any, Any]] = []  # from the first case to run again on, in order
-    results = run_in_order(scenarios, jobs, functools.partial(_run_alone, opts))
+    results = run_in_order(cases, jobs, functools.partial(_in_worker, run))
     for i, result in enumerate(results):  # to its end: run_in_order stops the workers there
         if again or result.status not in ALONE_OR_NOT:
-            again.append((scenarios[i], result))
+            again.append((cases[i], result))
         else:
             yield result
-    for scenario, result in again:  # the workers are gone: run_in_order has returned
-        yield result if result.status in ALONE_OR_NOT else run_case(scenario, opts, machine, None)
+    for case, result in again:  # the workers are gone: run_in_order has returned
+        yield result if result.status in ALONE_OR_NOT else run(case, machine, None)
 
 
-def _run_alone(opts: Any, machine: Any, scenario: Any) -> Any:
-    from cowlab.live.compare import run_case
-
-    return run_case(scenario, opts, machine, None)
+def _in_worker(run: RunCase, machine: Any, case: Any) -> Any:
+    return run(case, machine, None)
 
 
 @dataclass
