@@ -165,6 +165,36 @@ def test_segfault_is_an_outcome_not_an_error(tmp_path: Path) -> None:
     assert not run.passed and run.steps[-1].outcome == "SIGSEGV"
 
 
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.8", "v6.18"])
+@pytest.mark.parametrize("data", ["{fill: 0x61, size: 12K}", '"%s"' % ("a" * 12288)])
+def test_a_write_killed_mid_way_stores_the_bytes_before_the_fault(
+    kernel_id: str, data: str
+) -> None:
+    """A pinned 12 KiB buffer, its third page made read-only, written with 12 KiB of 'a' from
+    byte 100 (data: {fill} or the same bytes as a string): the store faults at buf+8K, so the
+    process dies with bytes 100..8191 written and the third page untouched; the pin (the
+    device's) keeps them. Had the oracle taken the whole write or none of it, the pin's pages
+    would be owed other bytes than the frames hold: pin_coherence and no_leak would break."""
+    text = f"""name: t
+kernels: [{kernel_id}]
+processes: [P]
+steps:
+  - {{op: mmap, proc: P, name: buf, size: 12K}}
+  - {{op: pin, proc: P, name: mr, at: buf, size: 12K}}
+  - {{op: mprotect, proc: P, at: buf+8K, size: 4K, prot: r}}
+  - op: write
+    proc: P
+    at: buf+100
+    data: {data}
+    expect: {{outcome: SIGSEGV, holds: [pin_coherence, no_leak]}}
+  - {{op: dma_read, pin: mr, offset: 96, size: 8, expect: {{data: {{hex: "0000000061616161"}}}}}}
+  - {{op: dma_read, pin: mr, offset: 8188, size: 8, expect: {{data: {{hex: "6161616100000000"}}}}}}
+"""
+    result = run_scenario(parse_scenario(text, "t.yaml"), kernel_id)
+    failed = [(s.step.index, r) for s in result.steps for r in s.results if not r.passed]
+    assert not failed and result.steps[3].outcome == "SIGSEGV"
+
+
 def test_json_output_is_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
     path = ROOT / "examples" / "rdma_pmd.yaml"
     assert main(["run", str(path), "--json"]) == 0

@@ -438,6 +438,19 @@ class CallRecord(OpRecord):
         return self.fmt.format(_fmt_arg(self.pid), ", ".join(shown))
 
 
+class Memset(bytes):
+    """Bytes repeating one byte, `value` (a scenario's `data: {fill: N, size: N}`): a store of
+    them is a memset, its whole pages one shared string, not sliced page by page. Shown and
+    compared as the bytes they are."""
+
+    value: int
+
+    def __new__(cls, value: int, size: int) -> Memset:
+        out = super().__new__(cls, bytes([value]) * size)
+        out.value = value
+        return out
+
+
 def _fmt_arg(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
         return hex(value)
@@ -622,8 +635,8 @@ class Process:
 
     @_op("write")
     def write(self, addr: int, data: bytes) -> None:
-        """Store bytes, faulting page by page as the CPU does."""
-        self._copy(addr, len(data), data)
+        """Store bytes, faulting page by page as the CPU does (Memset bytes as a fill does)."""
+        self._copy(addr, len(data), data.value if isinstance(data, Memset) else data)
 
     @_op("fill")
     def fill(self, addr: int, length: int, value: int = 0) -> None:

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cowlab.kernel import Memset
 from cowlab.mm.constants import PAGE_SIZE
 from cowlab.mm.madvise import ADVICE
 from cowlab.mm.swapfile import SWAP_DEVICES
@@ -151,10 +152,10 @@ def parse_data(ctx: Context, value: Any, loc: Loc) -> bytes:
 
 
 @lru_cache(maxsize=16)
-def fill_bytes(fill: int, size: int) -> bytes:
+def fill_bytes(fill: int, size: int) -> Memset:
     """`size` bytes of `fill`, one object per (fill, size): the cow.c files write the same 2 MiB
     buffers hundreds of times, and bytes are immutable."""
-    return bytes([fill]) * size
+    return Memset(fill, size)
 
 
 def parse_byte(ctx: Context, value: Any, loc: Loc) -> int:

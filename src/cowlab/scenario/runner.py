@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cowlab.errors import KernelBug, Segfault, SyscallError
-from cowlab.kernel import Config, Kernel, Pin, Process
+from cowlab.kernel import Config, Kernel, Memset, Pin, Process
 from cowlab.mm.mremap import POSITIVE_EFAULT
 from cowlab.mm.trace import CowEvent, CowLog, Event, Indexed
 from cowlab.policy import resolve
@@ -302,10 +302,11 @@ class Runner:
 
     def stored(self, name: str, at: int, a: dict[str, Any], n: int) -> None:
         """The oracle learns the first n bytes of a write step (all, or those before SIGSEGV)."""
-        if "fill" in a:
-            self.logical.fill(name, at, n, a["fill"])
+        data = a.get("data")
+        if data is None or isinstance(data, Memset):  # a fill of size bytes, or its data form
+            self.logical.fill(name, at, n, a["fill"] if data is None else data.value)
         else:
-            self.logical.write(name, at, a["data"][:n])
+            self.logical.write(name, at, data[:n])
 
     def range_op(self, p: Process, name: str, op: str, at: int, a: dict[str, Any]) -> Any:
         size = a["size"]
