@@ -55,6 +55,7 @@ from cowlab.mm.pgtable import (
     PteTable,
 )
 from cowlab.mm.trace import CowEvent, CowLog
+from cowlab.policy.base import Policy
 from cowlab.policy.timeline import all_policies
 from cowlab.policy.v6_15 import LargeFolioReuse
 
@@ -1715,3 +1716,69 @@ def test_an_access_crossing_into_a_hole_is_an_outcome_with_bytes_done() -> None:
         True,
     )
     assert side.procs == []
+
+
+def _large_reuse_mismatches(kernel_id: str) -> list[str]:
+    """Pages of PTE-mapped large folios where wp_reuse_large (the range path's entry, the head
+    given) and wp_reuse (the page-by-page one) disagree, in the states of a THP split by a zap:
+    its pages exclusive (before the fork), shared with the child, after the parent's COW write of
+    100 of them, and after the child's exit. Each call reads only: no swap cache is involved."""
+    k = Kernel(kernel_id)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 * MIB, align=2 * MIB)
+    p.fill(addr, 2 * MIB, 1)
+    p.madvise(addr + 511 * PAGE, PAGE, "dontneed")
+    vma, f, policy, out = p.mm.find_vma(addr), k.frames, k.policy, []
+
+    def compare(when: str) -> None:
+        table = p.mm.pmds[addr >> 21]
+        assert isinstance(table, PteTable)
+        for pfn in table.pfn[table.pfn >= 0].tolist():
+            if not f.flags[pfn] & (PG_head | PG_tail):
+                continue
+            head = int(range_fault.heads_of(f, np.array([pfn]))[0])
+            by_run, by_page = policy.wp_reuse_large(k, vma, pfn, head), policy.wp_reuse(k, vma, pfn)
+            if by_run != by_page:
+                out.append(f"{when} pfn {pfn:#x}: {by_run} != {by_page}")
+
+    compare("exclusive")
+    child = p.fork()
+    compare("shared")
+    p.fill(addr + 7 * PAGE, 100 * PAGE, 2)
+    compare("after 100 copies")
+    child.exit()
+    compare("child gone")
+    return out
+
+
+def _owner(policy: Any, method: str) -> type:
+    """The class in the policy's MRO that defines method."""
+    return next(c for c in type(policy).__mro__ if method in vars(c))
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_wp_reuse_large_is_wp_reuse(kernel_id: str) -> None:
+    """Every policy's verdict for a large folio's page, its head given, is wp_reuse's, with the
+    same reads: one rule. wp_reuse_large is Policy's (which asks wp_reuse) or stated by the
+    change that states wp_reuse (6.15): a later change stating its rule in wp_reuse alone would
+    leave the range path on the older rule."""
+    policy = Kernel(kernel_id).policy
+    assert _owner(policy, "wp_reuse_large") in (Policy, _owner(policy, "wp_reuse"))
+    assert _large_reuse_mismatches(kernel_id) == []
+
+
+def test_a_rule_stated_in_wp_reuse_alone_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change after 6.15 that restated the rule in wp_reuse only (here: the same verdict, the
+    rule's text changed) is one the range path would not ask: both checks above report it."""
+    policy = Kernel("v6.18").policy
+    inner = type(policy).wp_reuse
+
+    def later(self: Any, k: Kernel, vma: Any, pfn: int) -> Any:
+        return inner(self, k, vma, pfn)._replace(rule="a later release's rule")
+
+    monkeypatch.setattr(type(policy), "wp_reuse", later)
+    assert _owner(policy, "wp_reuse_large") not in (Policy, _owner(policy, "wp_reuse"))
+    found = _large_reuse_mismatches("v6.18")
+    # 511 PTE-mapped pages in each of 4 states, but the 100 copied in the last two: 1844
+    assert len(found) == 511 * 4 - 200, found[:3]

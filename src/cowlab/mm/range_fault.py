@@ -287,9 +287,9 @@ def _wp_large_run(
     last reference (the freed frame would be the next allocation)."""
     f = k.frames
     decisions: list[WpDecision] = []
-    wp_reuse, count, mm = k.policy.wp_reuse, f._count, vma.mm
+    wp_reuse, count, mm = k.policy.wp_reuse_large, f._count, vma.mm
     for pfn, head in zip(pages.tolist(), heads_of(f, pages).tolist(), strict=True):
-        d = wp_reuse(k, vma, pfn)
+        d = wp_reuse(k, vma, pfn, head)
         if d.reuse:
             _settle_reuse(k, vma, pfn, head, d)
         else:

@@ -129,6 +129,11 @@ class Policy(ABC):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): may the anonymous page mapped read-only at this PTE be reused?"""
 
+    def wp_reuse_large(self, k: Kernel, vma: VmArea, pfn: int, head: int) -> WpDecision:
+        """wp_reuse() of a page of a large folio whose head the caller knows (the range path's
+        runs): the same rule, which a generation may state without finding the head again."""
+        return self.wp_reuse(k, vma, pfn)
+
     @abstractmethod
     def swapin_decision(
         self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool

@@ -46,10 +46,17 @@ class LargeFolioReuse(Policy):
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
-        if not PageTransCompound(f, pfn) or PageAnonExclusive(f, pfn):
+        if not PageTransCompound(f, pfn):
             return super().wp_reuse(k, vma, pfn)
-        head = compound_head(f, pfn)
-        large, refs = folio_large_mapcount(f, head), folio_ref_count(f, head)
+        return self.wp_reuse_large(k, vma, pfn, compound_head(f, pfn))
+
+    def wp_reuse_large(self, k: Kernel, vma: VmArea, pfn: int, head: int) -> WpDecision:
+        """do_wp_page() -> wp_can_reuse_anon_folio() -> __wp_can_reuse_large_anon_folio() (6.15,
+        1da190f4d0a6): PageAnonExclusive first, as do_wp_page tests it."""
+        f = k.frames
+        if PageAnonExclusive(f, pfn):
+            return super().wp_reuse(k, vma, pfn)
+        large = folio_large_mapcount(f, head)
         rule = (
             "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1 (after folio_free_swap)"
         )
@@ -62,7 +69,7 @@ class LargeFolioReuse(Policy):
             return WpDecision(False, False, False, read, rule)
         if PageSwapCache(f, head):  # folio_free_swap() first: its references must not count
             read += (("folio_free_swap", int(try_to_free_swap(k, head))),)
-            refs = folio_ref_count(f, head)
+        refs = folio_ref_count(f, head)  # read last, as the kernel does after the lock
         reuse = large == refs
         return WpDecision(reuse, False, reuse, (*read, ("refcount", refs)), rule)
 
