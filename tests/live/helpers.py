@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from cowlab.live.compare import CaseResult, Options, Regions, run_case
 from cowlab.live.driver import LiveMachine, LiveProcess
 from cowlab.live.journal import SystemChanges
 from cowlab.live.scenario import Limits
+from cowlab.live.swapdev import LocalLruDrain
 from cowlab.live.system import preflight
 from cowlab.scenario import Scenario, parse_scenario
 from cowlab.scenario.runner import Runner
@@ -92,3 +94,16 @@ def run_allowed(scenario: Scenario, journal: Path) -> CaseResult:
     limits = Limits(allow_system_changes=True)
     with LiveMachine() as m, SystemChanges(allow_system_changes=True, journal=journal) as changes:
         return run_case(scenario, Options(kernel, limits), m, changes)
+
+
+def record_local_drains(monkeypatch: pytest.MonkeyPatch) -> list[set[int]]:
+    """The CPUs the driver may run on at each drain of its own CPU's batches, as they come."""
+    drained_on: list[set[int]] = []
+    local = LocalLruDrain.__call__
+
+    def recorded(self: LocalLruDrain) -> None:
+        drained_on.append(os.sched_getaffinity(0))
+        local(self)
+
+    monkeypatch.setattr(LocalLruDrain, "__call__", recorded)
+    return drained_on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from cowlab.live.compare import Attempt, Options, diff_regions, model_step, run_
 from cowlab.live.driver import LiveMachine
 from cowlab.live.pages import Snapshot
 from cowlab.live.scenario import SPLIT_HUGE_PAGES, Limits, LiveScenario
+from cowlab.live.swapdev import LruDrain
 from cowlab.scenario import load_scenario, parse_scenario
 from cowlab.scenario.model import Scenario
-from tests.live.helpers import needs_live_kernel
+from tests.live.helpers import needs_live_kernel, record_local_drains
 
 pytestmark = needs_live_kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,38 +307,26 @@ def test_observing_a_page_does_not_make_its_write_copy(
     assert shown == ["P:buf[0] identity: live copied | model reused"]
 
 
-DRAINS = [
-    # mmap, write, write: the observations after the mmap and the first write each read pages,
-    # and a step follows each, so 2 drains; after the last observation the case ends (reset).
-    ("mmap_write_write", "  - {op: write, proc: P, at: buf, data: 'y'}", 2),
-    # a check step sends no command to a worker: LiveScenario.run_step still drains before it.
-    ("mmap_write_check", "  - {op: check, proc: P, at: buf}", 2),
-]
-
-
 @needs_matched_model
-@pytest.mark.parametrize("last, drains", [d[1:] for d in DRAINS], ids=[d[0] for d in DRAINS])
-def test_the_batches_are_drained_before_each_step_after_an_observation(
-    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch, last: str, drains: int
+def test_each_observation_is_read_and_drained_on_the_processes_cpu(
+    machine: LiveMachine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An observation's reads may leave a folio in the driver's CPU's lru_activate batch
-    (LiveMachine.after_reading); the drain comes before the next step, whatever it is, and
-    none after the last observation."""
+    """Three steps, three observations: after each, the CPU the driver read the pages on has
+    its batches drained, and that CPU is the one the case's processes run on (the zygote's,
+    the lowest allowed); every CPU is drained by no one (no swap-out); the driver's own CPUs
+    are back after each."""
     assert MATCHED is not None
-    calls = Counter[str]()
-    drain = LiveMachine.drain_lru
-
-    def counted(self: LiveMachine) -> None:
-        calls["drain"] += 1
-        drain(self)
-
-    monkeypatch.setattr(LiveMachine, "drain_lru", counted)
+    drained_on = record_local_drains(monkeypatch)
+    monkeypatch.setattr(LruDrain, "__call__", lambda self: pytest.fail("every CPU drained"))
+    mine = os.sched_getaffinity(0)
     text = (
         "name: drains\nprocesses: [P]\nsteps:\n"
         "  - {op: mmap, proc: P, name: buf, size: 4K}\n"
-        "  - {op: write, proc: P, at: buf, data: 'x'}\n" + last + "\n"
+        "  - {op: write, proc: P, at: buf, data: 'x'}\n"
+        "  - {op: write, proc: P, at: buf, data: 'y'}\n"
     )
     result = run_case(parse_scenario(text), Options(MATCHED), machine, None)
     assert result.status == "agree", (result.status, result.reason)
-    assert calls["drain"] == drains
-    assert not machine.read_since_drain
+    assert machine.cpu == min(mine)
+    assert drained_on == [{machine.cpu}] * 3
+    assert os.sched_getaffinity(0) == mine

@@ -11,7 +11,14 @@ import pytest
 
 from cowlab.errors import Segfault, SyscallError
 from cowlab.live.driver import LiveCleanupError, LiveMachine, _Device
-from tests.live.helpers import HPAGE, PAGE, needs_live_kernel, pmd_thp, small_pages
+from tests.live.helpers import (
+    HPAGE,
+    PAGE,
+    needs_live_kernel,
+    pmd_thp,
+    record_local_drains,
+    small_pages,
+)
 
 pytestmark = needs_live_kernel
 
@@ -160,26 +167,28 @@ def test_khugepaged_is_fenced_off_between_commands_only() -> None:
         assert {pg.level for pages in snap.regions.values() for pg in pages} == {"pmd"}
 
 
-def test_a_command_after_reading_pages_is_preceded_by_a_drain(
+def test_the_driver_reads_pages_on_the_processes_cpu_and_drains_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A snapshot reads page bytes through /proc/PID/mem, which may queue a folio in the
-    driver's CPU's lru_activate batch; the next command a worker runs comes after a drain of
-    every CPU (one), and a command with no read since comes after none."""
-    drains = []
-    drain = LiveMachine.drain_lru
-
-    def counted(self: LiveMachine) -> None:
-        drains.append(1)
-        drain(self)
-
-    monkeypatch.setattr(LiveMachine, "drain_lru", counted)
-    with LiveMachine() as m:
-        p = m.spawn()
-        addr = small_pages(p, 1)
-        p.snapshot(addr, PAGE)
-        assert m.read_since_drain and not drains
-        assert p.read(addr, 1) == b"\0"
-        assert len(drains) == 1 and not m.read_since_drain
-        p.read(addr, 1)
-        assert len(drains) == 1
+    """A snapshot that reads bytes moves the driver to its processes' CPU for the reads and
+    the drain of that CPU's batches (a read may queue the folio there: LiveMachine.reading),
+    then gives it back its CPUs; one that reads no bytes stays where it is and drains none.
+    By hand: the machine starts while the driver may run on the highest allowed CPU only, so
+    its processes take that one; then the driver may run anywhere again."""
+    drained_on = record_local_drains(monkeypatch)
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {max(allowed)})
+        with LiveMachine() as m:
+            p = m.spawn()
+            addr = small_pages(p, 1)
+            p.write(addr, b"x")
+            assert m.cpu == max(allowed)  # the zygote took the lowest of what the driver had
+            os.sched_setaffinity(0, allowed)
+            p.snapshot(addr, PAGE)
+            m.snapshot([(p, addr, PAGE)])
+            m.snapshot([(p, addr, PAGE)], read_bytes=False)
+            assert drained_on == [{m.cpu}, {m.cpu}]
+            assert os.sched_getaffinity(0) == allowed
+    finally:
+        os.sched_setaffinity(0, allowed)

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from cowlab.errors import CowlabError, Segfault, SyscallError
 from cowlab.kernel import parse_prot
 from cowlab.live import observe, uring
-from cowlab.live.swapdev import LruDrain
+from cowlab.live.swapdev import LocalLruDrain, LruDrain
 from cowlab.live.system import KernelFacts, kernel_facts
 from cowlab.live.worker import F_SETPIPE_SZ, recv_msg, send_msg
 from cowlab.mm.madvise import MADV_BY_NAME
@@ -307,7 +307,6 @@ class LiveProcess:
         """Send one command and wait for its reply; a dead worker is reaped and reported."""
         if not self.alive:
             raise SyscallError("ESRCH", f"pid {self.pid} has exited")
-        self.machine.drain_if_read()  # the command must not meet the reads' batch references
         reply = self._reply(cmd, args, lambda: send_msg(self.sock, (cmd, args), fds))
         if reply[0] == "segv":
             # the worker dies of it (worker.die_of_sigsegv): wait until its mm is gone
@@ -444,11 +443,10 @@ class LiveProcess:
     # --- observation ---------------------------------------------------------------------
 
     def snapshot(self, addr: int, length: int, *, exact: bool = False) -> observe.Snapshot:
-        """observe.snapshot() of one range of this process alone (named by its pid); the
-        batches its reads filled are drained before the next command (LiveMachine.after_reading)."""
-        snap = observe.snapshot([(str(self.pid), self.pid, addr, length)], exact=exact)
-        self.machine.after_reading()
-        return snap
+        """observe.snapshot() of one range of this process alone (named by its pid), read on
+        the processes' CPU, whose batches are drained after (LiveMachine.reading)."""
+        with self.machine.reading():
+            return observe.snapshot([(str(self.pid), self.pid, addr, length)], exact=exact)
 
     def translate(self, addr: int) -> int | None:
         """The PFN addr maps now, without faulting (pagemap), or None."""
@@ -486,7 +484,8 @@ class LiveMachine:
         self._old_sigterm: Any = None
         self.facts: KernelFacts | None = None
         self._drain: LruDrain | None = None
-        self.read_since_drain = False  # page bytes were read and the batches not drained since
+        self._drain_here: LocalLruDrain | None = None
+        self.cpu: int | None = None  # the CPU of the zygote and every process it forks
 
     def drain_lru(self) -> None:
         """Every CPU's per-CPU folio batches drained (swapdev.LruDrain), so that no reference
@@ -494,12 +493,6 @@ class LiveMachine:
         if self._drain is None:
             self._drain = LruDrain()
         self._drain()
-        self.read_since_drain = False
-
-    def drain_if_read(self) -> None:
-        """drain_lru() if page bytes were read since the last drain (after_reading)."""
-        if self.read_since_drain:
-            self.drain_lru()
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -541,7 +534,8 @@ class LiveMachine:
             theirs.close()
         mine.settimeout(self.timeout)
         self._zygote = LiveProcess(self, self._popen.pid, mine, None)
-        self._zygote._call("ping")
+        self._zygote._call("ping")  # it has taken its CPU (worker.main) before it answers
+        self.cpu = min(os.sched_getaffinity(self._popen.pid))
         self._install_sigterm()
 
     def close(self) -> None:
@@ -556,18 +550,16 @@ class LiveMachine:
             self._stop_zygote()
         finally:
             self._remove_sigterm()
-            if self._drain is not None:
-                self._drain.close()
-                self._drain = None
+            for drain in (self._drain, self._drain_here):
+                if drain is not None:
+                    drain.close()
+            self._drain = self._drain_here = None
         _raise_failures(failures)
 
     def reset(self) -> None:
         """Release every pin and kill and reap every worker; the zygote stays for the next case.
 
-        As close(): every worker is reaped even if a pin fails to release, then that is raised.
-        The batches the last reads filled are not drained: they only hold back the freeing of
-        these processes' folios, which decide nothing any more."""
-        self.read_since_drain = False
+        As close(): every worker is reaped even if a pin fails to release, then that is raised."""
         failures = self._release_pins()
         for proc in list(self.processes.values()):
             self._kill(proc)
@@ -706,9 +698,8 @@ class LiveMachine:
         read_bytes: bool = True,
     ) -> observe.Snapshot:
         """observe.snapshot() of (process, addr, length) regions, named by pid or by dict key;
-        each process tells by mincore() which of its swap PTEs have a swap-cache page. After
-        reading bytes, the batches the reads filled are drained before the next command
-        (after_reading)."""
+        each process tells by mincore() which of its swap PTEs have a swap-cache page. Bytes
+        are read on the processes' CPU, whose batches are drained after (reading)."""
         named = list(
             regions.items()
             if isinstance(regions, Mapping)
@@ -720,22 +711,38 @@ class LiveMachine:
         def mincore(pid: int, addr: int, pages: int) -> bytes:
             return bytes(procs[pid]._call("mincore", addr, pages))
 
-        snap = observe.snapshot(spec, exact=exact, read_bytes=read_bytes, mincore=mincore)
-        if read_bytes:
+        with self.reading() if read_bytes else contextlib.nullcontext():
+            return observe.snapshot(spec, exact=exact, read_bytes=read_bytes, mincore=mincore)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """The driver on the processes' CPU while it reads their pages' bytes, and until it has
+        drained that CPU's folio batches (after_reading); its own CPUs back afterwards."""
+        mask = os.sched_getaffinity(0)
+        here = {self.cpu} if self.cpu is not None else mask
+        if here != mask:
+            os.sched_setaffinity(0, here)  # returns once this thread runs there
+        try:
+            yield
             self.after_reading()
-        return snap
+        finally:
+            if here != mask:
+                os.sched_setaffinity(0, mask)
 
     def after_reading(self) -> None:
-        """lru_add_drain_all() after the driver read page bytes through /proc/PID/mem (6.18.2,
-        gfunkmonk/linux-6.18.2@062668f4d006): each read is a GUP with FOLL_TOUCH, which marks
-        the folio accessed (folio_mark_accessed); the second time, folio_activate queues it in
-        the lru_activate batch of the driver's CPU with a reference of its own. A write fault on
-        the zygote's CPU then sees that reference and copies (wp_can_reuse_anon_folio: the
-        folio is still on the LRU, so not even the local batches are drained). Draining every
-        CPU's batches (lru_add_drain_cpu -> folio_activate_drain) drops it. The drain is made
-        when it is needed, not here: before the next command to a worker (LiveProcess._call) or
-        step (LiveScenario.run_step), so none follows a case's last observation (reset)."""
-        self.read_since_drain = True
+        """lru_add_drain() on the CPU the driver read page bytes on, through /proc/PID/mem
+        (6.18.2, gfunkmonk/linux-6.18.2@062668f4d006): each read is a GUP with FOLL_TOUCH,
+        which marks the folio accessed (folio_mark_accessed); the second time, folio_activate
+        queues it in the lru_activate batch of the CPU the read runs on, with a reference of
+        its own. A write fault then sees that reference and copies (wp_can_reuse_anon_folio:
+        the folio is still on the LRU, so not even the local batches are drained). A batch is
+        filled only by its own CPU (__folio_batch_add_and_move: this_cpu_ptr), and the driver
+        stays on one CPU from the reads to here (reading), so draining that CPU's batches
+        (lru_add_drain_cpu -> folio_activate_drain: swapdev.LocalLruDrain) drops every such
+        reference, without waiting for any other CPU."""
+        if self._drain_here is None:
+            self._drain_here = LocalLruDrain()
+        self._drain_here()
 
 
 def _make_device(proc: LiveProcess, kind: str, addr: int, length: int) -> _Device:

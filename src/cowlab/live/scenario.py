@@ -348,13 +348,9 @@ class LiveScenario:
         """Execute one step; program outcomes (errno, SIGSEGV) are results, not exceptions.
         Once the case has swapped something out, every CPU's folio batches are drained before
         each step: a swap-in fault frees the swap-cache copy only if no one else holds a
-        reference (should_try_to_free_swap), and a batch must not be that someone. So they are
-        after an observation read page bytes (LiveMachine.after_reading), also for the steps
-        that send no command to a worker (ksmd, khugepaged, split_huge_pages: each counts
-        references)."""
+        reference (should_try_to_free_swap), and a batch must not be that someone."""
         if self.swapped:
             self.machine.drain_lru()
-        self.machine.drain_if_read()
         try:
             result = self.execute(step)
         except Segfault:

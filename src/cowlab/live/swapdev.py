@@ -255,3 +255,19 @@ class LruDrain:
     def close(self) -> None:
         self.map.close()
         os.close(self.fd)
+
+
+class LocalLruDrain:
+    """lru_add_drain() from user space: the folio batches of the CPU the caller runs on only.
+    6.18 generic_fadvise() drains the local batches before it tries to invalidate the range,
+    and every CPU's only if a page of it could not be: an empty file has none, so the caller
+    never waits for another CPU's kworker."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+
+    def __call__(self) -> None:
+        os.posix_fadvise(self.fd, 0, PAGE, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        os.close(self.fd)
