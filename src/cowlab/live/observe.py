@@ -501,8 +501,8 @@ def _snapshot_once(
     labels = _Labels()
     huge = np.concatenate(huges) if huges else np.zeros(0, dtype=bool)
     pages = _region_arrays(pm, huge, info, labels, raw, exact)
-    if mincore is not None:
-        swapped = _bit(pm, PM_SWAP)
+    swapped = _bit(pm, PM_SWAP)
+    if mincore is not None and swapped.any():  # no swap PTE, no question for the processes
         pages.swapcache[swapped] = _swap_cached(regions, spans, entries, mincore)[swapped]
     if raw is not None and source is not None:  # pages read once, for every region that maps them
         pres = np.flatnonzero(present)
