@@ -9,30 +9,36 @@ result is cached per (kernel, depth): each kernel is searched once for the whole
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import pytest
 
-from cowlab.check.alphabet import root_parts, roots
+from cowlab.check.alphabet import letters, root_parts, roots
+from cowlab.check.canonical import state_key
 from cowlab.check.corpus import Verdicts
 from cowlab.check.counterexample import group, to_yaml
+from cowlab.check.properties import PROPERTIES
 from cowlab.check.search import (
     Finding,
     Outcome,
     Program,
     Stats,
+    Track,
+    _root,
+    _step,
     differing,
     listen,
     merged,
     policy_differences,
     recording,
+    run_program,
     search,
     search_kernels,
 )
 from cowlab.cli import main
 from cowlab.policy.base import Policy
-from cowlab.policy.timeline import resolve
+from cowlab.policy.timeline import all_policies, resolve
 from cowlab.scenario.loader import load_scenario, parse_scenario
 from cowlab.scenario.runner import Runner, run_scenario
 
@@ -223,6 +229,45 @@ def test_a_joint_search_in_parts_is_each_kernel_own_search() -> None:
         assert joint.stats.depth_states == alone.stats.depth_states
         assert joint.stats.runs == alone.stats.runs
         assert _findings(joint) == _findings(alone)
+
+
+KERNELS = tuple(all_policies())
+BEFORE_5_19 = KERNELS[: KERNELS.index("v5.19")]  # all_policies() is in release order
+
+
+def _met(name: str, kernels: tuple[str, ...] = KERNELS) -> list[tuple[str, ...]]:
+    """The kernels of each node the joint search goes on from after the root `name`."""
+    first = next(r for r in roots() if r.name == name)
+    tracks = {k: Track(k) for k in kernels}
+    return [n.kernels for n in _root(first, tracks, partial(state_key, scans=False))]
+
+
+def test_kernels_that_part_at_a_root_and_meet_again_go_on_together() -> None:
+    """Kernels whose policies define something a root read otherwise run it apart; those that
+    reach one canonical state go on as one node. By hand: a store to two pages of a VM_NOHUGEPAGE
+    region maps two small anonymous pages, marked PG_anon_exclusive from 5.19 on (6c287605fd56)
+    and not before: two states. Fork then shares them read-only with the child, mapcount and
+    refcount 2 each, and clears PG_anon_exclusive (5.19 on; never set before): one state for
+    every kernel, though they run fork apart (5.8 on copies pinned pages, 70e806e4e645)."""
+    after = KERNELS[len(BEFORE_5_19) :]
+    assert _met("map 4K, write pages 0-1") == [BEFORE_5_19, after]
+    assert _met("map 4K, write pages 0-1, fork") == [KERNELS]
+
+
+def test_kernels_that_part_at_a_letter_and_meet_again_go_on_together() -> None:
+    """After fork shared pages 0-1, the parent's store to page 0 copies it on every kernel:
+    4.5 by its mapcount 2, 5.9 by its refcount 2, 5.19 as it is not PG_anon_exclusive and its
+    refcount is 2 (do_wp_page's rule differs, so they run the store apart). The copy is
+    PG_anon_exclusive from 5.19 on: the kernels go on as two nodes, not one per rule."""
+    kernels = ("v4.5", "v5.9", "v5.19", "v6.18")
+    tracks = {k: Track(k) for k in kernels}
+    keyed = partial(state_key, scans=False)
+    first = next(r for r in roots() if r.name == "map 4K, write pages 0-1, fork")
+    (node,) = _root(first, tracks, keyed)
+    base = run_program(node.kernels[0], node.program)
+    store = next(x for x in letters(["P", "C1"], [], "cow") if x.name == "P writes page 0")
+    nodes = list(_step(node, store, base, True, tracks, tuple(PROPERTIES), keyed))
+    assert [n.kernels for n in nodes] == [("v4.5", "v5.9"), ("v5.19", "v6.18")]
 
 
 def test_merged_parts_come_breadth_first() -> None:

@@ -9,7 +9,8 @@ signature, so a shortest one); its state is still expanded, for what later lette
 unless the kernel's own consistency broke.
 
 Several kernels are searched together (search_kernels): a frontier program carries the kernels
-that reached a new state by it, and each letter runs once for all of them that decide it alike.
+that reached a new state by it, and each letter runs once for all of them that decide it alike;
+kernels that ran a letter apart but reached one canonical state by it go on together.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from cowlab.scenario.model import Scenario, ScenarioConfig
 from cowlab.scenario.runner import Runner
 
 T = TypeVar("T")
+Keyed = Callable[[Runner, int], bytes]  # a machine's canonical state (check/canonical.py)
 SCENARIO = Scenario("<search>", "cowlab check search", "", (), ScenarioConfig(), ["P"])
 
 
@@ -346,9 +348,10 @@ def search_kernels(
     started = time.perf_counter()
     tracks = {k: Track(k) for k in dict.fromkeys(kernels)}
     firsts = roots() if part is None else root_parts()[part]
-    frontier = [node for first in firsts for node in _root(first, tracks)]
+    keyed = partial(state_key, scans=scans_by_pid(alphabet)) if canonical else None
+    frontier = [node for first in firsts for node in _root(first, tracks, keyed)]
     for _ in range(depth):
-        frontier = list(_expand(frontier, tracks, alphabet, wanted, canonical))
+        frontier = list(_expand(frontier, tracks, alphabet, wanted, keyed))
         for track in tracks.values():
             track.stats.depth_states.append(sum(track.kernel in n.kernels for n in frontier))
         if progress is not None:
@@ -384,11 +387,21 @@ def merged(parts: list[Outcome]) -> Outcome:
     return Outcome(list(findings.values()), stats)
 
 
-def _root(first: Letter, tracks: dict[str, Track]) -> Iterator[Node]:
-    """The program of a root letter, for each set of kernels that run it the same way."""
+def _root(first: Letter, tracks: dict[str, Track], keyed: Keyed | None) -> Iterator[Node]:
+    """The program of a root letter, for each set of kernels that reach one state by it."""
     program = Program((), ()).then(first)
-    for kernels, _ in _shared(tuple(tracks), tracks, lambda t, _: run_program(t, program)):
-        yield Node(program, tuple(kernels))
+    runs = _shared(tuple(tracks), tracks, lambda t, _: run_program(t, program))
+    met: dict[object, list[str]] = {}
+    for n, (kernels, runner) in enumerate(runs):
+        state = n if keyed is None else keyed(runner, runner.regions[REGION])
+        met.setdefault(state, []).extend(kernels)
+    for on in met.values():
+        yield Node(program, _in_order(on, tuple(tracks)))
+
+
+def _in_order(kernels: list[str], order: tuple[str, ...]) -> tuple[str, ...]:
+    """Kernels that met at one state, in the order of the node they came from."""
+    return tuple(k for k in order if k in kernels)
 
 
 def _expand(
@@ -396,9 +409,8 @@ def _expand(
     tracks: dict[str, Track],
     alphabet: str,
     wanted: tuple[str, ...],
-    canonical: bool,
+    keyed: Keyed | None,
 ) -> Iterator[Node]:
-    keyed = partial(state_key, scans=scans_by_pid(alphabet)) if canonical else None
     for node in frontier:
         base = run_program(node.kernels[0], node.program)
         offered = letters(_live(base), list(node.program.pins), alphabet)
@@ -414,9 +426,13 @@ def _step(
     last: bool,
     tracks: dict[str, Track],
     wanted: tuple[str, ...],
-    keyed: Callable[[Runner, int], bytes] | None,
+    keyed: Keyed | None,
 ) -> Iterator[Node]:
-    """`letter` after the node's state, on each of its kernels."""
+    """`letter` after the node's state, on each of its kernels. Kernels that ran it apart (their
+    policies define something it read otherwise) but reached one canonical state go on as one
+    node: a state's key holds all that any later letter reads, so each kernel's search from
+    there is the one it would make from its own machine, and each still meets the program in
+    its own search's place (the nodes of one letter hold no kernel twice)."""
     # what a state breaks depends on the state alone, except an unnecessary copy: on the letter
     of_letter = tuple(p for p in wanted if p == "no_unnecessary_copy")
     of_state = tuple(p for p in wanted if p not in of_letter)
@@ -434,11 +450,16 @@ def _step(
         state = violations(runner, of_state) if new else {}
         return Run(runner, key, state, violations(runner, of_letter))
 
-    for kernels, done in _shared(node.kernels, tracks, run):
+    met: dict[object, tuple[frozenset[str], list[str]]] = {}  # state -> what it breaks, kernels
+    for n, (kernels, done) in enumerate(_shared(node.kernels, tracks, run)):
         signed = Signatures(letter, done.runner)
-        on = tuple(k for k in kernels if _judge(tracks[k], done, signed, longer))
+        on = [k for k in kernels if _judge(tracks[k], done, signed, longer)]
         if on:
-            yield Node(replace(longer, broken=frozenset(done.state)), on)
+            broken = frozenset(done.state)
+            state = n if done.key is None else (done.key, broken)
+            met.setdefault(state, (broken, []))[1].extend(on)
+    for broken, on in met.values():
+        yield Node(replace(longer, broken=broken), _in_order(on, node.kernels))
 
 
 @dataclass
