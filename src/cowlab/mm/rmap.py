@@ -402,7 +402,8 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
     large = f._large_mapcount.add(head, -nr)
     if not k.policy.mm_ids:
         return
-    ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
+    row = f.folios.row[head]  # both MM-id fields by one lookup: a COW run asks once a page
+    ids, counts = f.mm_id.data[row], f.mm_id_mapcount.data[row]
     for slot in (0, 1):
         if ids[slot] == mm.pid:
             counts[slot] -= nr
@@ -410,7 +411,7 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
                 counts[slot] = -1
                 ids[slot] = 0
             break
-    if large in (counts[0], counts[1]):
+    if large in counts:
         f.flags[head] &= NOT_MM_IDS_SHARED
 
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import VmArea
 
+LARGE_RULE = "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1 (after folio_free_swap)"
+
 
 @landed(
     "6.15",
@@ -57,21 +59,17 @@ class LargeFolioReuse(Policy):
         if PageAnonExclusive(f, pfn):
             return super().wp_reuse(k, vma, pfn)
         large = folio_large_mapcount(f, head)
-        rule = (
-            "!folio_maybe_mapped_shared && _large_mapcount == refcount > 1 (after folio_free_swap)"
-        )
-        read: Reads = (("_large_mapcount", large),)
         if large <= 1:  # the last mapping: copy, and the folio is freed
-            return WpDecision(False, False, False, read, rule)
-        shared = folio_maybe_mapped_shared(f, head)
-        read += (("folio_maybe_mapped_shared", int(shared)),)
-        if shared:
-            return WpDecision(False, False, False, read, rule)
+            return WpDecision(False, False, False, (("_large_mapcount", large),), LARGE_RULE)
+        if folio_maybe_mapped_shared(f, head):  # the reads built once: a THP's run asks 511 times
+            read: Reads = (("_large_mapcount", large), ("folio_maybe_mapped_shared", 1))
+            return WpDecision(False, False, False, read, LARGE_RULE)
+        read = (("_large_mapcount", large), ("folio_maybe_mapped_shared", 0))
         if PageSwapCache(f, head):  # folio_free_swap() first: its references must not count
             read += (("folio_free_swap", int(try_to_free_swap(k, head))),)
         refs = folio_ref_count(f, head)  # read last, as the kernel does after the lock
         reuse = large == refs
-        return WpDecision(reuse, False, reuse, (*read, ("refcount", refs)), rule)
+        return WpDecision(reuse, False, reuse, (*read, ("refcount", refs)), LARGE_RULE)
 
     def collapse_page_shared(self, k: Kernel, pfn: int) -> bool:
         """A large folio is shared when it may be mapped by another MM (MM-id bit)."""
