@@ -461,35 +461,31 @@ def snapshot(
 def _snapshot_once(
     regions: list[tuple[str, int, int, int]], exact: bool, read_bytes: bool, mincore: Mincore | None
 ) -> tuple[dict[str, PageArrays], dict[str, int], bool, list[U64]]:
-    """One attempt: every region's pagemap (one pread) and PAGEMAP_SCAN; then, for the regions
-    laid end to end, kpageflags/kpagecount of each distinct PFN (a pread per run) and the bytes
-    of each distinct present page but the zero pages (a preadv per run; a page that several
-    regions map, as a fork shares them, is read once: one physical page has one content, and
-    nothing writes while the processes under test are idle); then every field as arrays for
-    all regions at once, cut into one PageArrays per region."""
+    """One attempt: every region's pagemap (one pread); then, for the regions laid end to end,
+    kpageflags/kpagecount of each distinct PFN (a pread per run), PAGEMAP_SCAN of each region
+    with a PMD-sized folio (_pmd_mapped), and the bytes of each distinct present page but the
+    zero pages (a preadv per run; a page that several regions map, as a fork shares them, is
+    read once: one physical page has one content, and nothing writes while the processes under
+    test are idle); then every field as arrays for all regions at once, cut into one
+    PageArrays per region."""
     spans = [_span(addr, length) for _name, _pid, addr, length in regions]
     entries = [
         read_pagemap(pid, first, n)
         for (_name, pid, _a, _l), (first, n) in zip(regions, spans, strict=True)
     ]
+    offsets = np.cumsum([0] + [n for _first, n in spans]).tolist()
     table = PfnTable()
     try:
-        huges = []
-        all_scanned = True
-        for (_name, pid, _a, _l), (first, n), pm in zip(regions, spans, entries, strict=True):
-            huge = scan_huge(pid, first, n)
-            if huge is None:
-                all_scanned = False
-                huge = _infer_huge(pm, first, table)
-            huges.append(huge)
         pm = np.concatenate(entries) if entries else np.zeros(0, np.uint64)
         present = _bit(pm, PM_PRESENT)
         pfns = pm[present] & np.uint64(PM_PFN_MASK)
         distinct = _Distinct.of(pfns)
         info = _gather(distinct, table)
+        nr = np.zeros(len(pm), np.int64)
+        nr[present] = info.nr
+        huge, all_scanned = _pmd_mapped(regions, spans, entries, nr, table)
     finally:
         table.close()
-    offsets = np.cumsum([0] + [n for _first, n in spans]).tolist()
     raw, source = None, None
     if read_bytes:
         read, source = _to_read(distinct, ~_bit(info.flags, KPF_ZERO), exact)
@@ -499,7 +495,6 @@ def _snapshot_once(
                  zip(regions, spans, offsets, strict=False)]  # fmt: skip
         raw = _read_mem(procs, wanted, exact)
     labels = _Labels()
-    huge = np.concatenate(huges) if huges else np.zeros(0, dtype=bool)
     pages = _region_arrays(pm, huge, info, labels, raw, exact)
     swapped = _bit(pm, PM_SWAP)
     if mincore is not None and swapped.any():  # no swap PTE, no question for the processes
@@ -513,6 +508,32 @@ def _snapshot_once(
         for (name, _pid, _a, _l), lo, hi in zip(regions, offsets, offsets[1:], strict=False)
     }
     return out, labels.folios.by_label("F"), all_scanned, entries
+
+
+def _pmd_mapped(
+    regions: list[tuple[str, int, int, int]],
+    spans: list[tuple[int, int]],
+    entries: list[U64],
+    nr: I64,
+    table: PfnTable,
+) -> tuple[npt.NDArray[np.bool_], bool]:
+    """Per page, regions laid end to end, whether a PMD maps it (PAGEMAP_SCAN, else inferred),
+    and whether PAGEMAP_SCAN answered every region asked. Only a PMD-sized folio can be mapped
+    by a PMD (a THP, or the huge zero page), so a region with no present page of one (nr: its
+    folio's pages, 0 where nothing is present) is not asked."""
+    huges = []
+    all_scanned = True
+    lo = 0
+    for (_name, pid, _a, _l), (first, n), pm in zip(regions, spans, entries, strict=True):
+        huge: npt.NDArray[np.bool_] | None = np.zeros(n, dtype=bool)
+        if (nr[lo : lo + n] >= HPAGE_NR).any():
+            huge = scan_huge(pid, first, n)
+        if huge is None:
+            all_scanned = False
+            huge = _infer_huge(pm, first, table)
+        huges.append(huge)
+        lo += n
+    return (np.concatenate(huges) if huges else np.zeros(0, dtype=bool)), all_scanned
 
 
 def _swap_cached(
