@@ -1014,6 +1014,30 @@ def test_plain_of_one_page_and_a_run_alike() -> None:
     assert vmscan._plain(*columns).tolist() == list(PLAIN_BY_HAND.values())
 
 
+def test_plain_anon_of_one_page_and_a_run_alike() -> None:
+    """range_fault._plain_anon, which _wp_run asks of its first page alone (ints) and then of
+    the run (arrays), by hand: a small page with an anon_vma is plain; one without, a KSM page,
+    a swap-cache page and a THP tail (order 1 here) whose head is in the swap cache are not;
+    the head's flags count for a tail, the tail's own for a small page."""
+    f = Kernel("v6.18").frames
+    pfns = f.alloc_pages(8)
+    base = int(pfns[0]) & ~1
+    pages = [base + i for i in range(6)]
+    f.mapping[pages] = [1, 0, 1, 1, 1, 1]
+    f.flags[pages[2]] |= PG_ksm
+    f.flags[pages[3]] |= PG_swapcache
+    f.flags[pages[4]] |= PG_swapcache  # the head of pages[5], an order-1 tail
+    f.flags[pages[5]] |= PG_tail
+    f.order[pages[5]] = 1
+    want = [True, False, False, False, False, False]
+    heads = [range_fault.compound_head(f, p) for p in pages]
+    assert heads[5] == pages[4]
+    one = [bool(range_fault._plain_anon(f, p, h)) for p, h in zip(pages, heads, strict=True)]
+    assert one == want
+    run = np.array(pages, dtype=np.int64)
+    assert range_fault._plain_anon(f, run, range_fault.heads_of(f, run)).tolist() == want
+
+
 def test_swap_free_rules_of_one_folio_and_a_run_alike() -> None:
     """swapfile.frees_swap() and only_user(), the one statements of try_to_free_swap() and
     should_try_to_free_swap()'s refcount test that do_swap_page and the swap-in run ask, give

@@ -243,11 +243,15 @@ def _wp_run(
         return _apply(k, vma, table, start, first, olds, [ZERO_PAGE_COPY], zero)
     f = k.frames
     pages = pfn[: _leading(present_ro & ~special)].copy()  # the PTEs change below
-    heads = heads_of(f, pages)
-    odd = (f.flags[pages] | f.flags[heads]) & (PG_ksm | PG_swapcache)
-    pages = pages[: _leading((odd == 0) & (f.mapping[heads] > 0))]
     if not pages.size:
         return NONE
+    # a run of small pages it leaves alone (swap-cache, KSM pages) is told of its first page:
+    # the page-by-page path asks again from the next page, so the arrays of the rest of the
+    # table would be made once for each page of the run (a small page is its own head)
+    page = pages.item(0)
+    if not f.flags.item(page) & (PG_head | PG_tail) and not _plain_anon(f, page, page):
+        return NONE
+    pages = pages[: _leading(_plain_anon(f, pages, heads_of(f, pages)))]
     large = (f.flags[pages] & (PG_head | PG_tail)) != 0
     if large[0]:
         if small_only:
@@ -262,6 +266,14 @@ def _wp_run(
     if not n:
         return NONE
     return _apply(k, vma, table, start, first, pages[:n], decisions, which[:n])
+
+
+def _plain_anon(f: PageFrames, pages: Field, heads: Field) -> Field:
+    """Whether pages (their heads given) are anonymous, and neither they nor their heads KSM or
+    in the swap cache (reuse_swap_page's cases): those _wp_run decides by key. Of one page
+    (an int) or a run (arrays)."""
+    odd = (f.flags[pages] | f.flags[heads]) & (PG_ksm | PG_swapcache)
+    return (odd == 0) & (f.mapping[heads] > 0)
 
 
 def by_key(
