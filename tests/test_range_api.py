@@ -5,6 +5,9 @@ path gives exactly the page-by-page state is tests/test_range_ops.py's job."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -56,6 +59,15 @@ def test_a_memset_write_is_the_write_of_its_bytes(kernel_id: str, range_ops: boo
         assert p.read(addr + 98, 4) == b"\0\0aa" and p.read(end - 2, 4) == b"aa\0\0"
     written = f"write({addr + 100:#x}, <4194304 bytes>)"  # shown as the bytes it is
     assert seen[0] == seen[1] and seen[0][1][-1].endswith(written)
+
+
+def test_memset_bytes_pickle_and_copy_as_themselves() -> None:
+    """A scenario holding `data: {fill: 0x61, size: 10}` may be pickled (a worker) or copied:
+    the copy is Memset bytes again, the same ten bytes repeating 0x61."""
+    data = Memset(0x61, 10)
+    copies = [pickle.loads(pickle.dumps(data, protocol=p)) for p in range(6)]
+    copies += [copy.deepcopy(data), copy.copy(data)]
+    assert all(type(c) is Memset and c == b"a" * 10 and c.value == 0x61 for c in copies)
 
 
 @pytest.mark.parametrize("kernel_id", ["v4.5", "v6.18"])

@@ -450,6 +450,10 @@ class Memset(bytes):
         out.value = value
         return out
 
+    def __getnewargs__(self) -> tuple[int, int]:  # type: ignore[override]
+        """What pickle and copy make it again from (bytes' own would be its bytes)."""
+        return self.value, len(self)
+
 
 def _fmt_arg(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
