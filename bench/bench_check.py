@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
+from cowlab.check import search as search_module
 from cowlab.check.search import search, search_kernels
 from cowlab.policy.timeline import all_policies
 
@@ -75,13 +78,26 @@ def one_kernel(kernel: str, depth: int, canonical: bool, budget: float) -> None:
 
 def every_kernel(depth: int, canonical: bool) -> None:
     kernels = list(all_policies())
+    runs = [0]
+    shared = search_module._shared
+
+    def counted(*args: Any) -> Iterator[Any]:  # each run of a letter (or root), once
+        for taken in shared(*args):
+            runs[0] += 1
+            yield taken
+
+    search_module._shared = counted
     cpu, wall = time.process_time(), time.perf_counter()
-    outcomes = search_kernels(kernels, depth, canonical=canonical)
+    try:
+        outcomes = search_kernels(kernels, depth, canonical=canonical)
+    finally:
+        search_module._shared = shared
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     states = sum(o.stats.states for o in outcomes.values())
     print(
         f"all {len(kernels)}  {depth:5}  {'yes' if canonical else 'no':9}  {states:9}  {cpu:8.1f}"
-        f"  {wall:8.1f}  {states / cpu:12.0f}",
+        f"  {wall:8.1f}  {states / cpu:12.0f}  (letters run: {runs[0]}, as each kernel's own"
+        f" searches: {sum(o.stats.runs for o in outcomes.values())})",
         flush=True,
     )
 
