@@ -92,7 +92,8 @@ class Finding:
 @dataclass
 class Stats:
     states: int = 0  # distinct states visited
-    runs: int = 0  # letters applied (edges)
+    runs: int = 0  # letters applied (edges): as its own search would, a shared run counted
+    # wall seconds of the searches that made it: a joint search's, the same for its kernels
     seconds: float = 0.0
     depth_states: list[int] = field(default_factory=list)  # new states per depth
 
