@@ -421,22 +421,30 @@ def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints
 def must_unshare_any(k: Kernel, gup_flags: int) -> bool:
     """Could gup_must_unshare() hold for some page (a R/O FOLL_PIN on 5.19+)?"""
     return bool(
-        k.policy.gup_unshares_ro_pins and gup_flags & FOLL_PIN and not gup_flags & FOLL_WRITE
+        gup_flags & FOLL_PIN and not gup_flags & FOLL_WRITE and k.policy.gup_unshares_ro_pins
     )
 
 
 def _fast_flags(k: Kernel, gup_flags: int) -> int:
     """GUP-fast asks for a writable entry where the policy breaks COW in GUP (17839856fd58); x86
-    4.9.287-4.9.297 forced it in the slow path only (gup_fast_breaks_cow_on_read)."""
+    4.9.287-4.9.297 forced it in the slow path only (gup_fast_breaks_cow_on_read). A write
+    asks for one anyway: the policy is not read (check.search shares what reads alike)."""
+    if gup_flags & FOLL_WRITE:
+        return gup_flags
     fast = k.policy.gup_fast_breaks_cow_on_read
     forced = k.policy.gup_breaks_cow_on_read if fast is None else fast
     return gup_flags | (FOLL_WRITE if forced else 0)
 
 
 def _slow_flags(k: Kernel, vma: VmArea, gup_flags: int) -> int:
-    if k.policy.gup_breaks_cow_on_read and is_cow_mapping(vma.vm_flags):
-        return gup_flags | FOLL_WRITE  # should_force_cow_break(): fault as a write even to read
-    return gup_flags
+    """should_force_cow_break(): a read of a COW mapping faults as a write where the policy
+    breaks COW in GUP (a write's flags say so already: the policy is not read)."""
+    forced = (
+        not gup_flags & FOLL_WRITE
+        and is_cow_mapping(vma.vm_flags)
+        and k.policy.gup_breaks_cow_on_read
+    )
+    return gup_flags | (FOLL_WRITE if forced else 0)
 
 
 def effective_gup_flags(k: Kernel, flags: int) -> int:

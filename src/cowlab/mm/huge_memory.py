@@ -177,6 +177,13 @@ MTHP_ORDERS = range(HPAGE_PMD_ORDER - 1, 1, -1)  # 1 MiB down to 16 KiB
 NO_MTHP = {4 << order: "never" for order in reversed(MTHP_ORDERS)}  # the knobs, all off
 
 
+def mthp_sizes_on(k: Kernel) -> bool:
+    """A release with mTHP (6.8, 19eaf44954df) and a size's knob not "never": an anonymous
+    fault has a size to probe. The knobs first: a policy attribute is read only where it can
+    decide (check.search shares a run between kernels that define alike what it read)."""
+    return k.mthp_enabled != NO_MTHP and k.policy.mthp
+
+
 def thp_vma_allowable_order(k: Kernel, vma: VmArea, order: int) -> bool:
     """thp_vma_allowable_orders() for one anonymous mTHP size: its sysfs knob, or 'inherit'."""
     if not k.config.thp or vma.vm_flags & VM_NOHUGEPAGE:
@@ -240,7 +247,7 @@ def do_huge_pmd_wp_page(
     else:
         why = "the huge zero page is never reused"
     zero_gets_thp = page is None and k.policy.huge_zero_wp_allocates
-    if (k.policy.pmd_cow_splits and not zero_gets_thp) or (unshare and page is not None):
+    if (not zero_gets_thp and k.policy.pmd_cow_splits) or (unshare and page is not None):
         split_huge_pmd(k, vma, haddr)
         return VM_FAULT_FALLBACK
     wanted = transparent_hugepage_enabled(k, vma) or (

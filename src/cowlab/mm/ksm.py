@@ -351,7 +351,7 @@ def write_protect_page(k: Kernel, vma: VmArea, addr: int, pfn: int) -> bool:
     table = vma.mm.pmds[pmd_index(addr)]
     assert isinstance(table, PteTable)
     i = pte_index(addr)
-    exclusive = k.policy.anon_exclusive and bool(f.flags[pfn] & PG_anon_exclusive)
+    exclusive = bool(f.flags[pfn] & PG_anon_exclusive) and k.policy.anon_exclusive
     if not table.bits[i] & (PTE_WRITE | PTE_DIRTY) and not exclusive:
         return True  # already read-only and clean: nothing to check (all releases)
     refuse, read, rule = k.policy.ksm_refuses(k, pfn)

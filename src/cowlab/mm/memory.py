@@ -155,8 +155,7 @@ def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write:
             trace_anonymous(k, addr, None)
         return 0
     anon_vma_prepare(k, vma)
-    mthp = k.policy.mthp and k.mthp_enabled != huge_memory.NO_MTHP  # a size to probe (6.8)
-    if mthp and huge_memory.do_anonymous_mthp(k, vma, addr, table):
+    if huge_memory.mthp_sizes_on(k) and huge_memory.do_anonymous_mthp(k, vma, addr, table):
         return 0
     pfn = k.frames.alloc_page()
     table.pfn[i] = pfn

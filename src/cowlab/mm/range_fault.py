@@ -172,7 +172,7 @@ def _pte_run(
         n = _leading(pfn == PTE_NONE)
         if not write:
             return _zero_page_run(k, vma, table, first, n, start)
-        if k.policy.mthp and any(
+        if huge_memory.mthp_sizes_on(k) and any(
             huge_memory.thp_vma_allowable_order(k, vma, o) for o in huge_memory.MTHP_ORDERS
         ):
             return NONE

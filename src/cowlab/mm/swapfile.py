@@ -263,7 +263,7 @@ def reuse_swap_page(
     f = k.frames
     if k.config.swap and PageKsm(f, pfn):
         return ReuseDecision(False, 0, (("PageKsm", 1),), "never for a KSM page")
-    if k.policy.thp_swap_counts and PageTransCompound(f, pfn) and PageSwapCache(f, pfn):
+    if PageTransCompound(f, pfn) and PageSwapCache(f, pfn) and k.policy.thp_swap_counts:
         return _reuse_thp_in_swap_cache(k, pfn)
     count = mapcount(f, pfn)
     if count.mapcount is None:

@@ -48,7 +48,7 @@ def clear_refs_write(k: Kernel, mm: MmStruct, value: int) -> None:
                 entry.young = False
             continue
         present = entry.pfn >= 0
-        if soft_dirty and k.policy.clear_refs_skips_pinned and mm.has_pinned:
+        if soft_dirty and mm.has_pinned and k.policy.clear_refs_skips_pinned:
             present &= ~_pinned_writable(k, mm, idx, entry.pfn, entry.bits)
         mask = PTE_WRITE | PTE_SOFT_DIRTY if soft_dirty else PTE_YOUNG
         entry.bits[present] &= pte_without(mask)

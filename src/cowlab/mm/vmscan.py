@@ -465,7 +465,7 @@ def _folios(k: Kernel, pfn: int) -> list[int]:
     f = k.frames
     if not f.flags[pfn] & PG_head or f.flags[pfn] & PG_swapcache:
         return [pfn]
-    if k.policy.reclaim_skips_pinned and page_maybe_dma_pinned(f, pfn):
+    if page_maybe_dma_pinned(f, pfn) and k.policy.reclaim_skips_pinned:
         return [pfn]  # _shrink_one keeps it and says why
     whole = _swaps_whole(k, pfn)
     if whole is not None:
@@ -513,7 +513,7 @@ def _shrink_one(k: Kernel, pfn: int, until: str) -> int:
     f = k.frames
     nr = folio_nr_pages(f, pfn)
     if not f.flags[pfn] & PG_swapcache:
-        if k.policy.reclaim_skips_pinned and page_maybe_dma_pinned(f, pfn):
+        if page_maybe_dma_pinned(f, pfn) and k.policy.reclaim_skips_pinned:
             read = (("folio_maybe_dma_pinned", 1),)
             k.event("shrink_page_list", "keep", pfn=pfn, read=read, rule="never swap a pinned page")
             return 0
