@@ -430,7 +430,7 @@ def test_a_run_notes_the_public_names_every_read_would(name: str, kernel: str) -
         runner.k.policy = noting(runner.k.policy, reads)
         passed = [runner.run_step(step).passed for step in scenario.steps]
         got.append((passed, {n for n in reads if not n.startswith("_")}))
-    assert got[0] == got[1] and len(got[0][1]) > 5
+    assert got[0] == got[1] and len(got[0][1]) >= 3  # at least fork's, GUP's and PAE's
 
 
 def test_corpus_shares_a_run_only_where_no_decision_could_differ() -> None:
