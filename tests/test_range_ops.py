@@ -40,6 +40,7 @@ from cowlab.mm.constants import (
     PG_dirty,
     PG_head,
     PG_ksm,
+    PG_mm_ids_shared,
     PG_swapcache,
     PG_tail,
     PG_writeback,
@@ -1806,3 +1807,93 @@ def test_a_rule_stated_in_wp_reuse_alone_is_caught(monkeypatch: pytest.MonkeyPat
     found = _large_reuse_mismatches("v6.18")
     # 511 PTE-mapped pages in each of 4 states, but the 100 copied in the last two: 1844
     assert len(found) == 511 * 4 - 200, found[:3]
+
+
+def _bulk_copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the runs range_fault._large_copies settles (0: it left the run alone)."""
+    sizes: list[int] = []
+    large_copies = range_fault._large_copies
+
+    def spy(*args: Any) -> Any:
+        news = large_copies(*args)
+        sizes.append(int(news.size))
+        return news
+
+    monkeypatch.setattr(range_fault, "_large_copies", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_large_folio_copies_in_bulk(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """THP_COW_PROGRAM untraced: 6.15+ settles its first write's 301 copies as one bulk run,
+    with the page-by-page state.
+
+    After the zap and the fork each process maps 511 pages of the THP by PTEs, none exclusive:
+    _large_mapcount 1022, refcount 1022, maybe shared (two MMs), each MM's count 511. Each of
+    the 301 copies lowers the first two by one; the bit would clear once _large_mapcount came
+    down to the child's 511, after the parent's 511th copy (removals_keeping_shared 510): so
+    pages 3..303 read 1022 down to 722, all copied, min(301, 1021, 1021, 511) = 301 in bulk.
+    The later writes (the child gone) reuse, which is no bulk copy (0). Before 6.15 a rule may
+    read what a copy does not lower (a page's own mapcount): never asked."""
+    sizes = _bulk_copies(monkeypatch)
+    run_both(kernel_id, THP_COW_PROGRAM, tracing=False)
+    if Kernel(kernel_id).policy.large_reuse_reads_folio:
+        assert sizes == [301, 0, 0], sizes
+    else:
+        assert sizes == [], sizes
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_bulk_copies_claimed_by_the_rule_that_reads_the_folio(kernel_id: str) -> None:
+    """large_reuse_reads_folio is set by the class that states wp_reuse_large (6.15): a later
+    change restating the rule (which may read more) must say so again."""
+    policy = Kernel(kernel_id).policy
+    if policy.large_reuse_reads_folio:
+        assert _owner(policy, "large_reuse_reads_folio") is _owner(policy, "wp_reuse_large")
+
+
+def test_removals_keeping_shared_as_each_removal_leaves_it() -> None:
+    """A THP split by a zap, then forked: each MM maps its 511 pages by PTEs (_large_mapcount
+    1022). The maybe-shared bit clears when the count comes down to the other MM's 511, at the
+    parent's 511th removal, so 510 keep it; removing them one by one agrees."""
+    k = Kernel("v6.18")
+    k.thp_enabled = "always"
+    p = k.spawn()
+    addr = p.mmap(2 * MIB, align=2 * MIB)
+    p.fill(addr, 2 * MIB, 1)
+    p.madvise(addr + 511 * PAGE, PAGE, "dontneed")
+    p.fork()
+    table = p.mm.pmds[addr >> 21]
+    assert isinstance(table, PteTable)
+    head = int(table.pfn[0])
+    assert rmap.removals_keeping_shared(k, p.mm, head) == 510
+    kept = 0
+    for pfn in table.pfn[:511].tolist():
+        rmap.page_remove_folio_pte(k, p.mm, pfn, head)
+        if not k.frames.flags[head] & PG_mm_ids_shared:
+            break
+        kept += 1
+    assert kept == 510
+
+
+def test_a_bulk_copy_run_not_lowering_the_counters_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bulk run that gave every page the first page's decision (no COPY_STEP): the last
+    page's own decision reads _large_mapcount 722, not 1022, and the run stops on it."""
+    monkeypatch.setattr(range_fault, "COPY_STEP", {})
+    with pytest.raises(AssertionError, match="the last copy of a bulk run decided"):
+        run_both("v6.18", THP_COW_PROGRAM, tracing=False)
+
+
+def test_a_bulk_copy_run_logging_one_count_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk run whose COW log records the first page's _large_mapcount for every copy (its
+    last page checked right): the differential test fails on the COW log."""
+    of_values = range_fault.Decisions.of_values
+
+    def first_row(template: Any, values: Any) -> Any:
+        return of_values(template, np.repeat(values[:1], len(values), axis=0))
+
+    monkeypatch.setattr(range_fault.Decisions, "of_values", first_row)
+    with pytest.raises(AssertionError, match="cow_log"):
+        run_both("v6.18", THP_COW_PROGRAM, tracing=False)

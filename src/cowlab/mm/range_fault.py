@@ -58,7 +58,7 @@ from cowlab.mm.memory import (
     trace_fault,
     trace_swapin,
 )
-from cowlab.mm.mm import Field, compound_head, heads_of
+from cowlab.mm.mm import Field, compound_head, folio_large_mapcount, heads_of
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.page_alloc import ZERO_PFN, PageFrames, flags_without
 from cowlab.mm.pgtable import (
@@ -78,6 +78,7 @@ from cowlab.mm.rmap import (
     anon_vma_prepare,
     page_remove_folio_pte,
     pages_add_new_anon_rmap,
+    removals_keeping_shared,
     rmap_remove_ptes,
 )
 from cowlab.mm.swapfile import frees_swap, only_user
@@ -296,11 +297,19 @@ def _wp_large_run(
     PG_anon_exclusive), so each page is decided in turn and its old page settled — a copied
     page loses its mapping and reference, a reused one moves and becomes exclusive, as
     wp_reuse_anon() — before the next is asked; the run ends before a copy would drop the
-    last reference (the freed frame would be the next allocation)."""
+    last reference (the freed frame would be the next allocation). Where _large_copies can
+    settle copies in bulk, a run is one folio's."""
     f = k.frames
+    heads = heads_of(f, pages)
+    if k.policy.large_reuse_reads_folio and not k.tracing:
+        news = _large_copies(k, vma, table, start, first, pages, heads)
+        if news.size:
+            return news
+        pages = pages[: _leading(heads == heads.item(0))]
+        heads = heads[: pages.size]
     decisions: list[WpDecision] = []
     wp_reuse, count, mm = k.policy.wp_reuse_large, f._count, vma.mm
-    for pfn, head in zip(pages.tolist(), heads_of(f, pages).tolist(), strict=True):
+    for pfn, head in zip(pages.tolist(), heads.tolist(), strict=True):
         d = wp_reuse(k, vma, pfn, head)
         if d.reuse:
             _settle_reuse(k, vma, pfn, head, d)
@@ -316,6 +325,48 @@ def _wp_large_run(
         return NONE
     which = np.arange(n, dtype=np.int64)
     return _apply(k, vma, table, start, first, pages[:n], decisions, which, settled=True)
+
+
+# what a copy lowers of the counters a large folio's reuse rule reads: a mapping, a reference
+COPY_STEP = {"_large_mapcount": -1, "refcount": -1}
+
+
+def _large_copies(
+    k: Kernel, vma: VmArea, table: PteTable, start: int, first: int, pages: Ints, heads: Ints
+) -> Ints:
+    """do_wp_page() copying a run's first pages, of one folio, at once where the generation's
+    rule reads of a page its PG_anon_exclusive alone, else the folio's counters (6.15,
+    1da190f4d0a6 __wp_can_reuse_large_anon_folio: policy.large_reuse_reads_folio). A copy
+    lowers _large_mapcount and the refcount by one (COPY_STEP) and nothing else that rule
+    reads, so while no page is exclusive, the maybe-shared bit stays
+    (rmap.removals_keeping_shared) and neither counter comes down to one, page i's decision
+    is the first page's with those counters i lower. The rule is asked of the first page and,
+    the copies before it made, of the last, which must agree. Empty: fewer than two copies."""
+    f = k.frames
+    head = heads.item(0)
+    d = k.policy.wp_reuse_large(k, vma, pages.item(0), head)
+    if d.reuse:
+        return NONE
+    same = (heads == head) & ((f.flags[pages] & PG_anon_exclusive) == 0)
+    refs, large = f._count.item(head), folio_large_mapcount(f, head)
+    kept = removals_keeping_shared(k, vma.mm, head)
+    n = min(_leading(same), refs - 1, large - 1, kept + 1)
+    if n < 2:
+        return NONE
+    pages = pages[:n]
+    names = [name for name, _ in d.read]
+    step = np.array([COPY_STEP.get(name, 0) for name in names], dtype=np.int64)
+    values = np.array([v for _, v in d.read], dtype=np.int64) + np.outer(np.arange(n), step)
+    rmap_remove_ptes(k, vma.mm, pages[:-1])
+    f._count[head] = refs - (n - 1)
+    last = k.policy.wp_reuse_large(k, vma, pages.item(n - 1), head)
+    expected = d._replace(read=tuple(zip(names, values[-1].tolist(), strict=True)))
+    assert last == expected, f"the last copy of a bulk run decided {last}, not {expected}"
+    page_remove_folio_pte(k, vma.mm, pages.item(n - 1), head)
+    f._count[head] = refs - n  # put_page() of each, never the last reference
+    which = np.arange(n, dtype=np.int64)
+    logged = Decisions.of_values(d, values)
+    return _apply(k, vma, table, start, first, pages, [d] * n, which, True, logged)
 
 
 def _settle_reuse(k: Kernel, vma: VmArea, pfn: int, head: int, d: WpDecision) -> None:
@@ -339,17 +390,20 @@ def _apply(
     decisions: list[WpDecision],
     which: Ints,
     settled: bool = False,
+    logged: Decisions | None = None,
 ) -> Ints:
     """Carry out each page's verdict: wp_page_reuse in place, wp_page_copy into new frames
     allocated in address order (old -1: the zero page; ``settled``: the old pages already
-    lost this mapping and reference, or were moved and made exclusive)."""
+    lost this mapping and reference, or were moved and made exclusive; ``logged``: the
+    copies' decisions as the COW log keeps them, when the caller has them packed)."""
     n = olds.size
     reuse = np.array([d.reuse for d in decisions])[which]
     pos = first + np.arange(n)
     _reuse(k, vma, table, pos[reuse], olds[reuse], decisions, which[reuse], settled)
     copy = ~reuse
     if copy.any():
-        _copy(k, vma, table, start, pos[copy], olds[copy], decisions, which[copy], settled)
+        args = (pos[copy], olds[copy], decisions, which[copy], settled, logged)
+        _copy(k, vma, table, start, *args)
     k.vmstat["pgfault"] += n
     news = table.pfn[first : first + n].copy()
     if k.tracing:
@@ -410,6 +464,7 @@ def _copy(
     decisions: list[WpDecision],
     which: Ints,
     settled: bool = False,
+    logged: Decisions | None = None,
 ) -> None:
     """wp_page_copy() for each page: a new frame with the old bytes (zeros for the zero page),
     mapped writable; the old page loses this mapping and its reference (already, if
@@ -436,7 +491,7 @@ def _copy(
             Packed(addrs),
             Packed(olds),
             Packed(news),
-            Decisions(decisions),
+            Decisions(decisions) if logged is None else logged,
             Packed(which),
         )
     )

@@ -415,6 +415,27 @@ def _folio_remove(k: Kernel, mm: MmStruct, head: int, nr: int) -> None:
         f.flags[head] &= NOT_MM_IDS_SHARED
 
 
+def removals_keeping_shared(k: Kernel, mm: MmStruct, head: int) -> int:
+    """How many PTE removals of the large folio by mm in a row, each by _folio_remove, leave
+    its maybe-shared bit set (6.15, 1da190f4d0a6 folio_sub_large_mapcount; 1 << 62: no bound):
+    every removal lowers _large_mapcount and mm's own count together, so the bit clears at
+    once if they are equal, else when _large_mapcount comes down to another MM's count (a
+    freed slot's -1 is below any count a removal leaves a mapped folio)."""
+    f = k.frames
+    if not k.policy.mm_ids or not f.flags.item(head) & PG_mm_ids_shared:
+        return 1 << 62
+    large = int(f._large_mapcount[head])
+    ids, counts = f.mm_id[head], f.mm_id_mapcount[head]
+    kept = 1 << 62
+    for slot in (0, 1):
+        if ids[slot] == mm.pid:
+            if counts[slot] == large:
+                return 0
+        elif large - counts[slot] >= 1:
+            kept = min(kept, int(large - counts[slot]) - 1)
+    return kept
+
+
 def page_move_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int) -> None:
     """page_move_anon_rmap(): make vma's own anon_vma the page's.
 

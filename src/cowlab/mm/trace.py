@@ -155,6 +155,14 @@ class Decisions(Indexed[object]):
         self.values = values.astype(narrowest(values))
         self.items = [first]
 
+    @classmethod
+    def of_values(cls, template: WpDecision, values: npt.NDArray[np.int64]) -> Decisions:
+        """Decisions of template's verdict and rule that read these values, a row each (a run
+        that knows them without making each decision)."""
+        decisions = cls([template])
+        decisions.values = values.astype(narrowest(values))
+        return decisions
+
     def __len__(self) -> int:
         return len(self.items) if self.values is None else int(self.values.shape[0])
 

@@ -44,6 +44,7 @@ class LargeFolioReuse(Policy):
     (`no_page_mapcount`); its rmap rule is in mm/rmap.py."""
 
     mm_ids = True
+    large_reuse_reads_folio = True
     no_page_mapcount_option = True
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
