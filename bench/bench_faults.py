@@ -4,7 +4,7 @@ one run (not a test).
 
     python bench/bench_faults.py [--baseline OLD/src] [--size 256M] [--kernels v4.5,v6.18]
         [--reps 5] [--exit-size 1G] [--matrix-kernel v6.18] [--skip-matrix] [--out FILE]
-        [--paired ROUNDS]
+        [--paired ROUNDS] [--paired-thp ROUNDS]
 
 CPU seconds (user + system), not wall time: on a machine shared with other work the wall time
 says how loaded it was. Each measurement is a fresh child importing cowlab from one tree
@@ -28,11 +28,17 @@ first alternates), over fresh pages, first touch then, after a fork, the COW wri
 two timings share the load, and the table gives the median of their ratios. The unpaired
 tables above are made first, as without it: `--size 16M --exit-size 16M --reps 1
 --skip-matrix` keeps them short.
+
+--paired-thp ROUNDS (with --baseline): the same for the THP COW write on the range path: per
+tree, v6.18 with THP always, ROUNDS x 8 MiB filled and forked, then ROUNDS rounds of one
+tree's parent filling its next 8 MiB (4 THPs: the PMD splits, then every page's do_wp_page)
+then the other's; CPU µs per 4 KiB page, the median of the rounds' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import statistics
 import subprocess
@@ -40,7 +46,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from _common import emit, run_child
 from bench_live import fmt, fmt_size, kernel_list, parse_size, positive_int
@@ -52,6 +58,8 @@ EXAMPLES = HERE.parent / "examples" / "cow"
 T = TypeVar("T")
 PAGE = 4096
 CHUNK = 512  # page-by-page writes a tree makes in one round of --paired
+THP_ROUND = 8 << 20  # what a tree COW-writes in one round of --paired-thp: 4 THPs
+THP_PHASE = "v6.18 THP COW write"
 
 
 Measures = tuple[dict[str, float], dict[str, int]]  # CPU figures; what the workload did
@@ -132,6 +140,47 @@ def kernel_class(src: str | None) -> type:
     return kernel
 
 
+def interleaved(
+    runs: dict[str, T], rounds: int, one_round: Callable[[str, T, int], float]
+) -> dict[str, float]:
+    """``rounds`` rounds of one tree then the other (which goes first alternating), each
+    round's CPU µs a fault by ``one_round``: the median of the rounds' this-tree/baseline
+    ratios and their quartiles, and each tree's median."""
+    us: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name in list(runs)[:: 1 if r % 2 else -1]:
+            us[name].append(one_round(name, runs[name], r))
+    ratios = sorted(n / b for n, b in zip(us["new"], us["base"], strict=True))
+    out = {"": statistics.median(ratios)}
+    out[" q1"], out[" q3"] = ratios[len(ratios) // 4], ratios[3 * len(ratios) // 4]
+    for name in runs:
+        out[f" {name}"] = statistics.median(us[name])
+    return out
+
+
+def timed_faults(what: str, k: Any, pages: int, write: Callable[[], object]) -> float:
+    """CPU µs a fault of write(), which must fault once a page."""
+    faults = k.vmstat["pgfault"]
+    t = time.process_time()
+    write()
+    us = (time.process_time() - t) / pages * 1e6
+    if k.vmstat["pgfault"] - faults != pages:
+        raise RuntimeError(f"{what}: a round of {pages} page writes did not fault once each")
+    return us
+
+
+def page_round(what: str, byte: bytes, name: str, run: tuple[Any, Any, int], r: int) -> float:
+    """One --paired round: CHUNK page-by-page writes of the r-th CHUNK."""
+    k, p, addr = run
+    start = addr + r * CHUNK * PAGE
+
+    def write() -> None:
+        for va in range(start, start + CHUNK * PAGE, PAGE):
+            p.write(va, byte)
+
+    return timed_faults(what, k, CHUNK, write)
+
+
 def paired_child(base: str, kernels: list[str], rounds: int) -> dict[str, float]:
     """The --paired measurement (in a child of its own): per kernel and phase, each round's
     this-tree/baseline ratio of CPU per fault; a round that does not fault once a write fails."""
@@ -148,26 +197,33 @@ def paired_child(base: str, kernels: list[str], rounds: int) -> dict[str, float]
             if phase == "COW":
                 for _, p, _ in runs.values():
                     p.fork()
-            us: dict[str, list[float]] = {name: [] for name in runs}
-            for r in range(rounds):
-                for name in list(runs)[:: 1 if r % 2 else -1]:
-                    k, p, addr = runs[name]
-                    start, faults = addr + r * CHUNK * PAGE, k.vmstat["pgfault"]
-                    t = time.process_time()
-                    for va in range(start, start + CHUNK * PAGE, PAGE):
-                        p.write(va, byte)
-                    us[name].append((time.process_time() - t) / CHUNK * 1e6)
-                    if k.vmstat["pgfault"] - faults != CHUNK:
-                        raise RuntimeError(
-                            f"{kid} {phase}: a round of {CHUNK} writes did not fault once each"
-                        )
-            ratios = sorted(n / b for n, b in zip(us["new"], us["base"], strict=True))
-            out[f"{kid} {phase}"] = statistics.median(ratios)
-            out[f"{kid} {phase} q1"] = ratios[len(ratios) // 4]
-            out[f"{kid} {phase} q3"] = ratios[3 * len(ratios) // 4]
-            for name in runs:
-                out[f"{kid} {phase} {name}"] = statistics.median(us[name])
+            one_round = functools.partial(page_round, f"{kid} {phase}", byte)
+            for key, value in interleaved(runs, rounds, one_round).items():
+                out[f"{kid} {phase}{key}"] = value
     return out
+
+
+def thp_round(name: str, run: tuple[Any, Any, int], r: int) -> float:
+    """One --paired-thp round: the parent fills the r-th THP_ROUND after the fork."""
+    k, p, addr = run
+    start = addr + r * THP_ROUND
+    return timed_faults(THP_PHASE, k, THP_ROUND // PAGE, lambda: p.fill(start, THP_ROUND, 2))
+
+
+def paired_thp_child(base: str, rounds: int) -> dict[str, float]:
+    """The --paired-thp measurement (in a child of its own): v6.18, THP always, rounds x
+    THP_ROUND filled and forked; each round one tree's parent fills its next THP_ROUND (the
+    PMD splits, then the COW write of every page on the range path) then the other's."""
+    runs = {}
+    for name, src in (("new", None), ("base", base)):
+        k = kernel_class(src)("v6.18")
+        k.thp_enabled = "always"
+        p = k.spawn()
+        addr = p.mmap(rounds * THP_ROUND, align=THP_ROUND)
+        p.fill(addr, rounds * THP_ROUND, 1)
+        p.fork()
+        runs[name] = (k, p, addr)
+    return {THP_PHASE + key: v for key, v in interleaved(runs, rounds, thp_round).items()}
 
 
 def paired(args: argparse.Namespace) -> list[str]:
@@ -179,16 +235,37 @@ def paired(args: argparse.Namespace) -> list[str]:
         f"Both trees in one process, {args.paired} rounds of {CHUNK} page-by-page writes each, "
         "interleaved:",
         "",
-        "| phase | this tree / baseline, median of the rounds (quartiles) "
-        "| baseline µs/fault, median of the rounds | this tree |",
-        "|---|---|---|---|",
+        *PAIRED_HEAD,
     ]
     for kid in args.kernels:
         for phase in ("first touch", "COW"):
-            m = f"{kid} {phase}"
-            ratio = f"{r[m]:.3f} ({r[m + ' q1']:.3f}-{r[m + ' q3']:.3f})"
-            lines.append(f"| {m} | {ratio} | {fmt(r[m + ' base'])} | {fmt(r[m + ' new'])} |")
+            lines.append(paired_row(r, f"{kid} {phase}"))
     return lines
+
+
+def paired_thp(args: argparse.Namespace) -> list[str]:
+    """The --paired-thp table."""
+    r = run_child(__file__, ["--paired-thp-child", args.baseline, str(args.paired_thp)])
+    return [
+        "",
+        f"Both trees in one process, v6.18, THP always, {args.paired_thp} rounds of a "
+        f"{fmt_size(THP_ROUND)} COW write (fill after fork) each, interleaved:",
+        "",
+        *PAIRED_HEAD,
+        paired_row(r, THP_PHASE),
+    ]
+
+
+PAIRED_HEAD = [
+    "| phase | this tree / baseline, median of the rounds (quartiles) "
+    "| baseline µs/fault, median of the rounds | this tree |",
+    "|---|---|---|---|",
+]
+
+
+def paired_row(r: dict[str, float], m: str) -> str:
+    ratio = f"{r[m]:.3f} ({r[m + ' q1']:.3f}-{r[m + ' q3']:.3f})"
+    return f"| {m} | {ratio} | {fmt(r[m + ' base'])} | {fmt(r[m + ' new'])} |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,14 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", help="also write the report here")
     ap.add_argument("--paired", type=positive_int, metavar="ROUNDS", help="(with --baseline)")
     ap.add_argument("--paired-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--paired-thp", type=positive_int, metavar="ROUNDS", help="(with --baseline)")
+    ap.add_argument("--paired-thp-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.paired_child:
         base, kernels, rounds = args.paired_child
         start = time.perf_counter()
         emit(paired_child(base, kernels.split(","), int(rounds)), start)
         return
-    if args.paired and not args.baseline:
-        ap.error("--paired needs --baseline")
+    if args.paired_thp_child:
+        start = time.perf_counter()
+        emit(paired_thp_child(args.paired_thp_child[0], int(args.paired_thp_child[1])), start)
+        return
+    if (args.paired or args.paired_thp) and not args.baseline:
+        ap.error("--paired and --paired-thp need --baseline")
     trees = trees_of(ap, args.baseline)
     runs: dict[tuple[str, str], list[float]] = {}
     done: dict[tuple[str, str], set[int]] = {}  # the workload counts each run of a tree saw
@@ -236,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if args.paired:
         lines += paired(args)
+    if args.paired_thp:
+        lines += paired_thp(args)
     report(lines, args.out)
 
 

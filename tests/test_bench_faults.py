@@ -8,6 +8,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +55,7 @@ THP_RANGE = {
 def test_report_has_both_trees_and_every_measure() -> None:
     cmd = [sys.executable, str(ROOT / "bench" / "bench_faults.py"), "--size", "256K"]
     cmd += ["--reps", "1", "--baseline", str(ROOT / "src"), "--kernels", "v4.5,v6.18"]
-    cmd += ["--exit-size", "4M", "--skip-matrix", "--paired", "2"]
+    cmd += ["--exit-size", "4M", "--skip-matrix", "--paired", "2", "--paired-thp", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
     lines = done.stdout.splitlines()
     assert lines.count("| measure | baseline | this tree |") == 1
@@ -76,3 +79,25 @@ def test_report_has_both_trees_and_every_measure() -> None:
         for phase in ("first touch", "COW"):
             ratio, base, new = rows[f"{kernel} {phase}"]
             assert float(ratio.split()[0]) > 0 and float(base) > 0 and float(new) > 0
+    # --paired-thp: each round's 8 MiB fill after the fork faults once a page (4 THPs: the PMD
+    # split in the first page's fault, 2,048 faults), else the child fails the bench
+    ratio, base, new = rows["v6.18 THP COW write"]
+    assert float(ratio.split()[0]) > 0 and float(base) > 0 and float(new) > 0
+
+
+def test_a_round_that_does_not_fault_once_a_page_fails() -> None:
+    """timed_faults: a write of 4 pages that faulted 3 times is no round of the workload."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_faults
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    counted = SimpleNamespace(vmstat={"pgfault": 0})
+
+    def three_faults() -> None:
+        counted.vmstat["pgfault"] += 3
+
+    assert bench_faults.timed_faults("x", counted, 3, three_faults) >= 0
+    with pytest.raises(RuntimeError, match="a round of 4 page writes did not fault once each"):
+        bench_faults.timed_faults("x", counted, 4, three_faults)
