@@ -13,7 +13,8 @@ and one page table that follow the same kernel path at once:
   values gets that verdict, as it would page by page;
 - the same for pages of PTE-mapped large folios (a THP after a PMD split, mTHPs): each verdict
   may change what the next reads, so the generation decides each page in turn, its old page
-  settled before the next is asked; the copies are then made, mapped and logged together;
+  settled before the next is asked; the copies are then made, mapped and logged together
+  (6.15+, untraced: a folio's copies decided from the first page's decision, _large_copies);
 - swap PTEs whose slots hold small pages in the swap cache, outside KSM (do_swap_page): the
   swap-in decision asked once per distinct value of what it reads (before 5.18 a write's of
   each page in turn, untraced), do_wp_page after each page a write finds mapped read-only.
