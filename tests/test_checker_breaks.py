@@ -664,6 +664,29 @@ def test_swap_cache_page_without_pg_swapcache(kernel_id: str) -> None:
 
 
 @pytest.mark.parametrize("kernel_id", ALL)
+def test_pg_swapcache_without_swap(kernel_id: str) -> None:
+    """No swap slot was ever handed out (the checker's no-swap shortcut): a page flagged
+    PG_swapcache is still a page the (empty) swap cache does not hold."""
+    s = small_page(kernel_id)
+    assert s.k.swap.nr == 0
+    s.k.frames.flags[s.pfn] |= PG_swapcache
+    assert check_invariants(s.k) == ["the swap cache and the pages marked PG_swapcache differ"]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_thp_flagged_swapcache_without_swap(kernel_id: str) -> None:
+    """No swap at all, a PMD-mapped THP's head flagged PG_swapcache: besides the flag, its
+    page->private (0) names slots 0..511, which hold nothing, so the folio is not there whole."""
+    t = pmd_thp(kernel_id)
+    assert t.k.swap.nr == 0
+    t.k.frames.flags[t.head] |= PG_swapcache
+    assert check_invariants(t.k) == [
+        "the swap cache and the pages marked PG_swapcache differ",
+        f"folio {t.head:#x} in the swap cache: not slots 0.. + i, aligned",
+    ]
+
+
+@pytest.mark.parametrize("kernel_id", ALL)
 def test_swap_cache_page_private(kernel_id: str) -> None:
     s = swapped_page(kernel_id, "written")
     s.k.frames.private[s.pfn] = 7

@@ -129,13 +129,16 @@ def recount(k: Kernel, problems: list[str]) -> Recount:
             if (entry.bits & PTE_MIGRATION).any():
                 problems.append(f"pid {mm.pid}: migration entry left at {idx << PMD_SHIFT:#x}")
             normal.append(entry.pfn[(entry.pfn >= 0) & ((entry.bits & PTE_SPECIAL) == 0)])
-            swapped.append(-2 - entry.pfn[entry.pfn <= -2])
+            if entry.pfn.min() <= -2:  # a swap PTE (none is -1)
+                swapped.append(-2 - entry.pfn[entry.pfn <= -2])
         mine = r.pte_by_mm[mm.pid] = _counts(normal, n)
         r.pte_maps += mine
-        slots = _counts(swapped, k.swap.nr)
-        r.swap_ptes += slots
         rss += int(mine.sum())
-        swapents = int(slots.sum())
+        swapents = 0
+        if swapped:
+            slots = _counts(swapped, k.swap.nr)
+            r.swap_ptes += slots
+            swapents = int(slots.sum())
         # invariant: counters.anon_rss
         if rss != mm.anon_rss:
             problems.append(f"pid {mm.pid}: MM_ANONPAGES {mm.anon_rss} but {rss} pages mapped")
@@ -155,7 +158,8 @@ def _counts(lists: list[Ints], n: int) -> Ints:
     """How many times each of 0..n-1 occurs in the arrays."""
     if not lists:
         return np.zeros(n, dtype=np.int64)
-    return np.bincount(np.concatenate(lists), minlength=n).astype(np.int64, copy=False)
+    every = lists[0] if len(lists) == 1 else np.concatenate(lists)
+    return np.bincount(every, minlength=n)  # intp: int64 here
 
 
 def check_counters(k: Kernel) -> list[str]:
@@ -165,14 +169,14 @@ def check_counters(k: Kernel) -> list[str]:
     r = recount(k, problems)
     flags = f.flags[:n]
     allocated = (flags & PG_allocated) != 0
-    used = (r.pte_maps + r.pmd_maps + r.refs + r.pins + r.swapcache) > 0
+    want = r.pte_maps + r.refs + GUP_PIN_COUNTING_BIAS * r.pins + r.swapcache
+    used = (want + r.pmd_maps) > 0  # every count is >= 0: a nonzero sum, a nonzero count
     # invariant: counters.free
     for pfn in np.flatnonzero(used & ~allocated)[:5]:
         problems.append(f"pfn {pfn:#x} is mapped or pinned but free")
     small = allocated & ((flags & (PG_head | PG_tail)) == 0)
     # invariant: counters.small_mapcount
     _compare(problems, "_mapcount", small, f._mapcount[:n] + 1, r.pte_maps)
-    want = r.pte_maps + r.refs + GUP_PIN_COUNTING_BIAS * r.pins + r.swapcache
     # invariant: counters.small_count
     _compare(problems, "_count", small, f._count[:n], want)
     for head in np.flatnonzero(allocated & ((flags & PG_head) != 0)).tolist():
@@ -237,6 +241,9 @@ def _check_swap(k: Kernel, r: Recount) -> list[str]:
     page->private, both ways."""
     f = k.frames
     s = k.swap
+    flagged = np.flatnonzero(f.flags[: f.nr] & PG_swapcache)
+    if not s.nr:  # no slot ever handed out: no swap count, nothing cached
+        return _swapcache_differs(flagged.size) + _check_swap_folios(k, flagged)
     out: list[str] = []
     bad = np.flatnonzero(s.swap_map[: s.nr] != r.swap_ptes)
     # invariant: swap.swap_map
@@ -246,18 +253,25 @@ def _check_swap(k: Kernel, r: Recount) -> list[str]:
             f"swap slot {slot}: swap_map says {int(s.swap_map[slot])}, "
             f"{int(r.swap_ptes[slot])} swap PTEs"
         )
-    flagged = np.flatnonzero(f.flags[: f.nr] & PG_swapcache)
     cached = s.cache[: s.nr]
     slots = np.flatnonzero(cached >= 0)
-    # invariant: swap.cache_flag
-    if set(flagged.tolist()) != set(cached[slots].tolist()):
-        out.append("the swap cache and the pages marked PG_swapcache differ")
+    # flagged is sorted and unique: the same set as the cached pages' when equal to their unique
+    out += _swapcache_differs(not np.array_equal(flagged, np.unique(cached[slots])))
     wrong = slots[f.private[cached[slots]] != slots] if slots.size else slots
     # invariant: swap.cache_private
     if wrong.size:
         slot = int(wrong[0])
         out.append(f"swap slot {slot}: its page's private is {int(f.private[cached[slot]])}")
     return out + _check_swap_folios(k, flagged)
+
+
+def _swapcache_differs(differ: object) -> list[str]:
+    """The report when the swap cache's pages and the pages flagged PG_swapcache differ."""
+    out: list[str] = []
+    # invariant: swap.cache_flag
+    if differ:
+        out.append("the swap cache and the pages marked PG_swapcache differ")
+    return out
 
 
 def _check_swap_folios(k: Kernel, flagged: Ints) -> list[str]:
