@@ -714,9 +714,10 @@ EXAMPLE_PROGRAMS = [
     SWAP_PIN_PROGRAM,
     SWAP_WRITE_PROGRAM,
 ]
-# the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch); SWAP_PROGRAM
-# untraced: test_untraced_swapin_copies_are_taken, every policy
-UNTRACED_EXAMPLES = [SWAP_WRITE_PROGRAM]
+# the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch; 6.15+'s bulk
+# copies of a folio's pages, here of mTHPs); SWAP_PROGRAM untraced:
+# test_untraced_swapin_copies_are_taken, THP_COW_PROGRAM: test_large_folio_copies_in_bulk
+UNTRACED_EXAMPLES = [SWAP_WRITE_PROGRAM, MTHP_PROGRAM]
 
 
 def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
