@@ -674,6 +674,20 @@ SWAPPED_RO_PIN_PROGRAM = [
     S("mmap", page=16, arg=(0, 512, "rw")),
     S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", False, False)),
 ]
+# GUP-fast over swap PTEs (cow.c's pins of swapped-out pages): two VMAs of 64 small pages,
+# written and swapped out to the swap cache; GUP-fast misses each swap PTE and slow GUP swaps
+# it in: a FOLL_GET read of the first VMA, a long-term write pin of the second
+FAST_SWAP_PIN_PROGRAM = [
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, 0, "rw")),
+    S("mmap", page=64, arg=(0, 128, "rw")),  # a gap of 64 pages: two VMAs
+    S("write", vma=0, page=0, length=0, to_end=True, arg=1),
+    S("write", vma=1, page=0, length=0, to_end=True, arg=2),
+    S("swapout", vma=0, page=0, length=0, to_end=True, arg="swapcache"),
+    S("swapout", vma=1, page=0, length=0, to_end=True, arg="swapcache"),
+    S("pin", vma=0, page=0, length=0, to_end=True, arg=("get", False, True)),
+    S("pin", vma=1, page=0, length=0, to_end=True, arg=("longterm", True, True)),
+]
 # a COW write that reuses a page of a large folio and moves the folio to the VMA's anon_vma: a
 # THP left with one page (page 5) mapped by a PTE, write-protected by a fork, the child gone
 LAST_PAGE_PROGRAM = [
@@ -827,6 +841,76 @@ def test_a_wrong_ro_pin_follow_run_is_caught(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(gup, "_kept_end", lambda k, vma, addr, end, flags: end)
     with pytest.raises(AssertionError, match="outcomes differ"):
         run_both("v6.18", FOLLOW_PROGRAM)
+
+
+def _spy_gup_faults(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """On the range path: the size of each run GUP faults in (gup.fault_in_range), and one
+    entry per page GUP faults page by page (gup._faultin_and_follow)."""
+    runs: list[int] = []
+    singles: list[int] = []
+    fault_run, fault_one = gup.fault_in_range, gup._faultin_and_follow
+
+    def spy_run(k: Kernel, *args: Any, **kwargs: Any) -> Any:
+        pfns = fault_run(k, *args, **kwargs)
+        if k.range_ops:
+            runs.append(int(pfns.size))
+        return pfns
+
+    def spy_one(k: Kernel, vma: Any, addr: int, gup_flags: int) -> int:
+        if k.range_ops:
+            singles.append(addr)
+        return fault_one(k, vma, addr, gup_flags)
+
+    monkeypatch.setattr(gup, "fault_in_range", spy_run)
+    monkeypatch.setattr(gup, "_faultin_and_follow", spy_one)
+    return runs, singles
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_gup_fast_faults_a_run(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAST_SWAP_PIN_PROGRAM's GUP-fast pins fault each VMA's 64 swap PTEs in as one run, and
+    give the page-by-page state (untraced: a write's swap-in before 5.18 runs only so).
+
+    GUP-fast changes nothing where it gives up, so where it asks for the entry slow GUP asks
+    for (_fast_flags == _slow_flags) the pages are slow GUP's run: the first swap PTE misses,
+    and the 64 slots each hold a small page in the swap cache, outside KSM, once each — one
+    _swapin_run of 64. On 4.9.287's form (9bbd42e79720) GUP-fast asks a read of the COW
+    mapping where slow GUP asks a write: the read pin goes page by page (64 faults), the write
+    pin, whose flags agree, as a run."""
+    runs, singles = _spy_gup_faults(monkeypatch)
+    run_both(kernel_id, FAST_SWAP_PIN_PROGRAM, tracing=False)
+    policy = Kernel(kernel_id).policy
+    if policy.gup_fast_breaks_cow_on_read is False:
+        assert (runs, len(singles)) == ([64], 64), (runs, len(singles))
+    else:
+        assert (runs, singles) == ([64, 64], []), (runs, len(singles))
+
+
+# a GUP-fast write pin of 100 pages of THP_COW_PROGRAM's first THP, PTE-mapped after a zap of
+# its page 511, then write-protected by a fork whose child is gone
+FAST_LARGE_PIN_PROGRAM = [
+    *THP_COW_PROGRAM[:5],
+    S("exit", who=1),
+    S("pin", page=0, length=100 * PAGE, arg=("longterm", True, True)),
+]
+
+
+def test_a_gup_fast_run_over_a_large_folio_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUP's runs leave a large folio's pages to the page-by-page path (small_only): the
+    reference each grab adds to the folio counts in its next page's do_wp_page verdict. On
+    6.18 page by page, page 0 is reused (the child gone, the folio mapped by this mm alone,
+    its refcount its 511 mappings: wp_can_reuse_anon_folio) and pinned; the pin's reference
+    then makes the refcount exceed the mapcount, so pages 1..99 are copied. A variant that
+    faults GUP-fast's run over them at once (every verdict read before any grab) reuses all
+    100: the comparison reports it."""
+    fault_run = range_fault.fault_in_range
+
+    def whole(k: Kernel, mm: Any, va: int, end: int, write: bool, small_only: bool = False) -> Any:
+        return fault_run(k, mm, va, end, write)
+
+    monkeypatch.setattr(gup, "fault_in_range", whole)
+    with pytest.raises(AssertionError, match="outcomes differ"):
+        run_both("v6.18", FAST_LARGE_PIN_PROGRAM, tracing=False)
 
 
 # gup_must_unshare() for a R/O FOLL_PIN on 5.19+ of a page mapped read-only, by hand from

@@ -172,11 +172,14 @@ def get_user_pages(
 
 
 def _gup_run(k: Kernel, vma: VmArea, addr: int, end: int, gup_flags: int, fast: bool) -> Ints:
-    """The pages from addr on that follow without a fault; when addr's page needs one (slow
-    GUP, no FOLL_FORCE), faultin_page() for the run it starts, then those pages followed."""
+    """The pages from addr on that follow without a fault; when addr's page needs one (no
+    FOLL_FORCE), faultin_page() for the run it starts, then those pages followed. GUP-fast
+    gives up on a page that needs a fault without changing anything and slow GUP faults it
+    in, so when both ask for the same entry the run is slow GUP's."""
     slow = _slow_flags(k, vma, gup_flags)
-    run = follow_range(k, vma, addr, end, _fast_flags(k, gup_flags) if fast else slow)
-    if run.size or fast or gup_flags & FOLL_FORCE:
+    foll = _fast_flags(k, gup_flags) if fast else slow
+    run = follow_range(k, vma, addr, end, foll)
+    if run.size or foll != slow or gup_flags & FOLL_FORCE:
         return run
     if fault_in_range(k, vma.mm, addr, end, bool(slow & FOLL_WRITE), small_only=True).size:
         return follow_range(k, vma, addr, end, slow)
