@@ -1263,33 +1263,57 @@ def _swapin_write_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list
 PRE_5_18 = [p for p in POLICY_IDS if not Kernel(p).policy.swapin_frees_swap_first]
 
 
+def _spy_swap_write_keys(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(pages, decisions asked) of each by_key call that also keys on the slots' swap counts
+    (a write's swap-in before 5.18)."""
+    asked: list[tuple[int, int]] = []
+    by_key = range_fault.by_key
+
+    def spy(f: Any, pages: Any, decide: Any, *more: Any) -> Any:
+        decisions, which = by_key(f, pages, decide, *more)
+        if len(more) == 3:
+            asked.append((int(pages.size), len(decisions)))
+        return decisions, which
+
+    monkeypatch.setattr(range_fault, "by_key", spy)
+    return asked
+
+
 @pytest.mark.parametrize("kernel_id", PRE_5_18)
-def test_swapin_write_run_decides_each_page(
-    kernel_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_swapin_write_run_decides_by_key(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before 5.18, untraced, SWAP_WRITE_PROGRAM's writes swap in runs, reuse_swap_page asked
-    of each page. The slots of pages 0..63 hold the swap cache's pages, each slot with two swap
-    entries after the fork. The child's writes (20 pages each): page_mapcount 0 + swap count 2
-    > 1, mapped read-only, then do_wp_page copies each (4.5 .. 5.8 reuse_swap_page: mapcount 1
-    + swap count 1; 5.9+: page_count 2, the swap cache's and the mapping's). The parent's write
-    (64): 0..19 and 32..51 have only its swap entry (mapcount 0 + 1 <= 1: reused, dropped
-    from the swap cache, mapped writable — a pin does not count before 5.18), 20..31 and
-    52..63 still the child's too: mapped read-only, then 24 copies in one batch. From 5.11
-    (feb889fb40fa) reclaim leaves the pinned 40..47 mapped: each write's runs stop before
-    them and go on after them (the child's second 8 + 4, the parent's 40 + 16, copies 12 +
-    12)."""
+    once per key (the page's fields and its slot's swap count). The slots of pages 0..63 hold
+    the swap cache's pages, each slot with two swap entries after the fork. The child's writes
+    (20 pages each): page_mapcount 0 + swap count 2 > 1, mapped read-only, then do_wp_page
+    copies each (4.5 .. 5.8 reuse_swap_page: mapcount 1 + swap count 1; 5.9+: page_count 2,
+    the swap cache's and the mapping's). The parent's write (64): 0..19 and 32..51 have only
+    its swap entry (mapcount 0 + 1 <= 1: reused, dropped from the swap cache, mapped writable
+    — a pin does not count before 5.18), 20..31 and 52..63 still the child's too: mapped
+    read-only, then 24 copies in one batch. From 5.11 (feb889fb40fa) reclaim leaves the pinned
+    40..47 mapped: each write's runs stop before them and go on after them (the child's
+    second 8 + 4, the parent's 40 + 16, copies 12 + 12).
+
+    Keys: the child's first 20 pages one (swap count 2); its second write 32..51 two, the
+    pinned 40..47 apart (the pin's reference in _count), one each for 32..39 and 48..51 from
+    5.11. The parent's 64: swap count 1 unpinned, 1 pinned, 2 (three); from 5.11 its 40 are
+    0..19 + 32..39 (count 1) and 20..31 (count 2), its 16 48..51 and 52..63 (two each)."""
     runs, batches = _swapin_write_runs(monkeypatch)
+    asked = _spy_swap_write_keys(monkeypatch)
     run_both(kernel_id, SWAP_WRITE_PROGRAM, tracing=False)
     if Kernel(kernel_id).policy.reclaim_skips_pinned:
         assert (runs, batches) == ([20, 8, 4, 40, 16], [20, 8, 4, 12, 12])
+        assert asked == [(20, 1), (8, 1), (4, 1), (40, 2), (16, 2)]
     else:
         assert (runs, batches) == ([20, 20, 64], [20, 20, 24])
+        assert asked == [(20, 1), (20, 2), (64, 3)]
 
 
-def test_a_swapin_write_run_decided_by_key_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Asking reuse_swap_page once per distinct key (as a read's swap-in does) drops only the
-    first page of each key from the swap cache: the parent's pages 1..19 would stay in it."""
-    monkeypatch.setattr(range_fault, "_decide_each", range_fault.by_key)
+def test_a_swapin_write_run_dropping_only_the_asked_pages_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """reuse_swap_page asked once per key drops only the page it was asked of from the swap
+    cache; without _drop_as_decided the parent's pages 1..19 would stay in it."""
+    monkeypatch.setattr(range_fault, "_drop_as_decided", lambda *args: None)
     with pytest.raises(AssertionError, match="state differs"):
         run_both("v4.5", SWAP_WRITE_PROGRAM, tracing=False)
 

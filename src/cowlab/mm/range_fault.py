@@ -16,8 +16,8 @@ and one page table that follow the same kernel path at once:
   settled before the next is asked; the copies are then made, mapped and logged together
   (6.15+, untraced: a folio's copies decided from the first page's decision, _large_copies);
 - swap PTEs whose slots hold small pages in the swap cache, outside KSM (do_swap_page): the
-  swap-in decision asked once per distinct value of what it reads (before 5.18 a write's of
-  each page in turn, untraced), do_wp_page after each page a write finds mapped read-only.
+  swap-in decision asked once per distinct value of what it reads (before 5.18 a write's with
+  the slot's swap count, untraced), do_wp_page after each page a write finds mapped read-only.
 
 Anything else (a THP or mTHP fault, a swap entry whose page must be read, a NUMA hint, a KSM or
 swap-cache page under a write, CONFIG_DEBUG_VM's checks) is left to handle_mm_fault for one
@@ -505,8 +505,9 @@ def _swapin_run(
     hold a small page in the swap cache, outside KSM. No page's fault reads another's fields
     or slot, and none allocates but the copies do_wp_page makes after a write the mapping does
     not satisfy, in address order. Before 5.18 a write's reuse_swap_page may drop the page
-    from the swap cache as it decides: asked for each page in turn (untraced only: that drop's
-    event falls between the fault's and do_swap_page's)."""
+    from the swap cache as it decides: then every page of that key is dropped
+    (_drop_as_decided; untraced only: that drop's event falls between the fault's and
+    do_swap_page's)."""
     f, swap = k.frames, k.swap
     frees_first = k.policy.swapin_frees_swap_first
     decides_each = write and not frees_first
@@ -538,8 +539,12 @@ def _swapin_run(
             k, vma, int(pages[i]), write, bool(marker[i]), bool(soft_dirty[i])
         )
 
-    decide_all = _decide_each if decides_each else by_key
-    decisions, which = decide_all(f, pages, decide, marker, soft_dirty)
+    if decides_each:  # reuse_swap_page also reads the slot's swap count
+        swapped = swap.swap_map[slots].astype(np.int64)
+        decisions, which = by_key(f, pages, decide, marker, soft_dirty, swapped)
+        _drop_as_decided(k, pages, slots, which)
+    else:
+        decisions, which = by_key(f, pages, decide, marker, soft_dirty)
     writable = np.array([d.writable for d in decisions])[which]
     exclusive = np.array([d.exclusive for d in decisions])[which]
     table.pfn[pos] = pages
@@ -567,14 +572,17 @@ def _swapin_run(
     return table.pfn[first : first + n].copy()
 
 
-def _decide_each(
-    f: PageFrames, pages: Ints, decide: Callable[[int], T], *more: Ints
-) -> tuple[list[T], Ints]:
+def _drop_as_decided(k: Kernel, pages: Ints, slots: Ints, which: Ints) -> None:
     """reuse_swap_page() of a write's swap-in before 5.18 (do_swap_page, 4.5 .. 5.17, until
-    c145e0b47c77), asked of each page in address order (by_key's signature): it drops a page
-    all ours from the swap cache as it decides (its own page and slot only, which no other
-    page's fault reads), so each page is settled before the next is asked."""
-    return [decide(i) for i in range(pages.size)], np.arange(pages.size, dtype=np.int64)
+    c145e0b47c77) drops a small page all ours from the swap cache as it decides. It reads of
+    the page only its fields and its slot's swap count (by_key's key) and changes only that
+    page and slot, which no other page's fault reads: so each page whose key's asked page it
+    dropped is dropped too (try_to_free_swap's steps; the slot keeps this fault's entry)."""
+    f = k.frames
+    asked = np.unique(which, return_index=True)[1]  # the page each decision was asked of
+    kept = (f.flags[pages] & PG_swapcache) != 0
+    drop = ~kept[asked][which] & kept
+    _free_swap_cache(k, pages[drop], slots[drop])
 
 
 def _wp_after_swapin(
