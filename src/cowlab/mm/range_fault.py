@@ -103,7 +103,8 @@ def access_permitted(vma: VmArea, write: bool) -> bool:
 
 
 def pte_access_permitted(pfn: Field, bits: Field, write: bool) -> Field:
-    """pte_access_permitted() of x86 (4.13, e7884f8ead4a; pte_allows_gup 4.6, 1874f6895c92):
+    """pte_access_permitted() of x86 (e7884f8ead4a, 2017, named it in the move to the generic
+    GUP, as Dan Williams's linux-mm review recounts; pte_allows_gup 4.6, 1874f6895c92):
     does the MMU let the access through a PTE without a fault? A present entry, not a NUMA
     hint nor a migration entry, writable for a write. The one statement, of one PTE's values
     (kernel.mmu_walk) or a run's (arrays: _pte_run, _wp_run)."""
