@@ -2006,3 +2006,41 @@ def test_a_bulk_copy_run_logging_one_count_is_caught(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(range_fault.Decisions, "of_values", first_row)
     with pytest.raises(AssertionError, match="cow_log"):
         run_both("v6.18", THP_COW_PROGRAM, tracing=False)
+
+
+def _swap_cached_thp_written(kernel: str, range_ops: bool) -> tuple[Kernel, Process, int]:
+    """A PTE-mapped THP, alone in its MM, put in the swap cache while mapped (add_to_swap,
+    reclaim's first step, before an unmap that may fail) with 64 of its pages R/O FOLL_GET
+    pinned, then 300 of its pages written."""
+    from cowlab.kernel import Config
+    from cowlab.mm.swap_state import add_to_swap
+
+    k = Kernel(kernel, config=Config(swap_device="ssd"), selfcheck=True, range_ops=range_ops)
+    p = k.spawn()
+    buf = p.mmap(2 * MIB, align=2 * MIB)
+    p.madvise(buf, 2 * MIB, "hugepage")
+    p.fill(buf, 2 * MIB, 1)
+    p.fork().exit()
+    p.mprotect(buf + 2 * MIB - PAGE, PAGE, "r")  # PTE-maps the THP
+    head = p.translate(buf)
+    add_to_swap(k, head)
+    p.get_user_pages(buf, 64 * PAGE, write=False, flavour="get")
+    p.fill(buf, 300 * PAGE, 7)
+    return k, p, head
+
+
+@pytest.mark.parametrize("kernel", ["v4.5", "v5.19", "v6.18"])
+def test_a_write_over_a_large_folio_in_the_swap_cache_goes_page_by_page(kernel: str) -> None:
+    """_wp_run leaves a large folio in the swap cache to handle_mm_fault (reuse_swap_page's and
+    folio_free_swap's case), and a run made only of such pages is no run (it indexed an empty
+    run). By hand: the 64 GUP references keep the folio's refcount above its mappings whatever
+    the swap cache's references, so every generation copies each written page; the unwritten
+    page 300 still maps the THP's own page; the state is the page-by-page path's."""
+    k, p, head = _swap_cached_thp_written(kernel, True)
+    ref, _, _ = _swap_cached_thp_written(kernel, False)
+    assert diff(snapshot(k), snapshot(ref)) == []
+    start = p.mm.vmas[0].vm_start
+    pages = [p.translate(start + i * PAGE) for i in range(301)]
+    assert all(not head <= pfn < head + 512 for pfn in pages[:300])
+    assert pages[300] == head + 300
+    assert p.read(start, 300 * PAGE) == bytes([7]) * 300 * PAGE

@@ -255,6 +255,8 @@ def _wp_run(
     if not f.flags.item(page) & (PG_head | PG_tail) and not _plain_anon(f, page, page):
         return NONE
     pages = pages[: _leading(_plain_anon(f, pages, heads_of(f, pages)))]
+    if not pages.size:  # a large folio it leaves alone (in the swap cache, KSM)
+        return NONE
     large = (f.flags[pages] & (PG_head | PG_tail)) != 0
     if large[0]:
         if small_only:
