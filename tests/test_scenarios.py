@@ -228,6 +228,34 @@ def located_tree(value: object) -> object:
     return (type(value).__name__, value)
 
 
+def typed(value: object) -> object:
+    """A loaded document without positions, each scalar as its type and repr (NaN included)."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+# the scalars whose value is not their text: numbers in every base and form, YAML 1.1 booleans
+# and nulls, explicit tags, timestamps, base 60; and text that only looks like them
+TRICKY_SCALARS = """\
+values: [5.10, 0x10, 0o17, 017, 0b101, 1_000, +12, -0, 1e3, 1.0e+3, .inf, -.Inf, .NaN, 12:30:00,
+  yes, no, On, off, True, FALSE, y, ~, null, Null, '', '~', "5.10", '0x10', !!str 5, !!int "7",
+  !!float '2', 2001-12-14, 2001-12-14t21:59:43.10-05:00, !!binary aGVsbG8=, plain text]
+nested: {a: [1, 'b', {c: .5}], d: ''}
+"""
+
+
+def test_a_located_load_has_safe_loads_values() -> None:
+    """Every scalar load_located builds is the value yaml.safe_load builds, of the same type:
+    the tricky scalars, and every example file (whose keys are all text, as load_located keeps
+    them)."""
+    texts = [TRICKY_SCALARS] + [p.read_text() for p in sorted((ROOT / "examples").rglob("*.yaml"))]
+    for text in texts:
+        assert typed(located.load_located(text)) == typed(yaml.safe_load(text))
+
+
 @pytest.mark.skipif(located.FAST_LOADER is None, reason="PyYAML without libyaml")
 def test_libyaml_and_python_load_every_example_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     paths = sorted((ROOT / "examples").rglob("*.yaml"))

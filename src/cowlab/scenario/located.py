@@ -103,8 +103,16 @@ def _build(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     return _scalar(node, loader)
 
 
+# the tag the composer gives a plain word or quoted text (and an explicit !!str)
+STR_TAG = "tag:yaml.org,2002:str"
+
+
 def _scalar(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
-    """A scalar as safe_load would build it; unknown tags (!!python/...) are refused."""
+    """A scalar as safe_load would build it; unknown tags (!!python/...) are refused. Text is
+    its own value (SafeConstructor.construct_yaml_str returns node.value): most scalars skip
+    the constructor's bookkeeping."""
+    if node.tag == STR_TAG:
+        return node.value
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as e:
