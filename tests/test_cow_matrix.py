@@ -139,6 +139,14 @@ def test_docs_matrix_is_the_run(results: dict) -> None:
     assert table == tool.write_doc(results)
 
 
+@pytest.mark.parametrize("kernel", ["v4.5", "v6.18"])
+def test_a_column_run_alone_is_the_matrixs(results: dict, kernel: str) -> None:
+    """`--kernel`: each file run once on one kernel (SharedRuns alone: no policy read recorded,
+    nothing shared) gives the cells the matrix's shared runs give."""
+    column = tool.run_column(kernel)
+    assert column == {cell: v for cell, v in results.items() if cell[2] == kernel}
+
+
 def verdict(results: dict, case: str, backing: str, kernel: str) -> str:
     return str(results[(case, backing, kernel)][0])
 

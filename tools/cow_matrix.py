@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import multiprocessing
 import os
 import re
 import sys
@@ -544,6 +543,8 @@ def scenario_names() -> list[str]:
 def run_matrix() -> dict[tuple[str, str, str], tuple[str, bool]]:
     """(case, backing, kernel) -> (the model's verdict, whether it matches the derivation); one
     file per task, on every CPU (the files are independent)."""
+    import multiprocessing  # here: one kernel's column (--kernel) needs no pool
+
     for name in scenario_names():
         load(name)  # parsed here once, not once per kernel
     ctx = multiprocessing.get_context("fork")
@@ -571,7 +572,7 @@ def run_row(
     what that run never read takes its verdict (check.corpus.SharedRuns)."""
     from cowlab.check.corpus import SharedRuns
 
-    shared: SharedRuns[str] = SharedRuns(load(name))
+    shared: SharedRuns[str] = SharedRuns(load(name), alone=len(kernels) == 1)
     out = {}
     for kernel in kernels:
         if "__" in name:

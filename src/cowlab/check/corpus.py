@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cowlab.check.properties import implied_breaks
-from cowlab.check.search import differences, recording
 from cowlab.policy.timeline import resolve
 from cowlab.scenario.loader import load_scenario
 from cowlab.scenario.model import Scenario
@@ -88,13 +87,20 @@ class SharedRuns(Generic[T]):
     """One scenario's runs, each reduced to a result. A kernel whose policy differs from one
     already run only in attributes that run never read, and which asks under the same key (the
     corpus: what it expects of every step), takes every decision the same way and gets the same
-    result without running (as the search's kernels share searches)."""
+    result without running (as the search's kernels share searches). `alone`: the only kernel
+    it will be asked for, whose run no other could share: it is run as `cowlab run` runs it."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, alone: bool = False) -> None:
         self.scenario = scenario
+        self.alone = alone
         self.runs: list[tuple[str, frozenset[str], object, T]] = []
 
     def result(self, kernel: str, run: Callable[[Runner], T], key: object = None) -> T:
+        if self.alone:
+            return run(Runner(self.scenario, kernel))
+        # the search's modules, imported only where runs are shared (not by a one-kernel matrix)
+        from cowlab.check.search import differences, recording
+
         for other, read, theirs, value in self.runs:
             if theirs == key and not differences(other, kernel) & read:
                 return value
