@@ -159,3 +159,34 @@ def test_huge_zero_page_write(kernel_id: str, splits: bool) -> None:
     p.read(buf, 1)
     p.write(buf, b"x")
     assert isinstance(entry(p, buf), PteTable) is splits
+
+
+# after fork each page is mapped by both processes' PTEs: page_mapcount 2, page_count 2 (one
+# reference a PTE), not exclusive, neither KSM nor in the swap cache
+FORKED_PAGE_READS = {
+    "v4.5": (("page_mapcount", 2),),
+    "v5.9": (("PageKsm", 0), ("page_count", 2), ("page_mapcount", 2)),
+    "v5.18": (("PageKsm", 0), ("PageSwapCache", 0), ("page_count", 2)),
+    "v6.18": (("PageAnonExclusive", 0), ("PageKsm", 0), ("PageSwapCache", 0), ("page_count", 2)),
+}
+
+
+@pytest.mark.parametrize("kernel_id", FORKED_PAGE_READS)
+def test_equal_decisions_are_one_object(kernel_id: str) -> None:
+    """A page-by-page write after fork copies each page on the same values read: the COW log
+    keeps one decision object for all of them (policy/base.py, DECISIONS_KEPT: one made a
+    fault was most of what the garbage collector's full passes walked)."""
+    k = Kernel(kernel_id, range_ops=False)
+    k.thp_enabled = "never"
+    p = k.spawn()
+    buf = p.mmap(16 * 4096)
+    for i in range(16):
+        p.write(buf + i * 4096, b"a")
+    p.fork()
+    for i in range(16):
+        p.write(buf + i * 4096, b"b")
+    reasons = [e.reason for e in k.cow_log]
+    assert len(reasons) == 16
+    assert {r.read for r in reasons} == {FORKED_PAGE_READS[kernel_id]}
+    assert not reasons[0].reuse
+    assert len({id(r) for r in reasons}) == 1

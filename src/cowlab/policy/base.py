@@ -18,13 +18,27 @@ from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, SwapinDecision,
 from cowlab.mm.mm import PageSwapCache, page_count, page_mapcount
 from cowlab.policy.history import Landed
 
-__all__ = ["Policy", "Reads", "ReuseCount", "ReuseDecision", "SwapinDecision", "WpDecision"]
+__all__ = [
+    "DECISIONS_KEPT",
+    "Policy",
+    "Reads",
+    "ReuseCount",
+    "ReuseDecision",
+    "SwapinDecision",
+    "WpDecision",
+]
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
     from cowlab.mm.page_alloc import PageFrames
 
+
+# How many decisions a rule keeps made (functools.lru_cache of its values read): equal decisions
+# are then one object. A copy keeps its decision in the COW log, and a page-by-page write after
+# fork copies once a fault: a WpDecision and its reads made each time were most of what the
+# garbage collector's full passes walked (docs/benchmarks.md, "The per-fault path, fifth round").
+DECISIONS_KEPT = 1024
 
 # the knobs of 4.5 that scenarios set (thp_alloc_fail and numa_misplaced stand for conditions)
 KNOBS_4_5 = frozenset({"thp", "thp_alloc_fail", "numa_misplaced", "max_ptes_none"})

@@ -4,17 +4,30 @@ reused only when nothing but its own mapping holds a reference."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.swapfile import reuse_swap_page
-from cowlab.policy.base import Policy, ReuseCount, SwapinDecision, WpDecision
+from cowlab.policy.base import (
+    DECISIONS_KEPT,
+    Policy,
+    ReuseCount,
+    ReuseDecision,
+    SwapinDecision,
+    WpDecision,
+)
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import VmArea
+
+
+@lru_cache(maxsize=DECISIONS_KEPT)
+def _reuse_swap_page_decision(d: ReuseDecision, move: bool) -> WpDecision:
+    return WpDecision(d.reuse, move, False, d.read, f"reuse_swap_page(): {d.rule}")
 
 
 @landed(
@@ -33,8 +46,9 @@ class Linux4_5(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): reuse_swap_page() decides; a reused page may move to vma's anon_vma."""
         d = reuse_swap_page(k, pfn, self.reuse_mapcount)
-        move = d.reuse and self.move_anon_rmap_on_reuse(d.total_mapcount)
-        return WpDecision(d.reuse, move, False, d.read, f"reuse_swap_page(): {d.rule}")
+        return _reuse_swap_page_decision(
+            d, d.reuse and self.move_anon_rmap_on_reuse(d.total_mapcount)
+        )
 
     def swapin_decision(
         self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool

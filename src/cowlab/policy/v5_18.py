@@ -4,12 +4,13 @@ do_swap_page drops the swap entry before it decides; khugepaged stops asking reu
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from cowlab.mm.constants import PG_ksm
 from cowlab.mm.mm import PageKsm, PageSwapCache, compound_head, folio_ref_count, page_count
 from cowlab.mm.swapfile import try_to_free_swap
-from cowlab.policy.base import Policy, Reads, SwapinDecision, WpDecision
+from cowlab.policy.base import DECISIONS_KEPT, Policy, Reads, SwapinDecision, WpDecision
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
 class CowFixesPart1(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): no anon_vma move; see only_reference()."""
-        reuse, read, rule = only_reference(k, pfn)
-        return WpDecision(reuse, False, False, read, rule)
+        return _only_reference_decision(*only_reference(k, pfn))
 
     def huge_pmd_wp_reuse(self, k: Kernel, head: int) -> WpDecision:
         count = page_count(k.frames, head)
@@ -91,15 +91,28 @@ class MremapEfaultNegative(Policy):
     mremap_efault_positive = False
 
 
-def only_reference(k: Kernel, pfn: int) -> tuple[bool, Reads, str]:
+ONLY_REFERENCE_RULE = "!PageKsm && page_count == 1 (after try_to_free_swap)"
+
+
+def only_reference(k: Kernel, pfn: int) -> tuple[bool, bool, int]:
     """do_wp_page() of 5.18+ (53a05ad9f21d): a swap-cache page with no other reference drops
-    its swap-cache copy (try_to_free_swap); then reuse iff !PageKsm and page_count == 1."""
+    its swap-cache copy (try_to_free_swap); then reuse iff !PageKsm and page_count == 1
+    (ONLY_REFERENCE_RULE). Returns what it read: PageKsm, PageSwapCache, page_count."""
     f = k.frames
     head = compound_head(f, pfn)  # once: PageKsm and page_count read the head
     ksm, swapcache = bool(f.flags.item(head) & PG_ksm), PageSwapCache(f, pfn)
     if swapcache and not ksm and folio_ref_count(f, head) <= 2:
         try_to_free_swap(k, pfn)
-    count = folio_ref_count(f, head)
+    return ksm, swapcache, folio_ref_count(f, head)
+
+
+def only_reference_reads(ksm: bool, swapcache: bool, count: int) -> tuple[bool, Reads]:
+    """only_reference()'s verdict and its values read, by their kernel names."""
     read: Reads = (("PageKsm", int(ksm)), ("PageSwapCache", int(swapcache)), ("page_count", count))
-    rule = "!PageKsm && page_count == 1 (after try_to_free_swap)"
-    return not ksm and count == 1, read, rule
+    return not ksm and count == 1, read
+
+
+@lru_cache(maxsize=DECISIONS_KEPT)
+def _only_reference_decision(ksm: bool, swapcache: bool, count: int) -> WpDecision:
+    reuse, read = only_reference_reads(ksm, swapcache, count)
+    return WpDecision(reuse, False, False, read, ONLY_REFERENCE_RULE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,13 +10,24 @@ import numpy.typing as npt
 
 from cowlab.mm.constants import VM_WRITE, PG_anon_exclusive
 from cowlab.mm.mm import PageAnonExclusive, PageKsm, page_count, page_maybe_dma_pinned
-from cowlab.policy.base import Policy, Reads, SwapinDecision, WpDecision
+from cowlab.policy.base import DECISIONS_KEPT, Policy, Reads, SwapinDecision, WpDecision
 from cowlab.policy.history import landed
-from cowlab.policy.v5_18 import only_reference
+from cowlab.policy.v5_18 import ONLY_REFERENCE_RULE, only_reference, only_reference_reads
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
+
+
+EXCLUSIVE_REUSE = WpDecision(True, False, False, (("PageAnonExclusive", 1),), "PageAnonExclusive")
+
+
+@lru_cache(maxsize=DECISIONS_KEPT)
+def _not_exclusive_decision(ksm: bool, swapcache: bool, count: int) -> WpDecision:
+    """A page not PageAnonExclusive: only_reference() decides; a reused page becomes exclusive."""
+    reuse, read = only_reference_reads(ksm, swapcache, count)
+    rule = f"PageAnonExclusive || ({ONLY_REFERENCE_RULE})"
+    return WpDecision(reuse, reuse, reuse, (("PageAnonExclusive", 0), *read), rule)
 
 
 @landed(
@@ -33,12 +45,9 @@ class AnonExclusive(Policy):
     gup_unshares_ro_pins = True
 
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
-        f = k.frames
-        if PageAnonExclusive(f, pfn):
-            return WpDecision(True, False, False, (("PageAnonExclusive", 1),), "PageAnonExclusive")
-        reuse, read, rule = only_reference(k, pfn)
-        read = (("PageAnonExclusive", 0), *read)
-        return WpDecision(reuse, reuse, reuse, read, f"PageAnonExclusive || ({rule})")
+        if PageAnonExclusive(k.frames, pfn):
+            return EXCLUSIVE_REUSE
+        return _not_exclusive_decision(*only_reference(k, pfn))
 
     def swapin_decision(
         self, k: Kernel, vma: VmArea, pfn: int, write: bool, marker: bool, soft_dirty: bool

@@ -3,6 +3,7 @@ COW of 5.8 and KSM page reuse are gone; fork copies pages that may be DMA-pinned
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,12 +17,21 @@ from cowlab.mm.mm import (
     pages_maybe_dma_pinned,
 )
 from cowlab.mm.mm_types import is_cow_mapping
-from cowlab.policy.base import Policy, WpDecision
+from cowlab.policy.base import DECISIONS_KEPT, Policy, WpDecision
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
     from cowlab.mm.mm_types import MmStruct, VmArea
+
+
+@lru_cache(maxsize=DECISIONS_KEPT)
+def _simplified_decision(ksm: bool, count: int, mapcount: int) -> WpDecision:
+    reuse = not ksm and count == 1 and mapcount == 1
+    read = (("PageKsm", int(ksm)), ("page_count", count), ("page_mapcount", mapcount))
+    return WpDecision(
+        reuse, False, False, read, "!PageKsm && page_count == 1 && page_mapcount == 1"
+    )
 
 
 @landed(
@@ -38,11 +48,7 @@ class DoWpPageSimplification(Policy):
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """09854ba94c6a: any reference besides this mapping (a pin, another PTE) means copy."""
         f = k.frames
-        ksm, count, mapcount = PageKsm(f, pfn), page_count(f, pfn), page_mapcount(f, pfn)
-        reuse = not ksm and count == 1 and mapcount == 1
-        read = (("PageKsm", int(ksm)), ("page_count", count), ("page_mapcount", mapcount))
-        rule = "!PageKsm && page_count == 1 && page_mapcount == 1"
-        return WpDecision(reuse, False, False, read, rule)
+        return _simplified_decision(PageKsm(f, pfn), page_count(f, pfn), page_mapcount(f, pfn))
 
 
 @landed(
