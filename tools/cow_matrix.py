@@ -608,16 +608,22 @@ def _collapse_verdict(runner: Any) -> str:
 
 def range_is_swapped(runner: Any, step: Any) -> bool:
     """cow.c's range_is_swapped() after its MADV_PAGEOUT: every page of the range has a swap
-    entry in the process's page table (pagemap's "swapped")."""
+    entry in the process's page table (pagemap's "swapped"); read a page table at a time."""
+    from cowlab.mm.constants import PMD_SHIFT
     from cowlab.mm.mm_types import pmd_index, pte_index
     from cowlab.mm.pgtable import PteTable, is_swap_pte
 
     mm = runner.procs[step.args["proc"]].mm
-    start = runner.addr(step.args["at"])
-    for addr in range(start, start + step.args["size"], 4096):
+    addr = runner.addr(step.args["at"])
+    end = addr + step.args["size"]
+    while addr < end:
         table = mm.pmds.get(pmd_index(addr))
-        if not isinstance(table, PteTable) or not is_swap_pte(int(table.pfn[pte_index(addr)])):
+        stop = min(end, (pmd_index(addr) + 1) << PMD_SHIFT)  # this table's part of the range
+        if not isinstance(table, PteTable):
             return False
+        if not all(map(is_swap_pte, table.pfn[pte_index(addr) : pte_index(stop - 1) + 1].tolist())):
+            return False
+        addr = stop
     return True
 
 

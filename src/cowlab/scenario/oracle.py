@@ -130,8 +130,9 @@ class LogicalMemory:
         pages = self.pages.get(view.proc, {})
         mirror = self.pin_pages.setdefault(name, {})
         lagging = self.lagging.get(name)
-        for i in indices:
-            page = pages.get(int(view.target[i]))
+        # the targets converted at once, not a NumPy scalar per page
+        for i, target in zip(indices, view.target[indices].tolist(), strict=True):
+            page = pages.get(target)
             if lagging is not None:
                 lagging.setdefault(i, set()).add(_trim(mirror.get(i, b"")))
             if page is None:
