@@ -210,7 +210,8 @@ def _bare_release(name: str) -> bool:
 
 @cache
 def mainline_changes(release: Release) -> tuple[type[Policy], ...]:
-    return tuple(c for c in CHANGES if landed_of(c).release <= release.mainline)
+    mainline = release.mainline  # a new Release at each read: made once, not once per change
+    return tuple(c for c in CHANGES if landed_of(c).release <= mainline)
 
 
 def stable_backports(release: Release) -> tuple[tuple[type[Policy], str], ...]:
@@ -218,9 +219,10 @@ def stable_backports(release: Release) -> tuple[tuple[type[Policy], str], ...]:
     backport first; a later backport of the same upstream commit replaces an earlier one (4.9.298
     reverted 4.9.287's form of 17839856fd58 and redid it)."""
     found: dict[str, tuple[Release, type[Policy], str]] = {}
+    mainline = release.mainline  # a new Release at each read: made once, not once per change
     for change in (*CHANGES, *STABLE_ONLY):
         record = landed_of(change)
-        if record.release <= release.mainline:
+        if record.release <= mainline:
             continue
         for first, commit in record.stable:
             first_release = parse_release(first)
@@ -283,6 +285,7 @@ def _newest(changes: tuple[type[Policy], ...]) -> list[type[Policy]]:
     return [c for c in changes if effective(c) and landed_of(c).release == newest]
 
 
+@cache  # all_policies asks for each release of a policy
 def _releases_answered(first: Release) -> str:
     """`6.9 .. 6.12`: from the release of a policy's newest change to the release before the
     next effective change."""
