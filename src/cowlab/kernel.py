@@ -10,7 +10,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -386,24 +386,25 @@ class Kernel:
         return checker.check_invariants(self)
 
 
-def _op(fmt: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+ProcessMethod = Callable[Concatenate["Process", P], R]
+
+
+def _op(fmt: str) -> Callable[[ProcessMethod[P, R]], ProcessMethod[P, R]]:
     """Run a Process method as one kernel operation described by fmt (formatted with its args)."""
 
     op_fmt = "pid {}: " + fmt + "({})"
 
-    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
-        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-            self = args[0]
-            assert isinstance(self, Process)
+    def wrap(fn: ProcessMethod[P, R]) -> ProcessMethod[P, R]:
+        def inner(self: Process, /, *args: P.args, **kwargs: P.kwargs) -> R:
             if not self.alive:
                 self._require_alive()
             k = self.kernel
-            record = CallRecord(op_fmt, self.pid, args[1:], kwargs)
+            record = CallRecord(op_fmt, self.pid, args, kwargs)
             k.history.append(record)
             if not k.selfcheck:  # the common case: no check to run on any way out
-                return fn(*args, **kwargs)
+                return fn(self, *args, **kwargs)
             try:
-                result = fn(*args, **kwargs)
+                result = fn(self, *args, **kwargs)
             except (SyscallError, Segfault):
                 k._selfcheck(record)
                 raise
@@ -666,6 +667,12 @@ class Process:
         path (mm/range_fault.py) unless it is off or every event is traced."""
         k = self.kernel
         write = data is not None
+        offset = addr % PAGE_SIZE
+        if 0 < n <= PAGE_SIZE - offset and not isinstance(data, int):
+            # within one page, bytes or a load (a page-by-page program's every call): one
+            # access, stored as store() stores one page, without the loop's list and join
+            pfn = self._access(addr, write, 0)
+            return b"" if keep else store_page(k.frames, pfn, offset, n, data)
         batch = k.range_ops and n > RANGE_MIN_BYTES
         out: list[bytes] = []
         done = 0
@@ -675,28 +682,30 @@ class Process:
                 fault_in_range(k, self.mm, va, addr + n, write) if batch else NO_PAGES
             )
             if not len(pfns):
-                try:
-                    pfns = [self._access(va, write)]
-                except Segfault as e:
-                    self._fatal_signal()
-                    raise Segfault(e.addr, e.access, done, killed=True) from None
+                pfns = [self._access(va, write, done)]
             chunk = min(n - done, len(pfns) * PAGE_SIZE - va % PAGE_SIZE)
             if not keep:
                 out.append(store(k.frames, pfns, va % PAGE_SIZE, chunk, data, done))
             done += chunk
         return out[0] if len(out) == 1 else b"".join(out)
 
-    def _access(self, addr: int, write: bool) -> int:
-        """The MMU walk, with handle_mm_fault() until the entry allows the access."""
-        vma = self.mm.find_vma(addr)
-        if vma is None or not access_permitted(vma, write):
-            raise Segfault(addr, "write" if write else "read")
-        for _ in range(MAX_FAULT_RETRIES):
-            pfn = mmu_walk(self.mm, addr, write)
-            if pfn is not None:
-                return pfn
-            if handle_mm_fault(self.kernel, vma, addr, write) & VM_FAULT_SIGSEGV:
+    def _access(self, addr: int, write: bool, done: int) -> int:
+        """The MMU walk, with handle_mm_fault() until the entry allows the access. An access
+        the VMA or the fault refuses is SIGSEGV, which kills the process (``done``: the bytes
+        of the call made before)."""
+        try:
+            vma = self.mm.find_vma(addr)
+            if vma is None or not access_permitted(vma, write):
                 raise Segfault(addr, "write" if write else "read")
+            for _ in range(MAX_FAULT_RETRIES):
+                pfn = mmu_walk(self.mm, addr, write)
+                if pfn is not None:
+                    return pfn
+                if handle_mm_fault(self.kernel, vma, addr, write) & VM_FAULT_SIGSEGV:
+                    raise Segfault(addr, "write" if write else "read")
+        except Segfault as e:
+            self._fatal_signal()
+            raise Segfault(e.addr, e.access, done, killed=True) from None
         raise KernelBug(f"fault at {addr:#x} does not settle after {MAX_FAULT_RETRIES} tries")
 
     def translate(self, addr: int) -> int | None:
@@ -771,12 +780,9 @@ def store(
     if isinstance(data, int):
         fill(f, np.asarray(pfns, dtype=np.int64), offset, n, data)
         return b""
-    if len(pfns) == 1:  # one page: a single access's common case
+    if len(pfns) == 1:
         pfn = pfns[0] if isinstance(pfns, list) else int(pfns[0])
-        if data is None:
-            return f.read(pfn, offset, n)
-        f.write(pfn, offset, data[at : at + n])
-        return b""
+        return store_page(f, pfn, offset, n, None if data is None else data[at : at + n])
     frames = pfns if isinstance(pfns, list) else pfns.tolist()
     if data is not None:
         _store_pages(f, frames, offset, n, data, at)
@@ -789,6 +795,15 @@ def store(
         pos += chunk
         offset = 0
     return bytes(out)
+
+
+def store_page(f: PageFrames, pfn: int, offset: int, n: int, data: bytes | None) -> bytes:
+    """The bytes of one access within frame pfn from offset: a load returns n bytes, a store
+    writes data (n bytes)."""
+    if data is None:
+        return f.read(pfn, offset, n)
+    f.write(pfn, offset, data)
+    return b""
 
 
 def _store_pages(f: PageFrames, pfns: list[int], offset: int, n: int, data: bytes, at: int) -> None:

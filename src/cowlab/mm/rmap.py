@@ -176,7 +176,7 @@ def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound
     if compound:
         rmap_add_pmd(k, vma.mm, pfn)
     else:
-        f._mapcount[pfn] = f._mapcount.item(pfn) + 1  # a new small page: no folio counters
+        f._mapcount[pfn] = 0  # atomic_set(&page->_mapcount, 0): a new small page, mapped once
     __page_set_anon_rmap(k, pfn, vma, addr, exclusive=True)
 
 
