@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import yaml
 
 
-@dataclass(frozen=True)
-class Loc:
-    """1-based line and column, as editors and compilers print them."""
+class Loc(NamedTuple):
+    """1-based line and column, as editors and compilers print them (a tuple: one is made for
+    every key and value of a file)."""
 
     line: int
     col: int
@@ -46,10 +46,38 @@ def _loc(node: yaml.Node) -> Loc:
     return Loc(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag(kind: type, value: str | None, implicit: object) -> str:
+    """SafeLoader's tag for a node: with no path resolvers (SafeLoader has none) a function of
+    the node's kind, text and implicitness alone; scenario files repeat the same words."""
+    return str(yaml.SafeLoader.resolve(_RESOLVER, kind, value, implicit))
+
+
+_RESOLVER = yaml.SafeLoader("")
+
+
+class _CachedTags:
+    """SafeLoader's tags from _tag, and no path of nodes kept for path resolvers it lacks."""
+
+    def resolve(self, kind: type, value: str | None, implicit: object) -> str:
+        return _tag(kind, value, implicit)
+
+    def descend_resolver(self, current_node: object, current_index: object) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+
 # libyaml's composer, when PyYAML has it: the same nodes, tags and positions as the Python one
 # (checked on every example), ten times faster. Text it refuses, or with characters the Python
 # reader refuses, is composed again by the Python loader, whose messages the errors quote.
-FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+_C_LOADER = getattr(yaml, "CSafeLoader", None)
+FAST_LOADER = (
+    None
+    if _C_LOADER is None or yaml.SafeLoader.yaml_path_resolvers
+    else type("FastLoader", (_CachedTags, _C_LOADER), {})
+)
 
 
 def load_located(text: str) -> Any:
