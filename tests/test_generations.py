@@ -8,10 +8,13 @@ from cowlab import Kernel
 from cowlab.kernel import Config, Process
 from cowlab.mm.constants import PG_anon_exclusive
 from cowlab.mm.mm import GUP_PIN_COUNTING_BIAS, PageAnonExclusive, page_count
-from cowlab.mm.mm_types import pmd_index
+from cowlab.mm.mm_types import VmArea, pmd_index
 from cowlab.mm.pgtable import PTE_WRITE, HugePmd, PteTable
+from cowlab.policy import all_policies
+from cowlab.policy.base import Policy, WpDecision, large_folios_only
 
 THP = 2 << 20
+POLICY_IDS = list(all_policies())
 
 
 def thp(kernel_id: str) -> tuple[Kernel, Process, int]:
@@ -190,3 +193,76 @@ def test_equal_decisions_are_one_object(kernel_id: str) -> None:
     assert {r.read for r in reasons} == {FORKED_PAGE_READS[kernel_id]}
     assert not reasons[0].reuse
     assert len({id(r) for r in reasons}) == 1
+
+
+def _small_reuse_mismatches(kernel_id: str) -> list[str]:
+    """Small pages where wp_reuse_small (do_wp_page's question for them) and wp_reuse answer
+    otherwise, in four states of 8 written pages: exclusive, shared with a child, also held by
+    a R/O GUP reference (FOLL_GET), and after the child's exit. No page is in the swap cache or
+    KSM: each call only reads."""
+    k = Kernel(kernel_id)
+    k.thp_enabled = "never"
+    p = k.spawn()
+    buf = p.mmap(8 * 4096)
+    p.fill(buf, 8 * 4096, 1)
+    vma, out = p.mm.find_vma(buf), []
+    assert vma is not None
+
+    def compare(when: str) -> None:
+        for i in range(8):
+            pfn = p.translate(buf + i * 4096)
+            assert pfn is not None
+            small, page = k.policy.wp_reuse_small(k, vma, pfn), k.policy.wp_reuse(k, vma, pfn)
+            if small != page:
+                out.append(f"{when} page {i}: {small} != {page}")
+
+    compare("exclusive")
+    child = p.fork()
+    compare("shared")
+    pin = p.get_user_pages(buf, 8 * 4096, write=False, flavour="get")
+    compare("pinned")
+    child.exit()
+    compare("child gone")
+    k.unpin(pin)
+    return out
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_wp_reuse_small_is_wp_reuse(kernel_id: str) -> None:
+    """A small page's verdict by wp_reuse_small (the newest change whose wp_reuse decides any
+    page; 6.9 and 6.15 decide only large folios' pages, large_folios_only) is wp_reuse's, with
+    the same reads."""
+    assert _small_reuse_mismatches(kernel_id) == []
+
+
+def test_a_small_page_rule_passed_by_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later rule for small pages that wp_reuse_small would not reach (here: marked
+    large_folios_only, or set on the class after it was made) differs on every page in each of
+    the four states: 32."""
+    cls = type(Kernel("v6.18").policy)
+    inner = cls.wp_reuse
+
+    @large_folios_only
+    def later(self: Policy, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        return inner(self, k, vma, pfn)._replace(rule="a later release's rule")
+
+    monkeypatch.setattr(cls, "wp_reuse", later)
+    assert len(_small_reuse_mismatches("v6.18")) == 32
+
+
+def test_a_change_stating_wp_reuse_decides_small_pages() -> None:
+    """A change (or a user's patch) whose wp_reuse is not marked large_folios_only is asked for
+    small pages too; a marked one is not."""
+
+    class Later(type(Kernel("v6.18").policy)):  # type: ignore[misc]
+        def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+            return super().wp_reuse(k, vma, pfn)
+
+    class LargeOnly(Later):
+        @large_folios_only
+        def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+            return super().wp_reuse(k, vma, pfn)
+
+    assert vars(Later)["wp_reuse_small"] is vars(Later)["wp_reuse"]
+    assert "wp_reuse_small" not in vars(LargeOnly)
+    assert LargeOnly.wp_reuse_small is vars(Later)["wp_reuse"]

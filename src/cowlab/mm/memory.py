@@ -361,8 +361,14 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
     head = compound_head(f, old)  # page_folio() once: PageAnon and PageKsm read the head
     if not f.mapping.item(head):  # !PageAnon
         return wp_copy_traced(k, vma, addr, table, old, NOT_ANON_COPY, unshare)
-    ksm = bool(f.flags.item(head) & PG_ksm)  # PageKsm
-    d = k.policy.wp_reuse_ksm(k, vma, old) if ksm else k.policy.wp_reuse(k, vma, old)
+    folio_flags = f.flags.item(head)
+    ksm = bool(folio_flags & PG_ksm)  # PageKsm
+    if ksm:
+        d = k.policy.wp_reuse_ksm(k, vma, old)
+    elif folio_flags & PG_head:  # folio_test_large
+        d = k.policy.wp_reuse(k, vma, old)
+    else:  # the rule for a small page, without the large-folio rules' own tests of it
+        d = k.policy.wp_reuse_small(k, vma, old)
     if ksm and d.reuse:  # 5.1-5.8: the page is this VMA's again, no longer KSM
         k.ksm.drop(-int(f.mapping[old]))
         f.flags[old] &= flags_without(PG_ksm)

@@ -8,7 +8,9 @@ mprotect and clear_refs paths ask.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from types import FunctionType
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +41,16 @@ if TYPE_CHECKING:
 # fork copies once a fault: a WpDecision and its reads made each time were most of what the
 # garbage collector's full passes walked (docs/benchmarks.md, "The per-fault path, fifth round").
 DECISIONS_KEPT = 1024
+
+Rule = TypeVar("Rule", bound=Callable[..., WpDecision])
+
+
+def large_folios_only(rule: Rule) -> Rule:
+    """Marks a change's wp_reuse that decides only pages of large folios and hands any other
+    page to super(): a small page's wp_reuse_small passes it by (Policy.__init_subclass__)."""
+    rule.large_folios_only = True  # type: ignore[attr-defined]
+    return rule
+
 
 # the knobs of 4.5 that scenarios set (thp_alloc_fail and numa_misplaced stand for conditions)
 KNOBS_4_5 = frozenset({"thp", "thp_alloc_fail", "numa_misplaced", "max_ptes_none"})
@@ -138,6 +150,15 @@ class Policy(ABC):
     # sysfs knobs (/sys/kernel/mm/...) a change adds; has_knob() looks through every change
     new_knobs: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A change whose wp_reuse decides every page is also its wp_reuse_small; one marked
+        large_folios_only leaves a small page to the change before it, without a super() call
+        (a user's patch that states wp_reuse is asked for every page, as it says)."""
+        super().__init_subclass__(**kwargs)
+        rule = vars(cls).get("wp_reuse")
+        if isinstance(rule, FunctionType) and not getattr(rule, "large_folios_only", False):
+            cls.wp_reuse_small = rule  # type: ignore[method-assign]
+
     def has_knob(self, name: str) -> bool:
         """Does this release have the sysfs knob (4.5's, or one a landed change added)?"""
         return name in KNOBS_4_5 or any(name in c.new_knobs for c in self.changes)
@@ -145,6 +166,12 @@ class Policy(ABC):
     @abstractmethod
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         """do_wp_page(): may the anonymous page mapped read-only at this PTE be reused?"""
+
+    def wp_reuse_small(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        """wp_reuse() of a page that is no large folio's (do_wp_page read its flags): the rule
+        of the newest change that decides such a page, the large-folio rules after it (6.9,
+        6.15) passed by: set by __init_subclass__ to each change's wp_reuse."""
+        return self.wp_reuse(k, vma, pfn)
 
     def wp_reuse_large(self, k: Kernel, vma: VmArea, pfn: int, head: int) -> WpDecision:
         """wp_reuse() of a page of a large folio whose head the caller knows (the range path's

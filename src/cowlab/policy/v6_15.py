@@ -15,7 +15,7 @@ from cowlab.mm.mm import (
     folio_ref_count,
 )
 from cowlab.mm.swapfile import try_to_free_swap
-from cowlab.policy.base import Policy, Reads, WpDecision
+from cowlab.policy.base import Policy, Reads, WpDecision, large_folios_only
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class LargeFolioReuse(Policy):
     large_reuse_reads_folio = True
     no_page_mapcount_option = True
 
+    @large_folios_only
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
         if not PageTransCompound(f, pfn):

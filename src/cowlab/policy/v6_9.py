@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cowlab.mm.mm import PageAnonExclusive, PageTransCompound
-from cowlab.policy.base import Policy, WpDecision
+from cowlab.policy.base import Policy, WpDecision, large_folios_only
 from cowlab.policy.history import landed
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     "mainline after the 6.9-rc1 MM merge (Mar 2024), whose pull lists the title",
 )
 class NoLargeFolioReuse(Policy):
+    @large_folios_only
     def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
         f = k.frames
         if not PageTransCompound(f, pfn) or PageAnonExclusive(f, pfn):
