@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from functools import lru_cache
 from types import FunctionType
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -50,6 +51,13 @@ def large_folios_only(rule: Rule) -> Rule:
     page to super(): a small page's wp_reuse_small passes it by (Policy.__init_subclass__)."""
     rule.large_folios_only = True  # type: ignore[attr-defined]
     return rule
+
+
+@lru_cache(maxsize=DECISIONS_KEPT)
+def page_mapcount_reuse(count: int) -> ReuseCount:
+    """reuse_swap_page()'s count when it is page_mapcount (made once per value: one a COW
+    fault before 4.6)."""
+    return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
 
 
 # the knobs of 4.5 that scenarios set (thp_alloc_fail and numa_misplaced stand for conditions)
@@ -188,8 +196,7 @@ class Policy(ABC):
     def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
         """The mapcount reuse_swap_page() compares (4.5 .. 5.17; each of those generations
         says which): page_mapcount."""
-        count = page_mapcount(f, pfn)
-        return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
+        return page_mapcount_reuse(page_mapcount(f, pfn))
 
     def swaps_whole(self, device: str, order: int) -> bool:
         """get_swap_pages()/folio_alloc_swap(): does this swap area give a folio of this order

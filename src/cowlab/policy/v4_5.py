@@ -17,6 +17,7 @@ from cowlab.policy.base import (
     ReuseDecision,
     SwapinDecision,
     WpDecision,
+    page_mapcount_reuse,
 )
 from cowlab.policy.history import landed
 
@@ -64,8 +65,7 @@ class Linux4_5(Policy):
         """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""
         if PageTransCompound(f, pfn):
             return ReuseCount(None, 0, (("PageTransCompound", 1),), "never for a THP subpage")
-        count = page_mapcount(f, pfn)
-        return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
+        return page_mapcount_reuse(page_mapcount(f, pfn))
 
     def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
         """Always: a reused page is a small page mapped once."""
