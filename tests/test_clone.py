@@ -22,13 +22,13 @@ from cowlab.check.alphabet import REGION, letters, roots, to_step
 from cowlab.check.canonical import state_key
 from cowlab.check.search import Program, clone, run_program
 from cowlab.kernel import OpRecord
-from cowlab.mm.trace import CowCopies, CowEvent, Event
+from cowlab.mm.trace import CowCopies, CowEvent, CowSingles, Event
 from cowlab.scenario.runner import Runner
 
 KERNELS = ("v4.5", "v5.10", "v6.18")
-# records the machine's logs share with its copies: never changed once logged (History and
-# CowLog say so in their __deepcopy__)
-RECORDS = (OpRecord, CowEvent, CowCopies, Event)
+# records the machine's logs share with its copies: never changed once logged, or once shared
+# (History and CowLog say so in their __deepcopy__)
+RECORDS = (OpRecord, CowEvent, CowCopies, CowSingles, Event)
 FORKED_THP = "map THP, write pages 0-1, fork"
 # the first letters of the two-letter programs: what only `full` has, and a pin (then DMA)
 DEEPER = {"P swaps out", "C1 swaps out", "P marks mergeable", "C1 marks mergeable"}

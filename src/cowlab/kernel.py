@@ -298,10 +298,8 @@ class Kernel:
         nr: int = 1,
     ) -> None:
         """One copy; ``why`` is the decision (or a text), rendered only when read."""
-        event = CowEvent(
-            self.history.count, self.current_op(), function, vma.mm.pid, addr, old, new, nr, why
-        )
-        self.cow_log.append(event)
+        op = self.current_op()
+        self.cow_log.add(self.history.count, op, function, vma.mm.pid, addr, old, new, nr, why)
 
     def current_op(self) -> object:
         return self.history.recent[-1] if self.history.count else "(setup)"

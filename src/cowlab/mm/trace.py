@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from abc import abstractmethod
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -242,41 +243,91 @@ class CowCopies(NamedTuple):
         )
 
 
-class CowLog(Indexed[CowEvent]):
-    """Every copy so far, in order: single events, and runs of copies stored as arrays (a 1 GiB
-    range write copies 262,144 pages without 262,144 objects)."""
+class CowSingles:
+    """Copies logged one at a time (a fault each), in order, as columns: no object a copy but
+    what it names (its operation's record; its decision, one object for equal ones). A
+    page-by-page COW write logs a copy a fault, and a CowEvent kept for each was, after the
+    decisions, what the garbage collector's full passes walked most."""
+
+    __slots__ = ("ints", "names")
 
     def __init__(self) -> None:
-        self._parts: list[CowEvent | CowCopies] = []
+        self.ints = array("q")  # seq, pid, addr, old (-1: the zero page), new, nr: 6 a copy
+        self.names: list[object] = []  # operation, function, reason: 3 a copy
+
+    def __len__(self) -> int:
+        return len(self.names) // 3
+
+    def event(self, i: int) -> CowEvent:
+        seq, pid, addr, old, new, nr = self.ints[6 * i : 6 * i + 6]
+        operation, function, reason = self.names[3 * i : 3 * i + 3]
+        assert isinstance(function, str)
+        return CowEvent(
+            seq, operation, function, pid, addr, None if old < 0 else old, new, nr, reason
+        )
+
+
+class CowLog(Indexed[CowEvent]):
+    """Every copy so far, in order: copies logged one at a time (CowSingles, a run of them a
+    part), and runs of copies stored as arrays (a 1 GiB range write copies 262,144 pages
+    without 262,144 objects)."""
+
+    def __init__(self) -> None:
+        self._parts: list[CowSingles | CowCopies] = []
         self._ends: list[int] = []  # the number of copies up to and including each part
+        self._open: CowSingles | None = None  # the last part, while copies are added to it
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> CowLog:
-        """A copy of the machine shares the events: they are never changed once logged."""
+        """A copy of the machine shares the parts: none is changed once another part follows
+        or once it is shared (each log starts a part of its own at its next copy)."""
         copied = CowLog()
         copied._parts = list(self._parts)
         copied._ends = list(self._ends)
+        self._open = None
         return copied
 
-    def _add(self, part: CowEvent | CowCopies, nr: int) -> None:
+    def _add(self, part: CowSingles | CowCopies, nr: int) -> None:
         self._parts.append(part)
         self._ends.append((self._ends[-1] if self._ends else 0) + nr)
 
     def append(self, event: CowEvent) -> None:
-        self._add(event, 1)
+        self.add(*event)
+
+    def add(
+        self,
+        seq: int,
+        operation: object,
+        function: str,
+        pid: int,
+        addr: int,
+        old: int | None,
+        new: int,
+        nr: int,
+        reason: object,
+    ) -> None:
+        """append() of the CowEvent of these fields, without making it (record_cow's: a copy
+        a fault), into the open CowSingles's columns."""
+        singles = self._open
+        if singles is None:
+            singles = self._open = CowSingles()
+            self._add(singles, 0)
+        singles.ints.extend((seq, pid, addr, -1 if old is None else old, new, nr))
+        singles.names.extend((operation, function, reason))
+        self._ends[-1] += 1
 
     def extend_copies(self, copies: CowCopies) -> None:
         if copies.news.size:
+            self._open = None
             self._add(copies, int(copies.news.size))
 
     def _at(self, i: int) -> CowEvent:
         part_no = bisect.bisect_right(self._ends, i)
         part = self._parts[part_no]
-        if isinstance(part, CowEvent):
-            return part
-        return part.event(i - (self._ends[part_no] - int(part.news.size)))
+        first = self._ends[part_no - 1] if part_no else 0
+        return part.event(i - first)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CowLog | list):
