@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# How many decisions a rule keeps made (functools.lru_cache of its values read): equal decisions
+# are then one object. A copy keeps its decision in the COW log, and a page-by-page write after
+# fork copies once a fault: a WpDecision and its reads made each time were most of what the
+# garbage collector's full passes walked (docs/benchmarks.md, "The per-fault path, fifth round").
+DECISIONS_KEPT = 1024
+
 Reads = tuple[tuple[str, int], ...]  # the counters and flags a rule read, by kernel name
 
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import PAGE_SIZE, PG_dirty, PG_swapcache, PG_writeback
-from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision
+from cowlab.mm.decision import DECISIONS_KEPT, Reads, ReuseCount, ReuseDecision
 from cowlab.mm.mm import (
     Field,
     PageDoubleMap,
@@ -271,16 +272,24 @@ def reuse_swap_page(
     if not k.config.swap:  # the CONFIG_SWAP=n macro of include/linux/swap.h asks for exactly 1
         rule = count.rule.replace("<=", "==")
         return ReuseDecision(count.mapcount == 1, count.total_mapcount, count.read, rule)
-    total, read, rule = count.mapcount, count.read, count.rule
-    if total <= 1 and PageSwapCache(f, pfn):
-        swapped = page_swapcount(k, pfn)
-        total += swapped
-        read += (("page_swapcount", swapped),)
-        rule = rule.replace(" <= 1", " + page_swapcount <= 1")
-        if total == 1 and not f.flags[pfn] & PG_writeback:
-            f.flags[pfn] |= PG_dirty
-            delete_from_swap_cache(k, pfn)
+    if count.mapcount > 1 or not PageSwapCache(f, pfn):
+        return _as_counted(count)
+    swapped = page_swapcount(k, pfn)
+    total = count.mapcount + swapped
+    read = (*count.read, ("page_swapcount", swapped))
+    rule = count.rule.replace(" <= 1", " + page_swapcount <= 1")
+    if total == 1 and not f.flags[pfn] & PG_writeback:
+        f.flags[pfn] |= PG_dirty
+        delete_from_swap_cache(k, pfn)
     return ReuseDecision(total <= 1, count.total_mapcount, read, rule)
+
+
+@lru_cache(maxsize=DECISIONS_KEPT)
+def _as_counted(count: ReuseCount) -> ReuseDecision:
+    """reuse_swap_page()'s answer where the swap cache adds nothing: the count's (made once
+    per count: a COW fault before 5.18 asks once)."""
+    assert count.mapcount is not None
+    return ReuseDecision(count.mapcount <= 1, count.total_mapcount, count.read, count.rule)
 
 
 def page_trans_huge_map_swapcount(k: Kernel, head: int) -> tuple[int, int, int, Reads]:

@@ -17,7 +17,14 @@ import numpy as np
 import numpy.typing as npt
 
 from cowlab.mm.constants import HPAGE_PMD_ORDER, VM_SOFTDIRTY
-from cowlab.mm.decision import Reads, ReuseCount, ReuseDecision, SwapinDecision, WpDecision
+from cowlab.mm.decision import (
+    DECISIONS_KEPT,
+    Reads,
+    ReuseCount,
+    ReuseDecision,
+    SwapinDecision,
+    WpDecision,
+)
 from cowlab.mm.mm import PageSwapCache, page_count, page_mapcount
 from cowlab.policy.history import Landed
 
@@ -36,12 +43,6 @@ if TYPE_CHECKING:
     from cowlab.mm.mm_types import MmStruct, VmArea
     from cowlab.mm.page_alloc import PageFrames
 
-
-# How many decisions a rule keeps made (functools.lru_cache of its values read): equal decisions
-# are then one object. A copy keeps its decision in the COW log, and a page-by-page write after
-# fork copies once a fault: a WpDecision and its reads made each time were most of what the
-# garbage collector's full passes walked (docs/benchmarks.md, "The per-fault path, fifth round").
-DECISIONS_KEPT = 1024
 
 Rule = TypeVar("Rule", bound=Callable[..., WpDecision])
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from cowlab.mm.mm_types import VmArea
 
 
+NEVER_FOR_THP = ReuseCount(None, 0, (("PageTransCompound", 1),), "never for a THP subpage")
+
+
 @lru_cache(maxsize=DECISIONS_KEPT)
 def _reuse_swap_page_decision(d: ReuseDecision, move: bool) -> WpDecision:
     return WpDecision(d.reuse, move, False, d.read, f"reuse_swap_page(): {d.rule}")
@@ -64,8 +67,8 @@ class Linux4_5(Policy):
     def reuse_mapcount(self, f: PageFrames, pfn: int) -> ReuseCount:
         """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""
         if PageTransCompound(f, pfn):
-            return ReuseCount(None, 0, (("PageTransCompound", 1),), "never for a THP subpage")
-        return page_mapcount_reuse(page_mapcount(f, pfn))
+            return NEVER_FOR_THP
+        return page_mapcount_reuse(f._mapcount.item(pfn) + 1)  # page_mapcount() of a small page
 
     def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
         """Always: a reused page is a small page mapped once."""
