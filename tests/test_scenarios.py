@@ -21,7 +21,8 @@ from cowlab.scenario.runner import Runner, run_scenario
 from tests.schema import SCHEMA, validate
 
 ROOT = Path(__file__).resolve().parent.parent
-# every example but the cow.c matrix (tests/test_cow_matrix.py runs that)
+# every example but the cow.c matrix's 144 (tests/test_cow_matrix.py runs those on every kernel for
+# their verdicts, unjudged; `cowlab check`'s corpus judges their expectations)
 EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent.name != "cow")
 ERROR_LINE = re.compile(r"^\S+:\d+:\d+: \S.*$")
 
