@@ -4,6 +4,8 @@ that differ in one such piece get different keys, two that differ only in the na
 
 from __future__ import annotations
 
+import numpy as np
+
 from cowlab.check.alphabet import REGION, letters, roots
 from cowlab.check.canonical import state_key
 from cowlab.check.search import Program, _live, clone, run_program
@@ -145,3 +147,45 @@ def _renumber_pids(runner: Runner, new: object) -> None:
         item.pid = new(item.pid)
         k.ksm.items[(item.pid, item.addr)] = item
     k.ksm.unreached = {(new(pid), addr) for pid, addr in k.ksm.unreached}
+
+
+def test_each_row_field_of_a_held_folio_is_in_the_key() -> None:
+    """A row field (page_alloc.RowField) at a THP that P maps is keyed by its value: every
+    folio field, the one in page[1] (compound_mapcount) and the two-slot ones included, moved
+    off its value gives another state, and moved back the same. A row holding the free value
+    is keyed as no row: the field reads the same at that frame either way."""
+    runner = run_program(KERNEL, program("map THP, write pages 0-1"))
+    f = runner.k.frames
+    head = int(f.folios.sorted()[0][0])
+    before = key(runner)
+    for field in f.folios.fields:
+        pfn = head + field.page
+        changed = clone(runner)
+        moved = changed.k.frames.folios.fields[f.folios.fields.index(field)]
+        value = moved[pfn] if moved.width == 1 else list(moved[pfn])
+        if moved.width == 1:
+            moved[pfn] = value + 1
+        else:
+            moved[pfn, 1] = value[1] + 1
+        assert key(changed) != before, f"a row field at page[{field.page}] of the THP"
+        moved[pfn] = value
+        assert key(changed) == before
+    small = run_program(KERNEL, program("map 4K, write pages 0-1"))
+    rows = clone(small)
+    rows.k.frames.folios.add(_pfn(rows, 0))  # rows of free values at a held frame
+    rows.k.frames.swapcache.add(_pfn(rows, 1))
+    assert key(rows) == key(small)
+
+
+def test_a_swap_cache_page_s_slot_is_in_the_key() -> None:
+    """page->private of a page in the swap cache names its slot (renamed as the slots are):
+    another slot is another state."""
+    runner = run_program(KERNEL, program("map 4K, write pages 0-1"))
+    runner.procs["P"].swapout(runner.regions[REGION], 2 * PAGE_SIZE, until="swapcache")
+    swap, f = runner.k.swap, runner.k.frames
+    cached = int(np.flatnonzero(swap.cache[: swap.nr] >= 0)[0])
+    pfn = int(swap.cache[cached])
+    other = clone(runner)
+    other.k.frames.private[pfn] = cached + 100
+    assert key(other) != key(runner)
+    assert f.private[pfn] == cached

@@ -21,7 +21,7 @@ from cowlab.mm.constants import PG_swapcache
 from cowlab.mm.ksm import RmapItem, checksum_of
 from cowlab.mm.mm import heads_of
 from cowlab.mm.mm_types import AnonVma, MmStruct
-from cowlab.mm.page_alloc import FIELDS, RowField
+from cowlab.mm.page_alloc import FIELDS, PageFrames, RowField
 from cowlab.mm.pgtable import HugePmd, PteTable
 
 if TYPE_CHECKING:
@@ -127,14 +127,10 @@ def _first_seen(values: Ints) -> Ints:
 
 def _frame_order(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
     """Every frame the state holds, whole folios, in canonical order: the folios reached
-    first come first, then the allocated frames nothing reaches (a leak), by pfn."""
+    first come first, then the allocated frames nothing reaches (a leak), by pfn. One
+    compound_head lookup for both: the allocated pfns ascend, so do their heads."""
     f = runner.k.frames
-    reached = _reached(runner, procs)
-    heads = _first_seen(heads_of(f, reached)) if reached.size else reached
-    unreached = np.zeros(f.nr, dtype=bool)
-    unreached[heads_of(f, f.allocated())] = True
-    unreached[heads] = False
-    heads = np.concatenate([heads, unreached.nonzero()[0]])
+    heads = _first_seen(heads_of(f, np.concatenate((_reached(runner, procs), f.allocated()))))
     sizes = 1 << f.order[heads].astype(np.int64)
     if sizes.size and sizes.max() == 1:  # small pages only: each folio is its head
         return heads
@@ -200,31 +196,55 @@ def _frames(
     nodes: Names,
 ) -> bytes:
     """Every field of every held frame, in canonical order, names renamed (page->mapping: an
-    anon_vma, or minus a KSM page's stable node)."""
+    anon_vma, or minus a KSM page's stable node). A row field (page_alloc.RowField) as the
+    held frames whose row holds other than the free value: what its array over them says,
+    without an array of free values."""
     f = runner.k.frames
-    held = {name: _gather(getattr(f, name), order, rename) for name in FIELDS}
-    out = [held[name].tobytes() for name in FIELDS if name not in RENAMED]
+    out, rows = [], []
+    for name in FIELDS:
+        if name in RENAMED:
+            continue
+        field = getattr(f, name)
+        if isinstance(field, RowField):
+            rows.append(_row_values(field, rename))
+        else:
+            out.append(field[order].tobytes())
     known = runner.k.anon_vmas
     mapping = _renamed(
-        held["mapping"], lambda m: anon_vmas(m) if m in known else -nodes(-m) if m < 0 else m
+        f.mapping[order], lambda m: anon_vmas(m) if m in known else -nodes(-m) if m < 0 else m
     )
-    cached = (held["flags"] & PG_swapcache) != 0
-    private = held["private"]
-    if cached.any():
-        private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
-    blobs = _renamed(held["content"], lambda c: contents(f.blobs.data[c]))
+    blobs = _renamed(f.content[order], lambda c: contents(f.blobs.data[c]))
     deferred = sorted(int(rename[p]) for p in runner.k.deferred_split)
-    out += [mapping.tobytes(), private.tobytes(), blobs.tobytes()]
-    out.append(repr((deferred, f.huge_zero_refcount)).encode())
+    out += [mapping.tobytes(), blobs.tobytes()]
+    swap_private = _private(f, order, rename, slots)
+    out.append(repr((rows, swap_private, deferred, f.huge_zero_refcount)).encode())
     return b"".join(out)
 
 
-def _gather(field: npt.NDArray[Any] | RowField, order: Ints, rename: Ints) -> npt.NDArray[Any]:
-    """field[order]; a row field from its rows alone (few frames hold one: a lookup of every
-    held frame would cost more)."""
-    if isinstance(field, RowField):
-        return field.scattered(rename, order.size)
-    return field[order]
+def _row_values(field: RowField, rename: Ints) -> list[tuple[int, object]]:
+    """(canonical place, value) of each held frame whose row holds other than the free value,
+    by place: the same as field.scattered(rename, n), the free value everywhere else."""
+    held = []
+    for pfn, row in field.row.items():
+        at = pfn + field.page
+        if at < rename.size and rename[at] >= 0:
+            value = field.data[row] if field.width == 1 else tuple(field.data[row])
+            if value != field.free_value:
+                held.append((int(rename[at]), value))
+    return sorted(held)
+
+
+def _private(f: PageFrames, order: Ints, rename: Ints, slots: dict[int, int]) -> list[object]:
+    """page->private where it is not 0: a swap-cache page's slot, renamed (a row field, so
+    0 at every frame without a row)."""
+    cached = (f.flags[order] & PG_swapcache) != 0
+    if not (f.private.row or cached.any()):
+        return []
+    private = f.private.scattered(rename, order.size)
+    if cached.any():
+        private[cached] = _renamed(private[cached], lambda p: slots.get(p, -1))
+    at = private.nonzero()[0]
+    return list(zip(at.tolist(), private[at].tolist(), strict=True))
 
 
 def _renamed(values: npt.NDArray[Any], name_of: Callable[[int], int]) -> Ints:
