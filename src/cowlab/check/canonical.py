@@ -106,8 +106,10 @@ def _reached(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
             else:
                 parts.append(entry.pfn[entry.pfn >= 0])
     parts += [np.asarray(pin.pages, dtype=np.int64) for pin in runner.pins.values()]
-    cached = runner.k.swap.cache[: runner.k.swap.nr]
-    parts.append(cached[cached >= 0])
+    swap = runner.k.swap
+    if swap.nr:  # a slot was handed out: the swap cache may hold a page
+        cached = swap.cache[: swap.nr]
+        parts.append(cached[cached >= 0])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
@@ -140,14 +142,18 @@ def _frame_order(runner: Runner, procs: list[tuple[str, Process]]) -> Ints:
 
 
 def _slot_order(runner: Runner, procs: list[tuple[str, Process]]) -> dict[int, int]:
-    """Swap slots renamed by where the swap PTEs, then the swap cache, first reach them."""
+    """Swap slots renamed by where the swap PTEs, then the swap cache, first reach them. None
+    before the first slot is handed out (SwapInfo.nr): a swap PTE or a swap-cache page names
+    a slot get_swap_page gave."""
+    swap = runner.k.swap
+    if not swap.nr:
+        return {}
     parts: list[Ints] = []
     for _name, proc in procs:
         for idx in sorted(proc.mm.pmds):
             entry = proc.mm.pmds[idx]
             if isinstance(entry, PteTable):
                 parts.append(-2 - entry.pfn[entry.pfn <= -2])
-    swap = runner.k.swap
     parts.append(np.flatnonzero(swap.cache[: swap.nr] >= 0))
     slots = _first_seen(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
     return {int(s): i for i, s in enumerate(slots.tolist())}

@@ -160,6 +160,8 @@ def _users(k: Kernel) -> tuple[Ints, Ints, Ints]:
 
 
 def isolation_problems(k: Kernel) -> list[str]:
+    if len({mm.pid for mm in k.mms()} | {pin.pid for pin in k.pins.values()}) < 2:
+        return []  # a page is shared by two users (pids) or by none
     pfn, pid, write = _users(k)
     if not pfn.size:
         return []
