@@ -478,11 +478,14 @@ def _shared(
     kernels: tuple[str, ...], tracks: dict[str, Track], run: Callable[[Track, list[str]], T]
 ) -> Iterator[tuple[list[str], T]]:
     """run(track, kernels left) on the first kernel not served yet, its result taken by every
-    other that agrees with it on each policy attribute the run read; until none is left."""
+    other that agrees with it on each policy attribute the run read; until none is left. The
+    last kernel left agrees with itself whatever the run read: its reads are not noted (the
+    values its policy keeps from earlier runs are its class's: a policy has no state)."""
     left = list(kernels)
     while left:
         track = tracks[left[0]]
-        track.listen()
+        if len(left) > 1:
+            track.listen()
         result = run(track, left)
         agree = [k for k in left if track.agrees(k)]
         left = [k for k in left if k not in agree]
