@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import pytest
 
 from cowlab import Kernel
@@ -266,3 +269,49 @@ def test_a_change_stating_wp_reuse_decides_small_pages() -> None:
     assert vars(Later)["wp_reuse_small"] is vars(Later)["wp_reuse"]
     assert "wp_reuse_small" not in vars(LargeOnly)
     assert LargeOnly.wp_reuse_small is vars(Later)["wp_reuse"]
+
+
+ALWAYS_REUSE = WpDecision(True, False, False, (), "the patch: always reuse")
+
+
+class _Helper:
+    """A helper class of a user's patch, not a Policy: its wp_reuse is the patch's rule."""
+
+    def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        return ALWAYS_REUSE
+
+
+class _Traced:
+    """A decorator made as a class (an object, not a function, in the class body)."""
+
+    def __init__(self, fn: Callable[..., WpDecision]) -> None:
+        self.fn = fn
+
+    def __get__(self, policy: object, owner: object = None) -> Callable[..., WpDecision]:
+        return partial(self.fn, policy)
+
+
+class _ByHelper(_Helper, Policy):
+    pass
+
+
+class _ByDecorator(Policy):
+    @_Traced
+    def wp_reuse(self, k: Kernel, vma: VmArea, pfn: int) -> WpDecision:
+        return ALWAYS_REUSE
+
+
+@pytest.mark.parametrize("patch", [_ByHelper, _ByDecorator])
+def test_a_patch_stating_wp_reuse_otherwise_decides_small_pages(patch: type[Policy]) -> None:
+    """A user's patch whose wp_reuse comes from a helper class or a decorator object is asked
+    for small pages as for any page: its reuse of a page shared after fork is taken (v6.18
+    would copy it: page_count 2)."""
+    k = Kernel("v6.18")
+    k.thp_enabled = "never"
+    k.policy = type("Patched", (patch, type(k.policy)), {})()
+    p = k.spawn()
+    buf = p.mmap(4096)
+    p.write(buf, b"a")
+    p.fork()
+    p.write(buf, b"b")
+    assert list(k.cow_log) == []

@@ -10,8 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import lru_cache
-from types import FunctionType
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +51,16 @@ def large_folios_only(rule: Rule) -> Rule:
     page to super(): a small page's wp_reuse_small passes it by (Policy.__init_subclass__)."""
     rule.large_folios_only = True  # type: ignore[attr-defined]
     return rule
+
+
+def _small_page_rule(cls: type) -> Any:
+    """The wp_reuse a small page reaches in cls: the first in its MRO not marked
+    large_folios_only (None: Policy's abstract one, which wp_reuse_small asks by name)."""
+    for c in cls.__mro__:
+        rule = vars(c).get("wp_reuse")
+        if rule is not None and not getattr(rule, "large_folios_only", False):
+            return None if c is Policy else rule
+    return None
 
 
 @lru_cache(maxsize=DECISIONS_KEPT)
@@ -162,10 +171,12 @@ class Policy(ABC):
     def __init_subclass__(cls, **kwargs: object) -> None:
         """A change whose wp_reuse decides every page is also its wp_reuse_small; one marked
         large_folios_only leaves a small page to the change before it, without a super() call
-        (a user's patch that states wp_reuse is asked for every page, as it says)."""
+        (a user's patch is asked for every page, as it says, however its class gets wp_reuse:
+        a helper class, a decorator object). A class stating wp_reuse_small keeps its own."""
         super().__init_subclass__(**kwargs)
-        rule = vars(cls).get("wp_reuse")
-        if isinstance(rule, FunctionType) and not getattr(rule, "large_folios_only", False):
+        rule = _small_page_rule(cls)
+        stated = "wp_reuse_small" in vars(cls)
+        if rule is not None and rule is not cls.wp_reuse_small and not stated:
             cls.wp_reuse_small = rule  # type: ignore[method-assign]
 
     def has_knob(self, name: str) -> bool:
