@@ -12,6 +12,7 @@ included), and two letters after the forked roots.
 from __future__ import annotations
 
 import copy
+import gc
 from functools import cache
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from cowlab.check.alphabet import REGION, letters, roots, to_step
 from cowlab.check.canonical import state_key
+from cowlab.check.clone import release
 from cowlab.check.search import Program, clone, run_program
 from cowlab.kernel import OpRecord
 from cowlab.mm.trace import CowCopies, CowEvent, CowSingles, Event
@@ -216,3 +218,34 @@ def test_the_machine_holds_no_itertools_object() -> None:
         seen.add(id(obj))
         assert type(obj).__module__ != "itertools", type(obj)
         stack += _children(obj)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_released_copy_is_freed_at_once_and_the_original_kept(kernel: str) -> None:
+    """clone.release empties the attributes of every instance a copy made: its objects
+    (cycles: a VMA and its mm, a process and its kernel) are then freed by reference counting,
+    none left to the cyclic collector; and the original, which the search copies again for
+    its next letter, is as it was after a letter ran on a copy that was then released (the
+    objects the letter made are not the copy's: the collector still frees those)."""
+    for program in programs(kernel)[::5]:
+        runner = run_program(kernel, program)
+        k = runner.k
+        memo = {id(o): o for o in (runner.scenario, k.resolved, k.policy, k.config)}
+        reference = copy.deepcopy(runner, memo)
+        before = state_key(runner, runner.regions[REGION])
+        made: list[dict[int, object]] = []
+        copied = clone(runner, made)
+        gc.collect()
+        gc.disable()
+        try:
+            release(made.pop())
+            del copied
+            assert gc.collect() == 0, f"after {program.names}: a cycle left to the collector"
+        finally:
+            gc.enable()
+        copied = clone(runner, made)
+        for i, raw in enumerate(_longer(kernel, program)[0].steps[len(program.steps) :]):
+            copied.run_step(to_step(raw, len(program.steps) + i), judging=False)
+        release(made.pop())
+        Walk(_shared(runner), None).same(reference, runner, "runner")
+        assert state_key(runner, runner.regions[REGION]) == before

@@ -125,3 +125,15 @@ def _slots(kind: type) -> tuple[str, ...]:
         for name in ((slots,) if isinstance(slots, str) else slots)
         if name not in ("__dict__", "__weakref__")
     )
+
+
+def release(memo: dict[int, Any]) -> None:
+    """Empty the attributes of every instance a deep_copy with this memo made, for a copy
+    that is used no more (what the memo shares, an entry of an object to itself, is left).
+    A machine is cycles (a VMA and its mm, a process and its kernel, a row field and its
+    rows), which only the cyclic collector frees, after a scan of every object it holds: it
+    took 7 % of the search's CPU. Without them reference counting frees the copy at once."""
+    for original, made in memo.items():
+        state = getattr(made, "__dict__", None) if id(made) != original else None
+        if state is not None:
+            state.clear()

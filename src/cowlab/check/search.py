@@ -33,7 +33,7 @@ from cowlab.check.alphabet import (
     to_step,
 )
 from cowlab.check.canonical import state_key
-from cowlab.check.clone import deep_copy
+from cowlab.check.clone import deep_copy, release
 from cowlab.check.properties import PROPERTIES
 from cowlab.policy.base import Policy
 from cowlab.policy.timeline import resolve
@@ -248,11 +248,14 @@ def differences(a: str, b: str) -> frozenset[str]:
     return frozenset(policy_differences(a, b))
 
 
-def clone(runner: Runner) -> Runner:
+def clone(runner: Runner, made: list[dict[int, object]] | None = None) -> Runner:
     """A copy of the machine and its oracle; what never changes (the scenario, the policy,
-    the build) is shared, not copied."""
+    the build) is shared, not copied. `made`: gets the copy's memo, for clone.release once
+    the copy is used no more."""
     k = runner.k
     memo: dict[int, object] = {id(o): o for o in (runner.scenario, k.resolved, k.policy, k.config)}
+    if made is not None:
+        made.append(memo)
     return deep_copy(runner, memo)
 
 
@@ -439,10 +442,11 @@ def _step(
     of_state = tuple(p for p in wanted if p not in of_letter)
     program = node.program
     longer = program.then(letter)
+    copies: list[dict[int, object]] = []  # released once the letter is judged
 
     def run(track: Track, left: list[str]) -> Run:
         alone = last and len(node.kernels) == 1  # the last run needs no copy
-        runner = track.takes(base if alone else clone(base))
+        runner = track.takes(base if alone else clone(base, copies))
         runner.k.tracing = True  # the decisions of the last letter make the signature
         for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
             runner.run_step(to_step(raw, i), judging=False)
@@ -459,6 +463,8 @@ def _step(
             broken = frozenset(done.state)
             state = n if done.key is None else (done.key, broken)
             met.setdefault(state, (broken, []))[1].extend(on)
+    for memo in copies:  # what the nodes and findings keep holds no object of a machine
+        release(memo)
     for broken, on in met.values():
         yield Node(replace(longer, broken=broken), _in_order(on, node.kernels))
 
