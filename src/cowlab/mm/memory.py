@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from cowlab.mm import huge_memory, migrate
 from cowlab.mm.constants import (
+    HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -98,7 +99,7 @@ def handle_mm_fault(k: Kernel, vma: VmArea, addr: int, write: bool, unshare: boo
     if k.tracing:
         trace_fault(k, vma, addr, "unshare" if unshare else "write" if write else "read")
     mm = vma.mm
-    idx = pmd_index(addr)
+    idx = addr >> PMD_SHIFT  # pmd_index(), written out: a call was 1-2 % of a first touch
     entry = mm.pmds.get(idx)
     if isinstance(entry, PteTable):  # the common case: a page table is there
         return handle_pte_fault(k, vma, addr, entry, write, unshare)
@@ -128,10 +129,10 @@ def handle_pte_fault(
     k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool, unshare: bool = False
 ) -> int:
     """handle_pte_fault(): none -> do_anonymous_page, protnone -> NUMA, RO write -> do_wp_page."""
-    i = pte_index(addr)
+    i = (addr >> PAGE_SHIFT) & (HPAGE_PMD_NR - 1)  # pte_index(), written out (as pmd_index)
     value = table.pfn.item(i)
     if value == PTE_NONE:
-        return do_anonymous_page(k, vma, addr, table, write)
+        return do_anonymous_page(k, vma, addr, table, i, write)
     if is_swap_pte(value):
         return do_swap_page(k, vma, addr, table, write)
     bits = table.bits.item(i)
@@ -145,9 +146,11 @@ def handle_pte_fault(
     return 0
 
 
-def do_anonymous_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool) -> int:
-    """do_anonymous_page(): a read maps the shared zero page; a write a fresh zeroed page."""
-    i = pte_index(addr)
+def do_anonymous_page(
+    k: Kernel, vma: VmArea, addr: int, table: PteTable, i: int, write: bool
+) -> int:
+    """do_anonymous_page(): a read maps the shared zero page; a write a fresh zeroed page (at
+    PTE i of the table: vmf->pte)."""
     if not write:
         table.pfn[i] = ZERO_PFN
         table.bits[i] = PTE_SPECIAL | PTE_YOUNG

@@ -274,7 +274,8 @@ class PageFrames:
                 buf.extend(bytes(end - len(buf)))
             buf[offset:end] = payload
             new = blobs.get(bytes(buf))
-        blobs.put(old)
+        if old:  # a fresh frame's is 0, which holds nothing to drop (no put() call)
+            blobs.put(old)
         self.content[pfn] = new
 
     def write_pages(self, pfns: list[int], page: bytes) -> None:
