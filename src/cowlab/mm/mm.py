@@ -84,12 +84,17 @@ def compound_mapcount(f: PageFrames, pfn: int) -> int:
     return int(f.compound_mapcount[compound_head(f, pfn) + 1]) + 1
 
 
+def small_page_mapcount(f: PageFrames, pfn: int) -> int:
+    """page_mapcount() of a page no compound page holds: its _mapcount, which starts at -1."""
+    return f._mapcount.item(pfn) + 1
+
+
 def page_mapcount(f: PageFrames, pfn: int) -> int:
     """page_mapcount() / __page_mapcount(): PTE maps of this subpage plus PMD maps, minus DoubleMap.
 
     Not exact for a THP: it cannot tell two PMD maps from one PMD map plus this subpage's own PTE.
     """
-    own = f._mapcount.item(pfn) + 1
+    own = small_page_mapcount(f, pfn)
     if not PageTransCompound(f, pfn):
         return own
     head = compound_head(f, pfn)

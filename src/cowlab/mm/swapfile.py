@@ -286,8 +286,8 @@ def reuse_swap_page(
 
 @lru_cache(maxsize=DECISIONS_KEPT)
 def _as_counted(count: ReuseCount) -> ReuseDecision:
-    """reuse_swap_page()'s answer where the swap cache adds nothing: the count's (made once
-    per count: a COW fault before 5.18 asks once)."""
+    """reuse_swap_page()'s answer where the swap cache adds nothing (mm/swapfile.c, 4.5 to
+    5.17; COW fixes part 1 removed it in 5.18): the count's own, made once per count."""
     assert count.mapcount is not None
     return ReuseDecision(count.mapcount <= 1, count.total_mapcount, count.read, count.rule)
 

@@ -65,8 +65,8 @@ def _small_page_rule(cls: type) -> Any:
 
 @lru_cache(maxsize=DECISIONS_KEPT)
 def page_mapcount_reuse(count: int) -> ReuseCount:
-    """reuse_swap_page()'s count when it is page_mapcount (made once per value: one a COW
-    fault before 4.6)."""
+    """reuse_swap_page()'s count when it is page_mapcount (mm/swapfile.c of 4.5.0, before
+    6d0a07edd17c made it page_trans_huge_mapcount in 4.6 and 4.5.5), made once per value."""
     return ReuseCount(count, count, (("page_mapcount", count),), "page_mapcount <= 1")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount
+from cowlab.mm.mm import PageTransCompound, page_count, page_mapcount, small_page_mapcount
 from cowlab.mm.page_alloc import PageFrames
 from cowlab.mm.swapfile import reuse_swap_page
 from cowlab.policy.base import (
@@ -31,6 +31,8 @@ NEVER_FOR_THP = ReuseCount(None, 0, (("PageTransCompound", 1),), "never for a TH
 
 @lru_cache(maxsize=DECISIONS_KEPT)
 def _reuse_swap_page_decision(d: ReuseDecision, move: bool) -> WpDecision:
+    """do_wp_page() of 4.5.0: reuse_swap_page()'s verdict, and whether page_move_anon_rmap()
+    follows it, made once per value."""
     return WpDecision(d.reuse, move, False, d.read, f"reuse_swap_page(): {d.rule}")
 
 
@@ -68,7 +70,7 @@ class Linux4_5(Policy):
         """reuse_swap_page() of 4.5.0: 0 for any PageTransCompound page, else page_mapcount."""
         if PageTransCompound(f, pfn):
             return NEVER_FOR_THP
-        return page_mapcount_reuse(f._mapcount.item(pfn) + 1)  # page_mapcount() of a small page
+        return page_mapcount_reuse(small_page_mapcount(f, pfn))
 
     def move_anon_rmap_on_reuse(self, total_mapcount: int) -> bool:
         """Always: a reused page is a small page mapped once."""

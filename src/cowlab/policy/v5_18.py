@@ -114,5 +114,7 @@ def only_reference_reads(ksm: bool, swapcache: bool, count: int) -> tuple[bool, 
 
 @lru_cache(maxsize=DECISIONS_KEPT)
 def _only_reference_decision(ksm: bool, swapcache: bool, count: int) -> WpDecision:
+    """do_wp_page()'s verdict of 5.18 (d4c470970d45) on what only_reference() read, made once
+    per value."""
     reuse, read = only_reference_reads(ksm, swapcache, count)
     return WpDecision(reuse, False, False, read, ONLY_REFERENCE_RULE)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 @lru_cache(maxsize=DECISIONS_KEPT)
 def _simplified_decision(ksm: bool, count: int, mapcount: int) -> WpDecision:
+    """do_wp_page()'s verdict of 09854ba94c6a (5.9) on the values it read, made once per value
+    (the COW log keeps it for every copy made on them)."""
     reuse = not ksm and count == 1 and mapcount == 1
     read = (("PageKsm", int(ksm)), ("page_count", count), ("page_mapcount", mapcount))
     return WpDecision(
