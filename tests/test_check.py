@@ -12,7 +12,6 @@ import json
 from functools import cache, partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cowlab.check.alphabet import letters, root_parts, roots
@@ -26,8 +25,6 @@ from cowlab.check.search import (
     Program,
     Stats,
     Track,
-    _bases,
-    _expand,
     _root,
     _step,
     differing,
@@ -522,26 +519,3 @@ def test_a_bad_corpus_file_is_one_line_exit_2(
     assert main([*argv, "--out", str(tmp_path / "out"), "--jobs", "2", "--json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path / 'bad.yaml'}:5:" in err
-
-
-def test_a_frontier_s_machines_are_its_programs_replayed() -> None:
-    """_bases replays a parent's program once for its children (each runs its last letter on
-    a copy; the last child on the machine itself): every node's machine is the one its own
-    program replayed makes, down to the pfns, over a joint frontier of depth 2 whose nodes'
-    first kernels differ within one parent's children."""
-    tracks = {k: Track(k) for k in ("v4.5", "v5.9", "v6.18")}
-    keyed = partial(state_key, scans=False)
-    frontier = [n for first in roots() for n in _root(first, tracks, keyed)]
-    for _ in range(2):
-        frontier = list(_expand(frontier, tracks, "cow", tuple(PROPERTIES), keyed))
-    assert len({(n.kernels[0], n.program.names[:-1]) for n in frontier}) < len(frontier)
-    for node, base in zip(frontier, _bases(frontier, []), strict=True):
-        replayed = run_program(node.kernels[0], node.program)
-        assert base.kernel_id == node.kernels[0]
-        assert keyed(base, 0) == keyed(replayed, 0), node.program.names
-        for name in ("flags", "_mapcount", "_count", "mapping", "content"):
-            assert (getattr(base.k.frames, name) == getattr(replayed.k.frames, name)).all()
-        for a, b in zip(base.k.mms(), replayed.k.mms(), strict=True):
-            assert sorted(a.pmds) == sorted(b.pmds)
-            for idx, entry in a.pmds.items():
-                assert np.array_equal(entry.pfn, b.pmds[idx].pfn), node.program.names

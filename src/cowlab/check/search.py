@@ -142,12 +142,7 @@ def run_program(kernel: str | Track, program: Program) -> Runner:
     runner = Runner(SCENARIO, track.kernel if track else str(kernel))
     if track is not None:
         track.takes(runner)
-    return _run_steps(runner, program.steps, 0)
-
-
-def _run_steps(runner: Runner, steps: tuple[YamlStep, ...], first: int) -> Runner:
-    """The runner after `steps`, numbered from `first` (their places in the program)."""
-    for i, raw in enumerate(steps, first):
+    for i, raw in enumerate(program.steps):
         runner.run_step(to_step(raw, i), judging=False)
     return runner
 
@@ -337,7 +332,6 @@ class Node:
 
     program: Program
     kernels: tuple[str, ...]
-    parent: int = 0  # the steps before its last letter (a root's: none)
 
 
 def search_kernels(
@@ -421,41 +415,12 @@ def _expand(
     wanted: tuple[str, ...],
     keyed: Keyed | None,
 ) -> Iterator[Node]:
-    copies: list[dict[int, object]] = []
-    for node, base in zip(frontier, _bases(frontier, copies), strict=True):
+    for node in frontier:
+        base = run_program(node.kernels[0], node.program)
         offered = letters(_live(base), list(node.program.pins), alphabet)
         options = [x for x in offered if not idle(x, base, alphabet)]  # idle reads no policy
         for n, letter in enumerate(options, 1):
             yield from _step(node, letter, base, n == len(options), tracks, wanted, keyed)
-        for memo in copies:
-            release(memo)
-        copies.clear()
-
-
-def _bases(frontier: list[Node], copies: list[dict[int, object]]) -> Iterator[Runner]:
-    """Each node's machine, as run_program(node.kernels[0], node.program) makes it. A node's
-    children come in a row (_expand yields them so), so their parent's program is replayed
-    once for each first kernel and each child runs its last letter on a copy of that machine
-    (the last child on the machine itself): the model is deterministic and a copy is the
-    machine (tests/test_clone.py). `copies` gets the memo of each copy made."""
-    made: tuple[object, ...] = ()
-    parent: Runner | None = None
-    for i, node in enumerate(frontier):
-        if not node.parent:
-            yield run_program(node.kernels[0], node.program)
-            continue
-        if _parent(node) != made:
-            made = _parent(node)
-            parent = _run_steps(Runner(SCENARIO, node.kernels[0]), made[1], 0)
-        assert parent is not None
-        more = i + 1 < len(frontier) and _parent(frontier[i + 1]) == made
-        runner = clone(parent, copies) if more else parent
-        yield _run_steps(runner, node.program.steps[node.parent :], node.parent)
-
-
-def _parent(node: Node) -> tuple[str, tuple[YamlStep, ...]]:
-    """The node's first kernel and the steps before its last letter."""
-    return node.kernels[0], node.program.steps[: node.parent]
 
 
 def _step(
@@ -483,7 +448,8 @@ def _step(
         alone = last and len(node.kernels) == 1  # the last run needs no copy
         runner = track.takes(base if alone else clone(base, copies))
         runner.k.tracing = True  # the decisions of the last letter make the signature
-        _run_steps(runner, longer.steps[len(program.steps) :], len(program.steps))
+        for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
+            runner.run_step(to_step(raw, i), judging=False)
         key = keyed(runner, base.regions[REGION]) if keyed else None
         new = key is None or any(key not in tracks[k].seen for k in left)
         state = violations(runner, of_state) if new else {}
@@ -500,7 +466,7 @@ def _step(
     for memo in copies:  # what the nodes and findings keep holds no object of a machine
         release(memo)
     for broken, on in met.values():
-        yield Node(replace(longer, broken=broken), _in_order(on, node.kernels), len(program.steps))
+        yield Node(replace(longer, broken=broken), _in_order(on, node.kernels))
 
 
 @dataclass
