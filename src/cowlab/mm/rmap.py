@@ -494,13 +494,23 @@ def mappings_in_vma(k: Kernel, vma: VmArea, head: int, nr: int) -> list[Mapping]
                 found.append(Mapping(vma.mm, vma, addr & ~((HPAGE_PMD_NR << 12) - 1), head, True))
             pgoff += HPAGE_PMD_NR - pte_index(addr)
             continue
+        i = pte_index(addr)
+        n = min(hi - pgoff, HPAGE_PMD_NR - i)  # the part of [pgoff, hi) this page table maps
         if entry is not None:
-            i = pte_index(addr)
-            pfn = head + (pgoff - first)
-            if entry.pfn[i] == pfn and not entry.bits[i] & PTE_MIGRATION:
-                found.append(Mapping(vma.mm, vma, addr, pfn, False))
-        pgoff += 1
+            found += _pte_mappings(vma, entry, addr, head + (pgoff - first), n)
+        pgoff += n
     return found
+
+
+def _pte_mappings(vma: VmArea, table: PteTable, addr: int, pfn: int, n: int) -> list[Mapping]:
+    """The PTEs of the n pages from addr in table that map pfn, pfn + 1, ... (not migration
+    entries): compared at once, a page table's part of a THP in a few NumPy calls."""
+    sl = slice(pte_index(addr), pte_index(addr) + n)
+    hit = (table.pfn[sl] == np.arange(pfn, pfn + n)) & ((table.bits[sl] & PTE_MIGRATION) == 0)
+    return [
+        Mapping(vma.mm, vma, addr + (j << PAGE_SHIFT), pfn + j, False)
+        for j in np.flatnonzero(hit).tolist()
+    ]
 
 
 def rmap_walk_anon(k: Kernel, head: int) -> list[Mapping]:
