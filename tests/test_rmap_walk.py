@@ -1,13 +1,16 @@
-"""rmap_walk_anon() of a THP mapped by PTEs: the walk finds every PTE that maps a page of it at
-the address its index gives, per VMA of its anon_vma (the lower pid first, then by address),
-none where the page was zapped or where the PTE is a migration entry (freeze_page's: the walk
-must not find a frozen mapping again)."""
+"""rmap_walk_anon() and freeze_page() of a THP mapped by PTEs. The walk finds every PTE that
+maps a page of it at the address its index gives, per VMA of its anon_vma (the lower pid first,
+then by address), none where the page was zapped or where the PTE is a migration entry
+(freeze_page's: the walk must not find a frozen mapping again). The freeze moves a PTE's dirty
+bit to the page, drops each mapping's reference, and leaves nothing to block the split."""
 
 from __future__ import annotations
 
 from cowlab import Kernel
+from cowlab.mm.constants import PG_dirty
 from cowlab.mm.mm_types import pmd_index
-from cowlab.mm.pgtable import PTE_MIGRATION, PteTable
+from cowlab.mm.page_alloc import flags_without
+from cowlab.mm.pgtable import PTE_DIRTY, PTE_MIGRATION, PteTable, pte_without
 from cowlab.mm.rmap import rmap_walk_anon
 
 THP = 2 << 20
@@ -34,3 +37,41 @@ def test_the_walk_finds_each_pte_of_a_pte_mapped_thp_in_each_process() -> None:
     want = [(parent.pid, buf + i * PAGE, head + i, False) for i in mapped if i != 7]
     want += [(child.pid, buf + i * PAGE, head + i, False) for i in mapped]
     assert found == want
+
+
+def _clean_pte_mapped_thp(dirty_pte: int | None) -> tuple[Kernel, int]:
+    """A PTE-mapped THP shared after fork, written back (PG_dirty clear), no PTE of it dirty
+    but the parent's at `dirty_pte`."""
+    k = Kernel("v6.18")
+    parent = k.spawn()
+    buf = parent.mmap(THP, align=THP)
+    parent.madvise(buf, THP, "hugepage")
+    parent.write(buf, b"x" * THP)  # no subpage zero-filled: 6.12+ maps none to the zero page
+    parent.mprotect(buf + PAGE, PAGE, "r")
+    child = parent.fork()
+    head = int(parent.mm.pmds[pmd_index(buf)].pfn[0])
+    k.frames.flags[head : head + 512] &= flags_without(PG_dirty)
+    for proc in (parent, child):
+        proc.mm.pmds[pmd_index(buf)].bits &= pte_without(PTE_DIRTY)
+    if dirty_pte is not None:
+        parent.mm.pmds[pmd_index(buf)].bits[dirty_pte] |= PTE_DIRTY
+    return k, head
+
+
+def test_a_split_moves_a_dirty_pte_to_its_page() -> None:
+    """freeze_page: a PTE's dirty bit is the page's to keep (set_page_dirty where the frozen PTE
+    is dirty), whichever PTE of the run it is; the split THP's pages keep PG_dirty, and every
+    page stays mapped by both processes with a reference each (_mapcount 1, _count 2)."""
+    for dirty_pte in (0, 9, 511):
+        k, head = _clean_pte_mapped_thp(dirty_pte)
+        assert k.split_huge_pages() == 1
+        pages = slice(head, head + 512)
+        assert ((k.frames.flags[pages] & PG_dirty) != 0).all()
+        assert set(k.frames._mapcount[pages].tolist()) == {1}
+        assert set(k.frames._count[pages].tolist()) == {2}
+
+
+def test_a_split_leaves_a_clean_thp_clean() -> None:
+    k, head = _clean_pte_mapped_thp(None)
+    assert k.split_huge_pages() == 1
+    assert not (k.frames.flags[head : head + 512] & PG_dirty).any()

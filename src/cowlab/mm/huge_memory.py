@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -66,6 +67,7 @@ from cowlab.mm.rmap import (
     page_anon_vma,
     page_dup_rmap,
     page_move_anon_rmap,
+    page_remove_folio_pte,
     page_remove_rmap,
     rmap_add_ptes,
     rmap_remove_pmd,
@@ -516,29 +518,44 @@ Frozen = list[tuple[MmStruct, PteTable, int]]
 
 
 def freeze_page(k: Kernel, head: int) -> Frozen:
-    """freeze_page(): every mapping the rmap walk finds becomes a migration entry."""
+    """freeze_page(): every mapping the rmap walk finds becomes a migration entry; the walk's
+    PTEs in one page table in a row are frozen together (_freeze_ptes)."""
     frozen: Frozen = []
-    for m in rmap_walk_anon(k, head):
-        frozen.extend(_freeze_mapping(k, m))
+    for (_pid, _idx, pmd), group in groupby(rmap_walk_anon(k, head), key=_where):
+        run = list(group)
+        frozen += _freeze_pmd(k, run[0]) if pmd else _freeze_ptes(k, head, run)
     return frozen
 
 
-def _freeze_mapping(k: Kernel, m: Mapping) -> Frozen:
+def _where(m: Mapping) -> tuple[int, int, bool]:
+    """A mapping's page table: its process, PMD index, and whether the PMD maps it."""
+    return m.mm.pid, pmd_index(m.addr), m.pmd
+
+
+def _freeze_pmd(k: Kernel, m: Mapping) -> Frozen:
     idx = pmd_index(m.addr)
-    if m.pmd:
-        entry = m.mm.pmds[idx]
-        assert isinstance(entry, HugePmd)
-        split = __split_huge_pmd_locked(k, m.mm, idx, entry, freeze=True)
-        return [(m.mm, split, i) for i in range(HPAGE_PMD_NR)]
-    table = m.mm.pmds[idx]
+    entry = m.mm.pmds[idx]
+    assert isinstance(entry, HugePmd)
+    split = __split_huge_pmd_locked(k, m.mm, idx, entry, freeze=True)
+    return [(m.mm, split, i) for i in range(HPAGE_PMD_NR)]
+
+
+def _freeze_ptes(k: Kernel, head: int, run: list[Mapping]) -> Frozen:
+    """PTE mappings of the THP in one page table, as freeze_page() freezes each in turn: the
+    THP marked dirty if a PTE is, each PTE a migration entry, each page's rmap removed in turn
+    (page_remove_rmap: the folio's counts move page by page), and its reference dropped
+    (put_page; split_huge_page's own reference keeps the THP, so the run's are dropped at once)."""
+    mm = run[0].mm
+    table = mm.pmds[pmd_index(run[0].addr)]
     assert isinstance(table, PteTable)
-    i = pte_index(m.addr)
-    if table.bits[i] & PTE_DIRTY:
-        set_page_dirty(k.frames, m.pfn)
-    table.bits[i] |= PTE_MIGRATION
-    page_remove_rmap(k, m.mm, m.pfn, compound=False)
-    put_page(k, m.pfn)
-    return [(m.mm, table, i)]
+    idx = np.array([pte_index(m.addr) for m in run], dtype=np.int64)
+    if (table.bits[idx] & PTE_DIRTY).any():
+        set_page_dirty(k.frames, head)
+    table.bits[idx] |= PTE_MIGRATION
+    for m in run:
+        page_remove_folio_pte(k, mm, m.pfn, head)
+    put_page(k, head, len(run))
+    return [(mm, table, i) for i in idx.tolist()]
 
 
 def unfreeze_page(k: Kernel, frozen: Frozen, zero_unused: bool = False) -> None:
