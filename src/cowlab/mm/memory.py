@@ -139,7 +139,7 @@ def handle_pte_fault(
     if bits & PTE_PROTNONE:
         return migrate.do_numa_page(k, vma, addr, table)
     if (write or unshare) and not bits & PTE_WRITE:
-        return do_wp_page(k, vma, addr, table, unshare)
+        return do_wp_page(k, vma, addr, table, i, unshare)
     if write:
         bits |= PTE_DIRTY | PTE_SOFT_DIRTY
     table.bits[i] = bits | PTE_YOUNG
@@ -212,7 +212,7 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
     if not write:
         return 0
     if not d.writable:
-        return do_wp_page(k, vma, addr, table)
+        return do_wp_page(k, vma, addr, table, i)
     k.vmstat["swapin_reuse"] += 1  # the model's: the write needs no do_wp_page
     return VM_FAULT_WRITE
 
@@ -354,16 +354,18 @@ def _map_swapped_in(
     f._count[first] += nr - 1
 
 
-def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool = False) -> int:
-    """do_wp_page(): a write (or unshare) to a read-only present PTE: reuse the page or copy it."""
-    i = pte_index(addr)
+def do_wp_page(
+    k: Kernel, vma: VmArea, addr: int, table: PteTable, i: int, unshare: bool = False
+) -> int:
+    """do_wp_page(): a write (or unshare) to a read-only present PTE, PTE i of the table
+    (vmf->pte): reuse the page or copy it."""
     if table.bits.item(i) & PTE_SPECIAL:
-        return wp_copy_traced(k, vma, addr, table, None, ZERO_PAGE_COPY, unshare)
+        return wp_copy_traced(k, vma, addr, table, i, None, ZERO_PAGE_COPY, unshare)
     old = table.pfn.item(i)
     f = k.frames
     head = compound_head(f, old)  # page_folio() once: PageAnon and PageKsm read the head
     if not f.mapping.item(head):  # !PageAnon
-        return wp_copy_traced(k, vma, addr, table, old, NOT_ANON_COPY, unshare)
+        return wp_copy_traced(k, vma, addr, table, i, old, NOT_ANON_COPY, unshare)
     folio_flags = f.flags.item(head)
     ksm = bool(folio_flags & PG_ksm)  # PageKsm
     if ksm:
@@ -377,11 +379,11 @@ def do_wp_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, unshare: bool
         f.flags[old] &= flags_without(PG_ksm)
         f.index[old] = vma.linear_page_index(addr)
     if not d.reuse:
-        return wp_copy_traced(k, vma, addr, table, old, d, unshare)
+        return wp_copy_traced(k, vma, addr, table, i, old, d, unshare)
     wp_reuse_anon(k, vma, addr, old, d)
     if unshare:  # the page is now exclusive; the PTE stays read-only
         return 0
-    return wp_page_reuse(k, vma, addr, table)
+    return wp_page_reuse(k, vma, table, i)
 
 
 def wp_reuse_anon(k: Kernel, vma: VmArea, addr: int, old: int, d: WpDecision) -> None:
@@ -401,15 +403,16 @@ def wp_copy_traced(
     vma: VmArea,
     addr: int,
     table: PteTable,
+    i: int,
     old: int | None,
     d: WpDecision,
     unshare: bool,
 ) -> int:
     if not k.tracing:
-        return wp_page_copy(k, vma, addr, table, old, d, unshare)
+        return wp_page_copy(k, vma, addr, table, i, old, d, unshare)
     k.event("do_wp_page", "copy", addr=addr, pfn=old, read=d.read, rule=d.rule)
-    ret = wp_page_copy(k, vma, addr, table, old, d, unshare)
-    trace_copied(k, addr, old, int(table.pfn[pte_index(addr)]))
+    ret = wp_page_copy(k, vma, addr, table, i, old, d, unshare)
+    trace_copied(k, addr, old, table.pfn.item(i))
     return ret
 
 
@@ -429,9 +432,9 @@ def trace_copied(k: Kernel, addr: int, old: int | None, new: int) -> None:
     k.event("wp_page_copy", addr=addr, pfn=old, detail=f"copied to a new page, pfn {new:#x}")
 
 
-def wp_page_reuse(k: Kernel, vma: VmArea, addr: int, table: PteTable) -> int:
-    """wp_page_reuse(): make the same physical page writable again (no counter changes)."""
-    i = pte_index(addr)
+def wp_page_reuse(k: Kernel, vma: VmArea, table: PteTable, i: int) -> int:
+    """wp_page_reuse(): make the same physical page writable again at PTE i of the table (no
+    counter changes)."""
     table.bits[i] |= new_pte_bits(vma)
     k.vmstat["pgreuse"] += 1
     return VM_FAULT_WRITE
@@ -442,18 +445,19 @@ def wp_page_copy(
     vma: VmArea,
     addr: int,
     table: PteTable,
+    i: int,
     old: int | None,
     why: object,
     unshare: bool = False,
 ) -> int:
-    """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old here.
+    """wp_page_copy(): a new page (zeroed for the zero page, else a copy) replaces old at PTE
+    i of the table (the index do_wp_page was given, not worked out again).
     ``why`` is the decision, for the COW log.
 
     A write maps the copy dirty and soft-dirty, writable where the VMA allows. An unshare
     (c89357e27f20, 5.19) maps it from vm_page_prot alone: read-only, clean, soft-dirty only if
     the old PTE was, and not young (pte_sw_mkyoung does nothing on x86; the next access sets
     it) — the same in every tree read from 5.19.0 to 6.18.2 (docs/kernels.md)."""
-    i = pte_index(addr)
     f = k.frames
     anon_vma_prepare(k, vma)
     new = f.alloc_page()

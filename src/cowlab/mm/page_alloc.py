@@ -261,7 +261,7 @@ class PageFrames:
 
     def write(self, pfn: int, offset: int, payload: bytes) -> None:
         """Store payload at offset in the frame: the new contents interned before the old
-        are dropped (as _set). A single access's path: the frame's content id read once."""
+        are dropped (as copy_page). A single access's path: the frame's content id read once."""
         blobs = self.blobs
         old = self.content.item(pfn)
         data = blobs.data[old]
@@ -291,13 +291,14 @@ class PageFrames:
         self.content[pfns] = blob
         self.blobs.put_in_order(old)
 
-    def _set(self, pfn: int, blob: int) -> None:
-        self.blobs.put(self.content.item(pfn))
-        self.content[pfn] = blob
-
     def copy_page(self, dst: int, src: int) -> None:
-        """copy_user_highpage: dst gets src's bytes."""
-        self._set(dst, self.blobs.hold(self.content.item(src)))
+        """copy_user_highpage: dst gets src's bytes (held before dst's old ones are dropped, as
+        write(); a new frame, every COW fault's, holds none and drops nothing: no put() call)."""
+        blob = self.blobs.hold(self.content.item(src))
+        old = self.content.item(dst)
+        if old:
+            self.blobs.put(old)
+        self.content[dst] = blob
 
     def copy_pages(self, dst: IntArray, src: IntArray) -> None:
         """copy_user_highpage for many pages (dst frames hold nothing yet)."""

@@ -679,4 +679,4 @@ def _trace_swapins(
                 )
             trace_swapin(k, addr, page, d, f"from the swap cache, slot {slot}", 1)
         if copy:
-            do_wp_page(k, vma, addr, table)
+            do_wp_page(k, vma, addr, table, pte_index(addr))
