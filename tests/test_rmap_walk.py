@@ -7,6 +7,7 @@ bit to the page, drops each mapping's reference, and leaves nothing to block the
 from __future__ import annotations
 
 from cowlab import Kernel
+from cowlab.kernel import Process
 from cowlab.mm.constants import PG_dirty
 from cowlab.mm.mm_types import pmd_index
 from cowlab.mm.page_alloc import flags_without
@@ -75,3 +76,48 @@ def test_a_split_leaves_a_clean_thp_clean() -> None:
     k, head = _clean_pte_mapped_thp(None)
     assert k.split_huge_pages() == 1
     assert not (k.frames.flags[head : head + 512] & PG_dirty).any()
+
+
+def _straddling_thps() -> tuple[Kernel, int, list[Process], int]:
+    """Two THPs moved by mremap to half a page table past a PMD boundary: each folio's first
+    256 pages in one page table, its last 256 in the next (shared with the other folio's first
+    256); after fork the child zaps page 300 of the first folio."""
+    k = Kernel("v6.18")
+    parent = k.spawn()
+    buf = parent.mmap(2 * THP, align=THP)
+    parent.madvise(buf, 2 * THP, "hugepage")
+    parent.write(buf, b"x" * 2 * THP)  # no subpage zero-filled: 6.12+ maps none to the zero page
+    head = int(parent.mm.pmds[pmd_index(buf)].pfn)
+    hole = parent.mmap(4 * THP, align=THP)
+    parent.munmap(hole, 4 * THP)
+    dst = hole + THP + 256 * PAGE
+    parent.mremap(buf, 2 * THP, 2 * THP, fixed_addr=dst)
+    child = parent.fork()
+    child.madvise(dst + 300 * PAGE, PAGE, "dontneed")
+    return k, head, [parent, child], dst
+
+
+def test_the_walk_of_a_thp_across_two_page_tables_stops_at_its_last_page() -> None:
+    """Each page at the address its index gives, in both page tables; none of the next folio,
+    whose pages follow in the second table (a walk past the folio's last page caught)."""
+    k, head, (parent, child), dst = _straddling_thps()
+
+    found = [(m.mm.pid, m.addr, m.pfn, m.pmd) for m in rmap_walk_anon(k, head)]
+
+    want = [(parent.pid, dst + i * PAGE, head + i, False) for i in range(512)]
+    want += [(child.pid, dst + i * PAGE, head + i, False) for i in range(512) if i != 300]
+    assert found == want
+
+
+def test_a_split_of_thps_across_two_page_tables_maps_each_page_where_it_was() -> None:
+    """freeze_page and unfreeze_page per page table: after the split every page is mapped at
+    its old address in each process that mapped it (a run frozen in the wrong table caught)."""
+    k, head, procs, dst = _straddling_thps()
+
+    assert k.split_huge_pages() == 2
+
+    for proc in procs:
+        mapped = [proc.translate(dst + i * PAGE) for i in range(1024)]
+        assert mapped == [None if proc is procs[1] and i == 300 else head + i for i in range(1024)]
+    assert k.frames._mapcount[head + 300] == 0
+    assert set(k.frames._mapcount[head : head + 1024].tolist()) == {0, 1}
