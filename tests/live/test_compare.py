@@ -100,6 +100,20 @@ steps:
     assert result.status == "unsupported" and "NUMA" in result.reason
 
 
+def test_a_touch_is_unsupported_live_not_silently_skipped(machine: LiveMachine) -> None:
+    """The live side ran no touch at all (process_op had no branch for it), so a touch showed
+    as a disagreement; until it populates live, the case says why it cannot run."""
+    text = """
+name: touch
+processes: [P]
+steps:
+  - {op: mmap, proc: P, name: buf, size: 8K}
+  - {op: touch, proc: P, at: buf, size: 8K, write: true}
+"""
+    result = run_case(parse_scenario(text), Options("v4.5+6d0a07e"), machine, None)
+    assert result.status == "unsupported" and "touch" in result.reason
+
+
 def test_a_knob_change_needs_permission(machine: LiveMachine) -> None:
     have = (machine.facts.thp_enabled if machine.facts else None) or "madvise"
     other = "never" if have != "never" else "madvise"
@@ -151,6 +165,22 @@ def test_a_process_killed_by_sigsegv_is_dead_on_both_sides(machine: LiveMachine)
     result = run_case(scenario, Options(MATCHED), machine, None)
     shown = [d.describe() for d in result.differences]
     assert result.status == "agree", (result.status, result.reason, result.step, shown)
+
+
+@needs_matched_model
+def test_a_write_of_size_and_fill_runs_live(machine: LiveMachine) -> None:
+    """A write in the range form (size and fill, no data) stores size bytes of fill live as in
+    the model (the live side read only data: "undefined name 'data'", a disagreement)."""
+    assert MATCHED is not None
+    scenario = parse_scenario(
+        "name: fill\nprocesses: [P]\nsteps:\n"
+        "  - {op: mmap, proc: P, name: buf, size: 16K}\n"
+        "  - {op: write, proc: P, at: buf, size: 8K, fill: 0xab}\n"
+        "  - {op: read, proc: P, at: buf, size: 12K}\n"
+    )
+    assert live_outcomes(machine, scenario) == ["ok", "ok", "ok"]
+    result = run_case(scenario, Options(MATCHED), machine, None)
+    assert result.status == "agree", (result.status, result.reason, result.step)
 
 
 FAILED_PIN = """

@@ -30,6 +30,7 @@ from cowlab.live.ksmd import PASS_TIMEOUT_S, ksm_reset, ksmd_passes, registered_
 from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap
 from cowlab.live.swapdev import LOOP_FILE, SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
 from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
+from cowlab.kernel import Memset
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
 from cowlab.scenario.model import Address, Scenario, ScenarioConfig, Step
 
@@ -42,6 +43,8 @@ NO_LIVE_OP = {
     "numa_balance": "NUMA hinting faults cannot be triggered on demand from user space",
     "shrink": "the deferred-split shrinker runs only under real memory pressure",
     "shrink_swapcache": "swap-cache pages are reclaimed only under real memory pressure",
+    # MADV_POPULATE_READ/WRITE would be its live form; not wired to the worker yet
+    "touch": "a touch (populate without a load or a store) has no live form here yet",
 }
 # the swap area of each `config: swap_device` (cowlab.live.swapdev), and the swap-out stages
 # (`until`) it reproduces
@@ -392,8 +395,8 @@ class LiveScenario:
             self.regions[a["name"]] = p.mmap(
                 a["size"], a.get("prot", "rw"), align=a.get("align", 0), addr=at or None
             )
-        elif op == "write":
-            p.write(at, a["data"])
+        elif op == "write":  # data, or a fill of size bytes (the range form)
+            p.write(at, a["data"] if "data" in a else Memset(a["fill"], a["size"]))
         elif op == "read":
             return p.read(at, a["size"])
         elif op == "fork":
