@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cowlab.errors import Segfault, SyscallError
+from cowlab.kernel import Memset
 from cowlab.live.driver import LiveMachine, LivePin, LiveProcess, _OdirectDevice
 from cowlab.live.journal import SystemChanges
 from cowlab.live.khugepaged import LIMITS as KHUGEPAGED_LIMITS
@@ -30,7 +31,6 @@ from cowlab.live.ksmd import PASS_TIMEOUT_S, ksm_reset, ksmd_passes, registered_
 from cowlab.live.observe import PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap
 from cowlab.live.swapdev import LOOP_FILE, SWAPFILE, WRITEBACK_TIMEOUT_S, wait_for_writeback
 from cowlab.live.system import THP_DIR, KernelFacts, mthp_settings, read_knob
-from cowlab.kernel import Memset
 from cowlab.mm.constants import HPAGE_PMD_NR, PAGE_SIZE
 from cowlab.scenario.model import Address, Scenario, ScenarioConfig, Step
 
