@@ -44,7 +44,7 @@ from cowlab.mm.pgtable import (
     PteTable,
     pte_without,
 )
-from cowlab.mm.rmap import page_remove_rmap, rmap_add_ptes
+from cowlab.mm.rmap import Mapping, page_remove_rmap, rmap_add_ptes, rmap_walk_anon
 from cowlab.mm.swapfile import try_to_free_swap
 
 if TYPE_CHECKING:
@@ -304,6 +304,7 @@ def try_to_merge_two_pages(
     if not try_to_merge_one_page(k, vma, addr, pfn, None):
         return 0
     pfn = _page_of(k, item) or pfn  # a THP was split (the same frame, now a small page)
+    mapped = rmap_walk_anon(k, pfn)  # before the page leaves its anon_vma for the stable node
     node = StableNode(k.ksm.next_id, pfn)  # inserted in the stable tree only once both merged
     k.ksm.next_id += 1
     k.frames.mapping[pfn] = -node.id
@@ -314,10 +315,22 @@ def try_to_merge_two_pages(
         k.ksm.nodes[node.id] = node
         _append(k, node, item, vma)
         _append(k, node, other, other_vma)
+        _out_of_reach(k, node, mapped)
         k.event("try_to_merge_two_pages", "merge", addr=addr, pfn=pfn, detail="a new KSM page")
         return 2
     handle_mm_fault(k, vma, addr, write=True)  # break_cow(): the lone KSM page is copied
     return 0
+
+
+def _out_of_reach(k: Kernel, node: StableNode, mapped: list[Mapping]) -> None:
+    """The page that became the KSM page keeps every PTE that mapped it: one of a process that
+    shares it by fork but whose VMA is not in the tree of the merging item's anon_vma (its own
+    VMA's, try_to_merge_with_ksm_page) is one rmap_walk_ksm misses - a parent whose child
+    marked the range mergeable (4.5.0 and 6.18 mm/ksm.c; live 6.18 shows the parent's page KSM,
+    2026-12-02)."""
+    for m in mapped:
+        if not walk_reaches(node, m.vma, m.addr):
+            k.ksm.unreached.add((m.mm.pid, m.addr))
 
 
 def try_to_merge_one_page(k: Kernel, vma: VmArea, addr: int, pfn: int, kpage: int | None) -> bool:
