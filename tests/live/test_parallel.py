@@ -177,8 +177,16 @@ def test_side_by_side_runs_again_alone_every_case_the_noise_test_may_judge(
 
 
 def test_the_default_is_a_worker_per_cpu_but_one_with_system_changes() -> None:
-    assert default_jobs(False) == len(os.sched_getaffinity(0))
-    assert default_jobs(True) == 1
+    plenty = 1 << 40
+    assert default_jobs(False, 64 << 20, plenty) == len(os.sched_getaffinity(0))
+    assert default_jobs(True, 64 << 20, plenty) == 1
+
+
+def test_the_default_is_no_more_workers_than_the_memory_holds() -> None:
+    # a worker and twice a 64 MiB case: 128 + 128 MiB each, so 600 MiB hold two, 200 MiB one
+    assert default_jobs(False, 64 << 20, 600 << 20) == min(2, len(os.sched_getaffinity(0)))
+    assert default_jobs(False, 64 << 20, 200 << 20) == 1
+    assert default_jobs(False, 1 << 30, 1 << 30) == 1
 
 
 def test_a_random_program_that_is_no_scenario_is_an_error_case() -> None:

@@ -112,7 +112,12 @@ def add_check_command(sub: Any) -> None:
     p.add_argument("--corpus", default="examples", metavar="DIR", help="(default examples)")
     p.add_argument("--no-corpus", action="store_true", help="search only")
     p.add_argument("--out", default="check-out", metavar="DIR", help="counterexample files")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="processes (default: the CPUs it may use)",
+    )
     p.add_argument("--json", action="store_true", help="a JSON document instead of the table")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     p.add_argument("--tap", action="store_true", help="TAP (kselftest style) instead of the table")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cowlab.policy import ReleaseError, resolve
+from cowlab.scenario.budget import memory_available
 
 DEFAULT_OUT = "live-disagreements"
 
@@ -97,7 +98,7 @@ def _live(args: argparse.Namespace) -> int:
     if args.max_mib < 1 or args.retries < 0:
         raise LiveUsageError("--max-mib must be positive and --retries not negative")
     if args.jobs is None:
-        args.jobs = default_jobs(args.allow_system_changes)
+        args.jobs = default_jobs(args.allow_system_changes, args.max_mib << 20)
     if args.jobs < 1:
         raise LiveUsageError(f"--jobs needs a positive count, got {args.jobs}")
     if args.jobs > 1 and args.allow_system_changes:
@@ -112,10 +113,21 @@ def _live(args: argparse.Namespace) -> int:
     return _run_files(args, kernel)
 
 
-def default_jobs(allow_system_changes: bool) -> int:
-    """One worker per CPU this process may use; one when cases may change the system (a swap
-    area, ksmd and khugepaged knobs are the whole machine's)."""
-    return 1 if allow_system_changes else len(os.sched_getaffinity(0))
+# a worker's own memory: 50 MiB resident and its zygote 15 MiB (`cowlab live --random 60`,
+# 2026-12-02), doubled for the model of a large case
+WORKER_BASE = 128 << 20
+
+
+def default_jobs(allow_system_changes: bool, case_cap: int, available: int | None = None) -> int:
+    """One worker per CPU this process may use, as many as the memory holds (a worker and a
+    case at its cap twice over: a fork child may copy all of it); one when cases may change
+    the system (a swap area, ksmd and khugepaged knobs are the whole machine's)."""
+    if allow_system_changes:
+        return 1
+    if available is None:
+        available = memory_available()
+    fits = available // (WORKER_BASE + 2 * case_cap)
+    return max(1, min(len(os.sched_getaffinity(0)), fits))
 
 
 def _preflight() -> None:
