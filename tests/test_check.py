@@ -522,7 +522,7 @@ def test_a_bad_corpus_file_is_one_line_exit_2(
 
 
 def test_the_full_alphabet_breaks_nothing_the_corpus_does_not_expect() -> None:
-    """Swap, KSM, khugepaged, migration and the rest of the full alphabet, two letters deep on
+    """Swap-out, KSM (mergeable, ksmd), khugepaged and THP splits - the full alphabet - two deep on
     every kernel: a correctness property breaks only on a kernel where a hand-written scenario
     says the kernel breaks it (as `cowlab check --alphabet full` judges; it found the model's
     KSM blind spot, 576f10c, where this fails)."""
