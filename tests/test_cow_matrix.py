@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 import yaml
 
+from cowlab.scenario import Scenario, load_scenario
 from tests.schema import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,24 @@ def test_scenarios_are_generated_from_the_derivation(tmp_path: Path) -> None:
 def test_scenarios_follow_the_schema() -> None:
     for path in (ROOT / "examples" / "cow").glob("*.yaml"):
         validate(yaml.safe_load(path.read_text()))
+
+
+def without_locs(scenario: Scenario) -> tuple:
+    """A scenario's every field but the file positions of its steps and expectations."""
+    steps = [
+        (s.index, s.op, s.args, s.label, [(e.what, e.value, e.per_kernel) for e in s.expect])
+        for s in scenario.steps
+    ]
+    head = (scenario.path, scenario.name, scenario.description, scenario.kernels)
+    return (*head, scenario.config, scenario.processes, steps)
+
+
+def test_a_row_built_as_data_is_its_file() -> None:
+    """The matrix runs each row as its data (tool.load), not its file parsed: the same scenario
+    but for the positions."""
+    for name in tool.scenario_names():
+        parsed = load_scenario(ROOT / "examples" / "cow" / f"{name}.yaml")
+        assert without_locs(tool.load(name)) == without_locs(parsed), name
 
 
 def test_model_agrees_with_every_derived_cell(results: dict) -> None:

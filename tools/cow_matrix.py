@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -444,12 +442,24 @@ def expected(case: str, backing: str, kernel: str) -> str:
 def per_release(values: dict[str, Any]) -> dict[str, Any]:
     """A per-kernel map with a key only where the value differs from what the keys before it
     say for that kernel (a scenario's value holds from its key's release on; null: none)."""
-    keys: dict[str, Any] = {}
-    for kernel in KERNELS:
+    return {kernel: values[kernel] for kernel in _release_keys(_equal_values(values))}
+
+
+def _equal_values(values: dict[str, Any]) -> tuple[int, ...]:
+    """Each kernel's value as the index of the first kernel with an equal one (None: -1): all
+    that _release_keys compares, and the same for the many rows whose verdicts agree."""
+    listed = [values[kernel] for kernel in KERNELS]
+    return tuple(-1 if v is None else listed.index(v) for v in listed)
+
+
+@functools.cache
+def _release_keys(equal: tuple[int, ...]) -> tuple[str, ...]:
+    keys: dict[str, int] = {}
+    for kernel, value in zip(KERNELS, equal, strict=True):
         key = pick_key(keys, kernel)
-        if (None if key is None else keys[key]) != values[kernel]:
-            keys[kernel] = values[kernel]
-    return keys
+        if (-1 if key is None else keys[key]) != value:
+            keys[kernel] = value
+    return tuple(keys)
 
 
 def verdict_expectations(verdicts: dict[str, str]) -> dict[str, Any]:
@@ -515,24 +525,33 @@ def collapse_scenario(case: str) -> dict:
 
 
 def generate(out: Path = OUT) -> None:
+    import yaml  # here: the matrix builds its rows as data (load)
+
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):
         old.unlink()
-    for case in CASE_TITLES:
-        for backing in BACKINGS:
-            text = yaml.safe_dump(scenario(case, backing), sort_keys=False, width=100)
-            (out / f"{case}__{backing}.yaml").write_text(text)
-    for case in COLLAPSE_TITLES:
-        text = yaml.safe_dump(collapse_scenario(case), sort_keys=False, width=100)
-        (out / f"{case}.yaml").write_text(text)
+    for name in scenario_names():
+        text = yaml.safe_dump(row(name), sort_keys=False, width=100)
+        (out / f"{name}.yaml").write_text(text)
+
+
+def row(name: str) -> dict:
+    """The scenario examples/cow/NAME.yaml holds, as data."""
+    if "__" in name:
+        case, backing = name.split("__")
+        return scenario(case, backing)
+    return collapse_scenario(name)
 
 
 @functools.cache
 def load(name: str) -> Any:
-    """examples/cow/NAME.yaml, parsed once per process (workers inherit what the parent read)."""
-    from cowlab.scenario import load_scenario
+    """examples/cow/NAME.yaml's scenario, checked as its file is (test_cow_matrix: the files
+    are what generate writes) but built from the row's data, not parsed from YAML again; once
+    per process (workers inherit what the parent built)."""
+    from cowlab.scenario.loader import parse_document
+    from cowlab.scenario.located import Loc, located
 
-    return load_scenario(OUT / f"{name}.yaml")
+    return parse_document(located(row(name), Loc(1, 1)), str(OUT / f"{name}.yaml"))
 
 
 def scenario_names() -> list[str]:

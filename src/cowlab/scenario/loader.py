@@ -624,11 +624,17 @@ TOP_KEYS = ("name", "description", "kernels", "config", "processes", "steps")
 
 
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
-    """Check a scenario document; ScenarioError on the first problem."""
+    """Parse and check a scenario's YAML text; ScenarioError on the first problem."""
     try:
         doc = load_located(text)
     except YamlSyntaxError as e:
         raise ScenarioError(path, e.loc, e.message) from None
+    return parse_document(doc, path)
+
+
+def parse_document(doc: Any, path: str) -> Scenario:
+    """Check a scenario document as load_located gives it (or located() makes of data a
+    program built); ScenarioError on the first problem."""
     ctx = Context(path, tuple(POLICIES))
     if not isinstance(doc, LMap):
         loc = doc.loc if isinstance(doc, LList) else Loc(1, 1)

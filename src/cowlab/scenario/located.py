@@ -108,6 +108,23 @@ def load_located(text: str) -> Any:
     return _build(node, yaml.SafeLoader(""))
 
 
+def located(value: Any, loc: Loc) -> Any:
+    """Data a program built (dicts, lists and scalars, as yaml.safe_load would give them) as
+    load_located's LMap/LList, every position loc: there is no text to point into."""
+    if isinstance(value, dict):
+        out = LMap(loc)
+        for key, item in value.items():
+            out[key] = located(item, loc)
+            out.key_locs[key] = out.val_locs[key] = loc
+        return out
+    if isinstance(value, list):
+        seq = LList(loc)
+        seq.extend(located(item, loc) for item in value)
+        seq.item_locs = [loc] * len(seq)
+        return seq
+    return value
+
+
 def _build(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     if isinstance(node, yaml.MappingNode):
         out = LMap(_loc(node))
