@@ -102,6 +102,12 @@ def test_a_pinned_page_is_never_merged(kernel_id: str) -> None:
     k.ksmd(2)
     assert p.translate(addr) != p.translate(addr + PAGE)
     assert not k.frames.flags[p.translate(addr) or 0] & PG_ksm
+    # page 1, scanned second, became the KSM page before page 0's merge failed; break_cow's
+    # fault (break_ksm) then copied it: a write fault to 6.1 (4.5.0, 5.10.7, 6.1.20 mm/ksm.c),
+    # an unshare fault from 6.2 (6.2.1, 6.18.2), which leaves the copy read-only
+    copy = p.translate(addr + PAGE)
+    assert copy is not None and not k.frames.flags[copy] & PG_ksm
+    assert bool(pte_bits(p, addr + PAGE) & PTE_WRITE) == (not since(kernel_id, "6.2"))
 
 
 @pytest.mark.parametrize("kernel_id", ALL)
@@ -303,13 +309,9 @@ def test_a_ksm_page_swapped_in_after_ksmd_dropped_its_item(kernel_id: str) -> No
     assert [(i.pid, i.addr) for i in node.items] == [(p.pid, addr)]
 
 
-@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10", "v6.18"])
-def test_a_parent_mapping_a_page_merged_in_its_child_is_out_of_reach(kernel_id: str) -> None:
-    """P writes two identical pages and forks; only C marks them mergeable. ksmd's second pass
-    makes C's page 1 (scanned second, page 0 waiting in the unstable tree) the KSM page and
-    points C's page 0 at it. Page 1 is P's too, shared by fork: P's PTE keeps it, and no
-    rmap_item's anon_vma tree (C's own VMA's) holds P's VMA, so rmap_walk_ksm misses it, in
-    the kernel too (mm/ksm.c); live 6.18 shows P's page 1 KSM and page 0 not (2026-12-02)."""
+def merged_in_the_child(kernel_id: str) -> tuple[Kernel, Process, Process, int]:
+    """P writes two identical pages and forks; only C marks them mergeable; two ksmd passes
+    (selfcheck: the counters and the rmap after each, rmap_walk_ksm's reach included)."""
     k = Kernel(kernel_id, selfcheck=True)
     p = k.spawn()
     addr = p.mmap(2 * PAGE)
@@ -317,11 +319,77 @@ def test_a_parent_mapping_a_page_merged_in_its_child_is_out_of_reach(kernel_id: 
     p.write(addr + PAGE, b"same")
     c = p.fork()
     c.madvise(addr, 2 * PAGE, "mergeable")
-    k.ksmd(2)  # selfcheck: the counters and the rmap after it (rmap_walk_ksm's reach included)
+    k.ksmd(2)
+    return k, p, c, addr
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10", "v6.18"])
+def test_a_parent_mapping_a_page_merged_in_its_child_is_out_of_reach(kernel_id: str) -> None:
+    """P writes two identical pages and forks; only C marks them mergeable. ksmd's second pass
+    makes C's page 1 (scanned second, page 0 waiting in the unstable tree) the KSM page and
+    points C's page 0 at it. Page 1 is P's too, shared by fork: P's PTE keeps it, and no
+    rmap_item's anon_vma tree (C's own VMA's) holds P's VMA, so rmap_walk_ksm misses it, in
+    the kernel too (mm/ksm.c); live 6.18 shows P's page 1 KSM and page 0 not (2026-12-02)."""
+    k, p, c, addr = merged_in_the_child(kernel_id)
     kpage = c.translate(addr + PAGE)
     assert kpage is not None and k.frames.flags[kpage] & PG_ksm
     assert c.translate(addr) == kpage == p.translate(addr + PAGE) != p.translate(addr)
     assert k.ksm.unreached == {(p.pid, addr + PAGE)}
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10", "v6.18"])
+def test_unmergeable_leaves_a_vma_that_is_not_mergeable(kernel_id: str) -> None:
+    """As above, then P (whose VMA never had VM_MERGEABLE) advises MADV_UNMERGEABLE: ksm_madvise
+    ignores the advice for such a VMA (4.5.0, 6.18.2 mm/ksm.c), so P's PTE keeps the KSM page,
+    read-only; C's advice breaks C's two mappings."""
+    k, p, c, addr = merged_in_the_child(kernel_id)
+    kpage = p.translate(addr + PAGE)
+    assert kpage is not None and k.frames.flags[kpage] & PG_ksm
+    p.madvise(addr, 2 * PAGE, "unmergeable")
+    assert p.translate(addr + PAGE) == kpage and not pte_bits(p, addr + PAGE) & PTE_WRITE
+    c.madvise(addr, 2 * PAGE, "unmergeable")
+    assert kpage not in (c.translate(addr), c.translate(addr + PAGE))
+    assert p.translate(addr + PAGE) == kpage and page_mapcount(k.frames, kpage) == 1
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.4", "v5.10", "v6.1", "v6.2", "v6.18"])
+def test_a_failed_second_merge_leaves_a_forked_page_ksm_without_a_stable_node(
+    kernel_id: str,
+) -> None:
+    """P writes page 1 and forks; C writes page 0 with the same bytes, pins it R/W and marks
+    both mergeable. ksmd's second pass makes C's page 1 (scanned second) the KSM page with a
+    NULL stable node (try_to_merge_one_page: set_page_stable_node(page, NULL)), then page 0's
+    merge fails (write_protect_page: the pin is a reference beyond the mappings), so
+    try_to_merge_two_pages calls break_cow for C's page 1 only and inserts no stable node
+    (4.5.0, 5.10.7, 6.1.20, 6.18.2 mm/ksm.c). P's PTE keeps the page: PageKsm, no stable node,
+    which rmap_walk_ksm, reclaim's walk, leaves at once (page_stable_node / folio_stable_node
+    NULL) - the kernel's own state, not an inconsistency. C's copy (wp_page_copy; exclusive
+    from 5.19) is writable to 6.1 (a write fault), read-only from 6.2 (FAULT_FLAG_UNSHARE).
+    P's later write copies the page on every release: PageKsm is never reused, nor by
+    5.1-5.8's reuse_ksm_page without a stable node (docs/sources-ksm.md §4); the page is freed
+    with that last mapping."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap(2 * PAGE)
+    p.write(addr + PAGE, b"same")
+    c = p.fork()
+    c.write(addr, b"same")
+    c.get_user_pages(addr, PAGE)
+    c.madvise(addr, 2 * PAGE, "mergeable")
+    old = p.translate(addr + PAGE)
+    k.ksmd(2)  # selfcheck: a PageKsm page with no stable node is no finding
+    assert old is not None and k.frames.flags[old] & PG_ksm and not k.ksm.nodes
+    assert p.translate(addr + PAGE) == old != c.translate(addr + PAGE)
+    copy = c.translate(addr + PAGE)
+    assert copy is not None and not k.frames.flags[copy] & PG_ksm
+    unshared = since(kernel_id, "6.2")
+    assert bool(pte_bits(c, addr + PAGE) & PTE_WRITE) == (not unshared)
+    assert bool(k.frames.flags[copy] & PG_anon_exclusive) == since(kernel_id, "5.19")
+    assert c.read(addr + PAGE, 4) == b"same" and k.frames.nr_allocated == 3
+    cows = len(k.cow_log)
+    p.write(addr + PAGE, b"S")
+    assert p.translate(addr + PAGE) not in (None, old) and len(k.cow_log) == cows + 1
+    assert k.frames.nr_allocated == 3 and p.read(addr + PAGE, 4) == b"Same"
 
 
 @pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])

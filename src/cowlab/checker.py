@@ -39,7 +39,7 @@ from cowlab.mm.constants import (
     PG_swapcache,
     PG_tail,
 )
-from cowlab.mm.ksm import walk_reaches
+from cowlab.mm.ksm import NULL_STABLE_NODE, walk_reaches
 from cowlab.mm.mm import (
     GUP_PIN_COUNTING_BIAS,
     folio_large_mapcount,
@@ -499,10 +499,15 @@ def _check_ksm_rmap(k: Kernel, mm: MmStruct, vma: VmArea, addrs: Ints, pfns: Int
     ksmd dropped the address's rmap_item (get_next_rmap_item, remove_trailing_rmap_items), and
     in a child forked from such a mapping before ksmd visits it again: the walk misses those in
     the kernel too (4.5.0 and 6.18.2 mm/ksm.c, mm/memory.c; live 6.18 keeps the page KSM). The
-    model lists them in k.ksm.unreached (mm/ksm.py swapped_in, ksm_fork)."""
+    model lists them in k.ksm.unreached (mm/ksm.py swapped_in, ksm_fork). A KSM page whose
+    stable node is NULL (a fork's sharer of the page a failed try_to_merge_two_pages left) is
+    one the walk leaves at once in the kernel (page_stable_node NULL: 4.5.0 .. 6.18.2)."""
     out = []
     for addr, pfn in zip(addrs.tolist(), pfns.tolist(), strict=True):
-        node = k.ksm.nodes.get(-int(k.frames.mapping[pfn]))
+        mapping = int(k.frames.mapping[pfn])
+        if mapping == NULL_STABLE_NODE and k.frames.flags[pfn] & PG_ksm:
+            continue
+        node = k.ksm.nodes.get(-mapping)
         # invariant: ksm.stable_node
         if node is None or node.kpfn != pfn or not k.frames.flags[pfn] & PG_ksm:
             out.append(f"pid {mm.pid}: KSM page {pfn:#x} at {addr:#x} has no stable node")

@@ -2,7 +2,8 @@
 read-only KSM pages (docs/sources-ksm.md).
 
 A KSM page is a small anonymous page with PG_ksm whose page->mapping is its stable node (the
-model stores -node id, so PageAnon() still holds). The stable node lists the rmap_items (mm,
+model stores -node id, so PageAnon() still holds), or NULL_STABLE_NODE between the two merges of
+try_to_merge_two_pages and after a failed second one. The stable node lists the rmap_items (mm,
 address, anon_vma) merged into it; rmap_walk_ksm finds every mapping through those anon_vmas,
 forked children included (not the mappings a swap-in makes where ksmd dropped the address's item:
 KsmState.unreached). The unstable tree (pages unchanged for one pass) is rebuilt each pass;
@@ -49,6 +50,10 @@ from cowlab.mm.swapfile import try_to_free_swap
 
 if TYPE_CHECKING:
     from cowlab.kernel import Kernel
+
+# page->mapping of a KSM page whose stable node is NULL (set_page_stable_node(page, NULL)): no
+# node id, and not 0, which would make the page not anonymous
+NULL_STABLE_NODE = int(np.iinfo(np.int32).min)
 
 
 @dataclass(eq=False)
@@ -146,28 +151,36 @@ def ksm_fork(k: Kernel, child: MmStruct, parent: MmStruct) -> None:
 
 
 def ksm_madvise(k: Kernel, mm: MmStruct, start: int, end: int, merge: bool) -> None:
-    """ksm_madvise(): set VM_MERGEABLE, or break every KSM page of the range and clear it."""
+    """ksm_madvise(): set VM_MERGEABLE, or break every KSM page of the range and clear it. A
+    VMA without VM_MERGEABLE ignores MADV_UNMERGEABLE, whatever it maps: a parent's PTE of a
+    page its child merged stays (4.5.0, 6.18.2 mm/ksm.c)."""
     from cowlab.mm.mmap import vma_modify_flags
 
     if not merge:
         for vma in mm.vmas_in(start, end):
-            unmerge_ksm_pages(k, vma, max(start, vma.vm_start), min(end, vma.vm_end))
+            if vma.vm_flags & VM_MERGEABLE and vma.anon_vma:
+                unmerge_ksm_pages(k, vma, max(start, vma.vm_start), min(end, vma.vm_end))
     vma_modify_flags(k, mm, start, end, lambda f: f | VM_MERGEABLE if merge else f & ~VM_MERGEABLE)
 
 
 def unmerge_ksm_pages(k: Kernel, vma: VmArea, start: int, end: int) -> None:
-    """break_ksm() on every KSM page mapped in the range: a write fault (6.2: an unshare fault,
-    leaving a read-only private copy) makes this mapping a page of its own; from 6.6 a zero
-    page KSM placed (is_ksm_zero_pte: the zero pfn, dirty) too."""
-    unshare = k.policy.ksm_unmerge_unshares
+    """unmerge_ksm_pages(): break_ksm() at every address of the range."""
     for addr in range(start, end, PAGE_SIZE):
-        pfn = _mapped_page(vma.mm, addr)
-        if pfn is not None and PageKsm(k.frames, pfn):
-            handle_mm_fault(k, vma, addr, write=not unshare, unshare=unshare)
-            k.event("break_ksm", addr=addr, pfn=pfn, detail="the KSM page is copied here")
-        elif k.policy.ksm_zero_pages_marked and _is_ksm_zero_pte(vma.mm, addr):
-            handle_mm_fault(k, vma, addr, write=False, unshare=True)
-            k.event("break_ksm", addr=addr, detail="the KSM-placed zero page is unshared here")
+        break_ksm(k, vma, addr)
+
+
+def break_ksm(k: Kernel, vma: VmArea, addr: int) -> None:
+    """break_ksm(): where a KSM page is mapped, a write fault (6.2: an unshare fault, leaving a
+    read-only private copy) makes this mapping a page of its own; from 6.6 a zero page KSM
+    placed (is_ksm_zero_pte: the zero pfn, dirty) too."""
+    unshare = k.policy.ksm_unmerge_unshares
+    pfn = _mapped_page(vma.mm, addr)
+    if pfn is not None and PageKsm(k.frames, pfn):
+        handle_mm_fault(k, vma, addr, write=not unshare, unshare=unshare)
+        k.event("break_ksm", addr=addr, pfn=pfn, detail="the KSM page is copied here")
+    elif k.policy.ksm_zero_pages_marked and _is_ksm_zero_pte(vma.mm, addr):
+        handle_mm_fault(k, vma, addr, write=False, unshare=True)
+        k.event("break_ksm", addr=addr, detail="the KSM-placed zero page is unshared here")
 
 
 def _is_ksm_zero_pte(mm: MmStruct, addr: int) -> bool:
@@ -300,26 +313,35 @@ def try_to_merge_two_pages(
     unstable: RbTree[RmapItem],
 ) -> int:
     """try_to_merge_two_pages(): the scanned page becomes the KSM page, the unstable tree's page
-    is replaced by it and leaves the tree; if that fails, break_cow undoes the first."""
+    is replaced by it and leaves the tree, and stable_tree_insert() gives the KSM page its
+    stable node. If the second merge fails, break_cow() breaks only the scanned mapping
+    (break_ksm) and no node is inserted: a PTE that shares the page by fork keeps a KSM page
+    whose stable node is NULL (4.5.0, 5.10.7, 6.1.20, 6.18.2 mm/ksm.c), which rmap_walk_ksm
+    leaves at once and a write fault copies."""
     if not try_to_merge_one_page(k, vma, addr, pfn, None):
         return 0
     pfn = _page_of(k, item) or pfn  # a THP was split (the same frame, now a small page)
     mapped = rmap_walk_anon(k, pfn)  # before the page leaves its anon_vma for the stable node
-    node = StableNode(k.ksm.next_id, pfn)  # inserted in the stable tree only once both merged
-    k.ksm.next_id += 1
-    k.frames.mapping[pfn] = -node.id
+    k.frames.mapping[pfn] = NULL_STABLE_NODE  # set_page_stable_node(page, NULL)
     other_vma = k.processes[other.pid].mm.find_vma(other.addr)
     other_pfn = _page_of(k, other)
-    if other_vma and other_pfn and try_to_merge_one_page(k, other_vma, other.addr, other_pfn, pfn):
-        unstable.erase(other)  # try_to_merge_with_ksm_page -> remove_rmap_item_from_tree
-        k.ksm.nodes[node.id] = node
-        _append(k, node, item, vma)
-        _append(k, node, other, other_vma)
-        _out_of_reach(k, node, mapped)
-        k.event("try_to_merge_two_pages", "merge", addr=addr, pfn=pfn, detail="a new KSM page")
-        return 2
-    handle_mm_fault(k, vma, addr, write=True)  # break_cow(): the lone KSM page is copied
-    return 0
+    if not (
+        other_vma and other_pfn and try_to_merge_one_page(k, other_vma, other.addr, other_pfn, pfn)
+    ):
+        rule = "the second page's merge failed: break_cow() breaks the first"
+        k.event("try_to_merge_two_pages", "fail", addr=addr, pfn=pfn, rule=rule)
+        break_ksm(k, vma, addr)
+        return 0
+    unstable.erase(other)  # try_to_merge_with_ksm_page -> remove_rmap_item_from_tree
+    node = StableNode(k.ksm.next_id, pfn)  # stable_tree_insert()
+    k.ksm.next_id += 1
+    k.ksm.nodes[node.id] = node
+    k.frames.mapping[pfn] = -node.id
+    _append(k, node, item, vma)
+    _append(k, node, other, other_vma)
+    _out_of_reach(k, node, mapped)
+    k.event("try_to_merge_two_pages", "merge", addr=addr, pfn=pfn, detail="a new KSM page")
+    return 2
 
 
 def _out_of_reach(k: Kernel, node: StableNode, mapped: list[Mapping]) -> None:
