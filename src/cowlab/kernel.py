@@ -854,18 +854,18 @@ def mmu_walk(mm: MmStruct, addr: int, write: bool) -> int | None:
         return entry.pfn + i
     if entry is None:
         return None
-    pfn = entry.pfn.item(i)
+    pfn = entry.pfn_at[i]
     # pfn < 0 (none, swap): pte_access_permitted says no too, unasked and its bits unread; it
     # ends the first walk of every first-touch fault, where the call cost 3.5-5.7 % of the
     # fault (bench_faults --paired)
     if pfn < 0:
         return None
-    bits = entry.bits.item(i)
+    bits = entry.bits_at[i]
     if not pte_access_permitted(pfn, bits, write):
         return None
     accessed = bits | PTE_YOUNG | (PTE_DIRTY if write else 0)
     if accessed != bits:
-        entry.bits[i] = accessed
+        entry.bits_at[i] = accessed
     return pfn
 
 

@@ -3,7 +3,8 @@
 The search copies its machine once per letter. `copy.deepcopy` spends most of that on its
 generic protocol (`__reduce_ex__`, a dispatch and a memo entry for every int of every list).
 `deep_copy` makes the same copy — every object reached, aliases kept as aliases, the memo's
-shared objects shared — but walks the common kinds itself: NumPy arrays by `.copy()`, lists,
+shared objects shared — but walks the common kinds itself: NumPy arrays by `.copy()` (a
+memoryview of one as a view of the copy, as mm/page_alloc.py has copy.deepcopy make it), lists,
 dicts, sets and tuples element by element (immutable elements taken as they are), and plain
 objects by their `__dict__` or `__slots__`, whatever attributes they hold, so a field added to
 any class of the machine is copied without this module knowing of it. A class with its own
@@ -41,6 +42,9 @@ def deep_copy(value: Any, memo: dict[int, Any]) -> Any:
     if kind is np.ndarray:
         out: Any = value.copy()
         memo[id(value)] = out
+        return out
+    if kind is memoryview:  # a frame array's or a page table's: a view of the array's copy
+        out = memo[id(value)] = deep_copy(value.obj, memo).data
         return out
     if kind is list:
         out = memo[id(value)] = []

@@ -130,19 +130,19 @@ def handle_pte_fault(
 ) -> int:
     """handle_pte_fault(): none -> do_anonymous_page, protnone -> NUMA, RO write -> do_wp_page."""
     i = (addr >> PAGE_SHIFT) & (HPAGE_PMD_NR - 1)  # pte_index(), written out (as pmd_index)
-    value = table.pfn.item(i)
+    value = table.pfn_at[i]
     if value == PTE_NONE:
         return do_anonymous_page(k, vma, addr, table, i, write)
     if is_swap_pte(value):
         return do_swap_page(k, vma, addr, table, write)
-    bits = table.bits.item(i)
+    bits = table.bits_at[i]
     if bits & PTE_PROTNONE:
         return migrate.do_numa_page(k, vma, addr, table)
     if (write or unshare) and not bits & PTE_WRITE:
         return do_wp_page(k, vma, addr, table, i, unshare)
     if write:
         bits |= PTE_DIRTY | PTE_SOFT_DIRTY
-    table.bits[i] = bits | PTE_YOUNG
+    table.bits_at[i] = bits | PTE_YOUNG
     return 0
 
 
@@ -161,8 +161,8 @@ def do_anonymous_page(
     if huge_memory.mthp_sizes_on(k) and huge_memory.do_anonymous_mthp(k, vma, addr, table):
         return 0
     pfn = k.frames.alloc_page()
-    table.pfn[i] = pfn
-    table.bits[i] = new_pte_bits(vma)
+    table.pfn_at[i] = pfn
+    table.bits_at[i] = new_pte_bits(vma)
     page_add_new_anon_rmap(k, pfn, vma, addr, compound=False)
     vma.mm.anon_rss += 1
     if k.tracing:
@@ -359,14 +359,14 @@ def do_wp_page(
 ) -> int:
     """do_wp_page(): a write (or unshare) to a read-only present PTE, PTE i of the table
     (vmf->pte): reuse the page or copy it."""
-    if table.bits.item(i) & PTE_SPECIAL:
+    if table.bits_at[i] & PTE_SPECIAL:
         return wp_copy_traced(k, vma, addr, table, i, None, ZERO_PAGE_COPY, unshare)
-    old = table.pfn.item(i)
+    old = table.pfn_at[i]
     f = k.frames
     head = compound_head(f, old)  # page_folio() once: PageAnon and PageKsm read the head
-    if not f.mapping.item(head):  # !PageAnon
+    if not f.mapping_at[head]:  # !PageAnon
         return wp_copy_traced(k, vma, addr, table, i, old, NOT_ANON_COPY, unshare)
-    folio_flags = f.flags.item(head)
+    folio_flags = f.flags_at[head]
     ksm = bool(folio_flags & PG_ksm)  # PageKsm
     if ksm:
         d = k.policy.wp_reuse_ksm(k, vma, old)
@@ -412,7 +412,7 @@ def wp_copy_traced(
         return wp_page_copy(k, vma, addr, table, i, old, d, unshare)
     k.event("do_wp_page", "copy", addr=addr, pfn=old, read=d.read, rule=d.rule)
     ret = wp_page_copy(k, vma, addr, table, i, old, d, unshare)
-    trace_copied(k, addr, old, table.pfn.item(i))
+    trace_copied(k, addr, old, table.pfn_at[i])
     return ret
 
 
@@ -435,7 +435,7 @@ def trace_copied(k: Kernel, addr: int, old: int | None, new: int) -> None:
 def wp_page_reuse(k: Kernel, vma: VmArea, table: PteTable, i: int) -> int:
     """wp_page_reuse(): make the same physical page writable again at PTE i of the table (no
     counter changes)."""
-    table.bits[i] |= new_pte_bits(vma)
+    table.bits_at[i] |= new_pte_bits(vma)
     k.vmstat["pgreuse"] += 1
     return VM_FAULT_WRITE
 
@@ -463,8 +463,8 @@ def wp_page_copy(
     new = f.alloc_page()
     if old is not None:
         f.copy_page(new, old)
-    table.pfn[i] = new
-    table.bits[i] = table.bits.item(i) & PTE_SOFT_DIRTY if unshare else new_pte_bits(vma)
+    table.pfn_at[i] = new
+    table.bits_at[i] = table.bits_at[i] & PTE_SOFT_DIRTY if unshare else new_pte_bits(vma)
     page_add_new_anon_rmap(k, new, vma, addr, compound=False)
     if old is None:
         vma.mm.anon_rss += 1

@@ -34,7 +34,7 @@ Field = TypeVar("Field", int, npt.NDArray[Any])
 
 def compound_head(f: PageFrames, pfn: int) -> int:
     """compound_head(): the head for a tail page, the page itself otherwise."""
-    return pfn & ~((1 << f.order.item(pfn)) - 1) if f.flags.item(pfn) & PG_tail else pfn
+    return pfn & ~((1 << f.order_at[pfn]) - 1) if f.flags_at[pfn] & PG_tail else pfn
 
 
 def heads_of(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -45,12 +45,12 @@ def heads_of(f: PageFrames, pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64
 
 def folio_nr_pages(f: PageFrames, head: int) -> int:
     """folio_nr_pages(): 512 for a PMD-sized THP, 4..256 for an mTHP, 1 for a small page."""
-    return 1 << f.order.item(head)
+    return 1 << f.order_at[head]
 
 
 def PageTransCompound(f: PageFrames, pfn: int) -> bool:
     """PageTransCompound(): true for the head and every tail of a THP."""
-    return bool(f.flags.item(pfn) & (PG_head | PG_tail))
+    return bool(f.flags_at[pfn] & (PG_head | PG_tail))
 
 
 def PageTransHuge(f: PageFrames, pfn: int) -> bool:
@@ -64,15 +64,15 @@ def PageDoubleMap(f: PageFrames, head: int) -> bool:
 
 
 def PageAnon(f: PageFrames, pfn: int) -> bool:
-    return f.mapping.item(compound_head(f, pfn)) != 0
+    return f.mapping_at[compound_head(f, pfn)] != 0
 
 
 def PageKsm(f: PageFrames, pfn: int) -> bool:
-    return bool(f.flags.item(compound_head(f, pfn)) & PG_ksm)
+    return bool(f.flags_at[compound_head(f, pfn)] & PG_ksm)
 
 
 def PageSwapCache(f: PageFrames, pfn: int) -> bool:
-    return bool(f.flags.item(pfn) & PG_swapcache)
+    return bool(f.flags_at[pfn] & PG_swapcache)
 
 
 def is_zero_pfn(f: PageFrames, pfn: int) -> bool:
@@ -86,7 +86,7 @@ def compound_mapcount(f: PageFrames, pfn: int) -> int:
 
 def small_page_mapcount(f: PageFrames, pfn: int) -> int:
     """page_mapcount() of a page no compound page holds: its _mapcount, which starts at -1."""
-    return f._mapcount.item(pfn) + 1
+    return f._mapcount_at[pfn] + 1
 
 
 def page_mapcount(f: PageFrames, pfn: int) -> int:
@@ -106,7 +106,7 @@ GUP_PIN_COUNTING_BIAS = 1024
 
 def PageAnonExclusive(f: PageFrames, pfn: int) -> bool:
     """PageAnonExclusive() (5.19): a PMD-mapped THP keeps the bit on its head only."""
-    return bool(f.flags.item(pfn) & PG_anon_exclusive)
+    return bool(f.flags_at[pfn] & PG_anon_exclusive)
 
 
 def page_maybe_dma_pinned(f: PageFrames, pfn: int) -> bool:
@@ -161,17 +161,17 @@ def page_mapcount_reported(k: Kernel, pfn: int) -> int:
 
 def folio_maybe_mapped_shared(f: PageFrames, head: int) -> bool:
     """folio_maybe_mapped_shared() (6.15): MM-id tracking saw a second MM map the folio."""
-    return bool(f.flags.item(head) & PG_mm_ids_shared)
+    return bool(f.flags_at[head] & PG_mm_ids_shared)
 
 
 def folio_ref_count(f: PageFrames, head: int) -> int:
     """folio_ref_count(): the folio's references, on its head."""
-    return f._count.item(head)
+    return f._count_at[head]
 
 
 def page_count(f: PageFrames, pfn: int) -> int:
     """page_count(): the head's _count (tails carry no references since 4.5's ddc58f27f9ee)."""
-    return f._count.item(compound_head(f, pfn))
+    return f._count_at[compound_head(f, pfn)]
 
 
 def get_page(f: PageFrames, pfn: int, nr: int = 1) -> None:
@@ -188,10 +188,10 @@ def put_page(k: Kernel, pfn: int, nr: int = 1) -> None:
     """put_page(): drop a reference on the head; the last one frees the (compound) page."""
     f = k.frames
     head = compound_head(f, pfn)
-    count = f._count.item(head) - nr
+    count = f._count_at[head] - nr
     if count < 0:
         raise KernelBug(f"put_page: _count of pfn {head:#x} went negative")
-    f._count[head] = count
+    f._count_at[head] = count
     if count == 0:
         __put_page(k, head)
 
@@ -216,7 +216,7 @@ def put_pages(k: Kernel, heads: npt.NDArray[np.int64], nrs: npt.NDArray[np.int64
 def __put_page(k: Kernel, head: int) -> None:
     """__put_page(): free_transhuge_page for THPs (also leaves the split queue), else free."""
     f = k.frames
-    flags = f.flags.item(head)
+    flags = f.flags_at[head]
     if flags & PG_ksm:
         k.ksm.drop(-int(f.mapping[head]))
     if flags & PG_head:

@@ -62,13 +62,18 @@ def pte_without(mask: int) -> np.uint8:
 
 
 class PteTable:
-    """One page-table page: 512 PTEs as a pfn array (-1 = none) and a bits array."""
+    """One page-table page: 512 PTEs as a pfn array (-1 = none) and a bits array, and a
+    memoryview of each (``pfn_at``, ``bits_at``) for one PTE's read or write, as
+    PageFrames has them (a fault reads its PTE 4 to 9 times; copied and pickled as views of
+    the arrays' copies, page_alloc._view_of)."""
 
-    __slots__ = ("bits", "pfn")
+    __slots__ = ("bits", "bits_at", "pfn", "pfn_at")
 
     def __init__(self) -> None:
         self.pfn: npt.NDArray[np.int64] = np.full(HPAGE_PMD_NR, -1, dtype=np.int64)
         self.bits: npt.NDArray[np.uint8] = np.zeros(HPAGE_PMD_NR, dtype=np.uint8)
+        self.pfn_at = self.pfn.data
+        self.bits_at = self.bits.data
 
     def copy(self) -> PteTable:
         t = PteTable()

@@ -157,12 +157,12 @@ NOT_MM_IDS_SHARED = flags_without(PG_mm_ids_shared)
 def __page_set_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, exclusive: bool) -> None:
     """__page_set_anon_rmap(): first mapping sets mapping and index (the root when shared)."""
     f = k.frames
-    if f.mapping.item(pfn):
+    if f.mapping_at[pfn]:
         return
     assert vma.anon_vma is not None and vma.anon_vma.root is not None
     av = vma.anon_vma if exclusive else vma.anon_vma.root
-    f.mapping[pfn] = av.id
-    f.index[pfn] = vma.linear_page_index(addr)
+    f.mapping_at[pfn] = av.id
+    f.index_at[pfn] = vma.linear_page_index(addr)
 
 
 def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound: bool) -> None:
@@ -172,11 +172,11 @@ def page_add_new_anon_rmap(k: Kernel, pfn: int, vma: VmArea, addr: int, compound
     """
     f = k.frames
     anon = PG_swapbacked | (PG_anon_exclusive if k.policy.anon_exclusive else 0)
-    f.flags[pfn] = f.flags.item(pfn) | anon
+    f.flags_at[pfn] |= anon
     if compound:
         rmap_add_pmd(k, vma.mm, pfn)
     else:
-        f._mapcount[pfn] = 0  # atomic_set(&page->_mapcount, 0): a new small page, mapped once
+        f._mapcount_at[pfn] = 0  # atomic_set(&page->_mapcount, 0): a new small page, mapped once
     __page_set_anon_rmap(k, pfn, vma, addr, exclusive=True)
 
 
@@ -232,22 +232,22 @@ def page_remove_rmap(k: Kernel, mm: MmStruct, pfn: int, compound: bool) -> None:
         rmap_remove_pmd(k, mm, pfn)
         return
     f = k.frames
-    if f.flags.item(pfn) & (PG_head | PG_tail):
+    if f.flags_at[pfn] & (PG_head | PG_tail):
         page_remove_folio_pte(k, mm, pfn, compound_head(f, pfn))
         return
-    mapcount = f._mapcount.item(pfn) - 1
+    mapcount = f._mapcount_at[pfn] - 1
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
-    f._mapcount[pfn] = mapcount
+    f._mapcount_at[pfn] = mapcount
 
 
 def page_remove_folio_pte(k: Kernel, mm: MmStruct, pfn: int, head: int) -> None:
     """page_remove_rmap() of one PTE of a large folio whose head the caller knows."""
     f = k.frames
-    mapcount = f._mapcount.item(pfn) - 1
+    mapcount = f._mapcount_at[pfn] - 1
     if mapcount < -1:
         raise KernelBug("page_remove_rmap: _mapcount below -1")
-    f._mapcount[pfn] = mapcount
+    f._mapcount_at[pfn] = mapcount
     if k.policy.large_mapcount:
         _folio_remove(k, mm, head, 1)
     if _pte_unmap_queues(k, head, int(mapcount == -1)):
@@ -258,10 +258,10 @@ def rmap_add_pte(k: Kernel, mm: MmStruct, pfn: int) -> None:
     """rmap_add_ptes() of one page: a small page's _mapcount by a scalar write (a swap-in's
     common case), where a one-element array costs several NumPy calls."""
     f = k.frames
-    if f.flags.item(pfn) & (PG_head | PG_tail):
+    if f.flags_at[pfn] & (PG_head | PG_tail):
         rmap_add_ptes(k, mm, np.array([pfn], dtype=np.int64))
     else:
-        f._mapcount[pfn] = f._mapcount.item(pfn) + 1
+        f._mapcount_at[pfn] += 1
 
 
 def rmap_add_ptes(k: Kernel, mm: MmStruct, pfns: npt.NDArray[np.int64]) -> None:

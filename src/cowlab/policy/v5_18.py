@@ -100,7 +100,7 @@ def only_reference(k: Kernel, pfn: int) -> tuple[bool, bool, int]:
     (ONLY_REFERENCE_RULE). Returns what it read: PageKsm, PageSwapCache, page_count."""
     f = k.frames
     head = compound_head(f, pfn)  # once: PageKsm and page_count read the head
-    ksm, swapcache = bool(f.flags.item(head) & PG_ksm), PageSwapCache(f, pfn)
+    ksm, swapcache = bool(f.flags_at[head] & PG_ksm), PageSwapCache(f, pfn)
     if swapcache and not ksm and folio_ref_count(f, head) <= 2:
         try_to_free_swap(k, pfn)
     return ksm, swapcache, folio_ref_count(f, head)
