@@ -177,6 +177,22 @@ def test_each_row_field_of_a_held_folio_is_in_the_key() -> None:
     assert key(rows) == key(small)
 
 
+def test_a_row_field_is_keyed_by_its_value_not_its_type() -> None:
+    """A row may hold a NumPy integer where another run stored a Python int of the same value
+    (RowField keeps what it is given; a value computed from a frame array is np.int64): the
+    same state, the same key - for the one-slot fields and the two-slot ones alike."""
+    runner = run_program(KERNEL, program("map THP, write pages 0-1"))
+    f = runner.k.frames
+    head = int(f.folios.sorted()[0][0])
+    before = key(runner)
+    for i, field in enumerate(f.folios.fields):
+        numpy = clone(runner)
+        moved = numpy.k.frames.folios.fields[i]
+        value = moved[head + field.page]
+        moved[head + field.page] = np.asarray(value, dtype=np.int64)[()]
+        assert key(numpy) == before, f"a row field at page[{field.page}] holding np.int64"
+
+
 def test_a_swap_cache_page_s_slot_is_in_the_key() -> None:
     """page->private of a page in the swap cache names its slot (renamed as the slots are):
     another slot is another state."""

@@ -229,12 +229,15 @@ def _frames(
 
 def _row_values(field: RowField, rename: Ints) -> list[tuple[int, object]]:
     """(canonical place, value) of each held frame whose row holds other than the free value,
-    by place: the same as field.scattered(rename, n), the free value everywhere else."""
+    by place: the same as field.scattered(rename, n), the free value everywhere else. Values as
+    Python ints: a row keeps what it was given, a NumPy integer or an int, and the key is the
+    repr of these lists."""
     held = []
     for pfn, row in field.row.items():
         at = pfn + field.page
         if at < rename.size and rename[at] >= 0:
-            value = field.data[row] if field.width == 1 else tuple(field.data[row])
+            data = field.data[row]
+            value = int(data) if field.width == 1 else tuple(map(int, data))
             if value != field.free_value:
                 held.append((int(rename[at]), value))
     return sorted(held)
