@@ -352,6 +352,21 @@ def test_unmergeable_leaves_a_vma_that_is_not_mergeable(kernel_id: str) -> None:
     assert p.translate(addr + PAGE) == kpage and page_mapcount(k.frames, kpage) == 1
 
 
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10", "v6.18"])
+def test_mremap_moves_a_ksm_page_of_a_vma_that_is_not_mergeable(kernel_id: str) -> None:
+    """As above, then P moves its two pages (mremap MAYMOVE|FIXED): move_vma's
+    ksm_madvise(MADV_UNMERGEABLE) is ignored for P's VMA, which lacks VM_MERGEABLE (4.5.0,
+    6.18.2 mm/mremap.c and mm/ksm.c), so the KSM page moves with P's PTEs; rmap_walk_ksm looks
+    only at its rmap_items' addresses (C's), so the moved mapping is out of its reach as the
+    old one was - the kernel's own blind spot, no finding."""
+    k, p, c, addr = merged_in_the_child(kernel_id)
+    kpage = p.translate(addr + PAGE)
+    new = p.mremap(addr, 2 * PAGE, 2 * PAGE, may_move=True, fixed_addr=addr + (1 << 30))
+    assert p.translate(new + PAGE) == kpage == c.translate(addr + PAGE)
+    assert kpage is not None and k.frames.flags[kpage] & PG_ksm
+    assert k.ksm.unreached == {(p.pid, new + PAGE)}
+
+
 @pytest.mark.parametrize("kernel_id", ["v4.5", "v5.4", "v5.10", "v6.1", "v6.2", "v6.18"])
 def test_a_failed_second_merge_leaves_a_forked_page_ksm_without_a_stable_node(
     kernel_id: str,

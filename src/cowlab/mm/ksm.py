@@ -128,11 +128,31 @@ def swapped_in(k: Kernel, vma: VmArea, addr: int, pfn: int) -> None:
     passes without a page, remove_trailing_rmap_items those after the last; 4.5.0, 6.18.2) and
     no other item reaches the VMA there, rmap_walk_ksm misses the mapping until ksmd visits the
     address again."""
+    _note_reach(k, vma, addr, pfn)
+
+
+def _note_reach(k: Kernel, vma: VmArea, addr: int, pfn: int) -> None:
+    """List (pid, addr) in `unreached` unless an rmap_item of the KSM page's stable node
+    reaches the mapping (the pair discarded then: an older pair must not hide a later miss)."""
     node = stable_node_of(k, pfn)
     if node is None or not walk_reaches(node, vma, addr):
         k.ksm.unreached.add((vma.mm.pid, addr))
-    else:  # reached again: an older pair here must not hide a later miss
+    else:
         k.ksm.unreached.discard((vma.mm.pid, addr))
+
+
+def ksm_moved(k: Kernel, vma: VmArea, old_addr: int, new_addr: int, length: int) -> None:
+    """move_vma() moved the PTEs of [old_addr, +length) to new_addr in vma. KSM pages move with
+    them where the old VMA lacks VM_MERGEABLE (its ksm_madvise(MADV_UNMERGEABLE) is ignored:
+    4.5.0 and 6.18.2 mm/mremap.c, mm/ksm.c), and rmap_walk_ksm looks for a page at its
+    rmap_items' addresses, none of them new_addr: the moved mapping is out of its reach."""
+    mm = vma.mm
+    moved = [a for pid, a in k.ksm.unreached if pid == mm.pid and 0 <= a - old_addr < length]
+    k.ksm.unreached.difference_update((mm.pid, a) for a in moved)
+    for addr in range(new_addr, new_addr + length, PAGE_SIZE):
+        pfn = _mapped_page(mm, addr)
+        if pfn is not None and PageKsm(k.frames, pfn):
+            _note_reach(k, vma, addr, pfn)
 
 
 def ksm_fork(k: Kernel, child: MmStruct, parent: MmStruct) -> None:

@@ -18,7 +18,7 @@ from cowlab.mm.constants import (
     VM_NOHUGEPAGE,
 )
 from cowlab.mm.huge_memory import split_huge_pmd
-from cowlab.mm.ksm import unmerge_ksm_pages
+from cowlab.mm.ksm import ksm_moved, unmerge_ksm_pages
 from cowlab.mm.mm_types import MmStruct, VmArea, pmd_index, pte_index
 from cowlab.mm.mmap import check_range, do_munmap, get_unmapped_area, vma_merge_around
 from cowlab.mm.pgtable import PTE_SOFT_DIRTY, HugePmd, PteTable
@@ -136,6 +136,8 @@ def move_vma(
     anon_vma_clone(new_vma, vma)
     vma.mm.insert_vma(new_vma)
     move_page_tables(k, vma, new_vma, old_addr, new_addr, old_len)
+    if k.ksm.nodes or k.ksm.unreached:
+        ksm_moved(k, new_vma, old_addr, new_addr, old_len)
     do_munmap(k, vma.mm, old_addr, old_len)
     vma_merge_around(k, new_vma)
     return new_addr
