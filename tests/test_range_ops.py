@@ -780,18 +780,40 @@ def test_unshare_range_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyP
         assert not settled
 
 
-def _spy_ro_pin_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the runs gup._ro_pin_run returns, as the program runs."""
-    runs: list[int] = []
-    ro_pin_run = gup._ro_pin_run
+def _spy_sizes(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, size: Callable[[Any], int]
+) -> list[int]:
+    """The size (read off by ``size``) of what module.name returns each time it is asked, as
+    the program runs."""
+    sizes: list[int] = []
+    real = getattr(module, name)
 
     def spy(*args: Any) -> Any:
-        run = ro_pin_run(*args)
-        runs.append(run.size)
-        return run
+        out = real(*args)
+        sizes.append(size(out))
+        return out
 
-    monkeypatch.setattr(gup, "_ro_pin_run", spy)
-    return runs
+    monkeypatch.setattr(module, name, spy)
+    return sizes
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_unshare_copies_in_bulk(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNSHARE_PROGRAM untraced: 6.15+ settles its first pin's 200 unshares as one bulk run,
+    with the page-by-page state.
+
+    After the fork and the parent's zap the THP is mapped by the parent's 511 PTEs and the
+    child's PMD, none of its pages exclusive: _large_mapcount 512, refcount 512, maybe shared,
+    the child's count 1, so the bit would clear once _large_mapcount came down to 1
+    (removals_keeping_shared 510). Pages 10..209 read 512 down to 313, all copied:
+    min(200, 511, 511, 511) = 200 in bulk. Before 6.15 never asked."""
+    # the runs _unshare_faults has large_copies_settled settle (0: none)
+    sizes = _spy_sizes(monkeypatch, gup, "large_copies_settled", lambda s: len(s[1]) if s else 0)
+    run_both(kernel_id, UNSHARE_PROGRAM, tracing=False)
+    if Kernel(kernel_id).policy.large_reuse_reads_folio:
+        assert sizes[0] == 200, sizes
+    else:
+        assert sizes == [], sizes
 
 
 def _large_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
@@ -823,7 +845,7 @@ def test_ro_pin_follow_path_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyP
     mapped (one run of 32); a long-term one does too before 6.2 (84209e87c696) and unshares
     each from 6.2 on (no run; the short-term pin after it then follows 32 exclusive pages).
     Before 5.19 no R/O pin needs unsharing: the batch path runs, this one is never asked."""
-    runs = _spy_ro_pin_runs(monkeypatch)
+    runs = _spy_sizes(monkeypatch, gup, "_ro_pin_run", lambda run: int(run.size))
     run_both(kernel_id, FOLLOW_PROGRAM)
     policy = Kernel(kernel_id).policy
     taken = [n for n in runs if n]
@@ -1918,20 +1940,6 @@ def test_a_rule_stated_in_wp_reuse_alone_is_caught(monkeypatch: pytest.MonkeyPat
     assert len(found) == 511 * 4 - 200, found[:3]
 
 
-def _bulk_copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the runs range_fault._large_copies settles (0: it left the run alone)."""
-    sizes: list[int] = []
-    large_copies = range_fault._large_copies
-
-    def spy(*args: Any) -> Any:
-        news = large_copies(*args)
-        sizes.append(int(news.size))
-        return news
-
-    monkeypatch.setattr(range_fault, "_large_copies", spy)
-    return sizes
-
-
 @pytest.mark.parametrize("kernel_id", POLICY_IDS)
 def test_large_folio_copies_in_bulk(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """THP_COW_PROGRAM untraced: 6.15+ settles its first write's 301 copies as one bulk run,
@@ -1944,7 +1952,8 @@ def test_large_folio_copies_in_bulk(kernel_id: str, monkeypatch: pytest.MonkeyPa
     pages 3..303 read 1022 down to 722, all copied, min(301, 1021, 1021, 511) = 301 in bulk.
     The later writes (the child gone) reuse, which is no bulk copy (0). Before 6.15 a rule may
     read what a copy does not lower (a page's own mapcount): never asked."""
-    sizes = _bulk_copies(monkeypatch)
+    # the runs range_fault._large_copies settles (0: it left the run alone)
+    sizes = _spy_sizes(monkeypatch, range_fault, "_large_copies", lambda news: int(news.size))
     run_both(kernel_id, THP_COW_PROGRAM, tracing=False)
     if Kernel(kernel_id).policy.large_reuse_reads_folio:
         assert sizes == [301, 0, 0], sizes
@@ -1985,17 +1994,26 @@ def test_removals_keeping_shared_as_each_removal_leaves_it() -> None:
     assert kept == 510
 
 
+# the programs whose first bulk run is a write's copies (_large_copies) and a R/O pin's unshares
+BULK_PROGRAMS = pytest.mark.parametrize("program", [THP_COW_PROGRAM, UNSHARE_PROGRAM])
+
+
+@BULK_PROGRAMS
 def test_a_bulk_copy_run_not_lowering_the_counters_is_caught(
-    monkeypatch: pytest.MonkeyPatch,
+    program: list[Step], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bulk run that gave every page the first page's decision (no COPY_STEP): the last
-    page's own decision reads _large_mapcount 722, not 1022, and the run stops on it."""
+    page's own decision reads _large_mapcount 722, not 1022 (THP_COW_PROGRAM; UNSHARE_PROGRAM:
+    313, not 512), and the run stops on it."""
     monkeypatch.setattr(range_fault, "COPY_STEP", {})
     with pytest.raises(AssertionError, match="the last copy of a bulk run decided"):
-        run_both("v6.18", THP_COW_PROGRAM, tracing=False)
+        run_both("v6.18", program, tracing=False)
 
 
-def test_a_bulk_copy_run_logging_one_count_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+@BULK_PROGRAMS
+def test_a_bulk_copy_run_logging_one_count_is_caught(
+    program: list[Step], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bulk run whose COW log records the first page's _large_mapcount for every copy (its
     last page checked right): the differential test fails on the COW log."""
     of_values = range_fault.Decisions.of_values
@@ -2005,7 +2023,7 @@ def test_a_bulk_copy_run_logging_one_count_is_caught(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(range_fault.Decisions, "of_values", first_row)
     with pytest.raises(AssertionError, match="cow_log"):
-        run_both("v6.18", THP_COW_PROGRAM, tracing=False)
+        run_both("v6.18", program, tracing=False)
 
 
 def _swap_cached_thp_written(kernel: str, range_ops: bool) -> tuple[Kernel, Process, int]:

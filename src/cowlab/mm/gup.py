@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -56,7 +56,7 @@ from cowlab.mm.pgtable import (
     HugePmd,
     PteTable,
 )
-from cowlab.mm.range_fault import _leading, fault_in_range
+from cowlab.mm.range_fault import _leading, fault_in_range, large_copies_settled
 from cowlab.mm.rmap import anon_vma_prepare, page_remove_rmap, pages_add_new_anon_rmap
 from cowlab.mm.trace import CowCopies, Decisions, Packed
 
@@ -301,19 +301,35 @@ def _unshare_faults(
     """handle_mm_fault(FAULT_FLAG_UNSHARE) -> do_wp_page() (5.19, c89357e27f20) for each page
     in turn, as GUP faults them one after another: wp_reuse decides every page, and a copied
     page loses its mapping and reference before the next is asked (a large folio's counters
-    change). The run ends after a reuse of a large folio's page (its pin would count in the
-    next verdict; a small page's reads only that page's fields) or after a copy that drops the
-    last reference (the freed frame would be the next allocation). The copies are filled and
-    mapped together after; returns how many pages were settled."""
+    change); 6.15+ untraced, a large folio's pages as range_fault.large_copies_settled decides
+    them at once where it can (do_wp_page's verdicts, as for a write). The run ends after a
+    reuse of a large folio's page (its pin would count in the next verdict; a small page's
+    reads only that page's fields) or after a copy that drops the last reference (the freed
+    frame would be the next allocation). The copies are filled and mapped together after;
+    returns how many pages were settled."""
     f = k.frames
     wp_reuse = k.policy.wp_reuse
+    in_bulk = k.policy.large_reuse_reads_folio and not k.tracing
+    heads = heads_of(f, pages)
     offs: list[int] = []
     olds: list[int] = []
     news: list[int] = []
     decisions: list[WpDecision] = []
     last_ref = None
     n = 0
-    for pfn, head in zip(pages.tolist(), heads_of(f, pages).tolist(), strict=True):
+    while n < pages.size:
+        pfn, head = pages.item(n), heads.item(n)
+        bulk = in_bulk and f.flags.item(head) & PG_head
+        settled = large_copies_settled(k, vma, pages[n:], heads[n:]) if bulk else None
+        if settled is not None:
+            d, values = settled
+            anon_vma_prepare(k, vma)
+            offs += range(n, n + len(values))
+            olds += pages[n : n + len(values)].tolist()
+            news += f.alloc_pages(len(values)).tolist()
+            decisions += cast("list[WpDecision]", Decisions.of_values(d, values)[:])
+            n += len(values)
+            continue
         at = addr + n * PAGE_SIZE
         n += 1
         if k.tracing:

@@ -338,25 +338,45 @@ COPY_STEP = {"_large_mapcount": -1, "refcount": -1}
 def _large_copies(
     k: Kernel, vma: VmArea, table: PteTable, start: int, first: int, pages: Ints, heads: Ints
 ) -> Ints:
-    """do_wp_page() copying a run's first pages, of one folio, at once where the generation's
-    rule reads of a page its PG_anon_exclusive alone, else the folio's counters (6.15,
-    1da190f4d0a6 __wp_can_reuse_large_anon_folio: policy.large_reuse_reads_folio). A copy
-    lowers _large_mapcount and the refcount by one (COPY_STEP) and nothing else that rule
-    reads, so while no page is exclusive, the maybe-shared bit stays
+    """do_wp_page() copying a run's first pages, of one folio, at once (large_copies_settled);
+    empty: fewer than two copies."""
+    settled = large_copies_settled(k, vma, pages, heads)
+    if settled is None:
+        return NONE
+    d, values = settled
+    n = len(values)
+    which = np.arange(n, dtype=np.int64)
+    logged = Decisions.of_values(d, values)
+    return _apply(k, vma, table, start, first, pages[:n], [d] * n, which, True, logged)
+
+
+def large_copies_settled(
+    k: Kernel, vma: VmArea, pages: Ints, heads: Ints
+) -> tuple[WpDecision, npt.NDArray[np.int64]] | None:
+    """do_wp_page()'s verdicts for a run's first pages, of one folio, taken at once where the
+    generation's rule reads of a page its PG_anon_exclusive alone, else the folio's counters
+    (6.15, 1da190f4d0a6 __wp_can_reuse_large_anon_folio: policy.large_reuse_reads_folio), and
+    the folio is outside the swap cache (else the rule's folio_free_swap may change what the
+    next page reads). A copy lowers _large_mapcount and the refcount by one (COPY_STEP) and
+    nothing else that rule reads, so while no page is exclusive, the maybe-shared bit stays
     (rmap.removals_keeping_shared) and neither counter comes down to one, page i's decision
     is the first page's with those counters i lower. The rule is asked of the first page and,
-    the copies before it made, of the last, which must agree. Empty: fewer than two copies."""
+    the copies before it made, of the last, which must agree. The pages copied lose their
+    mapping and reference (their copies are the caller's to make); returns the first page's
+    decision and the values each copy read, a row a page. None: fewer than two copies."""
     f = k.frames
     head = heads.item(0)
+    if f.flags.item(head) & PG_swapcache:
+        return None
     d = k.policy.wp_reuse_large(k, vma, pages.item(0), head)
     if d.reuse:
-        return NONE
+        return None
     same = (heads == head) & ((f.flags[pages] & PG_anon_exclusive) == 0)
     refs, large = f._count.item(head), folio_large_mapcount(f, head)
     kept = removals_keeping_shared(k, vma.mm, head)
     n = min(_leading(same), refs - 1, large - 1, kept + 1)
     if n < 2:
-        return NONE
+        return None
     pages = pages[:n]
     names = [name for name, _ in d.read]
     step = np.array([COPY_STEP.get(name, 0) for name in names], dtype=np.int64)
@@ -368,9 +388,7 @@ def _large_copies(
     assert last == expected, f"the last copy of a bulk run decided {last}, not {expected}"
     page_remove_folio_pte(k, vma.mm, pages.item(n - 1), head)
     f._count[head] = refs - n  # put_page() of each, never the last reference
-    which = np.arange(n, dtype=np.int64)
-    logged = Decisions.of_values(d, values)
-    return _apply(k, vma, table, start, first, pages, [d] * n, which, True, logged)
+    return d, values
 
 
 def _settle_reuse(k: Kernel, vma: VmArea, pfn: int, head: int, d: WpDecision) -> None:
