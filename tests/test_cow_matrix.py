@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -63,6 +64,27 @@ def test_a_row_built_as_data_is_its_file() -> None:
     for name in tool.scenario_names():
         parsed = load_scenario(ROOT / "examples" / "cow" / f"{name}.yaml")
         assert without_locs(tool.load(name)) == without_locs(parsed), name
+
+
+# what a column's run need not import (PyYAML, hashlib, numpy.ma: 10-25, 7, 7 ms), and what
+# would bring each in: parsing YAML, hashing a page for KSM, np.unique's masked-array test
+UNNEEDED = ("yaml", "hashlib", "numpy.ma")
+
+
+def test_a_column_imports_no_yaml_hashlib_or_numpy_ma() -> None:
+    """`matrix --kernel` builds its rows as data, hashes no page and groups reclaim's walks
+    without np.unique: run in a fresh interpreter, it imports none of UNNEEDED."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['cow_matrix.py', 'matrix', '--kernel', 'v6.18']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'tools' / 'cow_matrix.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print([m for m in {UNNEEDED!r} if m in sys.modules], file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "[]", done.stderr
 
 
 def test_model_agrees_with_every_derived_cell(results: dict) -> None:

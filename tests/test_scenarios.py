@@ -12,7 +12,7 @@ from jsonschema.validators import validator_for
 
 from cowlab import checker
 from cowlab.cli import main
-from cowlab.scenario import ScenarioError, load_scenario, located, parse_scenario
+from cowlab.scenario import ScenarioError, load_scenario, parse_scenario, yaml_text
 from cowlab.scenario.loader import EXPECT, OPS
 from cowlab.scenario.located import LList, LMap
 from cowlab.scenario.oracle import LogicalMemory
@@ -254,15 +254,15 @@ def test_a_located_load_has_safe_loads_values() -> None:
     them)."""
     texts = [TRICKY_SCALARS] + [p.read_text() for p in sorted((ROOT / "examples").rglob("*.yaml"))]
     for text in texts:
-        assert typed(located.load_located(text)) == typed(yaml.safe_load(text))
+        assert typed(yaml_text.load_located(text)) == typed(yaml.safe_load(text))
 
 
-@pytest.mark.skipif(located.FAST_LOADER is None, reason="PyYAML without libyaml")
+@pytest.mark.skipif(yaml_text.FAST_LOADER is None, reason="PyYAML without libyaml")
 def test_libyaml_and_python_load_every_example_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     paths = sorted((ROOT / "examples").rglob("*.yaml"))
-    fast = [located_tree(located.load_located(p.read_text())) for p in paths]
-    monkeypatch.setattr(located, "FAST_LOADER", None)
-    assert fast == [located_tree(located.load_located(p.read_text())) for p in paths]
+    fast = [located_tree(yaml_text.load_located(p.read_text())) for p in paths]
+    monkeypatch.setattr(yaml_text, "FAST_LOADER", None)
+    assert fast == [located_tree(yaml_text.load_located(p.read_text())) for p in paths]
 
 
 def test_errors_are_the_python_loaders_with_libyaml_too() -> None:

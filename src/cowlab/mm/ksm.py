@@ -12,7 +12,6 @@ it is a red-black tree ordered by the pages' bytes (ksm_tree.py).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -103,6 +102,8 @@ def checksum(k: Kernel, pfn: int) -> bytes:
 
 def checksum_of(page: bytes) -> bytes:
     """The checksum of a page holding these bytes (zeros after them)."""
+    import hashlib  # here: its import (7 ms) is paid by the runs that hash a page
+
     return hashlib.blake2b(page.ljust(PAGE_SIZE, b"\0"), digest_size=8).digest()
 
 

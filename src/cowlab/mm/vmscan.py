@@ -287,6 +287,12 @@ class Walked:
         return Walked(self.places[sl], self.ptes[sl], self.addrs[sl], self.vmas[sl], self.tables)
 
 
+def distinct(values: Ints) -> list[int]:
+    """np.unique(values).tolist(), ascending, of the few values a walk groups by, without
+    np.unique's first-call import of numpy.ma (7 ms, its masked-array test)."""
+    return sorted(set(values.tolist()))
+
+
 def _walk_small(k: Kernel, pages: Ints) -> Walked:
     """rmap_walk_anon() of many small pages at once: each VMA of the page's anon_vma at the
     address its index gives (mappings_in_vma); a page found other than once is marked -1."""
@@ -295,7 +301,7 @@ def _walk_small(k: Kernel, pages: Ints) -> Walked:
     hits = np.zeros(n, dtype=np.int64)
     out = Walked(np.full(n, -1, np.int64), hits.copy(), hits.copy(), hits.copy(), [])
     mapping, index = f.mapping[pages].astype(np.int64), f.index[pages].astype(np.int64)
-    for av_id in np.unique(mapping).tolist():
+    for av_id in distinct(mapping):
         av = k.anon_vmas.get(av_id)
         if av is None:
             continue
@@ -305,7 +311,7 @@ def _walk_small(k: Kernel, pages: Ints) -> Walked:
             pgoff = index[sel]
             inside = (pgoff >= vma.vm_pgoff) & (pgoff < vma.vm_pgoff + vma.pages)
             addrs = vma.vm_start + ((pgoff - vma.vm_pgoff) << PAGE_SHIFT)
-            for idx in np.unique(addrs[inside] >> PMD_SHIFT).tolist():
+            for idx in distinct(addrs[inside] >> PMD_SHIFT):
                 table = vma.mm.pmds.get(idx)
                 if not isinstance(table, PteTable):
                     continue  # a huge PMD maps no small page
@@ -374,7 +380,7 @@ def _unmap(
     marker = np.where(f.flags[pages] & PG_anon_exclusive, PTE_SWP_EXCLUSIVE, 0)
     f.flags[pages] &= flags_without(PG_anon_exclusive)
     k.swap.swap_map[slots] += 1  # swap_duplicate: one slot each
-    for place in np.unique(places).tolist():
+    for place in distinct(places):
         vma, table = tables[place]
         at = places == place
         i = ptes[at]

@@ -15,7 +15,7 @@ from cowlab.mm.madvise import ADVICE
 from cowlab.mm.swapfile import SWAP_DEVICES
 from cowlab.mm.vmscan import STAGES
 from cowlab.policy import POLICIES, ReleaseError, resolve
-from cowlab.scenario.located import LList, LMap, Loc, YamlSyntaxError, load_located
+from cowlab.scenario.located import LList, LMap, Loc
 from cowlab.scenario.model import (
     FAULT_KINDS,
     MAPPED_KINDS,
@@ -625,6 +625,8 @@ TOP_KEYS = ("name", "description", "kernels", "config", "processes", "steps")
 
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
     """Parse and check a scenario's YAML text; ScenarioError on the first problem."""
+    from cowlab.scenario.yaml_text import YamlSyntaxError, load_located  # data needs no YAML
+
     try:
         doc = load_located(text)
     except YamlSyntaxError as e:
@@ -633,8 +635,8 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
 
 
 def parse_document(doc: Any, path: str) -> Scenario:
-    """Check a scenario document as load_located gives it (or located() makes of data a
-    program built); ScenarioError on the first problem."""
+    """Check a scenario document as yaml_text.load_located gives it (or located() makes of
+    data a program built); ScenarioError on the first problem."""
     ctx = Context(path, tuple(POLICIES))
     if not isinstance(doc, LMap):
         loc = doc.loc if isinstance(doc, LList) else Loc(1, 1)
