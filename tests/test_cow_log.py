@@ -70,3 +70,28 @@ def test_a_page_by_page_cow_write_keeps_no_event_object() -> None:
         p.write(buf + i * 4096, b"b")
     assert sum(isinstance(o, CowEvent) for o in gc.get_objects()) == before
     assert [e.addr for e in k.cow_log] == [buf + i * 4096 for i in range(16)]
+
+
+def test_a_call_is_kept_as_its_fields_and_read_as_its_record() -> None:
+    """A Process call's history entry is its fields, which the collector stops tracking (no
+    object a copy for its full passes to walk); the COW log and the history read it as the
+    CallRecord, the call as it was written, equal each time it is read."""
+    k = Kernel("v6.18", range_ops=False)
+    k.thp_enabled = "never"
+    p = k.spawn()
+    buf = p.mmap(4 * 4096)
+    p.touch(buf, 4 * 4096, write=True)  # a keyword argument, shown as given
+    p.fork()
+    p.write(buf + 4096, b"b")
+    gc.collect()  # untracks the calls' argument tuples,
+    gc.collect()  # then the entries holding them; a dict is always tracked (touch's keywords)
+    calls = [entry for entry in k.history.recent if isinstance(entry, tuple)]
+    assert [gc.is_tracked(entry) for entry in calls] == [False, True, False]  # mmap, touch, write
+    (copied,) = list(k.cow_log)
+    assert str(copied.operation) == f"pid 1: write({buf + 4096:#x}, b'b')"
+    assert copied.operation == k.history[-1] == k.cow_log[0].operation
+    assert copied.operation != k.history[-2]
+    assert (
+        str(k.history[-3]) == f"pid 1: touch({buf:#x}, 0x4000, write=True)"
+    )  # ints >= 4096 in hex
+    assert list(k.cow_log) == list(k.cow_log)  # two reads, equal events

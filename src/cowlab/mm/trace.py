@@ -25,6 +25,73 @@ from cowlab.mm.decision import Reads, WpDecision, show_reads
 T = TypeVar("T")
 
 
+class OpRecord:
+    """One entry of the operation history, formatted only when someone reads it."""
+
+    __slots__ = ("args", "fmt")
+
+    def __init__(self, fmt: str, *args: object) -> None:
+        self.fmt = fmt
+        self.args = args
+
+    def __str__(self) -> str:
+        return self.fmt.format(*(_fmt_arg(a) for a in self.args))
+
+
+# A Process call's record as the history and the COW log keep it: the format, the pid, the
+# arguments and the keyword arguments (None: none), made a CallRecord when read (op_record)
+CallFields = tuple[str, int, tuple[object, ...], dict[str, object] | None]
+
+
+class CallRecord(OpRecord):
+    """A Process method's history entry: the pid and the call's arguments, shown as the call
+    would be written. Made from its CallFields each time it is read, so equal by them."""
+
+    __slots__ = ("kwargs", "pid")
+
+    def __init__(
+        self, fmt: str, pid: int, args: tuple[object, ...], kwargs: dict[str, object] | None
+    ) -> None:
+        self.fmt = fmt
+        self.pid = pid
+        self.args = args
+        self.kwargs = kwargs or {}
+
+    def __str__(self) -> str:
+        shown = [_fmt_arg(a) for a in self.args]
+        shown += [f"{k}={_fmt_arg(v)}" for k, v in self.kwargs.items()]
+        return self.fmt.format(_fmt_arg(self.pid), ", ".join(shown))
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.fmt, self.pid, self.args, self.kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CallRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((self.fmt, self.pid, self.args, tuple(self.kwargs.items())))
+
+
+@overload
+def op_record(entry: OpRecord | CallFields) -> OpRecord: ...
+@overload
+def op_record(entry: object) -> object: ...
+def op_record(entry: object) -> object:
+    """An operation's record from what the history or the COW log keeps of it: a call's
+    fields (a tuple) made a CallRecord; an OpRecord, or "(setup)", as it is."""
+    return CallRecord(*entry) if isinstance(entry, tuple) else entry
+
+
+def _fmt_arg(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 4096:
+        return hex(value)
+    if isinstance(value, bytes | bytearray) and len(value) > 8:
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     op: int  # the program operation it happened in (an index into Kernel.history)
@@ -232,7 +299,7 @@ class CowCopies(NamedTuple):
         old = int(self.olds[i])
         return CowEvent(
             self.seq,
-            self.operation,
+            op_record(self.operation),
             self.function,
             self.pid,
             int(self.addrs[i]),
@@ -245,7 +312,8 @@ class CowCopies(NamedTuple):
 
 class CowSingles:
     """Copies logged one at a time (a fault each), in order, as columns: no object a copy but
-    what it names (its operation's record; its decision, one object for equal ones). A
+    what it names (its operation's record as the history keeps it, a Process call's fields
+    the collector does not track; its decision, one object for equal ones). A
     page-by-page COW write logs a copy a fault, and a CowEvent kept for each was, after the
     decisions, what the garbage collector's full passes walked most."""
 
@@ -266,7 +334,15 @@ class CowSingles:
         operation, function, reason = self.names[3 * i : 3 * i + 3]
         assert isinstance(function, str)
         return CowEvent(
-            seq, operation, function, pid, addr, None if old < 0 else old, new, nr, reason
+            seq,
+            op_record(operation),
+            function,
+            pid,
+            addr,
+            None if old < 0 else old,
+            new,
+            nr,
+            reason,
         )
 
 
