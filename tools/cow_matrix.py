@@ -25,6 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+# cowlab does no linear algebra: the worker threads OpenBLAS starts when numpy loads it only
+# spin (0.05 CPU s, half of numpy's import, on this 2-vCPU machine); set before cowlab imports it
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from cowlab.policy import POLICIES  # noqa: E402
 from cowlab.policy.timeline import pick_key, resolve  # noqa: E402
