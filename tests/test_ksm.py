@@ -309,16 +309,19 @@ def test_a_ksm_page_swapped_in_after_ksmd_dropped_its_item(kernel_id: str) -> No
     assert [(i.pid, i.addr) for i in node.items] == [(p.pid, addr)]
 
 
-def merged_in_the_child(kernel_id: str) -> tuple[Kernel, Process, Process, int]:
-    """P writes two identical pages and forks; only C marks them mergeable; two ksmd passes
-    (selfcheck: the counters and the rmap after each, rmap_walk_ksm's reach included)."""
+def merged_after_fork(
+    kernel_id: str, by_child: bool = True
+) -> tuple[Kernel, Process, Process, int]:
+    """P writes two identical pages and forks; only C (or only P) marks them mergeable; two
+    ksmd passes (selfcheck: the counters and the rmap after each, rmap_walk_ksm's reach
+    included)."""
     k = Kernel(kernel_id, selfcheck=True)
     p = k.spawn()
     addr = p.mmap(2 * PAGE)
     p.write(addr, b"same")
     p.write(addr + PAGE, b"same")
     c = p.fork()
-    c.madvise(addr, 2 * PAGE, "mergeable")
+    (c if by_child else p).madvise(addr, 2 * PAGE, "mergeable")
     k.ksmd(2)
     return k, p, c, addr
 
@@ -330,7 +333,7 @@ def test_a_parent_mapping_a_page_merged_in_its_child_is_out_of_reach(kernel_id: 
     points C's page 0 at it. Page 1 is P's too, shared by fork: P's PTE keeps it, and no
     rmap_item's anon_vma tree (C's own VMA's) holds P's VMA, so rmap_walk_ksm misses it, in
     the kernel too (mm/ksm.c); live 6.18 shows P's page 1 KSM and page 0 not (2026-12-02)."""
-    k, p, c, addr = merged_in_the_child(kernel_id)
+    k, p, c, addr = merged_after_fork(kernel_id)
     kpage = c.translate(addr + PAGE)
     assert kpage is not None and k.frames.flags[kpage] & PG_ksm
     assert c.translate(addr) == kpage == p.translate(addr + PAGE) != p.translate(addr)
@@ -342,7 +345,7 @@ def test_unmergeable_leaves_a_vma_that_is_not_mergeable(kernel_id: str) -> None:
     """As above, then P (whose VMA never had VM_MERGEABLE) advises MADV_UNMERGEABLE: ksm_madvise
     ignores the advice for such a VMA (4.5.0, 6.18.2 mm/ksm.c), so P's PTE keeps the KSM page,
     read-only; C's advice breaks C's two mappings."""
-    k, p, c, addr = merged_in_the_child(kernel_id)
+    k, p, c, addr = merged_after_fork(kernel_id)
     kpage = p.translate(addr + PAGE)
     assert kpage is not None and k.frames.flags[kpage] & PG_ksm
     p.madvise(addr, 2 * PAGE, "unmergeable")
@@ -359,12 +362,37 @@ def test_mremap_moves_a_ksm_page_of_a_vma_that_is_not_mergeable(kernel_id: str) 
     6.18.2 mm/mremap.c and mm/ksm.c), so the KSM page moves with P's PTEs; rmap_walk_ksm looks
     only at its rmap_items' addresses (C's), so the moved mapping is out of its reach as the
     old one was - the kernel's own blind spot, no finding."""
-    k, p, c, addr = merged_in_the_child(kernel_id)
+    k, p, c, addr = merged_after_fork(kernel_id)
     kpage = p.translate(addr + PAGE)
     new = p.mremap(addr, 2 * PAGE, 2 * PAGE, may_move=True, fixed_addr=addr + (1 << 30))
     assert p.translate(new + PAGE) == kpage == c.translate(addr + PAGE)
     assert kpage is not None and k.frames.flags[kpage] & PG_ksm
     assert k.ksm.unreached == {(p.pid, new + PAGE)}
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10", "v6.18"])
+@pytest.mark.parametrize("leave", ["exit", "write"])
+def test_a_child_reached_through_its_parent_s_item_only_is_stranded(
+    kernel_id: str, leave: str
+) -> None:
+    """P writes two identical pages and forks; only P marks them mergeable. ksmd's second pass
+    makes page 1, which C shares by fork, the KSM page (P's page 0 points to it too); C's
+    mapping is reached through P's item at page 1, whose anon_vma tree holds C's VMA. Then P
+    exits, or writes page 1 (a private copy): ksmd's next pass frees P's items (ksm_exit) or
+    takes the item off the node (cmp_and_merge_page: no longer that KSM page). rmap_walk_ksm
+    goes through the node's items only, so C's mapping is out of its reach - in the kernel too
+    (4.5.0 and 6.18.2 mm/ksm.c rmap_walk_ksm, remove_rmap_item_from_tree). Found by
+    `cowlab check --alphabet full --depth 4 --kernel v6.18` as a consistency break."""
+    k, p, c, addr = merged_after_fork(kernel_id, by_child=False)
+    kpage = c.translate(addr + PAGE)
+    assert kpage is not None and kpage == p.translate(addr) and k.frames.flags[kpage] & PG_ksm
+    assert not k.ksm.unreached
+    if leave == "exit":
+        p.exit()
+    else:
+        p.write(addr + PAGE, b"S")
+    k.ksmd()  # selfcheck: C's mapping is no finding
+    assert c.translate(addr + PAGE) == kpage and k.ksm.unreached == {(c.pid, addr + PAGE)}
 
 
 @pytest.mark.parametrize("kernel_id", ["v4.5", "v5.4", "v5.10", "v6.1", "v6.2", "v6.18"])

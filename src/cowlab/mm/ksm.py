@@ -79,8 +79,10 @@ class StableNode:
 class KsmState:
     """ksmd's rmap_items and stable tree, and full_scans (the knobs are Kernel attributes).
     `unreached` holds the (pid, address) pairs where a KSM page is mapped that no rmap_item
-    reaches, so rmap_walk_ksm misses them (swapped_in, ksm_fork); a pair leaves when ksmd hangs
-    an item there (_append), or at its next pass once the address maps no KSM page (_prune)."""
+    reaches, so rmap_walk_ksm misses them (swapped_in, ksm_fork, _out_of_reach, ksm_moved,
+    _strand; a KSM page whose stable node is NULL is out of reach whole); a pair leaves when
+    ksmd hangs an item there (_append), or at its next pass once the address maps no KSM page
+    (_prune)."""
 
     items: dict[tuple[int, int], RmapItem] = field(default_factory=dict)
     nodes: dict[int, StableNode] = field(default_factory=dict)
@@ -477,7 +479,20 @@ def _leave(k: Kernel, item: RmapItem) -> None:
     node = k.ksm.nodes.get(item.node)
     if node is not None:
         node.items.remove(item)
+        _strand(k, node, item)
     item.node, item.anon_vma = 0, None
+
+
+def _strand(k: Kernel, node: StableNode, item: RmapItem) -> None:
+    """The item has left the node: a mapping of the KSM page at the item's address that it
+    alone reached - a forked child's, in a VMA of the item's anon_vma tree - is out of
+    rmap_walk_ksm's reach from now on, which goes through the node's items only (4.5.0 and
+    6.18.2 mm/ksm.c rmap_walk_ksm, remove_rmap_item_from_tree)."""
+    addr = item.addr
+    for vma in item.anon_vma.vmas if item.anon_vma else ():
+        mapped = vma.vm_start <= addr < vma.vm_end and _mapped_page(vma.mm, addr) == node.kpfn
+        if mapped and not walk_reaches(node, vma, addr):
+            k.ksm.unreached.add((vma.mm.pid, addr))
 
 
 def _prune(k: Kernel) -> None:
