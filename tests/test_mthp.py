@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from cowlab import Kernel
+from cowlab.check.clone import deep_copy
 from cowlab.mm.constants import PG_anon_exclusive
 from cowlab.mm.mm import folio_large_mapcount, folio_maybe_mapped_shared, folio_nr_pages, page_count
 
@@ -94,3 +97,26 @@ def test_pinned_large_folio_not_reused_and_copied_at_fork(kernel_id: str) -> Non
     assert all(child.translate(buf + i * 4096) not in range(head, head + 16) for i in range(16))
     assert folio_large_mapcount(k.frames, head) == 16
     k.unpin(pin)
+
+
+def test_the_knobs_say_whether_some_size_is_on_as_they_are_written() -> None:
+    """Kernel.mthp_enabled's some_on is "not every knob never", after each way of writing
+    them (by size, update), and in a copy; a fault after the last write to "never" maps a
+    small page, one after "always" the 64 KiB folio."""
+    k = Kernel("v6.18")
+    knobs = k.mthp_enabled
+    assert not knobs.some_on
+    knobs[64] = "always"
+    assert knobs.some_on and copy.deepcopy(knobs).some_on and deep_copy(knobs, {}).some_on
+    knobs.update({64: "never", 16: "inherit"})
+    assert knobs.some_on
+    knobs.update({16: "never"})
+    assert not knobs.some_on and not copy.deepcopy(knobs).some_on
+    k.thp_enabled = "always"
+    p = k.spawn()
+    buf = p.mmap(2 * K64, align=K64)
+    p.write(buf, b"x")
+    assert folio_nr_pages(k.frames, p.translate(buf) or 0) == 1
+    knobs[64] = "always"
+    p.write(buf + K64, b"x")
+    assert folio_nr_pages(k.frames, p.translate(buf + K64) or 0) == 16

@@ -209,7 +209,7 @@ class Kernel:
         self._thp_enabled = "always"
         self.thp_use_zero_page = True
         # /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled for 16..1024 KiB (6.8)
-        self.mthp_enabled: dict[int, str] = dict.fromkeys(MTHP_SIZES_KB, "never")
+        self.mthp_enabled = huge_memory.MthpKnobs(dict.fromkeys(MTHP_SIZES_KB, "never"))
         self.thp_alloc_fail = False
         # /sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_* (swap 4.8, shared 5.8)
         self.max_ptes_none = HPAGE_PMD_NR - 1
