@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
 
 from cowlab import Kernel
 from cowlab.check.clone import deep_copy
@@ -87,3 +92,23 @@ def test_a_copied_machine_has_views_of_its_own_arrays() -> None:
         assert (f._count.item(pfn), table.bits.item(i)) == (5, 0)
     assert (k.frames._count.item(pfn), k.frames._count_at[pfn]) == (1, 1)
     assert _only_table(k).bits.item(i) != 0 and _only_table(k).bits_at[i] != 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a.data[1:3],  # a slice
+        lambda a: a.data[::-1],  # the same elements, reversed
+        lambda a: a.data.cast("B"),  # the same bytes, another format
+        lambda a: a.data.toreadonly(),
+        lambda a: memoryview(b"bytes"),  # no array
+    ],
+    ids=["slice", "reversed", "cast", "readonly", "bytes"],
+)
+def test_only_a_whole_arrays_view_is_copied(make: Callable[[Any], memoryview]) -> None:
+    """The views' copy and pickle are registered process-wide: any other memoryview is still
+    refused with the TypeError pickle gave every memoryview, not copied as its whole object."""
+    view = make(np.arange(4, dtype=np.int64))
+    for copier in (pickle.dumps, copy.deepcopy, lambda v: deep_copy(v, {})):
+        with pytest.raises(TypeError):
+            copier(view)

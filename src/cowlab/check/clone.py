@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from cowlab.mm.page_alloc import whole_array
+
 # kinds whose values never change: a copy is the value itself (as copy.deepcopy has it)
 IMMUTABLE = frozenset(
     {int, float, bool, complex, str, bytes, type(None), type, range, FunctionType}
@@ -44,7 +46,7 @@ def deep_copy(value: Any, memo: dict[int, Any]) -> Any:
         memo[id(value)] = out
         return out
     if kind is memoryview:  # a frame array's or a page table's: a view of the array's copy
-        out = memo[id(value)] = deep_copy(value.obj, memo).data
+        out = memo[id(value)] = deep_copy(whole_array(value), memo).data
         return out
     if kind is list:
         out = memo[id(value)] = []
