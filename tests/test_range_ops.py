@@ -56,6 +56,7 @@ from cowlab.mm.pgtable import (
     PteTable,
 )
 from cowlab.mm.trace import CowEvent, CowLog
+from cowlab.policy import v5_18
 from cowlab.policy.base import Policy
 from cowlab.policy.timeline import all_policies
 from cowlab.policy.v6_15 import LargeFolioReuse
@@ -716,6 +717,16 @@ SWAP_WRITE_PROGRAM = [
     S("write", who=1, page=32, length=20 * PAGE, arg=2),
     S("write", page=0, length=0, to_end=True, arg=3),
 ]
+# writes over small pages mapped read-only while in the swap cache (do_wp_page; untraced, the
+# range path's _wp_swapcache_run): 64 pages written and swapped out, left in the swap cache,
+# the process forked (each slot two swap entries), the parent's read maps them back read-only,
+# the child unmaps all but the first 16, then the parent writes the first 32
+SWAPCACHE_WP_PROGRAM = [
+    *SWAPPED_RO_PIN_PROGRAM[:5],  # its 64 pages written, swapped out, then the fork
+    S("read", page=0, length=0, to_end=True),
+    S("munmap", who=1, page=16, length=48 * PAGE),
+    S("write", page=0, length=32 * PAGE, arg=2),
+]
 # the hand-written programs the differential test runs on every policy besides its random
 # ones; UNSHARE, FOLLOW, SWAP, THP_COW and SWAPPED_RO_PIN_PROGRAM are not among them: the
 # path-taken tests below run each of them through run_both on every policy, traced and
@@ -727,6 +738,7 @@ EXAMPLE_PROGRAMS = [
     LAST_PAGE_PROGRAM,
     SWAP_PIN_PROGRAM,
     SWAP_WRITE_PROGRAM,
+    SWAPCACHE_WP_PROGRAM,  # traced here, untraced: test_swap_cache_write_run_is_taken
 ]
 # the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch; 6.15+'s bulk
 # copies of a folio's pages, here of mTHPs); SWAP_PROGRAM untraced:
@@ -1249,15 +1261,44 @@ def test_untraced_swapin_copies_are_taken(kernel_id: str, monkeypatch: pytest.Mo
     their slots: not exclusive (no marker: the fork cleared it; page_count 2, the swap cache's
     and the fault's), so mapped read-only and copied."""
     batches: list[int] = []
-    after = range_fault._wp_after_swapin
+    after = range_fault._wp_decided_in_order
 
     def spy(k: Kernel, vma: Any, table: Any, start: int, pos: Any, olds: Any) -> None:
         batches.append(int(olds.size))
         after(k, vma, table, start, pos, olds)
 
-    monkeypatch.setattr(range_fault, "_wp_after_swapin", spy)
+    monkeypatch.setattr(range_fault, "_wp_decided_in_order", spy)
     run_both(kernel_id, SWAP_PROGRAM, tracing=False)
     assert batches, batches  # before 5.18 too: reuse_swap_page sees the child's swap entries
+
+
+@pytest.mark.parametrize("kernel_id", POLICY_IDS)
+def test_swap_cache_write_run_is_taken(kernel_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SWAPCACHE_WP_PROGRAM untraced: the parent's write finds its 32 pages mapped read-only
+    and in the swap cache (the read mapped them so: each slot held the child's swap entry
+    too), small and anonymous: one run, with the page-by-page state."""
+    runs = _spy_sizes(monkeypatch, range_fault, "_wp_swapcache_run", lambda pfns: int(pfns.size))
+    run_both(kernel_id, SWAPCACHE_WP_PROGRAM, tracing=False)
+    assert runs == [32], runs
+
+
+def test_a_swap_cache_write_run_keeping_every_swap_cache_copy_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """6.18 (only_reference): page by page, pages 16..31, whose slots the child's munmap left
+    without a swap entry, leave the swap cache (try_to_free_swap) and are reused (page_count
+    1); 0..15 keep the child's entries and are copied (page_count 2). A run whose verdicts
+    drop no swap-cache copy copies all 32: the states differ."""
+    decide = range_fault._wp_decided_in_order
+
+    def keeping_swap(k: Kernel, *args: Any) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(v5_18, "try_to_free_swap", lambda k, pfn: False)
+            decide(k, *args)
+
+    monkeypatch.setattr(range_fault, "_wp_decided_in_order", keeping_swap)
+    with pytest.raises(AssertionError, match="differ"):
+        run_both("v6.18", SWAPCACHE_WP_PROGRAM, tracing=False)
 
 
 def _swapin_write_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
@@ -1265,7 +1306,7 @@ def _swapin_write_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list
     do_wp_page batches after them (how many pages each)."""
     runs: list[int] = []
     batches: list[int] = []
-    swapin, after = range_fault._swapin_run, range_fault._wp_after_swapin
+    swapin, after = range_fault._swapin_run, range_fault._wp_decided_in_order
 
     def spy_run(k: Kernel, *args: Any) -> Any:
         pfns = swapin(k, *args)
@@ -1278,7 +1319,7 @@ def _swapin_write_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list
         after(k, vma, table, start, pos, olds)
 
     monkeypatch.setattr(range_fault, "_swapin_run", spy_run)
-    monkeypatch.setattr(range_fault, "_wp_after_swapin", spy_after)
+    monkeypatch.setattr(range_fault, "_wp_decided_in_order", spy_after)
     return runs, batches
 
 
@@ -1343,10 +1384,10 @@ def test_a_swapin_write_run_dropping_only_the_asked_pages_is_caught(
 def test_a_wrong_untraced_swapin_copy_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Copies that give each PTE the copy of its neighbour's page (the old pages taken in the
     reverse of address order) hold other bytes and drop other pages' mappings."""
-    after = range_fault._wp_after_swapin
+    after = range_fault._wp_decided_in_order
     monkeypatch.setattr(
         range_fault,
-        "_wp_after_swapin",
+        "_wp_decided_in_order",
         lambda k, vma, table, start, pos, olds: after(k, vma, table, start, pos, olds[::-1]),
     )
     with pytest.raises(AssertionError, match="state differs"):

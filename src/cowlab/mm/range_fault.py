@@ -10,7 +10,8 @@ and one page table that follow the same kernel path at once:
 - read-only PTEs a write sends through do_wp_page, for the zero page and for small anonymous
   pages outside KSM and the swap cache. The generation decides once per distinct value of what
   its rule reads for such a page (flags, _mapcount, _count, mapping); every page with those
-  values gets that verdict, as it would page by page;
+  values gets that verdict, as it would page by page. Small anonymous pages in the swap cache
+  (untraced) are decided one by one in address order, the verdicts made together after;
 - the same for pages of PTE-mapped large folios (a THP after a PMD split, mTHPs): each verdict
   may change what the next reads, so the generation decides each page in turn, its old page
   settled before the next is asked; the copies are then made, mapped and logged together
@@ -252,6 +253,8 @@ def _wp_run(
     # the page-by-page path asks again from the next page, so the arrays of the rest of the
     # table would be made once for each page of the run (a small page is its own head)
     page = pages.item(0)
+    if _swapcache_anon(f, page) and not k.tracing:
+        return _wp_swapcache_run(k, vma, table, start, first, pages)
     if not f.flags.item(page) & (PG_head | PG_tail) and not _plain_anon(f, page, page):
         return NONE
     pages = pages[: _leading(_plain_anon(f, pages, heads_of(f, pages)))]
@@ -279,6 +282,28 @@ def _plain_anon(f: PageFrames, pages: Field, heads: Field) -> Field:
     (an int) or a run (arrays)."""
     odd = (f.flags[pages] | f.flags[heads]) & (PG_ksm | PG_swapcache)
     return (odd == 0) & (f.mapping[heads] > 0)
+
+
+def _swapcache_anon(f: PageFrames, pages: Field) -> Field:
+    """Whether pages are small anonymous pages in the swap cache, outside KSM: those whose
+    do_wp_page verdict may first drop the swap-cache copy (_wp_swapcache_run). Of one page
+    (an int) or a run (arrays)."""
+    flags = f.flags[pages]
+    odd = flags & (PG_head | PG_tail | PG_ksm)
+    return (odd == 0) & ((flags & PG_swapcache) != 0) & (f.mapping[pages] > 0)
+
+
+def _wp_swapcache_run(
+    k: Kernel, vma: VmArea, table: PteTable, start: int, first: int, pages: Ints
+) -> Ints:
+    """do_wp_page() for the read-only PTEs from ``first`` on of small anonymous pages in the
+    swap cache, untraced: each decided in address order as a write's swapped-in pages are
+    (_wp_decided_in_order: its verdict may drop the page's swap-cache copy, which reads and
+    changes only that page and its slot), then reused and copied together."""
+    run = pages[: _leading(_swapcache_anon(k.frames, pages))]
+    _wp_decided_in_order(k, vma, table, start, first + np.arange(run.size), run)
+    k.vmstat["pgfault"] += int(run.size)
+    return table.pfn[first : first + run.size].copy()
 
 
 def by_key(
@@ -589,7 +614,7 @@ def _swapin_run(
         decided = [decisions[i] for i in which.tolist()]
         _trace_swapins(k, vma, table, start, write, slots, pages, freed, wp, decided)
     elif wp.any():
-        _wp_after_swapin(k, vma, table, start, pos[wp], pages[wp])
+        _wp_decided_in_order(k, vma, table, start, pos[wp], pages[wp])
     return table.pfn[first : first + n].copy()
 
 
@@ -606,17 +631,18 @@ def _drop_as_decided(k: Kernel, pages: Ints, slots: Ints, which: Ints) -> None:
     _free_swap_cache(k, pages[drop], slots[drop])
 
 
-def _wp_after_swapin(
+def _wp_decided_in_order(
     k: Kernel, vma: VmArea, table: PteTable, start: int, pos: Ints, olds: Ints
 ) -> None:
-    """do_wp_page() of each small page a write's swap-in mapped read-only, untraced: the
-    generation decides each in address order (wp_reuse may first drop the swap-cache copy —
-    reuse_swap_page before 5.9, try_to_free_swap after — which reads only the page and its
-    slot), then the reuses and copies are made together. No copy drops an old page's last
-    reference (which would free its frame for the next copy): each page kept a reference
-    beyond this mapping when it was not mapped writable (5.18: page_count == 1 maps it
-    writable; before, reuse_swap_page left it in the swap cache), and wp_reuse reuses a page
-    left with one."""
+    """do_wp_page() of each small page mapped read-only at pos, untraced, that a write's
+    swap-in mapped so or that is in the swap cache: the generation decides each in address
+    order (wp_reuse may first drop the swap-cache copy — reuse_swap_page before 5.9,
+    try_to_free_swap after — which reads only the page and its slot), then the reuses and
+    copies are made together. No copy drops an old page's last reference (which would free
+    its frame for the next copy): a page wp_reuse copies is mapped more than once or
+    referenced beyond its mapping (a write's swap-in: it kept a reference when it was not
+    mapped writable; 5.18: page_count == 1 maps it writable; before, reuse_swap_page left it
+    in the swap cache), and wp_reuse reuses a page left with one."""
     decisions = [k.policy.wp_reuse(k, vma, pfn) for pfn in olds.tolist()]
     reuse = np.array([d.reuse for d in decisions])
     assert (k.frames._count[olds[~reuse]] > 1).all(), "a copy would free its old page"
