@@ -281,6 +281,26 @@ def test_a_shared_ksm_page_is_reclaimed_until_12e967fd8e4e(kernel_id: str) -> No
         assert int(k.swap.swap_map[slot]) == 4
 
 
+@pytest.mark.parametrize("kernel_id", ALL)
+def test_a_ksm_page_the_range_maps_twice_is_reclaimed_once(kernel_id: str) -> None:
+    """Two merged pages: one KSM page at both addresses of the range. A swap-out of the range,
+    until freed, takes the page once - isolate_lru_page() fails for a page already off the LRU
+    (4.5.0, 5.4.6 mm/vmscan.c, 5.4.6 madvise_cold_or_pageout_pte_range) - and rmap_walk_ksm
+    unmaps both PTEs into swap PTEs of one slot (swap count 2); written, the page is freed. From
+    12e967fd8e4e (5.6) MADV_PAGEOUT leaves a page mapped twice alone."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    assert k.ksmd(2) == 2
+    kpage = p.translate(addr)
+    reclaimed = PageoutSkipsCowPages not in resolve(kernel_id).policy.changes
+    assert p.swapout(addr, 2 * PAGE) == int(reclaimed)
+    if not reclaimed:
+        assert p.translate(addr) == p.translate(addr + PAGE) == kpage
+        return
+    assert p.translate(addr) is None and p.translate(addr + PAGE) is None
+    assert k.frames.nr_allocated == 0 and not k.ksm.nodes
+    assert int(k.swap.swap_map[: k.swap.nr].sum()) == 2 and (k.swap.swap_map == 2).sum() == 1
+
+
 @pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
 def test_a_ksm_page_swapped_in_after_ksmd_dropped_its_item(kernel_id: str) -> None:
     """A KSM page mapped once is swapped out and kept in the swap cache; a ksmd pass finds a swap

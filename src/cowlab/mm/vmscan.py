@@ -77,11 +77,14 @@ SWAP_AREAS = {
 def swapout_range(k: Kernel, mm: MmStruct, start: int, end: int, until: str) -> int:
     """MADV_PAGEOUT (5.4+, madvise_pageout) on [start, end), or before 5.4 the reclaim path
     taking exactly the pages the range maps. Returns how many pages reached the swap cache;
-    like madvise, a range with holes is done where mapped, then fails with ENOMEM."""
+    like madvise, a range with holes is done where mapped, then fails with ENOMEM. A page the
+    range maps more than once (a KSM page) is taken once: isolate_lru_page() fails for a page
+    already off the LRU (4.5.0, 5.4.6 mm/vmscan.c; 5.4.6 madvise_cold_or_pageout_pte_range)."""
     pages: list[int] = []
     holes = has_holes(mm, start, end)
     for vma in mm.vmas_in(start, end):
         pages += _pages_to_reclaim(k, vma, max(start, vma.vm_start), min(end, vma.vm_end))
+    pages = list(dict.fromkeys(pages))
     swapped = shrink_page_list(k, pages, until) if k.config.swap else 0
     if not k.config.swap:
         k.event("shrink_page_list", "keep", rule="CONFIG_SWAP=n: no swap device")
