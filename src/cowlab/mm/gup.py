@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -314,7 +314,7 @@ def _unshare_faults(
     offs: list[int] = []
     olds: list[int] = []
     news: list[int] = []
-    decisions: list[WpDecision] = []
+    decisions: list[WpDecision | Decisions] = []  # a page's, or a bulk run's
     last_ref = None
     n = 0
     while n < pages.size:
@@ -327,7 +327,7 @@ def _unshare_faults(
             offs += range(n, n + len(values))
             olds += pages[n : n + len(values)].tolist()
             news += f.alloc_pages(len(values)).tolist()
-            decisions += cast("list[WpDecision]", Decisions.of_values(d, values)[:])
+            decisions.append(Decisions.of_values(d, values))
             n += len(values)
             continue
         at = addr + n * PAGE_SIZE
@@ -381,7 +381,7 @@ def _unshare_copies(
     offs: list[int],
     olds: list[int],
     news: list[int],
-    decisions: list[WpDecision],
+    decisions: list[WpDecision | Decisions],
 ) -> None:
     """wp_page_copy() of an unshare for the pages offs pages from addr, together: each new page
     holds its old page's bytes, mapped from vm_page_prot alone (read-only, clean, soft-dirty
@@ -405,10 +405,19 @@ def _unshare_copies(
         Packed(addrs),
         Packed(olds_a),
         Packed(news_a),
-        Decisions(decisions),
+        _logged(decisions),
         Packed(which),
     )
     k.cow_log.extend_copies(copies)
+
+
+def _logged(decisions: list[WpDecision | Decisions]) -> Decisions:
+    """The copies' decisions as the COW log keeps them: a bulk run alone as it came (its
+    template and values, made into no WpDecision a row), else every copy's in turn."""
+    if len(decisions) == 1 and isinstance(decisions[0], Decisions):
+        return decisions[0]
+    each = [d for part in decisions for d in (part[:] if isinstance(part, Decisions) else [part])]
+    return Decisions(each)
 
 
 def follow_range(k: Kernel, vma: VmArea, addr: int, end: int, foll: int) -> Ints:
