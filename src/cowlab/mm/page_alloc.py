@@ -81,26 +81,22 @@ def flags_without(mask: int) -> np.uint32:
     return np.uint32(~mask & 0xFFFFFFFF)
 
 
-def whole_array(view: memoryview) -> npt.NDArray[Any]:
-    """The NumPy array whose ``.data`` the view is. Any other view (a slice or a cast of one, a
-    read-only one, a view of bytes) is refused with the TypeError every memoryview's copy and
-    pickle raised before _view_of: copied as its whole array, a part would come back whole."""
+def _view_of(view: memoryview) -> tuple[type[memoryview], tuple[object]]:
+    """How copy and pickle make a view again: a view of the copy of its array (copy.deepcopy's
+    memo holds that copy once, so the view and the array's attribute stay one buffer). The
+    registration is process-wide: any view but a whole NumPy array's (a slice or a cast of one,
+    a read-only one, a view of bytes) is refused with the TypeError every memoryview's copy and
+    pickle raised before, not copied as its whole object."""
     array = view.obj
     if type(array) is not np.ndarray or _layout(view) != _layout(array.data):
         raise TypeError(f"cannot pickle a memoryview other than a whole array's: {view!r}")
-    return array
+    return memoryview, (array,)
 
 
 def _layout(view: memoryview) -> tuple[object, ...]:
     # same array, same format, shape and strides: the same elements (a memoryview slices
     # only its one dimension, so a part differs in its shape or strides)
     return view.format, view.shape, view.strides, view.readonly
-
-
-def _view_of(view: memoryview) -> tuple[type[memoryview], tuple[object]]:
-    """How copy and pickle make a view again: a view of the copy of its array (copy.deepcopy's
-    memo holds that copy once, so the view and the array's attribute stay one buffer)."""
-    return memoryview, (whole_array(view),)
 
 
 copyreg.pickle(memoryview, _view_of)
