@@ -112,3 +112,22 @@ def test_text_view_of_a_thp_in_the_swap_cache() -> None:
     (thp,) = view.folios
     assert thp.nr == 512 and thp.swapcache == "slots 0..511" and thp.pte_by == ["P"]
     assert "511 swapped out" in render_text(view)
+
+
+def test_a_ksm_page_without_a_stable_node_is_titled_so(tmp_path: Path) -> None:
+    """ksmd's failed second merge (tests/test_ksm.py) leaves P's page KSM with a NULL stable
+    node: the view says so, where it printed ksm.NULL_STABLE_NODE's raw value (2147483648)."""
+    path = tmp_path / "no_stable_node.yaml"
+    path.write_text(
+        "name: a failed second merge\nkernels: ['6.18']\nprocesses: [P]\nsteps:\n"
+        "  - {op: mmap, proc: P, name: buf, size: 8K}\n"
+        "  - {op: write, proc: P, at: buf+4K, data: same}\n"
+        "  - {op: fork, proc: P, child: C}\n"
+        "  - {op: write, proc: C, at: buf, data: same}\n"
+        "  - {op: pin, proc: C, name: mr, at: buf, size: 4K}\n"
+        "  - {op: madvise, proc: C, at: buf, size: 8K, advice: mergeable}\n"
+        "  - {op: ksmd, scans: 2}\n"
+    )
+    view = memory_at(load_scenario(path), "v6.18", None)
+    (ksm,) = [folio.title() for folio in view.folios if folio.title().startswith("KSM")]
+    assert ksm.startswith("KSM page (no stable node) pfn") and "2147483648" not in render_text(view)

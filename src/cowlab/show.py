@@ -23,6 +23,7 @@ from cowlab.mm.constants import (
     PG_ksm,
     PG_writeback,
 )
+from cowlab.mm.ksm import NULL_STABLE_NODE
 from cowlab.mm.mm import compound_head, folio_nr_pages, page_mapcount
 from cowlab.mm.mm_types import VmArea
 from cowlab.mm.page_alloc import HUGE_ZERO_PFN
@@ -51,16 +52,10 @@ class FolioView:
     refcount: int = 0
     anon_vma: int = 0
     swapcache: str = ""  # "slot N" (", writeback" / ", dirty") while in the swap cache
-    ksm_node: int = 0  # the stable node of a KSM page
+    ksm_node: int = 0  # the stable node of a KSM page (-NULL_STABLE_NODE: none)
 
     def title(self) -> str:
-        kind = (
-            "THP"
-            if self.nr > 1
-            else f"KSM page (stable node {self.ksm_node})"
-            if self.ksm_node
-            else "page"
-        )
+        kind = "THP" if self.nr > 1 else f"KSM page ({self.node()})" if self.ksm_node else "page"
         maps = []
         if self.pmd_by:
             maps.append("PMD-mapped by " + ", ".join(self.pmd_by))
@@ -74,6 +69,13 @@ class FolioView:
             f"{kind} pfn {self.head:#x}: {'; '.join(maps) or 'unmapped'}{extra}, "
             f"_count {self.refcount}, anon_vma#{self.anon_vma}{pins}{cached}"
         )
+
+    def node(self) -> str:
+        """The KSM page's stable node as the kernel holds it: NULL between the two merges of
+        try_to_merge_two_pages and after a failed second one, else the node's id."""
+        if self.ksm_node == -NULL_STABLE_NODE:
+            return "no stable node"
+        return f"stable node {self.ksm_node}"
 
 
 @dataclass
