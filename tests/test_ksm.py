@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from cowlab import Kernel, Process
-from cowlab.mm.constants import PG_anon_exclusive, PG_ksm
+from cowlab.mm.constants import PG_anon_exclusive, PG_dirty, PG_ksm, PG_swapcache
+from cowlab.mm.ksm import NULL_STABLE_NODE
 from cowlab.mm.mm import page_count, page_mapcount
 from cowlab.mm.page_alloc import ZERO_PFN
 from cowlab.mm.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG, PteTable
@@ -299,6 +300,58 @@ def test_a_ksm_page_the_range_maps_twice_is_reclaimed_once(kernel_id: str) -> No
     assert p.translate(addr) is None and p.translate(addr + PAGE) is None
     assert k.frames.nr_allocated == 0 and not k.ksm.nodes
     assert int(k.swap.swap_map[: k.swap.nr].sum()) == 2 and (k.swap.swap_map == 2).sum() == 1
+
+
+RECLAIM_TAKES_SHARED = [i for i in ALL if PageoutSkipsCowPages not in resolve(i).policy.changes]
+
+
+@pytest.mark.parametrize("kernel_id", RECLAIM_TAKES_SHARED)
+def test_a_slot_two_addresses_share_gives_the_second_a_copy(kernel_id: str) -> None:
+    """The swap-out above leaves one slot at both addresses (swap count 2, the KSM page freed).
+    A read at the first reads the slot into a plain page in the swap cache, mapped there: its
+    index that address's. At the second, do_swap_page finds that page in the swap cache, and
+    ksm_might_need_to_copy sees another linear index: a copy (ksm_swpin_copy), dirty, outside
+    the swap cache, this VMA's own and mapped once, read-only (a read fault before 5.19); the
+    fault's reference on the swap-cache page goes, which keeps its PTE's and the cache's. A
+    write there reuses the copy (page_mapcount 1, no swap slot)."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    p.swapout(addr, 2 * PAGE)
+    f, vma = k.frames, p.mm.find_vma(addr)
+    assert vma is not None and vma.anon_vma is not None
+    assert p.read(addr, 4) == b"same"
+    first = p.translate(addr)
+    assert first is not None and k.vmstat["ksm_swpin_copy"] == 0
+    assert p.read(addr + PAGE, 4) == b"same"
+    copy = p.translate(addr + PAGE)
+    assert copy is not None and copy != first and k.vmstat["ksm_swpin_copy"] == 1
+    assert int(f.index[first]) == vma.linear_page_index(addr)
+    assert int(f.index[copy]) == vma.linear_page_index(addr + PAGE)
+    assert int(f.mapping[copy]) == vma.anon_vma.id
+    assert f.flags[copy] & PG_dirty and not f.flags[copy] & (PG_swapcache | PG_ksm)
+    assert (page_mapcount(f, copy), page_count(f, copy)) == (1, 1)
+    assert (page_mapcount(f, first), page_count(f, first)) == (1, 2)
+    assert f.flags[first] & PG_swapcache and int(k.swap.swap_map[int(f.private[first])]) == 0
+    assert not pte_bits(p, addr + PAGE) & PTE_WRITE
+    p.write(addr + PAGE, b"mine")
+    assert p.translate(addr + PAGE) == copy and p.read(addr, 4) == b"same"
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
+def test_a_ksm_page_without_a_stable_node_is_copied_at_swap_in(kernel_id: str) -> None:
+    """The KSM page of the test below, in the swap cache with its swap PTE, but with its stable
+    node NULL (set_page_stable_node(page, NULL), as a failed second merge leaves it):
+    ksm_might_need_to_copy copies it - only a KSM page with a stable node is mapped as it is."""
+    k, p, addr = identical(kernel_id, n=2, other=0)
+    k.ksmd(2)
+    kpage = p.translate(addr)
+    p.write(addr + PAGE, b"S")
+    p.swapout(addr, PAGE, until="written")
+    assert kpage is not None and k.frames.flags[kpage] & PG_swapcache
+    k.frames.mapping[kpage] = NULL_STABLE_NODE
+    assert p.read(addr, 4) == b"same" and k.vmstat["ksm_swpin_copy"] == 1
+    copy = p.translate(addr)
+    assert copy is not None and copy != kpage and not k.frames.flags[copy] & PG_ksm
 
 
 @pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])

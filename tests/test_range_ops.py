@@ -727,6 +727,20 @@ SWAPCACHE_WP_PROGRAM = [
     S("munmap", who=1, page=16, length=48 * PAGE),
     S("write", page=0, length=32 * PAGE, arg=2),
 ]
+# one KSM page at 64 addresses, swapped out to one slot (before 5.6: MADV_PAGEOUT takes a page
+# mapped more than once), read back: the first fault's page sits in the swap cache with its own
+# index, so ksm_might_need_to_copy gives each later address a copy (_swapin_run stops there)
+KSM_SWAPIN_PROGRAM = [
+    S("thp", arg="never"),
+    S("mmap", page=64, arg=(0, None, "rw")),
+    S("fill", page=0, length=0, to_end=True, arg=0x21),
+    S("madvise", page=0, length=0, to_end=True, arg="mergeable"),
+    S("ksmd"),
+    S("ksmd"),
+    S("swapout", page=0, length=0, to_end=True, arg="freed"),
+    S("read", page=0, length=0, to_end=True),
+]
+
 # the hand-written programs the differential test runs on every policy besides its random
 # ones; UNSHARE, FOLLOW, SWAP, THP_COW and SWAPPED_RO_PIN_PROGRAM are not among them: the
 # path-taken tests below run each of them through run_both on every policy, traced and
@@ -739,6 +753,7 @@ EXAMPLE_PROGRAMS = [
     SWAP_PIN_PROGRAM,
     SWAP_WRITE_PROGRAM,
     SWAPCACHE_WP_PROGRAM,  # traced here, untraced: test_swap_cache_write_run_is_taken
+    KSM_SWAPIN_PROGRAM,
 ]
 # the paths taken only untraced (a write's swap-in, and its do_wp_page in one batch; 6.15+'s bulk
 # copies of a folio's pages, here of mTHPs); SWAP_PROGRAM untraced:

@@ -24,8 +24,10 @@ from cowlab.mm.constants import (
     VM_MERGEABLE,
     PG_anon_exclusive,
     PG_dirty,
+    PG_head,
     PG_ksm,
     PG_swapcache,
+    PG_tail,
 )
 from cowlab.mm.ksm_tree import RbTree
 from cowlab.mm.memory import handle_mm_fault
@@ -44,7 +46,13 @@ from cowlab.mm.pgtable import (
     PteTable,
     pte_without,
 )
-from cowlab.mm.rmap import Mapping, page_remove_rmap, rmap_add_ptes, rmap_walk_anon
+from cowlab.mm.rmap import (
+    Mapping,
+    page_anon_vma,
+    page_remove_rmap,
+    rmap_add_ptes,
+    rmap_walk_anon,
+)
 from cowlab.mm.swapfile import try_to_free_swap
 
 if TYPE_CHECKING:
@@ -132,6 +140,47 @@ def swapped_in(k: Kernel, vma: VmArea, addr: int, pfn: int) -> None:
     no other item reaches the VMA there, rmap_walk_ksm misses the mapping until ksmd visits the
     address again."""
     _note_reach(k, vma, addr, pfn)
+
+
+def ksm_might_need_to_copy(k: Kernel, vma: VmArea, addr: int, page: int) -> int:
+    """ksm_might_need_to_copy(): the page do_swap_page() found in the swap cache, or a private
+    copy of it for this mapping (dirty, not in the swap cache, counted as ksm_swpin_copy). A
+    KSM page is copied where its stable node is NULL (or while ksmd unmerges everything,
+    KSM_RUN_UNMERGE: no model step writes 2 to run); another anonymous page where this VMA's
+    anon_vma root or this address's linear index is not the page's: a swap slot a KSM page
+    shared comes back as a plain page, mapped as it is only where its first swap-in mapped it
+    (4.5.0, 5.10.7, 6.1.20, 6.18.2 mm/ksm.c; the counter from the 5.18 tree, the model's on
+    every release). From 6.8 a large folio is returned as it is; before, the kernel tests its
+    subpage as a small page, whose own index a THP's tail does not keep - the model returns
+    any large folio's page as it is (docs/sources-ksm.md §4)."""
+    f = k.frames
+    if f.flags.item(page) & (PG_head | PG_tail):
+        return page
+    if f.flags.item(page) & PG_ksm:
+        if stable_node_of(k, page) is not None:
+            return page
+    elif anon_in_place(k, vma, addr, page):
+        return page
+    new = f.alloc_page()
+    f.copy_page(new, page)
+    f.flags[new] |= PG_dirty
+    k.vmstat["ksm_swpin_copy"] += 1
+    if k.tracing:
+        rule = "PageKsm without a stable node, or another anon_vma root or linear index"
+        k.event("ksm_might_need_to_copy", "copy", addr=addr, pfn=page, rule=rule)
+    return new
+
+
+def anon_in_place(k: Kernel, vma: VmArea, addr: int, page: int) -> bool:
+    """ksm_might_need_to_copy()'s test of a page that is not KSM: it may be mapped at addr as
+    it is - it has no anon_vma yet, or its anon_vma's root is the VMA's and its index is
+    addr's linear page index."""
+    av = page_anon_vma(k, page)
+    if av is None:
+        return True
+    assert vma.anon_vma is not None and av.root is not None and vma.anon_vma.root is not None
+    same_root = av.root.id == vma.anon_vma.root.id
+    return same_root and int(k.frames.index[page]) == vma.linear_page_index(addr)
 
 
 def _note_reach(k: Kernel, vma: VmArea, addr: int, pfn: int) -> None:

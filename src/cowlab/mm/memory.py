@@ -176,6 +176,8 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
     read into the swap cache) and map it, or from 6.11 its whole large folio; the generation
     decides whether the mapping is writable and exclusive. A write the mapping does not satisfy
     goes on to do_wp_page."""
+    from cowlab.mm import ksm  # ksm.py imports this module
+
     i = pte_index(addr)
     swp_bits = table.bits.item(i)
     offset = pte_to_swp_offset(table.pfn.item(i))
@@ -186,6 +188,9 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
         source = "the swap device, not through the swap cache"
     elif page is None:
         page, source = read_swap_cache_async(k, offset), "the swap device"
+    swapcache = page
+    if PageSwapCache(k.frames, page):  # not the bypass's folio
+        page = ksm.ksm_might_need_to_copy(k, vma, addr, page)
     first, nr = _pages_to_map(k, vma, addr, table, page)
     slots = range(offset - (page - first), offset - (page - first) + nr)
     marker = bool(swp_bits & PTE_SWP_EXCLUSIVE)
@@ -201,10 +206,11 @@ def do_swap_page(k: Kernel, vma: VmArea, addr: int, table: PteTable, write: bool
     bits = PTE_YOUNG | (swp_bits & PTE_SOFT_DIRTY)
     if d.writable:
         bits |= PTE_WRITE | (PTE_DIRTY | PTE_SOFT_DIRTY if write else 0)
-    _map_swapped_in(k, vma, addr - ((page - first) << PAGE_SHIFT), table, first, nr, bits, d)
-    if k.frames.flags.item(page) & PG_ksm:  # ksm_might_need_to_copy() kept the KSM page
-        from cowlab.mm import ksm  # ksm.py imports this module
-
+    start = addr - ((page - first) << PAGE_SHIFT)
+    _map_swapped_in(k, vma, start, table, first, nr, bits, d, page != swapcache)
+    if page != swapcache:  # the copy's reference is the PTE's; the fault's on the old goes
+        put_page(k, swapcache)
+    elif k.frames.flags.item(page) & PG_ksm:  # ksm_might_need_to_copy() kept the KSM page
         ksm.swapped_in(k, vma, addr, page)
     if not frees_first:
         for slot in slots:
@@ -329,10 +335,12 @@ def _map_swapped_in(
     nr: int,
     bits: int,
     d: SwapinDecision,
+    copied: bool = False,
 ) -> None:
     """set_ptes() and the rmap of the nr pages from first, mapped from start: a new folio gets
-    its first anonymous mapping; the fault's reference becomes the first PTE's, the folio gets
-    one more per other PTE."""
+    its first anonymous mapping (``copied``, ksm_might_need_to_copy's copy: a new exclusive
+    one, page_add_new_anon_rmap, 4.5.0 to 6.18.2 do_swap_page); the fault's reference becomes
+    the first PTE's, the folio gets one more per other PTE."""
     f = k.frames
     i = pte_index(start)
     vma.mm.anon_rss += nr
@@ -340,7 +348,10 @@ def _map_swapped_in(
     if nr == 1:  # the hot case: one PTE, the fault's reference becomes its own
         table.pfn[i] = first
         table.bits[i] = bits
-        page_add_anon_rmap(k, first, vma, start, compound=False, exclusive=d.exclusive)
+        if copied:
+            page_add_new_anon_rmap(k, first, vma, start, compound=False)
+        else:
+            page_add_anon_rmap(k, first, vma, start, compound=False, exclusive=d.exclusive)
         return
     pages = first + np.arange(nr, dtype=np.int64)
     table.pfn[i : i + nr] = pages

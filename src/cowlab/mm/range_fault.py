@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from cowlab.mm import huge_memory
+from cowlab.mm import huge_memory, ksm
 from cowlab.mm.constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -565,6 +565,7 @@ def _swapin_run(
     slots = slots[: _leading((pages >= 0) & (_swapped_dups(slots) == 0))]
     pages = pages[: slots.size]
     pages = pages[: _leading((f.flags[pages] & (PG_head | PG_tail | PG_ksm)) == 0)]
+    pages = pages[: _in_place(k, vma, pages, start)]
     n = pages.size
     if not n:
         return NONE
@@ -616,6 +617,16 @@ def _swapin_run(
     elif wp.any():
         _wp_decided_in_order(k, vma, table, start, pos[wp], pages[wp])
     return table.pfn[first : first + n].copy()
+
+
+def _in_place(k: Kernel, vma: VmArea, pages: Ints, start: int) -> int:
+    """How many of the pages faulted from ``start`` on, from the first, ksm_might_need_to_copy()
+    maps as they are (each its own page: no fault of the run changes another's anon_vma or
+    index); the run stops before a page it copies, which do_swap_page copies alone."""
+    for i in np.flatnonzero(k.frames.mapping[pages] != 0).tolist():
+        if not ksm.anon_in_place(k, vma, start + (i << PAGE_SHIFT), int(pages[i])):
+            return i
+    return pages.size
 
 
 def _drop_as_decided(k: Kernel, pages: Ints, slots: Ints, which: Ints) -> None:
