@@ -337,6 +337,39 @@ def test_a_slot_two_addresses_share_gives_the_second_a_copy(kernel_id: str) -> N
     assert p.translate(addr + PAGE) == copy and p.read(addr, 4) == b"same"
 
 
+@pytest.mark.parametrize("fork", [False, True])
+@pytest.mark.parametrize(
+    ("flavour", "write"), [("longterm", True), ("longterm", False), ("pin", True), ("get", False)]
+)
+def test_a_pin_after_a_merged_thp_is_swapped_out_copies_page_1(
+    fork: bool, flavour: str, write: bool
+) -> None:
+    """`cowlab check --kernel v4.5 --depth 4 --alphabet full`'s six consistency breaks, and the
+    two write pins after the fork (the child keeps its THP: only P marks the range mergeable),
+    replayed: ksmd merges page 0 and 1
+    (bytes 1) into one KSM page and pages 2-511 (zeros) into another; the swap-out leaves one
+    slot at addresses 0 and 1. The pin faults page 0 in (the slot read into a plain page, its
+    index page 0's; a write pin copies it on: the slot's swap count is 2), then page 1:
+    ksm_might_need_to_copy finds that page in the swap cache with page 0's index and copies it
+    (once). Each pinned page is P's own, with bytes 1, and the counters and rmap hold."""
+    k = Kernel("v4.5", selfcheck=True)
+    k.thp_enabled = "madvise"
+    p = k.spawn()
+    addr = p.mmap(2 << 20, align=2 << 20)
+    p.madvise(addr, 2 << 20, "hugepage")
+    p.fill(addr, 2 * PAGE, 1)
+    if fork:
+        p.fork()
+    p.madvise(addr, 2 << 20, "mergeable")
+    k.ksmd(2)
+    p.swapout(addr, 2 << 20)
+    pin = p.get_user_pages(addr, 2 * PAGE, write=write, flavour=flavour)
+    pages = [p.translate(addr), p.translate(addr + PAGE)]
+    assert k.vmstat["ksm_swpin_copy"] == 1 and pages[0] != pages[1]
+    assert [int(x) for x in pin.pages] == pages
+    assert p.read(addr, 2 * PAGE) == b"\x01" * 2 * PAGE
+
+
 @pytest.mark.parametrize("kernel_id", ["v4.14", "v5.4", "v6.18"])
 def test_a_ksm_page_without_a_stable_node_is_copied_at_swap_in(kernel_id: str) -> None:
     """The KSM page of the test below, in the swap cache with its swap PTE, but with its stable
