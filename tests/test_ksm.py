@@ -612,3 +612,36 @@ def test_a_mapping_two_rmap_items_reach_is_unmapped_once(kernel_id: str) -> None
     assert c.translate(addr) is None
     assert page_mapcount(k.frames, kpage) == 0
     assert int(k.swap.swap_map[int(k.frames.private[kpage])]) == 1
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10", "v6.1", "v6.18"])
+def test_a_page_without_a_stable_node_merged_again_leaves_a_sibling_out_of_reach(
+    kernel_id: str,
+) -> None:
+    """P writes page 1 and forks C, C forks D: the three share it. C leaves it KSM with a NULL
+    stable node (the failed second merge above), then writes both pages with bytes of its own.
+    D writes page 0 with page 1's bytes and marks both mergeable: ksmd merges D's page 1, the
+    NULL-node page, first (the stable node's items are D's) and points D's page 0 at it. P
+    still maps the page, and P's VMA is in no tree of D's items' anon_vma (D's own VMA's), so
+    rmap_walk_ksm misses P's mapping, in the kernel too (4.5.0, 6.18.2 mm/ksm.c): listed in
+    `unreached`, where the model found no mapping to list, its page having no anon_vma."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    addr = p.mmap(2 * PAGE)
+    p.write(addr + PAGE, b"same")
+    c = p.fork()
+    d = c.fork()
+    c.write(addr, b"same")
+    c.get_user_pages(addr, PAGE)
+    c.madvise(addr, 2 * PAGE, "mergeable")
+    kpage = p.translate(addr + PAGE)
+    k.ksmd(2)
+    assert kpage is not None and k.frames.mapping[kpage] == NULL_STABLE_NODE
+    c.write(addr, b"c0")
+    c.write(addr + PAGE, b"c1")
+    d.write(addr, b"same")
+    d.madvise(addr, 2 * PAGE, "mergeable")
+    k.ksmd(2)  # selfcheck: P's mapping is no finding
+    assert d.translate(addr) == d.translate(addr + PAGE) == p.translate(addr + PAGE) == kpage
+    assert k.frames.flags[kpage] & PG_ksm and len(k.ksm.nodes) == 1
+    assert k.ksm.unreached == {(p.pid, addr + PAGE)}

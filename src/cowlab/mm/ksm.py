@@ -48,6 +48,7 @@ from cowlab.mm.pgtable import (
 )
 from cowlab.mm.rmap import (
     Mapping,
+    mappings_in_vma,
     page_anon_vma,
     page_remove_rmap,
     rmap_add_ptes,
@@ -393,7 +394,7 @@ def try_to_merge_two_pages(
     if not try_to_merge_one_page(k, vma, addr, pfn, None):
         return 0
     pfn = _page_of(k, item) or pfn  # a THP was split (the same frame, now a small page)
-    mapped = rmap_walk_anon(k, pfn)  # before the page leaves its anon_vma for the stable node
+    mapped = _mappings_before_node(k, pfn)
     k.frames.mapping[pfn] = NULL_STABLE_NODE  # set_page_stable_node(page, NULL)
     other_vma = k.processes[other.pid].mm.find_vma(other.addr)
     other_pfn = _page_of(k, other)
@@ -414,6 +415,17 @@ def try_to_merge_two_pages(
     _out_of_reach(k, node, mapped)
     k.event("try_to_merge_two_pages", "merge", addr=addr, pfn=pfn, detail="a new KSM page")
     return 2
+
+
+def _mappings_before_node(k: Kernel, pfn: int) -> list[Mapping]:
+    """Every PTE of the page about to get a stable node: through its anon_vma, before the page
+    leaves it, or - a KSM page a failed second merge left with a NULL stable node, which kept
+    no anon_vma - in every VMA at the page's linear index (fork and mremap keep it); its
+    fork sharers keep mapping it (4.5.0, 6.18.2 mm/ksm.c try_to_merge_two_pages)."""
+    if int(k.frames.mapping[pfn]) != NULL_STABLE_NODE:
+        return rmap_walk_anon(k, pfn)
+    vmas = [vma for proc in k.processes.values() for vma in proc.mm.vmas]
+    return [m for vma in vmas for m in mappings_in_vma(k, vma, pfn, 1)]
 
 
 def _out_of_reach(k: Kernel, node: StableNode, mapped: list[Mapping]) -> None:
