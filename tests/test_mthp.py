@@ -120,3 +120,25 @@ def test_the_knobs_say_whether_some_size_is_on_as_they_are_written() -> None:
     knobs[64] = "always"
     p.write(buf + K64, b"x")
     assert folio_nr_pages(k.frames, p.translate(buf + K64) or 0) == 16
+
+
+def test_no_way_of_writing_the_knobs_leaves_some_on_stale() -> None:
+    """Every other dict write keeps some_on true to the knobs (|=, setdefault), and a knob is
+    never removed (a sysfs file): removing one is refused, the knobs as they were."""
+    knobs = Kernel("v6.18").mthp_enabled
+    knobs |= {64: "madvise"}
+    assert knobs.some_on
+    knobs |= {64: "never"}
+    assert not knobs.some_on
+    assert knobs.setdefault(64, "always") == "never" and not knobs.some_on
+    knobs.setdefault(8192, "always")
+    assert knobs.some_on
+    for remove in (
+        lambda: knobs.pop(8192),
+        knobs.popitem,
+        knobs.clear,
+        lambda: knobs.__delitem__(8192),
+    ):
+        with pytest.raises(TypeError, match="never removed"):
+            remove()
+    assert knobs[8192] == "always" and knobs.some_on

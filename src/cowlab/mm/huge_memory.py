@@ -182,7 +182,8 @@ NO_MTHP = {4 << order: "never" for order in reversed(MTHP_ORDERS)}  # the knobs,
 class MthpKnobs(dict[int, str]):
     """The anonymous mTHP sizes' knobs, /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB
     /enabled by size in KiB (Kernel.mthp_enabled). ``some_on``: they are not NO_MTHP, worked
-    out as they are written (by size, or update; a knob is never removed), so that an
+    out as they are written (by size, update, |= or setdefault; removing a knob is refused, as
+    sysfs has it), so that an
     anonymous fault reads a flag rather than comparing the seven knobs (4 % of a first touch)."""
 
     def __init__(self, knobs: dict[int, str]) -> None:
@@ -196,6 +197,21 @@ class MthpKnobs(dict[int, str]):
     def update(self, *args: Any, **kwargs: str) -> None:
         super().update(*args, **kwargs)
         self.some_on = self != NO_MTHP
+
+    def __ior__(self, other: Any) -> MthpKnobs:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, size: int, mode: str = "never") -> str:
+        if size not in self:
+            self[size] = mode
+        return self[size]
+
+    def _removed(self, *args: Any) -> Any:
+        """A sysfs knob cannot be removed: the sizes a kernel has are its knobs for good."""
+        raise TypeError("an mTHP size's knob is never removed (write 'never' to it)")
+
+    __delitem__ = pop = popitem = clear = _removed
 
     def __deepcopy__(self, memo: dict[int, object]) -> MthpKnobs:
         return MthpKnobs(self)  # the values are strings: nothing else to copy
