@@ -183,8 +183,8 @@ class MthpKnobs(dict[int, str]):
     """The anonymous mTHP sizes' knobs, /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB
     /enabled by size in KiB (Kernel.mthp_enabled). ``some_on``: they are not NO_MTHP, worked
     out as they are written (by size, update, |= or setdefault; removing a knob is refused, as
-    sysfs has it), so that an
-    anonymous fault reads a flag rather than comparing the seven knobs (4 % of a first touch)."""
+    sysfs has it), so that an anonymous fault reads a flag rather than comparing the seven
+    knobs (4 % of a first touch)."""
 
     def __init__(self, knobs: dict[int, str]) -> None:
         super().__init__(knobs)
