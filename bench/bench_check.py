@@ -2,6 +2,9 @@
 states it takes to exhaust each depth with and without canonical states (without, every
 program is a state of its own: the ratio of the two is what deduplication saves). Per second
 of wall time and of the process's CPU time: on a shared machine the second is the steadier.
+A search with canonical states also counts the programs one without them visits (its last
+column, search.Graph.programs: walks of its state graph), exact and without running them, so
+the states without canonical states are known as deep as the canonical search went.
 
 One search per kernel and mode, to --depth, timed at the end of each depth; --budget stops
 before a depth whose estimated CPU time (the last depth's, times its growth over the one
@@ -20,16 +23,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from typing import Any
 
 from cowlab.check import search as search_module
 from cowlab.check.search import search, search_kernels
 from cowlab.policy.timeline import all_policies
-
-
-class OverBudget(Exception):
-    pass
 
 
 @dataclass
@@ -43,12 +42,12 @@ class Depths:
     # (depth, states so far, CPU s, wall s)
     rows: list[tuple[int, int, float, float]] = field(default_factory=list)
 
-    def __call__(self, new_states: int) -> None:
+    def __call__(self, new_states: int) -> bool:
+        """Note a depth done; true (stop the search) if the next would pass the budget."""
         cpu, wall = time.process_time() - self.started[0], time.perf_counter() - self.started[1]
         states = (self.rows[-1][1] if self.rows else 0) + new_states
         self.rows.append((len(self.rows) + 1, states, cpu, wall))
-        if self.budget and cpu + self.next_depth() > self.budget:
-            raise OverBudget
+        return bool(self.budget) and cpu + self.next_depth() > self.budget
 
     def next_depth(self) -> float:
         """The next depth's CPU seconds, estimated from the growth of the last two."""
@@ -60,20 +59,18 @@ class Depths:
 
 def one_kernel(kernel: str, depth: int, canonical: bool, budget: float) -> None:
     depths = Depths(budget)
-    stopped = ""
-    try:
-        search(kernel, depth, canonical=canonical, progress=depths)
-    except OverBudget:
-        stopped = f"  (stopped: depth {len(depths.rows) + 1} would pass {budget:.0f} CPU-s)"
+    outcome = search(kernel, depth, canonical=canonical, progress=depths, count_programs=True)
+    without = list(accumulate(outcome.stats.programs))
     for d, states, cpu, wall in depths.rows:
         rate = states / cpu if cpu else 0.0
+        derived = f"  {without[d - 1]:>16}" if canonical else ""
         print(
             f"{kernel:7} {d:5}  {'yes' if canonical else 'no':9}  {states:9}  {cpu:8.1f}"
-            f"  {wall:8.1f}  {rate:12.0f}",
+            f"  {wall:8.1f}  {rate:12.0f}{derived}",
             flush=True,
         )
-    if stopped:
-        print(stopped.strip(), flush=True)
+    if len(depths.rows) < depth and outcome.stats.depth_states[-1]:
+        print(f"(stopped: depth {len(depths.rows) + 1} would pass {budget:.0f} CPU-s)", flush=True)
 
 
 def every_kernel(depth: int, canonical: bool) -> None:
@@ -111,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-canonical", action="store_true", help="only without them")
     ap.add_argument("--all", action="store_true", help="every policy, one joint search")
     args = ap.parse_args(argv)
-    print("kernel  depth  canonical  states     CPU s     wall s    states/CPU-s")
+    print(
+        "kernel  depth  canonical  states     CPU s     wall s    states/CPU-s  without (derived)"
+    )
     modes = [c for c in (True, False) if not (args.no_canonical if c else args.no_plain)]
     if args.all:
         for canonical in modes:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cowlab.check import search as search_module
 from cowlab.check.alphabet import letters, root_parts, roots
 from cowlab.check.canonical import state_key
 from cowlab.check.corpus import Verdicts, expected_breaks, scenario_files
@@ -203,6 +204,51 @@ def test_canonical_states_visit_fewer_states_for_the_same_findings() -> None:
     plain, canonical = search("v4.5", 2, canonical=False), searched("v4.5", 2)
     assert canonical.stats.states < plain.stats.states
     assert {f.signature for f in plain.findings} == {f.signature for f in canonical.findings}
+
+
+# depth 1 without canonical states, every program a state. `cow`, THP on: after `map THP` P
+# alone, nothing mapped, 11 letters (write, read, write-protect, PTE-map, two drops, fork, four
+# pins); after `write pages 0-1` the read is idle (page 0 mapped): 10; after `fork` each of P
+# and C1 has 10 (write, write-protect, PTE-map, two drops, four pins, exit; the read idle,
+# fork at MAX_PROCS): 20; 41, twice (THP off). `full` adds a swap-out and a MADV_MERGEABLE
+# per process and khugepaged, a THP split and ksmd per program, and no read is idle:
+# 16 + 16 + 29, twice.
+DEPTH_1_PROGRAMS = {"cow": 2 * (11 + 10 + 20), "full": 2 * (16 + 16 + 29)}
+
+
+@pytest.mark.parametrize(
+    ("kernel", "alphabet"), [("v4.5", "cow"), ("v6.18", "cow"), ("v5.10", "full")]
+)
+def test_programs_counted_from_the_state_graph_are_those_a_plain_search_visits(
+    kernel: str, alphabet: str
+) -> None:
+    """Without canonical states every program is a state; the canonical search counts them
+    from its graph (Graph.programs) without running them, exactly: a state decides what may
+    follow it."""
+    plain = search(kernel, 2, alphabet, canonical=False)
+    counted = search(kernel, 2, alphabet, count_programs=True)
+    assert plain.stats.depth_states[0] == DEPTH_1_PROGRAMS[alphabet]
+    assert counted.stats.programs == plain.stats.depth_states
+    assert counted.stats.states < plain.stats.states
+
+
+def test_a_joint_search_counts_each_kernel_programs_as_its_own() -> None:
+    joint = search_kernels(["v4.5", "v6.18"], 2, count_programs=True)
+    for kernel in ("v4.5", "v6.18"):
+        assert joint[kernel].stats.programs == search(kernel, 2, count_programs=True).stats.programs
+
+
+def test_programs_counted_over_too_coarse_a_state_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count breaks where states that differ in what may follow are taken as one: here
+    only the live processes and pins kept (a pinned region's page situation dropped)."""
+
+    def coarse(runner: Runner, region: object, scans: bool) -> bytes:
+        live = sorted(name for name, p in runner.procs.items() if p.alive)
+        return repr((len(live), len(runner.k.pins))).encode()
+
+    monkeypatch.setattr(search_module, "state_key", coarse)
+    counted = search("v6.18", 2, count_programs=True)
+    assert counted.stats.programs != search("v6.18", 2, canonical=False).stats.depth_states
 
 
 def test_findings_are_shortest_first() -> None:

@@ -16,6 +16,7 @@ kernels that ran a letter apart but reached one canonical state by it go on toge
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache, partial
@@ -96,6 +97,8 @@ class Stats:
     # wall seconds of the searches that made it: a joint search's, the same for its kernels
     seconds: float = 0.0
     depth_states: list[int] = field(default_factory=list)  # new states per depth
+    # programs per depth a search without canonical states would visit (count_programs)
+    programs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -279,10 +282,13 @@ def search(
     alphabet: str = "cow",
     wanted: tuple[str, ...] = tuple(PROPERTIES),
     canonical: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
+    count_programs: bool = False,
 ) -> Outcome:
     """Every program of up to `depth` letters after the root, breadth first, on `kernel`."""
-    return search_kernels([kernel], depth, alphabet, wanted, canonical, progress)[kernel]
+    return search_kernels(
+        [kernel], depth, alphabet, wanted, canonical, progress, count_programs=count_programs
+    )[kernel]
 
 
 class Driver:
@@ -315,11 +321,12 @@ class Driver:
 class Track(Driver):
     """One kernel's search within a joint one: what it has seen and found."""
 
-    def __init__(self, kernel: str) -> None:
+    def __init__(self, kernel: str, graph: bool = False) -> None:
         super().__init__(kernel)
         self.seen: dict[bytes, dict[str, str]] = {}  # canonical state -> what it breaks
         self.findings: dict[tuple[object, ...], Finding] = {}
         self.stats = Stats()
+        self.graph = Graph() if graph else None
 
     def outcome(self) -> Outcome:
         return Outcome(list(self.findings.values()), self.stats)
@@ -332,6 +339,45 @@ class Node:
 
     program: Program
     kernels: tuple[str, ...]
+    key: object = None  # its canonical state
+
+
+class Graph:
+    """The canonical states of one kernel's search and its letters' runs between them, but
+    those that broke `consistency` (no program goes on from there): what a search without
+    canonical states would visit follows from it (programs)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[object, int] = {}
+        self.roots: list[int] = []
+        self.edges: dict[int, list[int]] = {}
+        self.pending: list[int] = []  # the successors of the state being expanded
+
+    def id(self, key: object) -> int:
+        return self.ids.setdefault(key, len(self.ids))
+
+    def expanded(self, key: object) -> None:
+        """The pending successors are those of `key`'s state; a state expanded again has them
+        already (a root's: the roots are not among the states seen)."""
+        self.edges.setdefault(self.id(key), self.pending)
+        self.pending = []
+
+    def programs(self, depth: int) -> list[int]:
+        """The programs of each depth, 1 to `depth`: the walks of that many letters from a
+        root. A program's state decides every letter after it (what the canonical search rests
+        on), so the programs after one equal those after any other reaching its state. Exact
+        to the depth the search went: the states a walk passes before its last letter were
+        all expanded."""
+        ending: Counter[int] = Counter(self.roots)  # state -> programs ending there
+        out = []
+        for _ in range(depth):
+            after: Counter[int] = Counter()
+            for state, n in ending.items():
+                for successor in self.edges.get(state, ()):
+                    after[successor] += n
+            out.append(sum(after.values()))
+            ending = after
+        return out
 
 
 def search_kernels(
@@ -340,17 +386,22 @@ def search_kernels(
     alphabet: str = "cow",
     wanted: tuple[str, ...] = tuple(PROPERTIES),
     canonical: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     part: int | None = None,
+    count_programs: bool = False,
 ) -> dict[str, Outcome]:
     """The search of each of `kernels`, made together: each kernel's outcome is the one its
     own search has (the same states in the same order, the same findings). A letter runs once
     for all the kernels at a state whose policies agree with the first's on every attribute the
     letter (and the properties judged after it) read: the model is deterministic, and the
     policy is all a machine knows of its kernel. Kernels that disagree run it on their own.
-    `part`: only from that part's roots (alphabet.root_parts; `merged` joins the parts)."""
+    `part`: only from that part's roots (alphabet.root_parts; `merged` joins the parts).
+    `progress` is told each depth's new nodes when the depth is done; a true answer ends the
+    search there. `count_programs` (with canonical states): each kernel's stats.programs, from
+    its Graph."""
     started = time.perf_counter()
-    tracks = {k: Track(k) for k in dict.fromkeys(kernels)}
+    graph = count_programs and canonical
+    tracks = {k: Track(k, graph) for k in dict.fromkeys(kernels)}
     firsts = roots() if part is None else root_parts()[part]
     keyed = partial(state_key, scans=scans_by_pid(alphabet)) if canonical else None
     frontier = [node for first in firsts for node in _root(first, tracks, keyed)]
@@ -358,12 +409,13 @@ def search_kernels(
         frontier = list(_expand(frontier, tracks, alphabet, wanted, keyed))
         for track in tracks.values():
             track.stats.depth_states.append(sum(track.kernel in n.kernels for n in frontier))
-        if progress is not None:
-            progress(len(frontier))
-        if not frontier:
+        stop = progress is not None and progress(len(frontier))
+        if stop or not frontier:
             break
     for track in tracks.values():
         track.stats.seconds = time.perf_counter() - started
+        if track.graph is not None:
+            track.stats.programs = track.graph.programs(len(track.stats.depth_states))
     return {k: track.outcome() for k, track in tracks.items()}
 
 
@@ -399,8 +451,12 @@ def _root(first: Letter, tracks: dict[str, Track], keyed: Keyed | None) -> Itera
     for n, (kernels, runner) in enumerate(runs):
         state = n if keyed is None else keyed(runner, runner.regions[REGION])
         met.setdefault(state, []).extend(kernels)
-    for on in met.values():
-        yield Node(program, _in_order(on, tuple(tracks)))
+    for key, on in met.items():
+        node = Node(program, _in_order(on, tuple(tracks)), key)
+        for kernel in on:
+            if (graph := tracks[kernel].graph) is not None:
+                graph.roots.append(graph.id(node.key))
+        yield node
 
 
 def _in_order(kernels: list[str], order: tuple[str, ...]) -> tuple[str, ...]:
@@ -421,6 +477,9 @@ def _expand(
         options = [x for x in offered if not idle(x, base, alphabet)]  # idle reads no policy
         for n, letter in enumerate(options, 1):
             yield from _step(node, letter, base, n == len(options), tracks, wanted, keyed)
+        for kernel in node.kernels:
+            if (graph := tracks[kernel].graph) is not None:
+                graph.expanded(node.key)
 
 
 def _step(
@@ -455,18 +514,19 @@ def _step(
         state = violations(runner, of_state) if new else {}
         return Run(runner, key, state, violations(runner, of_letter))
 
-    met: dict[object, tuple[frozenset[str], list[str]]] = {}  # state -> what it breaks, kernels
+    # state -> what it breaks, the kernels, its key
+    met: dict[object, tuple[frozenset[str], list[str], bytes | None]] = {}
     for n, (kernels, done) in enumerate(_shared(node.kernels, tracks, run)):
         signed = Signatures(letter, done.runner)
         on = [k for k in kernels if _judge(tracks[k], done, signed, longer)]
         if on:
             broken = frozenset(done.state)
             state = n if done.key is None else (done.key, broken)
-            met.setdefault(state, (broken, []))[1].extend(on)
+            met.setdefault(state, (broken, [], done.key))[1].extend(on)
     for memo in copies:  # what the nodes and findings keep holds no object of a machine
         release(memo)
-    for broken, on in met.values():
-        yield Node(replace(longer, broken=broken), _in_order(on, node.kernels))
+    for broken, on, key in met.values():
+        yield Node(replace(longer, broken=broken), _in_order(on, node.kernels), key)
 
 
 @dataclass
@@ -509,7 +569,11 @@ def _judge(track: Track, done: Run, signed: Signatures, longer: Program) -> bool
         sig = signed(name)
         if name not in longer.broken and sig not in track.findings:
             track.findings[sig] = Finding(track.kernel, name, longer, problem, sig)
-    if "consistency" in broken or known is not None:
+    if "consistency" in broken:
+        return False
+    if track.graph is not None:
+        track.graph.pending.append(track.graph.id(done.key))
+    if known is not None:
         return False
     if done.key is not None:
         track.seen[done.key] = state
