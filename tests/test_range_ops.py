@@ -2118,3 +2118,35 @@ def test_a_write_over_a_large_folio_in_the_swap_cache_goes_page_by_page(kernel: 
     assert all(not head <= pfn < head + 512 for pfn in pages[:300])
     assert pages[300] == head + 300
     assert p.read(start, 300 * PAGE) == bytes([7]) * 300 * PAGE
+
+
+def _thp_swapped_whole(kernel: str, range_ops: bool) -> tuple[Kernel, Process, int, int]:
+    """A PMD-mapped THP (bytes 0x5a) swapped out whole to an SSD until written: 512 swap PTEs,
+    the THP kept in the swap cache. Returns the kernel, process, address and head."""
+    from cowlab.kernel import Config
+
+    k = Kernel(kernel, config=Config(swap_device="ssd"), selfcheck=True, range_ops=range_ops)
+    k.thp_enabled = "always"
+    p = k.spawn()
+    buf = p.mmap(2 * MIB, align=2 * MIB)
+    p.fill(buf, 2 * MIB, 0x5A)
+    head = p.translate(buf)
+    assert head is not None and p.swapout(buf, 2 * MIB, until="written") == 512
+    return k, p, buf, head
+
+
+@pytest.mark.parametrize(("kernel", "copies"), [("v4.14", 511), ("v6.6", 511), ("v6.8", 0)])
+def test_a_range_read_of_a_cached_thp_copies_as_page_by_page(kernel: str, copies: int) -> None:
+    """_swapin_run leaves a THP's pages in the swap cache to do_swap_page, whose
+    ksm_might_need_to_copy copies every tail before 6.8 (4.14.177 .. 6.7.3 mm/ksm.c: a tail's
+    own ->index is never the linear index) and maps the head as it is; 6.8.0 returns the large
+    folio as it is. By hand: 511 copies before 6.8 (pages 1..511), none from 6.8 (before 6.11
+    each page is mapped alone); the range read's state is the page-by-page read's."""
+    k, p, buf, head = _thp_swapped_whole(kernel, True)
+    ref, rp, rbuf, _ = _thp_swapped_whole(kernel, False)
+    assert p.read(buf, 2 * MIB) == bytes([0x5A]) * 2 * MIB == rp.read(rbuf, 2 * MIB)
+    assert diff(snapshot(k), snapshot(ref)) == []
+    assert k.vmstat["ksm_swpin_copy"] == copies
+    pages = [p.translate(buf + i * PAGE) for i in range(512)]
+    assert pages[0] == head
+    assert sum(pfn != head + i for i, pfn in enumerate(pages)) == copies

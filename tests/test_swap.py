@@ -558,6 +558,55 @@ def test_write_swapin_of_a_cached_thp(kernel_id: str, whole: bool) -> None:
     assert (s.p.mm.anon_rss, s.p.mm.swapents) == ((512, 0) if whole else (1, 511))
 
 
+@pytest.mark.parametrize(
+    ("kernel_id", "copies"),
+    [
+        ("v4.14", True),
+        ("v5.10+9348b73+feb889f", True),
+        ("v6.1", True),
+        ("v6.6", True),
+        ("v6.8", False),
+        ("v6.10", False),
+        ("v6.18", False),
+    ],
+)
+def test_a_tail_page_of_a_cached_thp_is_copied_at_swap_in_until_6_8(
+    kernel_id: str, copies: bool
+) -> None:
+    """A read of page 3 of a THP in the swap cache. do_swap_page finds the subpage there and asks
+    ksm_might_need_to_copy (4.14.177 .. 6.7.3 mm/ksm.c): not KSM, the THP's anon_vma is this
+    VMA's, but the tail's own ->index, which nothing sets, is not the linear index: a copy
+    (ksm_swpin_copy 1), dirty, outside the swap cache, page_add_new_anon_rmap'd (this VMA's own
+    anon_vma, the address's index; exclusive from 5.19), mapped read-only on a read fault
+    before 6.11 (c18160dba5ff: maps exclusive writable); the THP loses the fault's reference
+    (512 again: the swap cache's) and slot 3 its PTE's count. Page 0 is the head, whose index
+    __page_set_anon_rmap set: mapped as it is, refcount 513. 6.8 (6.8.0: a large folio is
+    returned as it is): page 3 is the THP's own, refcount 513; 6.11+ maps all 512 pages at
+    the read, refcount 512 + 512."""
+    s = whole_thp(kernel_id, "ssd", "written")
+    f, vma, addr = s.k.frames, s.p.mm.find_vma(s.addr), s.addr + 3 * PAGE
+    assert vma is not None and vma.anon_vma is not None and page_count(f, s.pfn) == 512
+    assert s.p.read(addr, 1) == b"\0"
+    pfn = s.p.translate(addr)
+    assert pfn is not None and (pfn != s.pfn + 3) == copies
+    assert s.k.vmstat["ksm_swpin_copy"] == int(copies)
+    assert int(s.k.swap.swap_map[3]) == 0 and int(s.k.swap.cache[3]) == s.pfn + 3
+    whole = since(kernel_id, "6.11")
+    if copies:
+        assert page_count(f, s.pfn) == 512 and page_count(f, pfn) == 1
+        assert f.flags[pfn] & PG_dirty and not f.flags[pfn] & PG_swapcache
+        assert int(f.mapping[pfn]) == vma.anon_vma.id
+        assert int(f.index[pfn]) == vma.linear_page_index(addr)
+        assert bool(f.flags[pfn] & PG_anon_exclusive) == since(kernel_id, "5.19")
+        table = s.p.mm.pmds[s.addr >> PMD_SHIFT]
+        assert isinstance(table, PteTable) and not table.bits[3] & PTE_WRITE
+    else:
+        assert page_count(f, s.pfn) == (1024 if whole else 513)
+    assert s.p.read(s.addr, 4) == b"head" and s.p.translate(s.addr) == s.pfn
+    assert s.k.vmstat["ksm_swpin_copy"] == int(copies)
+    assert page_count(f, s.pfn) == (1024 if whole else 513 + int(not copies))
+
+
 def test_mthp_swapped_out_in_part_is_split() -> None:
     """6.10 madvise_cold_or_pageout_pte_range: a 64 KiB folio the range covers only in half is
     split (not likely shared), and only the covered pages are swapped; the other 8 stay mapped."""

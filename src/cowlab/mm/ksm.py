@@ -151,13 +151,19 @@ def ksm_might_need_to_copy(k: Kernel, vma: VmArea, addr: int, page: int) -> int:
     anon_vma root or this address's linear index is not the page's: a swap slot a KSM page
     shared comes back as a plain page, mapped as it is only where its first swap-in mapped it
     (4.5.0, 5.10.7, 6.1.20, 6.18.2 mm/ksm.c; the counter from the 5.18 tree, the model's on
-    every release). From 6.8 a large folio is returned as it is; before, the kernel tests its
-    subpage as a small page, whose own index a THP's tail does not keep - the model returns
-    any large folio's page as it is (docs/sources-ksm.md §4)."""
+    every release). From 6.8 a large folio is returned as it is (ksm_swapin_large_as_is);
+    before (4.14.177, 5.10.7, 6.1.20, 6.6.9, 6.7.3) the page of a THP in the swap cache is
+    tested as a small page: the head by the index __page_set_anon_rmap gave it, a tail by its
+    own ->index, which no path sets (4.14-6.1: the second tail's holds the deferred-split
+    list's prev pointer; 6.6-6.7: the first tail's the pin count and folio size; the rest
+    stale from the frame's last use): a tail is copied (docs/sources-ksm.md §4)."""
     f = k.frames
     if f.flags.item(page) & (PG_head | PG_tail):
-        return page
-    if f.flags.item(page) & PG_ksm:
+        if k.policy.ksm_swapin_large_as_is or (
+            not f.flags.item(page) & PG_tail and anon_in_place(k, vma, addr, page)
+        ):
+            return page
+    elif f.flags.item(page) & PG_ksm:
         if stable_node_of(k, page) is not None:
             return page
     elif anon_in_place(k, vma, addr, page):
@@ -167,7 +173,11 @@ def ksm_might_need_to_copy(k: Kernel, vma: VmArea, addr: int, page: int) -> int:
     f.flags[new] |= PG_dirty
     k.vmstat["ksm_swpin_copy"] += 1
     if k.tracing:
-        rule = "PageKsm without a stable node, or another anon_vma root or linear index"
+        rule = (
+            "a THP's tail page: its own ->index is not the linear index"
+            if f.flags.item(page) & PG_tail
+            else "PageKsm without a stable node, or another anon_vma root or linear index"
+        )
         k.event("ksm_might_need_to_copy", "copy", addr=addr, pfn=page, rule=rule)
     return new
 

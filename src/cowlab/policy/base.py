@@ -162,6 +162,7 @@ class Policy(ABC):
     reuses_ksm_page: ClassVar[bool] = False  # 5.1-5.8: reuse_ksm_page() in do_wp_page
     ksm_max_page_sharing: ClassVar[bool] = False  # 4.13: stable node chains, a sharing limit
     ksm_zero_pages_marked: ClassVar[bool] = False  # 6.6 79271476b336: dirty zero PTEs
+    ksm_swapin_large_as_is: ClassVar[bool] = False  # 6.8: a large folio is never copied
     # wp_reuse_large reads of a page its PG_anon_exclusive alone, else its folio's counters (6.15
     # 1da190f4d0a6 __wp_can_reuse_large_anon_folio): the range path may settle copies in bulk
     large_reuse_reads_folio: ClassVar[bool] = False

@@ -110,6 +110,7 @@ CHANGES: tuple[type[Policy], ...] = (
     v6_5.PageoutEstimatedSharers,
     v6_6.KsmZeroPagesUnshare,
     v6_8.AnonMthp,
+    v6_8.KsmSwapinLargeFolio,
     v6_9.NoLargeFolioReuse,
     v6_9.PageoutZeroSharersSplits,
     v6_10.LargeMapcount,
