@@ -645,3 +645,38 @@ def test_a_page_without_a_stable_node_merged_again_leaves_a_sibling_out_of_reach
     assert d.translate(addr) == d.translate(addr + PAGE) == p.translate(addr + PAGE) == kpage
     assert k.frames.flags[kpage] & PG_ksm and len(k.ksm.nodes) == 1
     assert k.ksm.unreached == {(p.pid, addr + PAGE)}
+
+
+@pytest.mark.parametrize("kernel_id", ["v4.5", "v5.10+9348b73+feb889f", "v6.10", "v6.11", "v6.18"])
+def test_a_failed_merge_with_a_stable_page_ends_the_page_s_turn(kernel_id: str) -> None:
+    """cmp_and_merge_page returns once the merge with the KSM page stable_tree_search found
+    fails (4.5.0, 5.10.7, 6.1.20, 6.18.2 mm/ksm.c): the page's checksum is not updated and it
+    does not go into the unstable tree. Pages 0, 1 hold X and merge in pass 2 (a KSM page K);
+    pages 2, 3 hold Y, Z then, and X from before pass 3, GUP-pinned. Pass 3 before 6.11 (stable
+    search first): each finds K, write_protect_page refuses (a reference beyond the mapping), so
+    their checksums stay Y, Z. Unpinned, K's two sharers written (K freed): in pass 4 the
+    checksums differ from X's - both volatile, no merge; pass 5 merges them (2). 6.11+
+    (d58a361b0350) checksums before the stable search: pass 3 stores X for both, pass 4 merges
+    them."""
+    k = Kernel(kernel_id, selfcheck=True)
+    p = k.spawn()
+    a = p.mmap(4 * PAGE)
+    for i, data in enumerate([b"X", b"X", b"Y", b"Z"]):
+        p.write(a + i * PAGE, data)
+    p.madvise(a, 4 * PAGE, "mergeable")
+    assert (k.ksmd(), k.ksmd()) == (0, 2)
+    pin = p.get_user_pages(a + 2 * PAGE, 2 * PAGE)
+    p.write(a + 2 * PAGE, b"X")
+    p.write(a + 3 * PAGE, b"X")
+    assert k.ksmd() == 0
+    k.unpin(pin)
+    p.write(a, b"a")
+    p.write(a + PAGE, b"b")
+    late = not since(kernel_id, "6.11")
+    assert k.ksmd() == (0 if late else 2)
+    if late:
+        assert p.translate(a + 2 * PAGE) != p.translate(a + 3 * PAGE)
+        assert k.ksmd() == 2
+    kpage = p.translate(a + 2 * PAGE)
+    assert kpage is not None and p.translate(a + 3 * PAGE) == kpage
+    assert k.frames.flags[kpage] & PG_ksm

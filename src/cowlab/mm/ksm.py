@@ -311,7 +311,8 @@ def cmp_and_merge_page(
     into it. Returns 1 for a page merged. A zero-filled page with use_zero_pages is tried
     against the zero page right after the checksum test (4.14.177, 6.9.0), which 6.11 moved
     before the stable-tree search (6.11.11 try_to_merge_with_zero_page); if that merge fails
-    the page goes on (all of them)."""
+    the page goes on (all of them). A failed merge with a stable KSM page ends the page's turn
+    (_merge_with_stable)."""
     f = k.frames
     node = stable_node_of(k, pfn) if PageKsm(f, pfn) else None
     if node is not None:
@@ -320,16 +321,19 @@ def cmp_and_merge_page(
     _leave(k, item)  # remove_rmap_item_from_tree(): the page here is no longer that KSM page
     digest = checksum(k, pfn)
     stable_first = not k.policy.ksm_checksum_before_stable
-    if stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
-        return 1
+    if stable_first and (merged := _merge_with_stable(k, vma, addr, pfn, item, digest)) is not None:
+        return merged
     if item.oldchecksum != digest:
         item.oldchecksum = digest
         k.event("cmp_and_merge_page", "volatile", addr=addr, pfn=pfn, rule="checksum changed")
         return 0
     if k.ksm_use_zero_pages and not f.content[pfn] and _merge_with_zero_page(k, vma, addr, pfn):
         return 1
-    if not stable_first and _merge_with_stable(k, vma, addr, pfn, item, digest):
-        return 1
+    if (
+        not stable_first
+        and (merged := _merge_with_stable(k, vma, addr, pfn, item, digest)) is not None
+    ):
+        return merged
     other = unstable_tree_search_insert(k, unstable, item, pfn)
     if other is None:
         return 0
@@ -373,17 +377,23 @@ def get_mergeable_page(k: Kernel, item: RmapItem) -> int | None:
 
 def _merge_with_stable(
     k: Kernel, vma: VmArea, addr: int, pfn: int, item: RmapItem, digest: bytes
-) -> bool:
-    """stable_tree_search(): a KSM page with these bytes and room for one more sharer."""
+) -> int | None:
+    """stable_tree_search(): a KSM page with these bytes and room for one more sharer (a full
+    chain is no match: the page goes on to the unstable tree). Returns None where there is
+    none, else what cmp_and_merge_page returns: 1 merged, 0 when the merge failed - it returns
+    then, before the checksum test and the unstable tree (4.5.0, 5.10.7, 6.1.20, 6.18.2
+    mm/ksm.c cmp_and_merge_page: the page is neither rechecksummed nor inserted)."""
     for node in k.ksm.nodes.values():
         full = k.policy.ksm_max_page_sharing and len(node.items) >= k.ksm_max_page_sharing
         if full or checksum(k, node.kpfn) != digest:
             continue
         if try_to_merge_one_page(k, vma, addr, pfn, node.kpfn):
             _append(k, node, item, vma)
-            return True
-        return False
-    return False
+            return 1
+        rule = "the merge with the stable KSM page failed: cmp_and_merge_page returns"
+        k.event("cmp_and_merge_page", "stop", addr=addr, pfn=pfn, rule=rule)
+        return 0
+    return None
 
 
 def try_to_merge_two_pages(
