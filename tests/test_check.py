@@ -9,8 +9,10 @@ result is cached per (kernel, depth): each kernel is searched once for the whole
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from functools import cache, partial
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -21,13 +23,14 @@ from cowlab.check.corpus import Verdicts, expected_breaks, scenario_files
 from cowlab.check.counterexample import group, to_yaml
 from cowlab.check.properties import PROPERTIES
 from cowlab.check.search import (
+    Expander,
     Finding,
     Outcome,
     Program,
     Stats,
     Track,
+    _judged,
     _root,
-    _step,
     differing,
     listen,
     merged,
@@ -312,8 +315,62 @@ def test_kernels_that_part_at_a_letter_and_meet_again_go_on_together() -> None:
     (node,) = _root(first, tracks, keyed)
     base = run_program(node.kernels[0], node.program)
     store = next(x for x in letters(["P", "C1"], [], "cow") if x.name == "P writes page 0")
-    nodes = list(_step(node, store, base, True, tracks, tuple(PROPERTIES), keyed))
+    seen = {k: t.seen for k, t in tracks.items()}
+    expander = Expander(tracks, "cow", tuple(PROPERTIES), keyed, seen, remember=False)
+    rans = expander.runs(node.program, node.kernels, store, base, True)
+    nodes = list(_judged(node, node.program.then(store), rans, tracks))
     assert [n.kernels for n in nodes] == [("v4.5", "v5.9"), ("v5.19", "v6.18")]
+
+
+def _account(outcome: Outcome) -> tuple[object, ...]:
+    stats = outcome.stats
+    return (_findings(outcome), stats.states, stats.runs, stats.depth_states, stats.programs)
+
+
+@pytest.mark.parametrize(("kernels", "alphabet"), [(["v4.5", "v6.18"], "cow"), (["v5.10"], "full")])
+def test_a_search_spread_over_a_pool_is_the_search_made_here(
+    kernels: list[str], alphabet: str
+) -> None:
+    """The frontier's chunks expanded by two processes, judged here in the frontier's order:
+    the same states, runs, findings and programs as one process makes (each worker remembers
+    only the states it met, so it judges some states' properties again: the same answers)."""
+    here = search_kernels(kernels, 2, alphabet, count_programs=True)
+    with ProcessPoolExecutor(2) as pool:
+        spread = search_kernels(kernels, 2, alphabet, count_programs=True, pool=pool, workers=2)
+    for kernel in kernels:
+        assert _account(spread[kernel]) == _account(here[kernel])
+        assert spread[kernel].findings or kernel != "v4.5"  # 4.5 breaks pin coherence by 2
+
+
+def test_a_search_spread_over_a_dask_cluster_is_the_search_made_here() -> None:
+    distributed = pytest.importorskip("distributed")
+    here = search_kernels(["v4.5"], 2)["v4.5"]
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pool = client.get_executor(pure=False)
+        assert _account(search_kernels(["v4.5"], 2, pool=pool, workers=2)["v4.5"]) == _account(here)
+
+
+def test_check_of_fewer_kernels_than_jobs_spreads_each_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One kernel on three processes: each part's search spread over the pool (_check_all);
+    the same document as one process makes, but the seconds."""
+
+    def document(jobs: str) -> dict[str, Any]:
+        argv = ["check", "--kernel", "v4.5", "--depth", "2", "--no-corpus", "--json"]
+        main([*argv, "--out", str(tmp_path / jobs), "--jobs", jobs])
+        doc = json.loads(capsys.readouterr().out)
+        doc.pop("seconds")
+        for stats in doc["stats"].values():
+            stats.pop("seconds")
+        return cast(dict[str, Any], json.loads(json.dumps(doc).replace(str(tmp_path / jobs), "O")))
+
+    assert document("3") == document("1")
 
 
 def test_merged_parts_come_breadth_first() -> None:

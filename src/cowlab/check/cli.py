@@ -11,8 +11,9 @@ import json
 import os
 import platform
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -224,25 +225,37 @@ def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: 
     (search.search_kernels: a letter runs once for the kernels that take it alike), `jobs`
     runs, each from each part of the roots (alphabet.root_parts), then the corpus's files
     behind them, each far shorter than a search, so that a worker done with its searches
-    runs scenarios while the other still searches and none waits long at the end. Each
-    kernel's parts merged (search.merged), the files' verdicts gathered in path order.
+    runs scenarios while the other still searches and none waits long at the end. Fewer
+    kernels than processes: one joint search a part, here, its frontier's chunks expanded
+    by the pool's processes (search_kernels' `pool`), so a deep search of one kernel takes
+    every process, not two. Each kernel's parts merged (search.merged), the files' verdicts
+    gathered in path order.
     Interrupted: the kernels whose parts ended, the files that ended."""
     r = result
     parts = len(root_parts())
+    # fewer kernels than processes: each search's frontier spread over all of them
+    spread = len(r.kernels) < jobs
     # the larger part (THP) first, and in it the newest kernels, which differ most
-    runs = neighbours(r.kernels, jobs)[::-1]
+    runs = [r.kernels] if spread else neighbours(r.kernels, jobs)[::-1]
     tasks = [(ks, part) for part in range(parts) for ks in runs]
     found: dict[str, dict[int, Outcome]] = {k: {} for k in r.kernels}
     files: dict[int, FileVerdict] = {}
     try:
         with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
             task = bar.add_task("checking", total=len(tasks) + len(corpus))
-            with ProcessPoolExecutor(
-                max_workers=jobs, initializer=_worker_start, initargs=(r.patch,)
-            ) as pool:
+            with (
+                ProcessPoolExecutor(
+                    max_workers=jobs, initializer=_worker_start, initargs=(r.patch,)
+                ) as pool,
+                ThreadPoolExecutor(max_workers=len(tasks) if spread else 1) as here,
+            ):
+                search = partial(search_kernels, depth=r.depth, alphabet=r.alphabet)
+                search = partial(search, wanted=tuple(r.props))
                 searches = {
-                    pool.submit(
-                        search_kernels, ks, r.depth, r.alphabet, tuple(r.props), part=part
+                    (
+                        here.submit(search, ks, part=part, pool=pool, workers=jobs)
+                        if spread
+                        else pool.submit(search, ks, part=part)
                     ): part
                     for ks, part in tasks
                 }
@@ -258,6 +271,7 @@ def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: 
                         bar.advance(task)
                 except BaseException:  # Ctrl-C, or a scenario the corpus cannot run
                     pool.shutdown(wait=False, cancel_futures=True)
+                    here.shutdown(wait=False, cancel_futures=True)
                     raise
     finally:
         r.outcomes = {

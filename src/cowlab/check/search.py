@@ -16,8 +16,9 @@ kernels that ran a letter apart but reached one canonical state by it go on toge
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from typing import Any, TypeVar
@@ -124,24 +125,10 @@ def signature(prop: str, letter: Letter, runner: Runner) -> tuple[object, ...]:
     return (prop, letter.kind, decisions, pins, len(_live(runner)))
 
 
-class Signatures:
-    """signature() of each property broken by one run of a letter, made once for the kernels
-    that share the run."""
-
-    def __init__(self, letter: Letter, runner: Runner) -> None:
-        self.letter, self.runner = letter, runner
-        self.made: dict[str, tuple[object, ...]] = {}
-
-    def __call__(self, prop: str) -> tuple[object, ...]:
-        if prop not in self.made:
-            self.made[prop] = signature(prop, self.letter, self.runner)
-        return self.made[prop]
-
-
-def run_program(kernel: str | Track, program: Program) -> Runner:
+def run_program(kernel: str | Driver, program: Program) -> Runner:
     """A fresh machine after `program` (a frontier state, replayed), on a kernel or with a
-    kernel's track of a joint search (its policy noting what the program reads)."""
-    track = kernel if isinstance(kernel, Track) else None
+    kernel's driver in a joint search (its policy noting what the program reads)."""
+    track = kernel if isinstance(kernel, Driver) else None
     runner = Runner(SCENARIO, track.kernel if track else str(kernel))
     if track is not None:
         track.takes(runner)
@@ -389,6 +376,8 @@ def search_kernels(
     progress: Callable[[int], object] | None = None,
     part: int | None = None,
     count_programs: bool = False,
+    pool: Executor | None = None,
+    workers: int = 1,
 ) -> dict[str, Outcome]:
     """The search of each of `kernels`, made together: each kernel's outcome is the one its
     own search has (the same states in the same order, the same findings). A letter runs once
@@ -398,15 +387,21 @@ def search_kernels(
     `part`: only from that part's roots (alphabet.root_parts; `merged` joins the parts).
     `progress` is told each depth's new nodes when the depth is done; a true answer ends the
     search there. `count_programs` (with canonical states): each kernel's stats.programs, from
-    its Graph."""
+    its Graph. `pool`: the frontier's programs expanded by its `workers` (processes, or a Dask
+    client's executor), the runs judged here in the frontier's order: the same outcome."""
     started = time.perf_counter()
     graph = count_programs and canonical
     tracks = {k: Track(k, graph) for k in dict.fromkeys(kernels)}
     firsts = roots() if part is None else root_parts()[part]
-    keyed = partial(state_key, scans=scans_by_pid(alphabet)) if canonical else None
+    keyed = _keyed(alphabet, canonical)
     frontier = [node for first in firsts for node in _root(first, tracks, keyed)]
+    if pool is None:
+        seen = {k: t.seen for k, t in tracks.items()}
+        expanded = _local(Expander(tracks, alphabet, wanted, keyed, seen, remember=False))
+    else:
+        expanded = _in_pool(pool, workers, (tuple(tracks), alphabet, wanted, canonical))
     for _ in range(depth):
-        frontier = list(_expand(frontier, tracks, alphabet, wanted, keyed))
+        frontier = list(_expand(frontier, tracks, expanded))
         for track in tracks.values():
             track.stats.depth_states.append(sum(track.kernel in n.kernels for n in frontier))
         stop = progress is not None and progress(len(frontier))
@@ -417,6 +412,70 @@ def search_kernels(
         if track.graph is not None:
             track.stats.programs = track.graph.programs(len(track.stats.depth_states))
     return {k: track.outcome() for k, track in tracks.items()}
+
+
+def _keyed(alphabet: str, canonical: bool) -> Keyed | None:
+    return partial(state_key, scans=scans_by_pid(alphabet)) if canonical else None
+
+
+# a frontier's nodes, each with its letters' longer programs and runs (Expander.expand)
+Expanded = Callable[[list["Node"]], Iterator[tuple["Node", Iterable[tuple[Program, list["Ran"]]]]]]
+Spec = tuple[tuple[str, ...], str, tuple[str, ...], bool]  # kernels, alphabet, wanted, canonical
+
+
+def _local(expander: Expander) -> Expanded:
+    """Each node expanded here, a letter's runs judged before the next letter runs (so a state
+    the letter before reached is known, its properties not judged again)."""
+
+    def expanded(
+        frontier: list[Node],
+    ) -> Iterator[tuple[Node, Iterable[tuple[Program, list[Ran]]]]]:
+        for node in frontier:
+            yield node, expander.expand(node.program, node.kernels)
+
+    return expanded
+
+
+def _in_pool(pool: Executor, workers: int, spec: Spec) -> Expanded:
+    """The frontier in chunks, each expanded by a worker (expand_chunk), at most two a worker
+    in flight, the results taken in the frontier's order."""
+
+    def expanded(
+        frontier: list[Node],
+    ) -> Iterator[tuple[Node, Iterable[tuple[Program, list[Ran]]]]]:
+        size = max(1, min(CHUNK, len(frontier) // (8 * workers)))
+        chunks = [frontier[i : i + size] for i in range(0, len(frontier), size)]
+        flight: deque[Future[list[list[tuple[Program, list[Ran]]]]]] = deque()
+        ahead = iter(chunks)
+        for chunk in chunks:
+            while len(flight) < 2 * workers and (more := next(ahead, None)) is not None:
+                flight.append(
+                    pool.submit(expand_chunk, spec, [(n.program, n.kernels) for n in more])
+                )
+            yield from zip(chunk, flight.popleft().result(), strict=True)
+
+    return expanded
+
+
+CHUNK = 64  # frontier nodes a worker expands at once, at most
+_EXPANDERS: dict[Spec, Expander] = {}  # a worker's, one per search it serves (the last few)
+
+
+def expand_chunk(
+    spec: Spec, nodes: list[tuple[Program, tuple[str, ...]]]
+) -> list[list[tuple[Program, list[Ran]]]]:
+    """In a worker: each node's expansion (its program and kernels), what the state properties
+    it computes remembered for the next chunks of the same search."""
+    expander = _EXPANDERS.get(spec)
+    if expander is None:
+        while len(_EXPANDERS) >= 4:
+            del _EXPANDERS[next(iter(_EXPANDERS))]
+        kernels, alphabet, wanted, canonical = spec
+        drivers: dict[str, Driver] = {k: Driver(k) for k in kernels}
+        known: dict[str, dict[bytes, dict[str, str]]] = {k: {} for k in kernels}
+        keyed = _keyed(alphabet, canonical)
+        expander = _EXPANDERS[spec] = Expander(drivers, alphabet, wanted, keyed, known, True)
+    return [list(expander.expand(program, kernels)) for program, kernels in nodes]
 
 
 def merged(parts: list[Outcome]) -> Outcome:
@@ -464,118 +523,158 @@ def _in_order(kernels: list[str], order: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(k for k in order if k in kernels)
 
 
-def _expand(
-    frontier: list[Node],
-    tracks: dict[str, Track],
-    alphabet: str,
-    wanted: tuple[str, ...],
-    keyed: Keyed | None,
-) -> Iterator[Node]:
-    for node in frontier:
-        base = run_program(node.kernels[0], node.program)
-        offered = letters(_live(base), list(node.program.pins), alphabet)
-        options = [x for x in offered if not idle(x, base, alphabet)]  # idle reads no policy
+class Expander:
+    """The machine side of a search: runs each letter after a node's program, keys and judges
+    the states it reaches, and reports them as Ran records, which hold no machine (a worker of
+    a parallel search sends them back). `known`, per kernel: the state properties already
+    computed of a canonical state (a kernel's `seen` in one process; a worker's own memory,
+    `remember`, where the `seen` are the parent's)."""
+
+    def __init__(
+        self,
+        drivers: Mapping[str, Driver],
+        alphabet: str,
+        wanted: tuple[str, ...],
+        keyed: Keyed | None,
+        known: dict[str, dict[bytes, dict[str, str]]],
+        remember: bool,
+    ) -> None:
+        self.drivers, self.alphabet, self.keyed = drivers, alphabet, keyed
+        self.known, self.remember = known, remember
+        # what a state breaks depends on the state alone, but an unnecessary copy: the letter
+        self.of_letter = tuple(p for p in wanted if p == "no_unnecessary_copy")
+        self.of_state = tuple(p for p in wanted if p not in self.of_letter)
+
+    def expand(
+        self, program: Program, kernels: tuple[str, ...]
+    ) -> Iterator[tuple[Program, list[Ran]]]:
+        """Each letter the program may take next, as the longer program and its runs."""
+        base = run_program(self.drivers[kernels[0]], program)
+        offered = letters(_live(base), list(program.pins), self.alphabet)
+        options = [x for x in offered if not idle(x, base, self.alphabet)]  # reads no policy
         for n, letter in enumerate(options, 1):
-            yield from _step(node, letter, base, n == len(options), tracks, wanted, keyed)
+            yield program.then(letter), self.runs(program, kernels, letter, base, n == len(options))
+
+    def runs(
+        self, program: Program, kernels: tuple[str, ...], letter: Letter, base: Runner, last: bool
+    ) -> list[Ran]:
+        """`letter` after the program's state (`base`), once for each set of kernels whose
+        policies agree on all it read (_shared)."""
+        longer = program.then(letter)
+        copies: list[dict[int, object]] = []  # released once the letter is judged
+
+        def run(driver: Driver, left: list[str]) -> tuple[Runner, bytes | None, dict[str, str]]:
+            alone = last and len(kernels) == 1  # the last run needs no copy
+            runner = driver.takes(base if alone else clone(base, copies))
+            runner.k.tracing = True  # the decisions of the last letter make the signature
+            for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
+                runner.run_step(to_step(raw, i), judging=False)
+            key = self.keyed(runner, base.regions[REGION]) if self.keyed else None
+            new = key is None or any(key not in self.known[k] for k in left)
+            return runner, key, violations(runner, self.of_state) if new else {}
+
+        out = []
+        for agree, (runner, key, state) in _shared(kernels, self.drivers, run):
+            states = {k: self._state(k, key, state) for k in agree}
+            of_letter = violations(runner, self.of_letter)
+            names = {n for v in (*states.values(), of_letter) for n in v} - longer.broken
+            signed = {n: signature(n, letter, runner) for n in names}
+            out.append(Ran(tuple(agree), key, states, of_letter, signed))
+        for memo in copies:  # what the records keep holds no object of a machine
+            release(memo)
+        return out
+
+    def _state(self, kernel: str, key: bytes | None, computed: dict[str, str]) -> dict[str, str]:
+        """What the state breaks for `kernel`: computed by this run (shared by the kernels that
+        agree on all it read) unless the kernel knew it already."""
+        if key is None:
+            return computed
+        known = self.known[kernel].get(key)
+        if known is not None:
+            return known
+        if self.remember:
+            self.known[kernel][key] = computed
+        return computed
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A letter's run for the kernels that took it alike: its canonical key, what the state
+    breaks for each of them, what the letter breaks, and the signature of each property the
+    program had not broken before it."""
+
+    kernels: tuple[str, ...]
+    key: bytes | None
+    states: dict[str, dict[str, str]]
+    letter: dict[str, str]
+    signatures: dict[str, tuple[object, ...]]
+
+
+def _expand(frontier: list[Node], tracks: dict[str, Track], expanded: Expanded) -> Iterator[Node]:
+    """The nodes the frontier's letters reach, judged in the frontier's order."""
+    for node, runs in expanded(frontier):
+        for longer, rans in runs:
+            yield from _judged(node, longer, rans, tracks)
         for kernel in node.kernels:
             if (graph := tracks[kernel].graph) is not None:
                 graph.expanded(node.key)
 
 
-def _step(
-    node: Node,
-    letter: Letter,
-    base: Runner,
-    last: bool,
-    tracks: dict[str, Track],
-    wanted: tuple[str, ...],
-    keyed: Keyed | None,
+def _judged(
+    node: Node, longer: Program, rans: list[Ran], tracks: dict[str, Track]
 ) -> Iterator[Node]:
-    """`letter` after the node's state, on each of its kernels. Kernels that ran it apart (their
-    policies define something it read otherwise) but reached one canonical state go on as one
-    node: a state's key holds all that any later letter reads, so each kernel's search from
-    there is the one it would make from its own machine, and each still meets the program in
-    its own search's place (the nodes of one letter hold no kernel twice)."""
-    # what a state breaks depends on the state alone, except an unnecessary copy: on the letter
-    of_letter = tuple(p for p in wanted if p == "no_unnecessary_copy")
-    of_state = tuple(p for p in wanted if p not in of_letter)
-    program = node.program
-    longer = program.then(letter)
-    copies: list[dict[int, object]] = []  # released once the letter is judged
-
-    def run(track: Track, left: list[str]) -> Run:
-        alone = last and len(node.kernels) == 1  # the last run needs no copy
-        runner = track.takes(base if alone else clone(base, copies))
-        runner.k.tracing = True  # the decisions of the last letter make the signature
-        for i, raw in enumerate(longer.steps[len(program.steps) :], len(program.steps)):
-            runner.run_step(to_step(raw, i), judging=False)
-        key = keyed(runner, base.regions[REGION]) if keyed else None
-        new = key is None or any(key not in tracks[k].seen for k in left)
-        state = violations(runner, of_state) if new else {}
-        return Run(runner, key, state, violations(runner, of_letter))
-
+    """A letter's runs after the node, judged by each of its kernels. Kernels that ran it apart
+    (their policies define something it read otherwise) but reached one canonical state go on
+    as one node: a state's key holds all that any later letter reads, so each kernel's search
+    from there is the one it would make from its own machine, and each still meets the program
+    in its own search's place (the nodes of one letter hold no kernel twice)."""
     # state -> what it breaks, the kernels, its key
     met: dict[object, tuple[frozenset[str], list[str], bytes | None]] = {}
-    for n, (kernels, done) in enumerate(_shared(node.kernels, tracks, run)):
-        signed = Signatures(letter, done.runner)
-        on = [k for k in kernels if _judge(tracks[k], done, signed, longer)]
-        if on:
-            broken = frozenset(done.state)
-            state = n if done.key is None else (done.key, broken)
-            met.setdefault(state, (broken, [], done.key))[1].extend(on)
-    for memo in copies:  # what the nodes and findings keep holds no object of a machine
-        release(memo)
+    for n, ran in enumerate(rans):
+        for kernel in ran.kernels:
+            if _judge(tracks[kernel], ran, longer):
+                broken = frozenset(ran.states[kernel])
+                state = n if ran.key is None else (ran.key, broken)
+                met.setdefault(state, (broken, [], ran.key))[1].append(kernel)
     for broken, on, key in met.values():
         yield Node(replace(longer, broken=broken), _in_order(on, node.kernels), key)
 
 
-@dataclass
-class Run:
-    """A letter's run on one kernel: the machine after it, its canonical key, and what it
-    breaks (the state's properties when a kernel had not seen it, and the letter's)."""
-
-    runner: Runner
-    key: bytes | None
-    state: dict[str, str]
-    letter: dict[str, str]
-
-
 def _shared(
-    kernels: tuple[str, ...], tracks: dict[str, Track], run: Callable[[Track, list[str]], T]
+    kernels: tuple[str, ...], drivers: Mapping[str, Driver], run: Callable[[Driver, list[str]], T]
 ) -> Iterator[tuple[list[str], T]]:
-    """run(track, kernels left) on the first kernel not served yet, its result taken by every
+    """run(driver, kernels left) on the first kernel not served yet, its result taken by every
     other that agrees with it on each policy attribute the run read; until none is left. The
     last kernel left agrees with itself whatever the run read: its reads are not noted (the
     values its policy keeps from earlier runs are its class's: a policy has no state)."""
     left = list(kernels)
     while left:
-        track = tracks[left[0]]
+        driver = drivers[left[0]]
         if len(left) > 1:
-            track.listen()
-        result = run(track, left)
-        agree = [k for k in left if track.agrees(k)]
+            driver.listen()
+        result = run(driver, left)
+        agree = [k for k in left if driver.agrees(k)]
         left = [k for k in left if k not in agree]
         yield agree, result
 
 
-def _judge(track: Track, done: Run, signed: Signatures, longer: Program) -> bool:
+def _judge(track: Track, ran: Ran, longer: Program) -> bool:
     """The kernel's account of a letter's run: its findings, whether its search goes on from
     there (a state it had not seen, and not a corrupt kernel: what follows is not its doing)."""
     track.stats.runs += 1
-    known = track.seen.get(done.key) if done.key is not None else None
-    state = done.state if known is None else known
-    broken = state | done.letter
+    state = ran.states[track.kernel]
+    broken = state | ran.letter
     for name, problem in broken.items():
-        sig = signed(name)
-        if name not in longer.broken and sig not in track.findings:
+        if name not in longer.broken and ran.signatures[name] not in track.findings:
+            sig = ran.signatures[name]
             track.findings[sig] = Finding(track.kernel, name, longer, problem, sig)
     if "consistency" in broken:
         return False
     if track.graph is not None:
-        track.graph.pending.append(track.graph.id(done.key))
-    if known is not None:
-        return False
-    if done.key is not None:
-        track.seen[done.key] = state
+        track.graph.pending.append(track.graph.id(ran.key))
+    if ran.key is not None:
+        if ran.key in track.seen:
+            return False
+        track.seen[ran.key] = state
     track.stats.states += 1
     return True
