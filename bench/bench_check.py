@@ -6,7 +6,8 @@ A search with canonical states also counts the programs one without them visits 
 column, search.Graph.programs: walks of its state graph), exact and without running them, so
 the states without canonical states are known as deep as the canonical search went.
 
-One search per kernel and mode, to --depth, timed at the end of each depth; --budget stops
+One search per kernel and mode, to --depth, timed at the end of each depth (--jobs N: the
+search spread over N processes, its CPU seconds theirs and this one's); --budget stops
 before a depth whose estimated CPU time (the last depth's, times its growth over the one
 before) would pass the budget, and says so. --all: every policy of the timeline in one joint
 search (search.search_kernels, as `cowlab check` runs it), its states summed over the kernels.
@@ -14,20 +15,25 @@ search (search.search_kernels, as `cowlab check` runs it), its states summed ove
     python bench/bench_check.py                                 # v4.5 and v6.18, depths 1-3
     python bench/bench_check.py --kernel v6.18 --depth 10 --budget 900
     python bench/bench_check.py --all --no-plain
+    python bench/bench_check.py --kernel v6.18 --depth 6 --no-plain --jobs 2   # spread
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
+from pathlib import Path
 from typing import Any
 
 from cowlab.check import search as search_module
-from cowlab.check.search import search, search_kernels
+from cowlab.check.search import search_kernels
 from cowlab.policy.timeline import all_policies
 
 
@@ -36,15 +42,25 @@ class Depths:
     """States and CPU/wall seconds at the end of each depth of one search."""
 
     budget: float
-    started: tuple[float, float] = field(
-        default_factory=lambda: (time.process_time(), time.perf_counter())
-    )
+    pool: ProcessPoolExecutor | None = None  # its workers' CPU counted too
+    started: tuple[float, float] = (0.0, 0.0)
     # (depth, states so far, CPU s, wall s)
     rows: list[tuple[int, int, float, float]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.started = (self.cpu(), time.perf_counter())
+
+    def cpu(self) -> float:
+        """This process's CPU seconds and its pool's live workers' (/proc/PID/stat)."""
+        ticks = 0
+        for pid in getattr(self.pool, "_processes", None) or ():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+
     def __call__(self, new_states: int) -> bool:
         """Note a depth done; true (stop the search) if the next would pass the budget."""
-        cpu, wall = time.process_time() - self.started[0], time.perf_counter() - self.started[1]
+        cpu, wall = self.cpu() - self.started[0], time.perf_counter() - self.started[1]
         states = (self.rows[-1][1] if self.rows else 0) + new_states
         self.rows.append((len(self.rows) + 1, states, cpu, wall))
         return bool(self.budget) and cpu + self.next_depth() > self.budget
@@ -57,9 +73,18 @@ class Depths:
         return spent[-1] * spent[-1] / spent[-2]
 
 
-def one_kernel(kernel: str, depth: int, canonical: bool, budget: float) -> None:
-    depths = Depths(budget)
-    outcome = search(kernel, depth, canonical=canonical, progress=depths, count_programs=True)
+def one_kernel(kernel: str, depth: int, canonical: bool, budget: float, jobs: int) -> None:
+    with ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext() as pool:
+        depths = Depths(budget, pool)
+        outcome = search_kernels(
+            [kernel],
+            depth,
+            canonical=canonical,
+            progress=depths,
+            count_programs=True,
+            pool=pool,
+            workers=jobs,
+        )[kernel]
     without = list(accumulate(outcome.stats.programs))
     for d, states, cpu, wall in depths.rows:
         rate = states / cpu if cpu else 0.0
@@ -107,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plain", action="store_true", help="only with canonical states")
     ap.add_argument("--no-canonical", action="store_true", help="only without them")
     ap.add_argument("--all", action="store_true", help="every policy, one joint search")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="processes one search spreads over (1: this one)"
+    )
     args = ap.parse_args(argv)
     print(
         "kernel  depth  canonical  states     CPU s     wall s    states/CPU-s  without (derived)"
@@ -118,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for kernel in args.kernel or ["v4.5", "v6.18"]:
         for canonical in modes:
-            one_kernel(kernel, args.depth, canonical, args.budget)
+            one_kernel(kernel, args.depth, canonical, args.budget, args.jobs)
     return 0
 
 
