@@ -355,22 +355,57 @@ def test_a_search_spread_over_a_dask_cluster_is_the_search_made_here() -> None:
         assert _account(search_kernels(["v4.5"], 2, pool=pool, workers=2)["v4.5"]) == _account(here)
 
 
+def _document(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+    kernels: tuple[str, ...] = ("--kernel", "v4.5"),
+    depth: str = "2",
+) -> dict[str, Any]:
+    """`cowlab check`'s JSON document, but its seconds and its directory."""
+    out = tmp_path / "-".join(extra).replace(":", "").replace("/", "")
+    argv = ["check", *kernels, "--depth", depth, "--no-corpus", "--json", "--out"]
+    main([*argv, str(out), *extra])
+    doc = json.loads(capsys.readouterr().out)
+    doc.pop("seconds")
+    for stats in doc["stats"].values():
+        stats.pop("seconds")
+    return cast(dict[str, Any], json.loads(json.dumps(doc).replace(str(out), "OUT")))
+
+
 def test_check_of_fewer_kernels_than_jobs_spreads_each_search(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One kernel on three processes: each part's search spread over the pool (_check_all);
     the same document as one process makes, but the seconds."""
+    spread = _document(tmp_path, capsys, "--jobs", "3")
+    assert spread == _document(tmp_path, capsys, "--jobs", "1")
 
-    def document(jobs: str) -> dict[str, Any]:
-        argv = ["check", "--kernel", "v4.5", "--depth", "2", "--no-corpus", "--json"]
-        main([*argv, "--out", str(tmp_path / jobs), "--jobs", jobs])
-        doc = json.loads(capsys.readouterr().out)
-        doc.pop("seconds")
-        for stats in doc["stats"].values():
-            stats.pop("seconds")
-        return cast(dict[str, Any], json.loads(json.dumps(doc).replace(str(tmp_path / jobs), "O")))
 
-    assert document("3") == document("1")
+def test_a_patch_spread_over_the_pool_is_searched_as_in_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --policy patch beside its base, two kernels on three processes: the workers expand
+    the patched kernel's states with the patch (each learns it), as one process does; the
+    patch brings back CVE-2020-29374's break, found in both."""
+    patch = ("--policy", f"{PATCHES / 'reuse_by_mapcount.py'}:ReuseByMapcount", "--base")
+    kernels = (*patch, "v6.18", "--no-live")
+    spread = _document(tmp_path, capsys, "--jobs", "3", kernels=kernels, depth="3")
+    assert spread == _document(tmp_path, capsys, "--jobs", "1", kernels=kernels, depth="3")
+    assert spread["patch"]["breaks"]
+
+
+def test_check_on_a_dask_cluster_spreads_each_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--scheduler without --campaign: the searches' chunks run on the cluster's workers."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        spread = _document(tmp_path, capsys, "--scheduler", cluster.scheduler_address)
+        assert "expand_chunk" in cluster.scheduler.task_prefixes  # the workers expanded it
+    assert spread == _document(tmp_path, capsys, "--jobs", "1")
 
 
 def test_merged_parts_come_breadth_first() -> None:

@@ -495,15 +495,13 @@ def campaign_of(args: Any) -> Campaign | None:
     journal = Path(args.journal) if args.journal else Path(args.out) / "campaign.sqlite"
     if args.journal and not journal.parent.is_dir():
         raise UsageError(f"cowlab check: no directory {journal.parent} for --journal {journal}")
-    if args.scheduler:
-        _reach(args.scheduler)
     props = tuple(args.property or PROPERTIES)
     params = Params(args.seed, args.length, args.alphabet, props)
     _open_journal(journal, params).close()  # a journal it cannot use fails before any search
     return Campaign(params, args.campaign, journal, args.jobs, args.scheduler)
 
 
-def _reach(address: str) -> None:
+def reach(address: str) -> None:
     """A scheduler that cannot be reached is one line before any search, not a traceback
     after it."""
     from cowlab.cli import UsageError

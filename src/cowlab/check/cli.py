@@ -11,7 +11,15 @@ import json
 import os
 import platform
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import (
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+)
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
@@ -28,6 +36,8 @@ from cowlab.check.campaign import (
     CampaignSummary,
     campaign_into,
     campaign_of,
+    executor,
+    reach,
 )
 from cowlab.check.corpus import (
     CorpusResult,
@@ -130,7 +140,9 @@ def add_check_command(sub: Any) -> None:
         "--length", type=int, default=DEFAULT_LENGTH, help=f"campaign letters ({DEFAULT_LENGTH})"
     )
     p.add_argument("--journal", metavar="FILE", help="(default OUT/campaign.sqlite)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run the campaign on Dask there")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run the search and the campaign on Dask there"
+    )
     p.add_argument(
         "--policy",
         metavar="FILE.py:NAME",
@@ -156,7 +168,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     corpus = [] if args.no_corpus else corpus_tasks(Path(args.corpus), result.kernels)
     try:
-        _check_all(result, corpus, args.jobs, quiet=args.json or args.tap)
+        _check_all(result, corpus, args.jobs, args.scheduler, quiet=args.json or args.tap)
     except KeyboardInterrupt:
         result.interrupted = True
     if campaign is not None and not result.interrupted:
@@ -183,6 +195,8 @@ def _prepare(args: argparse.Namespace) -> CheckResult:
         raise UsageError(f"cowlab check: --jobs must be 1 or more, got {args.jobs}")
     if not args.no_corpus and not Path(args.corpus).is_dir():
         raise UsageError(f"cowlab check: no corpus directory {args.corpus} (or --no-corpus)")
+    if args.scheduler:
+        reach(args.scheduler)
     if bool(args.policy) != bool(args.base):
         raise UsageError("cowlab check: --policy and --base go together")
     patch = None
@@ -219,7 +233,9 @@ def live_base(base: str, files: list[str]) -> None:
     main(["live", *files, "--kernel", base])
 
 
-def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: bool) -> None:
+def _check_all(
+    result: CheckResult, corpus: list[CorpusTask], jobs: int, scheduler: str | None, quiet: bool
+) -> None:
     """The bounded search on every kernel and the corpus, in one pool of `jobs` processes,
     with a progress bar: joint searches of runs of neighbouring kernels
     (search.search_kernels: a letter runs once for the kernels that take it alike), `jobs`
@@ -233,8 +249,8 @@ def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: 
     Interrupted: the kernels whose parts ended, the files that ended."""
     r = result
     parts = len(root_parts())
-    # fewer kernels than processes: each search's frontier spread over all of them
-    spread = len(r.kernels) < jobs
+    # fewer kernels than processes, or a Dask cluster: each search's frontier spread over them
+    spread = len(r.kernels) < jobs or scheduler is not None
     # the larger part (THP) first, and in it the newest kernels, which differ most
     runs = [r.kernels] if spread else neighbours(r.kernels, jobs)[::-1]
     tasks = [(ks, part) for part in range(parts) for ks in runs]
@@ -248,12 +264,13 @@ def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: 
                     max_workers=jobs, initializer=_worker_start, initargs=(r.patch,)
                 ) as pool,
                 ThreadPoolExecutor(max_workers=len(tasks) if spread else 1) as here,
+                _elsewhere(scheduler, pool, jobs) as (chunks, workers),
             ):
                 search = partial(search_kernels, depth=r.depth, alphabet=r.alphabet)
-                search = partial(search, wanted=tuple(r.props))
+                search = partial(search, wanted=tuple(r.props), patch=r.patch)
                 searches = {
                     (
-                        here.submit(search, ks, part=part, pool=pool, workers=jobs)
+                        here.submit(search, ks, part=part, pool=chunks, workers=workers)
                         if spread
                         else pool.submit(search, ks, part=part)
                     ): part
@@ -280,6 +297,17 @@ def _check_all(result: CheckResult, corpus: list[CorpusTask], jobs: int, quiet: 
             if len(of) == parts
         }
         r.corpus = gathered(files[i] for i in sorted(files))
+
+
+@contextmanager
+def _elsewhere(scheduler: str | None, pool: Executor, jobs: int) -> Iterator[tuple[Executor, int]]:
+    """Where a spread search's chunks go, and to how many workers: the Dask cluster's, or the
+    local pool (the corpus stays there: its files are this machine's)."""
+    if scheduler is None:
+        yield pool, jobs
+        return
+    with executor(jobs, scheduler) as (remote, in_flight):
+        yield remote, in_flight // 2
 
 
 def neighbours(kernels: list[str], n: int) -> list[list[str]]:

@@ -36,6 +36,7 @@ from cowlab.check.alphabet import (
 )
 from cowlab.check.canonical import state_key
 from cowlab.check.clone import deep_copy, release
+from cowlab.check.patch import Patch, register
 from cowlab.check.properties import PROPERTIES
 from cowlab.policy.base import Policy
 from cowlab.policy.timeline import resolve
@@ -378,6 +379,7 @@ def search_kernels(
     count_programs: bool = False,
     pool: Executor | None = None,
     workers: int = 1,
+    patch: Patch | None = None,
 ) -> dict[str, Outcome]:
     """The search of each of `kernels`, made together: each kernel's outcome is the one its
     own search has (the same states in the same order, the same findings). A letter runs once
@@ -388,7 +390,8 @@ def search_kernels(
     `progress` is told each depth's new nodes when the depth is done; a true answer ends the
     search there. `count_programs` (with canonical states): each kernel's stats.programs, from
     its Graph. `pool`: the frontier's programs expanded by its `workers` (processes, or a Dask
-    client's executor), the runs judged here in the frontier's order: the same outcome."""
+    client's executor), the runs judged here in the frontier's order: the same outcome; a
+    worker learns a --policy `patch` (one of the kernels) from it."""
     started = time.perf_counter()
     graph = count_programs and canonical
     tracks = {k: Track(k, graph) for k in dict.fromkeys(kernels)}
@@ -399,7 +402,7 @@ def search_kernels(
         seen = {k: t.seen for k, t in tracks.items()}
         expanded = _local(Expander(tracks, alphabet, wanted, keyed, seen, remember=False))
     else:
-        expanded = _in_pool(pool, workers, (tuple(tracks), alphabet, wanted, canonical))
+        expanded = _in_pool(pool, workers, (tuple(tracks), alphabet, wanted, canonical), patch)
     for _ in range(depth):
         frontier = list(_expand(frontier, tracks, expanded))
         for track in tracks.values():
@@ -436,7 +439,7 @@ def _local(expander: Expander) -> Expanded:
     return expanded
 
 
-def _in_pool(pool: Executor, workers: int, spec: Spec) -> Expanded:
+def _in_pool(pool: Executor, workers: int, spec: Spec, patch: Patch | None) -> Expanded:
     """The frontier in chunks, each expanded by a worker (expand_chunk), at most two a worker
     in flight, the results taken in the frontier's order."""
 
@@ -450,7 +453,7 @@ def _in_pool(pool: Executor, workers: int, spec: Spec) -> Expanded:
         for chunk in chunks:
             while len(flight) < 2 * workers and (more := next(ahead, None)) is not None:
                 flight.append(
-                    pool.submit(expand_chunk, spec, [(n.program, n.kernels) for n in more])
+                    pool.submit(expand_chunk, spec, [(n.program, n.kernels) for n in more], patch)
                 )
             yield from zip(chunk, flight.popleft().result(), strict=True)
 
@@ -462,12 +465,14 @@ _EXPANDERS: dict[Spec, Expander] = {}  # a worker's, one per search it serves (t
 
 
 def expand_chunk(
-    spec: Spec, nodes: list[tuple[Program, tuple[str, ...]]]
+    spec: Spec, nodes: list[tuple[Program, tuple[str, ...]]], patch: Patch | None = None
 ) -> list[list[tuple[Program, list[Ran]]]]:
     """In a worker: each node's expansion (its program and kernels), what the state properties
     it computes remembered for the next chunks of the same search."""
     expander = _EXPANDERS.get(spec)
     if expander is None:
+        if patch is not None:  # a Dask worker is no fork of the process that loaded it
+            register(patch)
         while len(_EXPANDERS) >= 4:
             del _EXPANDERS[next(iter(_EXPANDERS))]
         kernels, alphabet, wanted, canonical = spec
