@@ -21,7 +21,7 @@ from cowlab.check.alphabet import letters, root_parts, roots
 from cowlab.check.canonical import state_key
 from cowlab.check.corpus import Verdicts, expected_breaks, scenario_files
 from cowlab.check.counterexample import group, to_yaml
-from cowlab.check.properties import PROPERTIES
+from cowlab.check.properties import PROPERTIES, Property
 from cowlab.check.search import (
     Expander,
     Finding,
@@ -320,6 +320,26 @@ def test_kernels_that_part_at_a_letter_and_meet_again_go_on_together() -> None:
     rans = expander.runs(node.program, node.kernels, store, base, True)
     nodes = list(_judged(node, node.program.then(store), rans, tracks))
     assert [n.kernels for n in nodes] == [("v4.5", "v5.9"), ("v5.19", "v6.18")]
+
+
+def test_a_letter_property_is_shared_only_by_kernels_that_agree_on_its_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a letter breaks (no_unnecessary_copy, judged per letter) is read with the policy of
+    the kernel that ran it, so its reads decide which kernels take the verdict, as the state's
+    properties' do. By hand: a stand-in that reads reuses_ksm_page (True up to 5.8, False from
+    5.9: no letter of the cow alphabet reads it, so the two run every root letter alike) breaks
+    at every letter, saying what it read: each kernel's finding tells its own value."""
+
+    def reads_ksm(runner: Runner) -> list[str]:
+        return [f"reuses_ksm_page={runner.k.policy.reuses_ksm_page}"]
+
+    stand_in = Property("no_unnecessary_copy", "performance", reads_ksm)
+    monkeypatch.setitem(PROPERTIES, "no_unnecessary_copy", stand_in)
+    joint = search_kernels(["v5.8", "v5.9"], 1, wanted=("no_unnecessary_copy",))
+    for kernel, value in (("v5.8", True), ("v5.9", False)):
+        problems = {f.problem for f in joint[kernel].findings}
+        assert problems == {f"reuses_ksm_page={value}"}
 
 
 def _account(outcome: Outcome) -> tuple[object, ...]:

@@ -424,6 +424,7 @@ def _keyed(alphabet: str, canonical: bool) -> Keyed | None:
 # a frontier's nodes, each with its letters' longer programs and runs (Expander.expand)
 Expanded = Callable[[list["Node"]], Iterator[tuple["Node", Iterable[tuple[Program, list["Ran"]]]]]]
 Spec = tuple[tuple[str, ...], str, tuple[str, ...], bool]  # kernels, alphabet, wanted, canonical
+Judged = tuple[dict[str, str], dict[str, str]]  # a run's state properties, its letter's
 
 
 def _local(expander: Expander) -> Expanded:
@@ -568,7 +569,7 @@ class Expander:
         longer = program.then(letter)
         copies: list[dict[int, object]] = []  # released once the letter is judged
 
-        def run(driver: Driver, left: list[str]) -> tuple[Runner, bytes | None, dict[str, str]]:
+        def run(driver: Driver, left: list[str]) -> tuple[Runner, bytes | None, Judged]:
             alone = last and len(kernels) == 1  # the last run needs no copy
             runner = driver.takes(base if alone else clone(base, copies))
             runner.k.tracing = True  # the decisions of the last letter make the signature
@@ -576,12 +577,13 @@ class Expander:
                 runner.run_step(to_step(raw, i), judging=False)
             key = self.keyed(runner, base.regions[REGION]) if self.keyed else None
             new = key is None or any(key not in self.known[k] for k in left)
-            return runner, key, violations(runner, self.of_state) if new else {}
+            # judged here, before _shared asks who agrees: what they read counts too
+            state = violations(runner, self.of_state) if new else {}
+            return runner, key, (state, violations(runner, self.of_letter))
 
         out = []
-        for agree, (runner, key, state) in _shared(kernels, self.drivers, run):
+        for agree, (runner, key, (state, of_letter)) in _shared(kernels, self.drivers, run):
             states = {k: self._state(k, key, state) for k in agree}
-            of_letter = violations(runner, self.of_letter)
             names = {n for v in (*states.values(), of_letter) for n in v} - longer.broken
             signed = {n: signature(n, letter, runner) for n in names}
             out.append(Ran(tuple(agree), key, states, of_letter, signed))
