@@ -9,7 +9,8 @@ result is cached per (kernel, depth): each kernel is searched once for the whole
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
+import sys
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
@@ -373,6 +374,23 @@ def test_a_search_spread_over_a_dask_cluster_is_the_search_made_here() -> None:
     ):
         pool = client.get_executor(pure=False)
         assert _account(search_kernels(["v4.5"], 2, pool=pool, workers=2)["v4.5"]) == _account(here)
+
+
+def test_a_search_spread_over_the_threads_of_one_worker_is_the_search_made_here() -> None:
+    """A Dask worker runs its tasks in threads, all of one process's expand_chunk: a chunk at
+    a time (the drivers of the worker's Expander note what each run reads, and listen empties
+    them), so no run agrees on another's reads. Threads switched as often as they can be."""
+    kernels = ["v4.5", "v5.9", "v6.18"]
+    here = search_kernels(kernels, 2)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            spread = search_kernels(kernels, 2, pool=pool, workers=4)
+    finally:
+        sys.setswitchinterval(interval)
+    for kernel in kernels:
+        assert _account(spread[kernel]) == _account(here[kernel])
 
 
 def _document(

@@ -15,6 +15,7 @@ kernels that ran a letter apart but reached one canonical state by it go on toge
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -463,6 +464,9 @@ def _in_pool(pool: Executor, workers: int, spec: Spec, patch: Patch | None) -> E
 
 CHUNK = 64  # frontier nodes a worker expands at once, at most
 _EXPANDERS: dict[Spec, Expander] = {}  # a worker's, one per search it serves (the last few)
+# a Dask worker runs tasks in threads: an Expander's drivers note what each run reads (listen
+# empties them), so two chunks at once would agree on each other's reads; one at a time
+_EXPANDING = threading.Lock()
 
 
 def expand_chunk(
@@ -470,6 +474,13 @@ def expand_chunk(
 ) -> list[list[tuple[Program, list[Ran]]]]:
     """In a worker: each node's expansion (its program and kernels), what the state properties
     it computes remembered for the next chunks of the same search."""
+    with _EXPANDING:
+        return _expand_chunk(spec, nodes, patch)
+
+
+def _expand_chunk(
+    spec: Spec, nodes: list[tuple[Program, tuple[str, ...]]], patch: Patch | None
+) -> list[list[tuple[Program, list[Ran]]]]:
     expander = _EXPANDERS.get(spec)
     if expander is None:
         if patch is not None:  # a Dask worker is no fork of the process that loaded it
