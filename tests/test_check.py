@@ -281,6 +281,14 @@ def test_a_joint_search_in_parts_is_each_kernel_own_search() -> None:
         assert _findings(joint) == _findings(alone)
 
 
+def test_merged_parts_count_the_programs_of_all_roots() -> None:
+    """The walks from each part's roots add up to those from all roots: a walk starts at one
+    root, and no state of one part is one of another's (alphabet.root_parts)."""
+    one = partial(search_kernels, ["v6.18"], 2, count_programs=True)
+    parts = [one(part=part)["v6.18"] for part in range(len(root_parts()))]
+    assert merged(parts).stats.programs == one()["v6.18"].stats.programs
+
+
 KERNELS = tuple(all_policies())
 BEFORE_5_19 = KERNELS[: KERNELS.index("v5.19")]  # all_policies() is in release order
 

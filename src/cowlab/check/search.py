@@ -498,17 +498,16 @@ def _expand_chunk(
 def merged(parts: list[Outcome]) -> Outcome:
     """One kernel's searches from each part of the roots, in their order, as the search from
     all roots: no state of one part is one of another's (alphabet.root_parts), so the states
-    add up; the findings come breadth first, within a depth in the parts' order, and the
-    first of each signature is kept (what the search from all roots finds first)."""
+    and the programs add up; the findings come breadth first, within a depth in the parts'
+    order, and the first of each signature is kept (what the search from all roots finds
+    first)."""
     stats = Stats()
     for outcome in parts:
         stats.states += outcome.stats.states
         stats.runs += outcome.stats.runs
         stats.seconds += outcome.stats.seconds
-        depths = outcome.stats.depth_states
-        stats.depth_states += [0] * (len(depths) - len(stats.depth_states))
-        for i, n in enumerate(depths):
-            stats.depth_states[i] += n
+        _add(stats.depth_states, outcome.stats.depth_states)
+        _add(stats.programs, outcome.stats.programs)  # walks from its roots (count_programs)
     ordered = sorted(
         ((len(f.program.names), i, f) for i, o in enumerate(parts) for f in o.findings),
         key=lambda item: item[:2],
@@ -517,6 +516,13 @@ def merged(parts: list[Outcome]) -> Outcome:
     for _depth, _part, finding in ordered:
         findings.setdefault(finding.signature, finding)
     return Outcome(list(findings.values()), stats)
+
+
+def _add(into: list[int], more: list[int]) -> None:
+    """Per depth: `more`'s counts added to `into`'s, as deep as the deeper."""
+    into += [0] * (len(more) - len(into))
+    for i, n in enumerate(more):
+        into[i] += n
 
 
 def _root(first: Letter, tracks: dict[str, Track], keyed: Keyed | None) -> Iterator[Node]:
