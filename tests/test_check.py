@@ -384,10 +384,14 @@ def test_a_search_spread_over_a_dask_cluster_is_the_search_made_here() -> None:
         assert _account(search_kernels(["v4.5"], 2, pool=pool, workers=2)["v4.5"]) == _account(here)
 
 
-def test_a_search_spread_over_the_threads_of_one_worker_is_the_search_made_here() -> None:
+def test_a_search_spread_over_the_threads_of_one_worker_is_the_search_made_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A Dask worker runs its tasks in threads, all of one process's expand_chunk: a chunk at
     a time (the drivers of the worker's Expander note what each run reads, and listen empties
-    them), so no run agrees on another's reads. Threads switched as often as they can be."""
+    them), so no run agrees on another's reads. Threads switched as often as they can be; the
+    worker's memory this process's for the test only."""
+    monkeypatch.setattr(search_module, "_EXPANDERS", {})
     kernels = ["v4.5", "v5.9", "v6.18"]
     here = search_kernels(kernels, 2)
     interval = sys.getswitchinterval()
