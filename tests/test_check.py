@@ -405,6 +405,25 @@ def test_a_search_spread_over_the_threads_of_one_worker_is_the_search_made_here(
         assert _account(spread[kernel]) == _account(here[kernel])
 
 
+def test_a_worker_keeps_one_search_and_forgets_states_past_its_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's memory of states' properties is a cache: emptied past KNOWN_CAP states the
+    search is the same; a new search's chunks drop the last one's expander (a long-lived Dask
+    worker would otherwise keep every search it served)."""
+    monkeypatch.setattr(search_module, "_EXPANDERS", {})
+    monkeypatch.setattr(search_module, "KNOWN_CAP", 20)
+    monkeypatch.setattr(search_module, "CHUNK", 1)  # a chunk is a node: at most 20 letters
+    here = search_kernels(["v6.18"], 2)["v6.18"]
+    with ThreadPoolExecutor(1) as pool:
+        spread = search_kernels(["v6.18"], 2, pool=pool)["v6.18"]
+        assert _account(spread) == _account(here)
+        (expander,) = search_module._EXPANDERS.values()
+        assert 0 < sum(map(len, expander.known.values())) <= 20 + 20  # one chunk past the cap
+        search_kernels(["v4.5"], 1, pool=pool)
+    assert [spec[0] for spec in search_module._EXPANDERS] == [("v4.5",)]
+
+
 def _document(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -463,7 +463,10 @@ def _in_pool(pool: Executor, workers: int, spec: Spec, patch: Patch | None) -> E
 
 
 CHUNK = 64  # frontier nodes a worker expands at once, at most
-_EXPANDERS: dict[Spec, Expander] = {}  # a worker's, one per search it serves (the last few)
+# a worker's expander of the search it serves (one: a long-lived Dask worker keeps no more);
+# its memory of states' properties emptied past KNOWN_CAP states (~1 KiB each)
+_EXPANDERS: dict[Spec, Expander] = {}
+KNOWN_CAP = 400_000
 # a Dask worker runs tasks in threads: an Expander's drivers note what each run reads (listen
 # empties them), so two chunks at once would agree on each other's reads; one at a time
 _EXPANDING = threading.Lock()
@@ -485,13 +488,15 @@ def _expand_chunk(
     if expander is None:
         if patch is not None:  # a Dask worker is no fork of the process that loaded it
             register(patch)
-        while len(_EXPANDERS) >= 4:
-            del _EXPANDERS[next(iter(_EXPANDERS))]
+        _EXPANDERS.clear()
         kernels, alphabet, wanted, canonical = spec
         drivers: dict[str, Driver] = {k: Driver(k) for k in kernels}
         known: dict[str, dict[bytes, dict[str, str]]] = {k: {} for k in kernels}
         keyed = _keyed(alphabet, canonical)
         expander = _EXPANDERS[spec] = Expander(drivers, alphabet, wanted, keyed, known, True)
+    if sum(map(len, expander.known.values())) > KNOWN_CAP:
+        for states in expander.known.values():
+            states.clear()
     return [list(expander.expand(program, kernels)) for program, kernels in nodes]
 
 
