@@ -63,6 +63,11 @@ class Depths:
         cpu, wall = self.cpu() - self.started[0], time.perf_counter() - self.started[1]
         states = (self.rows[-1][1] if self.rows else 0) + new_states
         self.rows.append((len(self.rows) + 1, states, cpu, wall))
+        print(
+            f"(depth {len(self.rows)} done: {states} states, {cpu:.1f} CPU-s, {wall:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )  # a long search killed still leaves its depths
         return bool(self.budget) and cpu + self.next_depth() > self.budget
 
     def next_depth(self) -> float:
