@@ -7,7 +7,10 @@ pins by their index among the live ones, so every generated program is executabl
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hypothesis import strategies as st
 
@@ -194,3 +197,22 @@ def op_strategy() -> st.SearchStrategy[Op]:
         st.builds(Op, st.just("khugepaged")),
         st.builds(Op, st.just("ksmd")),
     )
+
+
+T = TypeVar("T")
+
+
+def shortest_violation(
+    breaks: Callable[[list[T]], bool],
+    alphabet: Sequence[T],
+    max_len: int,
+    prefix: Sequence[T] = (),
+) -> list[T] | None:
+    """The first program (prefix + ops, fewest ops first, alphabet order) for which ``breaks``
+    holds; None when no program up to max_len ops does."""
+    for length in range(max_len + 1):
+        for ops in itertools.product(alphabet, repeat=length):
+            program = [*prefix, *ops]
+            if breaks(program):
+                return program
+    return None

@@ -13,10 +13,9 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from cowlab import InvariantViolation
-from cowlab.explore import shortest_violation
 from cowlab.policy import POLICIES
 
-from .programs import Op, World, apply, op_strategy, run, start
+from .programs import Op, World, apply, op_strategy, run, shortest_violation, start
 
 SAFE_KERNELS = [k for k in POLICIES if k != "v4.5+6d0a07e-early"]
 CI_PROGRAMS = 150
