@@ -17,11 +17,13 @@ from typing import Any, cast
 
 import pytest
 
+from cowlab.check import patch as patch_module
 from cowlab.check import search as search_module
 from cowlab.check.alphabet import letters, root_parts, roots
 from cowlab.check.canonical import state_key
 from cowlab.check.corpus import Verdicts, expected_breaks, scenario_files
 from cowlab.check.counterexample import group, to_yaml
+from cowlab.check.patch import Patch, read_patch, register
 from cowlab.check.properties import PROPERTIES, Property
 from cowlab.check.search import (
     Expander,
@@ -42,6 +44,7 @@ from cowlab.check.search import (
     search_kernels,
 )
 from cowlab.cli import main
+from cowlab.policy import timeline
 from cowlab.policy.base import Policy
 from cowlab.policy.timeline import all_policies, resolve
 from cowlab.scenario.loader import load_scenario, parse_scenario
@@ -421,7 +424,7 @@ def test_a_worker_keeps_one_search_and_forgets_states_past_its_cap(
         (expander,) = search_module._EXPANDERS.values()
         assert 0 < sum(map(len, expander.known.values())) <= 20 + 20  # one chunk past the cap
         search_kernels(["v4.5"], 1, pool=pool)
-    assert [spec[0] for spec in search_module._EXPANDERS] == [("v4.5",)]
+    assert [spec[0] for spec, _patch in search_module._EXPANDERS] == [("v4.5",)]
 
 
 def _document(
@@ -587,6 +590,44 @@ def test_a_patch_that_brings_cve_2020_29374_back_is_caught(
     assert code == 1
     assert {"cow_isolation", "no_leak"} <= set(doc["patch"]["breaks"])
     assert doc["kernels"]["v6.18"]["cow_isolation"]["verdict"] == "holds"
+
+
+@pytest.fixture
+def patch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patched kernels this test registers are forgotten after it."""
+    monkeypatch.setattr(patch_module, "_REGISTERED", {})
+    monkeypatch.setattr(timeline, "PATCHED", dict(timeline.PATCHED))
+    monkeypatch.setattr(patch_module, "PATCHED", timeline.PATCHED)
+
+
+def _answer_patch(tmp_path: Path, answer: int) -> Patch:
+    path = tmp_path / "answer.py"
+    path.write_text(
+        f"from cowlab.policy.base import Policy\n\nclass Answer(Policy):\n    answer = {answer}\n"
+    )
+    return read_patch(f"{path}:Answer", "6.18")
+
+
+def test_a_worker_learns_a_patch_from_its_text_without_the_file(
+    tmp_path: Path, patch_registry: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Dask worker in another directory or on another machine has no FILE.py: the patch's
+    text is what it registers. Once per patch and process, however many tasks bring it."""
+    patch = _answer_patch(tmp_path, 1)
+    (tmp_path / "answer.py").unlink()
+    loads: list[str] = []
+    load = patch_module.load_change
+    monkeypatch.setattr(patch_module, "load_change", lambda p: loads.append(p.spec) or load(p))
+    assert register(patch) == register(patch) == "v6.18+Answer"
+    assert resolve("v6.18+Answer").policy().answer == 1 and len(loads) == 1
+
+
+def test_an_edited_patch_is_learned_anew(tmp_path: Path, patch_registry: None) -> None:
+    """A long-lived worker that knew the patch's first text answers with the edited one (the
+    kernel id is the same: BASE+NAME)."""
+    register(_answer_patch(tmp_path, 1))
+    assert register(_answer_patch(tmp_path, 2)) == "v6.18+Answer"
+    assert resolve("v6.18+Answer").policy().answer == 2
 
 
 def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,7 @@ from cowlab.check.corpus import (
     scenario_files,
 )
 from cowlab.check.counterexample import Counterexample, group, write_all
-from cowlab.check.patch import Patch, PatchError, changed_scenarios, register
+from cowlab.check.patch import Patch, PatchError, changed_scenarios, read_patch, register
 from cowlab.check.properties import PROPERTIES
 from cowlab.check.search import Finding, Outcome, merged, search_kernels
 from cowlab.policy.timeline import all_policies, resolve
@@ -202,7 +202,7 @@ def _prepare(args: argparse.Namespace) -> CheckResult:
     patch = None
     if args.policy:
         kernel_ids([args.base])
-        patch = Patch(args.policy, args.base)
+        patch = read_patch(args.policy, args.base)
         kernels = [resolve(args.base).policy_id, register(patch)]
     else:
         kernels = kernel_ids(args.kernel) or list(all_policies())

@@ -5,9 +5,9 @@ policy, as a rule change of the timeline would be; the result answers to the ker
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,39 +24,57 @@ class PatchError(Exception):
 
 @dataclass(frozen=True)
 class Patch:
+    """A --policy patch as a worker needs it: its text goes with it, so a worker in another
+    directory or on another machine (Dask) needs no copy of the file, and one that outlives a
+    run learns an edited file anew."""
+
     spec: str  # FILE.py:NAME
     base: str  # the --base kernel
+    source: str  # FILE.py's text, read where the command runs
 
 
-def load_change(spec: str) -> type[Policy]:
-    """The Policy subclass NAME defined in FILE.py."""
+def read_patch(spec: str, base: str) -> Patch:
+    """The patch --policy SPEC --base BASE names, its file read."""
+    path = _split(spec)[0]
+    if not Path(path).is_file():
+        raise PatchError(f"--policy {spec}: no file {path}")
+    return Patch(spec, base, Path(path).read_text())
+
+
+def _split(spec: str) -> tuple[str, str]:
     path, sep, name = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not name:
         raise PatchError(f"--policy {spec}: expected FILE.py:NAME")
-    if not Path(path).is_file():
-        raise PatchError(f"--policy {spec}: no file {path}")
+    return path, name
+
+
+def load_change(patch: Patch) -> type[Policy]:
+    """The Policy subclass NAME the patch's FILE.py defines."""
+    path, name = _split(patch.spec)
     module_name = f"cowlab_patch_{Path(path).stem}"
-    loader = importlib.util.spec_from_file_location(module_name, path)
-    if loader is None or loader.loader is None:
-        raise PatchError(f"--policy {spec}: cannot load {path}")
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[module_name] = module
+    module = types.ModuleType(module_name)
+    module.__file__ = path
+    sys.modules[module_name] = module  # dataclasses and pickling look their module up
     try:
-        loader.loader.exec_module(module)
+        exec(compile(patch.source, path, "exec"), module.__dict__)
     except Exception as e:  # the user's code: any error is theirs, said in one line
-        raise PatchError(f"--policy {spec}: {path} raised {type(e).__name__}: {e}") from None
+        raise PatchError(f"--policy {patch.spec}: {path} raised {type(e).__name__}: {e}") from None
     change = getattr(module, name, None)
     if not inspect.isclass(change) or not issubclass(change, Policy):
-        raise PatchError(f"--policy {spec}: expected {name} to be a subclass of Policy")
+        raise PatchError(f"--policy {patch.spec}: expected {name} to be a subclass of Policy")
     return change
 
 
+_REGISTERED: dict[str, Patch] = {}  # kernel id -> the patch it answers with here
+
+
 def register(patch: Patch) -> str:
-    """Make the patched policy answer to BASE+NAME here; return that id."""
-    change = load_change(patch.spec)
+    """Make the patched policy answer to BASE+NAME here; return that id. Once per patch and
+    process: a worker learns it with every task, the file's code runs once."""
     base = resolve(patch.base)
-    kernel = f"{base.policy_id}+{change.__name__}"
-    if kernel not in PATCHED:
+    kernel = f"{base.policy_id}+{_split(patch.spec)[1]}"
+    if _REGISTERED.get(kernel) != patch:
+        change = load_change(patch)
         what = inspect.getdoc(change) or inspect.getdoc(sys.modules[change.__module__]) or ""
         change.landed = Landed(
             base.release, (), f"proposed patch {patch.spec}", what.split("\n")[0], "unreleased"
@@ -64,6 +82,7 @@ def register(patch: Patch) -> str:
         changes = (*base.policy.changes, change)
         answers = f"{base.describe()} with the patch {patch.spec}"
         PATCHED[kernel] = Resolved(kernel, base.release, compose(kernel, changes, answers))
+        _REGISTERED[kernel] = patch
     return kernel
 
 

@@ -465,7 +465,7 @@ def _in_pool(pool: Executor, workers: int, spec: Spec, patch: Patch | None) -> E
 CHUNK = 64  # frontier nodes a worker expands at once, at most
 # a worker's expander of the search it serves (one: a long-lived Dask worker keeps no more);
 # its memory of states' properties emptied past KNOWN_CAP states (~1 KiB each)
-_EXPANDERS: dict[Spec, Expander] = {}
+_EXPANDERS: dict[tuple[Spec, Patch | None], Expander] = {}
 KNOWN_CAP = 400_000
 # a Dask worker runs tasks in threads: an Expander's drivers note what each run reads (listen
 # empties them), so two chunks at once would agree on each other's reads; one at a time
@@ -484,7 +484,7 @@ def expand_chunk(
 def _expand_chunk(
     spec: Spec, nodes: list[tuple[Program, tuple[str, ...]]], patch: Patch | None
 ) -> list[list[tuple[Program, list[Ran]]]]:
-    expander = _EXPANDERS.get(spec)
+    expander = _EXPANDERS.get((spec, patch))  # an edited patch is another search
     if expander is None:
         if patch is not None:  # a Dask worker is no fork of the process that loaded it
             register(patch)
@@ -493,7 +493,7 @@ def _expand_chunk(
         drivers: dict[str, Driver] = {k: Driver(k) for k in kernels}
         known: dict[str, dict[bytes, dict[str, str]]] = {k: {} for k in kernels}
         keyed = _keyed(alphabet, canonical)
-        expander = _EXPANDERS[spec] = Expander(drivers, alphabet, wanted, keyed, known, True)
+        expander = _EXPANDERS[spec, patch] = Expander(drivers, alphabet, wanted, keyed, known, True)
     if sum(map(len, expander.known.values())) > KNOWN_CAP:
         for states in expander.known.values():
             states.clear()
