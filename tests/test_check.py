@@ -480,6 +480,25 @@ def test_check_on_a_dask_cluster_spreads_each_search(
     assert spread == _document(tmp_path, capsys, "--jobs", "1")
 
 
+def test_a_patch_on_a_dask_cluster_is_searched_as_in_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--policy with --scheduler: the patch goes to the cluster's worker processes as its text
+    (Patch.source), each registers it and expands the patched kernel's states with it; the
+    same document as one process makes, CVE-2020-29374's break found in both."""
+    distributed = pytest.importorskip("distributed")
+    patch = ("--policy", f"{PATCHES / 'reuse_by_mapcount.py'}:ReuseByMapcount", "--base")
+    kernels = (*patch, "v6.18", "--no-live")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        spread = _document(tmp_path, capsys, "--scheduler", address, kernels=kernels, depth="3")
+        assert "expand_chunk" in cluster.scheduler.task_prefixes
+    assert spread == _document(tmp_path, capsys, "--jobs", "1", kernels=kernels, depth="3")
+    assert spread["patch"]["breaks"]
+
+
 def test_merged_parts_come_breadth_first() -> None:
     """The search from all roots meets depth 2 of every part before depth 3 of any: merged
     orders findings by depth, then part, and keeps a signature's shallowest program even
