@@ -569,6 +569,11 @@ def test_policies_differ_below_a_shared_definition() -> None:
         (["--policy", "examples/policies/exclusive_first.py", "--base", "6.18"], "FILE.py:NAME"),
         (["--kernel", "9.9"], "unknown kernel"),
         (["--corpus", "no-such-dir"], "no corpus directory"),
+        (["--out", "README.md"], "--out README.md: not a directory"),
+        (["--out", "README.md/sub"], "--out README.md/sub: not a directory"),
+        (["--junit", "no-such-dir/x.xml"], "--junit no-such-dir/x.xml: expected a file"),
+        (["--junit", "examples"], "--junit examples: expected a file"),
+        (["--json", "--tap"], "not allowed with argument --json"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(
@@ -577,6 +582,12 @@ def test_bad_arguments_one_line_exit_2(
     assert main(["check", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_refused_run_makes_no_out_directory(tmp_path: Path) -> None:
+    """--out is made (or refused) only once every other argument is found good."""
+    assert main(["check", "--kernel", "9.9", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
 
 
 def test_check_a_kernel_table_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,9 +129,12 @@ def add_check_command(sub: Any) -> None:
         default=len(os.sched_getaffinity(0)),
         help="processes (default: the CPUs it may use)",
     )
-    p.add_argument("--json", action="store_true", help="a JSON document instead of the table")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="a JSON document instead of the table")
+    form.add_argument(
+        "--tap", action="store_true", help="TAP (kselftest style) instead of the table"
+    )
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
-    p.add_argument("--tap", action="store_true", help="TAP (kselftest style) instead of the table")
     p.add_argument(
         "--campaign", type=int, default=0, metavar="N", help="random programs per kernel (0)"
     )
@@ -186,7 +189,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> CheckResult:
-    """The selection the arguments make, checked: kernels, properties, the patch."""
+    """The selection the arguments make, checked: kernels, properties, the patch, outputs."""
     from cowlab.cli import UsageError, kernel_ids
 
     if args.depth < 0:
@@ -206,8 +209,26 @@ def _prepare(args: argparse.Namespace) -> CheckResult:
         kernels = [resolve(args.base).policy_id, register(patch)]
     else:
         kernels = kernel_ids(args.kernel) or list(all_policies())
+    _outputs(args)  # last: a run refused for another reason makes no directory
     props = args.property or list(PROPERTIES)
     return CheckResult(kernels, props, args.depth, args.alphabet, CorpusResult(), patch=patch)
+
+
+def _outputs(args: argparse.Namespace) -> None:
+    """--out and --junit checked before the search, not found wrong at its end."""
+    from cowlab.cli import UsageError
+
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"cowlab check: --out {args.out}: not a directory ({e.strerror})"
+        ) from None
+    junit = Path(args.junit or ".")
+    if args.junit and (junit.is_dir() or not os.access(junit.parent, os.W_OK)):
+        raise UsageError(
+            f"cowlab check: --junit {args.junit}: expected a file in a writable directory"
+        )
 
 
 def _print(result: CheckResult, examples: list[Counterexample], args: argparse.Namespace) -> None:
