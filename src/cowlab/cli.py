@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from cowlab.arguments import at_least
 from cowlab.check.cli import add_check_command
 from cowlab.explain import diff, explain
 from cowlab.live.cli import add_live_command
@@ -127,8 +128,9 @@ def build_parser() -> Parser:
     kernels = sub.add_parser(
         "kernels", help="the timeline: each release 4.5-6.18, its policy and the rule changes"
     )
-    kernels.add_argument("--json", action="store_true")
-    kernels.add_argument(
+    form = kernels.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true")
+    form.add_argument(
         "--markdown", action="store_true", help="one row per policy (the table in docs/kernels.md)"
     )
     kernels.set_defaults(func=cmd_kernels)
@@ -143,18 +145,18 @@ def build_parser() -> Parser:
         "review version (repeatable)",
     )
     run.add_argument("--json", action="store_true", help="a JSON document instead of tables")
-    run.add_argument("--width", type=int, default=160, help="table width in columns (160)")
+    run.add_argument("--width", type=at_least(1), default=160, help="table width in columns (160)")
     run.set_defaults(func=cmd_run)
     exp = sub.add_parser("explain", help="every kernel decision of a scenario, step by step")
     exp.add_argument("file", metavar="FILE")
     exp.add_argument("--kernel", required=True)
     exp.add_argument("--step", type=int, help="only this step (1-based)")
-    exp.add_argument("--width", type=int, default=160, help="output width in columns (160)")
+    exp.add_argument("--width", type=at_least(1), default=160, help="output width in columns (160)")
     exp.set_defaults(func=cmd_explain)
     dif = sub.add_parser("diff", help="the first step where two kernels decide differently")
     dif.add_argument("file", metavar="FILE")
     dif.add_argument("--kernel", action="append", required=True, help="give it twice")
-    dif.add_argument("--width", type=int, default=160, help="table width in columns (160)")
+    dif.add_argument("--width", type=at_least(1), default=160, help="table width in columns (160)")
     dif.set_defaults(func=cmd_diff)
     shw = sub.add_parser("show", help="the memory at a step: text, --html or --svg")
     shw.add_argument("file", metavar="FILE")

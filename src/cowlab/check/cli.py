@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
+from cowlab.arguments import out_dir, out_file
 from cowlab.check import report
 from cowlab.check.alphabet import ALPHABETS, root_parts
 from cowlab.check.campaign import (
@@ -122,7 +123,9 @@ def add_check_command(sub: Any) -> None:
     p.add_argument("--alphabet", choices=ALPHABETS, default="cow", help="(default cow)")
     p.add_argument("--corpus", default="examples", metavar="DIR", help="(default examples)")
     p.add_argument("--no-corpus", action="store_true", help="search only")
-    p.add_argument("--out", default="check-out", metavar="DIR", help="counterexample files")
+    p.add_argument(
+        "--out", type=out_dir, default="check-out", metavar="DIR", help="counterexample files"
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -134,7 +137,7 @@ def add_check_command(sub: Any) -> None:
     form.add_argument(
         "--tap", action="store_true", help="TAP (kselftest style) instead of the table"
     )
-    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    p.add_argument("--junit", type=out_file, metavar="FILE", help="also write JUnit XML")
     p.add_argument(
         "--campaign", type=int, default=0, metavar="N", help="random programs per kernel (0)"
     )
@@ -189,7 +192,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> CheckResult:
-    """The selection the arguments make, checked: kernels, properties, the patch, outputs."""
+    """The selection the arguments make, checked: kernels, properties, the patch."""
     from cowlab.cli import UsageError, kernel_ids
 
     if args.depth < 0:
@@ -209,26 +212,8 @@ def _prepare(args: argparse.Namespace) -> CheckResult:
         kernels = [resolve(args.base).policy_id, register(patch)]
     else:
         kernels = kernel_ids(args.kernel) or list(all_policies())
-    _outputs(args)  # last: a run refused for another reason makes no directory
     props = args.property or list(PROPERTIES)
     return CheckResult(kernels, props, args.depth, args.alphabet, CorpusResult(), patch=patch)
-
-
-def _outputs(args: argparse.Namespace) -> None:
-    """--out and --junit checked before the search, not found wrong at its end."""
-    from cowlab.cli import UsageError
-
-    try:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(
-            f"cowlab check: --out {args.out}: not a directory ({e.strerror})"
-        ) from None
-    junit = Path(args.junit or ".")
-    if args.junit and (junit.is_dir() or not os.access(junit.parent, os.W_OK)):
-        raise UsageError(
-            f"cowlab check: --junit {args.junit}: expected a file in a writable directory"
-        )
 
 
 def _print(result: CheckResult, examples: list[Counterexample], args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cowlab.arguments import out_dir
 from cowlab.policy import ReleaseError, resolve
 from cowlab.scenario.budget import memory_available
 
@@ -58,7 +59,9 @@ def add_live_command(sub: Any) -> None:
     p.add_argument("--random", type=int, metavar="N", help="N random programs instead of files")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ops", help="the operation alphabet for --random, comma-separated")
-    p.add_argument("--out", default=DEFAULT_OUT, help="where minimised disagreements go")
+    p.add_argument(
+        "--out", type=out_dir, default=DEFAULT_OUT, help="where minimised disagreements go"
+    )
     p.add_argument("--max-mib", type=int, default=64, help="memory cap per case (MiB)")
     p.add_argument("--retries", type=int, default=3, help="retries of an inconclusive case")
     p.add_argument(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from cowlab.arguments import at_least
 from cowlab.kernel import CowEvent, Kernel, Pin, Process
 from cowlab.mm.constants import HPAGE_PMD_SIZE, PAGE_SIZE
 from cowlab.policy import ReleaseError, resolve
@@ -190,15 +191,15 @@ def report(result: RdmaResult) -> str:
 
 
 def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    """A size option: bytes, or K, M or G of them; more than none."""
+    unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
     try:
-        if text[-1:].upper() in units:
-            return int(text[:-1]) * units[text[-1].upper()]
-        return int(text)
+        size = int(text[:-1] if unit > 1 else text) * unit
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"bad size {text!r} (expected e.g. 512M, 2M, 4096)"
-        ) from None
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (expected e.g. 512M, 2M, 4096)")
+    return size
 
 
 def kernel_arg(text: str) -> str:
@@ -230,7 +231,7 @@ def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
         "(default: v4.5)",
     )
     parser.add_argument("--size", type=parse_size, default=512 * MIB, help="bytes per MR (512M)")
-    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--iterations", type=at_least(0), default=1000)
     parser.add_argument("--trigger", choices=TRIGGERS, default="fork")
     parser.add_argument("--mapping", choices=MAPPINGS, default="pmd")
     parser.add_argument("--seed", type=int, default=1)
@@ -240,7 +241,7 @@ def build_parser(prog: str = "rdma_mr") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "rdma_mr") -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.size <= 0 or args.size % HPAGE_PMD_SIZE:
+    if args.size % HPAGE_PMD_SIZE:
         print(f"{prog}: --size must be a positive multiple of 2M", file=sys.stderr)
         return 2
     status = 0
