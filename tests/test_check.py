@@ -660,6 +660,44 @@ def test_an_edited_patch_is_learned_anew(tmp_path: Path, patch_registry: None) -
     assert resolve("v6.18+Answer").policy().answer == 2
 
 
+BROKEN = """from cowlab.policy.base import Policy
+
+
+class Broken(Policy):
+    def wp_reuse(self, k, vma, pfn):
+        return 1 // 0
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_patch_that_raises_in_the_search_is_one_line_at_its_line(
+    jobs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], patch_registry: None
+) -> None:
+    """The user's code failing at a write fault, in this process or in a pool's worker (its
+    traceback comes back as text): one line naming FILE.py:LINE and the error, exit 2."""
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN)
+    argv = ["check", "--policy", f"{path}:Broken", "--base", "6.18", "--no-corpus", "--no-live"]
+    assert main([*argv, "--depth", "1", "--jobs", jobs, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()  # the progress display leaves a blank line
+    said = "ZeroDivisionError: integer division or modulo by zero"
+    assert err == f"cowlab check: --policy {path}:Broken: {path}:6 (wp_reuse): {said}"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("x = (\n", ":1: SyntaxError: "), ("import os\nraise RuntimeError('no')\n", ":2 (<module>)")],
+)
+def test_a_patch_that_cannot_load_is_one_line_at_its_line(
+    text: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    assert main(["check", "--policy", f"{path}:X", "--base", "6.18", "--no-corpus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cowlab check: --policy {path}:X: {path}{says}") and err.count("\n") == 1
+
+
 def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = f"{PATCHES / 'exclusive_first.py'}:ExclusiveFirst"
     argv = ["check", "--policy", spec, "--base", "6.18", "--no-live", "--out", str(tmp_path)]

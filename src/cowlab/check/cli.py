@@ -50,7 +50,14 @@ from cowlab.check.corpus import (
     scenario_files,
 )
 from cowlab.check.counterexample import Counterexample, group, write_all
-from cowlab.check.patch import Patch, PatchError, changed_scenarios, read_patch, register
+from cowlab.check.patch import (
+    Patch,
+    PatchError,
+    changed_scenarios,
+    raised_in,
+    read_patch,
+    register,
+)
 from cowlab.check.properties import PROPERTIES
 from cowlab.check.search import Finding, Outcome, merged, search_kernels
 from cowlab.policy.timeline import all_policies, resolve
@@ -168,8 +175,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         result = _prepare(args)
+        return _check(args, result)
     except PatchError as e:
         raise UsageError(f"cowlab check: {e}") from None
+
+
+def _check(args: argparse.Namespace, result: CheckResult) -> int:
+    try:
+        return _check_and_report(args, result)
+    except Exception as e:
+        fault = None if result.patch is None else raised_in(result.patch, e)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+def _check_and_report(args: argparse.Namespace, result: CheckResult) -> int:
     campaign = campaign_of(args)
     started = time.perf_counter()
     corpus = [] if args.no_corpus else corpus_tasks(Path(args.corpus), result.kernels)

@@ -6,7 +6,9 @@ policy, as a rule change of the timeline would be; the result answers to the ker
 from __future__ import annotations
 
 import inspect
+import re
 import sys
+import traceback
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +60,30 @@ def load_change(patch: Patch) -> type[Policy]:
     try:
         exec(compile(patch.source, path, "exec"), module.__dict__)
     except Exception as e:  # the user's code: any error is theirs, said in one line
-        raise PatchError(f"--policy {patch.spec}: {path} raised {type(e).__name__}: {e}") from None
+        raise (raised_in(patch, e) or PatchError(f"--policy {patch.spec}: {_said(e)}")) from None
     change = getattr(module, name, None)
     if not inspect.isclass(change) or not issubclass(change, Policy):
         raise PatchError(f"--policy {patch.spec}: expected {name} to be a subclass of Policy")
     return change
+
+
+def raised_in(patch: Patch, error: BaseException) -> PatchError | None:
+    """ERROR in one line at the innermost line of the patch's file it passed through, here or
+    in a worker (a pool's or Dask's error carries the worker's traceback); None if it never
+    went through the patch's code."""
+    path = _split(patch.spec)[0]
+    text = "".join(traceback.format_exception(error))
+    where = re.findall(rf'File "{re.escape(path)}", line (\d+)(?:, in (\S+))?', text)
+    if not where:
+        return None
+    line, function = where[-1]
+    at = f"{path}:{line}" + (f" ({function})" if function else "")
+    return PatchError(f"--policy {patch.spec}: {at}: {_said(error)}")
+
+
+def _said(error: BaseException) -> str:
+    first = str(error).split("\n")[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 _REGISTERED: dict[str, Patch] = {}  # kernel id -> the patch it answers with here
