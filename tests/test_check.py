@@ -23,7 +23,7 @@ from cowlab.check.alphabet import letters, root_parts, roots
 from cowlab.check.canonical import state_key
 from cowlab.check.corpus import Verdicts, expected_breaks, scenario_files
 from cowlab.check.counterexample import group, to_yaml
-from cowlab.check.patch import Patch, read_patch, register
+from cowlab.check.patch import Patch, PatchError, load_change, read_patch, register
 from cowlab.check.properties import PROPERTIES, Property
 from cowlab.check.search import (
     Expander,
@@ -682,6 +682,52 @@ def test_a_patch_that_raises_in_the_search_is_one_line_at_its_line(
     err = capsys.readouterr().err.strip()  # the progress display leaves a blank line
     said = "ZeroDivisionError: integer division or modulo by zero"
     assert err == f"cowlab check: --policy {path}:Broken: {path}:6 (wp_reuse): {said}"
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "expected"),
+    [
+        ("wp_reuse(self, k, vma, pfn)", "True", "returned True, expected WpDecision"),
+        ("wp_reuse(self, k, vma, pfn)", "(True, False, False, (), 'x')", "expected WpDecision"),
+        ("mprotect_writable(self, *args)", "'yes'", "returned 'yes', expected bool"),
+        ("mprotect_writable(self, *args)", "np.True_", None),
+        ("pageout_skips(self, *args)", "(True, 'x')", "expected tuple[bool, Reads, str]"),
+        ("pageout_skips(self, *args)", "(True, (), 'x')", None),
+        ("fork_must_copy(self, *args)", "[True]", "expected npt.NDArray[np.bool_]"),
+    ],
+)
+def test_a_patch_answering_the_wrong_kind_is_its_error_at_its_line(
+    method: str, answer: str, expected: str | None, tmp_path: Path
+) -> None:
+    """A decision of another kind than Policy's method declares (a bool where do_wp_page
+    takes a WpDecision) is the patch's error, named at its method's line; the kinds it
+    declares pass (a NumPy bool is a bool)."""
+    path = tmp_path / "wrong.py"
+    path.write_text(
+        "import numpy as np\nfrom cowlab.policy.base import Policy\n\n\nclass Wrong(Policy):\n"
+        f"    def {method}:\n        return {answer}\n"
+    )
+    decide = getattr(load_change(read_patch(f"{path}:Wrong", "6.18")), method.split("(")[0])
+    if expected is None:
+        decide(object(), None, None, 0)
+        return
+    with pytest.raises(PatchError) as said:
+        decide(object(), None, None, 0)
+    assert str(said.value).startswith(f"--policy {path}:Wrong: {path}:6 (")
+    assert str(said.value).endswith(expected)
+
+
+def test_a_patch_answering_the_wrong_kind_in_the_search_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], patch_registry: None
+) -> None:
+    path = tmp_path / "wrong.py"
+    path.write_text(BROKEN.replace("1 // 0", "True"))
+    argv = ["check", "--policy", f"{path}:Broken", "--base", "6.18", "--no-corpus", "--no-live"]
+    assert main([*argv, "--depth", "1", "--jobs", "2", "--out", str(tmp_path / "out")]) == 2
+    said = "(wp_reuse) returned True, expected WpDecision"
+    assert (
+        capsys.readouterr().err.strip() == f"cowlab check: --policy {path}:Broken: {path}:5 {said}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,7 @@ def _check(args: argparse.Namespace, result: CheckResult) -> int:
         return _check_and_report(args, result)
     except Exception as e:
         fault = None if result.patch is None else raised_in(result.patch, e)
-        if fault is None:
+        if fault is None or isinstance(e, PatchError):  # PatchError: the answer was wrong
             raise
         raise fault from None
 

@@ -5,14 +5,20 @@ policy, as a rule change of the timeline would be; the result answers to the ker
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from cowlab.mm import decision
 from cowlab.policy.base import Policy
 from cowlab.policy.history import Landed
 from cowlab.policy.timeline import PATCHED, Resolved, compose, resolve
@@ -21,7 +27,7 @@ from cowlab.scenario.runner import run_scenario
 
 
 class PatchError(Exception):
-    """A --policy that cannot be loaded: one line."""
+    """A --policy that cannot be loaded, or whose code failed: one line."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,57 @@ def load_change(patch: Patch) -> type[Policy]:
     change = getattr(module, name, None)
     if not inspect.isclass(change) or not issubclass(change, Policy):
         raise PatchError(f"--policy {patch.spec}: expected {name} to be a subclass of Policy")
+    for method, definition in list(vars(change).items()):
+        base = getattr(Policy, method, None)
+        if inspect.isfunction(definition) and inspect.isfunction(base):
+            declared = inspect.get_annotations(base).get("return")
+            kind = _kind(declared) if declared else None
+            if declared and kind:
+                setattr(change, method, _checked(patch, definition, declared, kind))
     return change
+
+
+def _checked(
+    patch: Patch, decide: Callable[..., Any], declared: str, kind: Callable[[object], bool]
+) -> Callable[..., Any]:
+    """The patch's method DECIDE, its answer checked against what Policy's declares: a wrong
+    kind of answer is the patch's error at its line, not a traceback deep in the model that
+    took it."""
+    where = f"{_split(patch.spec)[0]}:{decide.__code__.co_firstlineno}"
+
+    @functools.wraps(decide)
+    def checked(self: Policy, *args: Any, **kwargs: Any) -> Any:
+        answer = decide(self, *args, **kwargs)
+        if not kind(answer):
+            said = f"returned {answer!r:.60}, expected {declared}"
+            raise PatchError(f"--policy {patch.spec}: {where} ({decide.__name__}) {said}")
+        return answer
+
+    return checked
+
+
+def _kind(declared: str) -> Callable[[object], bool] | None:
+    """A test of an answer against a return annotation of Policy's (a string: its module
+    postpones annotations): a class of mm/decision.py, bool, str, a tuple of N, an array."""
+    if declared in ("bool", "str"):
+        plain = (bool, np.bool_) if declared == "bool" else str
+        return lambda answer: isinstance(answer, plain)
+    if declared.startswith("tuple["):
+        n = _top_level_args(declared[len("tuple[") : -1])
+        return lambda answer: isinstance(answer, tuple) and len(answer) == n
+    if declared.startswith("npt.NDArray"):
+        return lambda answer: isinstance(answer, np.ndarray)
+    named = getattr(decision, declared, None)
+    return (lambda answer: isinstance(answer, named)) if inspect.isclass(named) else None
+
+
+def _top_level_args(args: str) -> int:
+    """How many arguments `A, B[C, D], E` holds: 3."""
+    depth, n = 0, 1
+    for c in args:
+        depth += (c == "[") - (c == "]")
+        n += c == "," and depth == 0
+    return n
 
 
 def raised_in(patch: Patch, error: BaseException) -> PatchError | None:
