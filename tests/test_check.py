@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from rich.console import Console
 
 from cowlab.check import patch as patch_module
+from cowlab.check import report as report_module
 from cowlab.check import search as search_module
 from cowlab.check.alphabet import letters, root_parts, roots
 from cowlab.check.canonical import state_key
@@ -679,9 +681,9 @@ def test_a_patch_that_raises_in_the_search_is_one_line_at_its_line(
     path.write_text(BROKEN)
     argv = ["check", "--policy", f"{path}:Broken", "--base", "6.18", "--no-corpus", "--no-live"]
     assert main([*argv, "--depth", "1", "--jobs", jobs, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()  # the progress display leaves a blank line
     said = "ZeroDivisionError: integer division or modulo by zero"
-    assert err == f"cowlab check: --policy {path}:Broken: {path}:6 (wp_reuse): {said}"
+    line = f"cowlab check: --policy {path}:Broken: {path}:6 (wp_reuse): {said}\n"
+    assert capsys.readouterr().err == line  # nothing else: no progress bar off a terminal
 
 
 @pytest.mark.parametrize(
@@ -725,9 +727,8 @@ def test_a_patch_answering_the_wrong_kind_in_the_search_is_one_line(
     argv = ["check", "--policy", f"{path}:Broken", "--base", "6.18", "--no-corpus", "--no-live"]
     assert main([*argv, "--depth", "1", "--jobs", "2", "--out", str(tmp_path / "out")]) == 2
     said = "(wp_reuse) returned True, expected WpDecision"
-    assert (
-        capsys.readouterr().err.strip() == f"cowlab check: --policy {path}:Broken: {path}:5 {said}"
-    )
+    line = f"cowlab check: --policy {path}:Broken: {path}:5 {said}\n"
+    assert capsys.readouterr().err == line
 
 
 @pytest.mark.parametrize(
@@ -742,6 +743,13 @@ def test_a_patch_that_cannot_load_is_one_line_at_its_line(
     assert main(["check", "--policy", f"{path}:X", "--base", "6.18", "--no-corpus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cowlab check: --policy {path}:X: {path}{says}") and err.count("\n") == 1
+
+
+def test_the_progress_bar_is_shown_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a terminal (a pipe, a file, CI's log) the bar would leave only a blank line."""
+    assert report_module.progress(False).disable and report_module.progress(True).disable
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    assert not report_module.progress(False).disable and report_module.progress(True).disable
 
 
 def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,12 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import Progress
-
 from cowlab.check.alphabet import Letter, letters, roots, to_step
 from cowlab.check.patch import Patch, register
 from cowlab.check.properties import PROPERTIES
+from cowlab.check.report import progress
 from cowlab.check.search import SCENARIO, Finding, Program, signature, violations
 from cowlab.scenario.runner import Runner
 
@@ -534,8 +532,7 @@ def campaign_into(result: CheckResult, campaign: Campaign, quiet: bool) -> None:
     for a signature the bounded search found already (its program is a shortest one)."""
     with (
         _open_journal(campaign.journal, campaign.params) as journal,
-        # on stderr: the table, JSON or TAP on stdout stays clean when piped
-        Progress(transient=True, disable=quiet, console=Console(stderr=True)) as bar,
+        progress(quiet) as bar,
     ):
         task = bar.add_task("campaign", total=None)
         done = run_campaign(

@@ -26,9 +26,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import Progress
-
 from cowlab.arguments import out_dir, out_file
 from cowlab.check import report
 from cowlab.check.alphabet import ALPHABETS, root_parts
@@ -284,7 +281,7 @@ def _check_all(
     found: dict[str, dict[int, Outcome]] = {k: {} for k in r.kernels}
     files: dict[int, FileVerdict] = {}
     try:
-        with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
+        with report.progress(quiet) as bar:
             task = bar.add_task("checking", total=len(tasks) + len(corpus))
             with (
                 ProcessPoolExecutor(

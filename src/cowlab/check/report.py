@@ -7,6 +7,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from rich.console import Console
+from rich.progress import Progress
+
 from cowlab.check.counterexample import Counterexample, found_by
 from cowlab.check.properties import PROPERTIES
 
@@ -199,3 +202,10 @@ def junit(result: CheckResult, examples: list[Counterexample]) -> str:
         lines.append("  </testcase>")
     lines.append("</testsuite>")
     return "\n".join(lines) + "\n"
+
+
+def progress(quiet: bool) -> Progress:
+    """A long search's progress bar, on stderr (the table, JSON or TAP on stdout stays clean
+    when piped), shown on a terminal only: elsewhere it would leave a blank line and no bar."""
+    console = Console(stderr=True)
+    return Progress(console=console, transient=True, disable=quiet or not console.is_terminal)
