@@ -54,3 +54,17 @@ def test_an_output_that_does_not_exist_yet_is_taken_where_it_can_be_made(tmp_pat
     for parse, text in [(out_dir, tmp_path / "f" / "a"), (out_file, tmp_path / "no" / "x.xml")]:
         with pytest.raises(argparse.ArgumentTypeError):
             parse(str(text))
+
+
+def test_a_dangling_or_looping_link_is_no_directory_to_write(tmp_path: Path) -> None:
+    """A link to nothing, or to itself, is there but no directory: refused while the line
+    is read, not found wrong when the run's mkdir meets it."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "to-dir").symlink_to(tmp_path / "dir")
+    for name in ("dangling", "loop"):
+        for parse, text in [(out_dir, name), (out_dir, f"{name}/sub"), (out_file, name)]:
+            with pytest.raises(argparse.ArgumentTypeError):
+                parse(str(tmp_path / text))
+    assert out_dir(str(tmp_path / "to-dir")) == str(tmp_path / "to-dir")

@@ -8,6 +8,7 @@ result is cached per (kernel, depth): each kernel is searched once for the whole
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from rich.console import Console
 
+from cowlab.check import cli as check_cli
 from cowlab.check import patch as patch_module
 from cowlab.check import report as report_module
 from cowlab.check import search as search_module
@@ -36,6 +37,7 @@ from cowlab.check.search import (
     Track,
     _judged,
     _root,
+    definitions,
     differing,
     listen,
     merged,
@@ -719,6 +721,47 @@ def test_a_patch_answering_the_wrong_kind_is_its_error_at_its_line(
     assert str(said.value).endswith(expected)
 
 
+@pytest.mark.parametrize(
+    ("method", "called", "expected"),
+    [
+        ("@staticmethod\n    def soft_dirty_tracking(k, vma)", (None, None), "expected bool"),
+        ("@classmethod\n    def has_knob(cls, name)", ("x",), "expected bool"),
+    ],
+)
+def test_a_static_or_class_method_of_a_patch_is_checked_too(
+    method: str, called: tuple[object, ...], expected: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "wrong.py"
+    path.write_text(
+        "from cowlab.policy.base import Policy\n\n\nclass Wrong(Policy):\n"
+        f"    {method}:\n        return 'yes'\n"
+    )
+    change = load_change(read_patch(f"{path}:Wrong", "6.18"))
+    name = method.split("def ")[1].split("(")[0]
+    with pytest.raises(PatchError, match=expected):  # through the descriptor it stays
+        getattr(change, name)(*called)
+
+
+def test_a_patch_method_taking_other_arguments_is_refused_where_it_loads(tmp_path: Path) -> None:
+    path = tmp_path / "sig.py"
+    path.write_text(BROKEN.replace("(self, k, vma, pfn)", "(self, k, vma)"))
+    with pytest.raises(PatchError) as said:
+        load_change(read_patch(f"{path}:Broken", "6.18"))
+    wrong = "(wp_reuse) takes (self, k, vma), expected (self, k, vma, pfn)"
+    assert str(said.value) == f"--policy {path}:Broken: {path}:5 {wrong}"
+
+
+def test_a_checked_patch_method_that_calls_super_stands_on_the_base(
+    tmp_path: Path, patch_registry: None
+) -> None:
+    """search.definitions sees through the answer check to the patch's own super() call: the
+    patched kernel's wp_reuse stands on the base's (the chain search.differing compares)."""
+    spec = f"{PATCHES / 'exclusive_first.py'}:ExclusiveFirst"
+    patched = resolve(register(read_patch(spec, "6.18")))
+    chain = definitions(patched.policy, "wp_reuse")
+    assert len(chain) >= 2 and chain[1:] == definitions(resolve("6.18").policy, "wp_reuse")
+
+
 def test_a_patch_answering_the_wrong_kind_in_the_search_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], patch_registry: None
 ) -> None:
@@ -745,11 +788,35 @@ def test_a_patch_that_cannot_load_is_one_line_at_its_line(
     assert err.startswith(f"cowlab check: --policy {path}:X: {path}{says}") and err.count("\n") == 1
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_the_progress_bar_is_shown_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Off a terminal (a pipe, a file, CI's log) the bar would leave only a blank line."""
+    """Off a terminal (a pipe, a file, CI's log) the bar would leave only a blank line, also
+    where FORCE_COLOR makes rich take stderr for a terminal."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
     assert report_module.progress(False).disable and report_module.progress(True).disable
-    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    monkeypatch.setattr(sys, "stderr", _Terminal())
     assert not report_module.progress(False).disable and report_module.progress(True).disable
+
+
+def test_a_failure_in_the_patch_keeps_the_notes_that_say_where(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], patch_registry: None
+) -> None:
+    """A campaign notes which program on which kernel failed (campaign._result): the one line
+    says it too."""
+
+    def fails(*_: object) -> int:
+        error = PatchError("--policy p.py:P: p.py:3 (wp_reuse) returned 1, expected WpDecision")
+        error.add_note("program 7 on v6.18+P")
+        raise error
+
+    monkeypatch.setattr(check_cli, "_check_and_report", fails)
+    spec = f"{PATCHES / 'exclusive_first.py'}:ExclusiveFirst"
+    assert main(["check", "--policy", spec, "--base", "6.18", "--no-corpus", "--no-live"]) == 2
+    assert capsys.readouterr().err.endswith("expected WpDecision (program 7 on v6.18+P)\n")
 
 
 def test_a_harmless_patch_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,14 +32,25 @@ def out_dir(text: str) -> str:
 
 
 def out_file(text: str) -> str:
-    """A file to write: not a directory, in a directory that is there and can be written."""
+    """A file to write: not a directory, in a directory that is there and can be written, and
+    writable itself if it is there."""
     path = Path(text)
-    if path.is_dir() or not (path.parent.is_dir() and _writable(path.parent)):
+    try:
+        there = os.path.lexists(path)
+        good = path.parent.is_dir() and _writable(path.parent) and not path.is_dir()
+        good = good and (not there or os.access(path, os.W_OK))
+    except OSError:
+        good = False
+    if not good:
         raise argparse.ArgumentTypeError(f"{text}: expected a file in a writable directory")
     return text
 
 
 def _writable(path: Path) -> bool:
-    """PATH is a writable directory, or its nearest existing ancestor is one."""
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    return existing.is_dir() and os.access(existing, os.W_OK)
+    """PATH is a writable directory, or the nearest of it and its ancestors that is there (a
+    dangling symbolic link is there, and no directory) is one."""
+    try:
+        there = next(p for p in (path, *path.absolute().parents) if os.path.lexists(p))
+        return there.is_dir() and os.access(there, os.W_OK)
+    except OSError:  # a directory on the way that may not be searched
+        return False

@@ -181,10 +181,11 @@ def _check(args: argparse.Namespace, result: CheckResult) -> int:
     try:
         return _check_and_report(args, result)
     except Exception as e:
-        fault = None if result.patch is None else raised_in(result.patch, e)
-        if fault is None or isinstance(e, PatchError):  # PatchError: the answer was wrong
+        fault = e if isinstance(e, PatchError) else result.patch and raised_in(result.patch, e)
+        if not fault:
             raise
-        raise fault from None
+        notes = "; ".join(getattr(e, "__notes__", ()))  # a campaign's: which program, where
+        raise PatchError(f"{fault} ({notes})" if notes else str(fault)) from None
 
 
 def _check_and_report(args: argparse.Namespace, result: CheckResult) -> int:

@@ -70,30 +70,60 @@ def load_change(patch: Patch) -> type[Policy]:
     change = getattr(module, name, None)
     if not inspect.isclass(change) or not issubclass(change, Policy):
         raise PatchError(f"--policy {patch.spec}: expected {name} to be a subclass of Policy")
-    for method, definition in list(vars(change).items()):
-        base = getattr(Policy, method, None)
-        if inspect.isfunction(definition) and inspect.isfunction(base):
-            declared = inspect.get_annotations(base).get("return")
-            kind = _kind(declared) if declared else None
-            if declared and kind:
-                setattr(change, method, _checked(patch, definition, declared, kind))
+    _check_methods(patch, change)
     return change
+
+
+def _check_methods(patch: Patch, change: type[Policy]) -> None:
+    """Each method the patch defines in place of one the base's policy has, checked where it
+    is loaded: it must take the arguments the replaced one takes, and its answers are checked
+    against the kind the replaced one declares (wrapped: a staticmethod or classmethod stays
+    one)."""
+    in_force = resolve(patch.base).policy
+    for method, definition in list(vars(change).items()):
+        decide = getattr(definition, "__func__", definition)
+        replaced = getattr(in_force, method, None)
+        replaced = getattr(replaced, "__func__", replaced)
+        if not (inspect.isfunction(decide) and inspect.isfunction(replaced)):
+            continue
+        _same_arguments(patch, decide, replaced)
+        declared = inspect.get_annotations(replaced).get("return")
+        named = getattr(declared, "__name__", None) if inspect.isclass(declared) else declared
+        kind = _kind(str(named)) if named else None
+        if kind:
+            checked = _checked(patch, decide, str(named), kind)
+            setattr(change, method, checked if definition is decide else type(definition)(checked))
+
+
+def _same_arguments(patch: Patch, decide: Callable[..., Any], replaced: Callable[..., Any]) -> None:
+    """DECIDE takes the positional arguments the model gives the method it replaces."""
+    taken = inspect.signature(replaced).parameters.values()
+    given = [p.name for p in taken if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    try:
+        inspect.signature(decide).bind(*given)
+    except TypeError:
+        takes = ", ".join(inspect.signature(decide).parameters)
+        said = f"takes ({takes}), expected ({', '.join(given)})"
+        raise PatchError(f"--policy {patch.spec}: {_where(patch, decide)} {said}") from None
+
+
+def _where(patch: Patch, decide: Callable[..., Any]) -> str:
+    return f"{_split(patch.spec)[0]}:{decide.__code__.co_firstlineno} ({decide.__name__})"
 
 
 def _checked(
     patch: Patch, decide: Callable[..., Any], declared: str, kind: Callable[[object], bool]
 ) -> Callable[..., Any]:
-    """The patch's method DECIDE, its answer checked against what Policy's declares: a wrong
-    kind of answer is the patch's error at its line, not a traceback deep in the model that
-    took it."""
-    where = f"{_split(patch.spec)[0]}:{decide.__code__.co_firstlineno}"
+    """The patch's method DECIDE, its answer checked against what the replaced one declares:
+    a wrong kind of answer is the patch's error at its line, not a traceback deep in the
+    model that took it."""
 
     @functools.wraps(decide)
-    def checked(self: Policy, *args: Any, **kwargs: Any) -> Any:
-        answer = decide(self, *args, **kwargs)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        answer = decide(*args, **kwargs)
         if not kind(answer):
             said = f"returned {answer!r:.60}, expected {declared}"
-            raise PatchError(f"--policy {patch.spec}: {where} ({decide.__name__}) {said}")
+            raise PatchError(f"--policy {patch.spec}: {_where(patch, decide)} {said}")
         return answer
 
     return checked

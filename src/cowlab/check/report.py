@@ -3,6 +3,7 @@ kselftest-style TAP."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
@@ -206,6 +207,7 @@ def junit(result: CheckResult, examples: list[Counterexample]) -> str:
 
 def progress(quiet: bool) -> Progress:
     """A long search's progress bar, on stderr (the table, JSON or TAP on stdout stays clean
-    when piped), shown on a terminal only: elsewhere it would leave a blank line and no bar."""
-    console = Console(stderr=True)
-    return Progress(console=console, transient=True, disable=quiet or not console.is_terminal)
+    when piped), shown on a terminal only: elsewhere it would leave a blank line and no bar
+    (stderr itself asked, not rich, which takes FORCE_COLOR for a terminal)."""
+    shown = not quiet and sys.stderr.isatty()
+    return Progress(console=Console(stderr=True), transient=True, disable=not shown)

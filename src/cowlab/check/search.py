@@ -15,6 +15,7 @@ kernels that ran a letter apart but reached one canonical state by it go on toge
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import Counter, deque
@@ -225,8 +226,10 @@ def definitions(policy: type, name: str) -> tuple[object, ...]:
 
 def _calls_super(definition: object) -> bool:
     """A function whose body uses zero-argument super() (the compiler gives it a __class__
-    cell); a classmethod or staticmethod by the function it wraps."""
-    code = getattr(getattr(definition, "__func__", definition), "__code__", None)
+    cell); a classmethod or staticmethod by the function it wraps, a patch's checked method
+    (check.patch._checked) by the patch's own."""
+    function = getattr(definition, "__func__", definition)
+    code = getattr(inspect.unwrap(function) if callable(function) else function, "__code__", None)
     return code is not None and "__class__" in code.co_freevars
 
 
