@@ -27,6 +27,10 @@ SCENARIO = "examples/seed_quickstart.yaml"
         (["rdma", "--iterations", "-1"], "--iterations: expected an integer of 0 or more"),
         (["rdma", "--size", "0"], "--size: bad size '0'"),
         (["live", "--random", "1", "--out", "README.md"], "--out: README.md: not a directory"),
+        (["live", "--random", "0"], "--random: expected an integer of 1 or more, got '0'"),
+        (["live", "--random", "1", "--max-mib", "0"], "--max-mib: expected an integer of 1 or"),
+        (["live", "--random", "1", "--retries", "-1"], "--retries: expected an integer of 0 or"),
+        (["check", "--length", "x"], "--length: expected an integer of 1 or more, got 'x'"),
     ],
 )
 def test_a_bad_value_is_one_line_exit_2(

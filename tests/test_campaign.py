@@ -394,12 +394,16 @@ def test_campaign_findings_are_in_the_output_and_replay(tmp_path: Path) -> None:
     assert summary["params"] == {"seed": 0, "length": 12, "alphabet": "cow", "props": list(ALL)}
 
 
+ONE_OR_MORE = "expected an integer of 1 or more"
+A_FILE = "expected a file in a writable directory"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--campaign", "-1"], "--campaign must be 0 or more, got -1"),
-        (["--campaign", "1", "--length", "0"], "--length must be 1 or more, got 0"),
-        (["--campaign", "1", "--journal", "/nonexistent/j.sqlite"], "no directory /nonexistent"),
+        (["--campaign", "-1"], "--campaign: expected an integer of 0 or more, got '-1'"),
+        (["--campaign", "1", "--length", "0"], f"--length: {ONE_OR_MORE}, got '0'"),
+        (["--campaign", "1", "--journal", "/no/j.sqlite"], f"--journal: /no/j.sqlite: {A_FILE}"),
         (["--campaign", "1", "--scheduler", "nonsense::"], "--scheduler nonsense::: invalid"),
     ],
 )

@@ -566,8 +566,8 @@ def test_policies_differ_below_a_shared_definition() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--depth", "-1"], "--depth must be 0 or more"),
-        (["--jobs", "0"], "--jobs must be 1 or more"),
+        (["--depth", "-1"], "--depth: expected an integer of 0 or more, got '-1'"),
+        (["--jobs", "0"], "--jobs: expected an integer of 1 or more, got '0'"),
         (["--policy", "x.py:Y"], "--policy and --base go together"),
         (["--policy", "nothing.py:Y", "--base", "6.18"], "no file nothing.py"),
         (["--policy", "examples/policies/exclusive_first.py", "--base", "6.18"], "FILE.py:NAME"),

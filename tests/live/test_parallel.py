@@ -129,7 +129,7 @@ def test_jobs_give_the_same_report_as_one_at_a_time(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--jobs", "0"], "--jobs needs a positive count, got 0"),
+        (["--jobs", "0"], "--jobs: expected an integer of 1 or more, got '0'"),
         (["--jobs", "2", "--allow-system-changes"], "drop --allow-system-changes or use --jobs 1"),
     ],
 )

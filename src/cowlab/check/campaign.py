@@ -480,19 +480,11 @@ def _result(future: Future[Any], kernel: str, index: int, params: Params) -> Any
 
 
 def campaign_of(args: Any) -> Campaign | None:
-    """The campaign `cowlab check`'s options ask for, None for none; bad options are a
-    UsageError (one line, exit status 2)."""
-    from cowlab.cli import UsageError
-
-    if args.campaign < 0:
-        raise UsageError(f"cowlab check: --campaign must be 0 or more, got {args.campaign}")
-    if args.length < 1:
-        raise UsageError(f"cowlab check: --length must be 1 or more, got {args.length}")
+    """The campaign `cowlab check`'s options ask for, None for none (their values were
+    checked as the line was read); a journal of another campaign is a UsageError."""
     if args.campaign == 0:
         return None
     journal = Path(args.journal) if args.journal else Path(args.out) / "campaign.sqlite"
-    if args.journal and not journal.parent.is_dir():
-        raise UsageError(f"cowlab check: no directory {journal.parent} for --journal {journal}")
     props = tuple(args.property or PROPERTIES)
     params = Params(args.seed, args.length, args.alphabet, props)
     _open_journal(journal, params).close()  # a journal it cannot use fails before any search

@@ -26,7 +26,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from cowlab.arguments import out_dir, out_file
+from cowlab.arguments import at_least, out_dir, out_file
 from cowlab.check import report
 from cowlab.check.alphabet import ALPHABETS, root_parts
 from cowlab.check.campaign import (
@@ -120,7 +120,7 @@ def add_check_command(sub: Any) -> None:
     )
     p.add_argument(
         "--depth",
-        type=int,
+        type=at_least(0),
         default=DEFAULT_DEPTH,
         help=f"letters after the first (default {DEFAULT_DEPTH})",
     )
@@ -132,7 +132,7 @@ def add_check_command(sub: Any) -> None:
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=at_least(1),
         default=len(os.sched_getaffinity(0)),
         help="processes (default: the CPUs it may use)",
     )
@@ -143,13 +143,20 @@ def add_check_command(sub: Any) -> None:
     )
     p.add_argument("--junit", type=out_file, metavar="FILE", help="also write JUnit XML")
     p.add_argument(
-        "--campaign", type=int, default=0, metavar="N", help="random programs per kernel (0)"
+        "--campaign",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="random programs per kernel (0)",
     )
     p.add_argument("--seed", type=int, default=0, help="the campaign's seed (0)")
     p.add_argument(
-        "--length", type=int, default=DEFAULT_LENGTH, help=f"campaign letters ({DEFAULT_LENGTH})"
+        "--length",
+        type=at_least(1),
+        default=DEFAULT_LENGTH,
+        help=f"campaign letters ({DEFAULT_LENGTH})",
     )
-    p.add_argument("--journal", metavar="FILE", help="(default OUT/campaign.sqlite)")
+    p.add_argument("--journal", type=out_file, metavar="FILE", help="(default OUT/campaign.sqlite)")
     p.add_argument(
         "--scheduler", metavar="ADDRESS", help="run the search and the campaign on Dask there"
     )
@@ -214,10 +221,6 @@ def _prepare(args: argparse.Namespace) -> CheckResult:
     """The selection the arguments make, checked: kernels, properties, the patch."""
     from cowlab.cli import UsageError, kernel_ids
 
-    if args.depth < 0:
-        raise UsageError(f"cowlab check: --depth must be 0 or more, got {args.depth}")
-    if args.jobs < 1:
-        raise UsageError(f"cowlab check: --jobs must be 1 or more, got {args.jobs}")
     if not args.no_corpus and not Path(args.corpus).is_dir():
         raise UsageError(f"cowlab check: no corpus directory {args.corpus} (or --no-corpus)")
     if args.scheduler:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cowlab.arguments import out_dir
+from cowlab.arguments import at_least, out_dir
 from cowlab.policy import ReleaseError, resolve
 from cowlab.scenario.budget import memory_available
 
@@ -56,17 +56,19 @@ def add_live_command(sub: Any) -> None:
         help="let scenarios change THP knobs and make a swap device (journalled, undone on exit)",
     )
     p.add_argument("--restore", action="store_true", help="undo what a killed run left")
-    p.add_argument("--random", type=int, metavar="N", help="N random programs instead of files")
+    p.add_argument(
+        "--random", type=at_least(1), metavar="N", help="N random programs instead of files"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ops", help="the operation alphabet for --random, comma-separated")
     p.add_argument(
         "--out", type=out_dir, default=DEFAULT_OUT, help="where minimised disagreements go"
     )
-    p.add_argument("--max-mib", type=int, default=64, help="memory cap per case (MiB)")
-    p.add_argument("--retries", type=int, default=3, help="retries of an inconclusive case")
+    p.add_argument("--max-mib", type=at_least(1), default=64, help="memory cap per case (MiB)")
+    p.add_argument("--retries", type=at_least(0), default=3, help="retries of an inconclusive case")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=at_least(1),
         metavar="N",
         help="run N cases at a time, each in a worker of its own (default: one per CPU; 1 "
         "with --allow-system-changes, which more than one refuses)",
@@ -96,14 +98,8 @@ def _live(args: argparse.Namespace) -> int:
         return _restore(_journal(args))
     if bool(args.files) == (args.random is not None):
         raise LiveUsageError("give scenario FILEs or --random N (one of the two)")
-    if args.random is not None and args.random < 1:
-        raise LiveUsageError(f"--random needs a positive count, got {args.random}")
-    if args.max_mib < 1 or args.retries < 0:
-        raise LiveUsageError("--max-mib must be positive and --retries not negative")
     if args.jobs is None:
         args.jobs = default_jobs(args.allow_system_changes, args.max_mib << 20)
-    if args.jobs < 1:
-        raise LiveUsageError(f"--jobs needs a positive count, got {args.jobs}")
     if args.jobs > 1 and args.allow_system_changes:
         raise LiveUsageError(
             "--jobs runs cases side by side, which cases that change the system (swap, ksmd, "
