@@ -53,6 +53,7 @@ def test_an_output_that_does_not_exist_yet_is_taken_where_it_can_be_made(tmp_pat
     """--out may name a directory to be made (the run makes it); --junit a new file in a
     directory that is there."""
     assert out_dir(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()  # checked, not made: a run refused later leaves none
     assert out_file(str(tmp_path / "x.xml")) == str(tmp_path / "x.xml")
     (tmp_path / "f").write_text("")
     for parse, text in [(out_dir, tmp_path / "f" / "a"), (out_file, tmp_path / "no" / "x.xml")]:

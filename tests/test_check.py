@@ -588,12 +588,6 @@ def test_bad_arguments_one_line_exit_2(
     assert message in err and err.count("\n") == 1
 
 
-def test_a_refused_run_makes_no_out_directory(tmp_path: Path) -> None:
-    """--out is made (or refused) only once every other argument is found good."""
-    assert main(["check", "--kernel", "9.9", "--out", str(tmp_path / "out")]) == 2
-    assert not (tmp_path / "out").exists()
-
-
 def test_check_a_kernel_table_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Depth 2 on 4.5: the fork-while-pinned break is found and expected by the corpus
     (examples/check/fork_while_pinned.yaml), so the run passes; its file replays."""
